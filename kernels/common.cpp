@@ -1,0 +1,37 @@
+#include "kernels/common.h"
+
+namespace rw::kernels {
+
+#ifdef RW_HAVE_CUDA
+namespace cuda {
+bool DevicePresent();
+}
+#endif
+
+const char* DeviceName(Device d) {
+  switch (d) {
+    case Device::kRef: return "ref";
+    case Device::kCpu: return "cpu";
+    case Device::kCuda: return "cuda";
+  }
+  return "unknown";
+}
+
+const char* DTypeName(DType t) {
+  switch (t) {
+    case DType::kF32: return "f32";
+    case DType::kF16: return "f16";
+    case DType::kBF16: return "bf16";
+  }
+  return "unknown";
+}
+
+bool CudaAvailable() {
+#ifdef RW_HAVE_CUDA
+  return cuda::DevicePresent();
+#else
+  return false;
+#endif
+}
+
+}  // namespace rw::kernels

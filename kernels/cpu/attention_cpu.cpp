@@ -1,0 +1,299 @@
+// Fast CPU attention: FlashAttention-2 style tiling over OpenBLAS block products.
+//
+// Forward: one task per (kv head, query block). The g = Hq/Hkv query heads that share a kv head are
+// stacked into one tile of g*Bq rows so each block product is (g*Bq x D) * (D x Bk): larger GEMMs, and
+// each K/V block is read once for the whole group. Per key block:
+//   S = c Q K^T;  m_new = max(m, rowmax(S));  P = exp(S - m_new)
+//   l = l e^(m - m_new) + rowsum(P);  O = O e^(m - m_new) + P V
+// and at the end O /= l, lse = m + log(l).
+// Backward: one task per (kv head, key block); the task owns dK, dV of its block (no races) and adds its
+// dQ share to each query block under that block's lock (the add is O(Bq D), the GEMMs O(Bq Bk D)).
+// Blocks that the causal or segment mask empties are skipped; blocks it leaves whole skip the per-element
+// mask.
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#include "kernels/attention.h"
+#include "kernels/cpu/gemm.h"
+#include "kernels/cpu/vec.h"
+
+namespace rw::kernels::cpu {
+namespace {
+
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+// Bounds of the global index and segment id over a block of rows: decides skip / whole / mask.
+struct BlockBounds {
+  int64_t idx_min, idx_max;
+  int32_t seg_min, seg_max;
+};
+
+std::vector<BlockBounds> Bounds(const TokenInfo& t, int64_t n, int64_t block) {
+  std::vector<BlockBounds> out;
+  for (int64_t b0 = 0; b0 < n; b0 += block) {
+    BlockBounds bb{std::numeric_limits<int64_t>::max(), std::numeric_limits<int64_t>::min(),
+                   std::numeric_limits<int32_t>::max(), std::numeric_limits<int32_t>::min()};
+    for (int64_t s = b0; s < std::min(n, b0 + block); ++s) {
+      bb.idx_min = std::min(bb.idx_min, t.Index(s));
+      bb.idx_max = std::max(bb.idx_max, t.Index(s));
+      bb.seg_min = std::min(bb.seg_min, t.Segment(s));
+      bb.seg_max = std::max(bb.seg_max, t.Segment(s));
+    }
+    out.push_back(bb);
+  }
+  return out;
+}
+
+enum class BlockKind { kEmpty, kWhole, kMasked };
+
+BlockKind Classify(const AttentionParams& p, const BlockBounds& q, const BlockBounds& k) {
+  if (p.causal && q.idx_max < k.idx_min) return BlockKind::kEmpty;
+  if (q.seg_max < 0 || k.seg_max < 0) return BlockKind::kEmpty;  // all padding
+  if (q.seg_max < k.seg_min || k.seg_max < q.seg_min) return BlockKind::kEmpty;
+  const bool one_segment =
+      q.seg_min == q.seg_max && k.seg_min == k.seg_max && q.seg_min == k.seg_min && q.seg_min >= 0;
+  if (one_segment && (!p.causal || q.idx_min >= k.idx_max)) return BlockKind::kWhole;
+  return BlockKind::kMasked;
+}
+
+// Per-row mask of a block: -inf where query i may not see key j. Token arrays are gathered once per
+// block so the inner loop is over plain arrays.
+void ApplyMask(const AttentionParams& p, int64_t q0, int64_t nq, int64_t k0, int64_t nk, int64_t group,
+               float* s, int64_t lds) {
+  std::vector<int64_t> kidx(nk);
+  std::vector<int32_t> kseg(nk);
+  for (int64_t j = 0; j < nk; ++j) {
+    kidx[j] = p.k_tok.Index(k0 + j);
+    kseg[j] = p.k_tok.Segment(k0 + j);
+  }
+  for (int64_t i = 0; i < nq; ++i) {
+    const int64_t qi = p.q_tok.Index(q0 + i);
+    const int32_t qs = p.q_tok.Segment(q0 + i);
+    for (int64_t gi = 0; gi < group; ++gi) {
+      float* row = s + (gi * nq + i) * lds;
+      if (qs < 0) {
+        std::fill(row, row + nk, kNegInf);
+        continue;
+      }
+      for (int64_t j = 0; j < nk; ++j) {
+        const bool ok = kseg[j] == qs && (!p.causal || kidx[j] <= qi);
+        row[j] = ok ? row[j] : kNegInf;
+      }
+    }
+  }
+}
+
+int Threads(const AttentionParams& p) { return p.num_threads > 0 ? p.num_threads : DefaultThreads(); }
+
+// Copies the g query heads of kv head hk for rows [q0, q0+nq) into a (g*nq x D) tile, row gi*nq + i,
+// times `mul`.
+void GatherRows(const View3& src, int64_t q0, int64_t nq, int64_t h0, int64_t group, int64_t d,
+                float mul, float* dst) {
+  for (int64_t gi = 0; gi < group; ++gi)
+    for (int64_t i = 0; i < nq; ++i) {
+      const float* in = src.at<float>(q0 + i, h0 + gi);
+      float* out = dst + (gi * nq + i) * d;
+      for (int64_t x = 0; x < d; ++x) out[x] = in[x] * mul;
+    }
+}
+
+}  // namespace
+
+Status AttentionForward(const AttentionParams& p) {
+  const int64_t bq = p.block_q > 0 ? p.block_q : 128, bk = p.block_k > 0 ? p.block_k : 256;
+  const int64_t group = p.hq / p.hkv, d = p.d;
+  const int64_t nqb = (p.sq + bq - 1) / bq, nkb = (p.sk + bk - 1) / bk;
+  const auto qbounds = Bounds(p.q_tok, p.sq, bq);
+  const auto kbounds = Bounds(p.k_tok, p.sk, bk);
+  const float c = p.Scale();
+  SetBlasThreads(1);
+
+#pragma omp parallel num_threads(Threads(p))
+  {
+    std::vector<float> qt(group * bq * d), s(group * bq * bk), acc(group * bq * d), m(group * bq),
+        l(group * bq);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t task = 0; task < p.hkv * nqb; ++task) {
+      const int64_t hk = task / nqb, qb = task % nqb;
+      const int64_t q0 = qb * bq, nq = std::min(bq, p.sq - q0), rows = group * nq;
+      GatherRows(p.q, q0, nq, hk * group, group, d, c, qt.data());
+      std::fill(acc.begin(), acc.begin() + rows * d, 0.f);
+      std::fill(m.begin(), m.begin() + rows, kNegInf);
+      std::fill(l.begin(), l.begin() + rows, 0.f);
+      for (int64_t kb = 0; kb < nkb; ++kb) {
+        const BlockKind kind = Classify(p, qbounds[qb], kbounds[kb]);
+        if (kind == BlockKind::kEmpty) continue;
+        const int64_t k0 = kb * bk, nk = std::min(bk, p.sk - k0);
+        Sgemm(false, true, rows, nk, d, 1.f, qt.data(), d, p.k.at<float>(k0, hk), p.k.stride_s, 0.f,
+              s.data(), nk);
+        if (kind == BlockKind::kMasked) ApplyMask(p, q0, nq, k0, nk, group, s.data(), nk);
+        for (int64_t r = 0; r < rows; ++r) {
+          float* row = s.data() + r * nk;
+          float mx = kNegInf;
+#pragma omp simd reduction(max : mx)
+          for (int64_t j = 0; j < nk; ++j) mx = std::max(mx, row[j]);
+          const float m_new = std::max(m[r], mx);
+          if (m_new == kNegInf) {  // nothing visible yet: P row is zero
+            std::fill(row, row + nk, 0.f);
+            continue;
+          }
+          float sum = 0.f;
+#pragma omp simd reduction(+ : sum)
+          for (int64_t j = 0; j < nk; ++j) {
+            row[j] = FastExp(row[j] - m_new);
+            sum += row[j];
+          }
+          const float alpha = FastExp(m[r] - m_new);
+          l[r] = l[r] * alpha + sum;
+          m[r] = m_new;
+          if (alpha != 1.f) {
+            float* o = acc.data() + r * d;
+            for (int64_t x = 0; x < d; ++x) o[x] *= alpha;
+          }
+        }
+        Sgemm(false, false, rows, d, nk, 1.f, s.data(), nk, p.v.at<float>(k0, hk), p.v.stride_s, 1.f,
+              acc.data(), d);
+      }
+      for (int64_t gi = 0; gi < group; ++gi) {
+        const int64_t h = hk * group + gi;
+        for (int64_t i = 0; i < nq; ++i) {
+          const int64_t r = gi * nq + i;
+          float* out = p.o.at<float>(q0 + i, h);
+          if (l[r] == 0.f) {
+            std::fill(out, out + d, 0.f);
+            p.lse[h * p.sq + q0 + i] = kNegInf;
+            continue;
+          }
+          const float inv = 1.f / l[r];
+          const float* a = acc.data() + r * d;
+          for (int64_t x = 0; x < d; ++x) out[x] = a[x] * inv;
+          p.lse[h * p.sq + q0 + i] = m[r] + std::log(l[r]);
+        }
+      }
+    }
+  }
+  return Status::Ok();
+}
+
+Status AttentionBackwardPrep(const AttentionParams& p) {
+#pragma omp parallel for num_threads(Threads(p)) schedule(static)
+  for (int64_t hi = 0; hi < p.hq * p.sq; ++hi) {
+    const int64_t h = hi / p.sq, i = hi % p.sq;
+    const float* o = p.o.at<float>(i, h);
+    const float* g = p.dout.at<float>(i, h);
+    float acc = 0.f;
+#pragma omp simd reduction(+ : acc)
+    for (int64_t x = 0; x < p.d; ++x) acc += o[x] * g[x];
+    p.delta[hi] = acc;
+  }
+  return Status::Ok();
+}
+
+Status AttentionBackward(const AttentionParams& p) {
+  const int64_t bq = p.block_q > 0 ? p.block_q : 128, bk = p.block_k > 0 ? p.block_k : 128;
+  const int64_t group = p.hq / p.hkv, d = p.d;
+  const int64_t nqb = (p.sq + bq - 1) / bq, nkb = (p.sk + bk - 1) / bk;
+  const auto qbounds = Bounds(p.q_tok, p.sq, bq);
+  const auto kbounds = Bounds(p.k_tok, p.sk, bk);
+  const float c = p.Scale();
+  // One lock per (kv head, query block) guards the dQ rows that tasks of different key blocks share.
+  std::unique_ptr<std::mutex[]> dq_locks(new std::mutex[p.hkv * nqb]);
+  SetBlasThreads(1);
+
+#pragma omp parallel num_threads(Threads(p))
+  {
+    const int64_t rmax = group * bq;
+    std::vector<float> qt(rmax * d), gt(rmax * d), s(rmax * bk), dp(rmax * bk), dqp(rmax * d),
+        dk_acc(bk * d), dv_acc(bk * d), lse(rmax), delta(rmax);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t task = 0; task < p.hkv * nkb; ++task) {
+      const int64_t hk = task / nkb, kb = task % nkb;
+      const int64_t k0 = kb * bk, nk = std::min(bk, p.sk - k0);
+      const float* kblk = p.k.at<float>(k0, hk);
+      const float* vblk = p.v.at<float>(k0, hk);
+      std::fill(dk_acc.begin(), dk_acc.end(), 0.f);
+      std::fill(dv_acc.begin(), dv_acc.end(), 0.f);
+      bool touched = false;
+      for (int64_t qb = 0; qb < nqb; ++qb) {
+        const BlockKind kind = Classify(p, qbounds[qb], kbounds[kb]);
+        if (kind == BlockKind::kEmpty) continue;
+        touched = true;
+        const int64_t q0 = qb * bq, nq = std::min(bq, p.sq - q0), rows = group * nq;
+        GatherRows(p.q, q0, nq, hk * group, group, d, 1.f, qt.data());
+        GatherRows(p.dout, q0, nq, hk * group, group, d, 1.f, gt.data());
+        for (int64_t gi = 0; gi < group; ++gi)
+          for (int64_t i = 0; i < nq; ++i) {
+            lse[gi * nq + i] = p.lse[(hk * group + gi) * p.sq + q0 + i];
+            delta[gi * nq + i] = p.delta[(hk * group + gi) * p.sq + q0 + i];
+          }
+        // P = exp(c Q K^T - lse), masked entries and empty rows (lse = -inf) are 0.
+        Sgemm(false, true, rows, nk, d, c, qt.data(), d, kblk, p.k.stride_s, 0.f, s.data(), nk);
+        if (kind == BlockKind::kMasked) ApplyMask(p, q0, nq, k0, nk, group, s.data(), nk);
+        for (int64_t r = 0; r < rows; ++r) {
+          float* row = s.data() + r * nk;
+          const float lr = lse[r];
+          if (lr == kNegInf) {
+            std::fill(row, row + nk, 0.f);
+            continue;
+          }
+#pragma omp simd
+          for (int64_t j = 0; j < nk; ++j) row[j] = FastExp(row[j] - lr);
+        }
+        // dV += P^T dO;  dP = dO V^T;  dS = P (dP - delta)
+        Sgemm(true, false, nk, d, rows, 1.f, s.data(), nk, gt.data(), d, 1.f, dv_acc.data(), d);
+        Sgemm(false, true, rows, nk, d, 1.f, gt.data(), d, vblk, p.v.stride_s, 0.f, dp.data(), nk);
+        for (int64_t r = 0; r < rows; ++r) {
+          float* dpr = dp.data() + r * nk;
+          const float* pr = s.data() + r * nk;
+          const float dr = delta[r];
+#pragma omp simd
+          for (int64_t j = 0; j < nk; ++j) dpr[j] = pr[j] * (dpr[j] - dr);
+        }
+        // dK += c dS^T Q;  dQ += c dS K (added under the query block's lock)
+        Sgemm(true, false, nk, d, rows, c, dp.data(), nk, qt.data(), d, 1.f, dk_acc.data(), d);
+        Sgemm(false, false, rows, d, nk, c, dp.data(), nk, kblk, p.k.stride_s, 0.f, dqp.data(), d);
+        std::lock_guard<std::mutex> lock(dq_locks[hk * nqb + qb]);
+        for (int64_t gi = 0; gi < group; ++gi)
+          for (int64_t i = 0; i < nq; ++i) {
+            float* dst = p.dq.at<float>(q0 + i, hk * group + gi);
+            const float* src = dqp.data() + (gi * nq + i) * d;
+            for (int64_t x = 0; x < d; ++x) dst[x] += src[x];
+          }
+      }
+      if (!touched) continue;
+      for (int64_t j = 0; j < nk; ++j) {
+        float* dkr = p.dk.at<float>(k0 + j, hk);
+        float* dvr = p.dv.at<float>(k0 + j, hk);
+        for (int64_t x = 0; x < d; ++x) {
+          dkr[x] += dk_acc[j * d + x];
+          dvr[x] += dv_acc[j * d + x];
+        }
+      }
+    }
+  }
+  return Status::Ok();
+}
+
+Status AttentionMerge(int64_t sq, int64_t hq, int64_t d, View3 o_acc, float* lse_acc, View3 o_part,
+                      const float* lse_part) {
+#pragma omp parallel for schedule(static)
+  for (int64_t hi = 0; hi < hq * sq; ++hi) {
+    const int64_t h = hi / sq, i = hi % sq;
+    const float a = lse_acc[hi], b = lse_part[hi];
+    const float mx = std::max(a, b);
+    if (mx == kNegInf) continue;
+    const float ea = std::exp(a - mx), eb = std::exp(b - mx);
+    const float inv = 1.f / (ea + eb);
+    float* oa = o_acc.at<float>(i, h);
+    const float* ob = o_part.at<float>(i, h);
+    for (int64_t x = 0; x < d; ++x) oa[x] = (oa[x] * ea + ob[x] * eb) * inv;
+    lse_acc[hi] = mx + std::log(ea + eb);
+  }
+  return Status::Ok();
+}
+
+}  // namespace rw::kernels::cpu

@@ -1,0 +1,83 @@
+// The per-token layers of a LLaMA block and the optimizer: RMSNorm, RoPE, SwiGLU feed-forward,
+// cross-entropy over an lm_head, AdamW. Each has one entry point per direction that picks the
+// implementation by Exec::device.
+//
+// Conventions: activations are (N, E) row-major fp32 (N tokens, E model width). Weights use the
+// Hugging Face Linear layout (out_features, in_features). Activation gradients are written (=);
+// weight gradients are accumulated (+=) so that micro-batches and ring ranks can add into one buffer.
+#pragma once
+
+#include <cstdint>
+
+#include "kernels/common.h"
+
+namespace rw::kernels {
+
+// Where and how an op runs.
+struct Exec {
+  Device device = Device::kCpu;
+  int num_threads = 0;     // CPU: 0 means all cores
+  void* stream = nullptr;  // CUDA: cudaStream_t
+};
+
+// ---- RMSNorm ----------------------------------------------------------------------------------------
+// y = x * rstd * w,  rstd = 1 / sqrt(mean(x^2) + eps)
+// x, y: (N, E); w: (E); rstd: (N), saved for the backward.
+Status RmsNormForward(const Exec& ex, int64_t n, int64_t e, const float* x, const float* w, float eps,
+                      float* y, float* rstd);
+// dx = rstd * (w*dy - x * rstd^2 * mean(x * w * dy));  dw += sum_rows dy * x * rstd
+Status RmsNormBackward(const Exec& ex, int64_t n, int64_t e, const float* x, const float* w,
+                       const float* rstd, const float* dy, float* dx, float* dw);
+
+// ---- RoPE (rotate-half, as Hugging Face LLaMA) --------------------------------------------------------
+// For each row s with position pos[s] and pair i < D/2, angle a = pos[s] * theta^(-2i/D):
+//   y[i] = x[i] cos a - x[i + D/2] sin a;   y[i + D/2] = x[i + D/2] cos a + x[i] sin a
+// inverse = true rotates by -a: the backward (dx from dy), since the rotation is orthogonal.
+// x, y: (S, H, D) views (y may equal x: in place). Angles are computed in fp64 so that positions near
+// 1M keep full precision.
+Status Rope(const Exec& ex, int64_t s, int64_t h, int64_t d, View3 x, View3 y, const int64_t* pos,
+            double theta, bool inverse);
+
+// ---- SwiGLU feed-forward, blockwise over tokens ---------------------------------------------------------
+// y = (silu(x Wg^T) * (x Wu^T)) Wd^T, computed `block` tokens at a time so the (N, F) intermediate never
+// exists for the whole shard. x: (N, E); w_gate, w_up: (F, E); w_down: (E, F); y: (N, E).
+struct FfnWeights {
+  const float* w_gate = nullptr;
+  const float* w_up = nullptr;
+  const float* w_down = nullptr;
+};
+struct FfnGrads {
+  float* w_gate = nullptr;  // (F, E) +=
+  float* w_up = nullptr;    // (F, E) +=
+  float* w_down = nullptr;  // (E, F) +=
+};
+Status FfnForward(const Exec& ex, int64_t n, int64_t e, int64_t f, const float* x, FfnWeights w, float* y,
+                  int64_t block = 0);
+// Recomputes the gate/up projections per block; writes dx (N, E), accumulates the weight gradients.
+Status FfnBackward(const Exec& ex, int64_t n, int64_t e, int64_t f, const float* x, FfnWeights w,
+                   const float* dy, float* dx, FfnGrads dw, int64_t block = 0);
+
+// ---- Cross-entropy over an lm_head, blockwise over tokens -------------------------------------------------
+// logits = h W^T (V columns), computed `block` tokens at a time so the logits of a whole shard never
+// exist. loss[i] = lse(logits_i) - logits_i[target_i], 0 where target_i < 0 (ignored).
+// h: (N, E); w: (V, E); target: (N); loss: (N). weighted_sum (optional) = sum_i weight[i] * loss[i]
+// (weight null means 1).
+Status CrossEntropyForward(const Exec& ex, int64_t n, int64_t e, int64_t vocab, const float* h,
+                           const float* w, const int32_t* target, const float* weight, float* loss,
+                           double* weighted_sum, int64_t block = 0);
+// d(grad_scale * sum_i weight[i] loss[i]):  dlogits_i = grad_scale weight[i] (softmax_i - onehot_i)
+// dh = dlogits W (written), dw += dlogits^T h.
+Status CrossEntropyBackward(const Exec& ex, int64_t n, int64_t e, int64_t vocab, const float* h,
+                            const float* w, const int32_t* target, const float* weight, float grad_scale,
+                            float* dh, float* dw, int64_t block = 0);
+
+// ---- AdamW (decoupled weight decay, PyTorch order) -------------------------------------------------------
+//   p *= 1 - lr wd;  m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2
+//   p -= lr (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)       (t = step, counted from 1)
+struct AdamWHyper {
+  float lr = 1e-3f, beta1 = 0.9f, beta2 = 0.95f, eps = 1e-8f, weight_decay = 0.f;
+};
+Status AdamWStep(const Exec& ex, int64_t n, float* param, const float* grad, float* m, float* v,
+                 const AdamWHyper& hp, int64_t step);
+
+}  // namespace rw::kernels
