@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <ostream>
 #include <string>
 #include <vector>
 
@@ -28,6 +29,8 @@ struct AttnCase {
   bool zigzag = false;                 // explicit index arrays: q holds chunks {0, 3}, k chunks {1, 2} of 4
   bool explicit_index = false;         // pass index arrays even for offsets (exercise that path)
 };
+
+inline void PrintTo(const AttnCase& c, std::ostream* os) { *os << c.name; }
 
 struct AttnTokens {
   std::vector<int64_t> qidx, kidx;

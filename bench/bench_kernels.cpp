@@ -1,0 +1,206 @@
+// Kernel benchmark: attention forward/backward on the CPU (and CUDA when present) in GFLOP/s and as a
+// ratio to the OpenBLAS sgemm rate measured in this same run, beside a naive full-matrix attention.
+//
+// Napkin math, per head, non-causal: forward = 2 GEMMs of S*S*D multiply-adds = 4 S^2 D flops;
+// backward = 5 GEMMs (S, dP, dV, dK, dQ) = 10 S^2 D flops (2.5x). Causal halves both. The softmax adds
+// S^2 exps, which at D=128 is 1 exp per 512 GEMM flops: the kernel is GEMM-bound if the exps vectorize.
+//
+// Usage: rw_bench_kernels [--quick] [--s 2048,8192,32768] [--d 64,128] [--reps 3] [--threads N]
+//                         [--naive-max-s 32768] [--cuda-only]
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <limits>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "kernels/attention.h"
+#include "kernels/cpu/gemm.h"
+#include "kernels/cpu/vec.h"
+#include "kernels/device_memory.h"
+
+namespace {
+
+using namespace rw::kernels;
+using Clock = std::chrono::steady_clock;
+
+std::vector<int64_t> ParseList(const char* s) {
+  std::vector<int64_t> out;
+  for (const char* p = s; *p;) {
+    out.push_back(std::strtoll(p, const_cast<char**>(&p), 10));
+    if (*p == ',') ++p;
+  }
+  return out;
+}
+
+// Median wall time of `reps` runs after one warm-up.
+double MedianSeconds(int reps, const std::function<void()>& fn) {
+  fn();
+  std::vector<double> t;
+  for (int i = 0; i < reps; ++i) {
+    const auto t0 = Clock::now();
+    fn();
+    t.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
+  }
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
+}
+
+std::vector<float> Random(size_t n, uint64_t seed) {
+  std::mt19937_64 g(seed);
+  std::uniform_real_distribution<float> d(-1.f, 1.f);
+  std::vector<float> v(n);
+  for (auto& x : v) x = d(g);
+  return v;
+}
+
+// The ceiling: a large square sgemm on all cores through OpenBLAS's own threads.
+double SgemmGflops(int threads, int reps) {
+  const int64_t n = 2048;
+  auto a = Random(n * n, 1), b = Random(n * n, 2);
+  std::vector<float> c(n * n);
+  cpu::SetBlasThreads(threads);
+  const double t = MedianSeconds(reps, [&] {
+    cpu::Sgemm(false, false, n, n, n, 1.f, a.data(), n, b.data(), n, 0.f, c.data(), n);
+  });
+  return 2.0 * n * n * n / t / 1e9;
+}
+
+// Naive attention, one head at a time: materialize the S x S score matrix, softmax it, multiply by V.
+void NaiveAttention(int64_t s, int64_t h, int64_t d, bool causal, const float* q, const float* k,
+                    const float* v, float* o, std::vector<float>& scores) {
+  const float c = 1.f / std::sqrt(float(d));
+  for (int64_t hh = 0; hh < h; ++hh) {
+    cpu::Sgemm(false, true, s, s, d, c, q + hh * d, h * d, k + hh * d, h * d, 0.f, scores.data(), s);
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < s; ++i) {
+      float* row = scores.data() + i * s;
+      const int64_t n = causal ? i + 1 : s;
+      float m = -std::numeric_limits<float>::infinity();
+      for (int64_t j = 0; j < n; ++j) m = std::max(m, row[j]);
+      float sum = 0.f;
+      for (int64_t j = 0; j < n; ++j) {
+        row[j] = cpu::FastExp(row[j] - m);
+        sum += row[j];
+      }
+      const float inv = 1.f / sum;
+      for (int64_t j = 0; j < n; ++j) row[j] *= inv;
+      for (int64_t j = n; j < s; ++j) row[j] = 0.f;
+    }
+    cpu::Sgemm(false, false, s, d, s, 1.f, scores.data(), s, v + hh * d, h * d, 0.f, o + hh * d, h * d);
+  }
+}
+
+struct Options {
+  std::vector<int64_t> s = {2048, 8192, 32768};
+  std::vector<int64_t> d = {64, 128};
+  int reps = 3;
+  int threads = 0;
+  int64_t naive_max_s = 32768;
+  bool cuda_only = false;
+};
+
+// Heads per shape: enough work to time, small enough that the 32K rows finish in seconds on 2 cores.
+int64_t HeadsFor(int64_t s) { return s <= 2048 ? 8 : (s <= 8192 ? 2 : 1); }
+
+void BenchCpu(const Options& opt) {
+  const int threads = opt.threads > 0 ? opt.threads : cpu::DefaultThreads();
+  const double sgemm = SgemmGflops(threads, std::max(opt.reps, 5));
+  std::printf("machine: %d threads, BLAS: %s\n", threads, cpu::BlasName());
+  std::printf("ceiling: OpenBLAS sgemm 2048^3 on %d threads = %.1f GFLOP/s (median)\n\n", threads, sgemm);
+  std::printf("%-6s %-4s %-3s %-6s | %-9s %-6s | %-9s %-6s | %-9s %-6s\n", "S", "D", "H", "causal", "fwd GF/s",
+              "/sgemm", "bwd GF/s", "/sgemm", "naive GF/s", "/sgemm");
+  for (int64_t s : opt.s)
+    for (int64_t d : opt.d)
+      for (bool causal : {false, true}) {
+        const int64_t h = HeadsFor(s);
+        auto q = Random(s * h * d, 3), k = Random(s * h * d, 4), v = Random(s * h * d, 5),
+             g = Random(s * h * d, 6);
+        std::vector<float> o(s * h * d), lse(h * s), delta(h * s), dq(s * h * d), dk(s * h * d), dv(s * h * d);
+        AttentionParams p;
+        p.device = Device::kCpu;
+        p.sq = p.sk = s;
+        p.hq = p.hkv = h;
+        p.d = d;
+        p.causal = causal;
+        p.num_threads = threads;
+        p.q = Dense3(q.data(), h, d);
+        p.k = Dense3(k.data(), h, d);
+        p.v = Dense3(v.data(), h, d);
+        p.o = Dense3(o.data(), h, d);
+        p.lse = lse.data();
+        p.dout = Dense3(g.data(), h, d);
+        p.delta = delta.data();
+        p.dq = Dense3(dq.data(), h, d);
+        p.dk = Dense3(dk.data(), h, d);
+        p.dv = Dense3(dv.data(), h, d);
+        const double flops = AttentionForwardFlops(s, s, h, d, causal);
+        const double tf = MedianSeconds(opt.reps, [&] {
+          if (!AttentionForward(p).ok()) std::abort();
+        });
+        if (!AttentionBackwardPrep(p).ok()) std::abort();
+        const double tb = MedianSeconds(opt.reps, [&] {
+          if (!AttentionBackward(p).ok()) std::abort();
+        });
+        double naive = 0;
+        if (s <= opt.naive_max_s) {
+          std::vector<float> scores(s * s), on(s * h * d);
+          cpu::SetBlasThreads(threads);
+          const double tn = MedianSeconds(std::min(opt.reps, 2), [&] {
+            NaiveAttention(s, h, d, causal, q.data(), k.data(), v.data(), on.data(), scores);
+          });
+          naive = flops / tn / 1e9;
+        }
+        const double ff = flops / tf / 1e9, fb = 2.5 * flops / tb / 1e9;
+        std::printf("%-6ld %-4ld %-3ld %-6s | %9.1f %6.2f | %9.1f %6.2f | ", long(s), long(d), long(h),
+                    causal ? "yes" : "no", ff, ff / sgemm, fb, fb / sgemm);
+        if (naive > 0)
+          std::printf("%9.1f %6.2f\n", naive, naive / sgemm);
+        else
+          std::printf("%9s %6s\n", "skipped", "-");
+        std::fflush(stdout);
+      }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Options opt;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    auto next = [&]() -> const char* {
+      if (i + 1 >= argc) {
+        std::fprintf(stderr, "%s needs a value\n", a.c_str());
+        std::exit(2);
+      }
+      return argv[++i];
+    };
+    if (a == "--quick") {
+      opt.s = {512, 1024};
+      opt.d = {64, 128};
+      opt.reps = 1;
+    } else if (a == "--s") {
+      opt.s = ParseList(next());
+    } else if (a == "--d") {
+      opt.d = ParseList(next());
+    } else if (a == "--reps") {
+      opt.reps = std::max(1, std::atoi(next()));
+    } else if (a == "--threads") {
+      opt.threads = std::atoi(next());
+    } else if (a == "--naive-max-s") {
+      opt.naive_max_s = std::atoll(next());
+    } else if (a == "--cuda-only") {
+      opt.cuda_only = true;
+    } else {
+      std::fprintf(stderr, "unknown argument %s\n", a.c_str());
+      return 2;
+    }
+  }
+  if (!opt.cuda_only) BenchCpu(opt);
+  return 0;
+}

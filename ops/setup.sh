@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Sets up a fresh Debian machine for RingWorld and builds it: installs the system packages that are
+# missing (nothing when all are there), then configures and builds with CMake + Ninja into build/.
+# Idempotent: a second run only re-runs the (incremental) build.
+#   ops/setup.sh                 full build (CUDA sources too when nvcc is found)
+#   BUILD_DIR=dir ops/setup.sh   build elsewhere;  CMAKE_ARGS="-D..." adds configure options
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=(
+  build-essential cmake ninja-build pkg-config git
+  libcaf-dev libucx-dev ucx-utils librocksdb-dev prometheus-cpp-dev libfmt-dev
+  libgtest-dev libgmock-dev libbenchmark-dev libopenblas-dev
+  libyaml-cpp-dev nlohmann-json3-dev libcpp-httplib-dev libcli11-dev
+  prometheus
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing ${missing[*]}"
+  sudo_cmd=()
+  [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
+  export DEBIAN_FRONTEND=noninteractive
+  "${sudo_cmd[@]}" apt-get update -qq
+  "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
+else
+  echo "setup: all ${#packages[@]} system packages present"
+fi
+
+build_dir=${BUILD_DIR:-build}
+if [ ! -f "$build_dir/build.ninja" ]; then
+  # shellcheck disable=SC2086
+  cmake -S . -B "$build_dir" -G Ninja -DCMAKE_BUILD_TYPE=Release ${CMAKE_ARGS:-}
+fi
+# Two cores and CUDA compiles: keep the job count at the core count.
+cmake --build "$build_dir" -j "$(nproc)"
+echo "setup: built into $build_dir"
