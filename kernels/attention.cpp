@@ -2,6 +2,8 @@
 #include "kernels/attention.h"
 
 #include <cmath>
+#include <cstdint>
+#include <utility>
 
 #include "kernels/backends.h"
 #include "kernels/ref/attention_ref.h"
@@ -60,8 +62,18 @@ Status ValidateAttention(const AttentionParams& p, bool backward) {
   RW_REQUIRE(p.hq % p.hkv == 0, "hkv: query heads (" << p.hq << ") must be a multiple of kv heads ("
                                                      << p.hkv << ")");
   RW_REQUIRE(p.d >= 1 && p.d <= 512, "d: head dim must be in [1, 512], got " << p.d);
-  if (p.device == Device::kCuda)
+  if (p.device == Device::kCuda) {
     RW_REQUIRE(p.d == 64 || p.d == 128, "d: the cuda attention supports head dim 64 or 128, got " << p.d);
+    // Tiles move 16 bytes at a time: every activation view needs 16-byte aligned rows.
+    for (auto [name, v] : {std::pair{"q", p.q}, {"k", p.k}, {"v", p.v}, {"o", p.o}}) {
+      RW_REQUIRE(reinterpret_cast<uintptr_t>(v.data) % 16 == 0 && v.stride_s % 8 == 0 && v.stride_h % 8 == 0,
+                 name << ": the cuda attention needs a 16-byte aligned pointer and strides that are multiples of 8");
+    }
+    if (backward)
+      RW_REQUIRE(reinterpret_cast<uintptr_t>(p.dout.data) % 16 == 0 && p.dout.stride_s % 8 == 0 &&
+                     p.dout.stride_h % 8 == 0,
+                 "dout: the cuda attention needs a 16-byte aligned pointer and strides that are multiples of 8");
+  }
   RW_REQUIRE(p.block_q >= 0 && p.block_q <= 4096, "block_q: must be in [0, 4096], got " << p.block_q);
   RW_REQUIRE(p.block_k >= 0 && p.block_k <= 4096, "block_k: must be in [0, 4096], got " << p.block_k);
   RW_REQUIRE(p.num_threads >= 0, "num_threads: must be >= 0, got " << p.num_threads);
