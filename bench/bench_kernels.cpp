@@ -6,7 +6,7 @@
 // S^2 exps, which at D=128 is 1 exp per 512 GEMM flops: the kernel is GEMM-bound if the exps vectorize.
 //
 // Usage: rw_bench_kernels [--quick] [--s 2048,8192,32768] [--d 64,128] [--reps 3] [--threads N]
-//                         [--naive-max-s 32768] [--cuda-only]
+//                         [--naive-max-s 32768] [--cuda] [--cuda-only] [--json FILE]
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -23,6 +23,11 @@
 #include "kernels/cpu/gemm.h"
 #include "kernels/cpu/vec.h"
 #include "kernels/device_memory.h"
+
+#ifdef RW_HAVE_CUDA
+#include <cublas_v2.h>
+#include <cuda_runtime_api.h>
+#endif
 
 namespace {
 
@@ -103,6 +108,8 @@ struct Options {
   int threads = 0;
   int64_t naive_max_s = 32768;
   bool cuda_only = false;
+  bool cuda = false;
+  std::string json;  // --json FILE: one line per CUDA row, for ops/gpu-check.sh
 };
 
 // Heads per shape: enough work to time, small enough that the 32K rows finish in seconds on 2 cores.
@@ -167,6 +174,102 @@ void BenchCpu(const Options& opt) {
       }
 }
 
+#ifdef RW_HAVE_CUDA
+// Median seconds of one call on the GPU (each timed rep runs `inner` calls, then synchronizes).
+double GpuSeconds(int reps, int inner, const std::function<void()>& fn) {
+  fn();
+  if (!DeviceSynchronize(Device::kCuda).ok()) std::abort();
+  std::vector<double> t;
+  for (int i = 0; i < reps; ++i) {
+    const auto t0 = Clock::now();
+    for (int j = 0; j < inner; ++j) fn();
+    if (!DeviceSynchronize(Device::kCuda).ok()) std::abort();
+    t.push_back(std::chrono::duration<double>(Clock::now() - t0).count() / inner);
+  }
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
+}
+
+// The GPU ceiling: cuBLAS bf16 GEMM 8192^3 with fp32 accumulation.
+double CublasBf16Tflops() {
+  const int n = 8192;
+  DeviceBuffer a(Device::kCuda, size_t(n) * n * 2), b(Device::kCuda, size_t(n) * n * 2), c(Device::kCuda, size_t(n) * n * 2);
+  auto h = ToHalf(DType::kBF16, Random(size_t(n) * n, 9));
+  if (!CopyToDevice(Device::kCuda, a.get(), h.data(), h.size() * 2).ok()) std::abort();
+  if (!CopyToDevice(Device::kCuda, b.get(), h.data(), h.size() * 2).ok()) std::abort();
+  cublasHandle_t handle;
+  cublasCreate(&handle);
+  const float one = 1.f, zero = 0.f;
+  const double t = GpuSeconds(5, 5, [&] {
+    cublasGemmEx(handle, CUBLAS_OP_N, CUBLAS_OP_N, n, n, n, &one, a.get(), CUDA_R_16BF, n, b.get(), CUDA_R_16BF, n,
+                 &zero, c.get(), CUDA_R_16BF, n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+  });
+  cublasDestroy(handle);
+  return 2.0 * n * n * n / t / 1e12;
+}
+
+void BenchCuda(const Options& opt) {
+  if (!CudaAvailable()) {
+    std::printf("cuda: no CUDA device on this machine; GPU rows skipped\n");
+    return;
+  }
+  FILE* json = opt.json.empty() ? nullptr : std::fopen(opt.json.c_str(), "w");
+  const double ceiling = CublasBf16Tflops();
+  std::printf("\nceiling: cuBLAS bf16 GEMM 8192^3 = %.1f TFLOP/s (median)\n", ceiling);
+  std::printf("%-6s %-4s %-3s %-6s | %-10s %-7s | %-10s %-7s\n", "S", "D", "H", "causal", "fwd TF/s", "/cublas",
+              "bwd TF/s", "/cublas");
+  const Device dev = Device::kCuda;
+  for (int64_t s : opt.s)
+    for (int64_t d : opt.d)
+      for (bool causal : {false, true}) {
+        const int64_t h = 16;
+        const size_t n = size_t(s) * h * d;
+        DeviceBuffer q(dev, n * 2), k(dev, n * 2), v(dev, n * 2), o(dev, n * 2), g(dev, n * 2), lse(dev, h * s * 4),
+            delta(dev, h * s * 4), dq(dev, n * 4), dk(dev, n * 4), dv(dev, n * 4);
+        for (auto* b : {&q, &k, &v, &g}) {
+          auto x = ToHalf(DType::kBF16, Random(n, uint64_t(b->get()) % 1000));
+          if (!CopyToDevice(dev, b->get(), x.data(), n * 2).ok()) std::abort();
+        }
+        AttentionParams p;
+        p.device = dev;
+        p.dtype = DType::kBF16;
+        p.sq = p.sk = s;
+        p.hq = p.hkv = h;
+        p.d = d;
+        p.causal = causal;
+        p.q = Dense3(q.get(), h, d);
+        p.k = Dense3(k.get(), h, d);
+        p.v = Dense3(v.get(), h, d);
+        p.o = Dense3(o.get(), h, d);
+        p.lse = lse.as<float>();
+        p.dout = Dense3(g.get(), h, d);
+        p.delta = delta.as<float>();
+        p.dq = Dense3(dq.get(), h, d);
+        p.dk = Dense3(dk.get(), h, d);
+        p.dv = Dense3(dv.get(), h, d);
+        const double flops = AttentionForwardFlops(s, s, h, d, causal);
+        const int inner = s <= 2048 ? 20 : (s <= 8192 ? 5 : 1);
+        const double tf = GpuSeconds(opt.reps, inner, [&] {
+          if (!AttentionForward(p).ok()) std::abort();
+        });
+        if (!AttentionBackwardPrep(p).ok()) std::abort();
+        const double tb = GpuSeconds(opt.reps, inner, [&] {
+          if (!AttentionBackward(p).ok()) std::abort();
+        });
+        const double ff = flops / tf / 1e12, fb = 2.5 * flops / tb / 1e12;
+        std::printf("%-6ld %-4ld %-3ld %-6s | %10.1f %7.2f | %10.1f %7.2f\n", long(s), long(d), long(h),
+                    causal ? "yes" : "no", ff, ff / ceiling, fb, fb / ceiling);
+        if (json)
+          std::fprintf(json,
+                       "{\"s\": %ld, \"d\": %ld, \"h\": %ld, \"causal\": %s, \"fwd_tflops\": %.3f, "
+                       "\"bwd_tflops\": %.3f, \"cublas_tflops\": %.3f}\n",
+                       long(s), long(d), long(h), causal ? "true" : "false", ff, fb, ceiling);
+        std::fflush(stdout);
+      }
+  if (json) std::fclose(json);
+}
+#endif
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -195,12 +298,23 @@ int main(int argc, char** argv) {
     } else if (a == "--naive-max-s") {
       opt.naive_max_s = std::atoll(next());
     } else if (a == "--cuda-only") {
-      opt.cuda_only = true;
+      opt.cuda_only = opt.cuda = true;
+    } else if (a == "--cuda") {
+      opt.cuda = true;
+    } else if (a == "--json") {
+      opt.json = next();
     } else {
       std::fprintf(stderr, "unknown argument %s\n", a.c_str());
       return 2;
     }
   }
   if (!opt.cuda_only) BenchCpu(opt);
+  if (opt.cuda) {
+#ifdef RW_HAVE_CUDA
+    BenchCuda(opt);
+#else
+    std::printf("cuda: this build has no CUDA backend; GPU rows skipped\n");
+#endif
+  }
   return 0;
 }
