@@ -59,6 +59,14 @@ Status CopyToHost(Device dev, void* dst, const void* src, size_t bytes) {
   RW_CUDA_MEM(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost), "cudaMemcpy to host");
 }
 
+Status CopyOnDevice(Device dev, void* dst, const void* src, size_t bytes) {
+  if (dev != Device::kCuda) {
+    if (bytes) std::memcpy(dst, src, bytes);
+    return Status::Ok();
+  }
+  RW_CUDA_MEM(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToDevice), "cudaMemcpy on device");
+}
+
 Status DeviceMemset(Device dev, void* dst, int value, size_t bytes) {
   if (dev != Device::kCuda) {
     if (bytes) std::memset(dst, value, bytes);

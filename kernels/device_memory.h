@@ -15,6 +15,7 @@ Status DeviceAlloc(Device dev, size_t bytes, void** ptr);
 void DeviceFree(Device dev, void* ptr);
 Status CopyToDevice(Device dev, void* dst, const void* src, size_t bytes);
 Status CopyToHost(Device dev, void* dst, const void* src, size_t bytes);
+Status CopyOnDevice(Device dev, void* dst, const void* src, size_t bytes);
 Status DeviceMemset(Device dev, void* dst, int value, size_t bytes);
 Status DeviceSynchronize(Device dev);
 

@@ -30,6 +30,7 @@ Status CrossEntropyBackward(const Exec& ex, int64_t n, int64_t e, int64_t vocab,
                             float* dh, float* dw, int64_t block);
 Status AdamWStep(const Exec& ex, int64_t n, float* p, const float* g, float* m, float* v,
                  const AdamWHyper& hp, int64_t step);
+Status AddInto(const Exec& ex, int64_t n, const float* src, float* dst);
 }  // namespace cuda
 #define RW_CUDA_CALL(call) return cuda::call
 #else
@@ -259,6 +260,22 @@ Status AdamWStep(const Exec& ex, int64_t n, float* p, const float* g, float* m, 
     case Device::kRef: ref::AdamWStep<float>(n, p, g, m, v, hp, step); return Status::Ok();
     case Device::kCpu: cpu::AdamWStep(ex, n, p, g, m, v, hp, step); return Status::Ok();
     case Device::kCuda: RW_CUDA_CALL(AdamWStep(ex, n, p, g, m, v, hp, step));
+  }
+  return Status::Error("device: unsupported");
+}
+
+Status AddInto(const Exec& ex, int64_t n, const float* src, float* dst) {
+  RW_RETURN_IF_ERROR(CheckExec(ex));
+  RW_REQUIRE(n >= 0, "n: must be >= 0, got " << n);
+  if (n == 0) return Status::Ok();
+  RW_NONNULL(src);
+  RW_NONNULL(dst);
+  switch (ex.device) {
+    case Device::kRef:
+      for (int64_t i = 0; i < n; ++i) dst[i] += src[i];
+      return Status::Ok();
+    case Device::kCpu: cpu::AddInto(ex, n, src, dst); return Status::Ok();
+    case Device::kCuda: RW_CUDA_CALL(AddInto(ex, n, src, dst));
   }
   return Status::Error("device: unsupported");
 }

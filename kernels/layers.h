@@ -80,4 +80,8 @@ struct AdamWHyper {
 Status AdamWStep(const Exec& ex, int64_t n, float* param, const float* grad, float* m, float* v,
                  const AdamWHyper& hp, int64_t step);
 
+// ---- Elementwise ---------------------------------------------------------------------------------------
+// dst += src over n floats: how gradients that travel the ring collect each rank's share.
+Status AddInto(const Exec& ex, int64_t n, const float* src, float* dst);
+
 }  // namespace rw::kernels

@@ -7,14 +7,17 @@
 //   l = l e^(m - m_new) + rowsum(P);  O = O e^(m - m_new) + P V
 // and at the end O /= l, lse = m + log(l).
 // Backward: one task per (kv head, key block); the task owns dK, dV of its block (no races) and adds its
-// dQ share to each query block under that block's lock (the add is O(Bq D), the GEMMs O(Bq Bk D)).
+// dQ share to each query block in key-block order (a turn counter per query block), so the floating-point
+// sum is the same whatever the thread timing: runs are bitwise reproducible. The add is O(Bq D) against
+// O(Bq Bk D) of GEMMs, and tasks start in key-block order, so the turns rarely wait.
 // Blocks that the causal or segment mask empties are skipped; blocks it leaves whole skip the per-element
 // mask.
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <limits>
 #include <memory>
-#include <mutex>
+#include <thread>
 #include <vector>
 
 #include "kernels/attention.h"
@@ -200,8 +203,17 @@ Status AttentionBackward(const AttentionParams& p) {
   const auto qbounds = Bounds(p.q_tok, p.sq, bq);
   const auto kbounds = Bounds(p.k_tok, p.sk, bk);
   const float c = p.Scale();
-  // One lock per (kv head, query block) guards the dQ rows that tasks of different key blocks share.
-  std::unique_ptr<std::mutex[]> dq_locks(new std::mutex[p.hkv * nqb]);
+  // dQ of query block qb receives the shares of its non-empty key blocks in increasing key-block order:
+  // turn_of[qb * nkb + kb] is key block kb's place in that order, turns[hk * nqb + qb] the place whose add
+  // is next. Tasks are handed out in increasing kb, so a waiting task only ever waits on a running one.
+  std::vector<int> turn_of(nqb * nkb, -1);
+  for (int64_t qb = 0; qb < nqb; ++qb) {
+    int next = 0;
+    for (int64_t kb = 0; kb < nkb; ++kb)
+      if (Classify(p, qbounds[qb], kbounds[kb]) != BlockKind::kEmpty) turn_of[qb * nkb + kb] = next++;
+  }
+  std::unique_ptr<std::atomic<int>[]> turns(new std::atomic<int>[p.hkv * nqb]);
+  for (int64_t i = 0; i < p.hkv * nqb; ++i) turns[i].store(0);
   SetBlasThreads(1);
 
 #pragma omp parallel num_threads(Threads(p))
@@ -256,13 +268,15 @@ Status AttentionBackward(const AttentionParams& p) {
         // dK += c dS^T Q;  dQ += c dS K (added under the query block's lock)
         Sgemm(true, false, nk, d, rows, c, dp.data(), nk, qt.data(), d, 1.f, dk_acc.data(), d);
         Sgemm(false, false, rows, d, nk, c, dp.data(), nk, kblk, p.k.stride_s, 0.f, dqp.data(), d);
-        std::lock_guard<std::mutex> lock(dq_locks[hk * nqb + qb]);
+        std::atomic<int>& turn = turns[hk * nqb + qb];
+        while (turn.load(std::memory_order_acquire) != turn_of[qb * nkb + kb]) std::this_thread::yield();
         for (int64_t gi = 0; gi < group; ++gi)
           for (int64_t i = 0; i < nq; ++i) {
             float* dst = p.dq.at<float>(q0 + i, hk * group + gi);
             const float* src = dqp.data() + (gi * nq + i) * d;
             for (int64_t x = 0; x < d; ++x) dst[x] += src[x];
           }
+        turn.fetch_add(1, std::memory_order_release);
       }
       if (!touched) continue;
       for (int64_t j = 0; j < nk; ++j) {

@@ -218,4 +218,11 @@ void AdamWStep(const Exec& ex, int64_t n, float* p, const float* g, float* m, fl
   }
 }
 
+void AddInto(const Exec& ex, int64_t n, const float* src, float* dst) {
+  // Small adds stay on the calling thread: a ring step's dK/dV add must not wake a thread team.
+  const int nt = n < (int64_t(1) << 16) ? 1 : Threads(ex);
+#pragma omp parallel for simd num_threads(nt) schedule(static)
+  for (int64_t i = 0; i < n; ++i) dst[i] += src[i];
+}
+
 }  // namespace rw::kernels::cpu

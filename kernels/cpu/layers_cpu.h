@@ -26,4 +26,5 @@ void CrossEntropyBackward(const Exec& ex, int64_t n, int64_t e, int64_t vocab, c
                           float* dh, float* dw, int64_t block);
 void AdamWStep(const Exec& ex, int64_t n, float* p, const float* g, float* m, float* v,
                const AdamWHyper& hp, int64_t step);
+void AddInto(const Exec& ex, int64_t n, const float* src, float* dst);
 }  // namespace rw::kernels::cpu

@@ -157,6 +157,11 @@ __global__ void AdamWKernel(int64_t n, float* p, const float* g, float* m, float
   v[i] = vi;
 }
 
+__global__ void AddIntoKernel(int64_t n, const float* src, float* dst) {
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i < n) dst[i] += src[i];
+}
+
 unsigned Blocks(int64_t n, int threads = 256) { return unsigned((n + threads - 1) / threads); }
 
 // Scratch on the device for one call, freed at the end.
@@ -287,6 +292,11 @@ Status AdamWStep(const Exec& ex, int64_t n, float* p, const float* g, float* m, 
   AdamWKernel<<<Blocks(n), 256, 0, StreamOf(ex)>>>(n, p, g, m, v, hp.lr, hp.beta1, hp.beta2, hp.eps,
                                                    1.f - hp.lr * hp.weight_decay, inv_c1, inv_c2);
   return LastError("adamw");
+}
+
+Status AddInto(const Exec& ex, int64_t n, const float* src, float* dst) {
+  AddIntoKernel<<<Blocks(n), 256, 0, StreamOf(ex)>>>(n, src, dst);
+  return LastError("add");
 }
 
 }  // namespace rw::kernels::cuda

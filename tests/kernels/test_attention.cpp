@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <limits>
 
 #include "attention_harness.h"
@@ -84,6 +85,19 @@ TEST(Attention, FullyMaskedRowsGiveZeroOutputMinusInfLseAndNoNan) {
     // Gradients stay what they were (+=: nothing added).
     ExpectClose(std::string(kernels::DeviceName(dev)) + " dq unchanged", out.dq, in.dq0, 0);
     ExpectClose(std::string(kernels::DeviceName(dev)) + " dk unchanged", out.dk, in.dk0, 0);
+  }
+}
+
+TEST(Attention, CpuBackwardIsBitwiseReproducibleAcrossRunsWithThreads) {
+  // Many key blocks add into each dQ block; the adds happen in key-block order whatever the timing.
+  AttnCase c{"repro", 300, 300, 4, 2, 64, true, 16, 16, 0, 0, 77};
+  const AttnInputs in = MakeInputs(c, 99);
+  const AttnOutputs first = RunAttention(Device::kCpu, c, in);
+  for (int run = 0; run < 4; ++run) {
+    const AttnOutputs again = RunAttention(Device::kCpu, c, in);
+    ASSERT_EQ(0, std::memcmp(first.dq.data(), again.dq.data(), first.dq.size() * 4)) << "dq differs, run " << run;
+    ASSERT_EQ(0, std::memcmp(first.dk.data(), again.dk.data(), first.dk.size() * 4)) << "dk differs, run " << run;
+    ASSERT_EQ(0, std::memcmp(first.o.data(), again.o.data(), first.o.size() * 4)) << "o differs, run " << run;
   }
 }
 

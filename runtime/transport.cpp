@@ -1,0 +1,92 @@
+#include "runtime/transport.h"
+
+#include <algorithm>
+#include <sstream>
+#include <vector>
+
+#include "runtime/crc32c.h"
+
+namespace rw::runtime {
+
+std::string MsgTag::ToString() const {
+  std::ostringstream os;
+  os << "(job " << job << ", epoch " << epoch << ", step " << step << ", layer " << layer << ", hop " << hop << ")";
+  return os.str();
+}
+
+void MsgHeader::Seal() {
+  header_crc = 0;
+  header_crc = Crc32c(this, offsetof(MsgHeader, header_crc));
+}
+
+bool MsgHeader::Intact() const {
+  return magic == kMagic && version == 1 && header_crc == Crc32c(this, offsetof(MsgHeader, header_crc));
+}
+
+void detail::Op::Complete(Status st) {
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    if (done) return;
+    done = true;
+    status = std::move(st);
+  }
+  cv.notify_all();
+}
+
+Status Transport::Wait(const Request& req) {
+  RW_REQUIRE(req.valid(), "request: waiting on an empty request");
+  auto op = req.op();
+  std::unique_lock<std::mutex> lock(op->mu);
+  if (!op->cv.wait_for(lock, options_.wait_timeout, [&] { return op->done; }))
+    return Status::Error("transport: wait timed out after " + std::to_string(options_.wait_timeout.count()) +
+                         " ms on rank " + std::to_string(rank()));
+  return op->status;
+}
+
+Status Transport::AllReduceSum(float* data, size_t n, MsgTag tag) {
+  const int R = size(), r = rank();
+  if (R == 1 || n == 0) return Status::Ok();
+  // Chunk c covers [begin(c), begin(c + 1)).
+  auto begin = [&](int c) { return n * size_t(c) / size_t(R); };
+  std::vector<float> incoming(n / R + 1);
+  // Reduce-scatter: at hop h, rank r sends chunk (r - h) and adds the received chunk (r - h - 1).
+  // After R-1 hops rank r holds the full sum of chunk (r + 1) mod R, accumulated in ring order.
+  for (int h = 0; h < R - 1; ++h) {
+    const int cs = ((r - h) % R + R) % R, cr = ((r - h - 1) % R + R) % R;
+    tag.hop = uint32_t(h);
+    Request rr = RecvPrev(tag, incoming.data(), (begin(cr + 1) - begin(cr)) * sizeof(float));
+    Request sr = SendNext(tag, data + begin(cs), (begin(cs + 1) - begin(cs)) * sizeof(float));
+    RW_RETURN_IF_ERROR(Wait(rr));
+    RW_RETURN_IF_ERROR(Wait(sr));
+    float* dst = data + begin(cr);
+    for (size_t i = 0; i < begin(cr + 1) - begin(cr); ++i) dst[i] = incoming[i] + dst[i];
+  }
+  // All-gather: pass the finished chunks around.
+  for (int h = 0; h < R - 1; ++h) {
+    const int cs = ((r + 1 - h) % R + R) % R, cr = ((r - h) % R + R) % R;
+    tag.hop = uint32_t(R - 1 + h);
+    Request rr = RecvPrev(tag, data + begin(cr), (begin(cr + 1) - begin(cr)) * sizeof(float));
+    Request sr = SendNext(tag, data + begin(cs), (begin(cs + 1) - begin(cs)) * sizeof(float));
+    RW_RETURN_IF_ERROR(Wait(rr));
+    RW_RETURN_IF_ERROR(Wait(sr));
+  }
+  return Status::Ok();
+}
+
+Status Transport::Barrier(MsgTag tag) {
+  if (size() == 1) return Status::Ok();
+  uint8_t token = 1, got = 0;
+  for (uint32_t round = 0; round < 2; ++round) {
+    tag.hop = round;
+    if (rank() == 0) {
+      RW_RETURN_IF_ERROR(Wait(SendNext(tag, &token, 1)));
+      RW_RETURN_IF_ERROR(Wait(RecvPrev(tag, &got, 1)));
+    } else {
+      RW_RETURN_IF_ERROR(Wait(RecvPrev(tag, &got, 1)));
+      RW_RETURN_IF_ERROR(Wait(SendNext(tag, &token, 1)));
+    }
+  }
+  return Status::Ok();
+}
+
+}  // namespace rw::runtime

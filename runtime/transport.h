@@ -1,0 +1,117 @@
+// The data plane of a ring: asynchronous point-to-point transfers to the next rank and from the previous
+// one, into caller-owned buffers, plus the collectives built on them.
+//
+// Every transfer carries a MsgTag (job, ring epoch, step, layer, hop) and its size. The channel from the
+// previous rank is FIFO and matched strictly in order: the next message must carry exactly the tag and
+// size of the next posted receive, else both sides get an error naming the two tags. A message from an
+// older epoch than the receive's is dropped (never consumed) and counted: that is the fencing an elastic
+// ring needs after it re-forms. Abort() fails every pending and future wait within milliseconds.
+//
+// Implementations: inproc (threads of one process; runtime/inproc_transport.h), ucx (processes;
+// runtime/ucx_transport.h), nccl (GPUs).
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+
+#include "kernels/common.h"
+
+namespace rw::runtime {
+
+using kernels::Status;
+
+struct MsgTag {
+  uint64_t job = 0;
+  uint32_t epoch = 0;
+  uint32_t step = 0;
+  uint32_t layer = 0;
+  uint32_t hop = 0;
+  bool operator==(const MsgTag& o) const {
+    return job == o.job && epoch == o.epoch && step == o.step && layer == o.layer && hop == o.hop;
+  }
+  std::string ToString() const;
+};
+
+// What travels in front of every payload.
+struct MsgHeader {
+  uint32_t magic = kMagic;
+  uint32_t version = 1;
+  MsgTag tag;
+  uint64_t bytes = 0;
+  uint32_t payload_crc = 0;  // CRC32C of the payload when the sender checks payloads, else 0
+  uint32_t header_crc = 0;   // CRC32C of everything above
+  static constexpr uint32_t kMagic = 0x52574d31;  // "RWM1"
+  void Seal();                // sets header_crc
+  bool Intact() const;        // magic, version and header_crc agree
+};
+
+namespace detail {
+// Completion state of one posted operation, shared by the poster and the progress engine.
+struct Op {
+  std::mutex mu;
+  std::condition_variable cv;
+  bool done = false;
+  Status status;
+  void Complete(Status st);
+};
+}  // namespace detail
+
+// Handle of a posted send or receive. Wait on it before touching the buffer again.
+class Request {
+ public:
+  Request() = default;
+  explicit Request(std::shared_ptr<detail::Op> op) : op_(std::move(op)) {}
+  bool valid() const { return op_ != nullptr; }
+  std::shared_ptr<detail::Op> op() const { return op_; }
+
+ private:
+  std::shared_ptr<detail::Op> op_;
+};
+
+struct TransportOptions {
+  bool check_payload = false;  // CRC32C every payload (sender computes, receiver verifies)
+  std::chrono::milliseconds wait_timeout{120000};  // a Wait that exceeds this fails: no silent hang
+};
+
+struct TransportStats {
+  uint64_t bytes_sent = 0;
+  uint64_t messages_sent = 0;
+  uint64_t stale_dropped = 0;  // messages of an older epoch dropped unconsumed
+};
+
+class Transport {
+ public:
+  virtual ~Transport() = default;
+  virtual int rank() const = 0;
+  virtual int size() const = 0;
+  int next() const { return (rank() + 1) % size(); }
+  int prev() const { return (rank() + size() - 1) % size(); }
+
+  // Posts a send of `bytes` at `buf` to the next rank. `buf` must stay valid until the Request completes.
+  virtual Request SendNext(const MsgTag& tag, const void* buf, size_t bytes) = 0;
+  // Posts a receive of exactly `bytes` into `buf` from the previous rank.
+  virtual Request RecvPrev(const MsgTag& tag, void* buf, size_t bytes) = 0;
+  // Blocks until the request completes; its error, or a timeout or abort error.
+  virtual Status Wait(const Request& req);
+  // Fails every pending and future operation on this endpoint (and tells the peers where it can).
+  virtual void Abort(const std::string& reason) = 0;
+  virtual bool aborted() const = 0;
+  virtual TransportStats stats() const = 0;
+
+  // Deterministic sum over the ring, in place: ring reduce-scatter then all-gather over R chunks. Chunk c
+  // is summed in ring order starting at rank c, ((x_c + x_c+1) + x_c+2) + ..., whatever the timing, so equal inputs give equal bits.
+  Status AllReduceSum(float* data, size_t n, MsgTag tag);
+  // Returns once every rank has entered it (a token goes twice around the ring).
+  Status Barrier(MsgTag tag);
+
+ protected:
+  TransportOptions options_;
+  std::string abort_reason_;
+};
+
+}  // namespace rw::runtime
