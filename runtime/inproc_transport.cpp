@@ -127,7 +127,11 @@ void InprocFabric::MoverLoop(int rank) {
   const int from = (rank + size() - 1) % size();
   std::unique_lock<std::mutex> lock(ch.mu);
   for (;;) {
-    ch.cv.wait(lock, [&] { return stopping_ || ch.aborted || (!ch.sends.empty() && !ch.recvs.empty()); });
+    ch.cv.wait(lock, [&] {
+      if (stopping_) return true;
+      if (ch.aborted) return !ch.sends.empty() || !ch.recvs.empty();  // fail what is queued, then sleep
+      return !ch.sends.empty() && !ch.recvs.empty();
+    });
     if (stopping_ || ch.aborted) {
       const Status err = Status::Error("transport: aborted: " + (ch.aborted ? ch.reason : std::string("shut down")));
       for (auto& s : ch.sends) s.op->Complete(err);
@@ -139,12 +143,12 @@ void InprocFabric::MoverLoop(int rank) {
     }
     SendOp s = std::move(ch.sends.front());
     ch.sends.pop_front();
-    RecvOp v = std::move(ch.recvs.front());
-    if (s.header.tag.epoch < v.tag.epoch) {  // stale: an old ring's message, never consumed
+    if (s.header.tag.epoch < ch.recvs.front().tag.epoch) {  // stale: an old ring's message, never consumed
       ch.stats.stale_dropped += 1;
       s.op->Complete(Status::Ok());
       continue;
     }
+    RecvOp v = std::move(ch.recvs.front());
     ch.recvs.pop_front();
     if (!s.header.Intact() || !(s.header.tag == v.tag) || s.header.bytes != v.bytes) {
       const Status err = Status::Error(

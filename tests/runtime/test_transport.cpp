@@ -1,0 +1,183 @@
+// The in-process transport: ordering, tag and size checks, stale epochs, payload corruption, abort,
+// and the deterministic all-reduce.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <cmath>
+#include <cstring>
+#include <random>
+
+#include "ring_harness.h"
+
+namespace rw::runtime {
+namespace {
+
+using test::RunRanks;
+using namespace std::chrono_literals;
+
+MsgTag Tag(uint32_t step, uint32_t hop, uint32_t epoch = 0) {
+  MsgTag t;
+  t.job = 7;
+  t.epoch = epoch;
+  t.step = step;
+  t.hop = hop;
+  return t;
+}
+
+TEST(InprocTransport, MessagesGoAroundTheRingInOrderIntoCallerBuffers) {
+  for (int R : {1, 2, 3, 5}) {
+    auto fabric = InprocFabric::Create(R);
+    auto st = RunRanks(fabric, [&](int r, Transport& t) -> Status {
+      std::vector<int> out(100), in(100);
+      for (int hop = 0; hop < 3; ++hop) {
+        for (int i = 0; i < 100; ++i) out[i] = r * 1000 + hop * 100 + i;
+        Request rr = t.RecvPrev(Tag(1, hop), in.data(), in.size() * 4);
+        Request sr = t.SendNext(Tag(1, hop), out.data(), out.size() * 4);
+        RW_RETURN_IF_ERROR(t.Wait(rr));
+        RW_RETURN_IF_ERROR(t.Wait(sr));
+        for (int i = 0; i < 100; ++i)
+          RW_REQUIRE(in[i] == t.prev() * 1000 + hop * 100 + i, "rank " << r << " got " << in[i] << " at " << i);
+      }
+      return Status::Ok();
+    });
+    for (int r = 0; r < R; ++r) EXPECT_TRUE(st[r].ok()) << "R=" << R << " rank " << r << ": " << st[r].message();
+  }
+}
+
+TEST(InprocTransport, TagOrSizeMismatchFailsBothSidesNamingTheTags) {
+  auto fabric = InprocFabric::Create(2);
+  auto st = RunRanks(fabric, [&](int r, Transport& t) -> Status {
+    int buf[4] = {1, 2, 3, 4}, in[4];
+    if (r == 0) return t.Wait(t.SendNext(Tag(3, 1), buf, 16));  // hop 1 where hop 0 is expected
+    return t.Wait(t.RecvPrev(Tag(3, 0), in, 16));
+  });
+  for (int r = 0; r < 2; ++r) {
+    ASSERT_FALSE(st[r].ok());
+    EXPECT_NE(st[r].message().find("hop 0"), std::string::npos) << st[r].message();
+    EXPECT_NE(st[r].message().find("hop 1"), std::string::npos) << st[r].message();
+  }
+  fabric = InprocFabric::Create(2);
+  st = RunRanks(fabric, [&](int r, Transport& t) -> Status {
+    int buf[4] = {1, 2, 3, 4}, in[4];
+    if (r == 0) return t.Wait(t.SendNext(Tag(3, 0), buf, 12));
+    return t.Wait(t.RecvPrev(Tag(3, 0), in, 16));
+  });
+  ASSERT_FALSE(st[1].ok());
+  EXPECT_NE(st[1].message().find("12 bytes"), std::string::npos) << st[1].message();
+}
+
+TEST(InprocTransport, OlderEpochMessagesAreDroppedNeverConsumed) {
+  auto fabric = InprocFabric::Create(2);
+  auto st = RunRanks(fabric, [&](int r, Transport& t) -> Status {
+    int stale[2] = {-1, -1}, fresh[2] = {5, 6}, in[2] = {0, 0};
+    if (r == 0) {
+      RW_RETURN_IF_ERROR(t.Wait(t.SendNext(Tag(9, 0, /*epoch=*/1), stale, 8)));
+      return t.Wait(t.SendNext(Tag(9, 0, /*epoch=*/2), fresh, 8));
+    }
+    std::this_thread::sleep_for(20ms);  // let the stale one arrive first
+    RW_RETURN_IF_ERROR(t.Wait(t.RecvPrev(Tag(9, 0, /*epoch=*/2), in, 8)));
+    RW_REQUIRE(in[0] == 5 && in[1] == 6, "received " << in[0] << "," << in[1] << " instead of the epoch-2 data");
+    RW_REQUIRE(t.stats().stale_dropped == 1, "stale_dropped = " << t.stats().stale_dropped);
+    return Status::Ok();
+  });
+  EXPECT_TRUE(st[0].ok()) << st[0].message();
+  EXPECT_TRUE(st[1].ok()) << st[1].message();
+}
+
+TEST(InprocTransport, CorruptedPayloadIsDetectedByItsChecksum) {
+  TransportOptions opt;
+  opt.check_payload = true;
+  auto fabric = InprocFabric::Create(2, opt);
+  fabric->CorruptNextMessageTo(1);
+  auto st = RunRanks(fabric, [&](int r, Transport& t) -> Status {
+    std::vector<float> buf(1000, 1.5f), in(1000);
+    if (r == 0) return t.Wait(t.SendNext(Tag(1, 0), buf.data(), 4000));
+    return t.Wait(t.RecvPrev(Tag(1, 0), in.data(), 4000));
+  });
+  ASSERT_FALSE(st[1].ok());
+  EXPECT_NE(st[1].message().find("checksum"), std::string::npos) << st[1].message();
+}
+
+TEST(InprocTransport, AbortMidRingEndsEveryRankWithAnErrorWithinOneSecond) {
+  auto fabric = InprocFabric::Create(4);
+  std::atomic<int> waiting{0};
+  const auto t0 = std::chrono::steady_clock::now();
+  std::thread aborter([&] {
+    while (waiting.load() < 3) std::this_thread::yield();
+    std::this_thread::sleep_for(50ms);
+    fabric->Endpoint(3)->Abort("rank 3 lost");
+  });
+  std::vector<double> returned_after(4);
+  auto st = RunRanks(
+      fabric,
+      [&](int r, Transport& t) -> Status {
+        if (r == 3) return Status::Error("rank 3 never joins");  // a dead rank: its neighbours block
+        int buf = r, in = 0;
+        Status result;
+        for (uint32_t hop = 0; hop < 10 && result.ok(); ++hop) {
+          Request rr = t.RecvPrev(Tag(1, hop), &in, 4);
+          Request sr = t.SendNext(Tag(1, hop), &buf, 4);
+          if (hop == 0) waiting.fetch_add(1);
+          Status a = t.Wait(rr), b = t.Wait(sr);
+          result = a.ok() ? b : a;
+        }
+        returned_after[r] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        return result;
+      },
+      5000ms);
+  aborter.join();
+  for (int r = 0; r < 3; ++r) {
+    ASSERT_FALSE(st[r].ok()) << "rank " << r << " should fail";
+    EXPECT_NE(st[r].message().find("aborted"), std::string::npos) << st[r].message();
+    std::printf("  rank %d returned %.3f s after start\n", r, returned_after[r]);
+    EXPECT_LT(returned_after[r], 1.0);
+  }
+}
+
+TEST(InprocTransport, AllReduceSumIsDeterministicAndEqualOnEveryRank) {
+  for (int R : {1, 2, 3, 4, 8}) {
+    const size_t n = 1003;
+    std::vector<std::vector<float>> data(R), first;
+    for (int run = 0; run < 2; ++run) {
+      for (int r = 0; r < R; ++r) {
+        std::mt19937 g(r + 1);
+        std::uniform_real_distribution<float> d(-1, 1);
+        data[r].resize(n);
+        for (auto& x : data[r]) x = d(g);
+      }
+      const auto inputs = data;
+      auto fabric = InprocFabric::Create(R);
+      auto st = RunRanks(fabric, [&](int r, Transport& t) { return t.AllReduceSum(data[r].data(), n, Tag(2, 0)); });
+      for (int r = 0; r < R; ++r) ASSERT_TRUE(st[r].ok()) << st[r].message();
+      double max_err = 0;
+      for (size_t i = 0; i < n; ++i) {
+        double want = 0;
+        for (int r = 0; r < R; ++r) want += inputs[r][i];
+        max_err = std::max(max_err, std::fabs(double(data[0][i]) - want));
+        for (int r = 1; r < R; ++r) ASSERT_EQ(std::memcmp(&data[r][i], &data[0][i], 4), 0) << "ranks differ at " << i;
+      }
+      std::printf("  R=%d allreduce max_abs_diff vs fp64 sum = %.3e\n", R, max_err);
+      EXPECT_LT(max_err, 1e-5);
+      if (run == 0)
+        first = data;
+      else
+        for (int r = 0; r < R; ++r) ASSERT_EQ(std::memcmp(first[r].data(), data[r].data(), n * 4), 0) << "run differs";
+    }
+  }
+}
+
+TEST(InprocTransport, BarrierReturnsOnlyAfterEveryRankEntered) {
+  auto fabric = InprocFabric::Create(4);
+  std::atomic<int> entered{0};
+  auto st = RunRanks(fabric, [&](int r, Transport& t) -> Status {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10 * r));
+    entered.fetch_add(1);
+    RW_RETURN_IF_ERROR(t.Barrier(Tag(5, 0)));
+    RW_REQUIRE(entered.load() == 4, "rank " << r << " left the barrier with " << entered.load() << " entered");
+    return Status::Ok();
+  });
+  for (auto& s : st) EXPECT_TRUE(s.ok()) << s.message();
+}
+
+}  // namespace
+}  // namespace rw::runtime
