@@ -7,6 +7,7 @@
 #include <random>
 
 #include "kernels/attention.h"
+#include "ring_fixture.h"
 #include "ring_harness.h"
 #include "runtime/layout.h"
 #include "runtime/ring_attention.h"
@@ -15,86 +16,7 @@ namespace rw::runtime {
 namespace {
 
 using test::RunRanks;
-
-struct Global {
-  int64_t L, hq, hkv, d;
-  std::vector<float> q, k, v, dout;
-  std::vector<int32_t> seg;  // empty: one document
-};
-
-std::vector<float> Rand(size_t n, uint64_t seed) {
-  std::mt19937_64 g(seed);
-  std::uniform_real_distribution<float> d(-1.f, 1.f);
-  std::vector<float> v(n);
-  for (auto& x : v) x = d(g);
-  return v;
-}
-
-Global MakeGlobal(int64_t L, bool packed, uint64_t seed) {
-  Global G;
-  G.L = L;
-  G.hq = 4;
-  G.hkv = 2;
-  G.d = 16;
-  G.q = Rand(L * G.hq * G.d, seed);
-  G.k = Rand(L * G.hkv * G.d, seed + 1);
-  G.v = Rand(L * G.hkv * G.d, seed + 2);
-  G.dout = Rand(L * G.hq * G.d, seed + 3);
-  if (packed) {  // documents of 3..20 tokens, the last few tokens padding
-    std::mt19937 g(seed);
-    int32_t doc = 0;
-    for (int64_t i = 0; i < L;) {
-      const int64_t len = 3 + g() % 18;
-      for (int64_t j = 0; j < len && i < L; ++j, ++i) G.seg.push_back(doc);
-      ++doc;
-    }
-    for (int64_t i = L - 3; i < L; ++i) G.seg[i] = -1;
-  }
-  return G;
-}
-
-struct Result {
-  std::vector<float> o, lse, dq, dk, dv;  // global order (lse: (H, L))
-};
-
-Result SingleDevice(const Global& G, bool causal) {
-  Result res{std::vector<float>(G.q.size()), std::vector<float>(G.hq * G.L), std::vector<float>(G.q.size(), 0.f),
-             std::vector<float>(G.k.size(), 0.f), std::vector<float>(G.v.size(), 0.f)};
-  std::vector<float> delta(G.hq * G.L);
-  kernels::AttentionParams p;
-  p.device = kernels::Device::kCpu;
-  p.sq = p.sk = G.L;
-  p.hq = G.hq;
-  p.hkv = G.hkv;
-  p.d = G.d;
-  p.causal = causal;
-  p.block_q = p.block_k = 8;
-  p.q = kernels::Dense3(G.q.data(), G.hq, G.d);
-  p.k = kernels::Dense3(G.k.data(), G.hkv, G.d);
-  p.v = kernels::Dense3(G.v.data(), G.hkv, G.d);
-  p.o = kernels::Dense3(res.o.data(), G.hq, G.d);
-  p.lse = res.lse.data();
-  if (!G.seg.empty()) p.q_tok.segment = p.k_tok.segment = G.seg.data();
-  p.dout = kernels::Dense3(G.dout.data(), G.hq, G.d);
-  p.delta = delta.data();
-  p.dq = kernels::Dense3(res.dq.data(), G.hq, G.d);
-  p.dk = kernels::Dense3(res.dk.data(), G.hkv, G.d);
-  p.dv = kernels::Dense3(res.dv.data(), G.hkv, G.d);
-  EXPECT_TRUE(kernels::AttentionForward(p).ok());
-  EXPECT_TRUE(kernels::AttentionBackwardPrep(p).ok());
-  EXPECT_TRUE(kernels::AttentionBackward(p).ok());
-  return res;
-}
-
-// Rows of a (L, H, D) tensor gathered into a rank's local order, and scattered back.
-std::vector<float> Gather(const std::vector<float>& x, const std::vector<int64_t>& idx, int64_t width) {
-  std::vector<float> out(idx.size() * width);
-  for (size_t i = 0; i < idx.size(); ++i) std::memcpy(&out[i * width], &x[idx[i] * width], width * 4);
-  return out;
-}
-void Scatter(const std::vector<float>& x, const std::vector<int64_t>& idx, int64_t width, std::vector<float>& out) {
-  for (size_t i = 0; i < idx.size(); ++i) std::memcpy(&out[idx[i] * width], &x[i * width], width * 4);
-}
+using namespace test;
 
 Result Ring(const Global& G, bool causal, LayoutKind kind, int R, std::vector<RingStats>* stats = nullptr) {
   Layout lay;

@@ -1,0 +1,165 @@
+// One rank of a multi-process ring for the UCX tests: rendezvous through files in a directory (each rank
+// writes its listener address, reads the next rank's), connect, then run one scenario:
+//   ring      ring attention forward + backward on the fixture's problem; writes its results to out.<rank>
+//   corrupt   rank 0 corrupts its first payload; rank 1 must report a checksum error (exit 3 when it does)
+//   abort     rank 0 aborts while the others wait on it; every other rank must fail (exit 4) within 1 s
+//   bandwidth rank 0 sends blocks to rank 1 and prints the transfer rate beside a memcpy of the same size
+// Exit code 0 on success of the scenario, 1 on an unexpected error, 2 on bad arguments.
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <string>
+#include <thread>
+
+#include "ring_fixture.h"
+#include "runtime/layout.h"
+#include "runtime/ring_attention.h"
+#include "runtime/ucx_transport.h"
+
+using namespace rw::runtime;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+std::string ReadWhenThere(const std::string& path, std::chrono::seconds timeout) {
+  const auto until = Clock::now() + timeout;
+  while (Clock::now() < until) {
+    std::ifstream f(path);
+    std::string s;
+    if (f && std::getline(f, s) && !s.empty()) return s;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return "";
+}
+
+int Fail(const Status& st) {
+  std::fprintf(stderr, "ring_peer: %s\n", st.message().c_str());
+  return 1;
+}
+
+void WriteFloats(std::ofstream& f, const std::vector<float>& v) {
+  f.write(reinterpret_cast<const char*>(v.data()), std::streamsize(v.size() * 4));
+}
+
+int RunRing(UcxTransport& t, const std::string& dir, int R, const std::string& layout_name, bool causal) {
+  using namespace rw::runtime::test;
+  LayoutKind kind;
+  if (!ParseLayout(layout_name, &kind).ok()) return 2;
+  const Global G = MakeGlobal(2 * R * 13, true, 42);
+  Layout lay;
+  if (auto st = Layout::Make(kind, G.L, R, &lay); !st.ok()) return Fail(st);
+  const int r = t.rank();
+  const auto idx = lay.GlobalIndices(r);
+  const int64_t S = lay.shard_len();
+  auto q = Gather(G.q, idx, G.hq * G.d), k = Gather(G.k, idx, G.hkv * G.d), v = Gather(G.v, idx, G.hkv * G.d),
+       g = Gather(G.dout, idx, G.hq * G.d);
+  std::vector<int32_t> seg;
+  for (int64_t i : idx) seg.push_back(G.seg[i]);
+  RingAttentionConfig c;
+  c.s = S;
+  c.hq = G.hq;
+  c.hkv = G.hkv;
+  c.d = G.d;
+  c.causal = causal;
+  c.block_q = c.block_k = 8;
+  c.tag.job = 3;
+  RingShard sh{q.data(), k.data(), v.data(), idx.data(), seg.data()};
+  std::vector<float> o(q.size()), lse(G.hq * S), dq(q.size()), dk(k.size()), dv(v.size());
+  if (auto st = RingAttentionForward(t, c, sh, o.data(), lse.data()); !st.ok()) return Fail(st);
+  if (auto st = RingAttentionBackward(t, c, sh, o.data(), lse.data(), g.data(), dq.data(), dk.data(), dv.data());
+      !st.ok())
+    return Fail(st);
+  std::ofstream f(dir + "/out." + std::to_string(r), std::ios::binary);
+  for (const auto* vec : {&o, &lse, &dq, &dk, &dv}) WriteFloats(f, *vec);
+  return f ? 0 : 1;
+}
+
+int RunBandwidth(UcxTransport& t) {
+  const size_t bytes = size_t(64) << 20;  // 64 MiB blocks: a K/V block of a long shard
+  std::vector<unsigned char> buf(bytes, 1), dst(bytes);
+  MsgTag tag;
+  tag.job = 4;
+  const int reps = 8;
+  if (t.rank() == 0) {
+    for (int i = 0; i < reps + 1; ++i) {
+      tag.hop = uint32_t(i);
+      if (auto st = t.Wait(t.SendNext(tag, buf.data(), bytes)); !st.ok()) return Fail(st);
+    }
+    return 0;
+  }
+  if (t.rank() != 1) return 0;
+  tag.hop = 0;
+  if (auto st = t.Wait(t.RecvPrev(tag, dst.data(), bytes)); !st.ok()) return Fail(st);  // warm-up
+  const auto t0 = Clock::now();
+  for (int i = 1; i <= reps; ++i) {
+    tag.hop = uint32_t(i);
+    if (auto st = t.Wait(t.RecvPrev(tag, dst.data(), bytes)); !st.ok()) return Fail(st);
+  }
+  const double ucx = double(bytes) * reps / std::chrono::duration<double>(Clock::now() - t0).count();
+  const auto m0 = Clock::now();
+  for (int i = 0; i < reps; ++i) std::memcpy(dst.data(), buf.data(), bytes);
+  const double mem = double(bytes) * reps / std::chrono::duration<double>(Clock::now() - m0).count();
+  std::printf("ucx_bandwidth_GBps=%.2f memcpy_GBps=%.2f ratio=%.2f\n", ucx / 1e9, mem / 1e9, ucx / mem);
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 6) {
+    std::fprintf(stderr, "usage: ring_peer RANK SIZE DIR MODE LAYOUT [causal]\n");
+    return 2;
+  }
+  const int rank = std::atoi(argv[1]), size = std::atoi(argv[2]);
+  const std::string dir = argv[3], mode = argv[4], layout = argv[5];
+  const bool causal = argc < 7 || std::string(argv[6]) != "full";
+  UcxOptions opt;
+  opt.rank = rank;
+  opt.size = size;
+  opt.transport.check_payload = mode == "corrupt" || mode == "ring";
+  opt.transport.wait_timeout = std::chrono::milliseconds(mode == "abort" ? 5000 : 60000);
+  std::unique_ptr<UcxTransport> t;
+  if (auto st = UcxTransport::Create(opt, &t); !st.ok()) return Fail(st);
+  {
+    const std::string tmp = dir + "/addr." + std::to_string(rank) + ".tmp";
+    std::ofstream(tmp) << t->address() << "\n";
+    std::rename(tmp.c_str(), (dir + "/addr." + std::to_string(rank)).c_str());
+  }
+  const std::string next = ReadWhenThere(dir + "/addr." + std::to_string((rank + 1) % size), std::chrono::seconds(20));
+  if (next.empty()) return Fail(Status::Error("no address from the next rank"));
+  if (auto st = t->ConnectNext(next, std::chrono::milliseconds(20000)); !st.ok()) return Fail(st);
+
+  if (mode == "ring") return RunRing(*t, dir, size, layout, causal);
+  if (mode == "bandwidth") return RunBandwidth(*t);
+  MsgTag tag;
+  tag.job = 5;
+  std::vector<float> buf(4096, 0.5f), in(4096);
+  if (mode == "corrupt") {
+    if (rank == 0) {
+      t->CorruptNextSend();
+      (void)t->Wait(t->SendNext(tag, buf.data(), buf.size() * 4));
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));  // let the receiver read it
+      return 0;
+    }
+    if (rank != 1) return 0;
+    const Status st = t->Wait(t->RecvPrev(tag, in.data(), in.size() * 4));
+    std::printf("rank 1: %s\n", st.ok() ? "received without error" : st.message().c_str());
+    return !st.ok() && st.message().find("checksum") != std::string::npos ? 3 : 1;
+  }
+  if (mode == "abort") {
+    if (rank == 0) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(300));
+      t->Abort("rank 0 aborts the ring");
+      std::this_thread::sleep_for(std::chrono::milliseconds(1500));  // stay alive: peers must not need our death
+      return 0;
+    }
+    // Everyone else waits on its previous rank, which never sends (rank 0 never does; the rest wait first).
+    const auto t0 = Clock::now();
+    const Status st = t->Wait(t->RecvPrev(tag, in.data(), in.size() * 4));
+    const double waited = std::chrono::duration<double>(Clock::now() - t0).count();
+    std::printf("rank %d: %s after %.3f s\n", rank, st.ok() ? "ok" : st.message().c_str(), waited);
+    return !st.ok() && waited < 1.0 + 0.3 ? 4 : 1;  // 0.3 s: rank 0's sleep before it aborts
+  }
+  return 2;
+}
