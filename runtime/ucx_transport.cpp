@@ -1,12 +1,10 @@
 #include "runtime/ucx_transport.h"
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <sys/epoll.h>
-#include <sys/eventfd.h>
 #include <ucp/api/ucp.h>
 #include <unistd.h>
 
+#include <condition_variable>
+#include <cstdlib>
 #include <cstring>
 #include <deque>
 #include <functional>
@@ -28,15 +26,14 @@ struct UcxTransport::Impl {
   UcxOptions opt;
   ucp_context_h context = nullptr;
   ucp_worker_h worker = nullptr;
-  ucp_listener_h listener = nullptr;
   ucp_ep_h ep_next = nullptr;
-  ucp_ep_h ep_prev = nullptr;  // created from the previous rank's connection request
+  ucp_ep_h ep_prev = nullptr;  // only to learn early that the previous rank is gone
   std::string addr;
-  int efd = -1, wake_fd = -1, epfd = -1;
   std::thread progress;
 
   // Commands for the progress thread (the only thread that touches UCX).
   std::mutex cmd_mu;
+  std::condition_variable cmd_cv;
   std::deque<std::function<void()>> cmds;
   bool stopping = false;
 
@@ -44,19 +41,26 @@ struct UcxTransport::Impl {
   std::mutex abort_mu;
   std::string abort_reason;
 
+  // A message is two UCP tag messages on the ring's tag, header then payload, each contiguous (UCX's
+  // zero-copy rendezvous protocols take contiguous buffers; an iov of both falls back to slow copies).
+  // The channel is FIFO, so the payload is always the message after its header.
   struct SendCtx {
     MsgHeader header;
-    ucp_dt_iov_t iov[2];
+    const void* payload;
+    int pending = 0;  // UCP sends not yet completed
+    Status error;
     std::shared_ptr<detail::Op> op;
     std::vector<unsigned char> corrupted;  // test hook: a damaged copy of the payload
     Impl* self;
   };
   struct RecvCtx {
+    enum Stage { kHeader, kPayload, kDiscard } stage = kHeader;
     MsgHeader header;
-    ucp_dt_iov_t iov[2];
     MsgTag expect;
     void* buf;
     size_t bytes;
+    std::vector<unsigned char> scratch;  // a payload that is dropped (stale) or refused (mismatch)
+    Status refused;
     std::shared_ptr<detail::Op> op;
     Impl* self;
   };
@@ -81,8 +85,7 @@ struct UcxTransport::Impl {
       std::lock_guard<std::mutex> lock(cmd_mu);
       cmds.push_back(std::move(fn));
     }
-    const uint64_t one = 1;
-    (void)!write(wake_fd, &one, sizeof(one));
+    cmd_cv.notify_one();
   }
 
   Status AbortStatus() {
@@ -91,8 +94,10 @@ struct UcxTransport::Impl {
   }
 
   // --- progress thread ---------------------------------------------------------------------------------
+  // Polls the worker. UCX's shared-memory transports have no wake-up events, and asking for wake-ups
+  // (UCP_FEATURE_WAKEUP) would exclude them, leaving TCP on loopback at a fraction of the bandwidth; so the
+  // thread polls while operations are outstanding, with short sleeps, and every millisecond when idle.
   void Loop() {
-    epoll_event evs[2];
     for (;;) {
       std::deque<std::function<void()>> todo;
       bool stop;
@@ -102,26 +107,35 @@ struct UcxTransport::Impl {
         stop = stopping;
       }
       for (auto& fn : todo) fn();
-      while (ucp_worker_progress(worker) != 0) {
-      }
+      unsigned events = 0, n;
+      while ((n = ucp_worker_progress(worker)) != 0) events += n;
       PostFrontRecv();
       if (stop) return;
-      if (ucp_worker_arm(worker) == UCS_ERR_BUSY) continue;
-      const int n = epoll_wait(epfd, evs, 2, 100);
-      for (int i = 0; i < n; ++i)
-        if (evs[i].data.fd == wake_fd) {
-          uint64_t v;
-          (void)!read(wake_fd, &v, sizeof(v));
-        }
+      if (events || !todo.empty()) continue;
+      const bool busy = recv_posted || !sends_in_flight.empty();
+      std::unique_lock<std::mutex> lock(cmd_mu);
+      cmd_cv.wait_for(lock, busy ? std::chrono::microseconds(20) : std::chrono::microseconds(1000),
+                      [&] { return !cmds.empty() || stopping; });
     }
   }
 
   static void SendDone(void* request, ucs_status_t status, void* user) {
     auto* ctx = static_cast<SendCtx*>(user);
-    ctx->op->Complete(status == UCS_OK ? Status::Ok() : Status::Error(UcsError("transport: send failed", status)));
+    if (request) ucp_request_free(request);
+    if (status != UCS_OK && ctx->error.ok()) ctx->error = Status::Error(UcsError("transport: send failed", status));
+    if (--ctx->pending > 0) return;
+    ctx->op->Complete(ctx->error);
     ctx->self->sends_in_flight.remove(ctx);
     delete ctx;
-    if (request) ucp_request_free(request);
+  }
+
+  void SendPart(SendCtx* ctx, const void* buf, size_t bytes) {
+    ucp_request_param_t p{};
+    p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FLAG_NO_IMM_CMPL;
+    p.cb.send = &SendDone;
+    p.user_data = ctx;
+    ucs_status_ptr_t r = ucp_tag_send_nbx(ep_next, buf, bytes, opt.ring_id, &p);
+    if (UCS_PTR_IS_ERR(r)) SendDone(nullptr, UCS_PTR_STATUS(r), ctx);
   }
 
   void PostSend(SendCtx* ctx) {
@@ -132,53 +146,116 @@ struct UcxTransport::Impl {
       delete ctx;
       return;
     }
-    ucp_request_param_t p{};
-    p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FIELD_DATATYPE |
-                     UCP_OP_ATTR_FLAG_NO_IMM_CMPL;
-    p.cb.send = &SendDone;
-    p.user_data = ctx;
-    p.datatype = ucp_dt_make_iov();
     sends_in_flight.push_back(ctx);
-    ucs_status_ptr_t r = ucp_tag_send_nbx(ep_next, ctx->iov, 2, opt.ring_id, &p);
-    if (UCS_PTR_IS_ERR(r)) SendDone(nullptr, UCS_PTR_STATUS(r), ctx);
+    const size_t bytes = ctx->header.bytes;
+    ctx->pending = bytes ? 2 : 1;
+    SendCtx* keep = ctx;  // SendDone may free ctx once both parts are done
+    SendPart(keep, &keep->header, sizeof(MsgHeader));
+    if (bytes) SendPart(keep, keep->payload, bytes);
+  }
+
+  int PrevRank() const { return (opt.rank + opt.size - 1) % opt.size; }
+
+  void Finish(RecvCtx* ctx, Status st) {
+    recv_posted = false;
+    recv_request = nullptr;
+    ctx->op->Complete(std::move(st));
+    recv_queue.pop_front();
+    delete ctx;
+    PostFrontRecv();
   }
 
   static void RecvDone(void* request, ucs_status_t status, const ucp_tag_recv_info_t* info, void* user) {
     auto* ctx = static_cast<RecvCtx*>(user);
     Impl* self = ctx->self;
     if (request) ucp_request_free(request);
-    self->recv_posted = false;
     self->recv_request = nullptr;
-    Status st;
-    if (status == UCS_ERR_MESSAGE_TRUNCATED) {
-      st = Status::Error("transport: rank " + std::to_string(self->opt.rank) + " expected " + ctx->expect.ToString() +
-                         " of " + std::to_string(ctx->bytes) + " bytes, got a larger message");
-    } else if (status != UCS_OK) {
-      st = self->failing     ? self->fail_status
-           : self->prev_lost ? Status::Error("transport: rank " + std::to_string(self->opt.rank) + " waits on " +
-                                             ctx->expect.ToString() + " but the previous rank is gone (" +
-                                             self->lost_reason + ")")
-                             : Status::Error(UcsError("transport: receive failed", status));
-    } else if (!ctx->header.Intact()) {
-      st = Status::Error("transport: corrupt message header from rank " + std::to_string((self->opt.rank + self->opt.size - 1) % self->opt.size));
-    } else if (ctx->header.tag.epoch < ctx->expect.epoch) {
-      self->stale_dropped += 1;  // an old ring's message: drop it and receive again into the same buffers
-      self->PostFrontRecv();
+    const std::string me = "transport: rank " + std::to_string(self->opt.rank);
+    if (status != UCS_OK) {
+      Status st = status == UCS_ERR_MESSAGE_TRUNCATED
+                      ? Status::Error(me + " expected " + ctx->expect.ToString() + " of " + std::to_string(ctx->bytes) +
+                                      " bytes, got a larger message")
+                  : self->failing ? self->fail_status
+                  : self->prev_lost
+                      ? Status::Error(me + " waits on " + ctx->expect.ToString() + " but the previous rank is gone (" +
+                                      self->lost_reason + ")")
+                      : Status::Error(UcsError("transport: receive failed", status));
+      self->Finish(ctx, std::move(st));
       return;
-    } else if (!(ctx->header.tag == ctx->expect) || ctx->header.bytes != ctx->bytes ||
-               info->length != sizeof(MsgHeader) + ctx->bytes) {
-      st = Status::Error("transport: rank " + std::to_string(self->opt.rank) + " expected " + ctx->expect.ToString() +
-                         " of " + std::to_string(ctx->bytes) + " bytes from rank " +
-                         std::to_string((self->opt.rank + self->opt.size - 1) % self->opt.size) + ", got " +
-                         ctx->header.tag.ToString() + " of " + std::to_string(ctx->header.bytes) + " bytes");
-    } else if (self->opt.transport.check_payload && Crc32c(ctx->buf, ctx->bytes) != ctx->header.payload_crc) {
-      st = Status::Error("transport: payload checksum mismatch on " + ctx->expect.ToString() + " to rank " +
-                         std::to_string(self->opt.rank));
     }
-    ctx->op->Complete(st);
-    self->recv_queue.pop_front();
-    delete ctx;
-    self->PostFrontRecv();
+    switch (ctx->stage) {
+      case RecvCtx::kHeader: {
+        const MsgHeader& h = ctx->header;
+        if (info->length != sizeof(MsgHeader) || !h.Intact()) {
+          self->Finish(ctx, Status::Error(me + ": corrupt message header from rank " + std::to_string(self->PrevRank())));
+          return;
+        }
+        if (h.tag.epoch < ctx->expect.epoch) {  // an old ring's message: drop header and payload, wait again
+          self->stale_dropped += 1;
+          ctx->stage = h.bytes ? RecvCtx::kDiscard : RecvCtx::kHeader;
+        } else if (!(h.tag == ctx->expect) || h.bytes != ctx->bytes) {
+          ctx->refused = Status::Error(me + " expected " + ctx->expect.ToString() + " of " + std::to_string(ctx->bytes) +
+                                       " bytes from rank " + std::to_string(self->PrevRank()) + ", got " +
+                                       h.tag.ToString() + " of " + std::to_string(h.bytes) + " bytes");
+          if (!h.bytes) {
+            self->Finish(ctx, ctx->refused);
+            return;
+          }
+          ctx->stage = RecvCtx::kDiscard;  // consume its payload so the channel stays aligned
+        } else if (h.bytes) {
+          ctx->stage = RecvCtx::kPayload;
+        } else {
+          self->Finish(ctx, Status::Ok());
+          return;
+        }
+        if (ctx->stage == RecvCtx::kDiscard) ctx->scratch.resize(h.bytes);
+        self->PostStage(ctx);
+        return;
+      }
+      case RecvCtx::kPayload: {
+        Status st;
+        if (info->length != ctx->bytes)
+          st = Status::Error(me + ": payload of " + ctx->expect.ToString() + " is " + std::to_string(info->length) +
+                             " bytes, its header said " + std::to_string(ctx->bytes));
+        else if (self->opt.transport.check_payload && Crc32c(ctx->buf, ctx->bytes) != ctx->header.payload_crc)
+          st = Status::Error("transport: payload checksum mismatch on " + ctx->expect.ToString() + " to rank " +
+                             std::to_string(self->opt.rank));
+        self->Finish(ctx, std::move(st));
+        return;
+      }
+      case RecvCtx::kDiscard:
+        if (!ctx->refused.ok()) {
+          self->Finish(ctx, ctx->refused);
+          return;
+        }
+        ctx->stage = RecvCtx::kHeader;  // the stale message is gone: wait for the next one
+        self->PostStage(ctx);
+        return;
+    }
+  }
+
+  // Posts the UCP receive of the context's current stage.
+  void PostStage(RecvCtx* ctx) {
+    void* buf = &ctx->header;
+    size_t len = sizeof(MsgHeader);
+    if (ctx->stage == RecvCtx::kPayload) {
+      buf = ctx->buf;
+      len = ctx->bytes;
+    } else if (ctx->stage == RecvCtx::kDiscard) {
+      buf = ctx->scratch.data();
+      len = ctx->scratch.size();
+    }
+    ucp_request_param_t p{};
+    p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FLAG_NO_IMM_CMPL;
+    p.cb.recv = &RecvDone;
+    p.user_data = ctx;
+    recv_posted = true;
+    ucs_status_ptr_t r = ucp_tag_recv_nbx(worker, buf, len, opt.ring_id, ~uint64_t(0), &p);
+    if (UCS_PTR_IS_ERR(r)) {
+      RecvDone(nullptr, UCS_PTR_STATUS(r), nullptr, ctx);
+      return;
+    }
+    recv_request = r;
   }
 
   void PostFrontRecv() {
@@ -201,19 +278,7 @@ struct UcxTransport::Impl {
       PostFrontRecv();
       return;
     }
-    ucp_request_param_t p{};
-    p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FIELD_DATATYPE |
-                     UCP_OP_ATTR_FLAG_NO_IMM_CMPL;
-    p.cb.recv = &RecvDone;
-    p.user_data = ctx;
-    p.datatype = ucp_dt_make_iov();
-    recv_posted = true;
-    ucs_status_ptr_t r = ucp_tag_recv_nbx(worker, ctx->iov, 2, opt.ring_id, ~uint64_t(0), &p);
-    if (UCS_PTR_IS_ERR(r)) {
-      RecvDone(nullptr, UCS_PTR_STATUS(r), nullptr, ctx);
-      return;
-    }
-    recv_request = r;
+    PostStage(ctx);
   }
 
   // Fails every queued receive. Runs as a command of the progress thread, never inside a UCX callback
@@ -322,22 +387,6 @@ struct UcxTransport::Impl {
     ucp_request_cancel(worker, abort_request);
     while (abort_request) ucp_worker_progress(worker);
   }
-
-  static void OnConnRequest(ucp_conn_request_h req, void* arg) {
-    auto* self = static_cast<Impl*>(arg);
-    if (self->ep_prev) {  // one ring link per listener: a second connection is refused
-      ucp_listener_reject(self->listener, req);
-      return;
-    }
-    ucp_ep_params_t ep{};
-    ep.field_mask = UCP_EP_PARAM_FIELD_CONN_REQUEST | UCP_EP_PARAM_FIELD_ERR_HANDLER |
-                    UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE;
-    ep.conn_request = req;
-    ep.err_mode = UCP_ERR_HANDLING_MODE_PEER;
-    ep.err_handler.cb = &EpError;
-    ep.err_handler.arg = self;
-    if (ucp_ep_create(self->worker, &ep, &self->ep_prev) != UCS_OK) self->ep_prev = nullptr;
-  }
 };
 
 Status UcxTransport::Create(const UcxOptions& opt, std::unique_ptr<UcxTransport>* out) {
@@ -348,9 +397,16 @@ Status UcxTransport::Create(const UcxOptions& opt, std::unique_ptr<UcxTransport>
   ucp_config_t* config = nullptr;
   ucs_status_t st = ucp_config_read(nullptr, nullptr, &config);
   RW_REQUIRE(st == UCS_OK, UcsError("ucx: reading the configuration", st));
+  if (!opt.net_devices.empty() && std::getenv("UCX_NET_DEVICES") == nullptr) {
+    st = ucp_config_modify(config, "NET_DEVICES", opt.net_devices.c_str());
+    if (st != UCS_OK) {
+      ucp_config_release(config);
+      return Status::Error(UcsError("net_devices: UCX refused '" + opt.net_devices + "'", st));
+    }
+  }
   ucp_params_t params{};
   params.field_mask = UCP_PARAM_FIELD_FEATURES;
-  params.features = UCP_FEATURE_TAG | UCP_FEATURE_WAKEUP;
+  params.features = UCP_FEATURE_TAG;  // no WAKEUP: it would rule out the shared-memory transports
   st = ucp_init(&params, config, &impl->context);
   ucp_config_release(config);
   RW_REQUIRE(st == UCS_OK, UcsError("ucx: ucp_init", st));
@@ -359,38 +415,18 @@ Status UcxTransport::Create(const UcxOptions& opt, std::unique_ptr<UcxTransport>
   wp.thread_mode = UCS_THREAD_MODE_SINGLE;  // only the progress thread touches it
   st = ucp_worker_create(impl->context, &wp, &impl->worker);
   RW_REQUIRE(st == UCS_OK, UcsError("ucx: ucp_worker_create", st));
-  st = ucp_worker_get_efd(impl->worker, &impl->efd);
-  RW_REQUIRE(st == UCS_OK, UcsError("ucx: ucp_worker_get_efd", st));
 
-  sockaddr_in sa{};
-  sa.sin_family = AF_INET;
-  sa.sin_port = 0;  // ephemeral
-  RW_REQUIRE(inet_pton(AF_INET, opt.listen_ip.c_str(), &sa.sin_addr) == 1,
-             "listen_ip: '" << opt.listen_ip << "' is not an IPv4 address");
-  ucp_listener_params_t lp{};
-  lp.field_mask = UCP_LISTENER_PARAM_FIELD_SOCK_ADDR | UCP_LISTENER_PARAM_FIELD_CONN_HANDLER;
-  lp.sockaddr.addr = reinterpret_cast<const sockaddr*>(&sa);
-  lp.sockaddr.addrlen = sizeof(sa);
-  lp.conn_handler.cb = &Impl::OnConnRequest;
-  lp.conn_handler.arg = impl.get();
-  st = ucp_listener_create(impl->worker, &lp, &impl->listener);
-  RW_REQUIRE(st == UCS_OK, UcsError("ucx: listening on " + opt.listen_ip, st));
-  ucp_listener_attr_t la{};
-  la.field_mask = UCP_LISTENER_ATTR_FIELD_SOCKADDR;
-  st = ucp_listener_query(impl->listener, &la);
-  RW_REQUIRE(st == UCS_OK, UcsError("ucx: ucp_listener_query", st));
-  const auto* bound = reinterpret_cast<const sockaddr_in*>(&la.sockaddr);
-  impl->addr = opt.listen_ip + ":" + std::to_string(ntohs(bound->sin_port));
-
-  impl->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-  impl->epfd = epoll_create1(EPOLL_CLOEXEC);
-  RW_REQUIRE(impl->wake_fd >= 0 && impl->epfd >= 0, "ucx: creating the progress thread's event fds failed");
-  for (int fd : {impl->efd, impl->wake_fd}) {
-    epoll_event ev{};
-    ev.events = EPOLLIN;
-    ev.data.fd = fd;
-    epoll_ctl(impl->epfd, EPOLL_CTL_ADD, fd, &ev);
+  ucp_address_t* wa = nullptr;
+  size_t wa_len = 0;
+  st = ucp_worker_get_address(impl->worker, &wa, &wa_len);
+  RW_REQUIRE(st == UCS_OK, UcsError("ucx: ucp_worker_get_address", st));
+  static const char* kHex = "0123456789abcdef";
+  for (size_t i = 0; i < wa_len; ++i) {
+    const auto byte = reinterpret_cast<const unsigned char*>(wa)[i];
+    impl->addr += kHex[byte >> 4];
+    impl->addr += kHex[byte & 15];
   }
+  ucp_worker_release_address(impl->worker, wa);
   impl->PostAbortRecv();
   Impl* raw = impl.get();
   impl->progress = std::thread([raw] { raw->Loop(); });
@@ -435,14 +471,10 @@ UcxTransport::~UcxTransport() {
     std::lock_guard<std::mutex> lock(im->cmd_mu);
     im->stopping = true;
   }
-  const uint64_t one = 1;
-  (void)!write(im->wake_fd, &one, sizeof(one));
+  im->cmd_cv.notify_one();
   im->progress.join();
-  if (im->listener) ucp_listener_destroy(im->listener);
   if (im->worker) ucp_worker_destroy(im->worker);
   if (im->context) ucp_cleanup(im->context);
-  close(im->wake_fd);
-  close(im->epfd);
 }
 
 std::string UcxTransport::address() const { return impl_->addr; }
@@ -450,32 +482,47 @@ int UcxTransport::rank() const { return impl_->opt.rank; }
 int UcxTransport::size() const { return impl_->opt.size; }
 bool UcxTransport::aborted() const { return impl_->aborted; }
 
-Status UcxTransport::ConnectNext(const std::string& next_address, std::chrono::milliseconds timeout) {
-  const auto colon = next_address.rfind(':');
-  RW_REQUIRE(colon != std::string::npos, "next_address: '" << next_address << "' is not host:port");
-  const std::string host = next_address.substr(0, colon);
-  const int port = std::atoi(next_address.c_str() + colon + 1);
-  RW_REQUIRE(port > 0 && port < 65536, "next_address: bad port in '" << next_address << "'");
-  auto sa = std::make_shared<sockaddr_in>();
-  sa->sin_family = AF_INET;
-  sa->sin_port = htons(uint16_t(port));
-  RW_REQUIRE(inet_pton(AF_INET, host.c_str(), &sa->sin_addr) == 1,
-             "next_address: '" << host << "' is not an IPv4 address");
+namespace {
+Status DecodeAddress(const std::string& hex, const char* what, std::vector<unsigned char>* out) {
+  RW_REQUIRE(!hex.empty() && hex.size() % 2 == 0, what << ": not a UCX worker address (" << hex.size() << " hex digits)");
+  out->resize(hex.size() / 2);
+  for (size_t i = 0; i < out->size(); ++i) {
+    auto nib = [&](char c) -> int {
+      return c >= '0' && c <= '9' ? c - '0' : (c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1);
+    };
+    const int hi = nib(hex[2 * i]), lo = nib(hex[2 * i + 1]);
+    RW_REQUIRE(hi >= 0 && lo >= 0, what << ": not a UCX worker address (bad hex digit)");
+    (*out)[i] = static_cast<unsigned char>(hi * 16 + lo);
+  }
+  return Status::Ok();
+}
+}  // namespace
+
+Status UcxTransport::ConnectRing(const std::string& prev_address, const std::string& next_address,
+                                 std::chrono::milliseconds timeout) {
+  auto next = std::make_shared<std::vector<unsigned char>>(), prv = std::make_shared<std::vector<unsigned char>>();
+  RW_RETURN_IF_ERROR(DecodeAddress(next_address, "next_address", next.get()));
+  RW_RETURN_IF_ERROR(DecodeAddress(prev_address, "prev_address", prv.get()));
   std::promise<Status> created;
   auto fut = created.get_future();
   Impl* im = impl_.get();
-  im->Run([im, sa, &created] {
-    ucp_ep_params_t ep{};
-    ep.field_mask = UCP_EP_PARAM_FIELD_FLAGS | UCP_EP_PARAM_FIELD_SOCK_ADDR | UCP_EP_PARAM_FIELD_ERR_HANDLER |
-                    UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE;
-    ep.flags = UCP_EP_PARAMS_FLAGS_CLIENT_SERVER;
-    ep.sockaddr.addr = reinterpret_cast<const sockaddr*>(sa.get());
-    ep.sockaddr.addrlen = sizeof(sockaddr_in);
-    ep.err_mode = UCP_ERR_HANDLING_MODE_PEER;
-    ep.err_handler.cb = &Impl::EpError;
-    ep.err_handler.arg = im;
-    const ucs_status_t st = ucp_ep_create(im->worker, &ep, &im->ep_next);
-    created.set_value(st == UCS_OK ? Status::Ok() : Status::Error(UcsError("ucx: connecting to the next rank", st)));
+  im->Run([im, next, prv, &created] {
+    const bool detect = im->opt.detect_peer_failure;
+    auto connect = [im, detect](const std::vector<unsigned char>& addr, ucp_ep_h* ep) {
+      ucp_ep_params_t p{};
+      p.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS;
+      p.address = reinterpret_cast<const ucp_address_t*>(addr.data());
+      if (detect) {
+        p.field_mask |= UCP_EP_PARAM_FIELD_ERR_HANDLER | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE;
+        p.err_mode = UCP_ERR_HANDLING_MODE_PEER;
+        p.err_handler.cb = &Impl::EpError;
+        p.err_handler.arg = im;
+      }
+      return ucp_ep_create(im->worker, &p, ep);
+    };
+    ucs_status_t st = connect(*next, &im->ep_next);
+    if (st == UCS_OK && detect) st = connect(*prv, &im->ep_prev);
+    created.set_value(st == UCS_OK ? Status::Ok() : Status::Error(UcsError("ucx: connecting the ring", st)));
   });
   RW_RETURN_IF_ERROR(fut.get());
   // Hello around the link: proves next can hear us and we can hear prev.
@@ -509,8 +556,7 @@ Request UcxTransport::SendNext(const MsgTag& tag, const void* buf, size_t bytes)
     ctx->corrupted[bytes / 2] ^= 0x40;
     payload = ctx->corrupted.data();
   }
-  ctx->iov[0] = {&ctx->header, sizeof(MsgHeader)};
-  ctx->iov[1] = {const_cast<void*>(payload), bytes};
+  ctx->payload = payload;
   impl_->bytes_sent += bytes;
   impl_->messages_sent += 1;
   Impl* im = impl_.get();
@@ -526,8 +572,6 @@ Request UcxTransport::RecvPrev(const MsgTag& tag, void* buf, size_t bytes) {
   ctx->expect = tag;
   ctx->buf = buf;
   ctx->bytes = bytes;
-  ctx->iov[0] = {&ctx->header, sizeof(MsgHeader)};
-  ctx->iov[1] = {buf, bytes};
   Impl* im = impl_.get();
   im->Run([im, ctx] {
     if (im->aborted) {

@@ -1,11 +1,13 @@
 // UCX transport: the ranks of a ring are processes (or nodes). UCP tag messages over whatever UCX selects
-// on the machine (shared memory, TCP, RDMA); host memory. Connection by socket address: each rank listens
-// on an ephemeral port of `listen_ip`, publishes address(), and connects to the next rank's address (which
-// the control plane hands out at ring formation).
+// on the machine (shared memory, CMA, TCP, RDMA); host memory. Each rank publishes address() (its UCP worker
+// address, hex) and connects to its neighbours' addresses, which the control plane hands out at ring
+// formation. Worker addresses, not socket addresses: UCX's client-server mode in the Debian build leaves
+// the shared-memory transports out and carries same-host rings over TCP.
 //
-// One progress thread owns every UCX call (the worker runs single-threaded); it sleeps on the worker's
-// event fd, so an idle transport costs no CPU. Each message is [MsgHeader | payload] in one tag message
-// (an iov), so a receive sees the sender's tag, size and checksums and checks them against its own.
+// One progress thread owns every UCX call (the worker runs single-threaded); it polls while operations are
+// outstanding and naps when idle (see Loop for why not event fds). Each message is a MsgHeader then its payload, as two UCP tag
+// messages (contiguous buffers keep UCX's zero-copy protocols): a receive checks the sender's tag, size
+// and checksums against its own before it takes the payload.
 // Receives are matched one at a time, in posting order: the channel is FIFO like the in-process one.
 #pragma once
 
@@ -21,7 +23,11 @@ namespace rw::runtime {
 struct UcxOptions {
   int rank = 0;
   int size = 1;
-  std::string listen_ip = "127.0.0.1";
+  std::string net_devices = "lo";  // UCX_NET_DEVICES unless set in the environment; "all" on a cluster
+  // UCX peer-failure handling on the endpoints: a crashed neighbour fails the waits on it at once. UCX 1.13
+  // offers it on TCP/RDMA but not on shared memory, so it costs same-host rings their fastest path; off by
+  // default, where the control plane's heartbeats detect a lost rank and call Abort().
+  bool detect_peer_failure = false;
   uint64_t ring_id = 1;  // the UCP tag of this ring's messages
   TransportOptions transport;
 };
@@ -32,11 +38,12 @@ class UcxTransport final : public Transport {
   static Status Create(const UcxOptions& opt, std::unique_ptr<UcxTransport>* out);
   ~UcxTransport() override;
 
-  // "ip:port" that the previous rank connects to.
+  // This rank's UCP worker address, hex: what its neighbours connect to.
   std::string address() const;
-  // Connects to the next rank and exchanges a hello around the ring link in both directions: returns once
-  // this rank can send to the next one and has heard from the previous one.
-  Status ConnectNext(const std::string& next_address, std::chrono::milliseconds timeout);
+  // Connects to both neighbours and exchanges a hello around the ring: returns once this rank can send to
+  // the next one and has heard from the previous one.
+  Status ConnectRing(const std::string& prev_address, const std::string& next_address,
+                     std::chrono::milliseconds timeout);
 
   int rank() const override;
   int size() const override;

@@ -3,8 +3,12 @@
 //   ring      ring attention forward + backward on the fixture's problem; writes its results to out.<rank>
 //   corrupt   rank 0 corrupts its first payload; rank 1 must report a checksum error (exit 3 when it does)
 //   abort     rank 0 aborts while the others wait on it; every other rank must fail (exit 4) within 1 s
+//   crash     (peer-failure detection on) rank 0 is killed with SIGKILL while rank 1 waits on it; rank 1
+//             must fail, naming the lost peer, within 5 s (exit 5)
 //   bandwidth rank 0 sends blocks to rank 1 and prints the transfer rate beside a memcpy of the same size
 // Exit code 0 on success of the scenario, 1 on an unexpected error, 2 on bad arguments.
+#include <signal.h>
+
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -118,6 +122,7 @@ int main(int argc, char** argv) {
   opt.rank = rank;
   opt.size = size;
   opt.transport.check_payload = mode == "corrupt" || mode == "ring";
+  opt.detect_peer_failure = mode == "crash";
   opt.transport.wait_timeout = std::chrono::milliseconds(mode == "abort" ? 5000 : 60000);
   std::unique_ptr<UcxTransport> t;
   if (auto st = UcxTransport::Create(opt, &t); !st.ok()) return Fail(st);
@@ -127,8 +132,10 @@ int main(int argc, char** argv) {
     std::rename(tmp.c_str(), (dir + "/addr." + std::to_string(rank)).c_str());
   }
   const std::string next = ReadWhenThere(dir + "/addr." + std::to_string((rank + 1) % size), std::chrono::seconds(20));
-  if (next.empty()) return Fail(Status::Error("no address from the next rank"));
-  if (auto st = t->ConnectNext(next, std::chrono::milliseconds(20000)); !st.ok()) return Fail(st);
+  const std::string prev =
+      ReadWhenThere(dir + "/addr." + std::to_string((rank + size - 1) % size), std::chrono::seconds(20));
+  if (next.empty() || prev.empty()) return Fail(Status::Error("no address from a neighbour"));
+  if (auto st = t->ConnectRing(prev, next, std::chrono::milliseconds(20000)); !st.ok()) return Fail(st);
 
   if (mode == "ring") return RunRing(*t, dir, size, layout, causal);
   if (mode == "bandwidth") return RunBandwidth(*t);
@@ -146,6 +153,17 @@ int main(int argc, char** argv) {
     const Status st = t->Wait(t->RecvPrev(tag, in.data(), in.size() * 4));
     std::printf("rank 1: %s\n", st.ok() ? "received without error" : st.message().c_str());
     return !st.ok() && st.message().find("checksum") != std::string::npos ? 3 : 1;
+  }
+  if (mode == "crash") {
+    if (rank == 0) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(300));
+      raise(SIGKILL);
+    }
+    const auto t0 = Clock::now();
+    const Status st = t->Wait(t->RecvPrev(tag, in.data(), in.size() * 4));
+    const double waited = std::chrono::duration<double>(Clock::now() - t0).count();
+    std::printf("rank %d: %s after %.3f s\n", rank, st.ok() ? "ok" : st.message().c_str(), waited);
+    return !st.ok() && st.message().find("gone") != std::string::npos && waited < 5.0 ? 5 : 1;
   }
   if (mode == "abort") {
     if (rank == 0) {

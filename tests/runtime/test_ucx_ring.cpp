@@ -146,5 +146,12 @@ TEST(UcxTransport, AbortEndsEveryProcessWithAnErrorWithinOneSecond) {
   fs::remove_all(p.dir);
 }
 
+TEST(UcxTransport, KilledPeerIsDetectedWithinFiveSecondsWhenPeerFailureDetectionIsOn) {
+  Peers p = RunPeers(2, "crash", "contiguous", "causal", 30s);
+  EXPECT_EQ(p.exit_codes[0], 128 + SIGKILL);
+  EXPECT_EQ(p.exit_codes[1], 5) << "rank 1 should fail naming the lost peer within 5 s";
+  fs::remove_all(p.dir);
+}
+
 }  // namespace
 }  // namespace rw::runtime
