@@ -121,7 +121,9 @@ Status AttentionForward(const AttentionParams& p) {
         l(group * bq);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t task = 0; task < p.hkv * nqb; ++task) {
-      const int64_t hk = task / nqb, qb = task % nqb;
+      // Last query blocks first: under a causal mask they see the most keys, and handing out the big
+      // tasks first keeps the threads' tails short.
+      const int64_t hk = task / nqb, qb = nqb - 1 - task % nqb;
       const int64_t q0 = qb * bq, nq = std::min(bq, p.sq - q0), rows = group * nq;
       GatherRows(p.q, q0, nq, hk * group, group, d, c, qt.data());
       std::fill(acc.begin(), acc.begin() + rows * d, 0.f);

@@ -1,0 +1,177 @@
+#include "actors/device_actor.h"
+
+#include <chrono>
+#include <map>
+#include <mutex>
+
+#include "runtime/inproc_transport.h"
+#include "runtime/ring_attention.h"
+#include "runtime/ucx_transport.h"
+
+namespace rw::actors {
+namespace {
+
+using runtime::Transport;
+
+// In-process rings: the ranks of (job, epoch) share one fabric. Held weakly: it lives as long as an
+// endpoint of it does.
+std::shared_ptr<runtime::InprocFabric> FabricFor(uint64_t job, uint32_t epoch, int size) {
+  static std::mutex mu;
+  static std::map<std::pair<uint64_t, uint32_t>, std::weak_ptr<runtime::InprocFabric>> fabrics;
+  std::lock_guard<std::mutex> lock(mu);
+  auto& slot = fabrics[{job, epoch}];
+  auto f = slot.lock();
+  if (!f || f->size() != size) {
+    f = runtime::InprocFabric::Create(size);
+    slot = f;
+  }
+  return f;
+}
+
+// The lane: a detached actor (its own thread) that does the device's blocking work.
+using lane_actor = caf::typed_actor<
+    caf::replies_to<connect_atom, std::shared_ptr<Transport>, std::string, std::string>::with<attention_report>,
+    caf::replies_to<attend_atom, attention_task, std::shared_ptr<Transport>>::with<attention_report>>;
+
+lane_actor::behavior_type Lane(lane_actor::pointer) {
+  return {
+      [](connect_atom, std::shared_ptr<Transport> t, const std::string& prev, const std::string& next) {
+        attention_report rep;
+        auto* ucx = dynamic_cast<runtime::UcxTransport*>(t.get());
+        kernels::Status st = ucx ? ucx->ConnectRing(prev, next, std::chrono::seconds(30)) : kernels::Status::Ok();
+        rep.ok = st.ok();
+        rep.error = st.message();
+        return rep;
+      },
+      [](attend_atom, const attention_task& task, std::shared_ptr<Transport> t) {
+        attention_report rep;
+        auto& io = *task.io;
+        runtime::RingAttentionConfig c;
+        c.s = io.s;
+        c.hq = io.hq;
+        c.hkv = io.hkv;
+        c.d = io.d;
+        c.causal = io.causal;
+        c.tag.epoch = task.epoch;
+        c.tag.step = task.step;
+        runtime::RingShard sh{io.q.data(), io.k.data(), io.v.data(), io.index.data(),
+                              io.segment.empty() ? nullptr : io.segment.data()};
+        io.o.resize(io.q.size());
+        io.lse.resize(size_t(io.hq) * io.s);
+        io.dq.resize(io.q.size());
+        io.dk.resize(io.k.size());
+        io.dv.resize(io.v.size());
+        runtime::RingStats fs, bs;
+        kernels::Status st = runtime::RingAttentionForward(*t, c, sh, io.o.data(), io.lse.data(), &fs);
+        if (st.ok())
+          st = runtime::RingAttentionBackward(*t, c, sh, io.o.data(), io.lse.data(), io.dout.data(), io.dq.data(),
+                                              io.dk.data(), io.dv.data(), &bs);
+        rep.ok = st.ok();
+        rep.error = st.message();
+        rep.fwd_seconds = fs.wall_seconds;
+        rep.bwd_seconds = bs.wall_seconds;
+        rep.overlap_fwd = fs.overlap_ratio();
+        rep.overlap_bwd = bs.overlap_ratio();
+        return rep;
+      },
+  };
+}
+
+struct DeviceState {
+  int index = 0;
+  ring_spec spec;
+  std::shared_ptr<Transport> transport;
+  lane_actor lane;
+  static inline const char* name = "device_actor";
+};
+
+device_actor::behavior_type Device(device_actor::stateful_pointer<DeviceState> self, int index) {
+  self->state.index = index;
+  self->state.lane = self->spawn<caf::detached + caf::linked>(Lane);
+  return {
+      [=](prepare_atom, const ring_spec& spec) -> caf::result<std::string> {
+        auto& st = self->state;
+        if (spec.size < 1 || spec.rank < 0 || spec.rank >= spec.size)
+          return caf::make_error(caf::sec::invalid_argument, "ring_spec: rank " + std::to_string(spec.rank) +
+                                                                 " is not a rank of a ring of " + std::to_string(spec.size));
+        if (st.transport) st.transport->Abort("re-formed into epoch " + std::to_string(spec.epoch));
+        st.spec = spec;
+        if (spec.transport == "inproc") {
+          st.transport = FabricFor(spec.job, spec.epoch, spec.size)->Endpoint(spec.rank);
+          return std::string();
+        }
+        if (spec.transport == "ucx") {
+          runtime::UcxOptions opt;
+          opt.rank = spec.rank;
+          opt.size = spec.size;
+          opt.ring_id = spec.job * 4096 + spec.epoch + 1;
+          std::unique_ptr<runtime::UcxTransport> t;
+          auto s = runtime::UcxTransport::Create(opt, &t);
+          if (!s.ok()) return caf::make_error(caf::sec::runtime_error, s.message());
+          std::string addr = t->address();
+          st.transport = std::move(t);
+          return addr;
+        }
+        return caf::make_error(caf::sec::invalid_argument,
+                               "ring_spec.transport: unknown transport '" + spec.transport + "' (inproc | ucx)");
+      },
+      [=](connect_atom, const std::string& prev, const std::string& next) -> caf::result<attention_report> {
+        if (!self->state.transport) return caf::make_error(caf::sec::runtime_error, "connect before prepare");
+        return self->delegate(self->state.lane, connect_atom::value, self->state.transport, prev, next);
+      },
+      [=](attend_atom, const attention_task& task) -> caf::result<attention_report> {
+        auto& st = self->state;
+        if (!st.transport || task.epoch != st.spec.epoch) {
+          attention_report rep;
+          rep.error = "device " + std::to_string(st.index) + ": task of epoch " + std::to_string(task.epoch) +
+                      " but the ring is at epoch " + std::to_string(st.spec.epoch);
+          return rep;
+        }
+        return self->delegate(st.lane, attend_atom::value, task, st.transport);
+      },
+      [=](abort_atom, const std::string& reason) {
+        if (self->state.transport) self->state.transport->Abort(reason);
+      },
+  };
+}
+
+}  // namespace
+
+device_actor SpawnDevice(caf::actor_system& sys, int device_index) { return sys.spawn(Device, device_index); }
+
+kernels::Status FormRing(caf::actor_system& sys, const std::vector<device_actor>& devices, uint64_t job,
+                         uint32_t epoch, const std::string& transport) {
+  caf::scoped_actor self{sys};
+  const int R = int(devices.size());
+  std::vector<std::string> addr(R);
+  for (int r = 0; r < R; ++r) {
+    ring_spec spec{job, epoch, r, R, transport};
+    std::string err;
+    self->request(devices[r], std::chrono::seconds(30), prepare_atom::value, spec)
+        .receive([&](const std::string& a) { addr[r] = a; }, [&](caf::error& e) { err = sys.render(e); });
+    RW_REQUIRE(err.empty(), "rank " << r << ": prepare failed: " << err);
+  }
+  // Connect all ranks at once: each waits on its neighbours.
+  for (int r = 0; r < R; ++r)
+    self->send(devices[r], connect_atom::value, addr[(r + R - 1) % R], addr[(r + 1) % R]);
+  std::string err;
+  for (int i = 0; i < R; ++i)
+    self->receive([&](const attention_report& rep) {
+                    if (!rep.ok && err.empty()) err = rep.error;
+                  },
+                  [&](caf::error& e) {
+                    if (err.empty()) err = sys.render(e);
+                  },
+                  caf::after(std::chrono::seconds(60)) >> [&] {
+                    if (err.empty()) err = "timed out";
+                  });
+  RW_REQUIRE(err.empty(), "ring formation (" << transport << ", " << R << " ranks): " << err);
+  return kernels::Status::Ok();
+}
+
+void AddMessageTypes(caf::actor_system_config& cfg) {
+  cfg.add_message_type<ring_spec>("rw::ring_spec");
+  cfg.add_message_type<attention_report>("rw::attention_report");
+}
+
+}  // namespace rw::actors

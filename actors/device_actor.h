@@ -1,0 +1,36 @@
+// device_actor: one per device (a GPU, or a CPU "device"). It owns its transport endpoint and runs the
+// ring's compute for its shard. The actor itself stays responsive (abort, re-formation) while a private
+// detached lane, its own thread, does the blocking work: connecting the ring and computing.
+#pragma once
+
+#include <caf/all.hpp>
+
+#include <string>
+#include <vector>
+
+#include "actors/messages.h"
+#include "kernels/common.h"
+
+namespace rw::actors {
+
+using device_actor = caf::typed_actor<
+    // Join a ring: creates this rank's transport endpoint; replies its address ("" for inproc).
+    caf::replies_to<prepare_atom, ring_spec>::with<std::string>,
+    // Connect to the neighbours' addresses (ucx; a no-op for inproc); replies once the links work.
+    caf::replies_to<connect_atom, std::string, std::string>::with<attention_report>,
+    // Ring attention forward + backward over this rank's shard.
+    caf::replies_to<attend_atom, attention_task>::with<attention_report>,
+    // Abort the ring: every pending transfer of every rank fails, so no rank hangs.
+    caf::reacts_to<abort_atom, std::string>>;
+
+device_actor SpawnDevice(caf::actor_system& sys, int device_index);
+
+// Forms a ring over `devices` (rank = position): prepare on each, then connect each to its neighbours.
+// Blocking (a scoped actor); the error names the rank that failed.
+kernels::Status FormRing(caf::actor_system& sys, const std::vector<device_actor>& devices, uint64_t job,
+                         uint32_t epoch, const std::string& transport);
+
+// Registers the message types of actors/ with a system config (needed before the system starts).
+void AddMessageTypes(caf::actor_system_config& cfg);
+
+}  // namespace rw::actors

@@ -1,0 +1,68 @@
+// The control-plane vocabulary of the actors: atoms and the small message types (with inspect(), so they
+// can cross the CAF middleman). Tensors never travel here; they ride a runtime::Transport.
+#pragma once
+
+#include <caf/all.hpp>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "runtime/transport.h"
+
+namespace rw::actors {
+
+using prepare_atom = caf::atom_constant<caf::atom("prepare")>;
+using connect_atom = caf::atom_constant<caf::atom("connect")>;
+using attend_atom = caf::atom_constant<caf::atom("attend")>;
+using abort_atom = caf::atom_constant<caf::atom("abort")>;
+
+// What a device needs to join a ring: who it is in it, and how tensors travel.
+struct ring_spec {
+  uint64_t job = 0;
+  uint32_t epoch = 0;  // bumped at every re-formation; work of an older epoch is refused
+  int32_t rank = 0;
+  int32_t size = 1;
+  std::string transport = "inproc";  // inproc | ucx
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, ring_spec& x) {
+  return f(caf::meta::type_name("ring_spec"), x.job, x.epoch, x.rank, x.size, x.transport);
+}
+
+// One rank's attention problem, in host memory owned by the caller (local messages only: a shared_ptr
+// cannot cross processes, and tensors must not go through CAF anyway).
+struct attention_io {
+  int64_t s = 0, hq = 0, hkv = 0, d = 0;
+  bool causal = true;
+  std::vector<float> q, k, v, dout;    // inputs, (S, H, D)
+  std::vector<int64_t> index;          // global token index per row
+  std::vector<int32_t> segment;        // empty: one document
+  std::vector<float> o, lse, dq, dk, dv;  // outputs
+};
+
+struct attention_task {
+  uint32_t epoch = 0;
+  uint32_t step = 0;
+  std::shared_ptr<attention_io> io;
+};
+
+struct attention_report {
+  bool ok = false;
+  std::string error;
+  double fwd_seconds = 0, bwd_seconds = 0;
+  double overlap_fwd = 0, overlap_bwd = 0;
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, attention_report& x) {
+  return f(caf::meta::type_name("attention_report"), x.ok, x.error, x.fwd_seconds, x.bwd_seconds, x.overlap_fwd,
+           x.overlap_bwd);
+}
+
+}  // namespace rw::actors
+
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(rw::actors::attention_task)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(std::shared_ptr<rw::runtime::Transport>)

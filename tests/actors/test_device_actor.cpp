@@ -1,0 +1,138 @@
+// Device actors in one process: a ring formed by the control plane (CAF messages) computes ring attention
+// over the in-process and the UCX transport and matches the single-device kernels; an abort sent to one
+// device actor ends every rank's work within a second, although the actors' lanes are blocked in waits.
+#include <gtest/gtest.h>
+
+#include <chrono>
+
+#include "../runtime/ring_fixture.h"
+#include "actors/device_actor.h"
+#include "runtime/layout.h"
+
+namespace rw::actors {
+namespace {
+
+struct Config : caf::actor_system_config {
+  Config() { AddMessageTypes(*this); }
+};
+
+std::vector<std::shared_ptr<attention_io>> Shards(const runtime::test::Global& G, const runtime::Layout& lay) {
+  std::vector<std::shared_ptr<attention_io>> out;
+  for (int r = 0; r < lay.ring_size(); ++r) {
+    auto io = std::make_shared<attention_io>();
+    io->index = lay.GlobalIndices(r);
+    io->s = lay.shard_len();
+    io->hq = G.hq;
+    io->hkv = G.hkv;
+    io->d = G.d;
+    io->q = runtime::test::Gather(G.q, io->index, G.hq * G.d);
+    io->k = runtime::test::Gather(G.k, io->index, G.hkv * G.d);
+    io->v = runtime::test::Gather(G.v, io->index, G.hkv * G.d);
+    io->dout = runtime::test::Gather(G.dout, io->index, G.hq * G.d);
+    for (int64_t i : io->index)
+      if (!G.seg.empty()) io->segment.push_back(G.seg[i]);
+    out.push_back(io);
+  }
+  return out;
+}
+
+double RelErr(const std::vector<float>& got, const std::vector<float>& want) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    if (!std::isfinite(want[i])) continue;
+    num += double(got[i] - want[i]) * (got[i] - want[i]);
+    den += double(want[i]) * want[i];
+  }
+  return std::sqrt(num / den);
+}
+
+class DeviceRing : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(DeviceRing, FormedByMessagesComputesRingAttentionEqualToOneDevice) {
+  Config cfg;
+  caf::actor_system sys{cfg};
+  const int R = 4;
+  std::vector<device_actor> devices;
+  for (int r = 0; r < R; ++r) devices.push_back(SpawnDevice(sys, r));
+  auto st = FormRing(sys, devices, /*job=*/9, /*epoch=*/1, GetParam());
+  ASSERT_TRUE(st.ok()) << st.message();
+
+  const auto G = runtime::test::MakeGlobal(2 * R * 13, true, 77);
+  runtime::Layout lay;
+  ASSERT_TRUE(runtime::Layout::Make(runtime::LayoutKind::kZigzag, G.L, R, &lay).ok());
+  auto shards = Shards(G, lay);
+  caf::scoped_actor self{sys};
+  for (int r = 0; r < R; ++r) self->send(devices[r], attend_atom::value, attention_task{1, 0, shards[r]});
+  for (int r = 0; r < R; ++r)
+    self->receive([&](const attention_report& rep) { EXPECT_TRUE(rep.ok) << rep.error; },
+                  [&](caf::error& e) { ADD_FAILURE() << sys.render(e); },
+                  caf::after(std::chrono::seconds(60)) >> [&] { ADD_FAILURE() << "no report within 60 s"; });
+  const auto want = runtime::test::SingleDevice(G, true);
+  std::vector<float> o(G.q.size()), dq(G.q.size()), dk(G.k.size()), dv(G.v.size());
+  for (int r = 0; r < R; ++r) {
+    runtime::test::Scatter(shards[r]->o, shards[r]->index, G.hq * G.d, o);
+    runtime::test::Scatter(shards[r]->dq, shards[r]->index, G.hq * G.d, dq);
+    runtime::test::Scatter(shards[r]->dk, shards[r]->index, G.hkv * G.d, dk);
+    runtime::test::Scatter(shards[r]->dv, shards[r]->index, G.hkv * G.d, dv);
+  }
+  std::printf("  %s: rel err o=%.2e dq=%.2e dk=%.2e dv=%.2e\n", GetParam().c_str(), RelErr(o, want.o),
+              RelErr(dq, want.dq), RelErr(dk, want.dk), RelErr(dv, want.dv));
+  EXPECT_LE(RelErr(o, want.o), 1e-5);
+  EXPECT_LE(RelErr(dq, want.dq), 1e-5);
+  EXPECT_LE(RelErr(dk, want.dk), 1e-5);
+  EXPECT_LE(RelErr(dv, want.dv), 1e-5);
+  for (auto& d : devices) caf::anon_send_exit(d, caf::exit_reason::user_shutdown);
+}
+
+INSTANTIATE_TEST_SUITE_P(Transports, DeviceRing, ::testing::Values("inproc", "ucx"));
+
+TEST(DeviceActor, AbortReachesEveryRankWhileTheirLanesAreBlocked) {
+  Config cfg;
+  caf::actor_system sys{cfg};
+  const int R = 4;
+  std::vector<device_actor> devices;
+  for (int r = 0; r < R; ++r) devices.push_back(SpawnDevice(sys, r));
+  ASSERT_TRUE(FormRing(sys, devices, 10, 1, "inproc").ok());
+  const auto G = runtime::test::MakeGlobal(2 * R * 13, false, 5);
+  runtime::Layout lay;
+  ASSERT_TRUE(runtime::Layout::Make(runtime::LayoutKind::kContiguous, G.L, R, &lay).ok());
+  auto shards = Shards(G, lay);
+  caf::scoped_actor self{sys};
+  // Rank 3 never gets its task: ranks 0..2 block waiting on the ring.
+  for (int r = 0; r < R - 1; ++r) self->send(devices[r], attend_atom::value, attention_task{1, 0, shards[r]});
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  const auto t0 = std::chrono::steady_clock::now();
+  self->send(devices[3], abort_atom::value, std::string("device 3 lost"));
+  for (int r = 0; r < R - 1; ++r)
+    self->receive(
+        [&](const attention_report& rep) {
+          EXPECT_FALSE(rep.ok);
+          EXPECT_NE(rep.error.find("device 3 lost"), std::string::npos) << rep.error;
+        },
+        caf::after(std::chrono::seconds(5)) >> [&] { ADD_FAILURE() << "a rank did not return within 5 s"; });
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  std::printf("  all ranks returned %.3f s after the abort\n", secs);
+  EXPECT_LT(secs, 1.0);
+  for (auto& d : devices) caf::anon_send_exit(d, caf::exit_reason::user_shutdown);
+}
+
+TEST(DeviceActor, TaskOfAnOlderEpochIsRefused) {
+  Config cfg;
+  caf::actor_system sys{cfg};
+  std::vector<device_actor> devices = {SpawnDevice(sys, 0)};
+  ASSERT_TRUE(FormRing(sys, devices, 11, 3, "inproc").ok());
+  caf::scoped_actor self{sys};
+  auto io = std::make_shared<attention_io>();
+  self->request(devices[0], std::chrono::seconds(10), attend_atom::value, attention_task{2, 0, io})
+      .receive(
+          [&](const attention_report& rep) {
+            EXPECT_FALSE(rep.ok);
+            EXPECT_NE(rep.error.find("epoch 2"), std::string::npos) << rep.error;
+          },
+          [&](caf::error& e) { ADD_FAILURE() << sys.render(e); });
+  ASSERT_FALSE(FormRing(sys, devices, 11, 4, "carrier-pigeon").ok());
+  caf::anon_send_exit(devices[0], caf::exit_reason::user_shutdown);
+}
+
+}  // namespace
+}  // namespace rw::actors
