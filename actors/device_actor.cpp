@@ -1,5 +1,7 @@
 #include "actors/device_actor.h"
 
+#include <caf/io/all.hpp>
+
 #include <chrono>
 #include <map>
 #include <mutex>
@@ -31,7 +33,24 @@ std::shared_ptr<runtime::InprocFabric> FabricFor(uint64_t job, uint32_t epoch, i
 // The lane: a detached actor (its own thread) that does the device's blocking work.
 using lane_actor = caf::typed_actor<
     caf::replies_to<connect_atom, std::shared_ptr<Transport>, std::string, std::string>::with<attention_report>,
-    caf::replies_to<attend_atom, attention_task, std::shared_ptr<Transport>>::with<attention_report>>;
+    caf::replies_to<attend_atom, attention_task, std::shared_ptr<Transport>>::with<attention_report>,
+    caf::replies_to<attend_atom, selftest_task, ring_spec, std::shared_ptr<Transport>>::with<attention_report>>;
+
+attention_report Run(Transport& t, runtime::ShardData& io, uint32_t epoch, uint32_t step) {
+  attention_report rep;
+  runtime::MsgTag tag;
+  tag.epoch = epoch;
+  tag.step = step;
+  runtime::RingStats fs, bs;
+  const kernels::Status st = runtime::RunShard(t, io, tag, 1, &fs, &bs);
+  rep.ok = st.ok();
+  rep.error = st.message();
+  rep.fwd_seconds = fs.wall_seconds;
+  rep.bwd_seconds = bs.wall_seconds;
+  rep.overlap_fwd = fs.overlap_ratio();
+  rep.overlap_bwd = bs.overlap_ratio();
+  return rep;
+}
 
 lane_actor::behavior_type Lane(lane_actor::pointer) {
   return {
@@ -44,34 +63,27 @@ lane_actor::behavior_type Lane(lane_actor::pointer) {
         return rep;
       },
       [](attend_atom, const attention_task& task, std::shared_ptr<Transport> t) {
+        return Run(*t, *task.io, task.epoch, task.step);
+      },
+      [](attend_atom, const selftest_task& task, const ring_spec& spec, std::shared_ptr<Transport> t) {
         attention_report rep;
-        auto& io = *task.io;
-        runtime::RingAttentionConfig c;
-        c.s = io.s;
-        c.hq = io.hq;
-        c.hkv = io.hkv;
-        c.d = io.d;
-        c.causal = io.causal;
-        c.tag.epoch = task.epoch;
-        c.tag.step = task.step;
-        runtime::RingShard sh{io.q.data(), io.k.data(), io.v.data(), io.index.data(),
-                              io.segment.empty() ? nullptr : io.segment.data()};
-        io.o.resize(io.q.size());
-        io.lse.resize(size_t(io.hq) * io.s);
-        io.dq.resize(io.q.size());
-        io.dk.resize(io.k.size());
-        io.dv.resize(io.v.size());
-        runtime::RingStats fs, bs;
-        kernels::Status st = runtime::RingAttentionForward(*t, c, sh, io.o.data(), io.lse.data(), &fs);
-        if (st.ok())
-          st = runtime::RingAttentionBackward(*t, c, sh, io.o.data(), io.lse.data(), io.dout.data(), io.dq.data(),
-                                              io.dk.data(), io.dv.data(), &bs);
-        rep.ok = st.ok();
-        rep.error = st.message();
-        rep.fwd_seconds = fs.wall_seconds;
-        rep.bwd_seconds = bs.wall_seconds;
-        rep.overlap_fwd = fs.overlap_ratio();
-        rep.overlap_bwd = bs.overlap_ratio();
+        runtime::LayoutKind kind;
+        runtime::Layout layout;
+        runtime::ShardData io;
+        kernels::Status st = runtime::ParseLayout(task.layout, &kind);
+        if (st.ok()) st = runtime::Layout::Make(kind, task.L, spec.size, &layout);
+        runtime::SyntheticAttention problem{task.seed, task.L, task.hq, task.hkv, task.d, task.causal, task.doc_len};
+        if (st.ok()) st = runtime::MakeShard(problem, layout, spec.rank, &io);
+        if (!st.ok()) {
+          rep.error = st.message();
+          return rep;
+        }
+        rep = Run(*t, io, task.epoch, task.step);
+        if (rep.ok && !task.output_path.empty()) {
+          st = runtime::WriteOutputs(io, task.output_path);
+          rep.ok = st.ok();
+          rep.error = st.message();
+        }
         return rep;
       },
   };
@@ -129,6 +141,16 @@ device_actor::behavior_type Device(device_actor::stateful_pointer<DeviceState> s
         }
         return self->delegate(st.lane, attend_atom::value, task, st.transport);
       },
+      [=](attend_atom, const selftest_task& task) -> caf::result<attention_report> {
+        auto& st = self->state;
+        if (!st.transport || task.epoch != st.spec.epoch) {
+          attention_report rep;
+          rep.error = "device " + std::to_string(st.index) + ": task of epoch " + std::to_string(task.epoch) +
+                      " but the ring is at epoch " + std::to_string(st.spec.epoch);
+          return rep;
+        }
+        return self->delegate(st.lane, attend_atom::value, task, st.spec, st.transport);
+      },
       [=](abort_atom, const std::string& reason) {
         if (self->state.transport) self->state.transport->Abort(reason);
       },
@@ -172,6 +194,10 @@ kernels::Status FormRing(caf::actor_system& sys, const std::vector<device_actor>
 void AddMessageTypes(caf::actor_system_config& cfg) {
   cfg.add_message_type<ring_spec>("rw::ring_spec");
   cfg.add_message_type<attention_report>("rw::attention_report");
+  cfg.add_message_type<selftest_task>("rw::selftest_task");
+  cfg.add_message_type<device_actor>("rw::device_actor");
+  cfg.add_message_type<std::vector<device_actor>>("rw::device_list");
+  cfg.load<caf::io::middleman>();
 }
 
 }  // namespace rw::actors

@@ -18,8 +18,10 @@ using device_actor = caf::typed_actor<
     caf::replies_to<prepare_atom, ring_spec>::with<std::string>,
     // Connect to the neighbours' addresses (ucx; a no-op for inproc); replies once the links work.
     caf::replies_to<connect_atom, std::string, std::string>::with<attention_report>,
-    // Ring attention forward + backward over this rank's shard.
+    // Ring attention forward + backward over this rank's shard (local callers: memory they own).
     caf::replies_to<attend_atom, attention_task>::with<attention_report>,
+    // The same on a synthetic problem the device builds itself; outputs go to a file (any process).
+    caf::replies_to<attend_atom, selftest_task>::with<attention_report>,
     // Abort the ring: every pending transfer of every rank fails, so no rank hangs.
     caf::reacts_to<abort_atom, std::string>>;
 

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "runtime/attention_problem.h"
 #include "runtime/transport.h"
 
 namespace rw::actors {
@@ -34,20 +35,32 @@ typename Inspector::result_type inspect(Inspector& f, ring_spec& x) {
 
 // One rank's attention problem, in host memory owned by the caller (local messages only: a shared_ptr
 // cannot cross processes, and tensors must not go through CAF anyway).
-struct attention_io {
-  int64_t s = 0, hq = 0, hkv = 0, d = 0;
-  bool causal = true;
-  std::vector<float> q, k, v, dout;    // inputs, (S, H, D)
-  std::vector<int64_t> index;          // global token index per row
-  std::vector<int32_t> segment;        // empty: one document
-  std::vector<float> o, lse, dq, dk, dv;  // outputs
-};
+using attention_io = runtime::ShardData;
 
 struct attention_task {
   uint32_t epoch = 0;
   uint32_t step = 0;
   std::shared_ptr<attention_io> io;
 };
+
+// A self-test any device can run wherever it lives: it builds its own rows of a synthetic problem, runs
+// ring attention, and writes its outputs to output_path (the data plane here is the file system).
+struct selftest_task {
+  uint32_t epoch = 0;
+  uint32_t step = 0;
+  uint64_t seed = 1;
+  int64_t L = 0, hq = 1, hkv = 1, d = 64;
+  bool causal = true;
+  int64_t doc_len = 0;
+  std::string layout = "zigzag";
+  std::string output_path;
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, selftest_task& x) {
+  return f(caf::meta::type_name("selftest_task"), x.epoch, x.step, x.seed, x.L, x.hq, x.hkv, x.d, x.causal, x.doc_len,
+           x.layout, x.output_path);
+}
 
 struct attention_report {
   bool ok = false;

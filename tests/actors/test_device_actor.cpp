@@ -3,10 +3,22 @@
 // device actor ends every rank's work within a second, although the actors' lanes are blocked in waits.
 #include <gtest/gtest.h>
 
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+extern char** environ;
 
 #include "../runtime/ring_fixture.h"
 #include "actors/device_actor.h"
+#include "actors/device_host.h"
+#include "runtime/inproc_transport.h"
 #include "runtime/layout.h"
 
 namespace rw::actors {
@@ -132,6 +144,123 @@ TEST(DeviceActor, TaskOfAnOlderEpochIsRefused) {
           [&](caf::error& e) { ADD_FAILURE() << sys.render(e); });
   ASSERT_FALSE(FormRing(sys, devices, 11, 4, "carrier-pigeon").ok());
   caf::anon_send_exit(devices[0], caf::exit_reason::user_shutdown);
+}
+
+// Device actors in two other processes (2 each), reached over the CAF middleman; the ring between them is
+// UCX. Each device builds its rows of a synthetic problem, and the outputs (written to files: tensors stay
+// out of CAF) must equal the single-device kernels on the whole problem.
+TEST(DeviceActor, DevicesInTwoProcessesFormAUcxRingDrivenOverTheMiddleman) {
+  namespace fs = std::filesystem;
+  const fs::path dir = fs::temp_directory_path() / ("rw_hosts_" + std::to_string(getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  std::vector<pid_t> pids;
+  for (int h = 0; h < 2; ++h) {
+    std::string n = "2", file = (dir / ("port." + std::to_string(h))).string();
+    char* argv[] = {const_cast<char*>(RW_DEVICE_HOST), n.data(), file.data(), nullptr};
+    pid_t pid;
+    ASSERT_EQ(0, posix_spawn(&pid, RW_DEVICE_HOST, nullptr, nullptr, argv, environ));
+    pids.push_back(pid);
+  }
+  auto cleanup = [&] {
+    for (pid_t pid : pids) {
+      const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+      int status;
+      while (waitpid(pid, &status, WNOHANG) != pid) {
+        if (std::chrono::steady_clock::now() > until) {
+          kill(pid, SIGKILL);
+          waitpid(pid, &status, 0);
+          break;
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      }
+    }
+    fs::remove_all(dir);
+  };
+  Config cfg;
+  caf::actor_system sys{cfg};
+  std::vector<host_actor> hosts;
+  std::vector<device_actor> devices;
+  for (int h = 0; h < 2; ++h) {
+    uint16_t port = 0;
+    for (int i = 0; i < 500 && !port; ++i) {
+      std::ifstream f(dir / ("port." + std::to_string(h)));
+      f >> port;
+      if (!port) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    ASSERT_NE(port, 0) << "host " << h << " did not publish";
+    auto host = sys.middleman().remote_actor<host_actor>("127.0.0.1", port);
+    ASSERT_TRUE(host) << sys.render(host.error());
+    hosts.push_back(*host);
+    caf::scoped_actor self{sys};
+    self->request(*host, std::chrono::seconds(10), devices_atom::value)
+        .receive([&](const std::vector<device_actor>& d) { devices.insert(devices.end(), d.begin(), d.end()); },
+                 [&](caf::error& e) { ADD_FAILURE() << sys.render(e); });
+  }
+  ASSERT_EQ(devices.size(), 4u);
+  auto st = FormRing(sys, devices, 21, 1, "ucx");
+  ASSERT_TRUE(st.ok()) << st.message();
+
+  selftest_task task;
+  task.epoch = 1;
+  task.seed = 99;
+  task.L = 4 * 2 * 24;
+  task.hq = 4;
+  task.hkv = 2;
+  task.d = 16;
+  task.doc_len = 37;
+  task.layout = "zigzag";
+  caf::scoped_actor self{sys};
+  for (int r = 0; r < 4; ++r) {
+    task.output_path = (dir / ("out." + std::to_string(r))).string();
+    self->send(devices[r], attend_atom::value, task);
+  }
+  for (int r = 0; r < 4; ++r)
+    self->receive([&](const attention_report& rep) { EXPECT_TRUE(rep.ok) << rep.error; },
+                  [&](caf::error& e) { ADD_FAILURE() << sys.render(e); },
+                  caf::after(std::chrono::seconds(60)) >> [&] { ADD_FAILURE() << "no report within 60 s"; });
+
+  // The whole problem on one device: a ring of one is the plain kernels.
+  runtime::SyntheticAttention problem{task.seed, task.L, task.hq, task.hkv, task.d, task.causal, task.doc_len};
+  runtime::Layout whole, lay;
+  ASSERT_TRUE(runtime::Layout::Make(runtime::LayoutKind::kContiguous, task.L, 1, &whole).ok());
+  ASSERT_TRUE(runtime::Layout::Make(runtime::LayoutKind::kZigzag, task.L, 4, &lay).ok());
+  runtime::ShardData full;
+  ASSERT_TRUE(runtime::MakeShard(problem, whole, 0, &full).ok());
+  auto one = runtime::InprocFabric::Create(1);
+  ASSERT_TRUE(runtime::RunShard(*one->Endpoint(0), full, {}, 0, nullptr, nullptr).ok());
+  double worst = 0;
+  for (int r = 0; r < 4; ++r) {
+    std::ifstream f(dir / ("out." + std::to_string(r)), std::ios::binary);
+    ASSERT_TRUE(f) << "no output from rank " << r;
+    const auto idx = lay.GlobalIndices(r);
+    const int64_t S = lay.shard_len(), wq = task.hq * task.d, wk = task.hkv * task.d;
+    auto read = [&](size_t n) {
+      std::vector<float> v(n);
+      f.read(reinterpret_cast<char*>(v.data()), std::streamsize(n * 4));
+      return v;
+    };
+    auto o = read(S * wq), lse = read(task.hq * S), dq = read(S * wq), dk = read(S * wk), dv = read(S * wk);
+    auto compare = [&](const char* what, const std::vector<float>& got, const std::vector<float>& all, int64_t w) {
+      double num = 0, den = 0;
+      for (int64_t i = 0; i < S; ++i)
+        for (int64_t x = 0; x < w; ++x) {
+          const double a = got[i * w + x], b = all[idx[i] * w + x];
+          num += (a - b) * (a - b);
+          den += b * b;
+        }
+      const double rel = std::sqrt(num / den);
+      worst = std::max(worst, rel);
+      EXPECT_LE(rel, 1e-5) << what << " rank " << r;
+    };
+    compare("o", o, full.o, wq);
+    compare("dq", dq, full.dq, wq);
+    compare("dk", dk, full.dk, wk);
+    compare("dv", dv, full.dv, wk);
+  }
+  std::printf("  4 devices in 2 processes: worst relative error %.2e\n", worst);
+  for (auto& h : hosts) self->send(h, quit_atom::value);
+  cleanup();
 }
 
 }  // namespace
