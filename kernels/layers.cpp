@@ -31,6 +31,9 @@ Status CrossEntropyBackward(const Exec& ex, int64_t n, int64_t e, int64_t vocab,
 Status AdamWStep(const Exec& ex, int64_t n, float* p, const float* g, float* m, float* v,
                  const AdamWHyper& hp, int64_t step);
 Status AddInto(const Exec& ex, int64_t n, const float* src, float* dst);
+Status LinearForward(const Exec& ex, int64_t n, int64_t in, int64_t out, const float* x, const float* w, float* y);
+Status LinearBackward(const Exec& ex, int64_t n, int64_t in, int64_t out, const float* x, const float* w,
+                      const float* dy, float* dx, float* dw);
 }  // namespace cuda
 #define RW_CUDA_CALL(call) return cuda::call
 #else
@@ -72,6 +75,44 @@ Status CheckTargets(const Exec& ex, int64_t n, int64_t vocab, const int32_t* tar
 }
 
 }  // namespace
+
+namespace {
+Status CheckLinear(const Exec& ex, int64_t n, int64_t in, int64_t out, const float* x, const float* w) {
+  RW_RETURN_IF_ERROR(CheckExec(ex));
+  RW_REQUIRE(n >= 0, "n: must be >= 0, got " << n);
+  RW_REQUIRE(in >= 1, "in: must be >= 1, got " << in);
+  RW_REQUIRE(out >= 1, "out: must be >= 1, got " << out);
+  if (n > 0) RW_NONNULL(x);
+  RW_NONNULL(w);
+  return Status::Ok();
+}
+}  // namespace
+
+Status LinearForward(const Exec& ex, int64_t n, int64_t in, int64_t out, const float* x, const float* w, float* y) {
+  RW_RETURN_IF_ERROR(CheckLinear(ex, n, in, out, x, w));
+  if (n == 0) return Status::Ok();
+  RW_NONNULL(y);
+  switch (ex.device) {
+    case Device::kRef: ref::LinearForward<float>(n, in, out, x, w, y); return Status::Ok();
+    case Device::kCpu: cpu::LinearForward(ex, n, in, out, x, w, y); return Status::Ok();
+    case Device::kCuda: RW_CUDA_CALL(LinearForward(ex, n, in, out, x, w, y));
+  }
+  return Status::Error("device: unsupported");
+}
+
+Status LinearBackward(const Exec& ex, int64_t n, int64_t in, int64_t out, const float* x, const float* w,
+                      const float* dy, float* dx, float* dw) {
+  RW_RETURN_IF_ERROR(CheckLinear(ex, n, in, out, x, w));
+  if (n == 0) return Status::Ok();
+  RW_NONNULL(dy);
+  RW_NONNULL(dw);
+  switch (ex.device) {
+    case Device::kRef: ref::LinearBackward<float>(n, in, out, x, w, dy, dx, dw); return Status::Ok();
+    case Device::kCpu: cpu::LinearBackward(ex, n, in, out, x, w, dy, dx, dw); return Status::Ok();
+    case Device::kCuda: RW_CUDA_CALL(LinearBackward(ex, n, in, out, x, w, dy, dx, dw));
+  }
+  return Status::Error("device: unsupported");
+}
 
 Status RmsNormForward(const Exec& ex, int64_t n, int64_t e, const float* x, const float* w, float eps,
                       float* y, float* rstd) {

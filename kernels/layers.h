@@ -20,6 +20,13 @@ struct Exec {
   void* stream = nullptr;  // CUDA: cudaStream_t
 };
 
+// ---- Linear (no bias, Hugging Face layout) ------------------------------------------------------------------
+// y (N, out) = x (N, in) W^T with W (out, in).
+Status LinearForward(const Exec& ex, int64_t n, int64_t in, int64_t out, const float* x, const float* w, float* y);
+// dx = dy W (written; skipped when dx is null);  dw += dy^T x.
+Status LinearBackward(const Exec& ex, int64_t n, int64_t in, int64_t out, const float* x, const float* w,
+                      const float* dy, float* dx, float* dw);
+
 // ---- RMSNorm ----------------------------------------------------------------------------------------
 // y = x * rstd * w,  rstd = 1 / sqrt(mean(x^2) + eps)
 // x, y: (N, E); w: (E); rstd: (N), saved for the backward.

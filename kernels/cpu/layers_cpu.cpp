@@ -16,6 +16,18 @@ int Threads(const Exec& ex) { return ex.num_threads > 0 ? ex.num_threads : Defau
 inline float Sigmoid(float g) { return 1.f / (1.f + FastExp(-g)); }
 }  // namespace
 
+void LinearForward(const Exec& ex, int64_t n, int64_t in, int64_t out, const float* x, const float* w, float* y) {
+  SetBlasThreads(Threads(ex));
+  Sgemm(false, true, n, out, in, 1.f, x, in, w, in, 0.f, y, out);
+}
+
+void LinearBackward(const Exec& ex, int64_t n, int64_t in, int64_t out, const float* x, const float* w,
+                    const float* dy, float* dx, float* dw) {
+  SetBlasThreads(Threads(ex));
+  if (dx) Sgemm(false, false, n, in, out, 1.f, dy, out, w, in, 0.f, dx, in);
+  Sgemm(true, false, out, in, n, 1.f, dy, out, x, in, 1.f, dw, in);
+}
+
 void RmsNormForward(const Exec& ex, int64_t n, int64_t e, const float* x, const float* w, float eps,
                     float* y, float* rstd) {
 #pragma omp parallel for num_threads(Threads(ex)) schedule(static)

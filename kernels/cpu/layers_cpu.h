@@ -8,6 +8,9 @@
 #endif
 
 namespace rw::kernels::cpu {
+void LinearForward(const Exec& ex, int64_t n, int64_t in, int64_t out, const float* x, const float* w, float* y);
+void LinearBackward(const Exec& ex, int64_t n, int64_t in, int64_t out, const float* x, const float* w,
+                    const float* dy, float* dx, float* dw);
 void RmsNormForward(const Exec& ex, int64_t n, int64_t e, const float* x, const float* w, float eps,
                     float* y, float* rstd);
 void RmsNormBackward(const Exec& ex, int64_t n, int64_t e, const float* x, const float* w,

@@ -299,4 +299,14 @@ Status AddInto(const Exec& ex, int64_t n, const float* src, float* dst) {
   return LastError("add");
 }
 
+Status LinearForward(const Exec& ex, int64_t n, int64_t in, int64_t out, const float* x, const float* w, float* y) {
+  return Sgemm(ex, false, true, n, out, in, 1.f, x, in, w, in, 0.f, y, out);
+}
+
+Status LinearBackward(const Exec& ex, int64_t n, int64_t in, int64_t out, const float* x, const float* w,
+                      const float* dy, float* dx, float* dw) {
+  if (dx) RW_RETURN_IF_ERROR(Sgemm(ex, false, false, n, in, out, 1.f, dy, out, w, in, 0.f, dx, in));
+  return Sgemm(ex, true, false, out, in, n, 1.f, dy, out, x, in, 1.f, dw, in);
+}
+
 }  // namespace rw::kernels::cuda

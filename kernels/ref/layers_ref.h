@@ -11,6 +11,33 @@
 namespace rw::kernels::ref {
 
 template <class T>
+void LinearForward(int64_t n, int64_t in, int64_t out, const T* x, const T* w, T* y) {
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t o = 0; o < out; ++o) {
+      double acc = 0;
+      for (int64_t j = 0; j < in; ++j) acc += double(x[i * in + j]) * double(w[o * in + j]);
+      y[i * out + o] = T(acc);
+    }
+}
+
+template <class T>
+void LinearBackward(int64_t n, int64_t in, int64_t out, const T* x, const T* w, const T* dy, T* dx, T* dw) {
+  if (dx)
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t j = 0; j < in; ++j) {
+        double acc = 0;
+        for (int64_t o = 0; o < out; ++o) acc += double(dy[i * out + o]) * double(w[o * in + j]);
+        dx[i * in + j] = T(acc);
+      }
+  for (int64_t o = 0; o < out; ++o)
+    for (int64_t j = 0; j < in; ++j) {
+      double acc = 0;
+      for (int64_t i = 0; i < n; ++i) acc += double(dy[i * out + o]) * double(x[i * in + j]);
+      dw[o * in + j] += T(acc);
+    }
+}
+
+template <class T>
 void RmsNormForward(int64_t n, int64_t e, const T* x, const T* w, double eps, T* y, T* rstd) {
   for (int64_t i = 0; i < n; ++i) {
     double ss = 0;

@@ -39,6 +39,35 @@ double Dot(const std::vector<double>& a, const std::vector<double>& b) {
   return s;
 }
 
+TEST(Linear, CpuMatchesReferenceAndReferenceMatchesFiniteDifferences) {
+  const int64_t n = 37, in = 65, out = 33;
+  auto x = Random(n * in, 41), w = Random(out * in, 42), dy = Random(n * out, 43), dw0 = Random(out * in, 44, 0.1);
+  std::vector<float> y[2], dx[2], dw[2];
+  int i = 0;
+  for (const Exec& ex : {kRef, kCpu}) {
+    y[i].resize(n * out);
+    dx[i].resize(n * in);
+    dw[i] = dw0;
+    ASSERT_TRUE(kernels::LinearForward(ex, n, in, out, x.data(), w.data(), y[i].data()).ok());
+    ASSERT_TRUE(kernels::LinearBackward(ex, n, in, out, x.data(), w.data(), dy.data(), dx[i].data(), dw[i].data()).ok());
+    ++i;
+  }
+  std::printf("[linear cpu vs ref]\n");
+  ExpectClose("y", y[1], y[0], 1e-11);
+  ExpectClose("dx", dx[1], dx[0], 1e-11);
+  ExpectClose("dw", dw[1], dw[0], 1e-11);
+  const int64_t fn = 3, fi = 4, fo = 5;
+  auto X = Random<double>(fn * fi, 45), W = Random<double>(fo * fi, 46), G = Random<double>(fn * fo, 47);
+  std::vector<double> Y(fn * fo), DX(fn * fi), DW(fo * fi, 0.0);
+  auto loss = [&] {
+    kernels::ref::LinearForward<double>(fn, fi, fo, X.data(), W.data(), Y.data());
+    return Dot(Y, G);
+  };
+  kernels::ref::LinearBackward<double>(fn, fi, fo, X.data(), W.data(), G.data(), DX.data(), DW.data());
+  ExpectClose("fd dx", DX, FiniteDiff(X, loss), 1e-12);
+  ExpectClose("fd dw", DW, FiniteDiff(W, loss), 1e-12);
+}
+
 TEST(RmsNorm, CpuMatchesReferenceForwardAndBackward) {
   for (auto [n, e] : {std::pair<int64_t, int64_t>{37, 129}, {5, 4096}, {1, 3}}) {
     auto x = Random(n * e, 1), w = Random(e, 2), dy = Random(n * e, 3), dw0 = Random(e, 4, 0.1);

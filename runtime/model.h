@@ -1,0 +1,91 @@
+// The LLaMA model over the ring (Hugging Face LlamaForCausalLM semantics and tensor names): embeddings,
+// per layer RMSNorm -> q/k/v projections -> RoPE -> ring attention (GQA) -> o_proj -> residual ->
+// RMSNorm -> SwiGLU MLP -> residual; final RMSNorm; lm_head (tied or not); cross-entropy with per-token
+// weights, blockwise over tokens.
+//
+// Every rank holds the whole (replicated) parameter vector and its shard of each sequence. A step's
+// forward and backward run on the shard, attention crossing ranks through the ring; the parameter
+// gradients are then summed over the ring in a fixed order (Transport::AllReduceSum), so a run with the
+// same ring size and seed is bitwise reproducible.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "kernels/layers.h"
+#include "runtime/transport.h"
+
+namespace rw::runtime {
+
+struct ModelConfig {
+  int64_t vocab_size = 259;
+  int64_t hidden_size = 64;
+  int64_t intermediate_size = 176;
+  int64_t num_hidden_layers = 2;
+  int64_t num_attention_heads = 4;
+  int64_t num_key_value_heads = 2;
+  double rope_theta = 10000.0;
+  float rms_norm_eps = 1e-5f;
+  bool tie_word_embeddings = false;
+  int64_t max_position_embeddings = 4096;
+  int64_t head_dim() const { return hidden_size / num_attention_heads; }
+  // Names the offending field: e.g. "model.num_key_value_heads: 3 does not divide 4 attention heads".
+  Status Validate() const;
+};
+
+// One tensor of the flat parameter vector.
+struct ParamInfo {
+  std::string name;  // Hugging Face name, e.g. model.layers.0.self_attn.q_proj.weight
+  std::vector<int64_t> shape;
+  size_t offset = 0, numel = 0;
+};
+
+// Where every tensor lives in the flat fp32 parameter (and gradient) vector.
+class ParamTable {
+ public:
+  explicit ParamTable(const ModelConfig& c);
+  const std::vector<ParamInfo>& tensors() const { return tensors_; }
+  size_t total() const { return total_; }
+  const ParamInfo* Find(const std::string& name) const;
+
+  struct Layer {
+    size_t in_norm, q, k, v, o, post_norm, gate, up, down;
+  };
+  size_t embed = 0, final_norm = 0, lm_head = 0;  // lm_head == embed when tied
+  std::vector<Layer> layers;
+
+ private:
+  size_t Add(const std::string& name, std::vector<int64_t> shape);
+  std::vector<ParamInfo> tensors_;
+  size_t total_ = 0;
+};
+
+// Hugging Face's initialization: weights ~ N(0, 0.02), norm weights 1. Deterministic in `seed`.
+void InitParameters(const ModelConfig& c, const ParamTable& t, uint64_t seed, float* params);
+
+// One rank's share of one packed sequence (all arrays of length S, in the layout's local order).
+struct ShardBatch {
+  std::vector<int32_t> tokens;     // input ids
+  std::vector<int32_t> targets;    // next token; -1 where nothing is predicted
+  std::vector<float> weights;      // loss weight per token (0 where target < 0)
+  std::vector<int64_t> positions;  // RoPE positions, restarting at each document
+  std::vector<int32_t> segments;   // document id; -1 padding
+  std::vector<int64_t> index;      // global token index (the layout's), for the causal mask
+};
+
+struct ModelExec {
+  int num_threads = 1;  // kernel threads of this rank
+  MsgTag tag;           // job, epoch, step; layers are numbered inside
+};
+
+// Forward and backward over this rank's shard. Adds loss_scale * d(sum_i w_i ce_i)/dparams to `grads`
+// (not yet summed over the ring) and adds the rank's sum_i w_i ce_i to *loss_sum.
+Status ForwardBackward(Transport& t, const ModelConfig& c, const ParamTable& table, const ModelExec& ex,
+                       const float* params, const ShardBatch& b, float loss_scale, float* grads, double* loss_sum);
+
+// Forward only: adds the rank's sum_i w_i ce_i to *loss_sum (evaluation).
+Status Forward(Transport& t, const ModelConfig& c, const ParamTable& table, const ModelExec& ex, const float* params,
+               const ShardBatch& b, double* loss_sum);
+
+}  // namespace rw::runtime
