@@ -34,7 +34,8 @@ std::shared_ptr<runtime::InprocFabric> FabricFor(uint64_t job, uint32_t epoch, i
 using lane_actor = caf::typed_actor<
     caf::replies_to<connect_atom, std::shared_ptr<Transport>, std::string, std::string>::with<attention_report>,
     caf::replies_to<attend_atom, attention_task, std::shared_ptr<Transport>>::with<attention_report>,
-    caf::replies_to<attend_atom, selftest_task, ring_spec, std::shared_ptr<Transport>>::with<attention_report>>;
+    caf::replies_to<attend_atom, selftest_task, ring_spec, std::shared_ptr<Transport>>::with<attention_report>,
+    caf::replies_to<train_atom, train_task, ring_spec, std::shared_ptr<Transport>>::with<train_report>>;
 
 attention_report Run(Transport& t, runtime::ShardData& io, uint32_t epoch, uint32_t step) {
   attention_report rep;
@@ -54,6 +55,25 @@ attention_report Run(Transport& t, runtime::ShardData& io, uint32_t epoch, uint3
 
 lane_actor::behavior_type Lane(lane_actor::pointer) {
   return {
+      [](train_atom, const train_task& task, const ring_spec& spec, std::shared_ptr<Transport> t) {
+        train_report rep;
+        rep.rank = spec.rank;
+        runtime::JobConfig job;
+        kernels::Status st = runtime::ParseJobConfig(task.job_yaml, task.origin, task.overrides, &job);
+        runtime::TrainResult res;
+        if (st.ok()) {
+          auto report = [&](const runtime::StepMetrics& m) {
+            if (task.reporter) caf::anon_send(task.reporter, m);
+          };
+          st = runtime::TrainRank(*t, job, report, &res);
+        }
+        rep.ok = st.ok();
+        rep.error = st.message();
+        rep.first_loss = res.first_loss;
+        rep.last_loss = res.last_loss;
+        rep.steps = res.steps;
+        return rep;
+      },
       [](connect_atom, std::shared_ptr<Transport> t, const std::string& prev, const std::string& next) {
         attention_report rep;
         auto* ucx = dynamic_cast<runtime::UcxTransport*>(t.get());
@@ -151,6 +171,16 @@ device_actor::behavior_type Device(device_actor::stateful_pointer<DeviceState> s
         }
         return self->delegate(st.lane, attend_atom::value, task, st.spec, st.transport);
       },
+      [=](train_atom, const train_task& task) -> caf::result<train_report> {
+        auto& st = self->state;
+        if (!st.transport || task.epoch != st.spec.epoch) {
+          train_report rep;
+          rep.error = "device " + std::to_string(st.index) + ": job of epoch " + std::to_string(task.epoch) +
+                      " but the ring is at epoch " + std::to_string(st.spec.epoch);
+          return rep;
+        }
+        return self->delegate(st.lane, train_atom::value, task, st.spec, st.transport);
+      },
       [=](abort_atom, const std::string& reason) {
         if (self->state.transport) self->state.transport->Abort(reason);
       },
@@ -197,6 +227,9 @@ void AddMessageTypes(caf::actor_system_config& cfg) {
   cfg.add_message_type<selftest_task>("rw::selftest_task");
   cfg.add_message_type<device_actor>("rw::device_actor");
   cfg.add_message_type<std::vector<device_actor>>("rw::device_list");
+  cfg.add_message_type<train_task>("rw::train_task");
+  cfg.add_message_type<train_report>("rw::train_report");
+  cfg.add_message_type<runtime::StepMetrics>("rw::step_metrics");
   cfg.load<caf::io::middleman>();
 }
 

@@ -22,6 +22,8 @@ using device_actor = caf::typed_actor<
     caf::replies_to<attend_atom, attention_task>::with<attention_report>,
     // The same on a synthetic problem the device builds itself; outputs go to a file (any process).
     caf::replies_to<attend_atom, selftest_task>::with<attention_report>,
+    // Train a job on this rank (the whole run; rank 0 streams StepMetrics to the task's reporter).
+    caf::replies_to<train_atom, train_task>::with<train_report>,
     // Abort the ring: every pending transfer of every rank fails, so no rank hangs.
     caf::reacts_to<abort_atom, std::string>>;
 

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "runtime/attention_problem.h"
+#include "runtime/trainer.h"
 #include "runtime/transport.h"
 
 namespace rw::actors {
@@ -18,6 +19,7 @@ using prepare_atom = caf::atom_constant<caf::atom("prepare")>;
 using connect_atom = caf::atom_constant<caf::atom("connect")>;
 using attend_atom = caf::atom_constant<caf::atom("attend")>;
 using abort_atom = caf::atom_constant<caf::atom("abort")>;
+using train_atom = caf::atom_constant<caf::atom("train")>;
 
 // What a device needs to join a ring: who it is in it, and how tensors travel.
 struct ring_spec {
@@ -75,7 +77,43 @@ typename Inspector::result_type inspect(Inspector& f, attention_report& x) {
            x.overlap_bwd);
 }
 
+// A training job for one rank: the job file's text (every rank parses the same text) and its overrides.
+// Rank 0 sends a StepMetrics to `reporter` after every step.
+struct train_task {
+  uint32_t epoch = 0;
+  std::string job_yaml;
+  std::string origin;
+  std::vector<std::string> overrides;
+  caf::actor reporter;
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, train_task& x) {
+  return f(caf::meta::type_name("train_task"), x.epoch, x.job_yaml, x.origin, x.overrides, x.reporter);
+}
+
+struct train_report {
+  bool ok = false;
+  std::string error;
+  int32_t rank = 0;
+  double first_loss = 0, last_loss = 0;
+  int64_t steps = 0;
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, train_report& x) {
+  return f(caf::meta::type_name("train_report"), x.ok, x.error, x.rank, x.first_loss, x.last_loss, x.steps);
+}
+
 }  // namespace rw::actors
+
+namespace rw::runtime {
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, StepMetrics& x) {
+  return f(caf::meta::type_name("step_metrics"), x.step, x.total_steps, x.stage, x.seq_len, x.loss, x.grad_norm, x.lr,
+           x.tokens, x.tokens_per_s, x.step_seconds, x.ring_overlap_ratio, x.peak_bytes);
+}
+}  // namespace rw::runtime
 
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(rw::actors::attention_task)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(std::shared_ptr<rw::runtime::Transport>)

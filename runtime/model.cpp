@@ -117,8 +117,16 @@ RingAttentionConfig AttnConfig(const ModelConfig& c, const ModelExec& ex, int64_
   a.causal = true;
   a.num_threads = ex.num_threads;
   a.tag = ex.tag;
-  a.tag.layer = uint32_t(layer);
+  a.tag.layer = ex.tag.layer + uint32_t(layer);
   return a;
+}
+
+void AddStats(const ModelExec& mx, const RingStats& s) {
+  if (!mx.stats) return;
+  mx.stats->wall_seconds += s.wall_seconds;
+  mx.stats->compute_seconds += s.compute_seconds;
+  mx.stats->blocks_computed += s.blocks_computed;
+  mx.stats->blocks_skipped += s.blocks_skipped;
 }
 
 // The forward; keeps each layer's activations when `acts` is given. Leaves the final hidden state
@@ -153,7 +161,9 @@ Status RunForward(Transport& t, const ModelConfig& c, const ParamTable& tb, cons
     a.attn.resize(d.S * d.HQD);
     a.lse.resize(d.H * d.S);
     RingShard sh{a.q.data(), a.k.data(), a.v.data(), b.index.data(), b.segments.data()};
-    RW_RETURN_IF_ERROR(RingAttentionForward(t, AttnConfig(c, mx, d.S, l), sh, a.attn.data(), a.lse.data()));
+    RingStats rs;
+    RW_RETURN_IF_ERROR(RingAttentionForward(t, AttnConfig(c, mx, d.S, l), sh, a.attn.data(), a.lse.data(), &rs));
+    AddStats(mx, rs);
     std::vector<float> o(d.S * d.E);
     RW_RETURN_IF_ERROR(kernels::LinearForward(ex, d.S, d.HQD, d.E, a.attn.data(), P + L.o, o.data()));
     for (int64_t i = 0; i < d.S * d.E; ++i) x[i] += o[i];
@@ -225,8 +235,10 @@ Status ForwardBackward(Transport& t, const ModelConfig& c, const ParamTable& tb,
     RW_RETURN_IF_ERROR(kernels::LinearBackward(ex, d.S, d.HQD, d.E, a.attn.data(), P + L.o, dx.data(), d_attn.data(),
                                                G + L.o));
     RingShard sh{a.q.data(), a.k.data(), a.v.data(), b.index.data(), b.segments.data()};
+    RingStats rs;
     RW_RETURN_IF_ERROR(RingAttentionBackward(t, AttnConfig(c, mx, d.S, l), sh, a.attn.data(), a.lse.data(),
-                                             d_attn.data(), dq.data(), dk.data(), dv.data()));
+                                             d_attn.data(), dq.data(), dk.data(), dv.data(), &rs));
+    AddStats(mx, rs);
     RW_RETURN_IF_ERROR(kernels::Rope(ex, d.S, d.H, d.D, kernels::Dense3(dq.data(), d.H, d.D),
                                      kernels::Dense3(dq.data(), d.H, d.D), b.positions.data(), c.rope_theta, true));
     RW_RETURN_IF_ERROR(kernels::Rope(ex, d.S, d.HKV, d.D, kernels::Dense3(dk.data(), d.HKV, d.D),

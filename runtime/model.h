@@ -74,9 +74,12 @@ struct ShardBatch {
   std::vector<int64_t> index;      // global token index (the layout's), for the causal mask
 };
 
+struct RingStats;
+
 struct ModelExec {
-  int num_threads = 1;  // kernel threads of this rank
-  MsgTag tag;           // job, epoch, step; layers are numbered inside
+  int num_threads = 1;         // kernel threads of this rank
+  MsgTag tag;                  // job, epoch, step; tag.layer is the first layer's number, then + 1 per layer
+  RingStats* stats = nullptr;  // when set, the ring attention calls add their compute and wall time here
 };
 
 // Forward and backward over this rank's shard. Adds loss_scale * d(sum_i w_i ce_i)/dparams to `grads`

@@ -1,0 +1,112 @@
+#include "cli/train.h"
+
+#include <unistd.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "actors/device_actor.h"
+#include "runtime/job_config.h"
+
+namespace rw::cli {
+namespace {
+
+struct Config : caf::actor_system_config {
+  Config() { actors::AddMessageTypes(*this); }
+};
+
+void Progress(const runtime::StepMetrics& m, bool tty, double eta_s) {
+  if (tty) {
+    const int width = 28, done = int(width * m.step / std::max<int64_t>(1, m.total_steps));
+    std::printf("\r[%.*s%*s] stage %lld step %lld/%lld  loss %.4f  %.0f tok/s  ETA %.0fs   ", done,
+                "############################", width - done, "", (long long)m.stage, (long long)m.step,
+                (long long)m.total_steps, m.loss, m.tokens_per_s, eta_s);
+    std::fflush(stdout);
+  } else if (m.step == 1 || m.step % 10 == 0 || m.step == m.total_steps) {
+    std::printf("step %lld/%lld stage %lld seq_len %lld loss %.4f grad_norm %.3f lr %.2e %.0f tok/s\n",
+                (long long)m.step, (long long)m.total_steps, (long long)m.stage, (long long)m.seq_len, m.loss,
+                m.grad_norm, m.lr, m.tokens_per_s);
+    std::fflush(stdout);
+  }
+}
+
+}  // namespace
+
+int Train(const std::string& job_path, const std::vector<std::string>& overrides) {
+  runtime::JobConfig job;
+  kernels::Status st = runtime::LoadJobConfig(job_path, overrides, &job);
+  if (!st.ok()) {
+    std::fprintf(stderr, "ringworld train: %s\n", st.message().c_str());
+    return 2;
+  }
+  std::string yaml;
+  {
+    std::ifstream f(job_path);
+    std::stringstream ss;
+    ss << f.rdbuf();
+    yaml = ss.str();
+  }
+  std::error_code ec;
+  std::filesystem::create_directories(job.output_dir, ec);
+  const std::string metrics_path = (std::filesystem::path(job.output_dir) / "metrics.jsonl").string();
+  std::ofstream metrics(metrics_path, std::ios::trunc);
+  if (!metrics) {
+    std::fprintf(stderr, "ringworld train: output_dir: cannot write %s\n", metrics_path.c_str());
+    return 2;
+  }
+  std::printf("ringworld train %s: %lld devices (%s, %s), %zu stages, %lld steps -> %s\n", job.name.c_str(),
+              (long long)job.ring.devices, job.ring.layout.c_str(), job.ring.transport.c_str(), job.stages.size(),
+              (long long)job.total_steps(), metrics_path.c_str());
+
+  Config cfg;
+  caf::actor_system sys{cfg};
+  const int R = int(job.ring.devices);
+  std::vector<actors::device_actor> devices;
+  for (int r = 0; r < R; ++r) devices.push_back(actors::SpawnDevice(sys, r));
+  st = actors::FormRing(sys, devices, /*job=*/1, /*epoch=*/1, job.ring.transport);
+  if (!st.ok()) {
+    std::fprintf(stderr, "ringworld train: %s\n", st.message().c_str());
+    return 1;
+  }
+  caf::scoped_actor self{sys};
+  for (int r = 0; r < R; ++r)
+    self->send(devices[r], actors::train_atom::value,
+               actors::train_task{1, yaml, job_path, overrides, caf::actor_cast<caf::actor>(self)});
+  const bool tty = isatty(STDOUT_FILENO);
+  const auto t0 = std::chrono::steady_clock::now();
+  int reports = 0, failed = 0;
+  actors::train_report last;
+  while (reports < R) {
+    self->receive(
+        [&](const runtime::StepMetrics& m) {
+          metrics << m.ToJson() << "\n";
+          metrics.flush();
+          const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+          Progress(m, tty, elapsed / double(m.step) * double(m.total_steps - m.step));
+        },
+        [&](const actors::train_report& rep) {
+          ++reports;
+          if (!rep.ok) {
+            if (!failed++) std::fprintf(stderr, "\nringworld train: rank %d: %s\n", rep.rank, rep.error.c_str());
+            for (auto& d : devices) self->send(d, actors::abort_atom::value, "rank " + std::to_string(rep.rank) + " failed");
+          } else if (rep.rank == 0) {
+            last = rep;
+          }
+        },
+        [&](caf::error& e) {
+          ++reports;
+          ++failed;
+          std::fprintf(stderr, "\nringworld train: %s\n", sys.render(e).c_str());
+        });
+  }
+  for (auto& d : devices) self->send_exit(d, caf::exit_reason::user_shutdown);
+  if (failed) return 1;
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  std::printf("%sdone: %lld steps in %.1f s, loss %.4f -> %.4f; metrics in %s\n", tty ? "\n" : "", (long long)last.steps,
+              secs, last.first_loss, last.last_loss, metrics_path.c_str());
+  return 0;
+}
+
+}  // namespace rw::cli

@@ -1,0 +1,104 @@
+#include "runtime/data.h"
+
+namespace rw::runtime {
+namespace {
+
+uint64_t Mix(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ull;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+
+// A counter-based stream: document j of sequence i of step k is the same wherever it is made.
+struct Stream {
+  uint64_t state;
+  uint64_t Next() { return state = Mix(state); }
+  int64_t Uniform(int64_t lo, int64_t hi) { return lo + int64_t(Next() % uint64_t(hi - lo + 1)); }
+};
+
+std::vector<int32_t> CopyDocument(const DataConfig& d, Stream& s) {
+  const int64_t n = s.Uniform(d.min_len, d.max_len);
+  std::string text;
+  for (int64_t i = 0; i < n; ++i) text += char('a' + s.Uniform(0, 25));
+  return ByteTokenizer::Encode(text + "|" + text);
+}
+
+}  // namespace
+
+std::vector<int32_t> ByteTokenizer::Encode(const std::string& text) {
+  std::vector<int32_t> ids{kBos};
+  for (unsigned char ch : text) ids.push_back(int32_t(ch));
+  ids.push_back(kEos);
+  return ids;
+}
+
+std::string ByteTokenizer::Decode(const std::vector<int32_t>& ids) {
+  std::string out;
+  for (int32_t id : ids)
+    if (id >= 0 && id < 256) out += char(id);
+  return out;
+}
+
+Status DataConfig::Validate() const {
+  RW_REQUIRE(source == "synthetic", "data.source: '" << source << "' is not supported yet (synthetic)");
+  RW_REQUIRE(task == "copy", "data.task: '" << task << "' is not a synthetic task (copy)");
+  RW_REQUIRE(min_len >= 1 && max_len >= min_len,
+             "data.min_len/max_len: need 1 <= min_len <= max_len, got " << min_len << ", " << max_len);
+  return Status::Ok();
+}
+
+std::vector<PackedSequence> GlobalBatch(const DataConfig& d, uint64_t seed, int64_t step, int64_t seq_len,
+                                        int64_t batch) {
+  std::vector<PackedSequence> out(batch);
+  for (int64_t b = 0; b < batch; ++b) {
+    Stream s{Mix(seed ^ Mix(uint64_t(step) * 0x100000001b3ull + uint64_t(b)))};
+    PackedSequence& p = out[b];
+    int32_t doc = 0;
+    while (int64_t(p.tokens.size()) < seq_len) {
+      const std::vector<int32_t> ids = CopyDocument(d, s);
+      const int64_t room = seq_len - int64_t(p.tokens.size());
+      const int64_t take = std::min<int64_t>(room, int64_t(ids.size()));
+      if (take < 2) break;  // a document needs at least one (token, target) pair
+      for (int64_t i = 0; i < take; ++i) {
+        p.tokens.push_back(ids[i]);
+        p.segments.push_back(doc);
+        p.positions.push_back(i);
+        const bool has_next = i + 1 < take;
+        p.targets.push_back(has_next ? ids[i + 1] : -1);
+        p.weights.push_back(has_next ? 1.f : 0.f);
+      }
+      ++doc;
+    }
+    while (int64_t(p.tokens.size()) < seq_len) {  // padding
+      p.tokens.push_back(ByteTokenizer::kPad);
+      p.segments.push_back(-1);
+      p.positions.push_back(0);
+      p.targets.push_back(-1);
+      p.weights.push_back(0.f);
+    }
+  }
+  return out;
+}
+
+ShardBatch ShardOf(const PackedSequence& seq, const Layout& layout, int rank) {
+  ShardBatch b;
+  for (int64_t g : layout.GlobalIndices(rank)) {
+    b.index.push_back(g);
+    b.tokens.push_back(seq.tokens[g]);
+    b.targets.push_back(seq.targets[g]);
+    b.weights.push_back(seq.weights[g]);
+    b.positions.push_back(seq.positions[g]);
+    b.segments.push_back(seq.segments[g]);
+  }
+  return b;
+}
+
+double WeightSum(const std::vector<PackedSequence>& batch) {
+  double s = 0;
+  for (const auto& p : batch)
+    for (float w : p.weights) s += w;
+  return s;
+}
+
+}  // namespace rw::runtime

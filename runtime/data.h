@@ -1,0 +1,51 @@
+// Training data: byte-level tokens, synthetic corpora, and the loader that packs documents into the
+// sequences of a stage.
+//
+// The global batch of step k is a function of (seed, k, seq_len, batch) only, never of the ring size, so
+// a run that changes its ring continues on the same data. A sequence is documents packed end to end:
+// segment ids mark the documents (attention stays inside one), positions restart at each document, and a
+// token's target is the next token of the same document (none at a document's end: no target crosses a
+// boundary). Tokens left over at the end of a sequence are padding (segment -1, no target).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "runtime/layout.h"
+#include "runtime/model.h"
+
+namespace rw::runtime {
+
+// Byte-level tokenizer: ids 0..255 are bytes; then the specials.
+struct ByteTokenizer {
+  static constexpr int32_t kBos = 256, kEos = 257, kPad = 258, kVocab = 259;
+  static std::vector<int32_t> Encode(const std::string& text);  // BOS + bytes + EOS
+  static std::string Decode(const std::vector<int32_t>& ids);    // bytes only
+};
+
+struct DataConfig {
+  std::string source = "synthetic";  // synthetic (files arrive with `ringworld data prepare`)
+  std::string task = "copy";         // copy: "<random letters>|<the same letters>"
+  int64_t min_len = 4, max_len = 24;  // of the copied string
+  Status Validate() const;
+};
+
+// One packed sequence of the global batch.
+struct PackedSequence {
+  std::vector<int32_t> tokens, targets, segments;
+  std::vector<int64_t> positions;
+  std::vector<float> weights;
+};
+
+// The global batch of `step`: `batch` sequences of `seq_len` tokens.
+std::vector<PackedSequence> GlobalBatch(const DataConfig& d, uint64_t seed, int64_t step, int64_t seq_len,
+                                        int64_t batch);
+
+// This rank's rows of one sequence under the layout.
+ShardBatch ShardOf(const PackedSequence& seq, const Layout& layout, int rank);
+
+// Sum of loss weights over the whole global batch (every rank computes it alike: the loss normalizer).
+double WeightSum(const std::vector<PackedSequence>& batch);
+
+}  // namespace rw::runtime

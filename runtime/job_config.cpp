@@ -1,0 +1,254 @@
+#include "runtime/job_config.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <fstream>
+#include <functional>
+#include <sstream>
+#include <variant>
+
+namespace rw::runtime {
+namespace {
+
+// One setting: where it lives in a JobConfig (or a StageConfig) and what it means.
+template <class Root>
+struct Setting {
+  const char* key;
+  const char* doc;
+  std::variant<std::function<int64_t&(Root&)>, std::function<double&(Root&)>, std::function<bool&(Root&)>,
+               std::function<std::string&(Root&)>, std::function<float&(Root&)>, std::function<uint64_t&(Root&)>>
+      field;
+};
+
+#define RW_FIELD(Root, T, expr) std::function<T&(Root&)>([](Root& j) -> T& { return expr; })
+
+const std::vector<Setting<JobConfig>>& JobTable() {
+  static const std::vector<Setting<JobConfig>> table = {
+      {"name", "job name, used in logs and metrics", RW_FIELD(JobConfig, std::string, j.name)},
+      {"seed", "seed of the initialization and of the data order", RW_FIELD(JobConfig, uint64_t, j.seed)},
+      {"output_dir", "where metrics.jsonl goes", RW_FIELD(JobConfig, std::string, j.output_dir)},
+      {"model.vocab_size", "vocabulary size (byte tokenizer: 259)", RW_FIELD(JobConfig, int64_t, j.model.vocab_size)},
+      {"model.hidden_size", "model width E", RW_FIELD(JobConfig, int64_t, j.model.hidden_size)},
+      {"model.intermediate_size", "SwiGLU width F", RW_FIELD(JobConfig, int64_t, j.model.intermediate_size)},
+      {"model.num_hidden_layers", "transformer layers", RW_FIELD(JobConfig, int64_t, j.model.num_hidden_layers)},
+      {"model.num_attention_heads", "query heads", RW_FIELD(JobConfig, int64_t, j.model.num_attention_heads)},
+      {"model.num_key_value_heads", "key/value heads (GQA)", RW_FIELD(JobConfig, int64_t, j.model.num_key_value_heads)},
+      {"model.rope_theta", "RoPE base before the first stage sets its own", RW_FIELD(JobConfig, double, j.model.rope_theta)},
+      {"model.rms_norm_eps", "RMSNorm epsilon", RW_FIELD(JobConfig, float, j.model.rms_norm_eps)},
+      {"model.tie_word_embeddings", "lm_head shares the embedding matrix",
+       RW_FIELD(JobConfig, bool, j.model.tie_word_embeddings)},
+      {"model.max_position_embeddings", "longest context the model is configured for",
+       RW_FIELD(JobConfig, int64_t, j.model.max_position_embeddings)},
+      {"data.source", "synthetic", RW_FIELD(JobConfig, std::string, j.data.source)},
+      {"data.task", "synthetic task: copy", RW_FIELD(JobConfig, std::string, j.data.task)},
+      {"data.min_len", "shortest synthetic string", RW_FIELD(JobConfig, int64_t, j.data.min_len)},
+      {"data.max_len", "longest synthetic string", RW_FIELD(JobConfig, int64_t, j.data.max_len)},
+      {"optimizer.lr", "peak learning rate", RW_FIELD(JobConfig, double, j.optimizer.lr)},
+      {"optimizer.min_lr_ratio", "cosine floor as a fraction of lr", RW_FIELD(JobConfig, double, j.optimizer.min_lr_ratio)},
+      {"optimizer.warmup_steps", "linear warmup steps", RW_FIELD(JobConfig, int64_t, j.optimizer.warmup_steps)},
+      {"optimizer.schedule", "cosine | constant", RW_FIELD(JobConfig, std::string, j.optimizer.schedule)},
+      {"optimizer.beta1", "AdamW beta1", RW_FIELD(JobConfig, double, j.optimizer.beta1)},
+      {"optimizer.beta2", "AdamW beta2", RW_FIELD(JobConfig, double, j.optimizer.beta2)},
+      {"optimizer.eps", "AdamW epsilon", RW_FIELD(JobConfig, double, j.optimizer.eps)},
+      {"optimizer.weight_decay", "decoupled weight decay on matrices", RW_FIELD(JobConfig, double, j.optimizer.weight_decay)},
+      {"optimizer.grad_clip", "max global gradient norm (0: off)", RW_FIELD(JobConfig, double, j.optimizer.grad_clip)},
+      {"ring.devices", "ranks in the ring", RW_FIELD(JobConfig, int64_t, j.ring.devices)},
+      {"ring.min_devices", "smallest ring the job may shrink to", RW_FIELD(JobConfig, int64_t, j.ring.min_devices)},
+      {"ring.layout", "contiguous | zigzag | striped", RW_FIELD(JobConfig, std::string, j.ring.layout)},
+      {"ring.transport", "inproc | ucx", RW_FIELD(JobConfig, std::string, j.ring.transport)},
+      {"ring.threads_per_device", "kernel threads per rank (0: cores / devices)",
+       RW_FIELD(JobConfig, int64_t, j.ring.threads_per_device)},
+      {"checkpoint.dir", "checkpoint directory (empty: none)", RW_FIELD(JobConfig, std::string, j.checkpoint.dir)},
+      {"checkpoint.every_steps", "checkpoint period in steps (0: end and stage changes)",
+       RW_FIELD(JobConfig, int64_t, j.checkpoint.every_steps)},
+      {"checkpoint.keep", "checkpoints kept", RW_FIELD(JobConfig, int64_t, j.checkpoint.keep)},
+  };
+  return table;
+}
+
+const std::vector<Setting<StageConfig>>& StageTable() {
+  static const std::vector<Setting<StageConfig>> table = {
+      {"seq_len", "tokens per sequence", RW_FIELD(StageConfig, int64_t, j.seq_len)},
+      {"rope_theta", "RoPE base of the stage", RW_FIELD(StageConfig, double, j.rope_theta)},
+      {"steps", "optimizer steps of the stage", RW_FIELD(StageConfig, int64_t, j.steps)},
+      {"batch", "sequences per step", RW_FIELD(StageConfig, int64_t, j.batch)},
+  };
+  return table;
+}
+
+template <class Root>
+Status Apply(const Setting<Root>& s, const YAML::Node& node, const std::string& key, Root& root) {
+  RW_REQUIRE(node.IsScalar(), key << ": expected a single value");
+  const std::string text = node.Scalar();
+  try {
+    std::visit(
+        [&](auto& get) {
+          using T = std::decay_t<decltype(get(root))>;
+          if constexpr (std::is_same_v<T, std::string>)
+            get(root) = text;
+          else
+            get(root) = node.as<T>();
+        },
+        s.field);
+  } catch (const YAML::Exception&) {
+    const char* want = std::visit(
+        [&](auto& get) -> const char* {
+          using T = std::decay_t<decltype(get(root))>;
+          if constexpr (std::is_same_v<T, bool>) return "true or false";
+          if constexpr (std::is_integral_v<T>) return "an integer";
+          return "a number";
+        },
+        s.field);
+    return Status::Error(key + ": expected " + want + ", got '" + text + "'");
+  }
+  return Status::Ok();
+}
+
+template <class Root>
+const Setting<Root>* Find(const std::vector<Setting<Root>>& table, const std::string& key) {
+  for (const auto& s : table)
+    if (key == s.key) return &s;
+  return nullptr;
+}
+
+Status ApplyStage(const YAML::Node& map, const std::string& where, StageConfig& st) {
+  RW_REQUIRE(map.IsMap(), where << ": expected a mapping of seq_len, rope_theta, steps, batch");
+  for (const auto& kv : map) {
+    const std::string k = kv.first.as<std::string>();
+    const auto* s = Find(StageTable(), k);
+    RW_REQUIRE(s, where << "." << k << ": unknown key (stage keys: seq_len, rope_theta, steps, batch)");
+    RW_RETURN_IF_ERROR(Apply(*s, kv.second, where + "." + k, st));
+  }
+  return Status::Ok();
+}
+
+Status ApplyOverride(const std::string& item, JobConfig* job) {
+  const auto eq = item.find('=');
+  RW_REQUIRE(eq != std::string::npos && eq > 0, "--set: '" << item << "' is not key=value");
+  const std::string key = item.substr(0, eq);
+  YAML::Node value = YAML::Load(item.substr(eq + 1));
+  if (key.rfind("stages.", 0) == 0) {  // stages.N.key
+    const auto dot = key.find('.', 7);
+    RW_REQUIRE(dot != std::string::npos, "--set " << key << ": stages are set as stages.N.key");
+    size_t n = 0;
+    try {
+      n = std::stoul(key.substr(7, dot - 7));
+    } catch (...) {
+      return Status::Error("--set " + key + ": '" + key.substr(7, dot - 7) + "' is not a stage number");
+    }
+    RW_REQUIRE(n < job->stages.size(), "--set " << key << ": the job has " << job->stages.size() << " stages");
+    const std::string sub = key.substr(dot + 1);
+    const auto* s = Find(StageTable(), sub);
+    RW_REQUIRE(s, "--set " << key << ": unknown stage key '" << sub << "'");
+    return Apply(*s, value, key, job->stages[n]);
+  }
+  const auto* s = Find(JobTable(), key);
+  RW_REQUIRE(s, "--set " << key << ": unknown key");
+  return Apply(*s, value, key, *job);
+}
+
+}  // namespace
+
+int64_t JobConfig::total_steps() const {
+  int64_t n = 0;
+  for (const auto& s : stages) n += s.steps;
+  return n;
+}
+
+Status JobConfig::Validate() const {
+  RW_REQUIRE(!name.empty(), "name: must not be empty");
+  RW_RETURN_IF_ERROR(model.Validate());
+  RW_RETURN_IF_ERROR(data.Validate());
+  RW_RETURN_IF_ERROR(optimizer.Validate());
+  RW_REQUIRE(ring.devices >= 1 && ring.devices <= 1024, "ring.devices: must be in [1, 1024], got " << ring.devices);
+  RW_REQUIRE(ring.min_devices >= 1 && ring.min_devices <= ring.devices,
+             "ring.min_devices: must be in [1, ring.devices = " << ring.devices << "], got " << ring.min_devices);
+  LayoutKind kind;
+  {
+    Status st = ParseLayout(ring.layout, &kind);
+    RW_REQUIRE(st.ok(), "ring." << st.message());
+  }
+  RW_REQUIRE(ring.transport == "inproc" || ring.transport == "ucx",
+             "ring.transport: '" << ring.transport << "' is not inproc or ucx");
+  RW_REQUIRE(ring.threads_per_device >= 0, "ring.threads_per_device: must be >= 0, got " << ring.threads_per_device);
+  RW_REQUIRE(!stages.empty(), "stages: a job needs at least one stage");
+  for (size_t i = 0; i < stages.size(); ++i) {
+    const auto& s = stages[i];
+    const std::string at = "stages[" + std::to_string(i) + "]";
+    RW_REQUIRE(s.seq_len >= 2, at << ".seq_len: must be >= 2, got " << s.seq_len);
+    Layout lay;
+    Status st = Layout::Make(kind, s.seq_len, int(ring.devices), &lay);
+    RW_REQUIRE(st.ok(), at << "." << st.message() << " (ring.devices = " << ring.devices << ", ring.layout = "
+                           << ring.layout << ")");
+    RW_REQUIRE(s.seq_len <= model.max_position_embeddings,
+               at << ".seq_len: " << s.seq_len << " exceeds model.max_position_embeddings " << model.max_position_embeddings);
+    RW_REQUIRE(std::isfinite(s.rope_theta) && s.rope_theta > 1, at << ".rope_theta: must be > 1, got " << s.rope_theta);
+    RW_REQUIRE(s.steps >= 1, at << ".steps: must be >= 1, got " << s.steps);
+    RW_REQUIRE(s.batch >= 1, at << ".batch: must be >= 1, got " << s.batch);
+  }
+  RW_REQUIRE(checkpoint.every_steps >= 0, "checkpoint.every_steps: must be >= 0, got " << checkpoint.every_steps);
+  RW_REQUIRE(checkpoint.keep >= 1, "checkpoint.keep: must be >= 1, got " << checkpoint.keep);
+  return Status::Ok();
+}
+
+Status ParseJobConfig(const std::string& yaml, const std::string& origin, const std::vector<std::string>& overrides,
+                      JobConfig* out) {
+  JobConfig job;
+  YAML::Node root;
+  try {
+    root = YAML::Load(yaml);
+  } catch (const YAML::Exception& e) {
+    return Status::Error(origin + ": not valid YAML: " + e.what());
+  }
+  RW_REQUIRE(root.IsMap(), origin << ": a job file is a mapping of settings");
+  const std::vector<std::string> sections = {"model", "data", "optimizer", "ring", "checkpoint"};
+  for (const auto& kv : root) {
+    const std::string k = kv.first.as<std::string>();
+    if (k == "stages") {
+      RW_REQUIRE(kv.second.IsSequence(), origin << ": stages: expected a list of stages");
+      for (size_t i = 0; i < kv.second.size(); ++i) {
+        job.stages.emplace_back();
+        RW_RETURN_IF_ERROR(ApplyStage(kv.second[i], origin + ": stages[" + std::to_string(i) + "]", job.stages.back()));
+      }
+      continue;
+    }
+    if (std::find(sections.begin(), sections.end(), k) != sections.end()) {
+      RW_REQUIRE(kv.second.IsMap(), origin << ": " << k << ": expected a mapping");
+      for (const auto& sub : kv.second) {
+        const std::string key = k + "." + sub.first.as<std::string>();
+        const auto* s = Find(JobTable(), key);
+        RW_REQUIRE(s, origin << ": " << key << ": unknown key");
+        Status st = Apply(*s, sub.second, key, job);
+        RW_REQUIRE(st.ok(), origin << ": " << st.message());
+      }
+      continue;
+    }
+    const auto* s = Find(JobTable(), k);
+    RW_REQUIRE(s, origin << ": " << k << ": unknown key");
+    Status st = Apply(*s, kv.second, k, job);
+    RW_REQUIRE(st.ok(), origin << ": " << st.message());
+  }
+  for (const auto& o : overrides) RW_RETURN_IF_ERROR(ApplyOverride(o, &job));
+  Status st = job.Validate();
+  RW_REQUIRE(st.ok(), origin << ": " << st.message());
+  *out = std::move(job);
+  return Status::Ok();
+}
+
+Status LoadJobConfig(const std::string& path, const std::vector<std::string>& overrides, JobConfig* out) {
+  std::ifstream f(path);
+  RW_REQUIRE(f.good(), path << ": cannot open the job file");
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ParseJobConfig(ss.str(), path, overrides, out);
+}
+
+std::string DescribeSettings() {
+  std::ostringstream os;
+  for (const auto& s : JobTable()) os << "  " << s.key << "  " << s.doc << "\n";
+  os << "  stages: a list; each stage has:\n";
+  for (const auto& s : StageTable()) os << "    " << s.key << "  " << s.doc << "\n";
+  return os.str();
+}
+
+}  // namespace rw::runtime

@@ -1,0 +1,59 @@
+// A training job as a user writes it (YAML, see configs/), and the one table of its settings: every key
+// has a default, a one-line description and a range check whose error names the key. Unknown keys and
+// wrong types are rejected; `--set key=value` overrides any key (stages as stages.N.key).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "runtime/data.h"
+#include "runtime/model.h"
+#include "runtime/optimizer.h"
+
+namespace rw::runtime {
+
+struct StageConfig {
+  int64_t seq_len = 256;      // tokens per sequence in this stage
+  double rope_theta = 10000;  // RoPE base for this stage (LWM raises it with the context)
+  int64_t steps = 100;        // optimizer steps in this stage
+  int64_t batch = 1;          // sequences per step (the global batch)
+};
+
+struct RingConfig {
+  int64_t devices = 1;                // ranks in the ring
+  int64_t min_devices = 1;            // smallest ring the job may shrink to
+  std::string layout = "zigzag";      // contiguous | zigzag | striped
+  std::string transport = "inproc";   // inproc (threads) | ucx (processes)
+  int64_t threads_per_device = 0;     // kernel threads per rank; 0: cores / devices, at least 1
+};
+
+struct CheckpointConfig {
+  std::string dir;           // empty: no checkpoints
+  int64_t every_steps = 0;   // 0: only at the end and at stage changes
+  int64_t keep = 3;          // most recent checkpoints kept
+};
+
+struct JobConfig {
+  std::string name = "job";
+  uint64_t seed = 1;
+  std::string output_dir = "runs/job";  // metrics.jsonl and logs
+  ModelConfig model;
+  DataConfig data;
+  OptimizerConfig optimizer;
+  RingConfig ring;
+  std::vector<StageConfig> stages;
+  CheckpointConfig checkpoint;
+  int64_t total_steps() const;
+  Status Validate() const;
+};
+
+// Parses YAML text; `origin` names the file in errors. Overrides are "key=value" strings.
+Status ParseJobConfig(const std::string& yaml, const std::string& origin, const std::vector<std::string>& overrides,
+                      JobConfig* out);
+Status LoadJobConfig(const std::string& path, const std::vector<std::string>& overrides, JobConfig* out);
+
+// The settings table as text (key, default, description): `ringworld train --help-config`.
+std::string DescribeSettings();
+
+}  // namespace rw::runtime

@@ -1,0 +1,54 @@
+#include "runtime/optimizer.h"
+
+#include <cmath>
+
+namespace rw::runtime {
+
+Status OptimizerConfig::Validate() const {
+  RW_REQUIRE(std::isfinite(lr) && lr > 0, "optimizer.lr: must be > 0, got " << lr);
+  RW_REQUIRE(min_lr_ratio >= 0 && min_lr_ratio <= 1, "optimizer.min_lr_ratio: must be in [0, 1], got " << min_lr_ratio);
+  RW_REQUIRE(warmup_steps >= 0, "optimizer.warmup_steps: must be >= 0, got " << warmup_steps);
+  RW_REQUIRE(schedule == "cosine" || schedule == "constant",
+             "optimizer.schedule: '" << schedule << "' is not cosine or constant");
+  RW_REQUIRE(beta1 >= 0 && beta1 < 1, "optimizer.beta1: must be in [0, 1), got " << beta1);
+  RW_REQUIRE(beta2 >= 0 && beta2 < 1, "optimizer.beta2: must be in [0, 1), got " << beta2);
+  RW_REQUIRE(eps > 0, "optimizer.eps: must be > 0, got " << eps);
+  RW_REQUIRE(weight_decay >= 0, "optimizer.weight_decay: must be >= 0, got " << weight_decay);
+  RW_REQUIRE(grad_clip >= 0, "optimizer.grad_clip: must be >= 0, got " << grad_clip);
+  return Status::Ok();
+}
+
+double LearningRate(const OptimizerConfig& c, int64_t step, int64_t total) {
+  if (c.warmup_steps > 0 && step <= c.warmup_steps) return c.lr * double(step) / double(c.warmup_steps);
+  if (c.schedule == "constant" || total <= c.warmup_steps) return c.lr;
+  // cosine from lr down to min_lr_ratio * lr over the steps after warmup
+  const double t = double(step - c.warmup_steps) / double(total - c.warmup_steps);
+  const double floor = c.min_lr_ratio * c.lr;
+  return floor + 0.5 * (c.lr - floor) * (1.0 + std::cos(M_PI * std::min(1.0, t)));
+}
+
+AdamW::AdamW(const OptimizerConfig& c, const ParamTable& table, int num_threads)
+    : c_(c), table_(table), ex_{kernels::Device::kCpu, num_threads}, m_(table.total(), 0.f), v_(table.total(), 0.f) {}
+
+Status AdamW::Step(float* params, float* grads, int64_t step, int64_t total, double* grad_norm, double* lr_out) {
+  double ss = 0;  // fp64, in a fixed order: every rank computes the same norm from the same gradients
+  for (size_t i = 0; i < table_.total(); ++i) ss += double(grads[i]) * double(grads[i]);
+  const double norm = std::sqrt(ss);
+  RW_REQUIRE(std::isfinite(norm), "optimizer: gradient norm is not finite at step " << step);
+  if (c_.grad_clip > 0 && norm > c_.grad_clip) {
+    const float s = float(c_.grad_clip / norm);
+    for (size_t i = 0; i < table_.total(); ++i) grads[i] *= s;
+  }
+  const double lr = LearningRate(c_, step, total);
+  for (const auto& t : table_.tensors()) {
+    kernels::AdamWHyper hp{float(lr), float(c_.beta1), float(c_.beta2), float(c_.eps),
+                           t.shape.size() >= 2 ? float(c_.weight_decay) : 0.f};
+    RW_RETURN_IF_ERROR(kernels::AdamWStep(ex_, int64_t(t.numel), params + t.offset, grads + t.offset,
+                                          m_.data() + t.offset, v_.data() + t.offset, hp, step));
+  }
+  *grad_norm = norm;
+  *lr_out = lr;
+  return Status::Ok();
+}
+
+}  // namespace rw::runtime

@@ -1,0 +1,117 @@
+#include "runtime/trainer.h"
+
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+#include "kernels/cpu/gemm.h"
+#include "runtime/ring_attention.h"
+
+namespace rw::runtime {
+namespace {
+
+int64_t PeakRssBytes() {
+  std::ifstream f("/proc/self/status");
+  std::string line;
+  while (std::getline(f, line))
+    if (line.rfind("VmHWM:", 0) == 0) return std::atoll(line.c_str() + 6) * 1024;
+  return 0;
+}
+
+// Tags: the gradient and loss reductions of a step use layer numbers above any model layer's.
+constexpr uint32_t kReduceLayer = 0x7fff0000u;
+
+}  // namespace
+
+std::string StepMetrics::ToJson() const {
+  char buf[512];
+  std::snprintf(buf, sizeof(buf),
+                "{\"step\": %lld, \"stage\": %lld, \"seq_len\": %lld, \"loss\": %.6f, \"grad_norm\": %.6f, "
+                "\"lr\": %.6g, \"tokens\": %lld, \"tokens_per_s\": %.1f, \"step_seconds\": %.4f, "
+                "\"ring_overlap_ratio\": %.4f, \"peak_bytes\": %lld}",
+                (long long)step, (long long)stage, (long long)seq_len, loss, grad_norm, lr, (long long)tokens,
+                tokens_per_s, step_seconds, ring_overlap_ratio, (long long)peak_bytes);
+  return buf;
+}
+
+Status TrainRank(Transport& t, const JobConfig& job, const std::function<void(const StepMetrics&)>& on_step,
+                 TrainResult* result) {
+  RW_RETURN_IF_ERROR(job.Validate());
+  const int R = t.size(), rank = t.rank();
+  RW_REQUIRE(R == job.ring.devices, "ring.devices: the job asks for " << job.ring.devices << " ranks, the ring has " << R);
+  ModelConfig model = job.model;
+  const ParamTable table(model);
+  std::vector<float> params(table.total()), grads(table.total());
+  InitParameters(model, table, job.seed, params.data());
+  const int threads =
+      int(job.ring.threads_per_device > 0
+              ? job.ring.threads_per_device
+              : std::max<int64_t>(1, int64_t(std::thread::hardware_concurrency()) / job.ring.devices));
+  AdamW opt(job.optimizer, table, threads);
+  LayoutKind kind;
+  RW_RETURN_IF_ERROR(ParseLayout(job.ring.layout, &kind));
+  const int64_t total = job.total_steps();
+  int64_t step = 0;
+  TrainResult res;
+  for (size_t si = 0; si < job.stages.size(); ++si) {
+    const StageConfig& stage = job.stages[si];
+    model.rope_theta = stage.rope_theta;
+    Layout layout;
+    RW_RETURN_IF_ERROR(Layout::Make(kind, stage.seq_len, R, &layout));
+    for (int64_t k = 0; k < stage.steps; ++k) {
+      ++step;
+      const auto t0 = std::chrono::steady_clock::now();
+      const auto batch = GlobalBatch(job.data, job.seed, step, stage.seq_len, stage.batch);
+      const double wsum = WeightSum(batch);
+      RW_REQUIRE(wsum > 0, "data: step " << step << " has no token to predict");
+      std::fill(grads.begin(), grads.end(), 0.f);
+      double loss = 0;
+      RingStats rs;
+      for (size_t b = 0; b < batch.size(); ++b) {
+        ModelExec mx;
+        mx.num_threads = threads;
+        mx.tag.job = job.seed;
+        mx.tag.step = uint32_t(step);
+        mx.tag.layer = uint32_t(b * model.num_hidden_layers);
+        mx.stats = &rs;
+        RW_RETURN_IF_ERROR(ForwardBackward(t, model, table, mx, params.data(), ShardOf(batch[b], layout, rank),
+                                           float(1.0 / wsum), grads.data(), &loss));
+      }
+      MsgTag tag{job.seed, 0, uint32_t(step), kReduceLayer, 0};
+      RW_RETURN_IF_ERROR(t.AllReduceSum(grads.data(), grads.size(), tag));
+      float loss_f = float(loss);
+      tag.layer = kReduceLayer + 1;
+      RW_RETURN_IF_ERROR(t.AllReduceSum(&loss_f, 1, tag));
+      double grad_norm = 0, lr = 0;
+      RW_RETURN_IF_ERROR(opt.Step(params.data(), grads.data(), step, total, &grad_norm, &lr));
+      const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      const double mean_loss = double(loss_f) / wsum;
+      if (step == 1) res.first_loss = mean_loss;
+      res.last_loss = mean_loss;
+      res.steps = step;
+      if (rank == 0 && on_step) {
+        StepMetrics m;
+        m.step = step;
+        m.total_steps = total;
+        m.stage = int64_t(si);
+        m.seq_len = stage.seq_len;
+        m.loss = mean_loss;
+        m.grad_norm = grad_norm;
+        m.lr = lr;
+        m.tokens = stage.seq_len * stage.batch;
+        m.step_seconds = secs;
+        m.tokens_per_s = double(m.tokens) / secs;
+        m.ring_overlap_ratio = rs.overlap_ratio();
+        m.peak_bytes = PeakRssBytes();
+        on_step(m);
+      }
+    }
+  }
+  if (result) *result = res;
+  return Status::Ok();
+}
+
+}  // namespace rw::runtime
