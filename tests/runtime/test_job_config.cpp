@@ -1,0 +1,86 @@
+// Job files: every bad case gets a message naming the key (and the file); a good one parses with its
+// overrides applied.
+#include <gtest/gtest.h>
+
+#include "runtime/job_config.h"
+
+namespace rw::runtime {
+namespace {
+
+const char* kGood = R"(
+name: t
+model: {vocab_size: 259, hidden_size: 32, intermediate_size: 64, num_hidden_layers: 1, num_attention_heads: 4,
+        num_key_value_heads: 2, max_position_embeddings: 512}
+ring: {devices: 2, layout: zigzag}
+stages:
+  - {seq_len: 64, rope_theta: 10000, steps: 3, batch: 2}
+  - {seq_len: 128, rope_theta: 1000000, steps: 2, batch: 1}
+)";
+
+TEST(JobConfig, AGoodFileParsesAndOverridesApply) {
+  JobConfig job;
+  auto st = ParseJobConfig(kGood, "good.yaml", {"optimizer.lr=0.01", "stages.1.steps=7", "ring.layout=striped"}, &job);
+  ASSERT_TRUE(st.ok()) << st.message();
+  EXPECT_EQ(job.model.hidden_size, 32);
+  EXPECT_EQ(job.stages.size(), 2u);
+  EXPECT_EQ(job.stages[1].steps, 7);
+  EXPECT_DOUBLE_EQ(job.stages[1].rope_theta, 1e6);
+  EXPECT_DOUBLE_EQ(job.optimizer.lr, 0.01);
+  EXPECT_EQ(job.ring.layout, "striped");
+  EXPECT_EQ(job.total_steps(), 10);
+}
+
+TEST(JobConfig, EveryBadCaseNamesItsKey) {
+  struct Case {
+    std::string yaml;
+    std::vector<std::string> overrides;
+    std::string must_mention;
+  };
+  const std::string base = kGood;
+  auto with = [&](const std::string& from, const std::string& to) {
+    std::string s = base;
+    s.replace(s.find(from), from.size(), to);
+    return s;
+  };
+  const std::vector<Case> cases = {
+      {with("hidden_size: 32", "hiden_size: 32"), {}, "model.hiden_size: unknown key"},
+      {with("steps: 3", "steps: three"), {}, "stages[0].steps: expected an integer, got 'three'"},
+      {with("seq_len: 64", "seq_len: 66"), {}, "stages[0].seq_len"},
+      {with("seq_len: 128", "seq_len: 2048"), {}, "max_position_embeddings"},
+      {with("num_key_value_heads: 2", "num_key_value_heads: 3"), {}, "model.num_key_value_heads"},
+      {with("layout: zigzag", "layout: spiral"), {}, "ring.layout"},
+      {with("devices: 2", "devices: 0"), {}, "ring.devices"},
+      {with("rope_theta: 10000", "rope_theta: 0.5"), {}, "stages[0].rope_theta"},
+      {with("name: t", "name: t\ncolour: blue"), {}, "colour: unknown key"},
+      {with("name: t", "name: t\nring_size: 4"), {}, "ring_size: unknown key"},
+      {"name: t\nstages: []\n", {}, "stages: a job needs at least one stage"},
+      {"- just\n- a list\n", {}, "a job file is a mapping"},
+      {"name: [unclosed\n", {}, "not valid YAML"},
+      {base, {"optimizer.lr=-1"}, "optimizer.lr"},
+      {base, {"ring.transport=pigeon"}, "ring.transport"},
+      {base, {"ring.min_devices=3"}, "ring.min_devices"},
+      {base, {"model.nope=1"}, "--set model.nope: unknown key"},
+      {base, {"stages.5.steps=1"}, "--set stages.5.steps: the job has 2 stages"},
+      {base, {"lr"}, "--set: 'lr' is not key=value"},
+      {base, {"optimizer.schedule=linear"}, "optimizer.schedule"},
+  };
+  for (const auto& c : cases) {
+    JobConfig job;
+    job.name = "untouched";
+    const auto st = ParseJobConfig(c.yaml, "job.yaml", c.overrides, &job);
+    ASSERT_FALSE(st.ok()) << "accepted: " << c.must_mention;
+    EXPECT_NE(st.message().find(c.must_mention), std::string::npos) << "message: " << st.message();
+    EXPECT_EQ(job.name, "untouched") << "a rejected file must not change the output";
+    std::printf("  %-45s -> %s\n", c.must_mention.c_str(), st.message().c_str());
+  }
+}
+
+TEST(JobConfig, AMissingFileIsNamed) {
+  JobConfig job;
+  const auto st = LoadJobConfig("/nonexistent/job.yaml", {}, &job);
+  ASSERT_FALSE(st.ok());
+  EXPECT_NE(st.message().find("/nonexistent/job.yaml"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace rw::runtime
