@@ -117,6 +117,14 @@ struct DeviceState {
   static inline const char* name = "device_actor";
 };
 
+// Work for another epoch than the ring's is refused: after a re-formation, late messages of the old ring
+// must not run on the new one. Returns the refusal, or an empty string.
+std::string StaleEpoch(const DeviceState& st, uint32_t epoch, const char* what) {
+  if (st.transport && epoch == st.spec.epoch) return "";
+  return "device " + std::to_string(st.index) + ": " + what + " of epoch " + std::to_string(epoch) +
+         " but the ring is at epoch " + std::to_string(st.spec.epoch);
+}
+
 device_actor::behavior_type Device(device_actor::stateful_pointer<DeviceState> self, int index) {
   self->state.index = index;
   self->state.lane = self->spawn<caf::detached + caf::linked>(Lane);
@@ -153,30 +161,27 @@ device_actor::behavior_type Device(device_actor::stateful_pointer<DeviceState> s
       },
       [=](attend_atom, const attention_task& task) -> caf::result<attention_report> {
         auto& st = self->state;
-        if (!st.transport || task.epoch != st.spec.epoch) {
+        if (auto stale = StaleEpoch(st, task.epoch, "task"); !stale.empty()) {
           attention_report rep;
-          rep.error = "device " + std::to_string(st.index) + ": task of epoch " + std::to_string(task.epoch) +
-                      " but the ring is at epoch " + std::to_string(st.spec.epoch);
+          rep.error = stale;
           return rep;
         }
         return self->delegate(st.lane, attend_atom::value, task, st.transport);
       },
       [=](attend_atom, const selftest_task& task) -> caf::result<attention_report> {
         auto& st = self->state;
-        if (!st.transport || task.epoch != st.spec.epoch) {
+        if (auto stale = StaleEpoch(st, task.epoch, "task"); !stale.empty()) {
           attention_report rep;
-          rep.error = "device " + std::to_string(st.index) + ": task of epoch " + std::to_string(task.epoch) +
-                      " but the ring is at epoch " + std::to_string(st.spec.epoch);
+          rep.error = stale;
           return rep;
         }
         return self->delegate(st.lane, attend_atom::value, task, st.spec, st.transport);
       },
       [=](train_atom, const train_task& task) -> caf::result<train_report> {
         auto& st = self->state;
-        if (!st.transport || task.epoch != st.spec.epoch) {
+        if (auto stale = StaleEpoch(st, task.epoch, "job"); !stale.empty()) {
           train_report rep;
-          rep.error = "device " + std::to_string(st.index) + ": job of epoch " + std::to_string(task.epoch) +
-                      " but the ring is at epoch " + std::to_string(st.spec.epoch);
+          rep.error = stale;
           return rep;
         }
         return self->delegate(st.lane, train_atom::value, task, st.spec, st.transport);

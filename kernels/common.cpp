@@ -1,12 +1,8 @@
 #include "kernels/common.h"
 
-namespace rw::kernels {
+#include "kernels/backends.h"
 
-#ifdef RW_HAVE_CUDA
-namespace cuda {
-bool DevicePresent();
-}
-#endif
+namespace rw::kernels {
 
 const char* DeviceName(Device d) {
   switch (d) {

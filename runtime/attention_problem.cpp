@@ -1,3 +1,4 @@
+#include "runtime/rng.h"
 #include "runtime/attention_problem.h"
 
 #include <cstdio>
@@ -7,12 +8,6 @@ namespace rw::runtime {
 namespace {
 
 // splitmix64: a counter-based generator, so row r of tensor t is the same on every rank.
-uint64_t Mix(uint64_t x) {
-  x += 0x9e3779b97f4a7c15ull;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-  return x ^ (x >> 31);
-}
 
 void FillRow(uint64_t seed, uint64_t tensor, int64_t row, float* out, int64_t n) {
   uint64_t state = Mix(seed ^ Mix(tensor * 0x100000001b3ull ^ uint64_t(row)));

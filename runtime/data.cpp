@@ -1,14 +1,9 @@
+#include "runtime/rng.h"
 #include "runtime/data.h"
 
 namespace rw::runtime {
 namespace {
 
-uint64_t Mix(uint64_t x) {
-  x += 0x9e3779b97f4a7c15ull;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-  return x ^ (x >> 31);
-}
 
 // A counter-based stream: document j of sequence i of step k is the same wherever it is made.
 struct Stream {

@@ -7,8 +7,12 @@
 #include <vector>
 
 #include "kernels/cpu/gemm.h"
-#include "kernels/cpu/layers_cpu.h"
+#include "kernels/backends.h"
 #include "kernels/cpu/vec.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 namespace rw::kernels::cpu {
 namespace {

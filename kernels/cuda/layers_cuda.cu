@@ -9,7 +9,7 @@
 #include <string>
 #include <vector>
 
-#include "kernels/layers.h"
+#include "kernels/backends.h"
 
 namespace rw::kernels::cuda {
 namespace {
