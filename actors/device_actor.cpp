@@ -65,10 +65,14 @@ lane_actor::behavior_type Lane(lane_actor::pointer) {
           auto report = [&](const runtime::StepMetrics& m) {
             if (task.reporter) caf::anon_send(task.reporter, m);
           };
-          st = runtime::TrainRank(*t, job, report, &res);
+          st = runtime::TrainRank(*t, job, report, &res, runtime::TrainControl{0, &PreemptFlag()});
         }
         rep.ok = st.ok();
         rep.error = st.message();
+        rep.stopped = res.stopped;
+        rep.resumed_from = res.resumed_from;
+        for (const auto& why : res.skipped_checkpoints)
+          std::fprintf(stderr, "rank %d: skipped a checkpoint: %s\n", spec.rank, why.c_str());
         rep.first_loss = res.first_loss;
         rep.last_loss = res.last_loss;
         rep.steps = res.steps;
@@ -193,6 +197,11 @@ device_actor::behavior_type Device(device_actor::stateful_pointer<DeviceState> s
 }
 
 }  // namespace
+
+std::atomic<bool>& PreemptFlag() {
+  static std::atomic<bool> flag{false};
+  return flag;
+}
 
 device_actor SpawnDevice(caf::actor_system& sys, int device_index) { return sys.spawn(Device, device_index); }
 

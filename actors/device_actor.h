@@ -5,6 +5,7 @@
 
 #include <caf/all.hpp>
 
+#include <atomic>
 #include <string>
 #include <vector>
 
@@ -33,6 +34,10 @@ device_actor SpawnDevice(caf::actor_system& sys, int device_index);
 // Blocking (a scoped actor); the error names the rank that failed.
 kernels::Status FormRing(caf::actor_system& sys, const std::vector<device_actor>& devices, uint64_t job,
                          uint32_t epoch, const std::string& transport);
+
+// Set (e.g. by a SIGTERM handler) to preempt the training runs of this process's devices: they agree on a
+// step, commit a checkpoint and report stopped.
+std::atomic<bool>& PreemptFlag();
 
 // Registers the message types of actors/ with a system config (needed before the system starts).
 void AddMessageTypes(caf::actor_system_config& cfg);

@@ -94,15 +94,18 @@ typename Inspector::result_type inspect(Inspector& f, train_task& x) {
 
 struct train_report {
   bool ok = false;
+  bool stopped = false;  // preempted: a checkpoint was committed, the run can resume
   std::string error;
   int32_t rank = 0;
   double first_loss = 0, last_loss = 0;
   int64_t steps = 0;
+  int64_t resumed_from = 0;
 };
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, train_report& x) {
-  return f(caf::meta::type_name("train_report"), x.ok, x.error, x.rank, x.first_loss, x.last_loss, x.steps);
+  return f(caf::meta::type_name("train_report"), x.ok, x.stopped, x.error, x.rank, x.first_loss, x.last_loss, x.steps,
+           x.resumed_from);
 }
 
 }  // namespace rw::actors

@@ -1,5 +1,6 @@
 #include "cli/train.h"
 
+#include <signal.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -12,6 +13,16 @@
 
 namespace rw::cli {
 namespace {
+
+// First SIGTERM/SIGINT: finish the step, checkpoint, exit with kExitPreempted. Second: exit at once (the
+// last committed checkpoint is untouched: checkpoints are renamed into place only when whole).
+constexpr int kExitPreempted = 75;  // EX_TEMPFAIL: run it again to resume
+std::atomic<int> g_signals{0};
+
+void OnSignal(int) {
+  if (g_signals.fetch_add(1) > 0) _exit(128 + SIGTERM);
+  actors::PreemptFlag().store(true);
+}
 
 struct Config : caf::actor_system_config {
   Config() { actors::AddMessageTypes(*this); }
@@ -51,7 +62,12 @@ int Train(const std::string& job_path, const std::vector<std::string>& overrides
   std::error_code ec;
   std::filesystem::create_directories(job.output_dir, ec);
   const std::string metrics_path = (std::filesystem::path(job.output_dir) / "metrics.jsonl").string();
-  std::ofstream metrics(metrics_path, std::ios::trunc);
+  // A run that will resume continues its metrics file; a fresh run starts a new one.
+  bool resuming = false;
+  if (!job.checkpoint.dir.empty())
+    for (const auto& e : std::filesystem::directory_iterator(job.checkpoint.dir, ec))
+      resuming = resuming || e.path().filename().string().rfind("step-", 0) == 0;
+  std::ofstream metrics(metrics_path, resuming ? std::ios::app : std::ios::trunc);
   if (!metrics) {
     std::fprintf(stderr, "ringworld train: output_dir: cannot write %s\n", metrics_path.c_str());
     return 2;
@@ -70,6 +86,10 @@ int Train(const std::string& job_path, const std::vector<std::string>& overrides
     std::fprintf(stderr, "ringworld train: %s\n", st.message().c_str());
     return 1;
   }
+  struct sigaction sa {};
+  sa.sa_handler = OnSignal;
+  sigaction(SIGTERM, &sa, nullptr);
+  sigaction(SIGINT, &sa, nullptr);
   caf::scoped_actor self{sys};
   for (int r = 0; r < R; ++r)
     self->send(devices[r], actors::train_atom::value,
@@ -103,7 +123,19 @@ int Train(const std::string& job_path, const std::vector<std::string>& overrides
   }
   for (auto& d : devices) self->send_exit(d, caf::exit_reason::user_shutdown);
   if (failed) return 1;
+  if (last.stopped) {
+    std::printf("%spreempted after step %lld: checkpoint committed in %s; run the same command to resume\n",
+                tty ? "\n" : "", (long long)last.steps, job.checkpoint.dir.empty() ? "(no checkpoint.dir)" : job.checkpoint.dir.c_str());
+    return kExitPreempted;
+  }
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  if (last.resumed_from > 0)
+    std::printf("%sresumed from the checkpoint of step %lld\n", tty ? "\n" : "", (long long)last.resumed_from);
+  if (last.resumed_from == job.total_steps()) {
+    std::printf("the job was already complete at step %lld (%s); nothing to do\n", (long long)last.resumed_from,
+                job.checkpoint.dir.c_str());
+    return 0;
+  }
   std::printf("%sdone: %lld steps in %.1f s, loss %.4f -> %.4f; metrics in %s\n", tty ? "\n" : "", (long long)last.steps,
               secs, last.first_loss, last.last_loss, metrics_path.c_str());
   return 0;

@@ -8,6 +8,7 @@
 #include <thread>
 
 #include "kernels/cpu/gemm.h"
+#include "runtime/checkpoint.h"
 #include "runtime/ring_attention.h"
 
 namespace rw::runtime {
@@ -38,7 +39,7 @@ std::string StepMetrics::ToJson() const {
 }
 
 Status TrainRank(Transport& t, const JobConfig& job, const std::function<void(const StepMetrics&)>& on_step,
-                 TrainResult* result) {
+                 TrainResult* result, const TrainControl& control) {
   RW_RETURN_IF_ERROR(job.Validate());
   const int R = t.size(), rank = t.rank();
   RW_REQUIRE(R == job.ring.devices, "ring.devices: the job asks for " << job.ring.devices << " ranks, the ring has " << R);
@@ -56,6 +57,25 @@ Status TrainRank(Transport& t, const JobConfig& job, const std::function<void(co
   const int64_t total = job.total_steps();
   int64_t step = 0;
   TrainResult res;
+  if (!job.checkpoint.dir.empty()) {
+    TrainerState state;
+    bool found = false;
+    RW_RETURN_IF_ERROR(LoadLatestCheckpoint(job.checkpoint.dir, model, table, params.data(), opt.m().data(),
+                                            opt.v().data(), &state, &found, &res.skipped_checkpoints));
+    if (found) {
+      RW_REQUIRE(state.seed == job.seed, "checkpoint.dir: holds a run of seed " << state.seed << ", the job has seed "
+                                                                               << job.seed);
+      RW_REQUIRE(state.step <= total, "checkpoint.dir: checkpoint of step " << state.step << " is past the job's "
+                                                                           << total << " steps");
+      res.resumed_from = state.step;
+    }
+  }
+  auto save = [&](int64_t stage_index) -> Status {
+    if (rank != 0 || job.checkpoint.dir.empty()) return Status::Ok();
+    TrainerState state{step, stage_index, step, job.seed, job.name};
+    return SaveCheckpoint(job.checkpoint.dir, model, table, params.data(), opt.m().data(), opt.v().data(), state,
+                          job.checkpoint.keep, &res.last_checkpoint);
+  };
   for (size_t si = 0; si < job.stages.size(); ++si) {
     const StageConfig& stage = job.stages[si];
     model.rope_theta = stage.rope_theta;
@@ -63,6 +83,7 @@ Status TrainRank(Transport& t, const JobConfig& job, const std::function<void(co
     RW_RETURN_IF_ERROR(Layout::Make(kind, stage.seq_len, R, &layout));
     for (int64_t k = 0; k < stage.steps; ++k) {
       ++step;
+      if (step <= res.resumed_from) continue;  // done before the checkpoint
       const auto t0 = std::chrono::steady_clock::now();
       const auto batch = GlobalBatch(job.data, job.seed, step, stage.seq_len, stage.batch);
       const double wsum = WeightSum(batch);
@@ -89,7 +110,7 @@ Status TrainRank(Transport& t, const JobConfig& job, const std::function<void(co
       RW_RETURN_IF_ERROR(opt.Step(params.data(), grads.data(), step, total, &grad_norm, &lr));
       const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       const double mean_loss = double(loss_f) / wsum;
-      if (step == 1) res.first_loss = mean_loss;
+      if (step == res.resumed_from + 1) res.first_loss = mean_loss;
       res.last_loss = mean_loss;
       res.steps = step;
       if (rank == 0 && on_step) {
@@ -107,6 +128,23 @@ Status TrainRank(Transport& t, const JobConfig& job, const std::function<void(co
         m.ring_overlap_ratio = rs.overlap_ratio();
         m.peak_bytes = PeakRssBytes();
         on_step(m);
+      }
+      // Stop together: any rank's request stops every rank after this same step.
+      float stop = (control.stop_at_step > 0 && step >= control.stop_at_step) ||
+                           (control.stop && control.stop->load())
+                       ? 1.f
+                       : 0.f;
+      if (control.stop_at_step > 0 || control.stop) {
+        tag.layer = kReduceLayer + 2;
+        RW_RETURN_IF_ERROR(t.AllReduceSum(&stop, 1, tag));
+      }
+      const bool stage_end = k + 1 == stage.steps;
+      const bool periodic = job.checkpoint.every_steps > 0 && step % job.checkpoint.every_steps == 0;
+      if (stage_end || periodic || stop > 0) RW_RETURN_IF_ERROR(save(int64_t(si)));
+      if (stop > 0 && step < total) {
+        res.stopped = true;
+        if (result) *result = res;
+        return Status::Ok();
       }
     }
   }

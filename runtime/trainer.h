@@ -4,8 +4,10 @@
 // The embedded run and the daemon's workers run this same loop; rank 0 reports each step.
 #pragma once
 
+#include <atomic>
 #include <functional>
 #include <string>
+#include <vector>
 
 #include "runtime/job_config.h"
 #include "runtime/transport.h"
@@ -23,13 +25,25 @@ struct StepMetrics {
   std::string ToJson() const;     // one line of metrics.jsonl
 };
 
-struct TrainResult {
-  double first_loss = 0, last_loss = 0;
-  int64_t steps = 0;
+// How a run may end early (preemption): on a request or at a given step, every rank stops after the same
+// step (they agree through the ring), rank 0 commits a checkpoint, and TrainRank returns with stopped set.
+struct TrainControl {
+  int64_t stop_at_step = 0;                   // 0: run to the end
+  const std::atomic<bool>* stop = nullptr;    // set by a signal handler (SIGTERM)
 };
 
-// Runs the whole job on this rank. `on_step` (may be empty) is called on rank 0 after every step.
+struct TrainResult {
+  bool stopped = false;  // ended early by TrainControl, checkpoint committed
+  double first_loss = 0, last_loss = 0;  // of the steps this call ran
+  int64_t steps = 0;                     // last step done
+  int64_t resumed_from = 0;              // step of the checkpoint the run started from (0: fresh)
+  std::vector<std::string> skipped_checkpoints;  // newer checkpoints that failed verification, and why
+  std::string last_checkpoint;
+};
+
+// Runs the whole job on this rank, resuming from the newest valid checkpoint of checkpoint.dir if there
+// is one; rank 0 writes checkpoints every checkpoint.every_steps, at each stage's end and at the end. `on_step` (may be empty) is called on rank 0 after every step.
 Status TrainRank(Transport& t, const JobConfig& job, const std::function<void(const StepMetrics&)>& on_step,
-                 TrainResult* result);
+                 TrainResult* result, const TrainControl& control = {});
 
 }  // namespace rw::runtime

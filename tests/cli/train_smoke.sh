@@ -7,7 +7,8 @@ cfg=$2
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 
-"$bin" train "$cfg" --set output_dir="$out" --set stages.0.steps=40 --set stages.1.steps=4 > "$out/log"
+"$bin" train "$cfg" --set output_dir="$out" --set checkpoint.dir="$out/ck" --set stages.0.steps=40 \
+  --set stages.1.steps=4 > "$out/log"
 cat "$out/log"
 lines=$(wc -l < "$out/metrics.jsonl")
 [ "$lines" -eq 44 ] || { echo "FAIL: $lines metrics lines, expected 44"; exit 1; }
@@ -28,4 +29,28 @@ set -e
 [ "$rc" -eq 2 ] || { echo "FAIL: bad job file exited $rc, expected 2"; exit 1; }
 grep -q "bad.yaml: model.hiden_size: unknown key" "$out/err" || { echo "FAIL: message: $(cat "$out/err")"; exit 1; }
 echo "bad job file: $(cat "$out/err")"
+# Preemption: SIGTERM finishes the step, commits a checkpoint, exits 75; the same command resumes.
+job=(train "$cfg" --set output_dir="$out/p" --set checkpoint.dir="$out/p/ck" --set stages.0.steps=60
+     --set stages.1.steps=4)
+"$bin" "${job[@]}" > "$out/p.log" 2>&1 &
+pid=$!
+for _ in $(seq 1 600); do
+  [ -f "$out/p/metrics.jsonl" ] && [ "$(wc -l < "$out/p/metrics.jsonl")" -ge 5 ] && break
+  sleep 0.05
+done
+kill -TERM "$pid"
+set +e
+wait "$pid"
+rc=$?
+set -e
+[ "$rc" -eq 75 ] || { echo "FAIL: SIGTERM exit code $rc, expected 75"; cat "$out/p.log"; exit 1; }
+stopped=$(wc -l < "$out/p/metrics.jsonl")
+ls "$out/p/ck" | grep -q "step-$stopped" || { echo "FAIL: no checkpoint step-$stopped"; ls "$out/p/ck"; exit 1; }
+"$bin" "${job[@]}" > "$out/p2.log" 2>&1 || { echo "FAIL: resume"; cat "$out/p2.log"; exit 1; }
+grep -q "resumed from the checkpoint of step $stopped" "$out/p2.log" || { echo "FAIL: no resume"; cat "$out/p2.log"; exit 1; }
+first=$(sed -n "$((stopped + 1))p" "$out/p/metrics.jsonl" | sed 's/{"step": \([0-9]*\),.*/\1/')
+total=$(wc -l < "$out/p/metrics.jsonl")
+[ "$total" -eq 64 ] || { echo "FAIL: $total metrics lines after resume, expected 64 (appended)"; exit 1; }
+[ "$first" -eq $((stopped + 1)) ] || { echo "FAIL: resumed run started at step $first"; exit 1; }
+echo "preempted after step $stopped (exit 75), resumed at step $first"
 echo "1 passed, 0 failed"

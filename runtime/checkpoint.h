@@ -1,0 +1,40 @@
+// Checkpoints in Hugging Face layout: step-N/ holds model.safetensors (HF tensor names), config.json
+// (LlamaConfig), optimizer.safetensors (AdamW moments), trainer_state.json (step, stage, data cursor, seed)
+// and MANIFEST (size and CRC32C of each file). A checkpoint is written into a temporary directory,
+// fsynced, renamed into place and the parent fsynced: it exists only once whole. Loading verifies the
+// manifest and falls back to the previous checkpoint on any mismatch.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "runtime/model.h"
+
+namespace rw::runtime {
+
+struct TrainerState {
+  int64_t step = 0;         // optimizer steps done
+  int64_t stage = 0;        // stage of the last step done
+  int64_t data_cursor = 0;  // the loader's position: the next global batch is GlobalBatch(seed, cursor + 1)
+  uint64_t seed = 0;
+  std::string job;
+};
+
+// Writes dir/step-<state.step> atomically, then removes all but the `keep` newest checkpoints and any
+// temporary leftovers. m and v may be null (weights only).
+Status SaveCheckpoint(const std::string& dir, const ModelConfig& c, const ParamTable& t, const float* params,
+                      const float* m, const float* v, const TrainerState& state, int64_t keep, std::string* path);
+
+// Verifies a checkpoint directory's MANIFEST (every file's size and CRC32C).
+Status VerifyCheckpoint(const std::string& ckpt_dir);
+
+// Loads the newest checkpoint of `dir` that verifies. *found is false when there is none; `skipped` gets
+// one line per newer checkpoint that failed verification (and why).
+Status LoadLatestCheckpoint(const std::string& dir, const ModelConfig& c, const ParamTable& t, float* params,
+                            float* m, float* v, TrainerState* state, bool* found, std::vector<std::string>* skipped);
+
+// Loads the weights of one checkpoint directory (ours or a Hugging Face LLaMA in fp32/fp16/bf16, single
+// model.safetensors); errors name any missing or mis-shaped tensor.
+Status LoadWeights(const std::string& ckpt_dir, const ParamTable& t, float* params);
+
+}  // namespace rw::runtime

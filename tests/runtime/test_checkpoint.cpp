@@ -1,0 +1,206 @@
+// Checkpoints: Hugging Face layout, save -> load -> save byte-identical, resume equals a straight run bit
+// for bit, a corrupt latest checkpoint falls back to the previous one, bad files are named.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "ring_harness.h"
+#include "runtime/checkpoint.h"
+#include "runtime/safetensors.h"
+#include "runtime/trainer.h"
+
+namespace rw::runtime {
+namespace {
+
+namespace fs = std::filesystem;
+using test::RunRanks;
+
+struct TempDir {
+  fs::path path;
+  explicit TempDir(const std::string& name)
+      : path(fs::temp_directory_path() / ("rw_ckpt_" + std::to_string(getpid()) + "_" + name)) {
+    fs::remove_all(path);
+    fs::create_directories(path);
+  }
+  ~TempDir() { fs::remove_all(path); }
+};
+
+std::string Bytes(const fs::path& p) {
+  std::ifstream f(p, std::ios::binary);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+JobConfig Job(const std::string& dir, int64_t steps) {
+  JobConfig job;
+  const char* yaml = R"(
+name: ck
+model: {hidden_size: 32, intermediate_size: 64, num_hidden_layers: 2, num_attention_heads: 4,
+        num_key_value_heads: 2, max_position_embeddings: 512}
+optimizer: {lr: 0.003, warmup_steps: 2}
+ring: {devices: 2, layout: zigzag}
+stages: [{seq_len: 64, steps: 6, batch: 2}, {seq_len: 128, rope_theta: 100000, steps: 4, batch: 1}]
+checkpoint: {keep: 10}
+)";
+  EXPECT_TRUE(ParseJobConfig(yaml, "ck", {"checkpoint.dir=" + dir, "stages.0.steps=" + std::to_string(steps)}, &job).ok());
+  return job;
+}
+
+std::vector<StepMetrics> Train(const JobConfig& job, TrainControl control, TrainResult* res) {
+  std::vector<StepMetrics> steps;
+  std::vector<TrainResult> results(2);
+  auto fabric = InprocFabric::Create(2);
+  auto st = RunRanks(fabric, [&](int r, Transport& t) {
+    return TrainRank(t, job, [&](const StepMetrics& m) { steps.push_back(m); }, &results[r], control);
+  });
+  for (auto& s : st) EXPECT_TRUE(s.ok()) << s.message();
+  *res = results[0];
+  return steps;
+}
+
+TEST(Checkpoint, ResumingAfterAStopEqualsAStraightRunBitForBit) {
+  TempDir straight("straight"), resumed("resumed");
+  TrainResult r1, r2, r3;
+  const auto all = Train(Job(straight.path.string(), 6), {}, &r1);
+  ASSERT_EQ(all.size(), 10u);
+  const auto first = Train(Job(resumed.path.string(), 6), TrainControl{5, nullptr}, &r2);
+  EXPECT_TRUE(r2.stopped);
+  ASSERT_EQ(first.size(), 5u);
+  const auto rest = Train(Job(resumed.path.string(), 6), {}, &r3);
+  EXPECT_EQ(r3.resumed_from, 5);
+  ASSERT_EQ(rest.size(), 5u);
+  for (size_t i = 0; i < 5; ++i) {
+    EXPECT_EQ(first[i].loss, all[i].loss) << "step " << i + 1;
+    EXPECT_EQ(rest[i].loss, all[5 + i].loss) << "step " << 6 + i;
+    EXPECT_EQ(rest[i].grad_norm, all[5 + i].grad_norm) << "step " << 6 + i;
+  }
+  // The final checkpoints are the same bytes.
+  for (const char* f : {"model.safetensors", "optimizer.safetensors", "trainer_state.json", "config.json"})
+    EXPECT_EQ(Bytes(straight.path / "step-10" / f), Bytes(resumed.path / "step-10" / f)) << f;
+  std::printf("  straight: steps 1-10; resumed: 1-5, stop, 6-10; step-10 files identical; loss %.6f\n", all.back().loss);
+}
+
+TEST(Checkpoint, SaveLoadSaveIsByteIdenticalAndInHuggingFaceLayout) {
+  TempDir dir("roundtrip");
+  ModelConfig c;
+  c.hidden_size = 32;
+  c.intermediate_size = 48;
+  c.num_attention_heads = 4;
+  c.num_key_value_heads = 2;
+  const ParamTable t(c);
+  std::vector<float> p(t.total()), m(t.total()), v(t.total());
+  InitParameters(c, t, 3, p.data());
+  for (size_t i = 0; i < t.total(); ++i) {
+    m[i] = float(i % 97) * 1e-3f;
+    v[i] = float(i % 89) * 1e-4f;
+  }
+  TrainerState st{7, 1, 7, 42, "rt"};
+  std::string path;
+  ASSERT_TRUE(SaveCheckpoint((dir.path / "a").string(), c, t, p.data(), m.data(), v.data(), st, 3, &path).ok());
+  std::vector<float> p2(t.total()), m2(t.total()), v2(t.total());
+  TrainerState st2;
+  bool found = false;
+  ASSERT_TRUE(LoadLatestCheckpoint((dir.path / "a").string(), c, t, p2.data(), m2.data(), v2.data(), &st2, &found,
+                                   nullptr).ok());
+  ASSERT_TRUE(found);
+  EXPECT_EQ(st2.step, 7);
+  EXPECT_EQ(st2.seed, 42u);
+  ASSERT_TRUE(SaveCheckpoint((dir.path / "b").string(), c, t, p2.data(), m2.data(), v2.data(), st2, 3, nullptr).ok());
+  for (const char* f : {"model.safetensors", "optimizer.safetensors", "config.json", "trainer_state.json", "MANIFEST"})
+    EXPECT_EQ(Bytes(dir.path / "a" / "step-7" / f), Bytes(dir.path / "b" / "step-7" / f)) << f;
+  std::map<std::string, LoadedTensor> tensors;
+  ASSERT_TRUE(ReadSafetensors((dir.path / "a" / "step-7" / "model.safetensors").string(), &tensors).ok());
+  ASSERT_TRUE(tensors.count("model.layers.1.mlp.down_proj.weight"));
+  EXPECT_EQ(tensors["model.layers.1.self_attn.k_proj.weight"].shape, (std::vector<int64_t>{16, 32}));
+  const std::string config = Bytes(dir.path / "a" / "step-7" / "config.json");
+  EXPECT_NE(config.find("\"LlamaForCausalLM\""), std::string::npos);
+  EXPECT_NE(config.find("\"num_key_value_heads\": 2"), std::string::npos);
+}
+
+TEST(Checkpoint, CorruptLatestFallsBackToThePreviousOne) {
+  TempDir dir("corrupt");
+  ModelConfig c;
+  const ParamTable t(c);
+  std::vector<float> p(t.total(), 0.5f);
+  for (int64_t step : {3, 6}) {
+    std::fill(p.begin(), p.end(), float(step));
+    ASSERT_TRUE(SaveCheckpoint(dir.path.string(), c, t, p.data(), nullptr, nullptr, TrainerState{step, 0, step, 1, "c"},
+                               5, nullptr).ok());
+  }
+  {  // flip one byte in the middle of the newest weights
+    std::fstream f(dir.path / "step-6" / "model.safetensors", std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(4000);
+    f.put('\x7f');
+  }
+  std::vector<float> q(t.total());
+  TrainerState st;
+  bool found = false;
+  std::vector<std::string> skipped;
+  ASSERT_TRUE(LoadLatestCheckpoint(dir.path.string(), c, t, q.data(), nullptr, nullptr, &st, &found, &skipped).ok());
+  ASSERT_TRUE(found);
+  EXPECT_EQ(st.step, 3);
+  EXPECT_EQ(q[0], 3.f);
+  ASSERT_EQ(skipped.size(), 1u);
+  EXPECT_NE(skipped[0].find("step-6/model.safetensors: CRC32C mismatch"), std::string::npos) << skipped[0];
+  std::printf("  skipped: %s\n", skipped[0].c_str());
+}
+
+TEST(Checkpoint, MissingOrMisShapedTensorsAndTruncatedFilesAreNamed) {
+  TempDir dir("bad");
+  ModelConfig c;
+  const ParamTable t(c);
+  std::vector<float> p(t.total(), 0.25f);
+  // A file lacking the final norm.
+  std::vector<TensorRef> refs;
+  for (const auto& x : t.tensors())
+    if (x.name != "model.norm.weight") refs.push_back({x.name, x.shape, p.data() + x.offset});
+  fs::create_directories(dir.path / "m");
+  ASSERT_TRUE(WriteSafetensors((dir.path / "m" / "model.safetensors").string(), refs).ok());
+  auto st = LoadWeights((dir.path / "m").string(), t, p.data());
+  ASSERT_FALSE(st.ok());
+  EXPECT_NE(st.message().find("model.norm.weight is missing"), std::string::npos) << st.message();
+  // A mis-shaped tensor.
+  refs.clear();
+  for (const auto& x : t.tensors()) {
+    auto shape = x.shape;
+    if (x.name == "model.layers.0.self_attn.q_proj.weight") std::swap(shape[0], shape[1]), shape[0] -= 1;
+    refs.push_back({x.name, shape, p.data() + x.offset});
+  }
+  ASSERT_TRUE(WriteSafetensors((dir.path / "m" / "model.safetensors").string(), refs).ok());
+  st = LoadWeights((dir.path / "m").string(), t, p.data());
+  ASSERT_FALSE(st.ok());
+  EXPECT_NE(st.message().find("q_proj.weight has the wrong shape"), std::string::npos) << st.message();
+  // Truncated.
+  const auto file = dir.path / "m" / "model.safetensors";
+  fs::resize_file(file, fs::file_size(file) / 2);
+  std::map<std::string, LoadedTensor> tensors;
+  st = ReadSafetensors(file.string(), &tensors);
+  ASSERT_FALSE(st.ok());
+  EXPECT_NE(st.message().find("model.safetensors"), std::string::npos) << st.message();
+  std::printf("  %s\n", st.message().c_str());
+}
+
+TEST(Checkpoint, Bf16AndF16SafetensorsLoadAsFloat) {
+  TempDir dir("half");
+  // Hand-made file: one BF16 tensor [2] = {1.5, -2.0} and one F16 tensor [1] = {0.5}.
+  const std::string header =
+      R"({"a":{"dtype":"BF16","shape":[2],"data_offsets":[0,4]},"b":{"dtype":"F16","shape":[1],"data_offsets":[4,6]}})";
+  std::ofstream f(dir.path / "h.safetensors", std::ios::binary);
+  const uint64_t n = header.size();
+  f.write(reinterpret_cast<const char*>(&n), 8);
+  f << header;
+  const uint16_t data[3] = {0x3fc0, 0xc000, 0x3800};
+  f.write(reinterpret_cast<const char*>(data), 6);
+  f.close();
+  std::map<std::string, LoadedTensor> t;
+  auto st = ReadSafetensors((dir.path / "h.safetensors").string(), &t);
+  ASSERT_TRUE(st.ok()) << st.message();
+  EXPECT_EQ(t["a"].data, (std::vector<float>{1.5f, -2.f}));
+  EXPECT_EQ(t["b"].data, (std::vector<float>{0.5f}));
+}
+
+}  // namespace
+}  // namespace rw::runtime
