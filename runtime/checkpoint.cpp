@@ -176,6 +176,43 @@ Status VerifyCheckpoint(const std::string& ckpt_dir) {
   return Status::Ok();
 }
 
+Status ReadHfConfig(const std::string& path, ModelConfig* out) {
+  std::ifstream f(path);
+  RW_REQUIRE(f.good(), path << ": cannot open");
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(f);
+  } catch (const std::exception& e) {
+    return Status::Error(path + ": not JSON: " + e.what());
+  }
+  ModelConfig c;
+  const std::string where = path + ": ";
+  try {
+    if (j.contains("model_type"))
+      RW_REQUIRE(j["model_type"] == "llama", where << "model_type: '" << j["model_type"].get<std::string>()
+                                                   << "' is not llama");
+    c.vocab_size = j.at("vocab_size").get<int64_t>();
+    c.hidden_size = j.at("hidden_size").get<int64_t>();
+    c.intermediate_size = j.at("intermediate_size").get<int64_t>();
+    c.num_hidden_layers = j.at("num_hidden_layers").get<int64_t>();
+    c.num_attention_heads = j.at("num_attention_heads").get<int64_t>();
+    c.num_key_value_heads = j.value("num_key_value_heads", c.num_attention_heads);
+    c.rope_theta = j.value("rope_theta", 10000.0);
+    c.rms_norm_eps = j.value("rms_norm_eps", 1e-6f);
+    c.tie_word_embeddings = j.value("tie_word_embeddings", false);
+    c.max_position_embeddings = j.value("max_position_embeddings", int64_t(2048));
+    if (j.contains("head_dim") && !j["head_dim"].is_null())
+      RW_REQUIRE(j["head_dim"].get<int64_t>() == c.head_dim(),
+                 where << "head_dim: " << j["head_dim"].get<int64_t>() << " differs from hidden_size / heads");
+  } catch (const nlohmann::json::exception& e) {
+    return Status::Error(where + e.what());
+  }
+  Status st = c.Validate();
+  RW_REQUIRE(st.ok(), where << st.message());
+  *out = c;
+  return Status::Ok();
+}
+
 Status LoadWeights(const std::string& ckpt_dir, const ParamTable& t, float* params) {
   return LoadInto((fs::path(ckpt_dir) / "model.safetensors").string(), t, "", params);
 }
