@@ -35,7 +35,8 @@ using lane_actor = caf::typed_actor<
     caf::replies_to<connect_atom, std::shared_ptr<Transport>, std::string, std::string>::with<attention_report>,
     caf::replies_to<attend_atom, attention_task, std::shared_ptr<Transport>>::with<attention_report>,
     caf::replies_to<attend_atom, selftest_task, ring_spec, std::shared_ptr<Transport>>::with<attention_report>,
-    caf::replies_to<train_atom, train_task, ring_spec, std::shared_ptr<Transport>>::with<train_report>>;
+    caf::replies_to<train_atom, train_task, ring_spec, std::shared_ptr<Transport>>::with<train_report>,
+    caf::replies_to<eval_atom, eval_task, std::shared_ptr<Transport>>::with<eval_report>>;
 
 attention_report Run(Transport& t, runtime::ShardData& io, uint32_t epoch, uint32_t step) {
   attention_report rep;
@@ -55,6 +56,18 @@ attention_report Run(Transport& t, runtime::ShardData& io, uint32_t epoch, uint3
 
 lane_actor::behavior_type Lane(lane_actor::pointer) {
   return {
+      [](eval_atom, const eval_task& task, std::shared_ptr<Transport> t) {
+        eval_report rep;
+        runtime::EvalResult res;
+        const kernels::Status st =
+            runtime::EvalRank(*t, task.checkpoint, task.data, task.seq_len, task.layout, 1, &res);
+        rep.ok = st.ok();
+        rep.error = st.message();
+        rep.loss = res.loss;
+        rep.perplexity = res.perplexity;
+        rep.tokens = res.tokens;
+        return rep;
+      },
       [](train_atom, const train_task& task, const ring_spec& spec, std::shared_ptr<Transport> t) {
         train_report rep;
         rep.rank = spec.rank;
@@ -190,6 +203,15 @@ device_actor::behavior_type Device(device_actor::stateful_pointer<DeviceState> s
         }
         return self->delegate(st.lane, train_atom::value, task, st.spec, st.transport);
       },
+      [=](eval_atom, const eval_task& task) -> caf::result<eval_report> {
+        auto& st = self->state;
+        if (auto stale = StaleEpoch(st, task.epoch, "eval"); !stale.empty()) {
+          eval_report rep;
+          rep.error = stale;
+          return rep;
+        }
+        return self->delegate(st.lane, eval_atom::value, task, st.transport);
+      },
       [=](abort_atom, const std::string& reason) {
         if (self->state.transport) self->state.transport->Abort(reason);
       },
@@ -243,6 +265,8 @@ void AddMessageTypes(caf::actor_system_config& cfg) {
   cfg.add_message_type<std::vector<device_actor>>("rw::device_list");
   cfg.add_message_type<train_task>("rw::train_task");
   cfg.add_message_type<train_report>("rw::train_report");
+  cfg.add_message_type<eval_task>("rw::eval_task");
+  cfg.add_message_type<eval_report>("rw::eval_report");
   cfg.add_message_type<runtime::StepMetrics>("rw::step_metrics");
   cfg.load<caf::io::middleman>();
 }

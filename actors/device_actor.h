@@ -25,6 +25,8 @@ using device_actor = caf::typed_actor<
     caf::replies_to<attend_atom, selftest_task>::with<attention_report>,
     // Train a job on this rank (the whole run; rank 0 streams StepMetrics to the task's reporter).
     caf::replies_to<train_atom, train_task>::with<train_report>,
+    // Evaluate a checkpoint on a prepared dataset over the ring (mean loss over every predicted token).
+    caf::replies_to<eval_atom, eval_task>::with<eval_report>,
     // Abort the ring: every pending transfer of every rank fails, so no rank hangs.
     caf::reacts_to<abort_atom, std::string>>;
 

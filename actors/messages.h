@@ -20,6 +20,7 @@ using connect_atom = caf::atom_constant<caf::atom("connect")>;
 using attend_atom = caf::atom_constant<caf::atom("attend")>;
 using abort_atom = caf::atom_constant<caf::atom("abort")>;
 using train_atom = caf::atom_constant<caf::atom("train")>;
+using eval_atom = caf::atom_constant<caf::atom("eval")>;
 
 // What a device needs to join a ring: who it is in it, and how tensors travel.
 struct ring_spec {
@@ -106,6 +107,30 @@ template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, train_report& x) {
   return f(caf::meta::type_name("train_report"), x.ok, x.stopped, x.error, x.rank, x.first_loss, x.last_loss, x.steps,
            x.resumed_from);
+}
+
+struct eval_task {
+  uint32_t epoch = 0;
+  std::string checkpoint, data;
+  int64_t seq_len = 0;
+  std::string layout = "zigzag";
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, eval_task& x) {
+  return f(caf::meta::type_name("eval_task"), x.epoch, x.checkpoint, x.data, x.seq_len, x.layout);
+}
+
+struct eval_report {
+  bool ok = false;
+  std::string error;
+  double loss = 0, perplexity = 0;
+  int64_t tokens = 0;
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, eval_report& x) {
+  return f(caf::meta::type_name("eval_report"), x.ok, x.error, x.loss, x.perplexity, x.tokens);
 }
 
 }  // namespace rw::actors

@@ -16,7 +16,28 @@ int main(int argc, char** argv) {
   train->add_option("job", job_path, "job file (YAML), e.g. configs/tiny-cpu.yaml");
   train->add_option("--set", overrides, "override a setting: key=value (stages as stages.N.key)");
   train->add_flag("--help-config", describe, "list every setting of a job file");
+  std::string checkpoint, data, layout = "zigzag";
+  int ring = 1;
+  int64_t seq_len = 1024;
+  auto* eval = app.add_subcommand("eval", "mean loss and perplexity of a checkpoint on a prepared dataset");
+  eval->add_option("--checkpoint", checkpoint, "checkpoint directory (ours or a Hugging Face LLaMA)")->required();
+  eval->add_option("--data", data, "dataset directory made by ringworld data prepare")->required();
+  eval->add_option("--ring", ring, "devices in the ring (in this process)");
+  eval->add_option("--layout", layout, "contiguous | zigzag | striped");
+  eval->add_option("--seq-len", seq_len, "tokens per sequence");
+  std::vector<std::string> inputs;
+  std::string output, tokenizer = "bytes";
+  bool skip_bad = false;
+  auto* data_cmd = app.add_subcommand("data", "datasets");
+  data_cmd->require_subcommand(1);
+  auto* prepare = data_cmd->add_subcommand("prepare", "turn text and JSONL files into a token dataset");
+  prepare->add_option("--input", inputs, "text (.txt: one document) or JSONL (.jsonl: one per line) files")->required();
+  prepare->add_option("--output", output, "dataset directory to create")->required();
+  prepare->add_option("--tokenizer", tokenizer, "bytes");
+  prepare->add_flag("--skip-bad", skip_bad, "count and skip bad records instead of failing");
   CLI11_PARSE(app, argc, argv);
+  if (*eval) return rw::cli::Eval(checkpoint, data, ring, layout, seq_len);
+  if (*prepare) return rw::cli::DataPrepare(inputs, output, tokenizer, skip_bad);
   if (*train) {
     if (describe) {
       std::printf("%s", rw::runtime::DescribeSettings().c_str());

@@ -1,4 +1,6 @@
 #include "runtime/rng.h"
+
+#include <fstream>
 #include "runtime/data.h"
 
 namespace rw::runtime {
@@ -36,7 +38,13 @@ std::string ByteTokenizer::Decode(const std::vector<int32_t>& ids) {
 }
 
 Status DataConfig::Validate() const {
-  RW_REQUIRE(source == "synthetic", "data.source: '" << source << "' is not supported yet (synthetic)");
+  RW_REQUIRE(source == "synthetic" || source == "files", "data.source: '" << source << "' is not synthetic or files");
+  if (source == "files") {
+    RW_REQUIRE(!path.empty(), "data.path: a dataset directory is required with data.source: files");
+    std::ifstream meta(path + "/meta.json");
+    RW_REQUIRE(meta.good(), "data.path: " << path << " is not a prepared dataset (run ringworld data prepare)");
+    return Status::Ok();
+  }
   RW_REQUIRE(task == "copy", "data.task: '" << task << "' is not a synthetic task (copy)");
   RW_REQUIRE(min_len >= 1 && max_len >= min_len,
              "data.min_len/max_len: need 1 <= min_len <= max_len, got " << min_len << ", " << max_len);

@@ -25,7 +25,8 @@ struct ByteTokenizer {
 };
 
 struct DataConfig {
-  std::string source = "synthetic";  // synthetic (files arrive with `ringworld data prepare`)
+  std::string source = "synthetic";  // synthetic | files (a directory made by `ringworld data prepare`)
+  std::string path;                  // files: the dataset directory
   std::string task = "copy";         // copy: "<random letters>|<the same letters>"
   int64_t min_len = 4, max_len = 24;  // of the copied string
   Status Validate() const;

@@ -1,6 +1,7 @@
 #include "runtime/trainer.h"
 
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
@@ -9,6 +10,7 @@
 
 #include "kernels/cpu/gemm.h"
 #include "runtime/checkpoint.h"
+#include "runtime/dataset.h"
 #include "runtime/ring_attention.h"
 
 namespace rw::runtime {
@@ -54,6 +56,12 @@ Status TrainRank(Transport& t, const JobConfig& job, const std::function<void(co
   AdamW opt(job.optimizer, table, threads);
   LayoutKind kind;
   RW_RETURN_IF_ERROR(ParseLayout(job.ring.layout, &kind));
+  Dataset files;
+  if (job.data.source == "files") {
+    RW_RETURN_IF_ERROR(Dataset::Open(job.data.path, &files));
+    RW_REQUIRE(files.vocab_size() <= model.vocab_size, "data.path: the dataset's vocabulary (" << files.vocab_size()
+                                                           << ") exceeds model.vocab_size " << model.vocab_size);
+  }
   const int64_t total = job.total_steps();
   int64_t step = 0;
   TrainResult res;
@@ -85,7 +93,8 @@ Status TrainRank(Transport& t, const JobConfig& job, const std::function<void(co
       ++step;
       if (step <= res.resumed_from) continue;  // done before the checkpoint
       const auto t0 = std::chrono::steady_clock::now();
-      const auto batch = GlobalBatch(job.data, job.seed, step, stage.seq_len, stage.batch);
+      const auto batch = job.data.source == "files" ? files.Batch(job.seed, step, stage.seq_len, stage.batch)
+                                                    : GlobalBatch(job.data, job.seed, step, stage.seq_len, stage.batch);
       const double wsum = WeightSum(batch);
       RW_REQUIRE(wsum > 0, "data: step " << step << " has no token to predict");
       std::fill(grads.begin(), grads.end(), 0.f);
@@ -149,6 +158,43 @@ Status TrainRank(Transport& t, const JobConfig& job, const std::function<void(co
     }
   }
   if (result) *result = res;
+  return Status::Ok();
+}
+
+Status EvalRank(Transport& t, const std::string& checkpoint_dir, const std::string& data_dir, int64_t seq_len,
+                const std::string& layout_name, int num_threads, EvalResult* out) {
+  ModelConfig model;
+  RW_RETURN_IF_ERROR(ReadHfConfig(checkpoint_dir + "/config.json", &model));
+  const ParamTable table(model);
+  std::vector<float> params(table.total());
+  RW_RETURN_IF_ERROR(LoadWeights(checkpoint_dir, table, params.data()));
+  Dataset data;
+  RW_RETURN_IF_ERROR(Dataset::Open(data_dir, &data));
+  RW_REQUIRE(data.vocab_size() <= model.vocab_size, "--data: the dataset's vocabulary (" << data.vocab_size()
+                                                        << ") exceeds the model's " << model.vocab_size);
+  LayoutKind kind;
+  RW_RETURN_IF_ERROR(ParseLayout(layout_name, &kind));
+  Layout layout;
+  {
+    Status st = Layout::Make(kind, seq_len, t.size(), &layout);
+    RW_REQUIRE(st.ok(), "--" << st.message());
+  }
+  double loss = 0;
+  double count = 0;  // the same on every rank: each sees whole sequences
+  const auto seqs = data.PackAll(seq_len);
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    ModelExec mx;
+    mx.num_threads = num_threads;
+    mx.tag.step = uint32_t(i);
+    RW_RETURN_IF_ERROR(Forward(t, model, table, mx, params.data(), ShardOf(seqs[i], layout, t.rank()), &loss));
+    for (float w : seqs[i].weights) count += w;
+  }
+  // Every rank counted the whole sequences' weights; only the loss is per rank.
+  float sum = float(loss);
+  RW_RETURN_IF_ERROR(t.AllReduceSum(&sum, 1, MsgTag{0, 0, uint32_t(seqs.size()), kReduceLayer, 0}));
+  out->tokens = int64_t(count);
+  out->loss = count > 0 ? double(sum) / double(count) : 0;
+  out->perplexity = std::exp(out->loss);
   return Status::Ok();
 }
 

@@ -46,4 +46,14 @@ struct TrainResult {
 Status TrainRank(Transport& t, const JobConfig& job, const std::function<void(const StepMetrics&)>& on_step,
                  TrainResult* result, const TrainControl& control = {});
 
+struct EvalResult {
+  double loss = 0, perplexity = 0;  // mean cross-entropy over every predicted position
+  int64_t tokens = 0;               // predicted positions
+};
+
+// Evaluates a checkpoint (ours or a Hugging Face LLaMA directory) on a prepared dataset over the ring:
+// every document once, packed into sequences of seq_len.
+Status EvalRank(Transport& t, const std::string& checkpoint_dir, const std::string& data_dir, int64_t seq_len,
+                const std::string& layout, int num_threads, EvalResult* out);
+
 }  // namespace rw::runtime

@@ -1,0 +1,289 @@
+#include "runtime/dataset.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "runtime/rng.h"
+
+namespace rw::runtime {
+namespace {
+
+namespace fs = std::filesystem;
+
+struct Writer {
+  std::ofstream tokens, modality;
+  std::vector<uint64_t> index{0};
+  std::vector<int32_t> doc;
+  std::vector<uint8_t> mod;
+  void Add() {
+    tokens.write(reinterpret_cast<const char*>(doc.data()), std::streamsize(doc.size() * 4));
+    modality.write(reinterpret_cast<const char*>(mod.data()), std::streamsize(mod.size()));
+    index.push_back(index.back() + doc.size());
+  }
+};
+
+// Parses one JSONL record into w.doc / w.mod; the error names what is wrong (the caller adds file:line).
+Status ParseRecord(const std::string& line, int64_t vocab, Writer& w) {
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(line);
+  } catch (const std::exception&) {
+    return Status::Error("not a JSON object");
+  }
+  RW_REQUIRE(j.is_object(), "not a JSON object");
+  w.doc.clear();
+  w.mod.clear();
+  if (j.contains("tokens")) {
+    RW_REQUIRE(j["tokens"].is_array(), "\"tokens\" must be a list of token ids");
+    for (const auto& t : j["tokens"]) {
+      RW_REQUIRE(t.is_number_integer(), "\"tokens\" holds a non-integer");
+      const int64_t id = t.get<int64_t>();
+      RW_REQUIRE(id >= 0 && id < vocab, "token id " << id << " is outside the vocabulary of " << vocab);
+      w.doc.push_back(int32_t(id));
+    }
+  } else if (j.contains("text")) {
+    RW_REQUIRE(j["text"].is_string(), "\"text\" must be a string");
+    w.doc = ByteTokenizer::Encode(j["text"].get<std::string>());
+  } else {
+    return Status::Error("a record needs \"text\" or \"tokens\"");
+  }
+  RW_REQUIRE(w.doc.size() >= 2, "a document needs at least 2 tokens");
+  w.mod.assign(w.doc.size(), 0);
+  if (j.contains("modality")) {
+    auto code = [](const nlohmann::json& m, uint8_t* out) {
+      if (m == "text" || m == 0) return (*out = 0, true);
+      if (m == "vision" || m == 1) return (*out = 1, true);
+      return false;
+    };
+    const auto& m = j["modality"];
+    if (m.is_array()) {
+      RW_REQUIRE(m.size() == w.doc.size(), "\"modality\" has " << m.size() << " entries for " << w.doc.size() << " tokens");
+      for (size_t i = 0; i < m.size(); ++i) RW_REQUIRE(code(m[i], &w.mod[i]), "\"modality\"[" << i << "] is not text or vision");
+    } else {
+      uint8_t c = 0;
+      RW_REQUIRE(code(m, &c), "\"modality\" is not text or vision");
+      w.mod.assign(w.doc.size(), c);
+    }
+  }
+  return Status::Ok();
+}
+
+void* MapFile(const std::string& path, size_t* bytes) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return nullptr;
+  struct stat sb {};
+  ::fstat(fd, &sb);
+  *bytes = size_t(sb.st_size);
+  void* p = *bytes ? ::mmap(nullptr, *bytes, PROT_READ, MAP_PRIVATE, fd, 0) : nullptr;
+  ::close(fd);
+  return p == MAP_FAILED ? nullptr : p;
+}
+
+}  // namespace
+
+Status PrepareDataset(const PrepareOptions& opt, PrepareReport* report) {
+  RW_REQUIRE(!opt.inputs.empty(), "--input: at least one file is required");
+  RW_REQUIRE(!opt.output.empty(), "--output: a directory is required");
+  RW_REQUIRE(opt.tokenizer == "bytes",
+             "--tokenizer: '" << opt.tokenizer << "' is not supported yet (bytes; SentencePiece models come next)");
+  const int64_t vocab = ByteTokenizer::kVocab;
+  const fs::path out(opt.output), tmp = out.string() + ".tmp-" + std::to_string(::getpid());
+  std::error_code ec;
+  RW_REQUIRE(!fs::exists(out / "meta.json"), "--output: " << opt.output << " already holds a dataset");
+  fs::remove_all(tmp, ec);
+  fs::create_directories(tmp, ec);
+  RW_REQUIRE(!ec, "--output: cannot create " << tmp.string() << ": " << ec.message());
+  Writer w;
+  w.tokens.open(tmp / "tokens.bin", std::ios::binary);
+  w.modality.open(tmp / "modality.bin", std::ios::binary);
+  PrepareReport rep;
+  auto fail = [&](Status st) {
+    fs::remove_all(tmp, ec);
+    return st;
+  };
+  for (const auto& in : opt.inputs) {
+    std::ifstream f(in, std::ios::binary);
+    if (!f) return fail(Status::Error("--input: cannot read " + in));
+    const bool jsonl = fs::path(in).extension() == ".jsonl";
+    if (!jsonl) {  // a text file is one document
+      std::stringstream ss;
+      ss << f.rdbuf();
+      w.doc = ByteTokenizer::Encode(ss.str());
+      w.mod.assign(w.doc.size(), 0);
+      w.Add();
+      ++rep.documents;
+      rep.tokens += int64_t(w.doc.size());
+      continue;
+    }
+    std::string line;
+    for (int64_t lineno = 1; std::getline(f, line); ++lineno) {
+      if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+      Status st = ParseRecord(line, vocab, w);
+      if (!st.ok()) {
+        if (opt.skip_bad) {
+          ++rep.skipped;
+          continue;
+        }
+        return fail(Status::Error(in + ":" + std::to_string(lineno) + ": " + st.message() +
+                                  " (--skip-bad counts and skips such records)"));
+      }
+      w.Add();
+      ++rep.documents;
+      rep.tokens += int64_t(w.doc.size());
+    }
+  }
+  if (rep.documents == 0) return fail(Status::Error("--input: no document in the inputs"));
+  w.tokens.close();
+  w.modality.close();
+  {
+    std::ofstream f(tmp / "index.bin", std::ios::binary);
+    f.write(reinterpret_cast<const char*>(w.index.data()), std::streamsize(w.index.size() * 8));
+  }
+  nlohmann::ordered_json meta = {{"format", "ringworld-tokens-v1"}, {"documents", rep.documents},
+                                 {"tokens", rep.tokens},            {"tokenizer", opt.tokenizer},
+                                 {"vocab_size", vocab},             {"sources", opt.inputs},
+                                 {"skipped", rep.skipped}};
+  std::ofstream(tmp / "meta.json") << meta.dump(2) << "\n";
+  fs::remove_all(out, ec);  // an empty leftover directory
+  fs::rename(tmp, out, ec);
+  if (ec) return fail(Status::Error("--output: cannot rename into " + opt.output + ": " + ec.message()));
+  if (report) *report = rep;
+  return Status::Ok();
+}
+
+Status Dataset::Open(const std::string& dir, Dataset* out) {
+  Dataset d;
+  std::ifstream mf(fs::path(dir) / "meta.json");
+  RW_REQUIRE(mf.good(), "data: " << dir << " is not a prepared dataset (no meta.json; run ringworld data prepare)");
+  try {
+    const auto meta = nlohmann::json::parse(mf);
+    RW_REQUIRE(meta.at("format") == "ringworld-tokens-v1", "data: " << dir << "/meta.json: unknown format");
+    d.n_docs_ = meta.at("documents").get<int64_t>();
+    d.n_tokens_ = meta.at("tokens").get<int64_t>();
+    d.vocab_ = meta.at("vocab_size").get<int64_t>();
+  } catch (const nlohmann::json::exception& e) {
+    return Status::Error("data: " + dir + "/meta.json: " + e.what());
+  }
+  d.map_ = MapFile((fs::path(dir) / "tokens.bin").string(), &d.map_bytes_);
+  d.mod_map_ = MapFile((fs::path(dir) / "modality.bin").string(), &d.mod_bytes_);
+  d.idx_map_ = MapFile((fs::path(dir) / "index.bin").string(), &d.idx_bytes_);
+  RW_REQUIRE(d.map_ && d.mod_map_ && d.idx_map_, "data: " << dir << ": cannot map its files");
+  RW_REQUIRE(d.map_bytes_ == size_t(d.n_tokens_) * 4 && d.mod_bytes_ == size_t(d.n_tokens_) &&
+                 d.idx_bytes_ == size_t(d.n_docs_ + 1) * 8,
+             "data: " << dir << ": file sizes disagree with meta.json (truncated?)");
+  d.tokens_ = static_cast<const int32_t*>(d.map_);
+  d.modality_ = static_cast<const uint8_t*>(d.mod_map_);
+  d.index_ = static_cast<const uint64_t*>(d.idx_map_);
+  RW_REQUIRE(d.index_[d.n_docs_] == uint64_t(d.n_tokens_), "data: " << dir << "/index.bin: last offset is wrong");
+  *out = std::move(d);
+  return Status::Ok();
+}
+
+void Dataset::Reset() {
+  if (map_) ::munmap(map_, map_bytes_);
+  if (mod_map_) ::munmap(mod_map_, mod_bytes_);
+  if (idx_map_) ::munmap(idx_map_, idx_bytes_);
+  map_ = mod_map_ = idx_map_ = nullptr;
+}
+
+Dataset::~Dataset() { Reset(); }
+Dataset::Dataset(Dataset&& o) noexcept { *this = std::move(o); }
+Dataset& Dataset::operator=(Dataset&& o) noexcept {
+  if (this != &o) {
+    Reset();
+    std::swap(map_, o.map_);
+    std::swap(map_bytes_, o.map_bytes_);
+    std::swap(mod_map_, o.mod_map_);
+    std::swap(mod_bytes_, o.mod_bytes_);
+    std::swap(idx_map_, o.idx_map_);
+    std::swap(idx_bytes_, o.idx_bytes_);
+    tokens_ = o.tokens_;
+    modality_ = o.modality_;
+    index_ = o.index_;
+    n_docs_ = o.n_docs_;
+    n_tokens_ = o.n_tokens_;
+    vocab_ = o.vocab_;
+  }
+  return *this;
+}
+
+namespace {
+// Appends document i (truncated to the room left) to p; returns false when no pair fits.
+bool Append(const Dataset& d, int64_t i, int64_t seq_len, int32_t doc, PackedSequence& p) {
+  const int64_t room = seq_len - int64_t(p.tokens.size());
+  const int64_t take = std::min(room, d.doc_len(i));
+  if (take < 2) return false;
+  const int32_t* t = d.doc_tokens(i);
+  for (int64_t k = 0; k < take; ++k) {
+    p.tokens.push_back(t[k]);
+    p.segments.push_back(doc);
+    p.positions.push_back(k);
+    p.targets.push_back(k + 1 < take ? t[k + 1] : -1);
+    p.weights.push_back(k + 1 < take ? 1.f : 0.f);
+  }
+  return true;
+}
+void Pad(int64_t seq_len, PackedSequence& p) {
+  while (int64_t(p.tokens.size()) < seq_len) {
+    p.tokens.push_back(ByteTokenizer::kPad);
+    p.segments.push_back(-1);
+    p.positions.push_back(0);
+    p.targets.push_back(-1);
+    p.weights.push_back(0.f);
+  }
+}
+}  // namespace
+
+std::vector<PackedSequence> Dataset::PackAll(int64_t seq_len) const {
+  std::vector<PackedSequence> out;
+  PackedSequence cur;
+  int32_t doc = 0;
+  for (int64_t i = 0; i < n_docs_; ++i) {
+    // A document longer than a sequence is cut into sequence-sized pieces, each its own document.
+    for (int64_t start = 0; start < doc_len(i);) {
+      const int64_t room = seq_len - int64_t(cur.tokens.size());
+      const int64_t take = std::min(room, doc_len(i) - start);
+      if (take < 2) {
+        Pad(seq_len, cur);
+        out.push_back(std::move(cur));
+        cur = {};
+        doc = 0;
+        continue;
+      }
+      const int32_t* t = doc_tokens(i) + start;
+      for (int64_t k = 0; k < take; ++k) {
+        cur.tokens.push_back(t[k]);
+        cur.segments.push_back(doc);
+        cur.positions.push_back(k);
+        cur.targets.push_back(k + 1 < take ? t[k + 1] : -1);
+        cur.weights.push_back(k + 1 < take ? 1.f : 0.f);
+      }
+      ++doc;
+      start += take;
+    }
+  }
+  if (!cur.tokens.empty()) {
+    Pad(seq_len, cur);
+    out.push_back(std::move(cur));
+  }
+  return out;
+}
+
+std::vector<PackedSequence> Dataset::Batch(uint64_t seed, int64_t step, int64_t seq_len, int64_t batch) const {
+  std::vector<PackedSequence> out(batch);
+  for (int64_t b = 0; b < batch; ++b) {
+    int64_t i = int64_t(Mix(seed ^ Mix(uint64_t(step) * 0x100000001b3ull + uint64_t(b))) % uint64_t(n_docs_));
+    int32_t doc = 0;
+    for (int64_t n = 0; n < n_docs_ && Append(*this, i, seq_len, doc, out[b]); ++n, i = (i + 1) % n_docs_) ++doc;
+    Pad(seq_len, out[b]);
+  }
+  return out;
+}
+
+}  // namespace rw::runtime
