@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <sstream>
 
 #include "runtime/crc32c.h"
@@ -92,17 +93,22 @@ std::vector<std::pair<int64_t, fs::path>> Checkpoints(const fs::path& dir) {
   return out;
 }
 
-Status LoadInto(const std::string& file, const ParamTable& t, const std::string& prefix, float* dst) {
-  std::map<std::string, LoadedTensor> tensors;
-  RW_RETURN_IF_ERROR(ReadSafetensors(file, &tensors));
+Status Assign(const std::string& where, const std::map<std::string, LoadedTensor>& tensors, const ParamTable& t,
+              const std::string& prefix, float* dst) {
   for (const auto& p : t.tensors()) {
     auto it = tensors.find(prefix + p.name);
     if (it == tensors.end() && p.name == "lm_head.weight") it = tensors.find(prefix + "model.embed_tokens.weight");
-    RW_REQUIRE(it != tensors.end(), file << ": tensor " << prefix + p.name << " is missing");
-    RW_REQUIRE(it->second.shape == p.shape, file << ": tensor " << prefix + p.name << " has the wrong shape");
+    RW_REQUIRE(it != tensors.end(), where << ": tensor " << prefix + p.name << " is missing");
+    RW_REQUIRE(it->second.shape == p.shape, where << ": tensor " << prefix + p.name << " has the wrong shape");
     std::copy(it->second.data.begin(), it->second.data.end(), dst + p.offset);
   }
   return Status::Ok();
+}
+
+Status LoadInto(const std::string& file, const ParamTable& t, const std::string& prefix, float* dst) {
+  std::map<std::string, LoadedTensor> tensors;
+  RW_RETURN_IF_ERROR(ReadSafetensors(file, &tensors));
+  return Assign(file, tensors, t, prefix, dst);
 }
 
 }  // namespace
@@ -214,7 +220,24 @@ Status ReadHfConfig(const std::string& path, ModelConfig* out) {
 }
 
 Status LoadWeights(const std::string& ckpt_dir, const ParamTable& t, float* params) {
-  return LoadInto((fs::path(ckpt_dir) / "model.safetensors").string(), t, "", params);
+  const fs::path dir(ckpt_dir), single = dir / "model.safetensors", index = dir / "model.safetensors.index.json";
+  if (fs::exists(single) || !fs::exists(index)) return LoadInto(single.string(), t, "", params);
+  // Sharded: model.safetensors.index.json maps each tensor to its file.
+  std::map<std::string, LoadedTensor> all;
+  try {
+    std::ifstream f(index);
+    const auto j = nlohmann::json::parse(f);
+    std::set<std::string> files;
+    for (const auto& [name, file] : j.at("weight_map").items()) files.insert(file.get<std::string>());
+    for (const auto& file : files) {
+      std::map<std::string, LoadedTensor> part;
+      RW_RETURN_IF_ERROR(ReadSafetensors((dir / file).string(), &part));
+      all.merge(part);
+    }
+  } catch (const nlohmann::json::exception& e) {
+    return Status::Error(index.string() + ": " + e.what());
+  }
+  return Assign(index.string(), all, t, "", params);
 }
 
 Status LoadLatestCheckpoint(const std::string& dir, const ModelConfig&, const ParamTable& t, float* params, float* m,

@@ -70,6 +70,7 @@ std::vector<PackedSequence> GlobalBatch(const DataConfig& d, uint64_t seed, int6
         const bool has_next = i + 1 < take;
         p.targets.push_back(has_next ? ids[i + 1] : -1);
         p.weights.push_back(has_next ? 1.f : 0.f);
+        p.modality.push_back(0);
       }
       ++doc;
     }
@@ -79,6 +80,7 @@ std::vector<PackedSequence> GlobalBatch(const DataConfig& d, uint64_t seed, int6
       p.positions.push_back(0);
       p.targets.push_back(-1);
       p.weights.push_back(0.f);
+      p.modality.push_back(0);
     }
   }
   return out;
@@ -97,11 +99,35 @@ ShardBatch ShardOf(const PackedSequence& seq, const Layout& layout, int rank) {
   return b;
 }
 
-double WeightSum(const std::vector<PackedSequence>& batch) {
-  double s = 0;
-  for (const auto& p : batch)
-    for (float w : p.weights) s += w;
-  return s;
+Status LossConfig::Validate() const {
+  RW_REQUIRE(weighting == "per_token" || weighting == "per_modality",
+             "loss.weighting: '" << weighting << "' is not per_token or per_modality");
+  RW_REQUIRE(text_weight >= 0 && vision_weight >= 0 && text_weight + vision_weight > 0,
+             "loss.text_weight/vision_weight: must be >= 0 and not both 0, got " << text_weight << ", " << vision_weight);
+  return Status::Ok();
 }
+
+Status ApplyLossWeighting(const LossConfig& c, std::vector<PackedSequence>& batch, double* scale) {
+  double n[2] = {0, 0};
+  for (const auto& p : batch)
+    for (size_t i = 0; i < p.weights.size(); ++i) n[p.modality[i] ? 1 : 0] += p.weights[i];
+  RW_REQUIRE(n[0] + n[1] > 0, "data: a global batch with no token to predict");
+  if (c.weighting == "per_token") {
+    *scale = 1.0 / (n[0] + n[1]);
+    return Status::Ok();
+  }
+  const double w[2] = {n[0] > 0 ? c.text_weight : 0.0, n[1] > 0 ? c.vision_weight : 0.0};
+  const double norm = w[0] + w[1];
+  RW_REQUIRE(norm > 0, "loss: the batch holds only a modality whose weight is 0");
+  for (auto& p : batch)
+    for (size_t i = 0; i < p.weights.size(); ++i)
+      if (p.weights[i] > 0) {
+        const int m = p.modality[i] ? 1 : 0;
+        p.weights[i] = float(w[m] / norm / n[m]);
+      }
+  *scale = 1.0;
+  return Status::Ok();
+}
+
 
 }  // namespace rw::runtime

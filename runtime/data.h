@@ -36,8 +36,22 @@ struct DataConfig {
 struct PackedSequence {
   std::vector<int32_t> tokens, targets, segments;
   std::vector<int64_t> positions;
-  std::vector<float> weights;
+  std::vector<float> weights;    // 1 where a target exists (before loss weighting), else 0
+  std::vector<uint8_t> modality;  // of each position's target: 0 text, 1 vision
 };
+
+// How the loss averages over tokens (LWM: the text and vision means, weighted 0.5 each).
+struct LossConfig {
+  std::string weighting = "per_token";  // per_token | per_modality
+  double text_weight = 0.5, vision_weight = 0.5;
+  Status Validate() const;
+};
+
+// Turns a global batch's 0/1 weights into the loss weights, and returns the factor that makes
+// scale * sum_i w_i ce_i the loss: per_token, the mean over predicted tokens; per_modality,
+// text_weight * (text mean) + vision_weight * (vision mean), renormalized over the modalities present.
+// Every rank computes it from the whole global batch, so the normalization is global across the ring.
+Status ApplyLossWeighting(const LossConfig& c, std::vector<PackedSequence>& batch, double* scale);
 
 // The global batch of `step`: `batch` sequences of `seq_len` tokens.
 std::vector<PackedSequence> GlobalBatch(const DataConfig& d, uint64_t seed, int64_t step, int64_t seq_len,
@@ -45,8 +59,5 @@ std::vector<PackedSequence> GlobalBatch(const DataConfig& d, uint64_t seed, int6
 
 // This rank's rows of one sequence under the layout.
 ShardBatch ShardOf(const PackedSequence& seq, const Layout& layout, int rank);
-
-// Sum of loss weights over the whole global batch (every rank computes it alike: the loss normalizer).
-double WeightSum(const std::vector<PackedSequence>& batch);
 
 }  // namespace rw::runtime

@@ -220,12 +220,14 @@ bool Append(const Dataset& d, int64_t i, int64_t seq_len, int32_t doc, PackedSeq
   const int64_t take = std::min(room, d.doc_len(i));
   if (take < 2) return false;
   const int32_t* t = d.doc_tokens(i);
+  const uint8_t* m = d.doc_modality(i);
   for (int64_t k = 0; k < take; ++k) {
     p.tokens.push_back(t[k]);
     p.segments.push_back(doc);
     p.positions.push_back(k);
     p.targets.push_back(k + 1 < take ? t[k + 1] : -1);
     p.weights.push_back(k + 1 < take ? 1.f : 0.f);
+    p.modality.push_back(k + 1 < take ? m[k + 1] : 0);
   }
   return true;
 }
@@ -236,6 +238,7 @@ void Pad(int64_t seq_len, PackedSequence& p) {
     p.positions.push_back(0);
     p.targets.push_back(-1);
     p.weights.push_back(0.f);
+    p.modality.push_back(0);
   }
 }
 }  // namespace
@@ -257,12 +260,14 @@ std::vector<PackedSequence> Dataset::PackAll(int64_t seq_len) const {
         continue;
       }
       const int32_t* t = doc_tokens(i) + start;
+      const uint8_t* m = doc_modality(i) + start;
       for (int64_t k = 0; k < take; ++k) {
         cur.tokens.push_back(t[k]);
         cur.segments.push_back(doc);
         cur.positions.push_back(k);
         cur.targets.push_back(k + 1 < take ? t[k + 1] : -1);
         cur.weights.push_back(k + 1 < take ? 1.f : 0.f);
+        cur.modality.push_back(k + 1 < take ? m[k + 1] : 0);
       }
       ++doc;
       start += take;

@@ -44,6 +44,11 @@ const std::vector<Setting<JobConfig>>& JobTable() {
       {"data.task", "synthetic task: copy", RW_FIELD(JobConfig, std::string, j.data.task)},
       {"data.min_len", "shortest synthetic string", RW_FIELD(JobConfig, int64_t, j.data.min_len)},
       {"data.max_len", "longest synthetic string", RW_FIELD(JobConfig, int64_t, j.data.max_len)},
+      {"loss.weighting", "per_token | per_modality", RW_FIELD(JobConfig, std::string, j.loss.weighting)},
+      {"loss.text_weight", "per_modality: weight of the text mean", RW_FIELD(JobConfig, double, j.loss.text_weight)},
+      {"loss.vision_weight", "per_modality: weight of the vision mean", RW_FIELD(JobConfig, double, j.loss.vision_weight)},
+      {"init_from", "Hugging Face LLaMA directory to start from (model settings must match it)",
+       RW_FIELD(JobConfig, std::string, j.init_from)},
       {"optimizer.lr", "peak learning rate", RW_FIELD(JobConfig, double, j.optimizer.lr)},
       {"optimizer.min_lr_ratio", "cosine floor as a fraction of lr", RW_FIELD(JobConfig, double, j.optimizer.min_lr_ratio)},
       {"optimizer.warmup_steps", "linear warmup steps", RW_FIELD(JobConfig, int64_t, j.optimizer.warmup_steps)},
@@ -160,6 +165,11 @@ Status JobConfig::Validate() const {
   RW_REQUIRE(!name.empty(), "name: must not be empty");
   RW_RETURN_IF_ERROR(model.Validate());
   RW_RETURN_IF_ERROR(data.Validate());
+  RW_RETURN_IF_ERROR(loss.Validate());
+  if (!init_from.empty()) {
+    std::ifstream cfg(init_from + "/config.json");
+    RW_REQUIRE(cfg.good(), "init_from: " << init_from << " has no config.json");
+  }
   RW_RETURN_IF_ERROR(optimizer.Validate());
   RW_REQUIRE(ring.devices >= 1 && ring.devices <= 1024, "ring.devices: must be in [1, 1024], got " << ring.devices);
   RW_REQUIRE(ring.min_devices >= 1 && ring.min_devices <= ring.devices,
@@ -202,7 +212,7 @@ Status ParseJobConfig(const std::string& yaml, const std::string& origin, const 
     return Status::Error(origin + ": not valid YAML: " + e.what());
   }
   RW_REQUIRE(root.IsMap(), origin << ": a job file is a mapping of settings");
-  const std::vector<std::string> sections = {"model", "data", "optimizer", "ring", "checkpoint"};
+  const std::vector<std::string> sections = {"model", "data", "loss", "optimizer", "ring", "checkpoint"};
   for (const auto& kv : root) {
     const std::string k = kv.first.as<std::string>();
     if (k == "stages") {

@@ -40,6 +40,8 @@ struct JobConfig {
   std::string output_dir = "runs/job";  // metrics.jsonl and logs
   ModelConfig model;
   DataConfig data;
+  LossConfig loss;
+  std::string init_from;  // a Hugging Face LLaMA directory (or one of our checkpoints) to start from
   OptimizerConfig optimizer;
   RingConfig ring;
   std::vector<StageConfig> stages;

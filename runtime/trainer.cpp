@@ -78,6 +78,23 @@ Status TrainRank(Transport& t, const JobConfig& job, const std::function<void(co
       res.resumed_from = state.step;
     }
   }
+  if (res.resumed_from == 0 && !job.init_from.empty()) {
+    ModelConfig theirs;
+    RW_RETURN_IF_ERROR(ReadHfConfig(job.init_from + "/config.json", &theirs));
+    auto same = [&](const char* key, int64_t a, int64_t b) -> Status {
+      RW_REQUIRE(a == b, "init_from: " << job.init_from << " has " << key << " = " << b << ", the job's model."
+                                       << key << " is " << a);
+      return Status::Ok();
+    };
+    RW_RETURN_IF_ERROR(same("vocab_size", model.vocab_size, theirs.vocab_size));
+    RW_RETURN_IF_ERROR(same("hidden_size", model.hidden_size, theirs.hidden_size));
+    RW_RETURN_IF_ERROR(same("intermediate_size", model.intermediate_size, theirs.intermediate_size));
+    RW_RETURN_IF_ERROR(same("num_hidden_layers", model.num_hidden_layers, theirs.num_hidden_layers));
+    RW_RETURN_IF_ERROR(same("num_attention_heads", model.num_attention_heads, theirs.num_attention_heads));
+    RW_RETURN_IF_ERROR(same("num_key_value_heads", model.num_key_value_heads, theirs.num_key_value_heads));
+    RW_RETURN_IF_ERROR(same("tie_word_embeddings", model.tie_word_embeddings, theirs.tie_word_embeddings));
+    RW_RETURN_IF_ERROR(LoadWeights(job.init_from, table, params.data()));
+  }
   auto save = [&](int64_t stage_index) -> Status {
     if (rank != 0 || job.checkpoint.dir.empty()) return Status::Ok();
     TrainerState state{step, stage_index, step, job.seed, job.name};
@@ -95,20 +112,21 @@ Status TrainRank(Transport& t, const JobConfig& job, const std::function<void(co
       const auto t0 = std::chrono::steady_clock::now();
       const auto batch = job.data.source == "files" ? files.Batch(job.seed, step, stage.seq_len, stage.batch)
                                                     : GlobalBatch(job.data, job.seed, step, stage.seq_len, stage.batch);
-      const double wsum = WeightSum(batch);
-      RW_REQUIRE(wsum > 0, "data: step " << step << " has no token to predict");
+      auto weighted = batch;
+      double scale = 0;
+      RW_RETURN_IF_ERROR(ApplyLossWeighting(job.loss, weighted, &scale));
       std::fill(grads.begin(), grads.end(), 0.f);
       double loss = 0;
       RingStats rs;
-      for (size_t b = 0; b < batch.size(); ++b) {
+      for (size_t b = 0; b < weighted.size(); ++b) {
         ModelExec mx;
         mx.num_threads = threads;
         mx.tag.job = job.seed;
         mx.tag.step = uint32_t(step);
         mx.tag.layer = uint32_t(b * model.num_hidden_layers);
         mx.stats = &rs;
-        RW_RETURN_IF_ERROR(ForwardBackward(t, model, table, mx, params.data(), ShardOf(batch[b], layout, rank),
-                                           float(1.0 / wsum), grads.data(), &loss));
+        RW_RETURN_IF_ERROR(ForwardBackward(t, model, table, mx, params.data(), ShardOf(weighted[b], layout, rank),
+                                           float(scale), grads.data(), &loss));
       }
       MsgTag tag{job.seed, 0, uint32_t(step), kReduceLayer, 0};
       RW_RETURN_IF_ERROR(t.AllReduceSum(grads.data(), grads.size(), tag));
@@ -118,7 +136,7 @@ Status TrainRank(Transport& t, const JobConfig& job, const std::function<void(co
       double grad_norm = 0, lr = 0;
       RW_RETURN_IF_ERROR(opt.Step(params.data(), grads.data(), step, total, &grad_norm, &lr));
       const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-      const double mean_loss = double(loss_f) / wsum;
+      const double mean_loss = double(loss_f) * scale;
       if (step == res.resumed_from + 1) res.first_loss = mean_loss;
       res.last_loss = mean_loss;
       res.steps = step;

@@ -8,7 +8,11 @@
 #include <fstream>
 
 #include "ring_harness.h"
+#include <nlohmann/json.hpp>
+
 #include "runtime/checkpoint.h"
+#include "runtime/layout.h"
+#include "runtime/safetensors.h"
 #include "runtime/dataset.h"
 #include "runtime/trainer.h"
 
@@ -132,6 +136,89 @@ TEST(Dataset, EvalOverRingsOfOneTwoFourGivesTheSameLoss) {
   EXPECT_NEAR(losses[1], losses[0], 1e-5 * losses[0]);
   EXPECT_NEAR(losses[2], losses[0], 1e-5 * losses[0]);
   EXPECT_NEAR(losses[0], std::log(259.0), 0.2);  // an untrained model is close to uniform
+}
+
+}  // namespace
+}  // namespace rw::runtime
+
+namespace rw::runtime {
+namespace {
+
+TEST(LossWeighting, PerModalityIsHalfTheTextMeanPlusHalfTheVisionMean) {
+  // One sequence, two documents: text targets and vision targets in known places.
+  PackedSequence s;
+  const int L = 16;
+  for (int i = 0; i < L; ++i) {
+    s.tokens.push_back((i * 7) % 50);
+    s.segments.push_back(i < 9 ? 0 : 1);
+    s.positions.push_back(i < 9 ? i : i - 9);
+    const bool has = i != 8 && i != L - 1;
+    s.targets.push_back(has ? (i * 7 + 7) % 50 : -1);
+    s.weights.push_back(has ? 1.f : 0.f);
+    s.modality.push_back(i >= 4 && i < 8 ? 1 : (i >= 12 ? 1 : 0));
+  }
+  ModelConfig c;
+  c.hidden_size = 32;
+  c.intermediate_size = 48;
+  const ParamTable tb(c);
+  std::vector<float> p(tb.total());
+  InitParameters(c, tb, 6, p.data());
+  auto loss_with = [&](const std::vector<float>& w) {
+    PackedSequence q = s;
+    q.weights = w;
+    Layout lay;
+    EXPECT_TRUE(Layout::Make(LayoutKind::kZigzag, L, 2, &lay).ok());
+    std::vector<double> part(2, 0.0);
+    auto fabric = InprocFabric::Create(2);
+    auto st = test::RunRanks(fabric, [&](int r, Transport& t) {
+      return Forward(t, c, tb, ModelExec{}, p.data(), ShardOf(q, lay, r), &part[r]);
+    });
+    for (auto& x : st) EXPECT_TRUE(x.ok()) << x.message();
+    return part[0] + part[1];
+  };
+  std::vector<float> text(L, 0.f), vision(L, 0.f);
+  double nt = 0, nv = 0;
+  for (int i = 0; i < L; ++i)
+    if (s.weights[i] > 0) (s.modality[i] ? vision[i] : text[i]) = 1.f, (s.modality[i] ? nv : nt) += 1;
+  const double by_hand = 0.5 * loss_with(text) / nt + 0.5 * loss_with(vision) / nv;
+  std::vector<PackedSequence> batch = {s};
+  double scale = 0;
+  LossConfig lc;
+  lc.weighting = "per_modality";
+  ASSERT_TRUE(ApplyLossWeighting(lc, batch, &scale).ok());
+  const double weighted = loss_with(batch[0].weights) * scale;
+  std::printf("  text tokens %.0f, vision tokens %.0f: by hand %.9f, per_modality %.9f\n", nt, nv, by_hand, weighted);
+  EXPECT_NEAR(weighted, by_hand, 1e-6 * by_hand);
+  // per_token is the plain mean.
+  batch = {s};
+  lc.weighting = "per_token";
+  ASSERT_TRUE(ApplyLossWeighting(lc, batch, &scale).ok());
+  EXPECT_DOUBLE_EQ(scale, 1.0 / (nt + nv));
+}
+
+TEST(InitFrom, ShardedHuggingFaceWeightsLoadAndMismatchesAreNamed) {
+  Tmp t;
+  ModelConfig c;
+  c.hidden_size = 32;
+  c.intermediate_size = 48;
+  const ParamTable tb(c);
+  std::vector<float> p(tb.total());
+  InitParameters(c, tb, 8, p.data());
+  // Two shards and an index, as transformers writes them.
+  std::vector<TensorRef> a, b;
+  nlohmann::json index;
+  for (size_t i = 0; i < tb.tensors().size(); ++i) {
+    const auto& x = tb.tensors()[i];
+    (i % 2 ? b : a).push_back({x.name, x.shape, p.data() + x.offset});
+    index["weight_map"][x.name] = i % 2 ? "model-00002-of-00002.safetensors" : "model-00001-of-00002.safetensors";
+  }
+  ASSERT_TRUE(WriteSafetensors((t.p / "model-00001-of-00002.safetensors").string(), a).ok());
+  ASSERT_TRUE(WriteSafetensors((t.p / "model-00002-of-00002.safetensors").string(), b).ok());
+  std::ofstream(t.p / "model.safetensors.index.json") << index.dump();
+  std::vector<float> q(tb.total(), 0.f);
+  auto st = LoadWeights(t.p.string(), tb, q.data());
+  ASSERT_TRUE(st.ok()) << st.message();
+  EXPECT_EQ(q, p);
 }
 
 }  // namespace

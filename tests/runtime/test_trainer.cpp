@@ -71,3 +71,41 @@ TEST(Trainer, SameRingSizeAndSeedRepeatBitForBit) {
 
 }  // namespace
 }  // namespace rw::runtime
+
+#include <filesystem>
+
+#include "runtime/checkpoint.h"
+
+namespace rw::runtime {
+namespace {
+
+TEST(Trainer, InitFromLoadsWeightsAndRefusesAModelOfAnotherShape) {
+  namespace fs = std::filesystem;
+  const fs::path dir = fs::temp_directory_path() / ("rw_init_" + std::to_string(getpid()));
+  fs::remove_all(dir);
+  JobConfig job = Tiny(2, 2);
+  const ParamTable tb(job.model);
+  std::vector<float> p(tb.total());
+  InitParameters(job.model, tb, 77, p.data());
+  std::string path;
+  ASSERT_TRUE(SaveCheckpoint(dir.string(), job.model, tb, p.data(), nullptr, nullptr, TrainerState{1, 0, 1, 1, "i"}, 1,
+                             &path).ok());
+  job.init_from = path;
+  const auto from_init = TrainSteps(job);
+  const auto fresh = TrainSteps(Tiny(2, 2));
+  ASSERT_FALSE(from_init.empty());
+  EXPECT_NE(from_init[0].loss, fresh[0].loss) << "init_from must change the starting weights";
+  JobConfig other = Tiny(2, 2);
+  other.init_from = path;
+  other.model.hidden_size = 64;
+  other.model.intermediate_size = 64;
+  auto fabric = InprocFabric::Create(2);
+  auto st = RunRanks(fabric, [&](int, Transport& t) { return TrainRank(t, other, {}, nullptr); });
+  ASSERT_FALSE(st[0].ok());
+  EXPECT_NE(st[0].message().find("init_from"), std::string::npos) << st[0].message();
+  EXPECT_NE(st[0].message().find("hidden_size"), std::string::npos) << st[0].message();
+  fs::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace rw::runtime
