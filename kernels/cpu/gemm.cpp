@@ -1,6 +1,7 @@
 #include "kernels/cpu/gemm.h"
 
 #include <algorithm>
+#include <atomic>
 #include <thread>
 
 #ifdef RW_HAVE_OPENBLAS
@@ -45,10 +46,28 @@ void Sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float al
 
 void SetBlasThreads(int n) {
 #ifdef RW_HAVE_OPENBLAS
-  openblas_set_num_threads(n);
+  static std::atomic<int> current{-1};
+  if (current.exchange(n) != n) openblas_set_num_threads(n);
 #else
   (void)n;
 #endif
+}
+
+void ParallelSgemm(int threads, bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+                   const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
+  SetBlasThreads(1);
+  // Row blocks of at least 32 rows, at most one per thread.
+  const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(threads, m / 32));
+  if (parts == 1) {
+    Sgemm(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+    return;
+  }
+#pragma omp parallel for num_threads(int(parts)) schedule(static)
+  for (int64_t p = 0; p < parts; ++p) {
+    const int64_t m0 = m * p / parts, m1 = m * (p + 1) / parts;
+    const float* ap = trans_a ? a + m0 : a + m0 * lda;  // rows of op(A)
+    Sgemm(trans_a, trans_b, m1 - m0, n, k, alpha, ap, lda, b, ldb, beta, c + m0 * ldc, ldc);
+  }
 }
 
 const char* BlasName() {

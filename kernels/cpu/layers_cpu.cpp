@@ -21,15 +21,13 @@ inline float Sigmoid(float g) { return 1.f / (1.f + FastExp(-g)); }
 }  // namespace
 
 void LinearForward(const Exec& ex, int64_t n, int64_t in, int64_t out, const float* x, const float* w, float* y) {
-  SetBlasThreads(Threads(ex));
-  Sgemm(false, true, n, out, in, 1.f, x, in, w, in, 0.f, y, out);
+  ParallelSgemm(Threads(ex), false, true, n, out, in, 1.f, x, in, w, in, 0.f, y, out);
 }
 
 void LinearBackward(const Exec& ex, int64_t n, int64_t in, int64_t out, const float* x, const float* w,
                     const float* dy, float* dx, float* dw) {
-  SetBlasThreads(Threads(ex));
-  if (dx) Sgemm(false, false, n, in, out, 1.f, dy, out, w, in, 0.f, dx, in);
-  Sgemm(true, false, out, in, n, 1.f, dy, out, x, in, 1.f, dw, in);
+  if (dx) ParallelSgemm(Threads(ex), false, false, n, in, out, 1.f, dy, out, w, in, 0.f, dx, in);
+  ParallelSgemm(Threads(ex), true, false, out, in, n, 1.f, dy, out, x, in, 1.f, dw, in);
 }
 
 void RmsNormForward(const Exec& ex, int64_t n, int64_t e, const float* x, const float* w, float eps,
@@ -112,30 +110,28 @@ void Rope(const Exec& ex, int64_t s, int64_t h, int64_t d, View3 x, View3 y, con
 
 void FfnForward(const Exec& ex, int64_t n, int64_t e, int64_t f, const float* x, FfnWeights w, float* y,
                 int64_t block) {
-  SetBlasThreads(Threads(ex));
   std::vector<float> g(block * f), u(block * f);
   for (int64_t b0 = 0; b0 < n; b0 += block) {
     const int64_t nb = std::min(block, n - b0);
     const float* xb = x + b0 * e;
-    Sgemm(false, true, nb, f, e, 1.f, xb, e, w.w_gate, e, 0.f, g.data(), f);
-    Sgemm(false, true, nb, f, e, 1.f, xb, e, w.w_up, e, 0.f, u.data(), f);
+    ParallelSgemm(Threads(ex), false, true, nb, f, e, 1.f, xb, e, w.w_gate, e, 0.f, g.data(), f);
+    ParallelSgemm(Threads(ex), false, true, nb, f, e, 1.f, xb, e, w.w_up, e, 0.f, u.data(), f);
 #pragma omp parallel for simd num_threads(Threads(ex))
     for (int64_t i = 0; i < nb * f; ++i) g[i] = g[i] * Sigmoid(g[i]) * u[i];
-    Sgemm(false, true, nb, e, f, 1.f, g.data(), f, w.w_down, f, 0.f, y + b0 * e, e);
+    ParallelSgemm(Threads(ex), false, true, nb, e, f, 1.f, g.data(), f, w.w_down, f, 0.f, y + b0 * e, e);
   }
 }
 
 void FfnBackward(const Exec& ex, int64_t n, int64_t e, int64_t f, const float* x, FfnWeights w,
                  const float* dy, float* dx, FfnGrads dw, int64_t block) {
-  SetBlasThreads(Threads(ex));
   std::vector<float> g(block * f), u(block * f), a(block * f), da(block * f);
   for (int64_t b0 = 0; b0 < n; b0 += block) {
     const int64_t nb = std::min(block, n - b0);
     const float* xb = x + b0 * e;
     const float* dyb = dy + b0 * e;
-    Sgemm(false, true, nb, f, e, 1.f, xb, e, w.w_gate, e, 0.f, g.data(), f);
-    Sgemm(false, true, nb, f, e, 1.f, xb, e, w.w_up, e, 0.f, u.data(), f);
-    Sgemm(false, false, nb, f, e, 1.f, dyb, e, w.w_down, f, 0.f, da.data(), f);
+    ParallelSgemm(Threads(ex), false, true, nb, f, e, 1.f, xb, e, w.w_gate, e, 0.f, g.data(), f);
+    ParallelSgemm(Threads(ex), false, true, nb, f, e, 1.f, xb, e, w.w_up, e, 0.f, u.data(), f);
+    ParallelSgemm(Threads(ex), false, false, nb, f, e, 1.f, dyb, e, w.w_down, f, 0.f, da.data(), f);
     // a = silu(g) u;  du = da silu(g) (into u's slot after use);  dg = da u silu'(g) (into g)
 #pragma omp parallel for simd num_threads(Threads(ex))
     for (int64_t i = 0; i < nb * f; ++i) {
@@ -145,11 +141,11 @@ void FfnBackward(const Exec& ex, int64_t n, int64_t e, int64_t f, const float* x
       u[i] = da[i] * silu;
       g[i] = dgi;
     }
-    Sgemm(true, false, e, f, nb, 1.f, dyb, e, a.data(), f, 1.f, dw.w_down, f);
-    Sgemm(false, false, nb, e, f, 1.f, g.data(), f, w.w_gate, e, 0.f, dx + b0 * e, e);
-    Sgemm(false, false, nb, e, f, 1.f, u.data(), f, w.w_up, e, 1.f, dx + b0 * e, e);
-    Sgemm(true, false, f, e, nb, 1.f, g.data(), f, xb, e, 1.f, dw.w_gate, e);
-    Sgemm(true, false, f, e, nb, 1.f, u.data(), f, xb, e, 1.f, dw.w_up, e);
+    ParallelSgemm(Threads(ex), true, false, e, f, nb, 1.f, dyb, e, a.data(), f, 1.f, dw.w_down, f);
+    ParallelSgemm(Threads(ex), false, false, nb, e, f, 1.f, g.data(), f, w.w_gate, e, 0.f, dx + b0 * e, e);
+    ParallelSgemm(Threads(ex), false, false, nb, e, f, 1.f, u.data(), f, w.w_up, e, 1.f, dx + b0 * e, e);
+    ParallelSgemm(Threads(ex), true, false, f, e, nb, 1.f, g.data(), f, xb, e, 1.f, dw.w_gate, e);
+    ParallelSgemm(Threads(ex), true, false, f, e, nb, 1.f, u.data(), f, xb, e, 1.f, dw.w_up, e);
   }
 }
 
@@ -169,12 +165,11 @@ float RowLse(const float* z, int64_t vocab) {
 double CrossEntropyForward(const Exec& ex, int64_t n, int64_t e, int64_t vocab, const float* h,
                            const float* w, const int32_t* target, const float* weight, float* loss,
                            int64_t block) {
-  SetBlasThreads(Threads(ex));
   std::vector<float> z(block * vocab);
   double total = 0;
   for (int64_t b0 = 0; b0 < n; b0 += block) {
     const int64_t nb = std::min(block, n - b0);
-    Sgemm(false, true, nb, vocab, e, 1.f, h + b0 * e, e, w, e, 0.f, z.data(), vocab);
+    ParallelSgemm(Threads(ex), false, true, nb, vocab, e, 1.f, h + b0 * e, e, w, e, 0.f, z.data(), vocab);
 #pragma omp parallel for num_threads(Threads(ex)) reduction(+ : total) schedule(static)
     for (int64_t i = 0; i < nb; ++i) {
       const int64_t r = b0 + i;
@@ -193,11 +188,10 @@ double CrossEntropyForward(const Exec& ex, int64_t n, int64_t e, int64_t vocab, 
 void CrossEntropyBackward(const Exec& ex, int64_t n, int64_t e, int64_t vocab, const float* h,
                           const float* w, const int32_t* target, const float* weight, float grad_scale,
                           float* dh, float* dw, int64_t block) {
-  SetBlasThreads(Threads(ex));
   std::vector<float> z(block * vocab);
   for (int64_t b0 = 0; b0 < n; b0 += block) {
     const int64_t nb = std::min(block, n - b0);
-    Sgemm(false, true, nb, vocab, e, 1.f, h + b0 * e, e, w, e, 0.f, z.data(), vocab);
+    ParallelSgemm(Threads(ex), false, true, nb, vocab, e, 1.f, h + b0 * e, e, w, e, 0.f, z.data(), vocab);
     // dz = grad_scale w_i (softmax - onehot); rows with no target or zero weight give 0.
 #pragma omp parallel for num_threads(Threads(ex)) schedule(static)
     for (int64_t i = 0; i < nb; ++i) {
@@ -213,8 +207,8 @@ void CrossEntropyBackward(const Exec& ex, int64_t n, int64_t e, int64_t vocab, c
       for (int64_t c = 0; c < vocab; ++c) zi[c] = wi * FastExp(zi[c] - lse);
       zi[target[r]] -= wi;
     }
-    Sgemm(false, false, nb, e, vocab, 1.f, z.data(), vocab, w, e, 0.f, dh + b0 * e, e);
-    Sgemm(true, false, vocab, e, nb, 1.f, z.data(), vocab, h + b0 * e, e, 1.f, dw, e);
+    ParallelSgemm(Threads(ex), false, false, nb, e, vocab, 1.f, z.data(), vocab, w, e, 0.f, dh + b0 * e, e);
+    ParallelSgemm(Threads(ex), true, false, vocab, e, nb, 1.f, z.data(), vocab, h + b0 * e, e, 1.f, dw, e);
   }
 }
 

@@ -1,0 +1,100 @@
+// Training throughput (issue 4 figures): tokens/s and model FLOP utilization against the OpenBLAS sgemm
+// rate measured in this same run, for a tiny and a small LLaMA at several sequence lengths and ring sizes
+// (in-process ring; each rank gets cores / R kernel threads).
+//
+// Model FLOPs per token (forward + backward, the usual 6N rule plus causal attention):
+//   6 * N_matmul_params + 6 * layers * seq_len * hidden       (12 L E per layer, halved by the causal mask)
+// Usage: rw_bench_train [--quick] [--steps 3]
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "kernels/cpu/gemm.h"
+#include "runtime/inproc_transport.h"
+#include "runtime/trainer.h"
+
+using namespace rw::runtime;
+
+namespace {
+
+double SgemmGflops(int threads) {
+  const int64_t n = 2048;
+  std::vector<float> a(n * n, 0.5f), b(n * n, 0.25f), c(n * n);
+  rw::kernels::cpu::SetBlasThreads(threads);
+  std::vector<double> t;
+  for (int i = 0; i < 5; ++i) {
+    const auto t0 = std::chrono::steady_clock::now();
+    rw::kernels::cpu::Sgemm(false, false, n, n, n, 1.f, a.data(), n, b.data(), n, 0.f, c.data(), n);
+    if (i) t.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  }
+  std::sort(t.begin(), t.end());
+  return 2.0 * n * n * n / t[t.size() / 2] / 1e9;
+}
+
+struct Shape {
+  const char* name;
+  int64_t hidden, inter, layers, heads, kv;
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  bool quick = false;
+  int steps = 3;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--quick") quick = true;
+    if (a == "--steps" && i + 1 < argc) steps = std::max(2, std::atoi(argv[++i]));
+  }
+  const int cores = rw::kernels::cpu::DefaultThreads();
+  const double sgemm = SgemmGflops(cores);
+  std::printf("machine: %d cores; ceiling: OpenBLAS sgemm 2048^3 = %.1f GFLOP/s\n", cores, sgemm);
+  std::printf("%-6s %-6s %-3s | %-10s %-10s %-12s %-8s\n", "model", "seq", "R", "step s", "tokens/s", "model GF/s",
+              "MFU");
+  const std::vector<Shape> shapes = {{"tiny", 128, 352, 4, 8, 4}, {"small", 512, 1408, 4, 8, 4}};
+  const std::vector<int64_t> seqs = quick ? std::vector<int64_t>{256} : std::vector<int64_t>{4096, 16384};
+  for (const auto& sh : shapes)
+    for (int64_t L : seqs)
+      for (int R : quick ? std::vector<int>{1, 2} : std::vector<int>{1, 2, 4}) {
+        JobConfig job;
+        job.model.hidden_size = sh.hidden;
+        job.model.intermediate_size = sh.inter;
+        job.model.num_hidden_layers = sh.layers;
+        job.model.num_attention_heads = sh.heads;
+        job.model.num_key_value_heads = sh.kv;
+        job.model.max_position_embeddings = L;
+        job.data.max_len = 200;  // documents of ~400 tokens: packing, but long-range attention too
+        job.ring.devices = R;
+        job.ring.layout = "zigzag";
+        job.stages = {StageConfig{L, 10000, steps, 1}};
+        const ParamTable table(job.model);
+        double matmul_params = 0;
+        for (const auto& t : table.tensors())
+          if (t.shape.size() == 2 && t.name != "model.embed_tokens.weight") matmul_params += double(t.numel);
+        const double flops_per_token = 6 * matmul_params + 6.0 * double(sh.layers * L * sh.hidden);
+        std::vector<double> secs;
+        auto fabric = InprocFabric::Create(R);
+        std::vector<std::thread> th;
+        std::vector<Status> st(R);
+        for (int r = 0; r < R; ++r)
+          th.emplace_back([&, r] {
+            auto ep = fabric->Endpoint(r);
+            st[r] = TrainRank(*ep, job, [&](const StepMetrics& m) { secs.push_back(m.step_seconds); }, nullptr);
+          });
+        for (auto& x : th) x.join();
+        for (auto& s : st)
+          if (!s.ok()) {
+            std::fprintf(stderr, "%s\n", s.message().c_str());
+            return 1;
+          }
+        secs.erase(secs.begin());  // the first step warms up
+        std::sort(secs.begin(), secs.end());
+        const double step = secs[secs.size() / 2], tps = double(L) / step, gf = tps * flops_per_token / 1e9;
+        std::printf("%-6s %-6ld %-3d | %10.3f %10.0f %12.1f %8.3f\n", sh.name, long(L), R, step, tps, gf, gf / sgemm);
+        std::fflush(stdout);
+      }
+  return 0;
+}
