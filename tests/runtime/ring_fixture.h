@@ -10,6 +10,8 @@
 #include <vector>
 
 #include "kernels/attention.h"
+#include "runtime/layout.h"
+#include "runtime/ring_attention.h"
 
 namespace rw::runtime::test {
 
@@ -91,6 +93,59 @@ inline std::vector<float> Gather(const std::vector<float>& x, const std::vector<
 }
 inline void Scatter(const std::vector<float>& x, const std::vector<int64_t>& idx, int64_t width, std::vector<float>& out) {
   for (size_t i = 0; i < idx.size(); ++i) std::memcpy(&out[idx[i] * width], &x[i * width], width * 4);
+}
+
+// One rank's share of the global problem, run through ring attention forward and backward (blocks of 8,
+// so a ragged shard spans several blocks).
+struct RankRun {
+  std::vector<int64_t> idx;
+  std::vector<float> o, lse, dq, dk, dv;
+  RingStats fwd, bwd;
+};
+
+inline Status RunRank(Transport& t, const Global& G, const Layout& lay, bool causal, uint64_t job, RankRun* out) {
+  const int r = t.rank();
+  out->idx = lay.GlobalIndices(r);
+  const auto& idx = out->idx;
+  const int64_t S = lay.shard_len();
+  auto q = Gather(G.q, idx, G.hq * G.d), k = Gather(G.k, idx, G.hkv * G.d), v = Gather(G.v, idx, G.hkv * G.d),
+       g = Gather(G.dout, idx, G.hq * G.d);
+  std::vector<int32_t> seg;
+  for (int64_t i : idx)
+    if (!G.seg.empty()) seg.push_back(G.seg[i]);
+  RingAttentionConfig c;
+  c.s = S;
+  c.hq = G.hq;
+  c.hkv = G.hkv;
+  c.d = G.d;
+  c.causal = causal;
+  c.block_q = c.block_k = 8;
+  c.tag.job = job;
+  RingShard sh{q.data(), k.data(), v.data(), idx.data(), seg.empty() ? nullptr : seg.data()};
+  out->o.resize(q.size());
+  out->lse.resize(G.hq * S);
+  out->dq.resize(q.size());
+  out->dk.resize(k.size());
+  out->dv.resize(v.size());
+  RW_RETURN_IF_ERROR(RingAttentionForward(t, c, sh, out->o.data(), out->lse.data(), &out->fwd));
+  return RingAttentionBackward(t, c, sh, out->o.data(), out->lse.data(), g.data(), out->dq.data(), out->dk.data(),
+                               out->dv.data(), &out->bwd);
+}
+
+// ||got - want|| / ||want||, printing max abs diff and NMSE; infinities must match exactly.
+inline double RelErr(const char* what, const std::vector<float>& got, const std::vector<float>& want) {
+  double num = 0, den = 0, max_abs = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    if (!std::isfinite(want[i]) || !std::isfinite(got[i])) {
+      EXPECT_EQ(got[i], want[i]) << what << " at " << i;
+      continue;
+    }
+    num += double(got[i] - want[i]) * (got[i] - want[i]);
+    den += double(want[i]) * want[i];
+    max_abs = std::max(max_abs, double(std::fabs(got[i] - want[i])));
+  }
+  std::printf("    %-4s max_abs_diff=%.3e nmse=%.3e\n", what, max_abs, den > 0 ? num / den : num);
+  return den > 0 ? std::sqrt(num / den) : std::sqrt(num);
 }
 
 }  // namespace rw::runtime::test

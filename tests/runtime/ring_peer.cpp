@@ -54,26 +54,9 @@ int RunRing(UcxTransport& t, const std::string& dir, int R, const std::string& l
   Layout lay;
   if (auto st = Layout::Make(kind, G.L, R, &lay); !st.ok()) return Fail(st);
   const int r = t.rank();
-  const auto idx = lay.GlobalIndices(r);
-  const int64_t S = lay.shard_len();
-  auto q = Gather(G.q, idx, G.hq * G.d), k = Gather(G.k, idx, G.hkv * G.d), v = Gather(G.v, idx, G.hkv * G.d),
-       g = Gather(G.dout, idx, G.hq * G.d);
-  std::vector<int32_t> seg;
-  for (int64_t i : idx) seg.push_back(G.seg[i]);
-  RingAttentionConfig c;
-  c.s = S;
-  c.hq = G.hq;
-  c.hkv = G.hkv;
-  c.d = G.d;
-  c.causal = causal;
-  c.block_q = c.block_k = 8;
-  c.tag.job = 3;
-  RingShard sh{q.data(), k.data(), v.data(), idx.data(), seg.data()};
-  std::vector<float> o(q.size()), lse(G.hq * S), dq(q.size()), dk(k.size()), dv(v.size());
-  if (auto st = RingAttentionForward(t, c, sh, o.data(), lse.data()); !st.ok()) return Fail(st);
-  if (auto st = RingAttentionBackward(t, c, sh, o.data(), lse.data(), g.data(), dq.data(), dk.data(), dv.data());
-      !st.ok())
-    return Fail(st);
+  RankRun run;
+  if (auto st = RunRank(t, G, lay, causal, 3, &run); !st.ok()) return Fail(st);
+  auto &o = run.o, &lse = run.lse, &dq = run.dq, &dk = run.dk, &dv = run.dv;
   std::ofstream f(dir + "/out." + std::to_string(r), std::ios::binary);
   for (const auto* vec : {&o, &lse, &dq, &dk, &dv}) WriteFloats(f, *vec);
   return f ? 0 : 1;

@@ -27,26 +27,12 @@ Result Ring(const Global& G, bool causal, LayoutKind kind, int R, std::vector<Ri
   if (stats) stats->assign(R, {});
   auto fabric = InprocFabric::Create(R);
   auto st = RunRanks(fabric, [&](int r, Transport& t) -> Status {
-    const auto idx = lay.GlobalIndices(r);
+    RankRun run;
+    RW_RETURN_IF_ERROR(RunRank(t, G, lay, causal, 1, &run));
+    const auto& idx = run.idx;
     const int64_t S = lay.shard_len();
-    auto q = Gather(G.q, idx, G.hq * G.d), k = Gather(G.k, idx, G.hkv * G.d), v = Gather(G.v, idx, G.hkv * G.d),
-         g = Gather(G.dout, idx, G.hq * G.d);
-    std::vector<int32_t> seg;
-    for (int64_t i : idx)
-      if (!G.seg.empty()) seg.push_back(G.seg[i]);
-    RingAttentionConfig c;
-    c.s = S;
-    c.hq = G.hq;
-    c.hkv = G.hkv;
-    c.d = G.d;
-    c.causal = causal;
-    c.block_q = c.block_k = 8;
-    c.tag.job = 1;
-    RingShard sh{q.data(), k.data(), v.data(), idx.data(), seg.empty() ? nullptr : seg.data()};
-    std::vector<float> o(q.size()), lse(G.hq * S), dq(q.size()), dk(k.size()), dv(v.size());
-    RingStats fs, bs;
-    RW_RETURN_IF_ERROR(RingAttentionForward(t, c, sh, o.data(), lse.data(), &fs));
-    RW_RETURN_IF_ERROR(RingAttentionBackward(t, c, sh, o.data(), lse.data(), g.data(), dq.data(), dk.data(), dv.data(), &bs));
+    auto &o = run.o, &lse = run.lse, &dq = run.dq, &dk = run.dk, &dv = run.dv;
+    RingStats& fs = run.fwd;
     std::lock_guard<std::mutex> lock(mu);
     Scatter(o, idx, G.hq * G.d, res.o);
     Scatter(dq, idx, G.hq * G.d, res.dq);
@@ -59,22 +45,6 @@ Result Ring(const Global& G, bool causal, LayoutKind kind, int R, std::vector<Ri
   });
   for (int r = 0; r < R; ++r) EXPECT_TRUE(st[r].ok()) << "rank " << r << ": " << st[r].message();
   return res;
-}
-
-// ||got - want|| / ||want|| with -inf entries required to match exactly.
-double RelErr(const char* what, const std::vector<float>& got, const std::vector<float>& want) {
-  double num = 0, den = 0, max_abs = 0;
-  for (size_t i = 0; i < got.size(); ++i) {
-    if (!std::isfinite(want[i]) || !std::isfinite(got[i])) {
-      EXPECT_EQ(got[i], want[i]) << what << " at " << i;
-      continue;
-    }
-    num += double(got[i] - want[i]) * (got[i] - want[i]);
-    den += double(want[i]) * want[i];
-    max_abs = std::max(max_abs, double(std::fabs(got[i] - want[i])));
-  }
-  std::printf("    %-4s max_abs_diff=%.3e nmse=%.3e\n", what, max_abs, den > 0 ? num / den : num);
-  return den > 0 ? std::sqrt(num / den) : std::sqrt(num);
 }
 
 struct RingCase {

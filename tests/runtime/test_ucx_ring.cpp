@@ -73,21 +73,6 @@ std::vector<float> ReadFloats(std::ifstream& f, size_t n) {
   return v;
 }
 
-double RelErr(const char* what, const std::vector<float>& got, const std::vector<float>& want) {
-  double num = 0, den = 0, max_abs = 0;
-  for (size_t i = 0; i < got.size(); ++i) {
-    if (!std::isfinite(want[i]) || !std::isfinite(got[i])) {
-      EXPECT_EQ(got[i], want[i]) << what << " at " << i;
-      continue;
-    }
-    num += double(got[i] - want[i]) * (got[i] - want[i]);
-    den += double(want[i]) * want[i];
-    max_abs = std::max(max_abs, double(std::fabs(got[i] - want[i])));
-  }
-  std::printf("    %-4s max_abs_diff=%.3e nmse=%.3e\n", what, max_abs, den > 0 ? num / den : num);
-  return den > 0 ? std::sqrt(num / den) : std::sqrt(num);
-}
-
 class UcxRing : public ::testing::TestWithParam<std::tuple<int, std::string>> {};
 
 TEST_P(UcxRing, RingAttentionAcrossProcessesEqualsTheSingleDeviceKernels) {
@@ -117,11 +102,11 @@ TEST_P(UcxRing, RingAttentionAcrossProcessesEqualsTheSingleDeviceKernels) {
       for (int64_t i = 0; i < S; ++i) got.lse[h * G.L + idx[i]] = lse[h * S + i];
   }
   std::printf("  UCX R=%d %s, %d processes\n", R, layout_name.c_str(), R);
-  EXPECT_LE(RelErr("o", got.o, want.o), 1e-5);
-  EXPECT_LE(RelErr("lse", got.lse, want.lse), 1e-5);
-  EXPECT_LE(RelErr("dq", got.dq, want.dq), 1e-5);
-  EXPECT_LE(RelErr("dk", got.dk, want.dk), 1e-5);
-  EXPECT_LE(RelErr("dv", got.dv, want.dv), 1e-5);
+  EXPECT_LE(test::RelErr("o", got.o, want.o), 1e-5);
+  EXPECT_LE(test::RelErr("lse", got.lse, want.lse), 1e-5);
+  EXPECT_LE(test::RelErr("dq", got.dq, want.dq), 1e-5);
+  EXPECT_LE(test::RelErr("dk", got.dk, want.dk), 1e-5);
+  EXPECT_LE(test::RelErr("dv", got.dv, want.dv), 1e-5);
   fs::remove_all(p.dir);
 }
 
