@@ -21,6 +21,18 @@ awk -v a="$first" -v b="$last" 'BEGIN { if (!(b < a - 1.0)) { print "FAIL: loss 
 grep -q '"stage": 1, "seq_len": 512' "$out/metrics.jsonl" || { echo "FAIL: no stage-1 step at seq_len 512"; exit 1; }
 echo "loss $first -> $last over 40 steps"
 
+# A dataset from JSONL, and eval of the run's last checkpoint on it over a ring of 2.
+printf '{"text": "abc|abc"}\n{"text": "hello|hello"}\n{"tokens": [1, 2, 3], "modality": "vision"}\n' > "$out/d.jsonl"
+"$bin" data prepare --input "$out/d.jsonl" --output "$out/ds" | tee "$out/prep"
+grep -q '"documents": 3' "$out/prep" || { echo "FAIL: data prepare"; exit 1; }
+"$bin" eval --checkpoint "$out/ck/step-44" --data "$out/ds" --ring 2 --seq-len 64 | tee "$out/eval"
+grep -q '"loss": [0-9]' "$out/eval" || { echo "FAIL: eval printed no loss"; exit 1; }
+set +e
+"$bin" eval --checkpoint "$out/ck/step-44" --data "$out/nope" 2> "$out/eval_err"
+rc=$?
+set -e
+[ "$rc" -eq 2 ] && grep -q "nope is not a prepared dataset" "$out/eval_err" || { echo "FAIL: eval of a missing dataset"; exit 1; }
+
 printf 'name: bad\nmodel: {hiden_size: 3}\nstages: [{seq_len: 8, steps: 1}]\n' > "$out/bad.yaml"
 set +e
 "$bin" train "$out/bad.yaml" 2> "$out/err"
