@@ -47,6 +47,8 @@ const std::vector<Setting<JobConfig>>& JobTable() {
       {"loss.weighting", "per_token | per_modality", RW_FIELD(JobConfig, std::string, j.loss.weighting)},
       {"loss.text_weight", "per_modality: weight of the text mean", RW_FIELD(JobConfig, double, j.loss.text_weight)},
       {"loss.vision_weight", "per_modality: weight of the vision mean", RW_FIELD(JobConfig, double, j.loss.vision_weight)},
+      {"remat", "none | layer (recompute each layer's forward in its backward: less memory, ~1/3 more compute)",
+       RW_FIELD(JobConfig, std::string, j.remat)},
       {"init_from", "Hugging Face LLaMA directory to start from (model settings must match it)",
        RW_FIELD(JobConfig, std::string, j.init_from)},
       {"optimizer.lr", "peak learning rate", RW_FIELD(JobConfig, double, j.optimizer.lr)},
@@ -132,7 +134,8 @@ Status ApplyOverride(const std::string& item, JobConfig* job) {
   const auto eq = item.find('=');
   RW_REQUIRE(eq != std::string::npos && eq > 0, "--set: '" << item << "' is not key=value");
   const std::string key = item.substr(0, eq);
-  YAML::Node value = YAML::Load(item.substr(eq + 1));
+  const std::string text = item.substr(eq + 1);
+  YAML::Node value = text.empty() ? YAML::Node(std::string()) : YAML::Load(text);  // key= clears a string
   if (key.rfind("stages.", 0) == 0) {  // stages.N.key
     const auto dot = key.find('.', 7);
     RW_REQUIRE(dot != std::string::npos, "--set " << key << ": stages are set as stages.N.key");
@@ -166,6 +169,7 @@ Status JobConfig::Validate() const {
   RW_RETURN_IF_ERROR(model.Validate());
   RW_RETURN_IF_ERROR(data.Validate());
   RW_RETURN_IF_ERROR(loss.Validate());
+  RW_REQUIRE(remat == "none" || remat == "layer", "remat: '" << remat << "' is not none or layer");
   if (!init_from.empty()) {
     std::ifstream cfg(init_from + "/config.json");
     RW_REQUIRE(cfg.good(), "init_from: " << init_from << " has no config.json");

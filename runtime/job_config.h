@@ -42,6 +42,7 @@ struct JobConfig {
   DataConfig data;
   LossConfig loss;
   std::string init_from;  // a Hugging Face LLaMA directory (or one of our checkpoints) to start from
+  std::string remat = "none";  // none | layer: recompute each layer's forward in its backward
   OptimizerConfig optimizer;
   RingConfig ring;
   std::vector<StageConfig> stages;

@@ -129,52 +129,67 @@ void AddStats(const ModelExec& mx, const RingStats& s) {
   mx.stats->blocks_skipped += s.blocks_skipped;
 }
 
-// The forward; keeps each layer's activations when `acts` is given. Leaves the final hidden state
-// (pre-norm) in `x`.
+// One layer's forward: x (S, E) in, x out; fills a's activations (the backward's inputs).
+Status LayerForward(Transport& t, const ModelConfig& c, const ParamTable& tb, const ModelExec& mx, const float* P,
+                    const ShardBatch& b, int64_t l, std::vector<float>& x, LayerActs& a) {
+  const Dims d = DimsOf(c, int64_t(b.tokens.size()));
+  const Exec ex{kernels::Device::kCpu, mx.num_threads};
+  const auto& L = tb.layers[l];
+  a.x_in = x;
+  a.rstd1.resize(d.S);
+  a.h1.resize(d.S * d.E);
+  RW_RETURN_IF_ERROR(kernels::RmsNormForward(ex, d.S, d.E, x.data(), P + L.in_norm, c.rms_norm_eps, a.h1.data(),
+                                             a.rstd1.data()));
+  a.q.resize(d.S * d.HQD);
+  a.k.resize(d.S * d.HKD);
+  a.v.resize(d.S * d.HKD);
+  RW_RETURN_IF_ERROR(kernels::LinearForward(ex, d.S, d.E, d.HQD, a.h1.data(), P + L.q, a.q.data()));
+  RW_RETURN_IF_ERROR(kernels::LinearForward(ex, d.S, d.E, d.HKD, a.h1.data(), P + L.k, a.k.data()));
+  RW_RETURN_IF_ERROR(kernels::LinearForward(ex, d.S, d.E, d.HKD, a.h1.data(), P + L.v, a.v.data()));
+  RW_RETURN_IF_ERROR(kernels::Rope(ex, d.S, d.H, d.D, kernels::Dense3(a.q.data(), d.H, d.D),
+                                   kernels::Dense3(a.q.data(), d.H, d.D), b.positions.data(), c.rope_theta, false));
+  RW_RETURN_IF_ERROR(kernels::Rope(ex, d.S, d.HKV, d.D, kernels::Dense3(a.k.data(), d.HKV, d.D),
+                                   kernels::Dense3(a.k.data(), d.HKV, d.D), b.positions.data(), c.rope_theta, false));
+  a.attn.resize(d.S * d.HQD);
+  a.lse.resize(d.H * d.S);
+  RingShard sh{a.q.data(), a.k.data(), a.v.data(), b.index.data(), b.segments.data()};
+  RingStats rs;
+  RW_RETURN_IF_ERROR(RingAttentionForward(t, AttnConfig(c, mx, d.S, l), sh, a.attn.data(), a.lse.data(), &rs));
+  AddStats(mx, rs);
+  std::vector<float> o(d.S * d.E);
+  RW_RETURN_IF_ERROR(kernels::LinearForward(ex, d.S, d.HQD, d.E, a.attn.data(), P + L.o, o.data()));
+  for (int64_t i = 0; i < d.S * d.E; ++i) x[i] += o[i];
+  a.x_mid = x;
+  a.rstd2.resize(d.S);
+  a.h2.resize(d.S * d.E);
+  RW_RETURN_IF_ERROR(kernels::RmsNormForward(ex, d.S, d.E, x.data(), P + L.post_norm, c.rms_norm_eps, a.h2.data(),
+                                             a.rstd2.data()));
+  RW_RETURN_IF_ERROR(
+      kernels::FfnForward(ex, d.S, d.E, d.F, a.h2.data(), {P + L.gate, P + L.up, P + L.down}, o.data()));
+  for (int64_t i = 0; i < d.S * d.E; ++i) x[i] += o[i];
+  return Status::Ok();
+}
+
+// Keeps only the layer's input: what a `remat: layer` backward recomputes the rest from.
+void DropAllButInput(LayerActs& a) {
+  for (auto* v : {&a.rstd1, &a.h1, &a.q, &a.k, &a.v, &a.attn, &a.lse, &a.x_mid, &a.rstd2, &a.h2})
+    std::vector<float>().swap(*v);
+}
+
+// The forward; keeps each layer's activations when `acts` is given (only their inputs under remat).
+// Leaves the final hidden state (pre-norm) in `x`.
 Status RunForward(Transport& t, const ModelConfig& c, const ParamTable& tb, const ModelExec& mx, const float* P,
                   const ShardBatch& b, std::vector<float>& x, std::vector<LayerActs>* acts) {
   const Dims d = DimsOf(c, int64_t(b.tokens.size()));
-  const Exec ex{kernels::Device::kCpu, mx.num_threads};
   x.assign(d.S * d.E, 0.f);
   for (int64_t i = 0; i < d.S; ++i)
     std::copy_n(P + tb.embed + size_t(b.tokens[i]) * d.E, d.E, x.begin() + i * d.E);
   if (acts) acts->assign(c.num_hidden_layers, {});
   LayerActs tmp;
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
-    const auto& L = tb.layers[l];
     LayerActs& a = acts ? (*acts)[l] : tmp;
-    a.x_in = x;
-    a.rstd1.resize(d.S);
-    a.h1.resize(d.S * d.E);
-    RW_RETURN_IF_ERROR(kernels::RmsNormForward(ex, d.S, d.E, x.data(), P + L.in_norm, c.rms_norm_eps, a.h1.data(),
-                                               a.rstd1.data()));
-    a.q.resize(d.S * d.HQD);
-    a.k.resize(d.S * d.HKD);
-    a.v.resize(d.S * d.HKD);
-    RW_RETURN_IF_ERROR(kernels::LinearForward(ex, d.S, d.E, d.HQD, a.h1.data(), P + L.q, a.q.data()));
-    RW_RETURN_IF_ERROR(kernels::LinearForward(ex, d.S, d.E, d.HKD, a.h1.data(), P + L.k, a.k.data()));
-    RW_RETURN_IF_ERROR(kernels::LinearForward(ex, d.S, d.E, d.HKD, a.h1.data(), P + L.v, a.v.data()));
-    RW_RETURN_IF_ERROR(kernels::Rope(ex, d.S, d.H, d.D, kernels::Dense3(a.q.data(), d.H, d.D),
-                                     kernels::Dense3(a.q.data(), d.H, d.D), b.positions.data(), c.rope_theta, false));
-    RW_RETURN_IF_ERROR(kernels::Rope(ex, d.S, d.HKV, d.D, kernels::Dense3(a.k.data(), d.HKV, d.D),
-                                     kernels::Dense3(a.k.data(), d.HKV, d.D), b.positions.data(), c.rope_theta, false));
-    a.attn.resize(d.S * d.HQD);
-    a.lse.resize(d.H * d.S);
-    RingShard sh{a.q.data(), a.k.data(), a.v.data(), b.index.data(), b.segments.data()};
-    RingStats rs;
-    RW_RETURN_IF_ERROR(RingAttentionForward(t, AttnConfig(c, mx, d.S, l), sh, a.attn.data(), a.lse.data(), &rs));
-    AddStats(mx, rs);
-    std::vector<float> o(d.S * d.E);
-    RW_RETURN_IF_ERROR(kernels::LinearForward(ex, d.S, d.HQD, d.E, a.attn.data(), P + L.o, o.data()));
-    for (int64_t i = 0; i < d.S * d.E; ++i) x[i] += o[i];
-    a.x_mid = x;
-    a.rstd2.resize(d.S);
-    a.h2.resize(d.S * d.E);
-    RW_RETURN_IF_ERROR(kernels::RmsNormForward(ex, d.S, d.E, x.data(), P + L.post_norm, c.rms_norm_eps, a.h2.data(),
-                                               a.rstd2.data()));
-    RW_RETURN_IF_ERROR(
-        kernels::FfnForward(ex, d.S, d.E, d.F, a.h2.data(), {P + L.gate, P + L.up, P + L.down}, o.data()));
-    for (int64_t i = 0; i < d.S * d.E; ++i) x[i] += o[i];
+    RW_RETURN_IF_ERROR(LayerForward(t, c, tb, mx, P, b, l, x, a));
+    if (mx.remat_layers) DropAllButInput(a);
   }
   return Status::Ok();
 }
@@ -225,6 +240,10 @@ Status ForwardBackward(Transport& t, const ModelConfig& c, const ParamTable& tb,
   for (int64_t l = c.num_hidden_layers - 1; l >= 0; --l) {
     const auto& L = tb.layers[l];
     LayerActs& a = acts[l];
+    if (mx.remat_layers) {  // recompute this layer's activations from its input (same ops, same bits)
+      std::vector<float> x_again = a.x_in;
+      RW_RETURN_IF_ERROR(LayerForward(t, c, tb, mx, P, b, l, x_again, a));
+    }
     // x_out = x_mid + mlp(norm2(x_mid))
     RW_RETURN_IF_ERROR(kernels::FfnBackward(ex, d.S, d.E, d.F, a.h2.data(), {P + L.gate, P + L.up, P + L.down},
                                             dx.data(), dh.data(), {G + L.gate, G + L.up, G + L.down}));
@@ -254,6 +273,7 @@ Status ForwardBackward(Transport& t, const ModelConfig& c, const ParamTable& tb,
     RW_RETURN_IF_ERROR(kernels::RmsNormBackward(ex, d.S, d.E, a.x_in.data(), P + L.in_norm, a.rstd1.data(), dh.data(),
                                                 tmp.data(), G + L.in_norm));
     for (int64_t i = 0; i < d.S * d.E; ++i) dx[i] += tmp[i];  // dx is now d x_in
+    if (mx.remat_layers) DropAllButInput(a);
   }
   // Embedding rows: a scatter-add in token order (deterministic).
   for (int64_t i = 0; i < d.S; ++i) {

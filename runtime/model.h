@@ -80,6 +80,7 @@ struct ModelExec {
   int num_threads = 1;         // kernel threads of this rank
   MsgTag tag;                  // job, epoch, step; tag.layer is the first layer's number, then + 1 per layer
   RingStats* stats = nullptr;  // when set, the ring attention calls add their compute and wall time here
+  bool remat_layers = false;   // keep only each layer's input; recompute the rest in the backward
 };
 
 // Forward and backward over this rank's shard. Adds loss_scale * d(sum_i w_i ce_i)/dparams to `grads`

@@ -125,6 +125,7 @@ Status TrainRank(Transport& t, const JobConfig& job, const std::function<void(co
         mx.tag.step = uint32_t(step);
         mx.tag.layer = uint32_t(b * model.num_hidden_layers);
         mx.stats = &rs;
+        mx.remat_layers = job.remat == "layer";
         RW_RETURN_IF_ERROR(ForwardBackward(t, model, table, mx, params.data(), ShardOf(weighted[b], layout, rank),
                                            float(scale), grads.data(), &loss));
       }

@@ -77,7 +77,8 @@ struct StepOut {
 };
 
 // One step's loss and ring-summed gradients, as rank 0 sees them.
-StepOut Step(const ModelConfig& c, const std::vector<float>& params, const GlobalSeq& g, LayoutKind kind, int R) {
+StepOut Step(const ModelConfig& c, const std::vector<float>& params, const GlobalSeq& g, LayoutKind kind, int R,
+             bool remat = false) {
   const ParamTable tb(c);
   Layout lay;
   EXPECT_TRUE(Layout::Make(kind, int64_t(g.tokens.size()), R, &lay).ok());
@@ -88,6 +89,7 @@ StepOut Step(const ModelConfig& c, const std::vector<float>& params, const Globa
     out[r].grads.assign(tb.total(), 0.f);
     ModelExec mx;
     mx.tag.job = 1;
+    mx.remat_layers = remat;
     double loss = 0;
     RW_RETURN_IF_ERROR(ForwardBackward(t, c, tb, mx, params.data(), ShardOf(g, lay, r), scale, out[r].grads.data(), &loss));
     float l = float(loss);  // the loss sum travels as a float through the same all-reduce
@@ -170,6 +172,16 @@ TEST(Model, SameRingSizeAndInputsGiveBitwiseIdenticalGradients) {
   const StepOut a = Step(c, params, g, LayoutKind::kZigzag, 4), b = Step(c, params, g, LayoutKind::kZigzag, 4);
   EXPECT_EQ(0, std::memcmp(a.grads.data(), b.grads.data(), a.grads.size() * 4));
   EXPECT_EQ(a.loss, b.loss);
+}
+
+TEST(Model, LayerRematerializationGivesBitwiseTheSameGradients) {
+  const ModelConfig c = Tiny();
+  const GlobalSeq g = MakeSeq(48, c.vocab_size, 14);
+  const std::vector<float> params = InitParams(c, 11);
+  const StepOut keep = Step(c, params, g, LayoutKind::kZigzag, 2, false);
+  const StepOut remat = Step(c, params, g, LayoutKind::kZigzag, 2, true);
+  EXPECT_EQ(keep.loss, remat.loss);
+  EXPECT_EQ(0, std::memcmp(keep.grads.data(), remat.grads.data(), keep.grads.size() * 4));
 }
 
 TEST(Model, ATokenNeverAttendsAcrossDocuments) {
