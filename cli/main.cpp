@@ -16,6 +16,14 @@ int main(int argc, char** argv) {
   train->add_option("job", job_path, "job file (YAML), e.g. configs/tiny-cpu.yaml");
   train->add_option("--set", overrides, "override a setting: key=value (stages as stages.N.key)");
   train->add_flag("--help-config", describe, "list every setting of a job file");
+  bool processes = false;
+  train->add_flag("--processes", processes, "each device in its own process, the ring over UCX");
+  int host_devices = 1;
+  std::string port_file;
+  auto* host = app.add_subcommand("device-host", "(internal) host device actors for a train --processes run");
+  host->add_option("n", host_devices, "devices")->required();
+  host->add_option("port_file", port_file, "where to write the published port")->required();
+  host->group("");  // hidden from --help
   std::string checkpoint, data, layout = "zigzag";
   int ring = 1;
   int64_t seq_len = 1024;
@@ -36,6 +44,7 @@ int main(int argc, char** argv) {
   prepare->add_option("--tokenizer", tokenizer, "bytes");
   prepare->add_flag("--skip-bad", skip_bad, "count and skip bad records instead of failing");
   CLI11_PARSE(app, argc, argv);
+  if (*host) return rw::cli::DeviceHost(host_devices, port_file);
   if (*eval) return rw::cli::Eval(checkpoint, data, ring, layout, seq_len);
   if (*prepare) return rw::cli::DataPrepare(inputs, output, tokenizer, skip_bad);
   if (*train) {
@@ -47,7 +56,7 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "ringworld train: a job file is required (e.g. configs/tiny-cpu.yaml)\n");
       return 2;
     }
-    return rw::cli::Train(job_path, overrides);
+    return rw::cli::Train(job_path, overrides, processes);
   }
   return 0;
 }

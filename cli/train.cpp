@@ -1,7 +1,11 @@
 #include "cli/train.h"
 
 #include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
 #include <unistd.h>
+
+#include <thread>
 
 #include <cstdio>
 #include <filesystem>
@@ -9,7 +13,10 @@
 #include <sstream>
 
 #include "actors/device_actor.h"
+#include "actors/device_host.h"
 #include "runtime/job_config.h"
+
+extern char** environ;
 
 namespace rw::cli {
 namespace {
@@ -18,11 +25,60 @@ namespace {
 // last committed checkpoint is untouched: checkpoints are renamed into place only when whole).
 constexpr int kExitPreempted = 75;  // EX_TEMPFAIL: run it again to resume
 std::atomic<int> g_signals{0};
+pid_t g_children[1024];
+std::atomic<int> g_num_children{0};
 
 void OnSignal(int) {
   if (g_signals.fetch_add(1) > 0) _exit(128 + SIGTERM);
   actors::PreemptFlag().store(true);
+  for (int i = 0; i < g_num_children.load(); ++i) kill(g_children[i], SIGTERM);  // device hosts stop with us
 }
+
+void InstallSignals() {
+  struct sigaction sa {};
+  sa.sa_handler = OnSignal;
+  sigaction(SIGTERM, &sa, nullptr);
+  sigaction(SIGINT, &sa, nullptr);
+}
+
+// --processes: one device host per rank, each a child process of this one (`ringworld device-host`),
+// reached over the CAF middleman on 127.0.0.1; the ring between them is UCX.
+kernels::Status SpawnHosts(caf::actor_system& sys, int R, const std::string& dir,
+                           std::vector<actors::host_actor>* hosts, std::vector<actors::device_actor>* devices) {
+  const std::string self_exe = std::filesystem::read_symlink("/proc/self/exe").string();
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  for (int r = 0; r < R; ++r) {
+    const std::string port_file = dir + "/port." + std::to_string(r);
+    std::filesystem::remove(port_file, ec);
+    std::string a0 = self_exe, a1 = "device-host", a2 = "1", a3 = port_file;
+    char* argv[] = {a0.data(), a1.data(), a2.data(), a3.data(), nullptr};
+    pid_t pid;
+    RW_REQUIRE(posix_spawn(&pid, self_exe.c_str(), nullptr, nullptr, argv, environ) == 0,
+               "--processes: cannot start a device host");
+    g_children[g_num_children.fetch_add(1)] = pid;
+  }
+  for (int r = 0; r < R; ++r) {
+    uint16_t port = 0;
+    for (int i = 0; i < 3000 && !port; ++i) {
+      std::ifstream f(dir + "/port." + std::to_string(r));
+      f >> port;
+      if (!port) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    RW_REQUIRE(port, "--processes: device host " << r << " did not start within 30 s");
+    auto host = sys.middleman().remote_actor<actors::host_actor>("127.0.0.1", port);
+    RW_REQUIRE(host, "--processes: cannot reach device host " << r << ": " << sys.render(host.error()));
+    hosts->push_back(*host);
+    caf::scoped_actor self{sys};
+    std::string err;
+    self->request(*host, std::chrono::seconds(10), actors::devices_atom::value)
+        .receive([&](const std::vector<actors::device_actor>& d) { devices->insert(devices->end(), d.begin(), d.end()); },
+                 [&](caf::error& e) { err = sys.render(e); });
+    RW_REQUIRE(err.empty(), "--processes: device host " << r << ": " << err);
+  }
+  return kernels::Status::Ok();
+}
+
 
 struct Config : caf::actor_system_config {
   Config() { actors::AddMessageTypes(*this); }
@@ -45,7 +101,27 @@ void Progress(const runtime::StepMetrics& m, bool tty, double eta_s) {
 
 }  // namespace
 
-int Train(const std::string& job_path, const std::vector<std::string>& overrides) {
+int DeviceHost(int n, const std::string& port_file) {
+  InstallSignals();
+  struct Config : caf::actor_system_config {
+    Config() { actors::AddMessageTypes(*this); }
+  } cfg;
+  caf::actor_system sys{cfg};
+  auto host = actors::SpawnHost(sys, n);
+  auto port = sys.middleman().publish(host, 0, "127.0.0.1");
+  if (!port) {
+    std::fprintf(stderr, "ringworld device-host: %s\n", sys.render(port.error()).c_str());
+    return 1;
+  }
+  const std::string tmp = port_file + ".tmp";
+  std::ofstream(tmp) << *port << "\n";
+  std::rename(tmp.c_str(), port_file.c_str());
+  sys.await_all_actors_done();
+  return 0;
+}
+
+int Train(const std::string& job_path, std::vector<std::string> overrides, bool processes) {
+  if (processes) overrides.push_back("ring.transport=ucx");
   runtime::JobConfig job;
   kernels::Status st = runtime::LoadJobConfig(job_path, overrides, &job);
   if (!st.ok()) {
@@ -80,16 +156,32 @@ int Train(const std::string& job_path, const std::vector<std::string>& overrides
   caf::actor_system sys{cfg};
   const int R = int(job.ring.devices);
   std::vector<actors::device_actor> devices;
-  for (int r = 0; r < R; ++r) devices.push_back(actors::SpawnDevice(sys, r));
-  st = actors::FormRing(sys, devices, /*job=*/1, /*epoch=*/1, job.ring.transport);
+  std::vector<actors::host_actor> hosts;
+  InstallSignals();
+  auto stop_hosts = [&] {
+    caf::scoped_actor s{sys};
+    for (auto& h : hosts) s->send(h, actors::quit_atom::value);
+    for (int i = 0; i < g_num_children.load(); ++i) {
+      int status = 0;
+      for (int k = 0; k < 500 && waitpid(g_children[i], &status, WNOHANG) == 0; ++k)
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      if (waitpid(g_children[i], &status, WNOHANG) == 0) {
+        kill(g_children[i], SIGKILL);
+        waitpid(g_children[i], &status, 0);
+      }
+    }
+  };
+  if (processes) {
+    st = SpawnHosts(sys, R, (std::filesystem::path(job.output_dir) / ".hosts").string(), &hosts, &devices);
+  } else {
+    for (int r = 0; r < R; ++r) devices.push_back(actors::SpawnDevice(sys, r));
+  }
+  if (st.ok()) st = actors::FormRing(sys, devices, /*job=*/1, /*epoch=*/1, job.ring.transport);
   if (!st.ok()) {
     std::fprintf(stderr, "ringworld train: %s\n", st.message().c_str());
+    stop_hosts();
     return 1;
   }
-  struct sigaction sa {};
-  sa.sa_handler = OnSignal;
-  sigaction(SIGTERM, &sa, nullptr);
-  sigaction(SIGINT, &sa, nullptr);
   caf::scoped_actor self{sys};
   for (int r = 0; r < R; ++r)
     self->send(devices[r], actors::train_atom::value,
@@ -121,7 +213,10 @@ int Train(const std::string& job_path, const std::vector<std::string>& overrides
           std::fprintf(stderr, "\nringworld train: %s\n", sys.render(e).c_str());
         });
   }
-  for (auto& d : devices) self->send_exit(d, caf::exit_reason::user_shutdown);
+  if (processes)
+    stop_hosts();
+  else
+    for (auto& d : devices) self->send_exit(d, caf::exit_reason::user_shutdown);
   if (failed) return 1;
   if (last.stopped) {
     std::printf("%spreempted after step %lld: checkpoint committed in %s; run the same command to resume\n",

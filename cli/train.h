@@ -9,7 +9,10 @@
 
 namespace rw::cli {
 
-int Train(const std::string& job_path, const std::vector<std::string>& overrides);
+// processes: each device in its own process (`ringworld device-host`), the ring over UCX.
+int Train(const std::string& job_path, std::vector<std::string> overrides, bool processes = false);
+// Hosts n device actors for another process, published on 127.0.0.1; writes the port to port_file.
+int DeviceHost(int n, const std::string& port_file);
 int Eval(const std::string& checkpoint, const std::string& data, int ring, const std::string& layout, int64_t seq_len);
 int DataPrepare(const std::vector<std::string>& inputs, const std::string& output, const std::string& tokenizer,
                 bool skip_bad);
