@@ -78,7 +78,7 @@ lane_actor::behavior_type Lane(lane_actor::pointer) {
           auto report = [&](const runtime::StepMetrics& m) {
             if (task.reporter) caf::anon_send(task.reporter, m);
           };
-          st = runtime::TrainRank(*t, job, report, &res, runtime::TrainControl{0, &PreemptFlag()});
+          st = runtime::TrainRank(*t, job, report, &res, runtime::TrainControl{task.stop_at_step, &PreemptFlag()});
         }
         rep.ok = st.ok();
         rep.error = st.message();

@@ -86,11 +86,12 @@ struct train_task {
   std::string origin;
   std::vector<std::string> overrides;
   caf::actor reporter;
+  int64_t stop_at_step = 0;  // > 0: stop (with a checkpoint) after this step: the ring is re-formed then
 };
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, train_task& x) {
-  return f(caf::meta::type_name("train_task"), x.epoch, x.job_yaml, x.origin, x.overrides, x.reporter);
+  return f(caf::meta::type_name("train_task"), x.epoch, x.job_yaml, x.origin, x.overrides, x.reporter, x.stop_at_step);
 }
 
 struct train_report {

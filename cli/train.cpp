@@ -152,9 +152,28 @@ int Train(const std::string& job_path, std::vector<std::string> overrides, bool 
               (long long)job.ring.devices, job.ring.layout.c_str(), job.ring.transport.c_str(), job.stages.size(),
               (long long)job.total_steps(), metrics_path.c_str());
 
+  // Ring segments: runs of stages on the same ring size. The ring is re-formed between segments and the
+  // next one resumes from the checkpoint the previous one committed at its end.
+  struct Segment {
+    int devices;
+    int64_t end_step;  // global step of the segment's last step
+  };
+  std::vector<Segment> segments;
+  for (size_t i = 0; i < job.stages.size(); ++i) {
+    const int d = int(job.stage_devices(i));
+    if (segments.empty() || segments.back().devices != d) segments.push_back({d, 0});
+    segments.back().end_step = job.stage_end_step(i);
+  }
+  if (segments.size() > 1 && job.checkpoint.dir.empty()) {
+    std::fprintf(stderr, "ringworld train: stages: the ring size changes between stages, which needs checkpoint.dir "
+                         "(the re-formed ring starts from the checkpoint of the stage change)\n");
+    return 2;
+  }
+  int max_devices = 0;
+  for (const auto& seg : segments) max_devices = std::max(max_devices, seg.devices);
+
   Config cfg;
   caf::actor_system sys{cfg};
-  const int R = int(job.ring.devices);
   std::vector<actors::device_actor> devices;
   std::vector<actors::host_actor> hosts;
   InstallSignals();
@@ -172,67 +191,90 @@ int Train(const std::string& job_path, std::vector<std::string> overrides, bool 
     }
   };
   if (processes) {
-    st = SpawnHosts(sys, R, (std::filesystem::path(job.output_dir) / ".hosts").string(), &hosts, &devices);
+    st = SpawnHosts(sys, max_devices, (std::filesystem::path(job.output_dir) / ".hosts").string(), &hosts, &devices);
   } else {
-    for (int r = 0; r < R; ++r) devices.push_back(actors::SpawnDevice(sys, r));
+    for (int r = 0; r < max_devices; ++r) devices.push_back(actors::SpawnDevice(sys, r));
   }
-  if (st.ok()) st = actors::FormRing(sys, devices, /*job=*/1, /*epoch=*/1, job.ring.transport);
+  auto finish = [&](int code) {
+    caf::scoped_actor s{sys};
+    if (processes)
+      stop_hosts();
+    else
+      for (auto& d : devices) s->send_exit(d, caf::exit_reason::user_shutdown);
+    return code;
+  };
   if (!st.ok()) {
     std::fprintf(stderr, "ringworld train: %s\n", st.message().c_str());
-    stop_hosts();
-    return 1;
+    return finish(1);
   }
   caf::scoped_actor self{sys};
-  for (int r = 0; r < R; ++r)
-    self->send(devices[r], actors::train_atom::value,
-               actors::train_task{1, yaml, job_path, overrides, caf::actor_cast<caf::actor>(self)});
   const bool tty = isatty(STDOUT_FILENO);
   const auto t0 = std::chrono::steady_clock::now();
-  int reports = 0, failed = 0;
-  actors::train_report last;
-  while (reports < R) {
-    self->receive(
-        [&](const runtime::StepMetrics& m) {
-          metrics << m.ToJson() << "\n";
-          metrics.flush();
-          const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-          Progress(m, tty, elapsed / double(m.step) * double(m.total_steps - m.step));
-        },
-        [&](const actors::train_report& rep) {
-          ++reports;
-          if (!rep.ok) {
-            if (!failed++) std::fprintf(stderr, "\nringworld train: rank %d: %s\n", rep.rank, rep.error.c_str());
-            for (auto& d : devices) self->send(d, actors::abort_atom::value, "rank " + std::to_string(rep.rank) + " failed");
-          } else if (rep.rank == 0) {
-            last = rep;
-          }
-        },
-        [&](caf::error& e) {
-          ++reports;
-          ++failed;
-          std::fprintf(stderr, "\nringworld train: %s\n", sys.render(e).c_str());
-        });
+  actors::train_report first, last;
+  for (size_t si = 0; si < segments.size(); ++si) {
+    const Segment& seg = segments[si];
+    const int R = seg.devices;
+    const uint32_t epoch = uint32_t(si + 1);
+    std::vector<actors::device_actor> ring(devices.begin(), devices.begin() + R);
+    st = actors::FormRing(sys, ring, /*job=*/1, epoch, job.ring.transport);
+    if (!st.ok()) {
+      std::fprintf(stderr, "ringworld train: %s\n", st.message().c_str());
+      return finish(1);
+    }
+    if (segments.size() > 1)
+      std::printf("%sring of %d devices (epoch %u) until step %lld\n", tty ? "\n" : "", R, epoch,
+                  (long long)seg.end_step);
+    const int64_t stop_at = si + 1 < segments.size() ? seg.end_step : 0;
+    for (int r = 0; r < R; ++r)
+      self->send(ring[r], actors::train_atom::value,
+                 actors::train_task{epoch, yaml, job_path, overrides, caf::actor_cast<caf::actor>(self), stop_at});
+    int reports = 0, failed = 0;
+    actors::train_report rank0;
+    while (reports < R) {
+      self->receive(
+          [&](const runtime::StepMetrics& m) {
+            metrics << m.ToJson() << "\n";
+            metrics.flush();
+            const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+            Progress(m, tty, elapsed / double(m.step) * double(m.total_steps - m.step));
+          },
+          [&](const actors::train_report& rep) {
+            ++reports;
+            if (!rep.ok) {
+              if (!failed++) std::fprintf(stderr, "\nringworld train: rank %d: %s\n", rep.rank, rep.error.c_str());
+              for (auto& d : ring) self->send(d, actors::abort_atom::value, "rank " + std::to_string(rep.rank) + " failed");
+            } else if (rep.rank == 0) {
+              rank0 = rep;
+            }
+          },
+          [&](caf::error& e) {
+            ++reports;
+            ++failed;
+            std::fprintf(stderr, "\nringworld train: %s\n", sys.render(e).c_str());
+          });
+    }
+    if (failed) return finish(1);
+    if (si == 0) first = rank0;
+    last = rank0;
+    if (rank0.stopped && rank0.steps < seg.end_step) {  // preempted, not a planned ring change
+      std::printf("%spreempted after step %lld: checkpoint committed in %s; run the same command to resume\n",
+                  tty ? "\n" : "", (long long)rank0.steps,
+                  job.checkpoint.dir.empty() ? "(no checkpoint.dir)" : job.checkpoint.dir.c_str());
+      return finish(kExitPreempted);
+    }
+    if (rank0.resumed_from >= seg.end_step && si + 1 < segments.size()) continue;  // segment done before
   }
-  if (processes)
-    stop_hosts();
-  else
-    for (auto& d : devices) self->send_exit(d, caf::exit_reason::user_shutdown);
-  if (failed) return 1;
-  if (last.stopped) {
-    std::printf("%spreempted after step %lld: checkpoint committed in %s; run the same command to resume\n",
-                tty ? "\n" : "", (long long)last.steps, job.checkpoint.dir.empty() ? "(no checkpoint.dir)" : job.checkpoint.dir.c_str());
-    return kExitPreempted;
-  }
+  finish(0);
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  if (last.resumed_from > 0)
-    std::printf("%sresumed from the checkpoint of step %lld\n", tty ? "\n" : "", (long long)last.resumed_from);
+  if (first.resumed_from > 0)
+    std::printf("%sresumed from the checkpoint of step %lld\n", tty ? "\n" : "", (long long)first.resumed_from);
   if (last.resumed_from == job.total_steps()) {
     std::printf("the job was already complete at step %lld (%s); nothing to do\n", (long long)last.resumed_from,
                 job.checkpoint.dir.c_str());
     return 0;
   }
   std::printf("%sdone: %lld steps in %.1f s, loss %.4f -> %.4f; metrics in %s\n", tty ? "\n" : "", (long long)last.steps,
-              secs, last.first_loss, last.last_loss, metrics_path.c_str());
+              secs, first.first_loss, last.last_loss, metrics_path.c_str());
   return 0;
 }
 

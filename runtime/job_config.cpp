@@ -80,6 +80,8 @@ const std::vector<Setting<StageConfig>>& StageTable() {
       {"rope_theta", "RoPE base of the stage", RW_FIELD(StageConfig, double, j.rope_theta)},
       {"steps", "optimizer steps of the stage", RW_FIELD(StageConfig, int64_t, j.steps)},
       {"batch", "sequences per step", RW_FIELD(StageConfig, int64_t, j.batch)},
+      {"devices", "ring size of the stage (0: ring.devices); a change re-forms the ring",
+       RW_FIELD(StageConfig, int64_t, j.devices)},
   };
   return table;
 }
@@ -158,6 +160,12 @@ Status ApplyOverride(const std::string& item, JobConfig* job) {
 
 }  // namespace
 
+int64_t JobConfig::stage_end_step(size_t i) const {
+  int64_t n = 0;
+  for (size_t k = 0; k <= i && k < stages.size(); ++k) n += stages[k].steps;
+  return n;
+}
+
 int64_t JobConfig::total_steps() const {
   int64_t n = 0;
   for (const auto& s : stages) n += s.steps;
@@ -192,8 +200,12 @@ Status JobConfig::Validate() const {
     const std::string at = "stages[" + std::to_string(i) + "]";
     RW_REQUIRE(s.seq_len >= 2, at << ".seq_len: must be >= 2, got " << s.seq_len);
     Layout lay;
-    Status st = Layout::Make(kind, s.seq_len, int(ring.devices), &lay);
-    RW_REQUIRE(st.ok(), at << "." << st.message() << " (ring.devices = " << ring.devices << ", ring.layout = "
+    Status st;
+    RW_REQUIRE(s.devices >= 0 && s.devices <= 1024, at << ".devices: must be in [0, 1024], got " << s.devices);
+    RW_REQUIRE(stage_devices(i) >= ring.min_devices,
+               at << ".devices: " << stage_devices(i) << " is below ring.min_devices " << ring.min_devices);
+    st = Layout::Make(kind, s.seq_len, int(stage_devices(i)), &lay);
+    RW_REQUIRE(st.ok(), at << "." << st.message() << " (ring of " << stage_devices(i) << ", ring.layout = "
                            << ring.layout << ")");
     RW_REQUIRE(s.seq_len <= model.max_position_embeddings,
                at << ".seq_len: " << s.seq_len << " exceeds model.max_position_embeddings " << model.max_position_embeddings);

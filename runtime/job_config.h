@@ -18,6 +18,7 @@ struct StageConfig {
   double rope_theta = 10000;  // RoPE base for this stage (LWM raises it with the context)
   int64_t steps = 100;        // optimizer steps in this stage
   int64_t batch = 1;          // sequences per step (the global batch)
+  int64_t devices = 0;        // ring size of this stage; 0: ring.devices. A change re-forms the ring.
 };
 
 struct RingConfig {
@@ -48,6 +49,8 @@ struct JobConfig {
   std::vector<StageConfig> stages;
   CheckpointConfig checkpoint;
   int64_t total_steps() const;
+  int64_t stage_devices(size_t i) const { return stages[i].devices > 0 ? stages[i].devices : ring.devices; }
+  int64_t stage_end_step(size_t i) const;  // global step number of stage i's last step
   Status Validate() const;
 };
 

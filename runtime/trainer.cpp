@@ -44,7 +44,7 @@ Status TrainRank(Transport& t, const JobConfig& job, const std::function<void(co
                  TrainResult* result, const TrainControl& control) {
   RW_RETURN_IF_ERROR(job.Validate());
   const int R = t.size(), rank = t.rank();
-  RW_REQUIRE(R == job.ring.devices, "ring.devices: the job asks for " << job.ring.devices << " ranks, the ring has " << R);
+  // The ring must be the size of the stage it resumes into (a driver re-forms it at stage changes).
   ModelConfig model = job.model;
   const ParamTable table(model);
   std::vector<float> params(table.total()), grads(table.total());
@@ -52,7 +52,7 @@ Status TrainRank(Transport& t, const JobConfig& job, const std::function<void(co
   const int threads =
       int(job.ring.threads_per_device > 0
               ? job.ring.threads_per_device
-              : std::max<int64_t>(1, int64_t(std::thread::hardware_concurrency()) / job.ring.devices));
+              : std::max<int64_t>(1, int64_t(std::thread::hardware_concurrency()) / R));
   AdamW opt(job.optimizer, table, threads);
   LayoutKind kind;
   RW_RETURN_IF_ERROR(ParseLayout(job.ring.layout, &kind));
@@ -104,6 +104,12 @@ Status TrainRank(Transport& t, const JobConfig& job, const std::function<void(co
   for (size_t si = 0; si < job.stages.size(); ++si) {
     const StageConfig& stage = job.stages[si];
     model.rope_theta = stage.rope_theta;
+    if (step + stage.steps <= res.resumed_from) {  // a stage done before the checkpoint
+      step += stage.steps;
+      continue;
+    }
+    RW_REQUIRE(R == job.stage_devices(si), "stages[" << si << "]: the stage runs on a ring of " << job.stage_devices(si)
+                                                     << ", this ring has " << R << " (re-form it at the stage change)");
     Layout layout;
     RW_RETURN_IF_ERROR(Layout::Make(kind, stage.seq_len, R, &layout));
     for (int64_t k = 0; k < stage.steps; ++k) {

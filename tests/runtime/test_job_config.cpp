@@ -63,6 +63,10 @@ TEST(JobConfig, EveryBadCaseNamesItsKey) {
       {base, {"stages.5.steps=1"}, "--set stages.5.steps: the job has 2 stages"},
       {base, {"lr"}, "--set: 'lr' is not key=value"},
       {base, {"optimizer.schedule=linear"}, "optimizer.schedule"},
+      {base, {"stages.1.devices=3"}, "stages[1].seq_len"},      // 128 rows do not split into 6 zigzag chunks
+      {base, {"stages.0.devices=-1"}, "stages[0].devices"},
+      {base, {"remat=sometimes"}, "remat"},
+      {base, {"loss.weighting=by_vibes"}, "loss.weighting"},
   };
   for (const auto& c : cases) {
     JobConfig job;
