@@ -4,7 +4,9 @@
 
 #include "actors/device_actor.h"
 #include "cli/train.h"
+#include "runtime/checkpoint.h"
 #include "runtime/dataset.h"
+#include "runtime/generate.h"
 
 namespace rw::cli {
 
@@ -66,6 +68,39 @@ int DataPrepare(const std::vector<std::string>& inputs, const std::string& outpu
   }
   std::printf("{\"documents\": %lld, \"tokens\": %lld, \"skipped\": %lld, \"output\": \"%s\"}\n",
               (long long)rep.documents, (long long)rep.tokens, (long long)rep.skipped, output.c_str());
+  return 0;
+}
+
+int Generate(const std::string& checkpoint, const std::string& prompt, int64_t max_tokens, double temperature,
+             int64_t top_k, double top_p, uint64_t seed) {
+  runtime::ModelConfig c;
+  auto st = runtime::ReadHfConfig(checkpoint + "/config.json", &c);
+  if (!st.ok()) {
+    std::fprintf(stderr, "ringworld generate: --checkpoint: %s\n", st.message().c_str());
+    return 2;
+  }
+  const runtime::ParamTable table(c);
+  std::vector<float> params(table.total());
+  st = runtime::LoadWeights(checkpoint, table, params.data());
+  if (!st.ok()) {
+    std::fprintf(stderr, "ringworld generate: --checkpoint: %s\n", st.message().c_str());
+    return 2;
+  }
+  if (c.vocab_size < runtime::ByteTokenizer::kVocab) {
+    std::fprintf(stderr, "ringworld generate: the model's vocabulary (%lld) is not the byte tokenizer's\n",
+                 (long long)c.vocab_size);
+    return 2;
+  }
+  std::vector<int32_t> ids = runtime::ByteTokenizer::Encode(prompt);
+  ids.pop_back();  // no EOS: the model continues the prompt
+  std::vector<int32_t> out;
+  runtime::SamplingConfig s{temperature, top_k, top_p, seed};
+  st = runtime::Generate(c, table, params.data(), ids, s, max_tokens, runtime::ByteTokenizer::kEos, &out);
+  if (!st.ok()) {
+    std::fprintf(stderr, "ringworld generate: %s\n", st.message().c_str());
+    return 2;
+  }
+  std::printf("%s%s\n", prompt.c_str(), runtime::ByteTokenizer::Decode(out).c_str());
   return 0;
 }
 

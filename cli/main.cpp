@@ -33,6 +33,18 @@ int main(int argc, char** argv) {
   eval->add_option("--ring", ring, "devices in the ring (in this process)");
   eval->add_option("--layout", layout, "contiguous | zigzag | striped");
   eval->add_option("--seq-len", seq_len, "tokens per sequence");
+  std::string gen_ckpt, prompt;
+  int64_t max_tokens = 64, top_k = 0;
+  double temperature = 0, top_p = 1.0;
+  uint64_t gen_seed = 1;
+  auto* gen = app.add_subcommand("generate", "continue a prompt (byte tokenizer), greedy or sampled");
+  gen->add_option("--checkpoint", gen_ckpt, "checkpoint directory")->required();
+  gen->add_option("--prompt", prompt, "text to continue")->required();
+  gen->add_option("--max-tokens", max_tokens, "tokens to generate (stops at EOS)");
+  gen->add_option("--temperature", temperature, "0: greedy");
+  gen->add_option("--top-k", top_k, "keep the k most likely tokens (0: all)");
+  gen->add_option("--top-p", top_p, "nucleus sampling mass");
+  gen->add_option("--seed", gen_seed, "sampling seed");
   std::vector<std::string> inputs;
   std::string output, tokenizer = "bytes";
   bool skip_bad = false;
@@ -45,6 +57,7 @@ int main(int argc, char** argv) {
   prepare->add_flag("--skip-bad", skip_bad, "count and skip bad records instead of failing");
   CLI11_PARSE(app, argc, argv);
   if (*host) return rw::cli::DeviceHost(host_devices, port_file);
+  if (*gen) return rw::cli::Generate(gen_ckpt, prompt, max_tokens, temperature, top_k, top_p, gen_seed);
   if (*eval) return rw::cli::Eval(checkpoint, data, ring, layout, seq_len);
   if (*prepare) return rw::cli::DataPrepare(inputs, output, tokenizer, skip_bad);
   if (*train) {

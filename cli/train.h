@@ -14,6 +14,8 @@ int Train(const std::string& job_path, std::vector<std::string> overrides, bool 
 // Hosts n device actors for another process, published on 127.0.0.1; writes the port to port_file.
 int DeviceHost(int n, const std::string& port_file);
 int Eval(const std::string& checkpoint, const std::string& data, int ring, const std::string& layout, int64_t seq_len);
+int Generate(const std::string& checkpoint, const std::string& prompt, int64_t max_tokens, double temperature,
+             int64_t top_k, double top_p, uint64_t seed);
 int DataPrepare(const std::vector<std::string>& inputs, const std::string& output, const std::string& tokenizer,
                 bool skip_bad);
 

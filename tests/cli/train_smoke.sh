@@ -65,6 +65,13 @@ total=$(wc -l < "$out/p/metrics.jsonl")
 [ "$total" -eq 64 ] || { echo "FAIL: $total metrics lines after resume, expected 64 (appended)"; exit 1; }
 [ "$first" -eq $((stopped + 1)) ] || { echo "FAIL: resumed run started at step $first"; exit 1; }
 echo "preempted after step $stopped (exit 75), resumed at step $first"
+# generate from the trained checkpoint: greedy is deterministic and continues the prompt.
+g1=$("$bin" generate --checkpoint "$out/ck/step-44" --prompt "abc|" --max-tokens 8)
+g2=$("$bin" generate --checkpoint "$out/ck/step-44" --prompt "abc|" --max-tokens 8)
+[ "$g1" = "$g2" ] && [ "${g1:0:4}" = "abc|" ] || { echo "FAIL: generate: '$g1' vs '$g2'"; exit 1; }
+"$bin" generate --checkpoint "$out/ck/step-44" --prompt "abc|" --temperature 0.8 --top-k 5 --top-p 0.9 > /dev/null
+echo "generate: '$g1'"
+
 # --processes: every device in its own process, the ring over UCX; the same numbers as in-process.
 short=(--set checkpoint.dir= --set stages.0.steps=6 --set stages.1.steps=1)
 "$bin" train "$cfg" --set output_dir="$out/in" "${short[@]}" > /dev/null

@@ -1,0 +1,124 @@
+#include "runtime/generate.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#include "kernels/attention.h"
+#include "runtime/rng.h"
+
+namespace rw::runtime {
+
+Status SamplingConfig::Validate() const {
+  RW_REQUIRE(std::isfinite(temperature) && temperature >= 0, "--temperature: must be >= 0, got " << temperature);
+  RW_REQUIRE(top_k >= 0, "--top-k: must be >= 0, got " << top_k);
+  RW_REQUIRE(top_p > 0 && top_p <= 1, "--top-p: must be in (0, 1], got " << top_p);
+  return Status::Ok();
+}
+
+Decoder::Decoder(const ModelConfig& c, const ParamTable& t, const float* params, int num_threads)
+    : c_(c), t_(t), p_(params), ex_{kernels::Device::kCpu, num_threads}, k_cache_(c.num_hidden_layers),
+      v_cache_(c.num_hidden_layers) {}
+
+Status Decoder::Step(int32_t token, std::vector<float>* logits) {
+  RW_REQUIRE(token >= 0 && token < c_.vocab_size, "token: id " << token << " outside the vocabulary");
+  const int64_t E = c_.hidden_size, F = c_.intermediate_size, H = c_.num_attention_heads,
+                HKV = c_.num_key_value_heads, D = c_.head_dim();
+  std::vector<float> x(E), h(E), q(H * D), k(HKV * D), v(HKV * D), attn(H * D), o(E), rstd(1), lse(H);
+  std::copy_n(p_ + t_.embed + size_t(token) * E, E, x.begin());
+  const int64_t pos = pos_;
+  for (int64_t l = 0; l < c_.num_hidden_layers; ++l) {
+    const auto& L = t_.layers[l];
+    RW_RETURN_IF_ERROR(kernels::RmsNormForward(ex_, 1, E, x.data(), p_ + L.in_norm, c_.rms_norm_eps, h.data(), rstd.data()));
+    RW_RETURN_IF_ERROR(kernels::LinearForward(ex_, 1, E, H * D, h.data(), p_ + L.q, q.data()));
+    RW_RETURN_IF_ERROR(kernels::LinearForward(ex_, 1, E, HKV * D, h.data(), p_ + L.k, k.data()));
+    RW_RETURN_IF_ERROR(kernels::LinearForward(ex_, 1, E, HKV * D, h.data(), p_ + L.v, v.data()));
+    RW_RETURN_IF_ERROR(kernels::Rope(ex_, 1, H, D, kernels::Dense3(q.data(), H, D), kernels::Dense3(q.data(), H, D), &pos,
+                                     c_.rope_theta, false));
+    RW_RETURN_IF_ERROR(kernels::Rope(ex_, 1, HKV, D, kernels::Dense3(k.data(), HKV, D), kernels::Dense3(k.data(), HKV, D),
+                                     &pos, c_.rope_theta, false));
+    auto& kc = k_cache_[l];
+    auto& vc = v_cache_[l];
+    kc.insert(kc.end(), k.begin(), k.end());
+    vc.insert(vc.end(), v.begin(), v.end());
+    kernels::AttentionParams a;
+    a.device = kernels::Device::kCpu;
+    a.sq = 1;
+    a.sk = pos + 1;
+    a.hq = H;
+    a.hkv = HKV;
+    a.d = D;
+    a.causal = true;  // the new row sits at `pos` and sees keys 0..pos
+    a.q_tok.offset = pos;
+    a.q = kernels::Dense3(q.data(), H, D);
+    a.k = kernels::Dense3(kc.data(), HKV, D);
+    a.v = kernels::Dense3(vc.data(), HKV, D);
+    a.o = kernels::Dense3(attn.data(), H, D);
+    a.lse = lse.data();
+    a.num_threads = ex_.num_threads;
+    RW_RETURN_IF_ERROR(kernels::AttentionForward(a));
+    RW_RETURN_IF_ERROR(kernels::LinearForward(ex_, 1, H * D, E, attn.data(), p_ + L.o, o.data()));
+    for (int64_t i = 0; i < E; ++i) x[i] += o[i];
+    RW_RETURN_IF_ERROR(
+        kernels::RmsNormForward(ex_, 1, E, x.data(), p_ + L.post_norm, c_.rms_norm_eps, h.data(), rstd.data()));
+    RW_RETURN_IF_ERROR(kernels::FfnForward(ex_, 1, E, F, h.data(), {p_ + L.gate, p_ + L.up, p_ + L.down}, o.data()));
+    for (int64_t i = 0; i < E; ++i) x[i] += o[i];
+  }
+  RW_RETURN_IF_ERROR(
+      kernels::RmsNormForward(ex_, 1, E, x.data(), p_ + t_.final_norm, c_.rms_norm_eps, h.data(), rstd.data()));
+  logits->resize(c_.vocab_size);
+  RW_RETURN_IF_ERROR(kernels::LinearForward(ex_, 1, E, c_.vocab_size, h.data(), p_ + t_.lm_head, logits->data()));
+  ++pos_;
+  return Status::Ok();
+}
+
+int32_t Sample(const std::vector<float>& logits, const SamplingConfig& s, uint64_t* rng) {
+  const int64_t V = int64_t(logits.size());
+  if (s.temperature == 0) return int32_t(std::max_element(logits.begin(), logits.end()) - logits.begin());
+  std::vector<int32_t> order(V);
+  std::iota(order.begin(), order.end(), 0);
+  std::sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return logits[a] > logits[b]; });
+  const int64_t keep_k = s.top_k > 0 ? std::min<int64_t>(s.top_k, V) : V;
+  std::vector<double> prob(keep_k);
+  double total = 0;
+  for (int64_t i = 0; i < keep_k; ++i) total += prob[i] = std::exp((logits[order[i]] - logits[order[0]]) / s.temperature);
+  int64_t keep = keep_k;  // nucleus: the smallest prefix holding top_p of the mass
+  double mass = 0;
+  for (int64_t i = 0; i < keep_k; ++i) {
+    mass += prob[i] / total;
+    if (mass >= s.top_p) {
+      keep = i + 1;
+      break;
+    }
+  }
+  double sum = 0;
+  for (int64_t i = 0; i < keep; ++i) sum += prob[i];
+  *rng = Mix(*rng);
+  double u = double(*rng >> 11) / 9007199254740992.0 * sum;
+  for (int64_t i = 0; i < keep; ++i) {
+    u -= prob[i];
+    if (u <= 0) return order[i];
+  }
+  return order[keep - 1];
+}
+
+Status Generate(const ModelConfig& c, const ParamTable& t, const float* params, const std::vector<int32_t>& prompt,
+                const SamplingConfig& s, int64_t max_tokens, int32_t eos, std::vector<int32_t>* out) {
+  RW_RETURN_IF_ERROR(s.Validate());
+  RW_REQUIRE(!prompt.empty(), "--prompt: empty");
+  RW_REQUIRE(max_tokens >= 0, "--max-tokens: must be >= 0, got " << max_tokens);
+  Decoder dec(c, t, params);
+  std::vector<float> logits;
+  for (int32_t tok : prompt) RW_RETURN_IF_ERROR(dec.Step(tok, &logits));
+  uint64_t rng = s.seed;
+  out->clear();
+  for (int64_t i = 0; i < max_tokens; ++i) {
+    const int32_t next = Sample(logits, s, &rng);
+    out->push_back(next);
+    if (next == eos) break;
+    RW_RETURN_IF_ERROR(dec.Step(next, &logits));
+  }
+  return Status::Ok();
+}
+
+}  // namespace rw::runtime

@@ -1,0 +1,43 @@
+// Decoding with a key/value cache on one device: each new token runs one row through every layer,
+// attending to the cached keys and values of all earlier tokens.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "runtime/model.h"
+
+namespace rw::runtime {
+
+struct SamplingConfig {
+  double temperature = 0;  // 0: greedy
+  int64_t top_k = 0;       // 0: no top-k cut
+  double top_p = 1.0;      // nucleus: smallest set of tokens with this much probability
+  uint64_t seed = 1;
+  Status Validate() const;
+};
+
+class Decoder {
+ public:
+  Decoder(const ModelConfig& c, const ParamTable& t, const float* params, int num_threads = 1);
+  // Feeds one token at the next position; fills `logits` (vocab) for the token after it.
+  Status Step(int32_t token, std::vector<float>* logits);
+  int64_t position() const { return pos_; }
+
+ private:
+  const ModelConfig& c_;
+  const ParamTable& t_;
+  const float* p_;
+  kernels::Exec ex_;
+  int64_t pos_ = 0;
+  std::vector<std::vector<float>> k_cache_, v_cache_;  // per layer, (T, Hkv, D), grown per token
+};
+
+// Picks the next token from logits under the sampling settings (rng state carried by the caller).
+int32_t Sample(const std::vector<float>& logits, const SamplingConfig& s, uint64_t* rng_state);
+
+// Prompt in, up to max_tokens generated (stops after eos if eos >= 0).
+Status Generate(const ModelConfig& c, const ParamTable& t, const float* params, const std::vector<int32_t>& prompt,
+                const SamplingConfig& s, int64_t max_tokens, int32_t eos, std::vector<int32_t>* out);
+
+}  // namespace rw::runtime
