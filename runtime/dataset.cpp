@@ -214,13 +214,8 @@ Dataset& Dataset::operator=(Dataset&& o) noexcept {
 }
 
 namespace {
-// Appends document i (truncated to the room left) to p; returns false when no pair fits.
-bool Append(const Dataset& d, int64_t i, int64_t seq_len, int32_t doc, PackedSequence& p) {
-  const int64_t room = seq_len - int64_t(p.tokens.size());
-  const int64_t take = std::min(room, d.doc_len(i));
-  if (take < 2) return false;
-  const int32_t* t = d.doc_tokens(i);
-  const uint8_t* m = d.doc_modality(i);
+// Appends `take` tokens of a document (with their targets inside it) to p as document `doc`.
+void AppendRows(const int32_t* t, const uint8_t* m, int64_t take, int32_t doc, PackedSequence& p) {
   for (int64_t k = 0; k < take; ++k) {
     p.tokens.push_back(t[k]);
     p.segments.push_back(doc);
@@ -229,6 +224,13 @@ bool Append(const Dataset& d, int64_t i, int64_t seq_len, int32_t doc, PackedSeq
     p.weights.push_back(k + 1 < take ? 1.f : 0.f);
     p.modality.push_back(k + 1 < take ? m[k + 1] : 0);
   }
+}
+
+// Appends document i (truncated to the room left) to p; returns false when no pair fits.
+bool Append(const Dataset& d, int64_t i, int64_t seq_len, int32_t doc, PackedSequence& p) {
+  const int64_t take = std::min(seq_len - int64_t(p.tokens.size()), d.doc_len(i));
+  if (take < 2) return false;
+  AppendRows(d.doc_tokens(i), d.doc_modality(i), take, doc, p);
   return true;
 }
 void Pad(int64_t seq_len, PackedSequence& p) {
@@ -259,16 +261,7 @@ std::vector<PackedSequence> Dataset::PackAll(int64_t seq_len) const {
         doc = 0;
         continue;
       }
-      const int32_t* t = doc_tokens(i) + start;
-      const uint8_t* m = doc_modality(i) + start;
-      for (int64_t k = 0; k < take; ++k) {
-        cur.tokens.push_back(t[k]);
-        cur.segments.push_back(doc);
-        cur.positions.push_back(k);
-        cur.targets.push_back(k + 1 < take ? t[k + 1] : -1);
-        cur.weights.push_back(k + 1 < take ? 1.f : 0.f);
-        cur.modality.push_back(k + 1 < take ? m[k + 1] : 0);
-      }
+      AppendRows(doc_tokens(i) + start, doc_modality(i) + start, take, doc, cur);
       ++doc;
       start += take;
     }
