@@ -21,6 +21,8 @@ std::shared_ptr<runtime::InprocFabric> FabricFor(uint64_t job, uint32_t epoch, i
   static std::mutex mu;
   static std::map<std::pair<uint64_t, uint32_t>, std::weak_ptr<runtime::InprocFabric>> fabrics;
   std::lock_guard<std::mutex> lock(mu);
+  for (auto it = fabrics.begin(); it != fabrics.end();)  // forget rings nobody holds any more
+    it = it->second.expired() ? fabrics.erase(it) : std::next(it);
   auto& slot = fabrics[{job, epoch}];
   auto f = slot.lock();
   if (!f || f->size() != size) {
