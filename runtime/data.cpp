@@ -1,5 +1,6 @@
 #include "runtime/rng.h"
 
+#include <algorithm>
 #include <fstream>
 #include "runtime/data.h"
 
@@ -21,7 +22,29 @@ std::vector<int32_t> CopyDocument(const DataConfig& d, Stream& s) {
   return ByteTokenizer::Encode(text + "|" + text);
 }
 
+const char* const kCities[] = {"Chicago", "Yangon", "Antananarivo", "Colombo", "Almaty", "Sydney", "Lima",
+                               "Mumbai", "Cairo", "Oslo", "Quito", "Dakar", "Hanoi", "Tbilisi", "Lagos", "Porto"};
+const char* const kFiller[] = {"The grass is green. ", "The sky is blue. ", "The sun is yellow. ", "Here we go. ",
+                               "There and back again. "};
+
 }  // namespace
+
+NeedleDocument MakeNeedle(uint64_t seed, int64_t length, double depth) {
+  Stream s{Mix(seed)};
+  const std::string city = kCities[s.Uniform(0, 15)];
+  std::string digits;
+  for (int i = 0; i < 7; ++i) digits += char('0' + s.Uniform(0, 9));
+  const std::string needle = "The special magic " + city + " number is: " + digits + ". ";
+  const std::string question = "What is the special magic " + city + " number? The special magic " + city +
+                               " number is: ";
+  // Haystack bytes so that BOS + haystack-with-needle + question + answer fills `length` tokens.
+  const int64_t fixed = 1 + int64_t(needle.size() + question.size() + digits.size());
+  std::string hay;
+  while (int64_t(hay.size()) < std::max<int64_t>(0, length - fixed)) hay += kFiller[s.Uniform(0, 4)];
+  hay.resize(size_t(std::max<int64_t>(0, length - fixed)));
+  const size_t at = size_t(std::clamp(depth, 0.0, 1.0) * double(hay.size()));
+  return {hay.substr(0, at) + needle + hay.substr(at) + question, digits};
+}
 
 std::vector<int32_t> ByteTokenizer::Encode(const std::string& text) {
   std::vector<int32_t> ids{kBos};
@@ -45,7 +68,7 @@ Status DataConfig::Validate() const {
     RW_REQUIRE(meta.good(), "data.path: " << path << " is not a prepared dataset (run ringworld data prepare)");
     return Status::Ok();
   }
-  RW_REQUIRE(task == "copy", "data.task: '" << task << "' is not a synthetic task (copy)");
+  RW_REQUIRE(task == "copy" || task == "needle", "data.task: '" << task << "' is not a synthetic task (copy, needle)");
   RW_REQUIRE(min_len >= 1 && max_len >= min_len,
              "data.min_len/max_len: need 1 <= min_len <= max_len, got " << min_len << ", " << max_len);
   return Status::Ok();
@@ -59,7 +82,13 @@ std::vector<PackedSequence> GlobalBatch(const DataConfig& d, uint64_t seed, int6
     PackedSequence& p = out[b];
     int32_t doc = 0;
     while (int64_t(p.tokens.size()) < seq_len) {
-      const std::vector<int32_t> ids = CopyDocument(d, s);
+      std::vector<int32_t> ids;
+      if (d.task == "needle") {  // a haystack length and a depth drawn per document
+        const NeedleDocument n = MakeNeedle(s.Next(), s.Uniform(d.min_len, d.max_len), double(s.Uniform(0, 1000)) / 1000);
+        ids = ByteTokenizer::Encode(n.prompt + n.answer);
+      } else {
+        ids = CopyDocument(d, s);
+      }
       const int64_t room = seq_len - int64_t(p.tokens.size());
       const int64_t take = std::min<int64_t>(room, int64_t(ids.size()));
       if (take < 2) break;  // a document needs at least one (token, target) pair

@@ -27,10 +27,19 @@ struct ByteTokenizer {
 struct DataConfig {
   std::string source = "synthetic";  // synthetic | files (a directory made by `ringworld data prepare`)
   std::string path;                  // files: the dataset directory
-  std::string task = "copy";         // copy: "<random letters>|<the same letters>"
-  int64_t min_len = 4, max_len = 24;  // of the copied string
+  std::string task = "copy";         // copy | needle (see NeedleDocument)
+  int64_t min_len = 4, max_len = 24;  // copy: of the copied string; needle: of the haystack, in tokens
   Status Validate() const;
 };
+
+// LWM's needle retrieval, byte tokens: filler text with "The special magic {city} number is: {7 digits}."
+// hidden at `depth` (0 = start, 1 = end), then the question "What is the special magic {city} number?"
+// and the answer. `length` is the document's length in tokens (the answer included).
+struct NeedleDocument {
+  std::string prompt;  // everything up to and including "The special magic {city} number is: "
+  std::string answer;  // the 7 digits
+};
+NeedleDocument MakeNeedle(uint64_t seed, int64_t length, double depth);
 
 // One packed sequence of the global batch.
 struct PackedSequence {

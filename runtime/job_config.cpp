@@ -41,7 +41,7 @@ const std::vector<Setting<JobConfig>>& JobTable() {
        RW_FIELD(JobConfig, int64_t, j.model.max_position_embeddings)},
       {"data.source", "synthetic | files", RW_FIELD(JobConfig, std::string, j.data.source)},
       {"data.path", "files: the directory made by ringworld data prepare", RW_FIELD(JobConfig, std::string, j.data.path)},
-      {"data.task", "synthetic task: copy", RW_FIELD(JobConfig, std::string, j.data.task)},
+      {"data.task", "synthetic task: copy | needle", RW_FIELD(JobConfig, std::string, j.data.task)},
       {"data.min_len", "shortest synthetic string", RW_FIELD(JobConfig, int64_t, j.data.min_len)},
       {"data.max_len", "longest synthetic string", RW_FIELD(JobConfig, int64_t, j.data.max_len)},
       {"loss.weighting", "per_token | per_modality", RW_FIELD(JobConfig, std::string, j.loss.weighting)},

@@ -223,3 +223,29 @@ TEST(InitFrom, ShardedHuggingFaceWeightsLoadAndMismatchesAreNamed) {
 
 }  // namespace
 }  // namespace rw::runtime
+
+namespace rw::runtime {
+namespace {
+
+TEST(Needle, DocumentsHaveTheRequestedLengthDepthAndAnswer) {
+  for (int64_t length : {200, 1000, 4000})
+    for (double depth : {0.0, 0.5, 1.0}) {
+      const NeedleDocument n = MakeNeedle(uint64_t(length) * 7 + uint64_t(depth * 10), length, depth);
+      const auto ids = ByteTokenizer::Encode(n.prompt + n.answer);
+      EXPECT_EQ(int64_t(ids.size()), length + 1) << "BOS + text + EOS";  // length counts BOS, not EOS
+      ASSERT_EQ(n.answer.size(), 7u);
+      for (char ch : n.answer) EXPECT_TRUE(ch >= '0' && ch <= '9');
+      const auto needle = n.prompt.find("The special magic ");
+      const auto question = n.prompt.rfind("What is the special magic ");
+      ASSERT_NE(needle, std::string::npos);
+      ASSERT_NE(question, std::string::npos);
+      EXPECT_NE(n.prompt.find(" number is: " + n.answer + ". "), std::string::npos) << "the needle holds the answer";
+      const size_t needle_len = n.prompt.find(". ", needle) + 2 - needle;
+      const double at = double(needle) / double(question - needle_len);  // share of the haystack before it
+      EXPECT_NEAR(at, depth, 0.05) << "length " << length << " depth " << depth;
+    }
+  std::printf("  e.g. ...%s\n", MakeNeedle(1, 120, 0.5).prompt.substr(0, 160).c_str());
+}
+
+}  // namespace
+}  // namespace rw::runtime
