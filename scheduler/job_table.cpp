@@ -1,0 +1,193 @@
+#include "scheduler/job_table.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <nlohmann/json.hpp>
+
+namespace rw::scheduler {
+namespace {
+
+using storage::Table;
+
+bool Allowed(JobState from, JobState to) {
+  switch (from) {
+    case JobState::kQueued: return to == JobState::kRunning || to == JobState::kCancelled;
+    case JobState::kRunning:
+      return to == JobState::kSucceeded || to == JobState::kFailed || to == JobState::kCancelled ||
+             to == JobState::kPreempted;
+    case JobState::kPreempted: return to == JobState::kQueued || to == JobState::kCancelled;
+    default: return false;  // terminal
+  }
+}
+
+std::string EventKey(const std::string& job, int64_t seq) {
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "/%012lld", (long long)seq);  // zero-padded: key order is event order
+  return job + buf;
+}
+
+}  // namespace
+
+const char* JobStateName(JobState s) {
+  switch (s) {
+    case JobState::kQueued: return "QUEUED";
+    case JobState::kRunning: return "RUNNING";
+    case JobState::kSucceeded: return "SUCCEEDED";
+    case JobState::kFailed: return "FAILED";
+    case JobState::kCancelled: return "CANCELLED";
+    case JobState::kPreempted: return "PREEMPTED";
+  }
+  return "UNKNOWN";
+}
+
+bool ParseJobState(const std::string& name, JobState* out) {
+  for (JobState s : {JobState::kQueued, JobState::kRunning, JobState::kSucceeded, JobState::kFailed,
+                     JobState::kCancelled, JobState::kPreempted})
+    if (name == JobStateName(s)) {
+      *out = s;
+      return true;
+    }
+  return false;
+}
+
+std::string JobTable::Encode(const JobRecord& r) {
+  return nlohmann::json{{"id", r.id},
+                        {"name", r.name},
+                        {"spec", r.spec},
+                        {"priority", r.priority},
+                        {"state", JobStateName(r.state)},
+                        {"submitted_seq", r.submitted_seq},
+                        {"idempotency_key", r.idempotency_key},
+                        {"message", r.message}}
+      .dump();
+}
+
+Status JobTable::Decode(const std::string& text, JobRecord* r) {
+  try {
+    const auto j = nlohmann::json::parse(text);
+    r->id = j.at("id");
+    r->name = j.at("name");
+    r->spec = j.at("spec");
+    r->priority = j.at("priority");
+    r->submitted_seq = j.at("submitted_seq");
+    r->idempotency_key = j.at("idempotency_key");
+    r->message = j.at("message");
+    RW_REQUIRE(ParseJobState(j.at("state"), &r->state), "state store: job " << r->id << " has an unknown state");
+  } catch (const nlohmann::json::exception& e) {
+    return Status::Error(std::string("state store: a job record is not readable: ") + e.what());
+  }
+  return Status::Ok();
+}
+
+Status JobTable::Open(storage::StateStore* store, std::unique_ptr<JobTable>* out) {
+  std::unique_ptr<JobTable> t(new JobTable(store));
+  std::vector<std::pair<std::string, std::string>> rows;
+  RW_RETURN_IF_ERROR(store->GetAll(Table::kJobs, &rows));
+  for (const auto& [key, value] : rows) {
+    JobRecord r;
+    RW_RETURN_IF_ERROR(Decode(value, &r));
+    t->next_job_ = std::max(t->next_job_, r.submitted_seq + 1);
+    if (!r.idempotency_key.empty()) t->by_key_[r.idempotency_key] = r.id;
+    t->jobs_[r.id] = std::move(r);
+  }
+  RW_RETURN_IF_ERROR(store->GetAll(Table::kJobEvents, &rows));
+  for (const auto& [key, value] : rows) {
+    const auto slash = key.rfind('/');
+    if (slash != std::string::npos) t->next_event_ = std::max<int64_t>(t->next_event_, std::atoll(key.c_str() + slash + 1) + 1);
+  }
+  *out = std::move(t);
+  return Status::Ok();
+}
+
+Status JobTable::Submit(const std::string& name, const std::string& spec, int64_t priority,
+                        const std::string& idempotency_key, JobRecord* out) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!idempotency_key.empty()) {
+    auto it = by_key_.find(idempotency_key);
+    if (it != by_key_.end()) {
+      *out = jobs_.at(it->second);
+      return Status::Ok();
+    }
+  }
+  JobRecord r;
+  char id[32];
+  std::snprintf(id, sizeof(id), "job-%06lld", (long long)next_job_);
+  r.id = id;
+  r.name = name;
+  r.spec = spec;
+  r.priority = priority;
+  r.submitted_seq = next_job_;
+  r.idempotency_key = idempotency_key;
+  r.message = "submitted";
+  storage::Batch b;
+  b.Put(Table::kJobs, r.id, Encode(r));
+  b.Put(Table::kJobEvents, EventKey(r.id, next_event_),
+        nlohmann::json{{"from", ""}, {"to", "QUEUED"}, {"message", "submitted"}}.dump());
+  RW_RETURN_IF_ERROR(store_->Write(b));  // persisted (synced) before anyone is told
+  ++next_job_;
+  ++next_event_;
+  if (!idempotency_key.empty()) by_key_[idempotency_key] = r.id;
+  jobs_[r.id] = r;
+  *out = r;
+  return Status::Ok();
+}
+
+Status JobTable::Transition(const std::string& id, JobState to, const std::string& message) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = jobs_.find(id);
+  RW_REQUIRE(it != jobs_.end(), "job " << id << ": no such job");
+  const JobState from = it->second.state;
+  RW_REQUIRE(Allowed(from, to), "job " << id << ": cannot go from " << JobStateName(from) << " to " << JobStateName(to));
+  JobRecord next = it->second;
+  next.state = to;
+  next.message = message;
+  storage::Batch b;
+  b.Put(Table::kJobs, id, Encode(next));
+  b.Put(Table::kJobEvents, EventKey(id, next_event_),
+        nlohmann::json{{"from", JobStateName(from)}, {"to", JobStateName(to)}, {"message", message}}.dump());
+  RW_RETURN_IF_ERROR(store_->Write(b));
+  ++next_event_;
+  it->second = std::move(next);
+  return Status::Ok();
+}
+
+Status JobTable::Get(const std::string& id, JobRecord* out) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = jobs_.find(id);
+  RW_REQUIRE(it != jobs_.end(), "job " << id << ": no such job");
+  *out = it->second;
+  return Status::Ok();
+}
+
+std::vector<JobRecord> JobTable::List() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<JobRecord> out;
+  for (const auto& [id, r] : jobs_) out.push_back(r);
+  return out;
+}
+
+bool JobTable::NextQueued(JobRecord* out) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  const JobRecord* best = nullptr;
+  for (const auto& [id, r] : jobs_) {
+    if (r.state != JobState::kQueued) continue;
+    if (!best || r.priority > best->priority || (r.priority == best->priority && r.submitted_seq < best->submitted_seq))
+      best = &r;
+  }
+  if (best) *out = *best;
+  return best != nullptr;
+}
+
+Status JobTable::Events(const std::string& id, std::vector<JobEvent>* out) const {
+  std::vector<std::pair<std::string, std::string>> rows;
+  RW_RETURN_IF_ERROR(store_->GetAll(Table::kJobEvents, &rows));
+  out->clear();
+  for (const auto& [key, value] : rows) {
+    if (key.compare(0, id.size() + 1, id + "/") != 0) continue;
+    const auto j = nlohmann::json::parse(value);
+    out->push_back({std::atoll(key.c_str() + id.size() + 1), id, j.at("from"), j.at("to"), j.at("message")});
+  }
+  return Status::Ok();
+}
+
+}  // namespace rw::scheduler

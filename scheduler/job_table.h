@@ -1,0 +1,73 @@
+// The daemon's job table: job records and their state machine over the state store.
+//
+//   QUEUED -> RUNNING -> SUCCEEDED | FAILED | CANCELLED
+//   RUNNING -> PREEMPTED -> QUEUED (resume);  QUEUED -> CANCELLED;  PREEMPTED -> CANCELLED
+//
+// Every transition is written (job record + an event, one synced batch) before it returns, so the caller
+// may acknowledge it; an illegal transition is refused and changes nothing. At start the table is rebuilt
+// from the store. Submissions carry an optional idempotency key: a retried submission returns the job the
+// first one made.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "storage/state_store.h"
+
+namespace rw::scheduler {
+
+using kernels::Status;
+
+enum class JobState { kQueued, kRunning, kSucceeded, kFailed, kCancelled, kPreempted };
+const char* JobStateName(JobState s);
+bool ParseJobState(const std::string& name, JobState* out);
+
+struct JobRecord {
+  std::string id;              // job-000001, ...
+  std::string name;
+  std::string spec;            // the job file's text
+  int64_t priority = 0;        // higher runs first
+  JobState state = JobState::kQueued;
+  int64_t submitted_seq = 0;   // FIFO order among equal priorities
+  std::string idempotency_key;
+  std::string message;         // why the last transition happened
+};
+
+struct JobEvent {
+  int64_t seq = 0;
+  std::string job;
+  std::string from, to, message;
+};
+
+class JobTable {
+ public:
+  // Rebuilds the table from the store (jobs, and the sequence counters from the events).
+  static Status Open(storage::StateStore* store, std::unique_ptr<JobTable>* out);
+
+  // Records a new QUEUED job (or returns the existing one for a repeated idempotency key).
+  Status Submit(const std::string& name, const std::string& spec, int64_t priority, const std::string& idempotency_key,
+                JobRecord* out);
+  // Moves a job to `to` if the state machine allows it; the error names the job and both states.
+  Status Transition(const std::string& id, JobState to, const std::string& message);
+
+  Status Get(const std::string& id, JobRecord* out) const;
+  std::vector<JobRecord> List() const;
+  // The next job to run: highest priority, then earliest submitted, among QUEUED.
+  bool NextQueued(JobRecord* out) const;
+  Status Events(const std::string& id, std::vector<JobEvent>* out) const;
+
+ private:
+  explicit JobTable(storage::StateStore* store) : store_(store) {}
+  static std::string Encode(const JobRecord& r);
+  static Status Decode(const std::string& text, JobRecord* r);
+  storage::StateStore* store_;
+  mutable std::mutex mu_;
+  std::map<std::string, JobRecord> jobs_;
+  std::map<std::string, std::string> by_key_;  // idempotency key -> job id
+  int64_t next_job_ = 1, next_event_ = 1;
+};
+
+}  // namespace rw::scheduler
