@@ -281,7 +281,6 @@ int UcxChild(const std::string& mode, int rank, int size, const std::string& dir
   Layout lay;
   if (!Layout::Make(LayoutKind::kZigzag, S * size, size, &lay).ok()) return 1;
   // Each rank makes only its own shard (a real job's rank never holds the whole sequence).
-  Problem mine{S * size, h, d, {}, {}, {}, {}};
   const auto idx = lay.GlobalIndices(rank);
   const int64_t w = h * d;
   std::vector<float> q = Random(S * w, 10 + rank), k = Random(S * w, 20 + rank), v = Random(S * w, 30 + rank),

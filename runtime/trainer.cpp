@@ -116,9 +116,9 @@ Status TrainRank(Transport& t, const JobConfig& job, const std::function<void(co
       ++step;
       if (step <= res.resumed_from) continue;  // done before the checkpoint
       const auto t0 = std::chrono::steady_clock::now();
-      const auto batch = job.data.source == "files" ? files.Batch(job.seed, step, stage.seq_len, stage.batch)
-                                                    : GlobalBatch(job.data, job.seed, step, stage.seq_len, stage.batch);
-      auto weighted = batch;
+      // The global batch, with its loss weights applied in place.
+      auto weighted = job.data.source == "files" ? files.Batch(job.seed, step, stage.seq_len, stage.batch)
+                                                 : GlobalBatch(job.data, job.seed, step, stage.seq_len, stage.batch);
       double scale = 0;
       RW_RETURN_IF_ERROR(ApplyLossWeighting(job.loss, weighted, &scale));
       std::fill(grads.begin(), grads.end(), 0.f);

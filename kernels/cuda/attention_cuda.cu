@@ -27,6 +27,7 @@ namespace rw::kernels::cuda {
 namespace {
 
 constexpr int kBq = 64, kBk = 64, kThreads = 128;
+static_assert(kBq == 64 && kBk == 64, "LoadTokens and TileBounds assume 64-row tiles");
 constexpr float kLog2e = 1.4426950408889634f, kLn2 = 0.6931471805599453f;
 
 struct Bounds {
@@ -38,6 +39,17 @@ __device__ __forceinline__ int64_t TokIndex(const TokenInfo& t, int64_t s) {
   return t.index ? t.index[s] : t.offset + s;
 }
 __device__ __forceinline__ int32_t TokSeg(const TokenInfo& t, int64_t s) { return t.segment ? t.segment[s] : 0; }
+
+// The first 64 threads copy the global index and segment of a tile's rows into smem; rows past n get
+// `pad_idx` and `pad_seg` (a segment no real row has, so the element mask rejects them).
+__device__ __forceinline__ void LoadTokens(const TokenInfo& t, int64_t r0, int n, long long pad_idx, int pad_seg,
+                                           long long* idx, int* seg) {
+  if (threadIdx.x < 64) {
+    const int r = threadIdx.x;
+    idx[r] = r < n ? TokIndex(t, r0 + r) : pad_idx;
+    seg[r] = r < n ? TokSeg(t, r0 + r) : pad_seg;
+  }
+}
 
 // Warp 0 reduces the bounds of the n valid rows of a tile (idx/seg in smem).
 __device__ void TileBounds(const long long* idx, const int* seg, int n, Bounds* out) {
@@ -107,11 +119,7 @@ __global__ void __launch_bounds__(kThreads) ForwardKernel(AttentionParams p, flo
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
 
   LoadTile<T, D>(qs, p.q, q0, nq, h);
-  if (threadIdx.x < kBq) {
-    const int r = threadIdx.x;
-    qidx[r] = r < nq ? TokIndex(p.q_tok, q0 + r) : LLONG_MAX;
-    qseg[r] = r < nq ? TokSeg(p.q_tok, q0 + r) : -1;
-  }
+  LoadTokens(p.q_tok, q0, nq, LLONG_MAX, -1, qidx, qseg);
   __syncthreads();
   if (warp == 0) TileBounds(qidx, qseg, nq, &qb);
 
@@ -131,11 +139,7 @@ __global__ void __launch_bounds__(kThreads) ForwardKernel(AttentionParams p, flo
     const int64_t k0 = int64_t(kt) * kBk;
     const int nk = TileRows(p.sk, k0, kBk);
     __syncthreads();  // everyone is done with the previous tile's smem
-    if (threadIdx.x < kBk) {
-      const int r = threadIdx.x;
-      kidx[r] = r < nk ? TokIndex(p.k_tok, k0 + r) : LLONG_MAX;
-      kseg[r] = r < nk ? TokSeg(p.k_tok, k0 + r) : -2;
-    }
+    LoadTokens(p.k_tok, k0, nk, LLONG_MAX, -2, kidx, kseg);
     __syncthreads();
     if (warp == 0) {
       TileBounds(kidx, kseg, nk, &kb);
@@ -269,11 +273,7 @@ __global__ void __launch_bounds__(kThreads) BackwardKernel(AttentionParams p, fl
 
   LoadTile<T, D>(ks, p.k, k0, nk, hk);
   LoadTile<T, D>(vs, p.v, k0, nk, hk);
-  if (threadIdx.x < kBk) {
-    const int r = threadIdx.x;
-    kidx[r] = r < nk ? TokIndex(p.k_tok, k0 + r) : LLONG_MAX;
-    kseg[r] = r < nk ? TokSeg(p.k_tok, k0 + r) : -2;
-  }
+  LoadTokens(p.k_tok, k0, nk, LLONG_MAX, -2, kidx, kseg);
   __syncthreads();
   if (warp == 0) TileBounds(kidx, kseg, nk, &kb);
 
@@ -290,11 +290,10 @@ __global__ void __launch_bounds__(kThreads) BackwardKernel(AttentionParams p, fl
       const int64_t q0 = int64_t(qt) * kBq;
       const int nq = TileRows(p.sq, q0, kBq);
       __syncthreads();
+      LoadTokens(p.q_tok, q0, nq, LLONG_MIN, -1, qidx, qseg);
       if (threadIdx.x < kBq) {
         const int r = threadIdx.x;
         const bool valid = r < nq;
-        qidx[r] = valid ? TokIndex(p.q_tok, q0 + r) : LLONG_MIN;
-        qseg[r] = valid ? TokSeg(p.q_tok, q0 + r) : -1;
         const float l = valid ? p.lse[h * p.sq + q0 + r] : -INFINITY;
         lse2[r] = l * kLog2e;
         delta[r] = valid ? p.delta[h * p.sq + q0 + r] : 0.f;

@@ -27,6 +27,10 @@ printf '{"text": "abc|abc"}\n{"text": "hello|hello"}\n{"tokens": [1, 2, 3], "mod
 grep -q '"documents": 3' "$out/prep" || { echo "FAIL: data prepare"; exit 1; }
 "$bin" eval --checkpoint "$out/ck/step-44" --data "$out/ds" --ring 2 --seq-len 64 | tee "$out/eval"
 grep -q '"loss": [0-9]' "$out/eval" || { echo "FAIL: eval printed no loss"; exit 1; }
+# Training on the prepared dataset (data.source: files).
+"$bin" train "$cfg" --set output_dir="$out/f" --set checkpoint.dir= --set data.source=files --set data.path="$out/ds" \
+  --set stages.0.steps=3 --set stages.1.steps=1 > /dev/null
+[ "$(wc -l < "$out/f/metrics.jsonl")" -eq 4 ] || { echo "FAIL: training on a prepared dataset"; exit 1; }
 set +e
 "$bin" eval --checkpoint "$out/ck/step-44" --data "$out/nope" 2> "$out/eval_err"
 rc=$?
