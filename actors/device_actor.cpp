@@ -37,7 +37,8 @@ using lane_actor = caf::typed_actor<
     caf::replies_to<connect_atom, std::shared_ptr<Transport>, std::string, std::string>::with<attention_report>,
     caf::replies_to<attend_atom, attention_task, std::shared_ptr<Transport>>::with<attention_report>,
     caf::replies_to<attend_atom, selftest_task, ring_spec, std::shared_ptr<Transport>>::with<attention_report>,
-    caf::replies_to<train_atom, train_task, ring_spec, std::shared_ptr<Transport>>::with<train_report>,
+    caf::replies_to<train_atom, train_task, ring_spec, std::shared_ptr<Transport>,
+                    std::shared_ptr<std::atomic<bool>>>::with<train_report>,
     caf::replies_to<eval_atom, eval_task, std::shared_ptr<Transport>>::with<eval_report>>;
 
 attention_report Run(Transport& t, runtime::ShardData& io, uint32_t epoch, uint32_t step) {
@@ -70,7 +71,8 @@ lane_actor::behavior_type Lane(lane_actor::pointer) {
         rep.tokens = res.tokens;
         return rep;
       },
-      [](train_atom, const train_task& task, const ring_spec& spec, std::shared_ptr<Transport> t) {
+      [](train_atom, const train_task& task, const ring_spec& spec, std::shared_ptr<Transport> t,
+         std::shared_ptr<std::atomic<bool>> stop) {
         train_report rep;
         rep.rank = spec.rank;
         runtime::JobConfig job;
@@ -80,7 +82,14 @@ lane_actor::behavior_type Lane(lane_actor::pointer) {
           auto report = [&](const runtime::StepMetrics& m) {
             if (task.reporter) caf::anon_send(task.reporter, m);
           };
-          st = runtime::TrainRank(*t, job, report, &res, runtime::TrainControl{task.stop_at_step, &PreemptFlag()});
+          runtime::TrainControl control;
+          control.stop_at_step = task.stop_at_step;
+          control.stop_flags = {&PreemptFlag(), stop.get()};
+          control.resume_max_step = task.resume_max_step;
+          control.on_checkpoint = [&](const runtime::CheckpointInfo& info) {
+            if (task.reporter) caf::anon_send(task.reporter, info);
+          };
+          st = runtime::TrainRank(*t, job, report, &res, control);
         }
         rep.ok = st.ok();
         rep.error = st.message();
@@ -132,6 +141,7 @@ struct DeviceState {
   int index = 0;
   ring_spec spec;
   std::shared_ptr<Transport> transport;
+  std::shared_ptr<std::atomic<bool>> stop;  // the running training job's stop request
   lane_actor lane;
   static inline const char* name = "device_actor";
 };
@@ -203,7 +213,8 @@ device_actor::behavior_type Device(device_actor::stateful_pointer<DeviceState> s
           rep.error = stale;
           return rep;
         }
-        return self->delegate(st.lane, train_atom::value, task, st.spec, st.transport);
+        st.stop = std::make_shared<std::atomic<bool>>(false);
+        return self->delegate(st.lane, train_atom::value, task, st.spec, st.transport, st.stop);
       },
       [=](eval_atom, const eval_task& task) -> caf::result<eval_report> {
         auto& st = self->state;
@@ -216,6 +227,9 @@ device_actor::behavior_type Device(device_actor::stateful_pointer<DeviceState> s
       },
       [=](abort_atom, const std::string& reason) {
         if (self->state.transport) self->state.transport->Abort(reason);
+      },
+      [=](stop_atom) {
+        if (self->state.stop) self->state.stop->store(true);
       },
   };
 }
@@ -270,6 +284,7 @@ void AddMessageTypes(caf::actor_system_config& cfg) {
   cfg.add_message_type<eval_task>("rw::eval_task");
   cfg.add_message_type<eval_report>("rw::eval_report");
   cfg.add_message_type<runtime::StepMetrics>("rw::step_metrics");
+  cfg.add_message_type<runtime::CheckpointInfo>("rw::checkpoint_info");
   cfg.load<caf::io::middleman>();
 }
 

@@ -28,7 +28,9 @@ using device_actor = caf::typed_actor<
     // Evaluate a checkpoint on a prepared dataset over the ring (mean loss over every predicted token).
     caf::replies_to<eval_atom, eval_task>::with<eval_report>,
     // Abort the ring: every pending transfer of every rank fails, so no rank hangs.
-    caf::reacts_to<abort_atom, std::string>>;
+    caf::reacts_to<abort_atom, std::string>,
+    // Stop the running training job after the current step, with a checkpoint (the ranks agree on the step).
+    caf::reacts_to<stop_atom>>;
 
 device_actor SpawnDevice(caf::actor_system& sys, int device_index);
 

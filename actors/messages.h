@@ -21,6 +21,7 @@ using attend_atom = caf::atom_constant<caf::atom("attend")>;
 using abort_atom = caf::atom_constant<caf::atom("abort")>;
 using train_atom = caf::atom_constant<caf::atom("train")>;
 using eval_atom = caf::atom_constant<caf::atom("eval")>;
+using stop_atom = caf::atom_constant<caf::atom("stop")>;
 
 // What a device needs to join a ring: who it is in it, and how tensors travel.
 struct ring_spec {
@@ -85,13 +86,15 @@ struct train_task {
   std::string job_yaml;
   std::string origin;
   std::vector<std::string> overrides;
-  caf::actor reporter;
+  caf::actor reporter;        // gets StepMetrics (rank 0, every step) and CheckpointInfo (rank 0, each commit)
   int64_t stop_at_step = 0;  // > 0: stop (with a checkpoint) after this step: the ring is re-formed then
+  int64_t resume_max_step = -1;  // resume from a checkpoint of step <= this (-1: the newest that verifies)
 };
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, train_task& x) {
-  return f(caf::meta::type_name("train_task"), x.epoch, x.job_yaml, x.origin, x.overrides, x.reporter, x.stop_at_step);
+  return f(caf::meta::type_name("train_task"), x.epoch, x.job_yaml, x.origin, x.overrides, x.reporter, x.stop_at_step,
+           x.resume_max_step);
 }
 
 struct train_report {
@@ -140,9 +143,14 @@ namespace rw::runtime {
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, StepMetrics& x) {
   return f(caf::meta::type_name("step_metrics"), x.step, x.total_steps, x.stage, x.seq_len, x.loss, x.grad_norm, x.lr,
-           x.tokens, x.tokens_per_s, x.step_seconds, x.ring_overlap_ratio, x.peak_bytes);
+           x.tokens, x.tokens_per_s, x.step_seconds, x.ring_overlap_ratio, x.peak_bytes, x.ring_bytes);
+}
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, CheckpointInfo& x) {
+  return f(caf::meta::type_name("checkpoint_info"), x.ok, x.error, x.step, x.stage, x.path, x.bytes, x.seconds);
 }
 }  // namespace rw::runtime
 
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(rw::actors::attention_task)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(std::shared_ptr<rw::runtime::Transport>)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(std::shared_ptr<std::atomic<bool>>)

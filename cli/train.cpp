@@ -14,6 +14,7 @@
 
 #include "actors/device_actor.h"
 #include "actors/device_host.h"
+#include "actors/job_driver.h"
 #include "runtime/job_config.h"
 
 extern char** environ;
@@ -152,25 +153,13 @@ int Train(const std::string& job_path, std::vector<std::string> overrides, bool 
               (long long)job.ring.devices, job.ring.layout.c_str(), job.ring.transport.c_str(), job.stages.size(),
               (long long)job.total_steps(), metrics_path.c_str());
 
-  // Ring segments: runs of stages on the same ring size. The ring is re-formed between segments and the
-  // next one resumes from the checkpoint the previous one committed at its end.
-  struct Segment {
-    int devices;
-    int64_t end_step;  // global step of the segment's last step
-  };
-  std::vector<Segment> segments;
-  for (size_t i = 0; i < job.stages.size(); ++i) {
-    const int d = int(job.stage_devices(i));
-    if (segments.empty() || segments.back().devices != d) segments.push_back({d, 0});
-    segments.back().end_step = job.stage_end_step(i);
-  }
-  if (segments.size() > 1 && job.checkpoint.dir.empty()) {
+  int max_devices = 1;
+  for (size_t i = 0; i < job.stages.size(); ++i) max_devices = std::max(max_devices, int(job.stage_devices(i)));
+  if (max_devices != int(job.stage_devices(0)) && job.checkpoint.dir.empty()) {
     std::fprintf(stderr, "ringworld train: stages: the ring size changes between stages, which needs checkpoint.dir "
                          "(the re-formed ring starts from the checkpoint of the stage change)\n");
     return 2;
   }
-  int max_devices = 0;
-  for (const auto& seg : segments) max_devices = std::max(max_devices, seg.devices);
 
   Config cfg;
   caf::actor_system sys{cfg};
@@ -207,74 +196,68 @@ int Train(const std::string& job_path, std::vector<std::string> overrides, bool 
     std::fprintf(stderr, "ringworld train: %s\n", st.message().c_str());
     return finish(1);
   }
-  caf::scoped_actor self{sys};
   const bool tty = isatty(STDOUT_FILENO);
   const auto t0 = std::chrono::steady_clock::now();
-  actors::train_report first, last;
-  for (size_t si = 0; si < segments.size(); ++si) {
-    const Segment& seg = segments[si];
-    const int R = seg.devices;
-    const uint32_t epoch = uint32_t(si + 1);
-    std::vector<actors::device_actor> ring(devices.begin(), devices.begin() + R);
-    st = actors::FormRing(sys, ring, /*job=*/1, epoch, job.ring.transport);
+  std::vector<std::string> skipped;
+  int64_t start = actors::LatestCheckpointStep(job.checkpoint.dir, -1, &skipped);
+  for (const auto& why : skipped) std::fprintf(stderr, "ringworld train: skipped a checkpoint: %s\n", why.c_str());
+  const int64_t resumed_from = start;
+  actors::RingHooks hooks;
+  hooks.on_step = [&](const runtime::StepMetrics& m) {
+    metrics << m.ToJson() << "\n";
+    metrics.flush();
+    const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    Progress(m, tty, elapsed / double(m.step - resumed_from) * double(m.total_steps - m.step));
+  };
+  hooks.on_checkpoint = [&](const runtime::CheckpointInfo& c) {
+    if (!c.ok) std::fprintf(stderr, "%sringworld train: checkpoint of step %lld failed: %s\n", tty ? "\n" : "",
+                            (long long)c.step, c.error.c_str());
+  };
+  double first_loss = 0, last_loss = 0;
+  int64_t steps = 0;
+  // The rings of the job, one after another: each resumes from the checkpoint the previous one committed.
+  for (uint32_t epoch = 1;; ++epoch) {
+    actors::RingPlan plan;
+    st = actors::PlanRing(yaml, job_path, overrides, start, max_devices, &plan);
     if (!st.ok()) {
       std::fprintf(stderr, "ringworld train: %s\n", st.message().c_str());
       return finish(1);
     }
-    if (segments.size() > 1)
-      std::printf("%sring of %d devices (epoch %u) until step %lld\n", tty ? "\n" : "", R, epoch,
-                  (long long)seg.end_step);
-    const int64_t stop_at = si + 1 < segments.size() ? seg.end_step : 0;
-    for (int r = 0; r < R; ++r)
-      self->send(ring[r], actors::train_atom::value,
-                 actors::train_task{epoch, yaml, job_path, overrides, caf::actor_cast<caf::actor>(self), stop_at});
-    int reports = 0, failed = 0;
-    actors::train_report rank0;
-    while (reports < R) {
-      self->receive(
-          [&](const runtime::StepMetrics& m) {
-            metrics << m.ToJson() << "\n";
-            metrics.flush();
-            const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-            Progress(m, tty, elapsed / double(m.step) * double(m.total_steps - m.step));
-          },
-          [&](const actors::train_report& rep) {
-            ++reports;
-            if (!rep.ok) {
-              if (!failed++) std::fprintf(stderr, "\nringworld train: rank %d: %s\n", rep.rank, rep.error.c_str());
-              for (auto& d : ring) self->send(d, actors::abort_atom::value, "rank " + std::to_string(rep.rank) + " failed");
-            } else if (rep.rank == 0) {
-              rank0 = rep;
-            }
-          },
-          [&](caf::error& e) {
-            ++reports;
-            ++failed;
-            std::fprintf(stderr, "\nringworld train: %s\n", sys.render(e).c_str());
-          });
+    if (plan.devices == 0) break;  // nothing left to run
+    if (plan.stop_at_step > 0 || epoch > 1)
+      std::printf("%sring of %d devices (epoch %u) from step %lld%s\n", tty && epoch > 1 ? "\n" : "", plan.devices,
+                  epoch, (long long)start,
+                  plan.stop_at_step ? (" until step " + std::to_string(plan.stop_at_step)).c_str() : "");
+    std::vector<actors::device_actor> ring(devices.begin(), devices.begin() + plan.devices);
+    actors::train_task task{epoch, yaml, job_path, plan.overrides, {}, plan.stop_at_step, -1};
+    const actors::RingOutcome out =
+        actors::RunRing(sys, ring, /*job=*/1, epoch, job.ring.transport, task, hooks);
+    if (!out.ok) {
+      std::fprintf(stderr, "%sringworld train: %s\n", tty ? "\n" : "", out.error.c_str());
+      return finish(1);
     }
-    if (failed) return finish(1);
-    if (si == 0) first = rank0;
-    last = rank0;
-    if (rank0.stopped && rank0.steps < seg.end_step) {  // preempted, not a planned ring change
+    if (steps == 0) first_loss = out.first_loss;
+    if (out.steps > out.resumed_from) last_loss = out.last_loss;
+    steps = std::max(steps, out.steps);
+    if (out.stopped && (plan.stop_at_step == 0 || out.steps < plan.stop_at_step)) {  // preempted
       std::printf("%spreempted after step %lld: checkpoint committed in %s; run the same command to resume\n",
-                  tty ? "\n" : "", (long long)rank0.steps,
+                  tty ? "\n" : "", (long long)out.steps,
                   job.checkpoint.dir.empty() ? "(no checkpoint.dir)" : job.checkpoint.dir.c_str());
       return finish(kExitPreempted);
     }
-    if (rank0.resumed_from >= seg.end_step && si + 1 < segments.size()) continue;  // segment done before
+    if (plan.stop_at_step == 0) break;
+    start = out.steps;
   }
   finish(0);
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  if (first.resumed_from > 0)
-    std::printf("%sresumed from the checkpoint of step %lld\n", tty ? "\n" : "", (long long)first.resumed_from);
-  if (last.resumed_from == job.total_steps()) {
-    std::printf("the job was already complete at step %lld (%s); nothing to do\n", (long long)last.resumed_from,
+  if (resumed_from >= job.total_steps()) {
+    std::printf("the job was already complete at step %lld (%s); nothing to do\n", (long long)resumed_from,
                 job.checkpoint.dir.c_str());
     return 0;
   }
-  std::printf("%sdone: %lld steps in %.1f s, loss %.4f -> %.4f; metrics in %s\n", tty ? "\n" : "", (long long)last.steps,
-              secs, first.first_loss, last.last_loss, metrics_path.c_str());
+  if (resumed_from > 0) std::printf("%sresumed from the checkpoint of step %lld\n", tty ? "\n" : "", (long long)resumed_from);
+  std::printf("%sdone: %lld steps in %.1f s, loss %.4f -> %.4f; metrics in %s\n", tty ? "\n" : "", (long long)steps,
+              secs, first_loss, last_loss, metrics_path.c_str());
   return 0;
 }
 

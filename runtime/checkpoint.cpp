@@ -114,7 +114,8 @@ Status LoadInto(const std::string& file, const ParamTable& t, const std::string&
 }  // namespace
 
 Status SaveCheckpoint(const std::string& dir, const ModelConfig& c, const ParamTable& t, const float* params,
-                      const float* m, const float* v, const TrainerState& state, int64_t keep, std::string* path) {
+                      const float* m, const float* v, const TrainerState& state, int64_t keep, std::string* path,
+                      int64_t keep_every, int64_t* bytes) {
   const fs::path root(dir);
   std::error_code ec;
   fs::create_directories(root, ec);
@@ -139,12 +140,14 @@ Status SaveCheckpoint(const std::string& dir, const ModelConfig& c, const ParamT
                                {"job", state.job}};
   RW_RETURN_IF_ERROR(WriteText(tmp / "trainer_state.json", st.dump(2) + "\n"));
   std::ostringstream manifest;
+  int64_t total_bytes = 0;
   for (const char* f : {"model.safetensors", "optimizer.safetensors", "config.json", "trainer_state.json"}) {
     if (!fs::exists(tmp / f)) continue;
     uint64_t size = 0;
     uint32_t crc = 0;
     RW_RETURN_IF_ERROR(FileCrc(tmp / f, &size, &crc));
     manifest << f << " " << size << " " << crc << "\n";
+    total_bytes += int64_t(size);
   }
   RW_RETURN_IF_ERROR(WriteText(tmp / "MANIFEST", manifest.str()));
   RW_RETURN_IF_ERROR(FsyncPath(tmp, true));
@@ -155,11 +158,19 @@ Status SaveCheckpoint(const std::string& dir, const ModelConfig& c, const ParamT
   RW_RETURN_IF_ERROR(FsyncPath(root, true));
   // Retention, and leftovers of interrupted writes.
   const auto all = Checkpoints(root);
-  for (size_t i = size_t(std::max<int64_t>(keep, 1)); i < all.size(); ++i) fs::remove_all(all[i].second, ec);
+  for (size_t i = size_t(std::max<int64_t>(keep, 1)); i < all.size(); ++i)
+    if (keep_every <= 0 || all[i].first % keep_every != 0) fs::remove_all(all[i].second, ec);
   for (const auto& e : fs::directory_iterator(root, ec))
     if (e.path().filename().string().rfind(".tmp-", 0) == 0) fs::remove_all(e.path(), ec);
   if (path) *path = final_path.string();
+  if (bytes) *bytes = total_bytes;
   return Status::Ok();
+}
+
+std::vector<std::pair<int64_t, std::string>> ListCheckpoints(const std::string& dir) {
+  std::vector<std::pair<int64_t, std::string>> out;
+  for (const auto& [step, path] : Checkpoints(dir)) out.push_back({step, path.string()});
+  return out;
 }
 
 Status VerifyCheckpoint(const std::string& ckpt_dir) {
@@ -241,9 +252,11 @@ Status LoadWeights(const std::string& ckpt_dir, const ParamTable& t, float* para
 }
 
 Status LoadLatestCheckpoint(const std::string& dir, const ModelConfig&, const ParamTable& t, float* params, float* m,
-                            float* v, TrainerState* state, bool* found, std::vector<std::string>* skipped) {
+                            float* v, TrainerState* state, bool* found, std::vector<std::string>* skipped,
+                            int64_t max_step) {
   *found = false;
   for (const auto& [step, path] : Checkpoints(dir)) {
+    if (max_step >= 0 && step > max_step) continue;  // not recorded: it does not exist
     Status st = VerifyCheckpoint(path.string());
     if (st.ok()) st = LoadWeights(path.string(), t, params);
     if (st.ok() && m && v) {

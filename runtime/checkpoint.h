@@ -20,18 +20,25 @@ struct TrainerState {
   std::string job;
 };
 
-// Writes dir/step-<state.step> atomically, then removes all but the `keep` newest checkpoints and any
-// temporary leftovers. m and v may be null (weights only).
+// Writes dir/step-<state.step> atomically, then applies retention (the `keep` newest checkpoints, plus every
+// one whose step is a multiple of `keep_every` when it is > 0) and removes temporary leftovers. m and v may
+// be null (weights only). *bytes (may be null) gets the bytes written.
 Status SaveCheckpoint(const std::string& dir, const ModelConfig& c, const ParamTable& t, const float* params,
-                      const float* m, const float* v, const TrainerState& state, int64_t keep, std::string* path);
+                      const float* m, const float* v, const TrainerState& state, int64_t keep, std::string* path,
+                      int64_t keep_every = 0, int64_t* bytes = nullptr);
+
+// The step-N checkpoint directories of `dir`, newest first (not verified).
+std::vector<std::pair<int64_t, std::string>> ListCheckpoints(const std::string& dir);
 
 // Verifies a checkpoint directory's MANIFEST (every file's size and CRC32C).
 Status VerifyCheckpoint(const std::string& ckpt_dir);
 
-// Loads the newest checkpoint of `dir` that verifies. *found is false when there is none; `skipped` gets
-// one line per newer checkpoint that failed verification (and why).
+// Loads the newest checkpoint of `dir` that verifies, among those of step <= max_step (-1: any; the daemon
+// passes the newest one it has recorded: a checkpoint exists only once recorded). *found is false when there
+// is none; `skipped` gets one line per newer checkpoint that failed verification (and why).
 Status LoadLatestCheckpoint(const std::string& dir, const ModelConfig& c, const ParamTable& t, float* params,
-                            float* m, float* v, TrainerState* state, bool* found, std::vector<std::string>* skipped);
+                            float* m, float* v, TrainerState* state, bool* found, std::vector<std::string>* skipped,
+                            int64_t max_step = -1);
 
 // Reads a Hugging Face LLaMA config.json (ours or transformers'); errors name the file and field.
 Status ReadHfConfig(const std::string& path, ModelConfig* out);

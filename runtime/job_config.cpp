@@ -70,6 +70,10 @@ const std::vector<Setting<JobConfig>>& JobTable() {
       {"checkpoint.every_steps", "checkpoint period in steps (0: end and stage changes)",
        RW_FIELD(JobConfig, int64_t, j.checkpoint.every_steps)},
       {"checkpoint.keep", "checkpoints kept", RW_FIELD(JobConfig, int64_t, j.checkpoint.keep)},
+      {"checkpoint.keep_every", "also keep every checkpoint whose step is a multiple of this (0: none)",
+       RW_FIELD(JobConfig, int64_t, j.checkpoint.keep_every)},
+      {"checkpoint.async", "write checkpoints in the background while training goes on",
+       RW_FIELD(JobConfig, bool, j.checkpoint.async)},
   };
   return table;
 }
@@ -215,6 +219,7 @@ Status JobConfig::Validate() const {
   }
   RW_REQUIRE(checkpoint.every_steps >= 0, "checkpoint.every_steps: must be >= 0, got " << checkpoint.every_steps);
   RW_REQUIRE(checkpoint.keep >= 1, "checkpoint.keep: must be >= 1, got " << checkpoint.keep);
+  RW_REQUIRE(checkpoint.keep_every >= 0, "checkpoint.keep_every: must be >= 0, got " << checkpoint.keep_every);
   return Status::Ok();
 }
 

@@ -34,9 +34,9 @@ std::string StepMetrics::ToJson() const {
   std::snprintf(buf, sizeof(buf),
                 "{\"step\": %lld, \"stage\": %lld, \"seq_len\": %lld, \"loss\": %.6f, \"grad_norm\": %.6f, "
                 "\"lr\": %.6g, \"tokens\": %lld, \"tokens_per_s\": %.1f, \"step_seconds\": %.4f, "
-                "\"ring_overlap_ratio\": %.4f, \"peak_bytes\": %lld}",
+                "\"ring_overlap_ratio\": %.4f, \"peak_bytes\": %lld, \"ring_bytes\": %lld}",
                 (long long)step, (long long)stage, (long long)seq_len, loss, grad_norm, lr, (long long)tokens,
-                tokens_per_s, step_seconds, ring_overlap_ratio, (long long)peak_bytes);
+                tokens_per_s, step_seconds, ring_overlap_ratio, (long long)peak_bytes, (long long)ring_bytes);
   return buf;
 }
 
@@ -69,7 +69,8 @@ Status TrainRank(Transport& t, const JobConfig& job, const std::function<void(co
     TrainerState state;
     bool found = false;
     RW_RETURN_IF_ERROR(LoadLatestCheckpoint(job.checkpoint.dir, model, table, params.data(), opt.m().data(),
-                                            opt.v().data(), &state, &found, &res.skipped_checkpoints));
+                                            opt.v().data(), &state, &found, &res.skipped_checkpoints,
+                                            control.resume_max_step));
     if (found) {
       RW_REQUIRE(state.seed == job.seed, "checkpoint.dir: holds a run of seed " << state.seed << ", the job has seed "
                                                                                << job.seed);
@@ -95,12 +96,54 @@ Status TrainRank(Transport& t, const JobConfig& job, const std::function<void(co
     RW_RETURN_IF_ERROR(same("tie_word_embeddings", model.tie_word_embeddings, theirs.tie_word_embeddings));
     RW_RETURN_IF_ERROR(LoadWeights(job.init_from, table, params.data()));
   }
-  auto save = [&](int64_t stage_index) -> Status {
-    if (rank != 0 || job.checkpoint.dir.empty()) return Status::Ok();
-    TrainerState state{step, stage_index, step, job.seed, job.name};
-    return SaveCheckpoint(job.checkpoint.dir, model, table, params.data(), opt.m().data(), opt.v().data(), state,
-                          job.checkpoint.keep, &res.last_checkpoint);
+  // Checkpoints (rank 0): a snapshot of parameters and moments at the step boundary, written by a
+  // background thread while training goes on (one write in flight; the next snapshot waits for it).
+  // `final` writes wait for the commit: the run ends or the ring is re-formed right after.
+  std::thread writer;
+  Status write_status;
+  std::vector<float> snap_p, snap_m, snap_v;
+  auto join_writer = [&]() -> Status {
+    if (writer.joinable()) writer.join();
+    Status st = write_status;
+    write_status = Status::Ok();
+    return st;
   };
+  auto save = [&](int64_t stage_index, bool final) -> Status {
+    if (rank != 0 || job.checkpoint.dir.empty()) return Status::Ok();
+    Status prev = join_writer();  // a failed background write was reported by on_checkpoint already
+    (void)prev;
+    const TrainerState state{step, stage_index, step, job.seed, job.name};
+    snap_p.assign(params.begin(), params.end());
+    snap_m.assign(opt.m().begin(), opt.m().end());
+    snap_v.assign(opt.v().begin(), opt.v().end());
+    auto write = [&, state, model_now = model]() {
+      const auto t0 = std::chrono::steady_clock::now();
+      CheckpointInfo info;
+      info.step = state.step;
+      info.stage = state.stage;
+      Status st = SaveCheckpoint(job.checkpoint.dir, model_now, table, snap_p.data(), snap_m.data(), snap_v.data(),
+                                 state, job.checkpoint.keep, &info.path, job.checkpoint.keep_every, &info.bytes);
+      info.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      info.ok = st.ok();
+      info.error = st.message();
+      if (st.ok()) res.last_checkpoint = info.path;
+      if (control.on_checkpoint) control.on_checkpoint(info);
+      write_status = st;
+    };
+    if (final || !job.checkpoint.async) {
+      write();
+      return join_writer();
+    }
+    writer = std::thread(write);
+    return Status::Ok();
+  };
+  // Whatever way this function returns, no writer thread outlives it.
+  struct JoinAtExit {
+    std::thread& w;
+    ~JoinAtExit() {
+      if (w.joinable()) w.join();
+    }
+  } join_at_exit{writer};
   for (size_t si = 0; si < job.stages.size(); ++si) {
     const StageConfig& stage = job.stages[si];
     model.rope_theta = stage.rope_theta;
@@ -116,6 +159,7 @@ Status TrainRank(Transport& t, const JobConfig& job, const std::function<void(co
       ++step;
       if (step <= res.resumed_from) continue;  // done before the checkpoint
       const auto t0 = std::chrono::steady_clock::now();
+      const uint64_t bytes0 = t.stats().bytes_sent;
       // The global batch, with its loss weights applied in place.
       auto weighted = job.data.source == "files" ? files.Batch(job.seed, step, stage.seq_len, stage.batch)
                                                  : GlobalBatch(job.data, job.seed, step, stage.seq_len, stage.batch);
@@ -161,20 +205,20 @@ Status TrainRank(Transport& t, const JobConfig& job, const std::function<void(co
         m.tokens_per_s = double(m.tokens) / secs;
         m.ring_overlap_ratio = rs.overlap_ratio();
         m.peak_bytes = PeakRssBytes();
+        m.ring_bytes = int64_t(t.stats().bytes_sent - bytes0);
         on_step(m);
       }
       // Stop together: any rank's request stops every rank after this same step.
-      float stop = (control.stop_at_step > 0 && step >= control.stop_at_step) ||
-                           (control.stop && control.stop->load())
-                       ? 1.f
-                       : 0.f;
-      if (control.stop_at_step > 0 || control.stop) {
+      bool want_stop = control.stop_at_step > 0 && step >= control.stop_at_step;
+      for (const auto* flag : control.stop_flags) want_stop = want_stop || flag->load();
+      float stop = want_stop ? 1.f : 0.f;
+      if (control.stop_at_step > 0 || !control.stop_flags.empty()) {
         tag.layer = kReduceLayer + 2;
         RW_RETURN_IF_ERROR(t.AllReduceSum(&stop, 1, tag));
       }
       const bool stage_end = k + 1 == stage.steps;
       const bool periodic = job.checkpoint.every_steps > 0 && step % job.checkpoint.every_steps == 0;
-      if (stage_end || periodic || stop > 0) RW_RETURN_IF_ERROR(save(int64_t(si)));
+      if (stage_end || periodic || stop > 0) RW_RETURN_IF_ERROR(save(int64_t(si), stop > 0 || step == total));
       if (stop > 0 && step < total) {
         res.stopped = true;
         if (result) *result = res;
@@ -182,6 +226,7 @@ Status TrainRank(Transport& t, const JobConfig& job, const std::function<void(co
       }
     }
   }
+  RW_RETURN_IF_ERROR(join_writer());
   if (result) *result = res;
   return Status::Ok();
 }

@@ -22,14 +22,30 @@ struct StepMetrics {
   double tokens_per_s = 0, step_seconds = 0;
   double ring_overlap_ratio = 1;  // this rank's attention compute / ring wall time in the step
   int64_t peak_bytes = 0;         // peak resident memory of the process
+  int64_t ring_bytes = 0;         // bytes this rank sent to its ring neighbour in the step
   std::string ToJson() const;     // one line of metrics.jsonl
+};
+
+// A checkpoint rank 0 has committed (renamed into place and fsynced), or failed to write.
+struct CheckpointInfo {
+  bool ok = true;
+  std::string error;
+  int64_t step = 0, stage = 0;
+  std::string path;
+  int64_t bytes = 0;
+  double seconds = 0;  // the write, from the snapshot to the parent directory's fsync
 };
 
 // How a run may end early (preemption): on a request or at a given step, every rank stops after the same
 // step (they agree through the ring), rank 0 commits a checkpoint, and TrainRank returns with stopped set.
 struct TrainControl {
   int64_t stop_at_step = 0;                   // 0: run to the end
-  const std::atomic<bool>* stop = nullptr;    // set by a signal handler (SIGTERM)
+  // Any of these set stops the run: the process's (a SIGTERM handler) and the job's (the daemon's request).
+  std::vector<const std::atomic<bool>*> stop_flags;
+  int64_t resume_max_step = -1;               // resume only from a checkpoint of step <= this (-1: newest)
+  // Called on rank 0 (from the writer thread when checkpoints are asynchronous) once a checkpoint is
+  // committed or has failed. A failed periodic checkpoint does not stop training; a failed final one does.
+  std::function<void(const CheckpointInfo&)> on_checkpoint;
 };
 
 struct TrainResult {

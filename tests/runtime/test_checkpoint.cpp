@@ -66,7 +66,7 @@ TEST(Checkpoint, ResumingAfterAStopEqualsAStraightRunBitForBit) {
   TrainResult r1, r2, r3;
   const auto all = Train(Job(straight.path.string(), 6), {}, &r1);
   ASSERT_EQ(all.size(), 10u);
-  const auto first = Train(Job(resumed.path.string(), 6), TrainControl{5, nullptr}, &r2);
+  const auto first = Train(Job(resumed.path.string(), 6), TrainControl{5, {}}, &r2);
   EXPECT_TRUE(r2.stopped);
   ASSERT_EQ(first.size(), 5u);
   const auto rest = Train(Job(resumed.path.string(), 6), {}, &r3);
@@ -146,6 +146,36 @@ TEST(Checkpoint, CorruptLatestFallsBackToThePreviousOne) {
   ASSERT_EQ(skipped.size(), 1u);
   EXPECT_NE(skipped[0].find("step-6/model.safetensors: CRC32C mismatch"), std::string::npos) << skipped[0];
   std::printf("  skipped: %s\n", skipped[0].c_str());
+}
+
+// Retention keeps the `keep` newest plus every multiple of keep_every; a resume bounded by max_step (the
+// daemon's newest recorded checkpoint) ignores newer, unrecorded ones.
+TEST(Checkpoint, RetentionKeepsTheNewestAndEveryKthAndResumeHonoursTheRecordedBound) {
+  TempDir dir("retain");
+  ModelConfig c;
+  const ParamTable t(c);
+  std::vector<float> p(t.total());
+  for (int64_t step = 1; step <= 9; ++step) {
+    std::fill(p.begin(), p.end(), float(step));
+    int64_t bytes = 0;
+    ASSERT_TRUE(SaveCheckpoint(dir.path.string(), c, t, p.data(), nullptr, nullptr,
+                               TrainerState{step, 0, step, 1, "r"}, 2, nullptr, /*keep_every=*/4, &bytes).ok());
+    EXPECT_GT(bytes, int64_t(t.total() * 4));
+  }
+  std::vector<int64_t> steps;
+  for (const auto& [step, path] : ListCheckpoints(dir.path.string())) steps.push_back(step);
+  EXPECT_EQ(steps, (std::vector<int64_t>{9, 8, 4}));
+  std::vector<float> q(t.total());
+  TrainerState st;
+  bool found = false;
+  ASSERT_TRUE(
+      LoadLatestCheckpoint(dir.path.string(), c, t, q.data(), nullptr, nullptr, &st, &found, nullptr, 7).ok());
+  ASSERT_TRUE(found);
+  EXPECT_EQ(st.step, 4);
+  EXPECT_EQ(q[0], 4.f);
+  ASSERT_TRUE(
+      LoadLatestCheckpoint(dir.path.string(), c, t, q.data(), nullptr, nullptr, &st, &found, nullptr, 3).ok());
+  EXPECT_FALSE(found);
 }
 
 TEST(Checkpoint, MissingOrMisShapedTensorsAndTruncatedFilesAreNamed) {

@@ -1,0 +1,64 @@
+// Driving one training job over rings of device actors: the one code path of `ringworld train` (devices
+// in this process, or in device hosts) and of the daemon (devices on workers).
+//
+// A job runs as a sequence of rings. Each ring resumes from the job's last checkpoint and runs until the
+// job ends, until a stage that needs another ring size (it stops there with a checkpoint, and the driver
+// forms the next ring), or until it is stopped (preemption) or a device is lost. PlanRing says what the next
+// ring is; RunRing forms it and runs it.
+#pragma once
+
+#include <caf/all.hpp>
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "actors/device_actor.h"
+#include "runtime/job_config.h"
+
+namespace rw::actors {
+
+struct RingPlan {
+  int devices = 0;           // ring size
+  int wanted = 0;            // the stage's own ring size (devices < wanted: an elastic, shrunk ring)
+  int64_t start_step = 0;    // the checkpoint it resumes from
+  int64_t stop_at_step = 0;  // 0: run to the end; else the last step of the ring's stages
+  std::vector<std::string> overrides;  // the job's overrides plus stages.N.devices of the stages it runs
+};
+
+// Plans the ring that continues `job` (its text, origin and overrides) from the checkpoint of
+// `start_step` with at most `available` devices: the stage's own ring size when that many are available,
+// else the largest ring >= ring.min_devices that splits every stage it runs into equal valid shards.
+// An error says why no ring is possible (the caller waits for devices).
+kernels::Status PlanRing(const std::string& yaml, const std::string& origin, const std::vector<std::string>& overrides,
+                         int64_t start_step, int available, RingPlan* out);
+
+// The step of the newest checkpoint of `dir` that verifies, among those of step <= max_step (-1: any);
+// 0 when there is none. `skipped` gets the newer ones that failed verification, and why.
+int64_t LatestCheckpointStep(const std::string& dir, int64_t max_step, std::vector<std::string>* skipped);
+
+struct RingHooks {
+  std::function<void(const runtime::StepMetrics&)> on_step;
+  std::function<void(const runtime::CheckpointInfo&)> on_checkpoint;
+  // Polled about every 100 ms while the ring runs: "" goes on; "stop" asks the ranks to stop after the
+  // current step with a checkpoint; anything else aborts the ring with that reason.
+  std::function<std::string()> poll;
+};
+
+struct RingOutcome {
+  bool ok = false;       // every rank finished its run (to its end or to a stop) cleanly
+  bool stopped = false;  // the ring stopped early with a checkpoint (stop request, SIGTERM, stop_at_step)
+  bool lost = false;     // a device, or its process, went away
+  std::string error;     // the first error, naming the rank
+  int64_t steps = 0;     // the last step done
+  int64_t resumed_from = 0;
+  double first_loss = 0, last_loss = 0;
+};
+
+// Forms a ring over `devices` (rank = position) with a new epoch and runs `task` on it (its reporter is
+// replaced by this driver) until every rank has reported. Devices are monitored: a lost one aborts the
+// ring. Blocking; uses a scoped actor of `sys`.
+RingOutcome RunRing(caf::actor_system& sys, const std::vector<device_actor>& devices, uint64_t job, uint32_t epoch,
+                    const std::string& transport, train_task task, const RingHooks& hooks);
+
+}  // namespace rw::actors
