@@ -118,6 +118,7 @@ RingOutcome RunRing(caf::actor_system& sys, const std::vector<device_actor>& dev
           reported[it->second] = true;
           ++reports;
           out.lost = true;
+          out.lost_ranks.push_back(it->second);
           fail("rank " + std::to_string(it->second) + ": device lost (" + sys.render(dm.reason) + ")");
           abort_all("rank " + std::to_string(it->second) + " lost");
         },
@@ -137,6 +138,8 @@ RingOutcome RunRing(caf::actor_system& sys, const std::vector<device_actor>& dev
     if (aborted && abort_deadline == clock::time_point::max()) abort_deadline = now + std::chrono::seconds(15);
     if (now > abort_deadline) {  // ranks that do not answer an abort: their process is gone or hung
       out.lost = true;
+      for (int r = 0; r < R; ++r)
+        if (!reported[r]) out.lost_ranks.push_back(r);
       fail("ranks did not answer the abort within 15 s");
       break;
     }

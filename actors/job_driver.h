@@ -49,6 +49,7 @@ struct RingOutcome {
   bool ok = false;       // every rank finished its run (to its end or to a stop) cleanly
   bool stopped = false;  // the ring stopped early with a checkpoint (stop request, SIGTERM, stop_at_step)
   bool lost = false;     // a device, or its process, went away
+  std::vector<int> lost_ranks;  // the ranks whose device went away (not those that failed or were aborted)
   std::string error;     // the first error, naming the rank
   int64_t steps = 0;     // the last step done
   int64_t resumed_from = 0;

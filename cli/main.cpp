@@ -3,6 +3,7 @@
 
 #include <cstdio>
 
+#include "cli/cluster.h"
 #include "cli/train.h"
 #include "runtime/job_config.h"
 
@@ -55,7 +56,62 @@ int main(int argc, char** argv) {
   prepare->add_option("--output", output, "dataset directory to create")->required();
   prepare->add_option("--tokenizer", tokenizer, "bytes");
   prepare->add_flag("--skip-bad", skip_bad, "count and skip bad records instead of failing");
+  // The cluster: daemon, workers, and the API clients.
+  rw::scheduler::DaemonOptions dopt;
+  auto* daemon = app.add_subcommand("daemon", "run the scheduler daemon (REST API, queue, workers, checkpoints)");
+  daemon->add_option("--state", dopt.state_dir, "state directory (RocksDB, API token, job logs)");
+  daemon->add_option("--listen", dopt.listen, "API address HOST:PORT (port 0: any, written to STATE/api.addr)");
+  daemon->add_option("--data-root", dopt.data_root, "jobs' data.path and init_from must lie inside");
+  daemon->add_option("--checkpoint-root", dopt.checkpoint_root, "jobs' checkpoint.dir and output_dir must lie inside");
+  daemon->add_option("--cluster-id", dopt.cluster_id, "the cluster this state directory belongs to");
+  daemon->add_option("--max-body", dopt.max_body_bytes, "largest request body in bytes");
+  daemon->add_option("--worker-timeout", dopt.worker_timeout_s, "seconds without a heartbeat before a worker is lost");
+  daemon->add_option("--grace", dopt.grace_s, "SIGTERM: seconds for running jobs to checkpoint");
+  rw::cli::WorkerOptions wopt;
+  auto* worker = app.add_subcommand("worker", "host devices for the daemon's rings");
+  worker->add_option("--daemon", wopt.daemon, "the daemon's API address HOST:PORT")->required();
+  worker->add_option("--devices", wopt.devices, "cpu:N | cuda:all");
+  worker->add_option("--name", wopt.name, "worker id (default: hostname-pid)");
+  worker->add_option("--listen", wopt.listen, "address the device host is published on");
+  worker->add_option("--token-file", wopt.token_file, "the daemon's API token file (or $RINGWORLD_TOKEN)");
+  worker->add_option("--grace", wopt.grace_s, "SIGTERM: seconds for the ring to checkpoint");
+  rw::cli::ClientOptions copt;
+  auto client = [&](CLI::App* c) {
+    c->add_option("--daemon", copt.daemon, "the daemon's API address HOST:PORT (or $RINGWORLD_DAEMON)");
+    c->add_option("--token-file", copt.token_file, "API token file (or $RINGWORLD_TOKEN)");
+    c->add_flag("--json", copt.json_output, "print the API's JSON");
+    return c;
+  };
+  std::string submit_path, job_id, idem;
+  int64_t priority = 0;
+  std::vector<std::string> submit_set;
+  bool follow = false;
+  auto* submit = client(app.add_subcommand("submit", "submit a job file to the daemon"));
+  submit->add_option("job", submit_path, "job file (YAML)")->required();
+  submit->add_option("--set", submit_set, "override a setting: key=value");
+  submit->add_option("--priority", priority, "higher runs first and may preempt lower");
+  submit->add_option("--idempotency-key", idem, "makes a retried submission safe");
+  auto* jobs = client(app.add_subcommand("jobs", "list jobs"));
+  auto* status = client(app.add_subcommand("status", "a job's state, progress and events"));
+  status->add_option("id", job_id, "job id")->required();
+  auto* cancel = client(app.add_subcommand("cancel", "cancel a job"));
+  cancel->add_option("id", job_id, "job id")->required();
+  auto* resume = client(app.add_subcommand("resume", "requeue a preempted or failed job (from its last checkpoint)"));
+  resume->add_option("id", job_id, "job id")->required();
+  auto* logs = client(app.add_subcommand("logs", "a job's log: events and steps"));
+  logs->add_option("id", job_id, "job id")->required();
+  logs->add_flag("-f,--follow", follow, "keep printing until the job ends");
+  auto* workers = client(app.add_subcommand("workers", "list workers"));
   CLI11_PARSE(app, argc, argv);
+  if (*daemon) return rw::cli::RunDaemon(dopt);
+  if (*worker) return rw::cli::RunWorker(wopt);
+  if (*submit) return rw::cli::Submit(copt, submit_path, submit_set, priority, idem);
+  if (*jobs) return rw::cli::Jobs(copt);
+  if (*status) return rw::cli::JobStatus(copt, job_id);
+  if (*cancel) return rw::cli::Change(copt, job_id, "cancel");
+  if (*resume) return rw::cli::Change(copt, job_id, "resume");
+  if (*logs) return rw::cli::Logs(copt, job_id, follow);
+  if (*workers) return rw::cli::Workers(copt);
   if (*host) return rw::cli::DeviceHost(host_devices, port_file);
   if (*gen) return rw::cli::Generate(gen_ckpt, prompt, max_tokens, temperature, top_k, top_p, gen_seed);
   if (*eval) return rw::cli::Eval(checkpoint, data, ring, layout, seq_len);

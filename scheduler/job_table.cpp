@@ -16,6 +16,7 @@ bool Allowed(JobState from, JobState to) {
       return to == JobState::kSucceeded || to == JobState::kFailed || to == JobState::kCancelled ||
              to == JobState::kPreempted;
     case JobState::kPreempted: return to == JobState::kQueued || to == JobState::kCancelled;
+    case JobState::kFailed: return to == JobState::kQueued;
     default: return false;  // terminal
   }
 }
@@ -58,7 +59,12 @@ std::string JobTable::Encode(const JobRecord& r) {
                         {"state", JobStateName(r.state)},
                         {"submitted_seq", r.submitted_seq},
                         {"idempotency_key", r.idempotency_key},
-                        {"message", r.message}}
+                        {"message", r.message},
+                        {"overrides", r.overrides},
+                        {"checkpoint_dir", r.checkpoint_dir},
+                        {"epoch", r.epoch},
+                        {"checkpoint_step", r.checkpoint_step},
+                        {"total_steps", r.total_steps}}
       .dump();
 }
 
@@ -72,6 +78,11 @@ Status JobTable::Decode(const std::string& text, JobRecord* r) {
     r->submitted_seq = j.at("submitted_seq");
     r->idempotency_key = j.at("idempotency_key");
     r->message = j.at("message");
+    r->overrides = j.value("overrides", std::vector<std::string>{});
+    r->checkpoint_dir = j.value("checkpoint_dir", std::string());
+    r->epoch = j.value("epoch", int64_t(0));
+    r->checkpoint_step = j.value("checkpoint_step", int64_t(0));
+    r->total_steps = j.value("total_steps", int64_t(0));
     RW_REQUIRE(ParseJobState(j.at("state"), &r->state), "state store: job " << r->id << " has an unknown state");
   } catch (const nlohmann::json::exception& e) {
     return Status::Error(std::string("state store: a job record is not readable: ") + e.what());
@@ -101,7 +112,17 @@ Status JobTable::Open(storage::StateStore* store, std::unique_ptr<JobTable>* out
 
 Status JobTable::Submit(const std::string& name, const std::string& spec, int64_t priority,
                         const std::string& idempotency_key, JobRecord* out) {
+  JobRecord fields;
+  fields.name = name;
+  fields.spec = spec;
+  fields.priority = priority;
+  bool created = false;
+  return Submit(fields, idempotency_key, out, &created);
+}
+
+Status JobTable::Submit(const JobRecord& fields, const std::string& idempotency_key, JobRecord* out, bool* created) {
   std::lock_guard<std::mutex> lock(mu_);
+  *created = false;
   if (!idempotency_key.empty()) {
     auto it = by_key_.find(idempotency_key);
     if (it != by_key_.end()) {
@@ -109,13 +130,13 @@ Status JobTable::Submit(const std::string& name, const std::string& spec, int64_
       return Status::Ok();
     }
   }
-  JobRecord r;
+  JobRecord r = fields;
   char id[32];
   std::snprintf(id, sizeof(id), "job-%06lld", (long long)next_job_);
   r.id = id;
-  r.name = name;
-  r.spec = spec;
-  r.priority = priority;
+  r.state = JobState::kQueued;
+  r.epoch = 0;
+  r.checkpoint_step = 0;
   r.submitted_seq = next_job_;
   r.idempotency_key = idempotency_key;
   r.message = "submitted";
@@ -129,6 +150,27 @@ Status JobTable::Submit(const std::string& name, const std::string& spec, int64_
   if (!idempotency_key.empty()) by_key_[idempotency_key] = r.id;
   jobs_[r.id] = r;
   *out = r;
+  *created = true;
+  return Status::Ok();
+}
+
+Status JobTable::Update(const std::string& id, const std::function<void(JobRecord&)>& change,
+                        const std::string& message, const storage::Batch& extra) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = jobs_.find(id);
+  RW_REQUIRE(it != jobs_.end(), "job " << id << ": no such job");
+  JobRecord next = it->second;
+  change(next);
+  next.id = it->second.id;
+  next.state = it->second.state;
+  storage::Batch b = extra;
+  b.Put(Table::kJobs, id, Encode(next));
+  const char* state = JobStateName(next.state);
+  b.Put(Table::kJobEvents, EventKey(id, next_event_),
+        nlohmann::json{{"from", state}, {"to", state}, {"message", message}}.dump());
+  RW_RETURN_IF_ERROR(store_->Write(b));
+  ++next_event_;
+  it->second = std::move(next);
   return Status::Ok();
 }
 

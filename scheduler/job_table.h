@@ -1,7 +1,8 @@
 // The daemon's job table: job records and their state machine over the state store.
 //
 //   QUEUED -> RUNNING -> SUCCEEDED | FAILED | CANCELLED
-//   RUNNING -> PREEMPTED -> QUEUED (resume);  QUEUED -> CANCELLED;  PREEMPTED -> CANCELLED
+//   RUNNING -> PREEMPTED -> QUEUED (resume);  QUEUED -> CANCELLED;  PREEMPTED -> CANCELLED;
+//   FAILED -> QUEUED (resume: from its last recorded checkpoint)
 //
 // Every transition is written (job record + an event, one synced batch) before it returns, so the caller
 // may acknowledge it; an illegal transition is refused and changes nothing. At start the table is rebuilt
@@ -10,6 +11,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <string>
@@ -34,6 +36,12 @@ struct JobRecord {
   int64_t submitted_seq = 0;   // FIFO order among equal priorities
   std::string idempotency_key;
   std::string message;         // why the last transition happened
+  // Set by the daemon: the settings it imposes (resolved, confined paths) and the job's progress.
+  std::vector<std::string> overrides;
+  std::string checkpoint_dir;  // resolved
+  int64_t epoch = 0;           // the last ring's epoch (every ring of the job gets a new one)
+  int64_t checkpoint_step = 0; // newest recorded checkpoint (0: none)
+  int64_t total_steps = 0;
 };
 
 struct JobEvent {
@@ -50,6 +58,13 @@ class JobTable {
   // Records a new QUEUED job (or returns the existing one for a repeated idempotency key).
   Status Submit(const std::string& name, const std::string& spec, int64_t priority, const std::string& idempotency_key,
                 JobRecord* out);
+  // The same with the record's daemon fields (overrides, checkpoint_dir, total_steps) set from `fields`;
+  // *created is false when an earlier submission with the same key is returned.
+  Status Submit(const JobRecord& fields, const std::string& idempotency_key, JobRecord* out, bool* created);
+  // Changes a job's record without a state change (progress: epoch, checkpoint_step) and writes an event
+  // with `message`, plus `extra` (e.g. a checkpoint record), in one synced batch.
+  Status Update(const std::string& id, const std::function<void(JobRecord&)>& change, const std::string& message,
+                const storage::Batch& extra = {});
   // Moves a job to `to` if the state machine allows it; the error names the job and both states.
   Status Transition(const std::string& id, JobState to, const std::string& message);
 

@@ -1,0 +1,355 @@
+// `ringworld daemon | worker` and the API client commands (submit, jobs, status, cancel, resume, logs,
+// workers).
+#include "cli/cluster.h"
+
+#include <signal.h>
+#include <unistd.h>
+
+#include <httplib.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <thread>
+
+#include "actors/device_host.h"
+#include "scheduler/daemon.h"
+
+namespace rw::cli {
+namespace {
+
+using json = nlohmann::json;
+
+// SIGTERM/SIGINT: the first asks for a graceful stop, the second exits at once (committed checkpoints are
+// renamed into place only when whole, so nothing committed is harmed).
+std::atomic<bool> g_stop{false};
+std::atomic<int> g_signals{0};
+
+void OnSignal(int sig) {
+  if (g_signals.fetch_add(1) > 0) _exit(128 + sig);
+  g_stop.store(true);
+  actors::PreemptFlag().store(true);
+}
+
+void InstallSignals() {
+  struct sigaction sa {};
+  sa.sa_handler = OnSignal;
+  sigaction(SIGTERM, &sa, nullptr);
+  sigaction(SIGINT, &sa, nullptr);
+}
+
+bool SplitHostPort(const std::string& addr, std::string* host, int* port) {
+  std::string a = addr;
+  if (a.rfind("http://", 0) == 0) a = a.substr(7);
+  while (!a.empty() && a.back() == '/') a.pop_back();
+  const auto colon = a.rfind(':');
+  if (colon == std::string::npos) return false;
+  *host = a.substr(0, colon);
+  *port = std::atoi(a.c_str() + colon + 1);
+  return !host->empty() && *port > 0 && *port < 65536;
+}
+
+std::string ReadToken(const ClientOptions& o) {
+  if (const char* t = std::getenv("RINGWORLD_TOKEN"); t && *t) return t;
+  std::string path = o.token_file;
+  if (path.empty()) {
+    const char* f = std::getenv("RINGWORLD_TOKEN_FILE");
+    path = f && *f ? f : "ringworld-state/token";
+  }
+  std::ifstream in(path);
+  std::string token;
+  in >> token;
+  return token;
+}
+
+std::string DaemonAddr(const ClientOptions& o) {
+  if (!o.daemon.empty()) return o.daemon;
+  const char* d = std::getenv("RINGWORLD_DAEMON");
+  return d && *d ? d : "127.0.0.1:8470";
+}
+
+struct Client {
+  explicit Client(const ClientOptions& o) : opt(o) {
+    std::string host;
+    int port = 0;
+    ok = SplitHostPort(DaemonAddr(o), &host, &port);
+    http = std::make_unique<httplib::Client>(host, port);
+    http->set_connection_timeout(5);
+    http->set_read_timeout(30);
+    token = ReadToken(o);
+    if (!token.empty()) http->set_bearer_token_auth(token);
+  }
+  // Returns the HTTP status (0: no answer) and the parsed body.
+  int Call(const std::string& method, const std::string& path, const std::string& body, const std::string& type,
+           json* out, const httplib::Headers& headers = {}) {
+    httplib::Result r = method == "GET"    ? http->Get(path, headers)
+                                           : http->Post(path, headers, body, type);
+    if (!r) {
+      std::fprintf(stderr, "ringworld: cannot reach the daemon at %s (%s)\n", DaemonAddr(opt).c_str(),
+                   httplib::to_string(r.error()).c_str());
+      return 0;
+    }
+    raw = r->body;
+    headers_out = r->headers;
+    try {
+      *out = r->body.empty() || r->get_header_value("Content-Type").rfind("application/json", 0) != 0
+                 ? json()
+                 : json::parse(r->body);
+    } catch (const std::exception&) {
+      *out = json();
+    }
+    if (r->status >= 400) {
+      std::fprintf(stderr, "ringworld: %d: %s\n", r->status,
+                   out->is_object() && out->contains("error") ? (*out)["error"].get<std::string>().c_str()
+                                                              : r->body.c_str());
+    }
+    return r->status;
+  }
+  ClientOptions opt;
+  bool ok = false;
+  std::unique_ptr<httplib::Client> http;
+  std::string token, raw;
+  httplib::Headers headers_out;
+};
+
+void PrintJobs(const json& jobs) {
+  std::printf("%-12s %-20s %-10s %8s %12s  %s\n", "ID", "NAME", "STATE", "PRIORITY", "CHECKPOINT", "MESSAGE");
+  for (const auto& j : jobs) {
+    const std::string ck = std::to_string(j.value("checkpoint_step", 0)) + "/" + std::to_string(j.value("total_steps", 0));
+    std::printf("%-12s %-20s %-10s %8lld %12s  %s\n", j.value("id", "").c_str(), j.value("name", "").substr(0, 20).c_str(),
+                j.value("state", "").c_str(), (long long)j.value("priority", 0), ck.c_str(),
+                j.value("message", "").c_str());
+  }
+}
+
+int64_t MemoryBytes() {
+  std::ifstream f("/proc/meminfo");
+  std::string key;
+  int64_t kb = 0;
+  while (f >> key >> kb) {
+    if (key == "MemTotal:") return kb * 1024;
+    f.ignore(256, '\n');
+  }
+  return 0;
+}
+
+}  // namespace
+
+int RunDaemon(const scheduler::DaemonOptions& options) {
+  InstallSignals();
+  std::unique_ptr<scheduler::Daemon> d;
+  const kernels::Status st = scheduler::Daemon::Open(options, &d);
+  if (!st.ok()) {
+    std::fprintf(stderr, "ringworld daemon: %s\n", st.message().c_str());
+    return 2;
+  }
+  const int code = d->Run(g_stop);
+  std::fprintf(stderr, "ringworld daemon: stopped%s\n", code == scheduler::kExitPreempted ? " (jobs preempted)" : "");
+  return code;
+}
+
+int RunWorker(const WorkerOptions& o) {
+  int n = 0;
+  if (o.devices.rfind("cpu:", 0) == 0) n = std::atoi(o.devices.c_str() + 4);
+  if (o.devices.rfind("cuda:", 0) == 0) {
+    std::fprintf(stderr, "ringworld worker: --devices %s: CUDA device actors are not available yet (rings run on host "
+                         "memory; GPU rings need the NCCL transport)\n", o.devices.c_str());
+    return 2;
+  }
+  if (n < 1 || n > 1024) {
+    std::fprintf(stderr, "ringworld worker: --devices: expected cpu:N (1..1024) or cuda:all, got '%s'\n", o.devices.c_str());
+    return 2;
+  }
+  std::string dhost;
+  int dport = 0;
+  if (!SplitHostPort(o.daemon, &dhost, &dport)) {
+    std::fprintf(stderr, "ringworld worker: --daemon: expected HOST:PORT, got '%s'\n", o.daemon.c_str());
+    return 2;
+  }
+  InstallSignals();
+  struct Config : caf::actor_system_config {
+    Config() { actors::AddMessageTypes(*this); }
+  } cfg;
+  caf::actor_system sys{cfg};
+  auto host = actors::SpawnHost(sys, n);
+  auto port = sys.middleman().publish(host, 0, o.listen.c_str());
+  if (!port) {
+    std::fprintf(stderr, "ringworld worker: --listen %s: %s\n", o.listen.c_str(), sys.render(port.error()).c_str());
+    return 2;
+  }
+  char hostname[256] = "worker";
+  gethostname(hostname, sizeof(hostname) - 1);
+  const std::string name = o.name.empty() ? std::string(hostname) + "-" + std::to_string(getpid()) : o.name;
+  json devices = json::array();
+  for (int i = 0; i < n; ++i) devices.push_back(json{{"kind", "cpu"}, {"index", i}, {"memory_bytes", MemoryBytes() / n}});
+  const json hello{{"name", name}, {"host", o.listen}, {"port", *port}, {"pid", int64_t(getpid())}, {"kind", "cpu"},
+                   {"devices", devices}};
+  ClientOptions co;
+  co.daemon = o.daemon;
+  co.token_file = o.token_file;
+  Client client(co);
+  client.http->set_read_timeout(15);
+  std::string id, instance;
+  double beat = 1.0;
+  auto abort_devices = [&](const std::string& why) {
+    caf::scoped_actor self{sys};
+    std::vector<actors::device_actor> devs;
+    self->request(host, std::chrono::seconds(5), actors::devices_atom::value)
+        .receive([&](const std::vector<actors::device_actor>& d) { devs = d; }, [](caf::error&) {});
+    for (auto& d : devs) self->send(d, actors::abort_atom::value, why);
+  };
+  std::fprintf(stderr, "ringworld worker %s: %d cpu devices on %s:%u, daemon %s\n", name.c_str(), n, o.listen.c_str(),
+               unsigned(*port), o.daemon.c_str());
+  std::chrono::steady_clock::time_point drain_deadline{};
+  bool registered_once = false;
+  for (;;) {
+    if (g_stop && drain_deadline == std::chrono::steady_clock::time_point{})
+      drain_deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(int64_t(o.grace_s * 1000));
+    json reply;
+    if (id.empty()) {
+      if (g_stop) break;  // never registered (or lost the daemon) and asked to stop: nothing to drain
+      const int status = client.Call("POST", "/v1/workers", hello.dump(), "application/json", &reply);
+      if (status == 201) {
+        id = reply.value("id", "");
+        instance = reply.value("instance", "");
+        beat = reply.value("heartbeat_s", 1.0);
+        registered_once = true;
+        std::fprintf(stderr, "ringworld worker %s: registered with daemon instance %s\n", id.c_str(), instance.c_str());
+      } else if (status == 401 || status == 400) {
+        return 2;  // a wrong token or a refused registration will not get better by retrying
+      }
+    } else {
+      const int status = client.Call("POST", "/v1/workers/" + id + "/heartbeat",
+                                     json{{"instance", instance}, {"draining", g_stop.load()}}.dump(),
+                                     "application/json", &reply);
+      if (status != 200) {
+        // The daemon is gone or restarted: whatever ring it drove here has no driver any more.
+        abort_devices("lost the daemon");
+        id.clear();
+      } else if (g_stop && reply.value("assigned", 0) == 0) {
+        break;  // drained: the ring stopped with a checkpoint and the daemon released our devices
+      }
+    }
+    if (g_stop && std::chrono::steady_clock::now() > drain_deadline) {
+      std::fprintf(stderr, "ringworld worker %s: grace period of %.0f s over; exiting\n", name.c_str(), o.grace_s);
+      break;
+    }
+    std::this_thread::sleep_for(std::chrono::duration<double>(id.empty() ? std::max(beat, 0.5) : beat));
+  }
+  caf::anon_send(host, actors::quit_atom::value);
+  std::fprintf(stderr, "ringworld worker %s: stopped\n", name.c_str());
+  _exit(g_stop && registered_once ? scheduler::kExitPreempted : 0);  // CAF's middleman threads need no goodbye
+}
+
+int Submit(const ClientOptions& o, const std::string& job_path, const std::vector<std::string>& overrides,
+           int64_t priority, const std::string& idempotency_key) {
+  std::ifstream f(job_path);
+  if (!f) {
+    std::fprintf(stderr, "ringworld submit: %s: cannot open the job file\n", job_path.c_str());
+    return 2;
+  }
+  std::stringstream ss;
+  ss << f.rdbuf();
+  Client c(o);
+  json reply;
+  httplib::Headers h;
+  if (!idempotency_key.empty()) h.emplace("Idempotency-Key", idempotency_key);
+  const int status = c.Call("POST", "/v1/jobs", json{{"job", ss.str()}, {"priority", priority}, {"set", overrides}}.dump(),
+                            "application/json", &reply, h);
+  if (status != 200 && status != 201) return status == 0 ? 3 : 1;
+  if (o.json_output)
+    std::printf("%s\n", reply.dump(2).c_str());
+  else
+    std::printf("%s %s (%s)\n", reply.value("id", "").c_str(), status == 201 ? "submitted" : "already submitted",
+                reply.value("state", "").c_str());
+  return 0;
+}
+
+int Jobs(const ClientOptions& o) {
+  Client c(o);
+  json reply;
+  const int status = c.Call("GET", "/v1/jobs", "", "", &reply);
+  if (status != 200) return status == 0 ? 3 : 1;
+  if (o.json_output)
+    std::printf("%s\n", reply.dump(2).c_str());
+  else
+    PrintJobs(reply["jobs"]);
+  return 0;
+}
+
+int JobStatus(const ClientOptions& o, const std::string& id) {
+  Client c(o);
+  json job, events;
+  int status = c.Call("GET", "/v1/jobs/" + id, "", "", &job);
+  if (status != 200) return status == 0 ? 3 : 1;
+  status = c.Call("GET", "/v1/jobs/" + id + "/events", "", "", &events);
+  if (status != 200) return status == 0 ? 3 : 1;
+  if (o.json_output) {
+    job["events"] = events["events"];
+    std::printf("%s\n", job.dump(2).c_str());
+    return 0;
+  }
+  PrintJobs(json::array({job}));
+  std::printf("\ncheckpoints: %s (newest recorded: step %lld)\nevents:\n", job.value("checkpoint_dir", "").c_str(),
+              (long long)job.value("checkpoint_step", 0));
+  for (const auto& e : events["events"]) {
+    const std::string from = e.value("from", ""), to = e.value("to", "");
+    std::printf("  %4lld  %-22s %s\n", (long long)e.value("seq", 0),
+                from == to ? "" : ((from.empty() ? "" : from + " -> ") + to).c_str(), e.value("message", "").c_str());
+  }
+  return 0;
+}
+
+int Change(const ClientOptions& o, const std::string& id, const std::string& verb) {
+  Client c(o);
+  json reply;
+  const int status = c.Call("POST", "/v1/jobs/" + id + "/" + verb, "{}", "application/json", &reply);
+  if (status != 200) return status == 0 ? 3 : 1;
+  if (o.json_output)
+    std::printf("%s\n", reply.dump(2).c_str());
+  else
+    std::printf("%s %s\n", id.c_str(), reply.value("state", "").c_str());
+  return 0;
+}
+
+int Logs(const ClientOptions& o, const std::string& id, bool follow) {
+  Client c(o);
+  long long offset = 0;
+  for (;;) {
+    json unused;
+    const int status = c.Call("GET", "/v1/jobs/" + id + "/logs?offset=" + std::to_string(offset), "", "", &unused);
+    if (status != 200) return status == 0 ? 3 : 1;
+    std::fwrite(c.raw.data(), 1, c.raw.size(), stdout);
+    std::fflush(stdout);
+    auto it = c.headers_out.find("X-Next-Offset");
+    if (it != c.headers_out.end()) offset = std::atoll(it->second.c_str());
+    auto st = c.headers_out.find("X-Job-State");
+    const std::string state = st == c.headers_out.end() ? "" : st->second;
+    const bool live = state == "QUEUED" || state == "RUNNING" || state == "PREEMPTED";
+    if (!follow || (!live && c.raw.empty())) return 0;
+    if (c.raw.empty()) std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  }
+}
+
+int Workers(const ClientOptions& o) {
+  Client c(o);
+  json reply;
+  const int status = c.Call("GET", "/v1/workers", "", "", &reply);
+  if (status != 200) return status == 0 ? 3 : 1;
+  if (o.json_output) {
+    std::printf("%s\n", reply.dump(2).c_str());
+    return 0;
+  }
+  std::printf("%-24s %-9s %-6s %7s %5s  %s\n", "ID", "STATE", "KIND", "DEVICES", "USED", "HOST");
+  for (const auto& w : reply["workers"])
+    std::printf("%-24s %-9s %-6s %7d %5d  %s%s\n", w.value("id", "").c_str(), w.value("state", "").c_str(),
+                w.value("kind", "").c_str(), w.value("devices", 0), w.value("used", 0), w.value("host", "").c_str(),
+                w.value("lost_reason", "").empty() ? "" : ("  (" + w.value("lost_reason", "") + ")").c_str());
+  return 0;
+}
+
+}  // namespace rw::cli
