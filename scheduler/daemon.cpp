@@ -7,6 +7,8 @@
 #include <httplib.h>
 
 #include <chrono>
+#include <cstdlib>
+#include <cstring>
 #include <condition_variable>
 #include <cstdio>
 #include <filesystem>
@@ -48,11 +50,14 @@ std::string RandomHex(size_t bytes) {
 }
 
 // The API token: made at first start, 0600, in the state directory.
+// $RINGWORLD_TOKEN, when set at first start, becomes the token (a cluster manager's shared secret).
 Status LoadOrCreateToken(const std::string& dir, std::string* token) {
   const std::string path = dir + "/token";
   std::ifstream in(path);
   if (in >> *token && token->size() >= 32) return Status::Ok();
-  *token = RandomHex(32);
+  const char* given = std::getenv("RINGWORLD_TOKEN");
+  if (given && *given) RW_REQUIRE(std::strlen(given) >= 32, "RINGWORLD_TOKEN: at least 32 characters");
+  *token = given && *given ? std::string(given) : RandomHex(32);
   const std::string tmp = path + ".tmp";
   const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
   RW_REQUIRE(fd >= 0, path << ": cannot create the API token file");
@@ -154,6 +159,10 @@ class DaemonImpl final : public Daemon {
       w.lost_reason = "daemon restarted; not registered since";
       workers_[id] = std::move(w);
     }
+    // After a restart, give the known workers a heartbeat period to register again before placing jobs, so
+    // rings are not formed small only to grow a moment later.
+    if (!rows.empty())
+      settle_until_ = Clock::now() + std::chrono::milliseconds(int64_t(opt_.worker_timeout_s * 1000));
     // The API.
     const auto colon = opt_.listen.rfind(':');
     RW_REQUIRE(colon != std::string::npos, "--listen: expected HOST:PORT, got '" << opt_.listen << "'");
@@ -213,6 +222,12 @@ class DaemonImpl final : public Daemon {
     CheckHeartbeats();
     ReapRunners();
     if (shutting_down_) return;
+    if (Clock::now() < settle_until_) {
+      std::lock_guard<std::mutex> lock(mu_);
+      bool all_back = true;
+      for (const auto& [id, w] : workers_) all_back = all_back && w.alive;
+      if (!all_back) return;
+    }
     for (const auto& r : jobs_->List())  // preempted jobs go back to the queue by themselves
       if (r.state == JobState::kPreempted) {
         if (jobs_->Transition(r.id, JobState::kQueued, "requeued").ok()) Log(r.id, "QUEUED: requeued");
@@ -565,7 +580,8 @@ class DaemonImpl final : public Daemon {
     res.set_content(body.dump(2) + "\n", "application/json");
   }
   static void Error(httplib::Response& res, int status, const std::string& message) {
-    Reply(res, status, json{{"error", message}});
+    res.status = status;
+    res.set_content(json{{"error", message}}.dump() + "\n", "application/json");
   }
 
   json JobJson(const JobRecord& r) const {
@@ -873,6 +889,7 @@ class DaemonImpl final : public Daemon {
   std::thread http_thread_;
   DaemonMetrics metrics_;
   std::atomic<bool> shutting_down_{false};
+  Clock::time_point settle_until_{};
   std::mutex mu_;  // workers_, runners_, waiting_
   std::map<std::string, Worker> workers_;
   std::map<std::string, std::unique_ptr<Runner>> runners_;

@@ -54,7 +54,7 @@ DaemonMetrics::DaemonMetrics()
 DaemonMetrics::JobSeries& DaemonMetrics::Job(const std::string& job) {
   auto it = job_series_.find(job);
   if (it != job_series_.end()) return it->second;
-  const Labels l{{"job", job}};
+  const Labels l{{"job_id", job}};
   JobSeries s{&step_seconds_.Add(l, SecondsBuckets()),
               &tokens_per_s_.Add(l), &loss_.Add(l), &grad_norm_.Add(l), &overlap_.Add(l), &memory_.Add(l),
               &step_.Add(l), &stage_.Add(l), &seq_len_.Add(l), &last_step_time_.Add(l),

@@ -1,0 +1,259 @@
+// The daemon's REST API, on a real daemon (RocksDB state, HTTP on loopback) in this process: a table of bad
+// requests, each with its status code, its message naming the field, and nothing stored changed; the token
+// file; idempotent submission; path confinement (.., absolute paths, symlinks); the body limit; metrics that
+// `promtool check metrics` accepts.
+#include <gtest/gtest.h>
+#include <httplib.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "scheduler/daemon.h"
+
+namespace rw::scheduler {
+namespace {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+const char* kJob = R"(name: api-test
+model: {vocab_size: 259, hidden_size: 32, intermediate_size: 64, num_hidden_layers: 1,
+        num_attention_heads: 2, num_key_value_heads: 1}
+data: {task: copy}
+ring: {devices: 2, min_devices: 1}
+stages:
+  - {seq_len: 64, rope_theta: 10000, steps: 3, batch: 1}
+checkpoint: {dir: ck/a}
+output_dir: out/a
+)";
+
+class Api : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    root_ = fs::temp_directory_path() / ("rw_api_" + std::to_string(getpid()));
+    fs::remove_all(root_);
+    fs::create_directories(root_ / "data");
+    fs::create_directories(root_ / "ckroot");
+    fs::create_directories(root_ / "outside");
+    fs::create_symlink(root_ / "outside", root_ / "ckroot" / "escape");
+    opt_.state_dir = (root_ / "state").string();
+    opt_.listen = "127.0.0.1:0";
+    opt_.data_root = (root_ / "data").string();
+    opt_.checkpoint_root = (root_ / "ckroot").string();
+    opt_.max_body_bytes = 64 * 1024;
+    StartDaemon();
+  }
+  void TearDown() override {
+    StopDaemon();
+    fs::remove_all(root_);
+  }
+  void StartDaemon() {
+    std::unique_ptr<Daemon> d;
+    const auto st = Daemon::Open(opt_, &d);
+    ASSERT_TRUE(st.ok()) << st.message();
+    daemon_ = std::move(d);
+    stop_ = false;
+    thread_ = std::thread([this] { daemon_->Run(stop_); });
+    client_ = std::make_unique<httplib::Client>("127.0.0.1", daemon_->port());
+    client_->set_connection_timeout(5);
+    for (int i = 0; i < 100; ++i) {
+      if (auto r = client_->Get("/healthz"); r && r->status == 200) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    std::ifstream(opt_.state_dir + "/token") >> token_;
+  }
+  void StopDaemon() {
+    if (!daemon_) return;
+    stop_ = true;
+    thread_.join();
+    daemon_.reset();
+  }
+  httplib::Headers Auth(const std::string& token) const { return {{"Authorization", "Bearer " + token}}; }
+  httplib::Result Post(const std::string& path, const std::string& body, const std::string& type = "application/json",
+                       httplib::Headers h = {}) {
+    if (h.empty()) h = Auth(token_);
+    return client_->Post(path, h, body, type);
+  }
+  httplib::Result Submit(json body, httplib::Headers h = {}) { return Post("/v1/jobs", body.dump(), "application/json", h); }
+  // What the daemon has stored, as seen through the API: jobs and every job's events.
+  std::string Snapshot() {
+    auto r = client_->Get("/v1/jobs");
+    EXPECT_TRUE(r && r->status == 200);
+    std::string out = r->body;
+    for (const auto& j : json::parse(r->body)["jobs"]) out += client_->Get("/v1/jobs/" + j["id"].get<std::string>() + "/events")->body;
+    return out;
+  }
+
+  fs::path root_;
+  DaemonOptions opt_;
+  std::unique_ptr<Daemon> daemon_;
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
+  std::unique_ptr<httplib::Client> client_;
+  std::string token_;
+};
+
+TEST_F(Api, TheTokenFileIsPrivateAndEveryChangeNeedsIt) {
+  struct stat s {};
+  ASSERT_EQ(stat((opt_.state_dir + "/token").c_str(), &s), 0);
+  EXPECT_EQ(s.st_mode & 0777, 0600u);
+  EXPECT_EQ(token_.size(), 64u);
+  auto r = client_->Get("/healthz");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 200);
+  const std::string before = Snapshot();
+  for (const auto& headers : {httplib::Headers{}, Auth("not-the-token"), Auth(token_ + "x")}) {
+    r = client_->Post("/v1/jobs", headers, json{{"job", kJob}}.dump(), "application/json");
+    ASSERT_TRUE(r);
+    EXPECT_EQ(r->status, 401) << r->body;
+  }
+  EXPECT_EQ(Snapshot(), before);
+}
+
+TEST_F(Api, BadRequestsGetTheirStatusAndNameTheFieldAndChangeNothing) {
+  auto ok = Submit(json{{"job", kJob}, {"priority", 3}});
+  ASSERT_TRUE(ok);
+  ASSERT_EQ(ok->status, 201) << ok->body;
+  const std::string id = json::parse(ok->body)["id"];
+  const std::string before = Snapshot();
+  auto job_with = [](const std::string& from, const std::string& to) {
+    std::string j = kJob;
+    j.replace(j.find(from), from.size(), to);
+    return j;
+  };
+  struct Case {
+    const char* what;
+    std::function<httplib::Result()> call;
+    int status;
+    std::string needle;  // the message names the field
+  };
+  const std::string big(70 * 1024, 'x');
+  std::vector<Case> cases = {
+      {"body not JSON", [&] { return Post("/v1/jobs", "{not json"); }, 400, "body: not JSON"},
+      {"body not an object", [&] { return Post("/v1/jobs", "[1, 2]"); }, 400, "body: expected a JSON object"},
+      {"unknown field", [&] { return Submit(json{{"job", kJob}, {"priorty", 1}}); }, 400, "priorty: unknown field"},
+      {"priority not an integer", [&] { return Submit(json{{"job", kJob}, {"priority", "high"}}); }, 400, "priority:"},
+      {"no job", [&] { return Submit(json{{"priority", 1}}); }, 400, "job: missing"},
+      {"set not a list", [&] { return Submit(json{{"job", kJob}, {"set", "a=b"}}); }, 400, "set: expected a list"},
+      {"unknown job key", [&] { return Submit(json{{"job", job_with("hidden_size", "hiden_size")}}); }, 400,
+       "model.hiden_size: unknown key"},
+      {"wrong type", [&] { return Submit(json{{"job", job_with("steps: 3", "steps: three")}}); }, 400, "steps"},
+      {"impossible seq_len", [&] { return Submit(json{{"job", job_with("seq_len: 64", "seq_len: 63")}}); }, 400,
+       "seq_len"},
+      {"YAML that is not a job", [&] { return Post("/v1/jobs", "- a\n- b\n", "application/yaml"); }, 400,
+       "a job file is a mapping"},
+      {"no checkpoint.dir", [&] { return Submit(json{{"job", job_with("checkpoint: {dir: ck/a}", "seed: 2")}}); }, 400,
+       "checkpoint.dir: a daemon job needs one"},
+      {"checkpoint.dir with ..", [&] { return Submit(json{{"job", job_with("dir: ck/a", "dir: ../x")}}); }, 400,
+       "checkpoint.dir: '../x' contains '..'"},
+      {"checkpoint.dir absolute outside", [&] { return Submit(json{{"job", job_with("dir: ck/a", "dir: /tmp/x")}}); },
+       400, "outside"},
+      {"checkpoint.dir through a symlink out", [&] {
+         return Submit(json{{"job", job_with("dir: ck/a", "dir: escape/ck")}});
+       }, 400, "checkpoint.dir: 'escape/ck' resolves to"},
+      {"output_dir outside", [&] { return Submit(json{{"job", job_with("output_dir: out/a", "output_dir: /etc")}}); },
+       400, "output_dir:"},
+      {"data.path outside", [&] {
+         return Submit(json{{"job", job_with("data: {task: copy}", "data: {source: files, path: /etc}")}});
+       }, 400, "data.path:"},
+      {"data.path missing", [&] {
+         return Submit(json{{"job", job_with("data: {task: copy}", "data: {source: files, path: nothing-here}")}});
+       }, 400, "data.path"},
+      {"transport is the daemon's", [&] { return Submit(json{{"job", kJob}, {"set", {"ring.transport=ucx"}}}); }, 400,
+       "ring.transport"},
+      {"checkpoint.dir of a live job", [&] { return Submit(json{{"job", kJob}}); }, 409, "belongs to " + id},
+      {"body too large", [&] { return Post("/v1/jobs", json{{"job", big}}.dump()); }, 413, "too large"},
+      {"unknown job", [&] { return client_->Get("/v1/jobs/job-999999"); }, 404, "no such job"},
+      {"cancel an unknown job", [&] { return Post("/v1/jobs/job-999999/cancel", "{}"); }, 404, "no such job"},
+      {"resume a queued job", [&] { return Post("/v1/jobs/" + id + "/resume", "{}"); }, 409, "is QUEUED: cannot resume"},
+      {"events of an unknown job", [&] { return client_->Get("/v1/jobs/nope/events"); }, 404, "no such job"},
+      {"worker without fields", [&] { return Post("/v1/workers", "{}"); }, 400, "body: expected {name, host, port"},
+      {"worker with a bad name", [&] {
+         return Post("/v1/workers", json{{"name", "a b"}, {"host", "127.0.0.1"}, {"port", 1}, {"devices", {{{"memory_bytes", 1}}}}}.dump());
+       }, 400, "name:"},
+      {"worker nobody listens for", [&] {
+         return Post("/v1/workers", json{{"name", "w"}, {"host", "127.0.0.1"}, {"port", 1}, {"devices", {{{"memory_bytes", 1}}}}}.dump());
+       }, 400, "port: cannot reach"},
+      {"heartbeat of an unknown worker", [&] { return Post("/v1/workers/w9/heartbeat", json{{"instance", "x"}}.dump()); },
+       409, "register again"},
+      {"no such route", [&] { return client_->Get("/v2/jobs"); }, 404, "no such resource"},
+  };
+  for (const auto& c : cases) {
+    auto r = c.call();
+    ASSERT_TRUE(r) << c.what;
+    EXPECT_EQ(r->status, c.status) << c.what << ": " << r->body;
+    EXPECT_NE(r->body.find(c.needle), std::string::npos) << c.what << ": " << r->body;
+    std::printf("  %-40s %d %s", c.what, r->status, r->body.substr(0, 140).c_str());
+    if (r->body.size() > 140 || r->body.empty() || r->body.back() != '\n') std::printf("\n");
+    EXPECT_EQ(Snapshot(), before) << c.what << " changed the stored state";
+  }
+}
+
+TEST_F(Api, SubmissionIsIdempotentAndSurvivesARestartAndCancelIsRecorded) {
+  httplib::Headers h = Auth(token_);
+  h.emplace("Idempotency-Key", "key-1");
+  auto a = Submit(json{{"job", kJob}}, h);
+  ASSERT_TRUE(a);
+  ASSERT_EQ(a->status, 201) << a->body;
+  auto b = Submit(json{{"job", kJob}}, h);
+  ASSERT_TRUE(b);
+  EXPECT_EQ(b->status, 200) << b->body;
+  const std::string id = json::parse(a->body)["id"];
+  EXPECT_EQ(json::parse(b->body)["id"], id);
+  // The YAML form, with a priority, and paths resolved inside the roots.
+  std::string other = kJob;
+  other.replace(other.find("ck/a"), 4, "ck/b");
+  auto c = Post("/v1/jobs?priority=7", other, "application/yaml");
+  ASSERT_TRUE(c);
+  ASSERT_EQ(c->status, 201) << c->body;
+  const json cj = json::parse(c->body);
+  EXPECT_EQ(cj["priority"], 7);
+  EXPECT_EQ(cj["checkpoint_dir"], (fs::weakly_canonical(root_ / "ckroot") / "ck" / "b").string());
+  auto cancel = Post("/v1/jobs/" + cj["id"].get<std::string>() + "/cancel", "{}");
+  ASSERT_TRUE(cancel);
+  EXPECT_EQ(cancel->status, 200);
+  EXPECT_EQ(json::parse(cancel->body)["state"], "CANCELLED");
+  auto again = Post("/v1/jobs/" + cj["id"].get<std::string>() + "/cancel", "{}");
+  EXPECT_EQ(again->status, 409);
+  const std::string before = Snapshot();
+  // Restart: everything acknowledged is there, the same key still finds the same job.
+  StopDaemon();
+  StartDaemon();
+  EXPECT_EQ(Snapshot(), before);
+  auto d = Submit(json{{"job", kJob}}, [&] {
+    httplib::Headers hh = Auth(token_);
+    hh.emplace("Idempotency-Key", "key-1");
+    return hh;
+  }());
+  ASSERT_TRUE(d);
+  EXPECT_EQ(d->status, 200);
+  EXPECT_EQ(json::parse(d->body)["id"], id);
+  auto jobs = json::parse(client_->Get("/v1/jobs")->body)["jobs"];
+  EXPECT_EQ(jobs.size(), 2u);
+}
+
+TEST_F(Api, MetricsPassPromtool) {
+  auto r = client_->Get("/metrics");
+  ASSERT_TRUE(r);
+  ASSERT_EQ(r->status, 200);
+  EXPECT_NE(r->body.find("ringworld_workers{state=\"alive\"} 0"), std::string::npos) << r->body;
+  for (int i = 0; i < 50 && r->body.find("ringworld_jobs{") == std::string::npos; ++i) {  // the first tick
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    r = client_->Get("/metrics");
+  }
+  EXPECT_NE(r->body.find("ringworld_jobs{state=\"QUEUED\"} 0"), std::string::npos) << r->body;
+  if (std::system("command -v promtool > /dev/null") != 0) GTEST_SKIP() << "promtool not installed (Debian: prometheus)";
+  const fs::path f = root_ / "metrics.txt";
+  std::ofstream(f) << r->body;
+  const std::string cmd = "promtool check metrics < " + f.string();
+  EXPECT_EQ(std::system(cmd.c_str()), 0) << r->body;
+}
+
+}  // namespace
+}  // namespace rw::scheduler
