@@ -231,7 +231,10 @@ int RunWorker(const WorkerOptions& o) {
         abort_devices("lost the daemon");
         id.clear();
       } else if (g_stop && reply.value("assigned", 0) == 0) {
-        break;  // drained: the ring stopped with a checkpoint and the daemon released our devices
+        // Drained: the ring stopped with a checkpoint and the daemon released our devices. Say goodbye.
+        client.Call("POST", "/v1/workers/" + id + "/heartbeat",
+                    json{{"instance", instance}, {"draining", true}, {"leaving", true}}.dump(), "application/json", &reply);
+        break;
       }
     }
     if (g_stop && std::chrono::steady_clock::now() > drain_deadline) {

@@ -488,7 +488,10 @@ class DaemonImpl final : public Daemon {
 
       runtime::JobConfig job;
       runtime::ParseJobConfig(rec.spec, rec.id, plan.overrides, &job);
+      std::error_code ec;
+      fs::create_directories(job.output_dir, ec);
       std::ofstream metrics_file(fs::path(job.output_dir) / "metrics.jsonl", std::ios::app);
+      if (!metrics_file) Note(id, "output_dir: cannot write " + job.output_dir + "/metrics.jsonl");
       std::string stop_reason;
       actors::RingHooks hooks;
       hooks.on_step = [&](const runtime::StepMetrics& m) {
@@ -542,12 +545,15 @@ class DaemonImpl final : public Daemon {
       }
       // A lost device (its worker died or hung) or a transport failure: re-form without it.
       bool worker_lost = out.lost;
+      std::string lost_list;
       {
         std::lock_guard<std::mutex> lock(mu_);
         for (int rank : out.lost_ranks)  // a worker whose device went away must register again
-          if (rank >= 0 && rank < int(r->slots.size()))
-            MarkLostLocked(workers_.at(r->slots[rank].worker), "its device of rank " + std::to_string(rank) +
-                                                                   " of " + id + " went away");
+          if (rank >= 0 && rank < int(r->slots.size())) {
+            const std::string& w = r->slots[rank].worker;
+            lost_list += (lost_list.empty() ? "" : ", ") + std::string("rank ") + std::to_string(rank) + " on " + w;
+            MarkLostLocked(workers_.at(w), "its device of rank " + std::to_string(rank) + " of " + id + " went away");
+          }
         for (const auto& w : ring_workers) worker_lost = worker_lost || !workers_.at(w).alive;
       }
       if (shutting_down_) return Finish(r, JobState::kPreempted, "daemon shutting down");
@@ -555,7 +561,8 @@ class DaemonImpl final : public Daemon {
         return Finish(r, JobState::kFailed, out.error);
       metrics_.ElasticResize(id);
       last_ring_size = 0;
-      Note(id, "ring failed: " + out.error + "; re-forming from the last checkpoint");
+      Note(id, "ring failed: " + out.error + (lost_list.empty() ? "" : "; devices lost: " + lost_list) +
+                   "; re-forming from the last checkpoint");
     }
   }
 
@@ -740,7 +747,7 @@ class DaemonImpl final : public Daemon {
       j["overrides"] = r.overrides;
       Reply(res, 200, j);
     });
-    auto change = [this](const char* verb, JobState to, std::initializer_list<JobState> from) {
+    auto change = [this](const char* verb, JobState to, std::vector<JobState> from) {
       return [this, verb, to, from](const httplib::Request& req, httplib::Response& res) {
         JobRecord r;
         const std::string id = req.matches[1];
@@ -801,11 +808,12 @@ class DaemonImpl final : public Daemon {
     http_.Post(R"(/v1/workers/([A-Za-z0-9_.-]+)/heartbeat)", [this](const httplib::Request& req, httplib::Response& res) {
       const std::string id = req.matches[1];
       std::string instance;
-      bool draining = false;
+      bool draining = false, leaving = false;
       try {
         const auto j = json::parse(req.body);
         instance = j.at("instance").get<std::string>();
         draining = j.value("draining", false);
+        leaving = j.value("leaving", false);
       } catch (const std::exception& e) {
         return Error(res, 400, std::string("body: expected {\"instance\": ..., \"draining\": ...}: ") + e.what());
       }
@@ -816,6 +824,10 @@ class DaemonImpl final : public Daemon {
                                    "): register again");
       Worker& w = it->second;
       w.last_seen = Clock::now();
+      if (leaving) {  // a worker that drained and exits: gone now, not after a heartbeat timeout
+        MarkLostLocked(w, "left (drained)");
+        return Reply(res, 200, json{{"assigned", 0}});
+      }
       if (draining && !w.draining) std::fprintf(stderr, "ringworld daemon: worker %s is draining\n", id.c_str());
       w.draining = draining;
       int used = 0;
@@ -873,6 +885,7 @@ class DaemonImpl final : public Daemon {
     if (!st.ok()) return Error(res, 500, st.message());
     std::fprintf(stderr, "ringworld daemon: worker %s registered: %zu %s devices at %s:%d\n", w.id.c_str(),
                  w.devices.size(), w.kind.c_str(), w.host.c_str(), w.port);
+    metrics_.WorkerKnown(w.id);
     const json reply{{"id", w.id}, {"instance", instance_}, {"heartbeat_s", std::min(1.0, opt_.worker_timeout_s / 5)}};
     workers_[w.id] = std::move(w);
     Reply(res, 201, reply);

@@ -111,11 +111,15 @@ void DaemonMetrics::ElasticResize(const std::string& job) {
   Job(job).resizes->Increment();
 }
 
-void DaemonMetrics::HeartbeatMissed(const std::string& worker) {
+void DaemonMetrics::WorkerKnown(const std::string& worker) {
   std::lock_guard<std::mutex> lock(mu_);
-  auto it = worker_series_.find(worker);
-  if (it == worker_series_.end()) it = worker_series_.emplace(worker, &heartbeats_missed_.Add({{"worker", worker}})).first;
-  it->second->Increment();
+  if (!worker_series_.count(worker)) worker_series_.emplace(worker, &heartbeats_missed_.Add({{"worker", worker}}));
+}
+
+void DaemonMetrics::HeartbeatMissed(const std::string& worker) {
+  WorkerKnown(worker);
+  std::lock_guard<std::mutex> lock(mu_);
+  worker_series_.at(worker)->Increment();
 }
 
 void DaemonMetrics::ForgetJob(const std::string& job) {

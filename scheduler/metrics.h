@@ -25,6 +25,7 @@ class DaemonMetrics {
   void Checkpoint(const std::string& job, const runtime::CheckpointInfo& c);  // ok or failed
   void CheckpointFallback(const std::string& job);
   void ElasticResize(const std::string& job);
+  void WorkerKnown(const std::string& worker);  // its series exist from registration on (at 0)
   void HeartbeatMissed(const std::string& worker);
   void ForgetJob(const std::string& job);
   void ForgetWorker(const std::string& worker);
