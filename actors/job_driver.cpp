@@ -135,12 +135,13 @@ RingOutcome RunRing(caf::actor_system& sys, const std::vector<device_actor>& dev
         },
         caf::after(std::chrono::milliseconds(100)) >> [] {});
     const auto now = clock::now();
-    if (aborted && abort_deadline == clock::time_point::max()) abort_deadline = now + std::chrono::seconds(15);
+    if (aborted && abort_deadline == clock::time_point::max())
+      abort_deadline = now + std::chrono::milliseconds(int64_t(hooks.abort_answer_s * 1000));
     if (now > abort_deadline) {  // ranks that do not answer an abort: their process is gone or hung
       out.lost = true;
       for (int r = 0; r < R; ++r)
         if (!reported[r]) out.lost_ranks.push_back(r);
-      fail("ranks did not answer the abort within 15 s");
+      fail("ranks did not answer the abort within " + std::to_string(int(hooks.abort_answer_s)) + " s");
       break;
     }
     if (hooks.poll && now - last_poll >= std::chrono::milliseconds(100)) {

@@ -43,6 +43,9 @@ struct RingHooks {
   // Polled about every 100 ms while the ring runs: "" goes on; "stop" asks the ranks to stop after the
   // current step with a checkpoint; anything else aborts the ring with that reason.
   std::function<std::string()> poll;
+  // After an abort, ranks that have not answered within this time are taken as lost (their process is
+  // gone or hung: a stopped worker keeps its connections open, so no CAF down message comes).
+  double abort_answer_s = 5;
 };
 
 struct RingOutcome {

@@ -160,11 +160,18 @@ Status SaveCheckpoint(const std::string& dir, const ModelConfig& c, const ParamT
   const auto all = Checkpoints(root);
   for (size_t i = size_t(std::max<int64_t>(keep, 1)); i < all.size(); ++i)
     if (keep_every <= 0 || all[i].first % keep_every != 0) fs::remove_all(all[i].second, ec);
-  for (const auto& e : fs::directory_iterator(root, ec))
-    if (e.path().filename().string().rfind(".tmp-", 0) == 0) fs::remove_all(e.path(), ec);
+  CollectCheckpointLeftovers(dir);
   if (path) *path = final_path.string();
   if (bytes) *bytes = total_bytes;
   return Status::Ok();
+}
+
+int CollectCheckpointLeftovers(const std::string& dir) {
+  std::error_code ec;
+  int n = 0;
+  for (const auto& e : fs::directory_iterator(dir, ec))
+    if (e.path().filename().string().rfind(".tmp-", 0) == 0) n += fs::remove_all(e.path(), ec) > 0;
+  return n;
 }
 
 std::vector<std::pair<int64_t, std::string>> ListCheckpoints(const std::string& dir) {

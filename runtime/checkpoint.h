@@ -30,6 +30,10 @@ Status SaveCheckpoint(const std::string& dir, const ModelConfig& c, const ParamT
 // The step-N checkpoint directories of `dir`, newest first (not verified).
 std::vector<std::pair<int64_t, std::string>> ListCheckpoints(const std::string& dir);
 
+// Removes the temporary directories that interrupted checkpoint writes left in `dir` (at the start of a run).
+// Returns how many it removed.
+int CollectCheckpointLeftovers(const std::string& dir);
+
 // Verifies a checkpoint directory's MANIFEST (every file's size and CRC32C).
 Status VerifyCheckpoint(const std::string& ckpt_dir);
 

@@ -66,6 +66,7 @@ Status TrainRank(Transport& t, const JobConfig& job, const std::function<void(co
   int64_t step = 0;
   TrainResult res;
   if (!job.checkpoint.dir.empty()) {
+    if (rank == 0) CollectCheckpointLeftovers(job.checkpoint.dir);  // of writes a crash interrupted
     TrainerState state;
     bool found = false;
     RW_RETURN_IF_ERROR(LoadLatestCheckpoint(job.checkpoint.dir, model, table, params.data(), opt.m().data(),

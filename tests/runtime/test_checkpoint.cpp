@@ -165,6 +165,9 @@ TEST(Checkpoint, RetentionKeepsTheNewestAndEveryKthAndResumeHonoursTheRecordedBo
   std::vector<int64_t> steps;
   for (const auto& [step, path] : ListCheckpoints(dir.path.string())) steps.push_back(step);
   EXPECT_EQ(steps, (std::vector<int64_t>{9, 8, 4}));
+  fs::create_directories(dir.path / ".tmp-step-10-12345" / "x");  // a write a crash interrupted
+  EXPECT_EQ(CollectCheckpointLeftovers(dir.path.string()), 1);
+  EXPECT_FALSE(fs::exists(dir.path / ".tmp-step-10-12345"));
   std::vector<float> q(t.total());
   TrainerState st;
   bool found = false;

@@ -116,8 +116,38 @@ awk 'FNR == 1 { f++ } { match($0, /"step": [0-9]+/); s = substr($0, RSTART + 8, 
            printf "elastic: %d steps, worst relative loss difference to the undisturbed run %.2e\n", n, worst;
            if (n != 60 || worst > 1e-4) exit 1 }' ref/metrics.jsonl out/elastic/metrics.jsonl ||
   fail "$A: the loss curve after the shrink departs from the undisturbed run"
+rw logs "$A" > A.log
+grep -q "step 60/60" A.log || fail "ringworld logs $A lacks the last step"
 start_worker w2  # back: registers again under its name
 echo "1. elastic ring: 4 -> 2 after kill -9, SUCCEEDED ($((SECONDS - t_start)) s)"
+
+# ---- 1b: the curriculum is the daemon's: a stage that asks for a bigger ring gets one at its checkpoint ------
+C=$(submit curriculum 12 6 --set ring.devices=2 --set stages.1.devices=4)
+wait_for 60 "$C SUCCEEDED" is_state "$C" SUCCEEDED
+rw logs "$C" > C.log
+grep -q "ring of 2 devices on w[12] (2), inproc, epoch 1, from step 0, until step 12" C.log ||
+  fail "$C: stage 0 did not run on a ring of 2 on one worker"
+grep -q "ring of 4 devices on w1 (2), w2 (2), ucx, epoch 2, from step 12" C.log ||
+  fail "$C: stage 1 did not get its ring of 4 at the stage's checkpoint"
+grep -q "step 13/18 stage 1 seq_len 256" C.log || fail "$C: stage 1 did not run at its seq_len"
+echo "1b. curriculum: ring 2 (one worker) -> 4 (two workers) at the stage change ($((SECONDS - t_start)) s)"
+
+# ---- 1c: a hung worker (SIGSTOP) is found by its missing heartbeats and the ring goes on without it ---------
+S=$(submit hung 200 10)
+wait_for 60 "$S running" step_at_least out/hung 5
+t_stop=$SECONDS
+kill -STOP "$W_w2"
+wait_for 30 "w2 declared lost by heartbeat" grep -q "worker w2 lost: no heartbeat" daemon.log
+detect=$((SECONDS - t_stop))
+[ "$detect" -le 5 ] || fail "a hung worker took $detect s to be declared lost (timeout 3 s)"
+wait_for 30 "$S re-formed on w1" grep -q "ring of 2 devices on w1 (2)" "st/logs/$S.log"
+curl -sf "http://$ADDR/metrics" | grep -q '^ringworld_heartbeats_missed_total{worker="w2"} 1' ||
+  fail "heartbeats missed are not counted"
+kill -CONT "$W_w2"  # it wakes up, is told to register again, aborts its stale ring and does
+registered_thrice() { [ "$(grep -c 'registered with daemon instance' w2.log)" -ge 3 ]; }
+wait_for 30 "w2 registered again" registered_thrice
+wait_for 60 "$S SUCCEEDED" is_state "$S" SUCCEEDED
+echo "1c. hung worker lost after $detect s (heartbeats), ring re-formed, worker back ($((SECONDS - t_start)) s)"
 
 # ---- 2: priority preemption and automatic resume -------------------------------------------------------------
 F=$(submit low 150 10)
@@ -143,7 +173,7 @@ events_of "$H" > H.events
 grep -q "RUNNING -> PREEMPTED .*daemon restarted" H.events || fail "$H: the restart is not in the events"
 resumed=$(grep -o "from step [0-9]*" H.events | tail -1 | grep -o "[0-9]*$")
 [ "$resumed" -ge 10 ] || fail "$H restarted from step $resumed, not from its checkpoint"
-[ "$(rw jobs --json | grep -c '"id"')" -eq 4 ] || fail "jobs lost or duplicated: $(rw jobs)"
+[ "$(rw jobs --json | grep -c '"id"')" -eq 6 ] || fail "jobs lost or duplicated: $(rw jobs)"
 [ "$(ls st/logs | wc -l)" -eq "$jobs_before" ] || fail "a job was added by the restart"
 echo "3. daemon kill -9 + restart: $H resumed from step $resumed and SUCCEEDED ($((SECONDS - t_start)) s)"
 
