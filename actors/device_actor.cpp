@@ -7,6 +7,7 @@
 #include <mutex>
 
 #include "runtime/inproc_transport.h"
+#include "runtime/needle.h"
 #include "runtime/ring_attention.h"
 #include "runtime/ucx_transport.h"
 
@@ -39,7 +40,8 @@ using lane_actor = caf::typed_actor<
     caf::replies_to<attend_atom, selftest_task, ring_spec, std::shared_ptr<Transport>>::with<attention_report>,
     caf::replies_to<train_atom, train_task, ring_spec, std::shared_ptr<Transport>,
                     std::shared_ptr<std::atomic<bool>>>::with<train_report>,
-    caf::replies_to<eval_atom, eval_task, std::shared_ptr<Transport>>::with<eval_report>>;
+    caf::replies_to<eval_atom, eval_task, std::shared_ptr<Transport>>::with<eval_report>,
+    caf::replies_to<needle_atom, needle_task, std::shared_ptr<Transport>>::with<needle_report>>;
 
 attention_report Run(Transport& t, runtime::ShardData& io, uint32_t epoch, uint32_t step) {
   attention_report rep;
@@ -59,6 +61,22 @@ attention_report Run(Transport& t, runtime::ShardData& io, uint32_t epoch, uint3
 
 lane_actor::behavior_type Lane(lane_actor::pointer) {
   return {
+      [](needle_atom, const needle_task& task, std::shared_ptr<Transport> t) {
+        needle_report rep;
+        rep.rank = t->rank();
+        runtime::NeedleConfig cfg;
+        cfg.lengths = task.lengths;
+        cfg.depths = task.depths;
+        cfg.trials = task.trials;
+        cfg.seed = task.seed;
+        cfg.layout = task.layout;
+        runtime::NeedleResult res;
+        const kernels::Status st = runtime::NeedleRank(*t, task.checkpoint, cfg, &res);
+        rep.ok = st.ok();
+        rep.error = st.message();
+        if (st.ok() && t->rank() == 0) rep.json = res.ToJson();
+        return rep;
+      },
       [](eval_atom, const eval_task& task, std::shared_ptr<Transport> t) {
         eval_report rep;
         runtime::EvalResult res;
@@ -225,6 +243,15 @@ device_actor::behavior_type Device(device_actor::stateful_pointer<DeviceState> s
         }
         return self->delegate(st.lane, eval_atom::value, task, st.transport);
       },
+      [=](needle_atom, const needle_task& task) -> caf::result<needle_report> {
+        auto& st = self->state;
+        if (auto stale = StaleEpoch(st, task.epoch, "needle"); !stale.empty()) {
+          needle_report rep;
+          rep.error = stale;
+          return rep;
+        }
+        return self->delegate(st.lane, needle_atom::value, task, st.transport);
+      },
       [=](abort_atom, const std::string& reason) {
         if (self->state.transport) self->state.transport->Abort(reason);
       },
@@ -283,6 +310,10 @@ void AddMessageTypes(caf::actor_system_config& cfg) {
   cfg.add_message_type<train_report>("rw::train_report");
   cfg.add_message_type<eval_task>("rw::eval_task");
   cfg.add_message_type<eval_report>("rw::eval_report");
+  cfg.add_message_type<needle_task>("rw::needle_task");
+  cfg.add_message_type<needle_report>("rw::needle_report");
+  cfg.add_message_type<std::vector<double>>("rw::f64_list");
+  cfg.add_message_type<std::vector<int64_t>>("rw::i64_list");
   cfg.add_message_type<runtime::StepMetrics>("rw::step_metrics");
   cfg.add_message_type<runtime::CheckpointInfo>("rw::checkpoint_info");
   cfg.load<caf::io::middleman>();

@@ -22,6 +22,7 @@ using abort_atom = caf::atom_constant<caf::atom("abort")>;
 using train_atom = caf::atom_constant<caf::atom("train")>;
 using eval_atom = caf::atom_constant<caf::atom("eval")>;
 using stop_atom = caf::atom_constant<caf::atom("stop")>;
+using needle_atom = caf::atom_constant<caf::atom("needle")>;
 
 // What a device needs to join a ring: who it is in it, and how tensors travel.
 struct ring_spec {
@@ -135,6 +136,34 @@ struct eval_report {
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, eval_report& x) {
   return f(caf::meta::type_name("eval_report"), x.ok, x.error, x.loss, x.perplexity, x.tokens);
+}
+
+// Needle retrieval over the ring (runtime/needle.h); rank 0's report carries the result as JSON.
+struct needle_task {
+  uint32_t epoch = 0;
+  std::string checkpoint;
+  std::vector<int64_t> lengths;
+  std::vector<double> depths;
+  int64_t trials = 4;
+  uint64_t seed = 1;
+  std::string layout = "zigzag";
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, needle_task& x) {
+  return f(caf::meta::type_name("needle_task"), x.epoch, x.checkpoint, x.lengths, x.depths, x.trials, x.seed, x.layout);
+}
+
+struct needle_report {
+  bool ok = false;
+  std::string error;
+  int32_t rank = 0;
+  std::string json;
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, needle_report& x) {
+  return f(caf::meta::type_name("needle_report"), x.ok, x.error, x.rank, x.json);
 }
 
 }  // namespace rw::actors

@@ -46,6 +46,21 @@ int main(int argc, char** argv) {
   gen->add_option("--top-k", top_k, "keep the k most likely tokens (0: all)");
   gen->add_option("--top-p", top_p, "nucleus sampling mass");
   gen->add_option("--seed", gen_seed, "sampling seed");
+  std::string needle_ckpt, needle_out = "needle", needle_layout = "zigzag";
+  std::vector<int64_t> needle_lengths;
+  std::vector<double> needle_depths = {0, 0.25, 0.5, 0.75, 1};
+  int64_t needle_trials = 4;
+  int needle_ring = 2;
+  uint64_t needle_seed = 1;
+  auto* needle = app.add_subcommand("needle", "needle retrieval by context length x depth (JSON + PNG heatmap)");
+  needle->add_option("--checkpoint", needle_ckpt, "checkpoint directory")->required();
+  needle->add_option("--lengths", needle_lengths, "context lengths in tokens, e.g. 256,512,1024")->required()->delimiter(',');
+  needle->add_option("--depths", needle_depths, "needle depths in [0, 1]")->delimiter(',');
+  needle->add_option("--trials", needle_trials, "documents per cell");
+  needle->add_option("--ring", needle_ring, "devices in the ring (in this process)");
+  needle->add_option("--layout", needle_layout, "contiguous | zigzag | striped");
+  needle->add_option("--output", needle_out, "directory for needle.json and needle.png");
+  needle->add_option("--seed", needle_seed, "seed of the documents");
   std::vector<std::string> inputs;
   std::string output, tokenizer = "bytes";
   bool skip_bad = false;
@@ -114,6 +129,9 @@ int main(int argc, char** argv) {
   if (*workers) return rw::cli::Workers(copt);
   if (*host) return rw::cli::DeviceHost(host_devices, port_file);
   if (*gen) return rw::cli::Generate(gen_ckpt, prompt, max_tokens, temperature, top_k, top_p, gen_seed);
+  if (*needle)
+    return rw::cli::Needle(needle_ckpt, needle_lengths, needle_depths, needle_trials, needle_ring, needle_layout,
+                           needle_out, needle_seed);
   if (*eval) return rw::cli::Eval(checkpoint, data, ring, layout, seq_len);
   if (*prepare) return rw::cli::DataPrepare(inputs, output, tokenizer, skip_bad);
   if (*train) {

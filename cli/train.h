@@ -16,6 +16,9 @@ int DeviceHost(int n, const std::string& port_file);
 int Eval(const std::string& checkpoint, const std::string& data, int ring, const std::string& layout, int64_t seq_len);
 int Generate(const std::string& checkpoint, const std::string& prompt, int64_t max_tokens, double temperature,
              int64_t top_k, double top_p, uint64_t seed);
+// Needle retrieval over a ring of `ring` devices in this process; writes OUTPUT/needle.json and needle.png.
+int Needle(const std::string& checkpoint, const std::vector<int64_t>& lengths, const std::vector<double>& depths,
+           int64_t trials, int ring, const std::string& layout, const std::string& output, uint64_t seed);
 int DataPrepare(const std::vector<std::string>& inputs, const std::string& output, const std::string& tokenizer,
                 bool skip_bad);
 

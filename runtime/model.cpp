@@ -179,7 +179,7 @@ void DropAllButInput(LayerActs& a) {
 // The forward; keeps each layer's activations when `acts` is given (only their inputs under remat).
 // Leaves the final hidden state (pre-norm) in `x`.
 Status RunForward(Transport& t, const ModelConfig& c, const ParamTable& tb, const ModelExec& mx, const float* P,
-                  const ShardBatch& b, std::vector<float>& x, std::vector<LayerActs>* acts) {
+                  const ShardBatch& b, std::vector<float>& x, std::vector<LayerActs>* acts, KvShard* kv = nullptr) {
   const Dims d = DimsOf(c, int64_t(b.tokens.size()));
   x.assign(d.S * d.E, 0.f);
   for (int64_t i = 0; i < d.S; ++i)
@@ -189,6 +189,10 @@ Status RunForward(Transport& t, const ModelConfig& c, const ParamTable& tb, cons
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
     LayerActs& a = acts ? (*acts)[l] : tmp;
     RW_RETURN_IF_ERROR(LayerForward(t, c, tb, mx, P, b, l, x, a));
+    if (kv) {
+      kv->k[l] = a.k;
+      kv->v[l] = a.v;
+    }
     if (mx.remat_layers) DropAllButInput(a);
   }
   return Status::Ok();
@@ -211,6 +215,22 @@ Status Forward(Transport& t, const ModelConfig& c, const ParamTable& tb, const M
                                                   b.weights.data(), loss.data(), &sum));
   *loss_sum += sum;
   return Status::Ok();
+}
+
+Status Prefill(Transport& t, const ModelConfig& c, const ParamTable& tb, const ModelExec& mx, const float* P,
+               const ShardBatch& b, KvShard* cache, std::vector<float>* hidden) {
+  RW_RETURN_IF_ERROR(CheckBatch(c, b));
+  const Dims d = DimsOf(c, int64_t(b.tokens.size()));
+  const Exec ex{kernels::Device::kCpu, mx.num_threads};
+  cache->k.assign(c.num_hidden_layers, {});
+  cache->v.assign(c.num_hidden_layers, {});
+  cache->index = b.index;
+  cache->segments = b.segments;
+  std::vector<float> x, rstd(d.S);
+  RW_RETURN_IF_ERROR(RunForward(t, c, tb, mx, P, b, x, nullptr, cache));
+  hidden->resize(d.S * d.E);
+  return kernels::RmsNormForward(ex, d.S, d.E, x.data(), P + tb.final_norm, c.rms_norm_eps, hidden->data(),
+                                 rstd.data());
 }
 
 Status ForwardBackward(Transport& t, const ModelConfig& c, const ParamTable& tb, const ModelExec& mx, const float* P,

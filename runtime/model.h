@@ -92,4 +92,17 @@ Status ForwardBackward(Transport& t, const ModelConfig& c, const ParamTable& tab
 Status Forward(Transport& t, const ModelConfig& c, const ParamTable& table, const ModelExec& ex, const float* params,
                const ShardBatch& b, double* loss_sum);
 
+// A rank's share of a prompt's keys and values for decoding over the ring (the sharded KV cache): per layer
+// the keys (after RoPE) and values of its rows, with each row's global position and segment.
+struct KvShard {
+  std::vector<std::vector<float>> k, v;  // per layer, (rows, Hkv, D)
+  std::vector<int64_t> index;            // global position of each row
+  std::vector<int32_t> segments;         // document id of each row; -1: padding (never attended)
+};
+
+// The prefill of ring inference: the forward over this rank's shard of a prompt, keeping every layer's keys
+// and values in `cache` and the final hidden states (after the final norm) of its rows in `hidden` (S, E).
+Status Prefill(Transport& t, const ModelConfig& c, const ParamTable& table, const ModelExec& ex, const float* params,
+               const ShardBatch& batch, KvShard* cache, std::vector<float>* hidden);
+
 }  // namespace rw::runtime

@@ -75,6 +75,21 @@ g2=$("$bin" generate --checkpoint "$out/ck/step-44" --prompt "abc|" --max-tokens
 [ "$g1" = "$g2" ] && [ "${g1:0:4}" = "abc|" ] || { echo "FAIL: generate: '$g1' vs '$g2'"; exit 1; }
 "$bin" generate --checkpoint "$out/ck/step-44" --prompt "abc|" --temperature 0.8 --top-k 5 --top-p 0.9 > /dev/null
 echo "generate: '$g1'"
+# needle retrieval over rings of 1 and 3 (prefill over the ring, sharded KV cache): the same answers, a JSON
+# with a cell per length x depth, and a PNG heatmap; a bad depth is named.
+"$bin" needle --checkpoint "$out/ck/step-44" --lengths 96,160 --depths 0,1 --trials 2 --ring 1 --output "$out/n1" > /dev/null
+"$bin" needle --checkpoint "$out/ck/step-44" --lengths 96,160 --depths 0,1 --trials 2 --ring 3 --layout striped \
+  --output "$out/n3" | tee "$out/needle.log"
+grep -q '"accuracy": \[' "$out/n3/needle.json" || { echo "FAIL: needle.json has no accuracy"; exit 1; }
+[ "$(grep -c '"got"' "$out/n3/needle.json")" -eq 8 ] || { echo "FAIL: needle.json lacks samples"; exit 1; }
+cmp <(grep '"got"' "$out/n1/needle.json") <(grep '"got"' "$out/n3/needle.json") ||
+  { echo "FAIL: needle answers differ between rings of 1 and 3"; exit 1; }
+[ "$(head -c 8 "$out/n3/needle.png" | od -An -tx1 | tr -d ' ')" = "89504e470d0a1a0a" ] || { echo "FAIL: needle.png"; exit 1; }
+set +e
+"$bin" needle --checkpoint "$out/ck/step-44" --lengths 96 --depths 2 2> "$out/needle_err"
+rc=$?
+set -e
+[ "$rc" -eq 2 ] && grep -q -- "--depths: 2 is not in \[0, 1\]" "$out/needle_err" || { echo "FAIL: bad needle depth"; exit 1; }
 
 # --processes: every device in its own process, the ring over UCX; the same numbers as in-process.
 short=(--set checkpoint.dir= --set stages.0.steps=6 --set stages.1.steps=1)

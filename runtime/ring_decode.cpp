@@ -1,0 +1,146 @@
+#include "runtime/ring_decode.h"
+
+#include <algorithm>
+
+#include "kernels/attention.h"
+#include "kernels/layers.h"
+#include "runtime/data.h"
+
+namespace rw::runtime {
+
+namespace {
+constexpr uint32_t kDecodeStepBase = 1u << 30;  // decode tags stay clear of the prefill's
+}
+
+RingDecoder::RingDecoder(Transport& t, const ModelConfig& c, const ParamTable& table, const float* params,
+                         int num_threads, uint64_t job_tag)
+    : t_(t), c_(c), tb_(table), p_(params), threads_(num_threads), job_(job_tag) {}
+
+Status RingDecoder::Prefill(const std::vector<int32_t>& prompt, LayoutKind kind, std::vector<float>* logits) {
+  const int R = t_.size();
+  const int64_t n = int64_t(prompt.size());
+  RW_REQUIRE(n >= 1, "prompt: empty");
+  const int64_t unit = 2 * R;  // every layout splits a multiple of 2R evenly
+  const int64_t L = (n + unit - 1) / unit * unit;
+  Layout layout;
+  RW_RETURN_IF_ERROR(Layout::Make(kind, L, R, &layout));
+  PackedSequence seq;
+  seq.tokens.assign(L, 0);
+  seq.targets.assign(L, -1);
+  seq.segments.assign(L, -1);
+  seq.positions.assign(L, 0);
+  seq.weights.assign(L, 0.f);
+  seq.modality.assign(L, 0);
+  for (int64_t i = 0; i < n; ++i) {
+    seq.tokens[i] = prompt[i];
+    seq.segments[i] = 0;
+    seq.positions[i] = i;
+  }
+  const ShardBatch shard = ShardOf(seq, layout, t_.rank());
+  ModelExec mx;
+  mx.num_threads = threads_;
+  mx.tag.job = job_;
+  mx.tag.step = step_++;
+  std::vector<float> hidden;
+  RW_RETURN_IF_ERROR(runtime::Prefill(t_, c_, tb_, mx, p_, shard, &cache_, &hidden));
+  // The last prompt token's logits: computed by the rank that holds it, summed over the ring (others add 0).
+  const int64_t E = c_.hidden_size, V = c_.vocab_size;
+  logits->assign(V, 0.f);
+  for (size_t i = 0; i < shard.index.size(); ++i)
+    if (shard.index[i] == n - 1)
+      RW_RETURN_IF_ERROR(kernels::LinearForward(kernels::Exec{kernels::Device::kCpu, threads_}, 1, E, V,
+                                                hidden.data() + i * E, p_ + tb_.lm_head, logits->data()));
+  RW_RETURN_IF_ERROR(t_.AllReduceSum(logits->data(), size_t(V), MsgTag{job_, 0, kDecodeStepBase - 1, 0, 0}));
+  pos_ = n;
+  return Status::Ok();
+}
+
+Status RingDecoder::Step(int32_t token, std::vector<float>* logits) {
+  RW_REQUIRE(token >= 0 && token < c_.vocab_size, "token: id " << token << " outside the vocabulary");
+  RW_REQUIRE(!cache_.k.empty(), "decode before prefill");
+  const int R = t_.size(), rank = t_.rank();
+  const int64_t E = c_.hidden_size, F = c_.intermediate_size, H = c_.num_attention_heads,
+                HKV = c_.num_key_value_heads, D = c_.head_dim();
+  const kernels::Exec ex{kernels::Device::kCpu, threads_};
+  const bool owner = rank == R - 1;  // generated tokens' keys and values live on the last rank
+  if (owner) {
+    cache_.index.push_back(pos_);
+    cache_.segments.push_back(0);
+  }
+  const int64_t rows = int64_t(cache_.index.size());
+  const int32_t q_segment = 0;
+  const int64_t part = H * D + H;  // one rank's (o, lse)
+  std::vector<float> x(E), h(E), q(H * D), k(HKV * D), v(HKV * D), o(E), rstd(1), parts(size_t(R * part));
+  std::copy_n(p_ + tb_.embed + size_t(token) * E, E, x.begin());
+  const uint32_t step = kDecodeStepBase + step_++;
+  for (int64_t l = 0; l < c_.num_hidden_layers; ++l) {
+    const auto& Ly = tb_.layers[l];
+    RW_RETURN_IF_ERROR(kernels::RmsNormForward(ex, 1, E, x.data(), p_ + Ly.in_norm, c_.rms_norm_eps, h.data(), rstd.data()));
+    RW_RETURN_IF_ERROR(kernels::LinearForward(ex, 1, E, H * D, h.data(), p_ + Ly.q, q.data()));
+    RW_RETURN_IF_ERROR(kernels::LinearForward(ex, 1, E, HKV * D, h.data(), p_ + Ly.k, k.data()));
+    RW_RETURN_IF_ERROR(kernels::LinearForward(ex, 1, E, HKV * D, h.data(), p_ + Ly.v, v.data()));
+    RW_RETURN_IF_ERROR(kernels::Rope(ex, 1, H, D, kernels::Dense3(q.data(), H, D), kernels::Dense3(q.data(), H, D), &pos_,
+                                     c_.rope_theta, false));
+    RW_RETURN_IF_ERROR(kernels::Rope(ex, 1, HKV, D, kernels::Dense3(k.data(), HKV, D),
+                                     kernels::Dense3(k.data(), HKV, D), &pos_, c_.rope_theta, false));
+    auto& kc = cache_.k[l];
+    auto& vc = cache_.v[l];
+    if (owner) {
+      kc.insert(kc.end(), k.begin(), k.end());
+      vc.insert(vc.end(), v.begin(), v.end());
+    }
+    // This rank's partial attention over its cache rows.
+    float* mine = parts.data() + size_t(rank) * part;
+    kernels::AttentionParams a;
+    a.device = kernels::Device::kCpu;
+    a.sq = 1;
+    a.sk = rows;
+    a.hq = H;
+    a.hkv = HKV;
+    a.d = D;
+    a.causal = true;
+    a.q_tok.offset = pos_;
+    a.q_tok.segment = &q_segment;
+    a.k_tok.index = cache_.index.data();
+    a.k_tok.segment = cache_.segments.data();
+    a.q = kernels::Dense3(q.data(), H, D);
+    a.k = kernels::Dense3(kc.data(), HKV, D);
+    a.v = kernels::Dense3(vc.data(), HKV, D);
+    a.o = kernels::Dense3(mine, H, D);
+    a.lse = mine + H * D;
+    a.num_threads = threads_;
+    RW_RETURN_IF_ERROR(kernels::AttentionForward(a));
+    // Around the ring once: after hop s every rank holds the parts of ranks rank, rank-1, ..., rank-s-1.
+    for (int s = 0; s + 1 < R; ++s) {
+      const int send_of = (rank - s + R) % R, recv_of = (rank - s - 1 + 2 * R) % R;
+      const MsgTag tag{job_, 0, step, uint32_t(l), uint32_t(s)};
+      Request rr = t_.RecvPrev(tag, parts.data() + size_t(recv_of) * part, size_t(part) * sizeof(float));
+      Request sr = t_.SendNext(tag, parts.data() + size_t(send_of) * part, size_t(part) * sizeof(float));
+      const Status a1 = t_.Wait(rr), a2 = t_.Wait(sr);
+      RW_RETURN_IF_ERROR(a1);
+      RW_RETURN_IF_ERROR(a2);
+    }
+    // Merge in rank order: the same bits on every rank.
+    float* acc = parts.data();
+    for (int r = 1; r < R; ++r) {
+      float* p = parts.data() + size_t(r) * part;
+      RW_RETURN_IF_ERROR(kernels::AttentionMerge(kernels::Device::kCpu, kernels::DType::kF32, 1, H, D,
+                                                 kernels::Dense3(acc, H, D), acc + H * D, kernels::Dense3(p, H, D),
+                                                 p + H * D));
+    }
+    RW_RETURN_IF_ERROR(kernels::LinearForward(ex, 1, H * D, E, acc, p_ + Ly.o, o.data()));
+    for (int64_t i = 0; i < E; ++i) x[i] += o[i];
+    RW_RETURN_IF_ERROR(
+        kernels::RmsNormForward(ex, 1, E, x.data(), p_ + Ly.post_norm, c_.rms_norm_eps, h.data(), rstd.data()));
+    RW_RETURN_IF_ERROR(kernels::FfnForward(ex, 1, E, F, h.data(), {p_ + Ly.gate, p_ + Ly.up, p_ + Ly.down}, o.data()));
+    for (int64_t i = 0; i < E; ++i) x[i] += o[i];
+  }
+  RW_RETURN_IF_ERROR(
+      kernels::RmsNormForward(ex, 1, E, x.data(), p_ + tb_.final_norm, c_.rms_norm_eps, h.data(), rstd.data()));
+  logits->resize(c_.vocab_size);
+  RW_RETURN_IF_ERROR(kernels::LinearForward(ex, 1, E, c_.vocab_size, h.data(), p_ + tb_.lm_head, logits->data()));
+  ++pos_;
+  return Status::Ok();
+}
+
+}  // namespace rw::runtime

@@ -1,0 +1,41 @@
+// Inference over the ring: the prompt is prefilled over the ring (each rank runs the forward on its shard and
+// keeps that shard's keys and values: the KV cache is sharded across the devices, never gathered), then
+// every new token runs through the layers on every rank; each rank attends the token's query to its own
+// cache rows, the partial results (o, lse) travel once around the ring, and every rank merges them in rank
+// order, so all ranks hold the same bits. Generated tokens' keys and values join the last rank's cache.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "runtime/layout.h"
+#include "runtime/model.h"
+#include "runtime/transport.h"
+
+namespace rw::runtime {
+
+class RingDecoder {
+ public:
+  RingDecoder(Transport& t, const ModelConfig& c, const ParamTable& table, const float* params, int num_threads,
+              uint64_t job_tag = 0);
+  // Prefills `prompt` (token ids) laid out over the ring with `layout` (padded at the end to what the layout
+  // needs; padding is never attended); `logits` gets the distribution after the last prompt token.
+  Status Prefill(const std::vector<int32_t>& prompt, LayoutKind layout, std::vector<float>* logits);
+  // Feeds one token at the next position; `logits` for the token after it (the same on every rank).
+  Status Step(int32_t token, std::vector<float>* logits);
+  int64_t position() const { return pos_; }
+  int64_t cache_rows() const { return int64_t(cache_.index.size()); }  // this rank's share
+
+ private:
+  Transport& t_;
+  const ModelConfig& c_;
+  const ParamTable& tb_;
+  const float* p_;
+  int threads_;
+  uint64_t job_;
+  KvShard cache_;
+  int64_t pos_ = 0;
+  uint32_t step_ = 0;  // message tags of decode steps
+};
+
+}  // namespace rw::runtime
