@@ -4,6 +4,8 @@
 #include <fstream>
 #include "runtime/data.h"
 
+#include <cmath>
+
 namespace rw::runtime {
 namespace {
 
@@ -71,6 +73,8 @@ Status DataConfig::Validate() const {
   RW_REQUIRE(task == "copy" || task == "needle", "data.task: '" << task << "' is not a synthetic task (copy, needle)");
   RW_REQUIRE(min_len >= 1 && max_len >= min_len,
              "data.min_len/max_len: need 1 <= min_len <= max_len, got " << min_len << ", " << max_len);
+  RW_REQUIRE(std::isfinite(answer_weight) && answer_weight > 0 && answer_weight <= 1000,
+             "data.answer_weight: must be in (0, 1000], got " << answer_weight);
   return Status::Ok();
 }
 
@@ -83,9 +87,12 @@ std::vector<PackedSequence> GlobalBatch(const DataConfig& d, uint64_t seed, int6
     int32_t doc = 0;
     while (int64_t(p.tokens.size()) < seq_len) {
       std::vector<int32_t> ids;
+      int64_t answer_from = 0, answer_to = 0;  // positions whose targets are the answer's digits
       if (d.task == "needle") {  // a haystack length and a depth drawn per document
         const NeedleDocument n = MakeNeedle(s.Next(), s.Uniform(d.min_len, d.max_len), double(s.Uniform(0, 1000)) / 1000);
         ids = ByteTokenizer::Encode(n.prompt + n.answer);
+        answer_from = int64_t(n.prompt.size());  // ids[0] is BOS: position i predicts ids[i + 1]
+        answer_to = answer_from + int64_t(n.answer.size());
       } else {
         ids = CopyDocument(d, s);
       }
@@ -98,7 +105,8 @@ std::vector<PackedSequence> GlobalBatch(const DataConfig& d, uint64_t seed, int6
         p.positions.push_back(i);
         const bool has_next = i + 1 < take;
         p.targets.push_back(has_next ? ids[i + 1] : -1);
-        p.weights.push_back(has_next ? 1.f : 0.f);
+        const bool answer = i >= answer_from && i < answer_to;
+        p.weights.push_back(has_next ? (answer ? float(d.answer_weight) : 1.f) : 0.f);
         p.modality.push_back(0);
       }
       ++doc;

@@ -29,6 +29,7 @@ struct DataConfig {
   std::string path;                  // files: the dataset directory
   std::string task = "copy";         // copy | needle (see NeedleDocument)
   int64_t min_len = 4, max_len = 24;  // copy: of the copied string; needle: of the haystack, in tokens
+  double answer_weight = 1;           // needle: loss weight of the answer's digits (the rest weigh 1)
   Status Validate() const;
 };
 

@@ -44,6 +44,8 @@ const std::vector<Setting<JobConfig>>& JobTable() {
       {"data.task", "synthetic task: copy | needle", RW_FIELD(JobConfig, std::string, j.data.task)},
       {"data.min_len", "shortest synthetic string", RW_FIELD(JobConfig, int64_t, j.data.min_len)},
       {"data.max_len", "longest synthetic string", RW_FIELD(JobConfig, int64_t, j.data.max_len)},
+      {"data.answer_weight", "needle: loss weight of the answer's digits (other tokens weigh 1)",
+       RW_FIELD(JobConfig, double, j.data.answer_weight)},
       {"loss.weighting", "per_token | per_modality", RW_FIELD(JobConfig, std::string, j.loss.weighting)},
       {"loss.text_weight", "per_modality: weight of the text mean", RW_FIELD(JobConfig, double, j.loss.text_weight)},
       {"loss.vision_weight", "per_modality: weight of the vision mean", RW_FIELD(JobConfig, double, j.loss.vision_weight)},

@@ -247,5 +247,36 @@ TEST(Needle, DocumentsHaveTheRequestedLengthDepthAndAnswer) {
   std::printf("  e.g. ...%s\n", MakeNeedle(1, 120, 0.5).prompt.substr(0, 160).c_str());
 }
 
+// data.answer_weight puts its weight on exactly the 7 targets that are the answer's digits of each whole
+// needle document of the batch (the answer follows the question's "number is: ").
+TEST(Needle, AnswerWeightLandsOnTheAnswerDigits) {
+  DataConfig d;
+  d.task = "needle";
+  d.min_len = 80;
+  d.max_len = 200;
+  d.answer_weight = 5;
+  ASSERT_TRUE(d.Validate().ok());
+  const auto batch = GlobalBatch(d, 3, 7, 1024, 2);
+  int answers = 0;
+  for (const auto& p : batch)
+    for (size_t i = 0; i < p.weights.size(); ++i) {
+      if (p.weights[i] != 5.f) {
+        EXPECT_TRUE(p.weights[i] == 1.f || p.weights[i] == 0.f);
+        continue;
+      }
+      EXPECT_TRUE(p.targets[i] >= '0' && p.targets[i] <= '9') << "position " << i;
+      ++answers;
+      if (i >= 12 && p.weights[i - 1] != 5.f) {  // the first digit: the prompt ends with "number is: "
+        std::string before;
+        for (size_t k = i - 11; k <= i; ++k) before += char(p.tokens[k]);
+        EXPECT_EQ(before, " number is: ");
+      }
+    }
+  EXPECT_GT(answers, 0);
+  EXPECT_EQ(answers % 7, 0) << "whole answers only";
+  d.answer_weight = 0;
+  EXPECT_NE(d.Validate().message().find("data.answer_weight"), std::string::npos);
+}
+
 }  // namespace
 }  // namespace rw::runtime
