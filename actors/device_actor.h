@@ -48,4 +48,9 @@ std::atomic<bool>& PreemptFlag();
 // Registers the message types of actors/ with a system config (needed before the system starts).
 void AddMessageTypes(caf::actor_system_config& cfg);
 
+// The actor system configuration of every RingWorld process: our message types and the middleman.
+struct SystemConfig : caf::actor_system_config {
+  SystemConfig() { AddMessageTypes(*this); }
+};
+
 }  // namespace rw::actors

@@ -171,9 +171,7 @@ int RunWorker(const WorkerOptions& o) {
     return 2;
   }
   InstallSignals();
-  struct Config : caf::actor_system_config {
-    Config() { actors::AddMessageTypes(*this); }
-  } cfg;
+  actors::SystemConfig cfg;
   caf::actor_system sys{cfg};
   auto host = actors::SpawnHost(sys, n);
   auto port = sys.middleman().publish(host, 0, o.listen.c_str());

@@ -30,9 +30,7 @@ int Eval(const std::string& checkpoint, const std::string& data, int ring, const
                  data.c_str());
     return 2;
   }
-  struct Config : caf::actor_system_config {
-    Config() { actors::AddMessageTypes(*this); }
-  } cfg;
+  actors::SystemConfig cfg;
   caf::actor_system sys{cfg};
   std::vector<actors::device_actor> devices;
   for (int r = 0; r < ring; ++r) devices.push_back(actors::SpawnDevice(sys, r));
@@ -137,9 +135,7 @@ int Needle(const std::string& checkpoint, const std::vector<int64_t>& lengths, c
     std::fprintf(stderr, "ringworld needle: --output: cannot create %s: %s\n", output.c_str(), ec.message().c_str());
     return 2;
   }
-  struct Config : caf::actor_system_config {
-    Config() { actors::AddMessageTypes(*this); }
-  } sys_cfg;
+  actors::SystemConfig sys_cfg;
   caf::actor_system sys{sys_cfg};
   std::vector<actors::device_actor> devices;
   for (int r = 0; r < ring; ++r) devices.push_back(actors::SpawnDevice(sys, r));

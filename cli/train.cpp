@@ -81,9 +81,6 @@ kernels::Status SpawnHosts(caf::actor_system& sys, int R, const std::string& dir
 }
 
 
-struct Config : caf::actor_system_config {
-  Config() { actors::AddMessageTypes(*this); }
-};
 
 void Progress(const runtime::StepMetrics& m, bool tty, double eta_s) {
   if (tty) {
@@ -104,9 +101,7 @@ void Progress(const runtime::StepMetrics& m, bool tty, double eta_s) {
 
 int DeviceHost(int n, const std::string& port_file) {
   InstallSignals();
-  struct Config : caf::actor_system_config {
-    Config() { actors::AddMessageTypes(*this); }
-  } cfg;
+  actors::SystemConfig cfg;
   caf::actor_system sys{cfg};
   auto host = actors::SpawnHost(sys, n);
   auto port = sys.middleman().publish(host, 0, "127.0.0.1");
@@ -161,7 +156,7 @@ int Train(const std::string& job_path, std::vector<std::string> overrides, bool 
     return 2;
   }
 
-  Config cfg;
+  actors::SystemConfig cfg;
   caf::actor_system sys{cfg};
   std::vector<actors::device_actor> devices;
   std::vector<actors::host_actor> hosts;

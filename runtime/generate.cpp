@@ -20,27 +20,46 @@ Decoder::Decoder(const ModelConfig& c, const ParamTable& t, const float* params,
     : c_(c), t_(t), p_(params), ex_{kernels::Device::kCpu, num_threads}, k_cache_(c.num_hidden_layers),
       v_cache_(c.num_hidden_layers) {}
 
+Status DecodeToken(const ModelConfig& c, const ParamTable& t, const float* p, const kernels::Exec& ex, int32_t token,
+                   int64_t pos, const AttendFn& attend, std::vector<float>* logits) {
+  RW_REQUIRE(token >= 0 && token < c.vocab_size, "token: id " << token << " outside the vocabulary");
+  const int64_t E = c.hidden_size, F = c.intermediate_size, H = c.num_attention_heads, HKV = c.num_key_value_heads,
+                D = c.head_dim();
+  std::vector<float> x(E), h(E), q(H * D), k(HKV * D), v(HKV * D), attn(H * D), o(E), rstd(1);
+  std::copy_n(p + t.embed + size_t(token) * E, E, x.begin());
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    const auto& L = t.layers[l];
+    RW_RETURN_IF_ERROR(kernels::RmsNormForward(ex, 1, E, x.data(), p + L.in_norm, c.rms_norm_eps, h.data(), rstd.data()));
+    RW_RETURN_IF_ERROR(kernels::LinearForward(ex, 1, E, H * D, h.data(), p + L.q, q.data()));
+    RW_RETURN_IF_ERROR(kernels::LinearForward(ex, 1, E, HKV * D, h.data(), p + L.k, k.data()));
+    RW_RETURN_IF_ERROR(kernels::LinearForward(ex, 1, E, HKV * D, h.data(), p + L.v, v.data()));
+    RW_RETURN_IF_ERROR(kernels::Rope(ex, 1, H, D, kernels::Dense3(q.data(), H, D), kernels::Dense3(q.data(), H, D), &pos,
+                                     c.rope_theta, false));
+    RW_RETURN_IF_ERROR(kernels::Rope(ex, 1, HKV, D, kernels::Dense3(k.data(), HKV, D), kernels::Dense3(k.data(), HKV, D),
+                                     &pos, c.rope_theta, false));
+    RW_RETURN_IF_ERROR(attend(l, q.data(), k.data(), v.data(), attn.data()));
+    RW_RETURN_IF_ERROR(kernels::LinearForward(ex, 1, H * D, E, attn.data(), p + L.o, o.data()));
+    for (int64_t i = 0; i < E; ++i) x[i] += o[i];
+    RW_RETURN_IF_ERROR(
+        kernels::RmsNormForward(ex, 1, E, x.data(), p + L.post_norm, c.rms_norm_eps, h.data(), rstd.data()));
+    RW_RETURN_IF_ERROR(kernels::FfnForward(ex, 1, E, F, h.data(), {p + L.gate, p + L.up, p + L.down}, o.data()));
+    for (int64_t i = 0; i < E; ++i) x[i] += o[i];
+  }
+  RW_RETURN_IF_ERROR(
+      kernels::RmsNormForward(ex, 1, E, x.data(), p + t.final_norm, c.rms_norm_eps, h.data(), rstd.data()));
+  logits->resize(c.vocab_size);
+  return kernels::LinearForward(ex, 1, E, c.vocab_size, h.data(), p + t.lm_head, logits->data());
+}
+
 Status Decoder::Step(int32_t token, std::vector<float>* logits) {
-  RW_REQUIRE(token >= 0 && token < c_.vocab_size, "token: id " << token << " outside the vocabulary");
-  const int64_t E = c_.hidden_size, F = c_.intermediate_size, H = c_.num_attention_heads,
-                HKV = c_.num_key_value_heads, D = c_.head_dim();
-  std::vector<float> x(E), h(E), q(H * D), k(HKV * D), v(HKV * D), attn(H * D), o(E), rstd(1), lse(H);
-  std::copy_n(p_ + t_.embed + size_t(token) * E, E, x.begin());
+  const int64_t H = c_.num_attention_heads, HKV = c_.num_key_value_heads, D = c_.head_dim();
   const int64_t pos = pos_;
-  for (int64_t l = 0; l < c_.num_hidden_layers; ++l) {
-    const auto& L = t_.layers[l];
-    RW_RETURN_IF_ERROR(kernels::RmsNormForward(ex_, 1, E, x.data(), p_ + L.in_norm, c_.rms_norm_eps, h.data(), rstd.data()));
-    RW_RETURN_IF_ERROR(kernels::LinearForward(ex_, 1, E, H * D, h.data(), p_ + L.q, q.data()));
-    RW_RETURN_IF_ERROR(kernels::LinearForward(ex_, 1, E, HKV * D, h.data(), p_ + L.k, k.data()));
-    RW_RETURN_IF_ERROR(kernels::LinearForward(ex_, 1, E, HKV * D, h.data(), p_ + L.v, v.data()));
-    RW_RETURN_IF_ERROR(kernels::Rope(ex_, 1, H, D, kernels::Dense3(q.data(), H, D), kernels::Dense3(q.data(), H, D), &pos,
-                                     c_.rope_theta, false));
-    RW_RETURN_IF_ERROR(kernels::Rope(ex_, 1, HKV, D, kernels::Dense3(k.data(), HKV, D), kernels::Dense3(k.data(), HKV, D),
-                                     &pos, c_.rope_theta, false));
+  std::vector<float> lse(H);
+  auto attend = [&](int64_t l, const float* q, const float* k, const float* v, float* out) -> Status {
     auto& kc = k_cache_[l];
     auto& vc = v_cache_[l];
-    kc.insert(kc.end(), k.begin(), k.end());
-    vc.insert(vc.end(), v.begin(), v.end());
+    kc.insert(kc.end(), k, k + HKV * D);
+    vc.insert(vc.end(), v, v + HKV * D);
     kernels::AttentionParams a;
     a.device = kernels::Device::kCpu;
     a.sq = 1;
@@ -50,24 +69,15 @@ Status Decoder::Step(int32_t token, std::vector<float>* logits) {
     a.d = D;
     a.causal = true;  // the new row sits at `pos` and sees keys 0..pos
     a.q_tok.offset = pos;
-    a.q = kernels::Dense3(q.data(), H, D);
+    a.q = kernels::Dense3(q, H, D);
     a.k = kernels::Dense3(kc.data(), HKV, D);
     a.v = kernels::Dense3(vc.data(), HKV, D);
-    a.o = kernels::Dense3(attn.data(), H, D);
+    a.o = kernels::Dense3(out, H, D);
     a.lse = lse.data();
     a.num_threads = ex_.num_threads;
-    RW_RETURN_IF_ERROR(kernels::AttentionForward(a));
-    RW_RETURN_IF_ERROR(kernels::LinearForward(ex_, 1, H * D, E, attn.data(), p_ + L.o, o.data()));
-    for (int64_t i = 0; i < E; ++i) x[i] += o[i];
-    RW_RETURN_IF_ERROR(
-        kernels::RmsNormForward(ex_, 1, E, x.data(), p_ + L.post_norm, c_.rms_norm_eps, h.data(), rstd.data()));
-    RW_RETURN_IF_ERROR(kernels::FfnForward(ex_, 1, E, F, h.data(), {p_ + L.gate, p_ + L.up, p_ + L.down}, o.data()));
-    for (int64_t i = 0; i < E; ++i) x[i] += o[i];
-  }
-  RW_RETURN_IF_ERROR(
-      kernels::RmsNormForward(ex_, 1, E, x.data(), p_ + t_.final_norm, c_.rms_norm_eps, h.data(), rstd.data()));
-  logits->resize(c_.vocab_size);
-  RW_RETURN_IF_ERROR(kernels::LinearForward(ex_, 1, E, c_.vocab_size, h.data(), p_ + t_.lm_head, logits->data()));
+    return kernels::AttentionForward(a);
+  };
+  RW_RETURN_IF_ERROR(DecodeToken(c_, t_, p_, ex_, token, pos, attend, logits));
   ++pos_;
   return Status::Ok();
 }

@@ -3,8 +3,10 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <vector>
 
+#include "kernels/layers.h"
 #include "runtime/model.h"
 
 namespace rw::runtime {
@@ -16,6 +18,14 @@ struct SamplingConfig {
   uint64_t seed = 1;
   Status Validate() const;
 };
+
+// One token through the model at position `pos`, as every decoder runs it: per layer RMSNorm, q/k/v, RoPE,
+// then `attend(l, q, k, v, out)` (the one part decoders differ in: the token's rotated q (H, D), k and v
+// (Hkv, D) in, its attention output (H, D) out), o_proj, residual, RMSNorm, SwiGLU, residual; final norm and
+// lm_head into `logits`.
+using AttendFn = std::function<Status(int64_t layer, const float* q, const float* k, const float* v, float* out)>;
+Status DecodeToken(const ModelConfig& c, const ParamTable& t, const float* params, const kernels::Exec& ex,
+                   int32_t token, int64_t pos, const AttendFn& attend, std::vector<float>* logits);
 
 class Decoder {
  public:

@@ -5,6 +5,7 @@
 #include "kernels/attention.h"
 #include "kernels/layers.h"
 #include "runtime/data.h"
+#include "runtime/generate.h"
 
 namespace rw::runtime {
 
@@ -59,9 +60,7 @@ Status RingDecoder::Step(int32_t token, std::vector<float>* logits) {
   RW_REQUIRE(token >= 0 && token < c_.vocab_size, "token: id " << token << " outside the vocabulary");
   RW_REQUIRE(!cache_.k.empty(), "decode before prefill");
   const int R = t_.size(), rank = t_.rank();
-  const int64_t E = c_.hidden_size, F = c_.intermediate_size, H = c_.num_attention_heads,
-                HKV = c_.num_key_value_heads, D = c_.head_dim();
-  const kernels::Exec ex{kernels::Device::kCpu, threads_};
+  const int64_t H = c_.num_attention_heads, HKV = c_.num_key_value_heads, D = c_.head_dim();
   const bool owner = rank == R - 1;  // generated tokens' keys and values live on the last rank
   if (owner) {
     cache_.index.push_back(pos_);
@@ -70,24 +69,14 @@ Status RingDecoder::Step(int32_t token, std::vector<float>* logits) {
   const int64_t rows = int64_t(cache_.index.size());
   const int32_t q_segment = 0;
   const int64_t part = H * D + H;  // one rank's (o, lse)
-  std::vector<float> x(E), h(E), q(H * D), k(HKV * D), v(HKV * D), o(E), rstd(1), parts(size_t(R * part));
-  std::copy_n(p_ + tb_.embed + size_t(token) * E, E, x.begin());
+  std::vector<float> parts(size_t(R * part));
   const uint32_t step = kDecodeStepBase + step_++;
-  for (int64_t l = 0; l < c_.num_hidden_layers; ++l) {
-    const auto& Ly = tb_.layers[l];
-    RW_RETURN_IF_ERROR(kernels::RmsNormForward(ex, 1, E, x.data(), p_ + Ly.in_norm, c_.rms_norm_eps, h.data(), rstd.data()));
-    RW_RETURN_IF_ERROR(kernels::LinearForward(ex, 1, E, H * D, h.data(), p_ + Ly.q, q.data()));
-    RW_RETURN_IF_ERROR(kernels::LinearForward(ex, 1, E, HKV * D, h.data(), p_ + Ly.k, k.data()));
-    RW_RETURN_IF_ERROR(kernels::LinearForward(ex, 1, E, HKV * D, h.data(), p_ + Ly.v, v.data()));
-    RW_RETURN_IF_ERROR(kernels::Rope(ex, 1, H, D, kernels::Dense3(q.data(), H, D), kernels::Dense3(q.data(), H, D), &pos_,
-                                     c_.rope_theta, false));
-    RW_RETURN_IF_ERROR(kernels::Rope(ex, 1, HKV, D, kernels::Dense3(k.data(), HKV, D),
-                                     kernels::Dense3(k.data(), HKV, D), &pos_, c_.rope_theta, false));
+  auto attend = [&](int64_t l, const float* q, const float* k, const float* v, float* out) -> Status {
     auto& kc = cache_.k[l];
     auto& vc = cache_.v[l];
     if (owner) {
-      kc.insert(kc.end(), k.begin(), k.end());
-      vc.insert(vc.end(), v.begin(), v.end());
+      kc.insert(kc.end(), k, k + HKV * D);
+      vc.insert(vc.end(), v, v + HKV * D);
     }
     // This rank's partial attention over its cache rows.
     float* mine = parts.data() + size_t(rank) * part;
@@ -103,7 +92,7 @@ Status RingDecoder::Step(int32_t token, std::vector<float>* logits) {
     a.q_tok.segment = &q_segment;
     a.k_tok.index = cache_.index.data();
     a.k_tok.segment = cache_.segments.data();
-    a.q = kernels::Dense3(q.data(), H, D);
+    a.q = kernels::Dense3(q, H, D);
     a.k = kernels::Dense3(kc.data(), HKV, D);
     a.v = kernels::Dense3(vc.data(), HKV, D);
     a.o = kernels::Dense3(mine, H, D);
@@ -128,17 +117,10 @@ Status RingDecoder::Step(int32_t token, std::vector<float>* logits) {
                                                  kernels::Dense3(acc, H, D), acc + H * D, kernels::Dense3(p, H, D),
                                                  p + H * D));
     }
-    RW_RETURN_IF_ERROR(kernels::LinearForward(ex, 1, H * D, E, acc, p_ + Ly.o, o.data()));
-    for (int64_t i = 0; i < E; ++i) x[i] += o[i];
-    RW_RETURN_IF_ERROR(
-        kernels::RmsNormForward(ex, 1, E, x.data(), p_ + Ly.post_norm, c_.rms_norm_eps, h.data(), rstd.data()));
-    RW_RETURN_IF_ERROR(kernels::FfnForward(ex, 1, E, F, h.data(), {p_ + Ly.gate, p_ + Ly.up, p_ + Ly.down}, o.data()));
-    for (int64_t i = 0; i < E; ++i) x[i] += o[i];
-  }
-  RW_RETURN_IF_ERROR(
-      kernels::RmsNormForward(ex, 1, E, x.data(), p_ + tb_.final_norm, c_.rms_norm_eps, h.data(), rstd.data()));
-  logits->resize(c_.vocab_size);
-  RW_RETURN_IF_ERROR(kernels::LinearForward(ex, 1, E, c_.vocab_size, h.data(), p_ + tb_.lm_head, logits->data()));
+    std::copy_n(acc, H * D, out);
+    return Status::Ok();
+  };
+  RW_RETURN_IF_ERROR(DecodeToken(c_, tb_, p_, kernels::Exec{kernels::Device::kCpu, threads_}, token, pos_, attend, logits));
   ++pos_;
   return Status::Ok();
 }

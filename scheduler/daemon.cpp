@@ -213,10 +213,6 @@ class DaemonImpl final : public Daemon {
   }
 
  private:
-  struct Config : caf::actor_system_config {
-    Config() { actors::AddMessageTypes(*this); }
-  };
-
   // ---- the scheduling loop ----------------------------------------------------------------------------------
   void Tick() {
     CheckHeartbeats();
@@ -892,7 +888,7 @@ class DaemonImpl final : public Daemon {
   }
 
   DaemonOptions opt_;
-  Config cfg_;
+  actors::SystemConfig cfg_;
   caf::actor_system sys_;
   std::unique_ptr<storage::StateStore> store_;
   std::unique_ptr<JobTable> jobs_;
