@@ -62,8 +62,9 @@ int Eval(const std::string& checkpoint, const std::string& data, int ring, const
 }
 
 int DataPrepare(const std::vector<std::string>& inputs, const std::string& output, const std::string& tokenizer,
+                int64_t vision_codes,
                 bool skip_bad) {
-  runtime::PrepareOptions opt{inputs, output, tokenizer, skip_bad};
+  runtime::PrepareOptions opt{inputs, output, tokenizer, vision_codes, skip_bad};
   runtime::PrepareReport rep;
   auto st = runtime::PrepareDataset(opt, &rep);
   if (!st.ok()) {

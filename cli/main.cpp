@@ -69,7 +69,10 @@ int main(int argc, char** argv) {
   auto* prepare = data_cmd->add_subcommand("prepare", "turn text and JSONL files into a token dataset");
   prepare->add_option("--input", inputs, "text (.txt: one document) or JSONL (.jsonl: one per line) files")->required();
   prepare->add_option("--output", output, "dataset directory to create")->required();
-  prepare->add_option("--tokenizer", tokenizer, "bytes");
+  prepare->add_option("--tokenizer", tokenizer, "bytes | PATH of a SentencePiece .model (e.g. LLaMA's tokenizer.model)");
+  int64_t vision_codes = 0;
+  prepare->add_option("--vision-codes", vision_codes,
+                      "VQGAN codebook size for {\"vision\": [[codes], ...]} records (LWM: 8192); vision ids follow the text vocabulary");
   prepare->add_flag("--skip-bad", skip_bad, "count and skip bad records instead of failing");
   // The cluster: daemon, workers, and the API clients.
   rw::scheduler::DaemonOptions dopt;
@@ -133,7 +136,7 @@ int main(int argc, char** argv) {
     return rw::cli::Needle(needle_ckpt, needle_lengths, needle_depths, needle_trials, needle_ring, needle_layout,
                            needle_out, needle_seed);
   if (*eval) return rw::cli::Eval(checkpoint, data, ring, layout, seq_len);
-  if (*prepare) return rw::cli::DataPrepare(inputs, output, tokenizer, skip_bad);
+  if (*prepare) return rw::cli::DataPrepare(inputs, output, tokenizer, vision_codes, skip_bad);
   if (*train) {
     if (describe) {
       std::printf("%s", rw::runtime::DescribeSettings().c_str());

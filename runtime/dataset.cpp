@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "runtime/rng.h"
+#include "runtime/tokenizer.h"
 
 namespace rw::runtime {
 namespace {
@@ -29,7 +30,7 @@ struct Writer {
 };
 
 // Parses one JSONL record into w.doc / w.mod; the error names what is wrong (the caller adds file:line).
-Status ParseRecord(const std::string& line, int64_t vocab, Writer& w) {
+Status ParseRecord(const std::string& line, const Tokenizer& tok, const VisionVocab& vision, int64_t vocab, Writer& w) {
   nlohmann::json j;
   try {
     j = nlohmann::json::parse(line);
@@ -47,11 +48,42 @@ Status ParseRecord(const std::string& line, int64_t vocab, Writer& w) {
       RW_REQUIRE(id >= 0 && id < vocab, "token id " << id << " is outside the vocabulary of " << vocab);
       w.doc.push_back(int32_t(id));
     }
+  } else if (j.contains("vision")) {
+    RW_REQUIRE(vision.codes > 0, "\"vision\": needs --vision-codes N (the VQGAN codebook size; LWM: 8192)");
+    RW_REQUIRE(!j.contains("modality"), "\"modality\": a vision record's modality follows from \"vision\"");
+    std::vector<std::vector<int64_t>> frames;
+    RW_REQUIRE(j["vision"].is_array(), "\"vision\" must be a list of frames (lists of codes)");
+    for (const auto& f : j["vision"]) {
+      RW_REQUIRE(f.is_array(), "\"vision\" must be a list of frames (lists of codes)");
+      frames.emplace_back();
+      for (const auto& c : f) {
+        RW_REQUIRE(c.is_number_integer(), "\"vision\"[" << frames.size() - 1 << "] holds a non-integer");
+        frames.back().push_back(c.get<int64_t>());
+      }
+    }
+    std::vector<int32_t> vis, text;
+    RW_RETURN_IF_ERROR(vision.Encode(frames, &vis));
+    if (j.contains("text")) {
+      RW_REQUIRE(j["text"].is_string(), "\"text\" must be a string");
+      text = tok.Encode(j["text"].get<std::string>());
+    }
+    const std::string order = j.value("order", std::string("vision_text"));
+    RW_REQUIRE(order == "vision_text" || order == "text_vision",
+               "\"order\": '" << order << "' is not vision_text or text_vision");
+    if (tok.bos() >= 0) w.doc.push_back(tok.bos()), w.mod.push_back(0);
+    auto add = [&](const std::vector<int32_t>& ids, uint8_t m) {
+      w.doc.insert(w.doc.end(), ids.begin(), ids.end());
+      w.mod.insert(w.mod.end(), ids.size(), m);
+    };
+    if (order == "vision_text") add(vis, 1), add(text, 0);
+    else add(text, 0), add(vis, 1);
+    if (tok.eos() >= 0) w.doc.push_back(tok.eos()), w.mod.push_back(0);
+    return Status::Ok();
   } else if (j.contains("text")) {
     RW_REQUIRE(j["text"].is_string(), "\"text\" must be a string");
-    w.doc = ByteTokenizer::Encode(j["text"].get<std::string>());
+    w.doc = tok.EncodeDocument(j["text"].get<std::string>());
   } else {
-    return Status::Error("a record needs \"text\" or \"tokens\"");
+    return Status::Error("a record needs \"text\", \"tokens\" or \"vision\"");
   }
   RW_REQUIRE(w.doc.size() >= 2, "a document needs at least 2 tokens");
   w.mod.assign(w.doc.size(), 0);
@@ -90,9 +122,12 @@ void* MapFile(const std::string& path, size_t* bytes) {
 Status PrepareDataset(const PrepareOptions& opt, PrepareReport* report) {
   RW_REQUIRE(!opt.inputs.empty(), "--input: at least one file is required");
   RW_REQUIRE(!opt.output.empty(), "--output: a directory is required");
-  RW_REQUIRE(opt.tokenizer == "bytes",
-             "--tokenizer: '" << opt.tokenizer << "' is not supported yet (bytes; SentencePiece models come next)");
-  const int64_t vocab = ByteTokenizer::kVocab;
+  std::unique_ptr<Tokenizer> tok;
+  RW_RETURN_IF_ERROR(MakeTokenizer(opt.tokenizer, &tok));
+  RW_REQUIRE(opt.vision_codes >= 0 && opt.vision_codes <= (1 << 20),
+             "--vision-codes: must be in [0, 2^20], got " << opt.vision_codes);
+  const VisionVocab vision{tok->vocab_size(), opt.vision_codes};
+  const int64_t vocab = opt.vision_codes > 0 ? vision.total() : tok->vocab_size();
   const fs::path out(opt.output), tmp = out.string() + ".tmp-" + std::to_string(::getpid());
   std::error_code ec;
   RW_REQUIRE(!fs::exists(out / "meta.json"), "--output: " << opt.output << " already holds a dataset");
@@ -114,7 +149,7 @@ Status PrepareDataset(const PrepareOptions& opt, PrepareReport* report) {
     if (!jsonl) {  // a text file is one document
       std::stringstream ss;
       ss << f.rdbuf();
-      w.doc = ByteTokenizer::Encode(ss.str());
+      w.doc = tok->EncodeDocument(ss.str());
       w.mod.assign(w.doc.size(), 0);
       w.Add();
       ++rep.documents;
@@ -124,7 +159,7 @@ Status PrepareDataset(const PrepareOptions& opt, PrepareReport* report) {
     std::string line;
     for (int64_t lineno = 1; std::getline(f, line); ++lineno) {
       if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-      Status st = ParseRecord(line, vocab, w);
+      Status st = ParseRecord(line, *tok, vision, vocab, w);
       if (!st.ok()) {
         if (opt.skip_bad) {
           ++rep.skipped;
@@ -146,9 +181,13 @@ Status PrepareDataset(const PrepareOptions& opt, PrepareReport* report) {
     f.write(reinterpret_cast<const char*>(w.index.data()), std::streamsize(w.index.size() * 8));
   }
   nlohmann::ordered_json meta = {{"format", "ringworld-tokens-v1"}, {"documents", rep.documents},
-                                 {"tokens", rep.tokens},            {"tokenizer", opt.tokenizer},
-                                 {"vocab_size", vocab},             {"sources", opt.inputs},
+                                 {"tokens", rep.tokens},            {"tokenizer", tok->name()},
+                                 {"vocab_size", vocab},             {"text_vocab_size", tok->vocab_size()},
+                                 {"vision_codes", opt.vision_codes}, {"sources", opt.inputs},
                                  {"skipped", rep.skipped}};
+  if (opt.vision_codes > 0)
+    meta["vision_tokens"] = {{"first_code", vision.Code(0)}, {"vision", vision.begin()}, {"/vision", vision.end()},
+                             {"eof", vision.eof()}, {"eov", vision.eov()}};
   std::ofstream(tmp / "meta.json") << meta.dump(2) << "\n";
   fs::remove_all(out, ec);  // an empty leftover directory
   fs::rename(tmp, out, ec);

@@ -18,7 +18,8 @@ namespace rw::runtime {
 struct PrepareOptions {
   std::vector<std::string> inputs;  // .txt (one document per file) or .jsonl (one document per line)
   std::string output;
-  std::string tokenizer = "bytes";
+  std::string tokenizer = "bytes";  // bytes | PATH of a SentencePiece .model
+  int64_t vision_codes = 0;         // > 0: VQGAN codebook size; vision ids follow the text vocabulary
   bool skip_bad = false;  // count and skip bad records instead of failing
 };
 
@@ -26,8 +27,11 @@ struct PrepareReport {
   int64_t documents = 0, tokens = 0, skipped = 0;
 };
 
-// JSONL records: {"text": "..."} (byte tokens, BOS/EOS added), {"tokens": [ids]} (verbatim), optional
-// "modality": "text" | "vision" or a per-token list of those. A bad record is an error naming file:line.
+// JSONL records: {"text": "..."} (tokenized, BOS/EOS added), {"tokens": [ids]} (verbatim), optional
+// "modality": "text" | "vision" or a per-token list of those; LWM vision records {"vision": [[codes of
+// frame 0], [codes of frame 1], ...], "text": "caption", "order": "vision_text" | "text_vision"}: the codes
+// wrapped as <vision> f0 <eof> f1 ... <eov> </vision> (modality vision) beside the text (needs
+// vision_codes). A bad record is an error naming file:line.
 Status PrepareDataset(const PrepareOptions& opt, PrepareReport* report);
 
 // A prepared dataset, memory-mapped.

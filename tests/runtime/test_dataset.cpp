@@ -14,6 +14,7 @@
 #include "runtime/layout.h"
 #include "runtime/safetensors.h"
 #include "runtime/dataset.h"
+#include "runtime/tokenizer.h"
 #include "runtime/trainer.h"
 
 namespace rw::runtime {
@@ -41,7 +42,7 @@ TEST(Dataset, RecordsBecomeDocumentsWithModality) {
                         "{\"text\": \"ab\", \"modality\": [\"text\", \"vision\", \"vision\", \"text\"]}\n");
   const auto b = t.File("b.txt", "xyz");
   PrepareReport rep;
-  auto st = PrepareDataset({{a, b}, (t.p / "ds").string(), "bytes", false}, &rep);
+  auto st = PrepareDataset({{a, b}, (t.p / "ds").string(), "bytes", 0, false}, &rep);
   ASSERT_TRUE(st.ok()) << st.message();
   EXPECT_EQ(rep.documents, 4);
   Dataset d;
@@ -56,6 +57,80 @@ TEST(Dataset, RecordsBecomeDocumentsWithModality) {
   EXPECT_EQ(d.doc_len(3), 5);
 }
 
+// A SentencePiece model (fixture made by tests/fixtures/make_spm_fixture.py with Python's sentencepiece):
+// our tokenizer gives Python's ids, adds the model's BOS/EOS to documents, and data prepare records the
+// model's vocabulary.
+TEST(Dataset, SentencePieceTokenizerMatchesPythonsIds) {
+  const std::string model = std::string(RW_FIXTURES) + "/spm_tiny/tiny.model";
+  std::unique_ptr<Tokenizer> tok;
+  ASSERT_TRUE(MakeTokenizer(model, &tok).ok());
+  std::ifstream f(std::string(RW_FIXTURES) + "/spm_tiny/expected.json");
+  const auto want = nlohmann::json::parse(f);
+  EXPECT_EQ(tok->vocab_size(), want["vocab_size"].get<int64_t>());
+  EXPECT_EQ(tok->bos(), want["bos"].get<int32_t>());
+  EXPECT_EQ(tok->eos(), want["eos"].get<int32_t>());
+  for (const auto& c : want["cases"]) {
+    const std::string text = c["text"];
+    const auto ids = tok->Encode(text);
+    EXPECT_EQ(ids, c["ids"].get<std::vector<int32_t>>()) << text;
+    EXPECT_EQ(tok->Decode(ids), text);
+    const auto doc = tok->EncodeDocument(text);
+    ASSERT_EQ(doc.size(), ids.size() + 2);
+    EXPECT_EQ(doc.front(), tok->bos());
+    EXPECT_EQ(doc.back(), tok->eos());
+  }
+  Tmp t;
+  const auto in = t.File("s.jsonl", "{\"text\": \"ring attention of a million tokens\"}\n");
+  ASSERT_TRUE(PrepareDataset({{in}, (t.p / "ds").string(), model, 0, false}, nullptr).ok());
+  Dataset d;
+  ASSERT_TRUE(Dataset::Open((t.p / "ds").string(), &d).ok());
+  EXPECT_EQ(d.vocab_size(), 320);
+  EXPECT_EQ(d.doc_len(0), int64_t(want["cases"][0]["ids"].size()) + 2);
+  std::unique_ptr<Tokenizer> none;
+  const auto st = MakeTokenizer((t.p / "nope.model").string(), &none);
+  EXPECT_NE(st.message().find("--tokenizer: '"), std::string::npos) << st.message();
+  const auto bad = MakeTokenizer(in, &none);
+  EXPECT_NE(bad.message().find("is not a SentencePiece model"), std::string::npos) << bad.message();
+}
+
+// LWM vision records: the codes of each frame after the text vocabulary, wrapped as
+// <vision> f0 <eof> f1 <eov> </vision>, marked vision; the caption before or after; bad codes are named.
+TEST(Dataset, VisionRecordsAreWrappedAsInLWM) {
+  Tmp t;
+  const auto in = t.File("v.jsonl",
+                         "{\"vision\": [[0, 5, 15], [7, 1]], \"text\": \"ab\"}\n"
+                         "{\"vision\": [[3]], \"text\": \"c\", \"order\": \"text_vision\"}\n");
+  ASSERT_TRUE(PrepareDataset({{in}, (t.p / "ds").string(), "bytes", 16, false}, nullptr).ok());
+  Dataset d;
+  ASSERT_TRUE(Dataset::Open((t.p / "ds").string(), &d).ok());
+  const VisionVocab v{ByteTokenizer::kVocab, 16};
+  EXPECT_EQ(d.vocab_size(), ByteTokenizer::kVocab + 16 + 4);
+  const std::vector<int32_t> want0 = {ByteTokenizer::kBos, v.begin(), v.Code(0), v.Code(5), v.Code(15), v.eof(),
+                                      v.Code(7), v.Code(1), v.eov(), v.end(), 'a', 'b', ByteTokenizer::kEos};
+  EXPECT_EQ(std::vector<int32_t>(d.doc_tokens(0), d.doc_tokens(0) + d.doc_len(0)), want0);
+  EXPECT_EQ(std::vector<uint8_t>(d.doc_modality(0), d.doc_modality(0) + d.doc_len(0)),
+            (std::vector<uint8_t>{0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0}));
+  const std::vector<int32_t> want1 = {ByteTokenizer::kBos, 'c', v.begin(), v.Code(3), v.eov(), v.end(),
+                                      ByteTokenizer::kEos};
+  EXPECT_EQ(std::vector<int32_t>(d.doc_tokens(1), d.doc_tokens(1) + d.doc_len(1)), want1);
+  struct Bad {
+    const char* record;
+    int64_t codes;
+    const char* needle;
+  };
+  for (const Bad& b : {Bad{"{\"vision\": [[1, 16]]}", 16, "\"vision\"[0][1]: code 16 outside the codebook of 16"},
+                       Bad{"{\"vision\": [[1]]}", 0, "\"vision\": needs --vision-codes"},
+                       Bad{"{\"vision\": [[]]}", 16, "\"vision\"[0]: an empty frame"},
+                       Bad{"{\"vision\": [[1]], \"order\": \"up\"}", 16, "\"order\": 'up'"},
+                       Bad{"{\"vision\": [[1]], \"modality\": \"text\"}", 16, "\"modality\": a vision record"}}) {
+    const auto f = t.File("bad.jsonl", std::string("{\"text\": \"ok\"}\n") + b.record + "\n");
+    const std::string out = (t.p / "bad").string();
+    const auto st = PrepareDataset({{f}, out, "bytes", b.codes, false}, nullptr);
+    EXPECT_NE(st.message().find(std::string("bad.jsonl:2: ") + b.needle), std::string::npos) << st.message();
+    EXPECT_FALSE(fs::exists(out)) << "a failed prepare left " << out;
+  }
+}
+
 TEST(Dataset, BadRecordsAreNamedByFileAndLineAndLeaveNothingBehind) {
   Tmp t;
   const std::vector<std::pair<std::string, std::string>> bad = {
@@ -63,23 +138,23 @@ TEST(Dataset, BadRecordsAreNamedByFileAndLineAndLeaveNothingBehind) {
       {"not json", "not a JSON object"},
       {"{\"tokens\": [1, 999]}", "token id 999 is outside the vocabulary"},
       {"{\"tokens\": [1, 2], \"modality\": [\"text\"]}", "\"modality\" has 1 entries for 2 tokens"},
-      {"{\"other\": 1}", "a record needs \"text\" or \"tokens\""},
+      {"{\"other\": 1}", "a record needs \"text\", \"tokens\" or \"vision\""},
       {"{\"text\": \"x\", \"modality\": \"audio\"}", "\"modality\" is not text or vision"},
   };
   for (const auto& [line, want] : bad) {
     const auto f = t.File("bad.jsonl", "{\"text\": \"fine\"}\n" + line + "\n");
     const auto out = (t.p / "out").string();
-    auto st = PrepareDataset({{f}, out, "bytes", false}, nullptr);
+    auto st = PrepareDataset({{f}, out, "bytes", 0, false}, nullptr);
     ASSERT_FALSE(st.ok()) << line;
     EXPECT_NE(st.message().find("bad.jsonl:2: " + want), std::string::npos) << st.message();
     EXPECT_FALSE(fs::exists(out)) << "a failed prepare must leave no output";
     PrepareReport rep;
-    ASSERT_TRUE(PrepareDataset({{f}, out, "bytes", true}, &rep).ok());
+    ASSERT_TRUE(PrepareDataset({{f}, out, "bytes", 0, true}, &rep).ok());
     EXPECT_EQ(rep.skipped, 1);
     EXPECT_EQ(rep.documents, 1);
     fs::remove_all(out);
   }
-  auto st = PrepareDataset({{(t.p / "missing.jsonl").string()}, (t.p / "o").string(), "bytes", false}, nullptr);
+  auto st = PrepareDataset({{(t.p / "missing.jsonl").string()}, (t.p / "o").string(), "bytes", 0, false}, nullptr);
   ASSERT_FALSE(st.ok());
   EXPECT_NE(st.message().find("missing.jsonl"), std::string::npos);
 }
@@ -88,7 +163,7 @@ TEST(Dataset, PackAllCoversEveryTokenOnceAndNoTargetCrossesADocument) {
   Tmp t;
   std::string lines;
   for (int i = 0; i < 30; ++i) lines += "{\"text\": \"" + std::string(size_t(3 + (i * 7) % 40), char('a' + i % 26)) + "\"}\n";
-  ASSERT_TRUE(PrepareDataset({{t.File("x.jsonl", lines)}, (t.p / "ds").string(), "bytes", false}, nullptr).ok());
+  ASSERT_TRUE(PrepareDataset({{t.File("x.jsonl", lines)}, (t.p / "ds").string(), "bytes", 0, false}, nullptr).ok());
   Dataset d;
   ASSERT_TRUE(Dataset::Open((t.p / "ds").string(), &d).ok());
   const auto seqs = d.PackAll(32);
@@ -111,7 +186,7 @@ TEST(Dataset, EvalOverRingsOfOneTwoFourGivesTheSameLoss) {
   Tmp t;
   std::string lines;
   for (int i = 0; i < 20; ++i) lines += "{\"text\": \"the quick brown fox " + std::to_string(i) + "\"}\n";
-  ASSERT_TRUE(PrepareDataset({{t.File("e.jsonl", lines)}, (t.p / "ds").string(), "bytes", false}, nullptr).ok());
+  ASSERT_TRUE(PrepareDataset({{t.File("e.jsonl", lines)}, (t.p / "ds").string(), "bytes", 0, false}, nullptr).ok());
   ModelConfig c;
   c.hidden_size = 32;
   c.intermediate_size = 48;

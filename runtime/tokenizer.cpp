@@ -1,0 +1,95 @@
+#include "runtime/tokenizer.h"
+
+#include <sentencepiece_processor.h>
+
+#include <filesystem>
+
+#include "runtime/data.h"
+
+namespace rw::runtime {
+namespace {
+
+class Bytes final : public Tokenizer {
+ public:
+  std::vector<int32_t> Encode(const std::string& text) const override {
+    std::vector<int32_t> ids;
+    for (unsigned char ch : text) ids.push_back(int32_t(ch));
+    return ids;
+  }
+  std::string Decode(const std::vector<int32_t>& ids) const override { return ByteTokenizer::Decode(ids); }
+  int32_t bos() const override { return ByteTokenizer::kBos; }
+  int32_t eos() const override { return ByteTokenizer::kEos; }
+  int64_t vocab_size() const override { return ByteTokenizer::kVocab; }
+  std::string name() const override { return "bytes"; }
+};
+
+class SentencePiece final : public Tokenizer {
+ public:
+  explicit SentencePiece(std::string path) : path_(std::move(path)) {}
+  Status Load() {
+    const auto st = sp_.Load(path_);
+    RW_REQUIRE(st.ok(), "--tokenizer: " << path_ << " is not a SentencePiece model: " << st.ToString());
+    return Status::Ok();
+  }
+  std::vector<int32_t> Encode(const std::string& text) const override {
+    std::vector<int> ids;
+    sp_.Encode(text, &ids).IgnoreError();
+    return std::vector<int32_t>(ids.begin(), ids.end());
+  }
+  std::string Decode(const std::vector<int32_t>& ids) const override {
+    std::string out;
+    sp_.Decode(std::vector<int>(ids.begin(), ids.end()), &out).IgnoreError();
+    return out;
+  }
+  int32_t bos() const override { return sp_.bos_id(); }
+  int32_t eos() const override { return sp_.eos_id(); }
+  int64_t vocab_size() const override { return sp_.GetPieceSize(); }
+  std::string name() const override { return path_; }
+
+ private:
+  std::string path_;
+  sentencepiece::SentencePieceProcessor sp_;
+};
+
+}  // namespace
+
+std::vector<int32_t> Tokenizer::EncodeDocument(const std::string& text) const {
+  std::vector<int32_t> ids;
+  if (bos() >= 0) ids.push_back(bos());
+  const auto body = Encode(text);
+  ids.insert(ids.end(), body.begin(), body.end());
+  if (eos() >= 0) ids.push_back(eos());
+  return ids;
+}
+
+Status MakeTokenizer(const std::string& spec, std::unique_ptr<Tokenizer>* out) {
+  if (spec == "bytes") {
+    *out = std::make_unique<Bytes>();
+    return Status::Ok();
+  }
+  RW_REQUIRE(std::filesystem::is_regular_file(spec),
+             "--tokenizer: '" << spec << "' is neither bytes nor a SentencePiece .model file");
+  auto sp = std::make_unique<SentencePiece>(spec);
+  RW_RETURN_IF_ERROR(sp->Load());
+  *out = std::move(sp);
+  return Status::Ok();
+}
+
+Status VisionVocab::Encode(const std::vector<std::vector<int64_t>>& frames, std::vector<int32_t>* out) const {
+  RW_REQUIRE(!frames.empty(), "\"vision\": no frame");
+  out->push_back(begin());
+  for (size_t f = 0; f < frames.size(); ++f) {
+    RW_REQUIRE(!frames[f].empty(), "\"vision\"[" << f << "]: an empty frame");
+    for (size_t i = 0; i < frames[f].size(); ++i) {
+      const int64_t c = frames[f][i];
+      RW_REQUIRE(c >= 0 && c < codes,
+                 "\"vision\"[" << f << "][" << i << "]: code " << c << " outside the codebook of " << codes);
+      out->push_back(Code(c));
+    }
+    out->push_back(f + 1 < frames.size() ? eof() : eov());
+  }
+  out->push_back(end());
+  return Status::Ok();
+}
+
+}  // namespace rw::runtime

@@ -1,0 +1,47 @@
+// Tokenizers for `ringworld data prepare`: the built-in byte tokenizer, or a SentencePiece model (the
+// LLaMA tokenizers ship as .model files). Vision tokens (VQGAN codes) go after the text vocabulary, with
+// LWM's four markers after them: <vision> frame <eof> frame ... frame <eov> </vision>.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "kernels/common.h"
+
+namespace rw::runtime {
+
+using kernels::Status;
+
+class Tokenizer {
+ public:
+  virtual ~Tokenizer() = default;
+  virtual std::vector<int32_t> Encode(const std::string& text) const = 0;  // pieces only, no BOS/EOS
+  virtual std::string Decode(const std::vector<int32_t>& ids) const = 0;
+  virtual int32_t bos() const = 0;  // -1: the model has none
+  virtual int32_t eos() const = 0;
+  virtual int64_t vocab_size() const = 0;  // text ids are [0, vocab_size)
+  virtual std::string name() const = 0;    // "bytes" or the model's path, for meta.json
+  // BOS + Encode(text) + EOS (each where the tokenizer has one): a document.
+  std::vector<int32_t> EncodeDocument(const std::string& text) const;
+};
+
+// "bytes" or the path of a SentencePiece .model; the error names --tokenizer.
+Status MakeTokenizer(const std::string& spec, std::unique_ptr<Tokenizer>* out);
+
+// The ids of vision tokens, laid out after a text vocabulary of `text_vocab` ids.
+struct VisionVocab {
+  int64_t text_vocab = 0;
+  int64_t codes = 8192;  // VQGAN codebook size (LWM: 8192)
+  int32_t Code(int64_t c) const { return int32_t(text_vocab + c); }
+  int32_t begin() const { return int32_t(text_vocab + codes); }      // <vision>
+  int32_t end() const { return int32_t(text_vocab + codes + 1); }    // </vision>
+  int32_t eof() const { return int32_t(text_vocab + codes + 2); }    // end of a frame
+  int32_t eov() const { return int32_t(text_vocab + codes + 3); }    // end of the last frame
+  int64_t total() const { return text_vocab + codes + 4; }
+  // <vision> f0 <eof> f1 <eof> ... f_last <eov> </vision>; the error names the frame and code.
+  Status Encode(const std::vector<std::vector<int64_t>>& frames, std::vector<int32_t>* out) const;
+};
+
+}  // namespace rw::runtime
