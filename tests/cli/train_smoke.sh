@@ -27,6 +27,13 @@ printf '{"text": "abc|abc"}\n{"text": "hello|hello"}\n{"tokens": [1, 2, 3], "mod
 grep -q '"documents": 3' "$out/prep" || { echo "FAIL: data prepare"; exit 1; }
 "$bin" eval --checkpoint "$out/ck/step-44" --data "$out/ds" --ring 2 --seq-len 64 | tee "$out/eval"
 grep -q '"loss": [0-9]' "$out/eval" || { echo "FAIL: eval printed no loss"; exit 1; }
+# A SentencePiece tokenizer and LWM vision records.
+fixtures=$(dirname "$0")/../fixtures
+"$bin" data prepare --input "$out/d.jsonl" --output "$out/ds_sp" --tokenizer "$fixtures/spm_tiny/tiny.model" > /dev/null
+grep -q '"vocab_size": 320' "$out/ds_sp/meta.json" || { echo "FAIL: SentencePiece dataset"; exit 1; }
+printf '{"vision": [[1, 2], [3]], "text": "a cat"}\n' > "$out/v.jsonl"
+"$bin" data prepare --input "$out/v.jsonl" --output "$out/ds_v" --vision-codes 8192 > /dev/null
+grep -q '"eov": 8454' "$out/ds_v/meta.json" || { echo "FAIL: vision dataset"; cat "$out/ds_v/meta.json"; exit 1; }
 # Training on the prepared dataset (data.source: files).
 "$bin" train "$cfg" --set output_dir="$out/f" --set checkpoint.dir= --set data.source=files --set data.path="$out/ds" \
   --set stages.0.steps=3 --set stages.1.steps=1 > /dev/null

@@ -238,6 +238,21 @@ TEST_F(Api, SubmissionIsIdempotentAndSurvivesARestartAndCancelIsRecorded) {
   EXPECT_EQ(jobs.size(), 2u);
 }
 
+TEST_F(Api, AStateDirectoryOfAnotherClusterIsRefusedAndLeftAlone) {
+  ASSERT_EQ(Submit(json{{"job", kJob}})->status, 201);
+  const std::string before = Snapshot();
+  StopDaemon();
+  DaemonOptions other = opt_;
+  other.cluster_id = "another-cluster";
+  std::unique_ptr<Daemon> d;
+  const auto st = Daemon::Open(other, &d);
+  ASSERT_FALSE(st.ok());
+  EXPECT_NE(st.message().find("another-cluster"), std::string::npos) << st.message();
+  std::printf("  refused: %s\n", st.message().c_str());
+  StartDaemon();
+  EXPECT_EQ(Snapshot(), before);
+}
+
 TEST_F(Api, MetricsPassPromtool) {
   auto r = client_->Get("/metrics");
   ASSERT_TRUE(r);
