@@ -172,6 +172,19 @@ std::string StaleEpoch(const DeviceState& st, uint32_t epoch, const char* what) 
          " but the ring is at epoch " + std::to_string(st.spec.epoch);
 }
 
+// Work for the ring goes to the lane, unless it belongs to another epoch: then the reply is a report
+// carrying the refusal.
+template <class Report, class... Args>
+caf::result<Report> ToLane(device_actor::stateful_pointer<DeviceState> self, uint32_t epoch, const char* what,
+                           Args&&... args) {
+  if (auto stale = StaleEpoch(self->state, epoch, what); !stale.empty()) {
+    Report rep;
+    rep.error = stale;
+    return rep;
+  }
+  return self->delegate(self->state.lane, std::forward<Args>(args)...);
+}
+
 device_actor::behavior_type Device(device_actor::stateful_pointer<DeviceState> self, int index) {
   self->state.index = index;
   self->state.lane = self->spawn<caf::detached + caf::linked>(Lane);
@@ -207,50 +220,22 @@ device_actor::behavior_type Device(device_actor::stateful_pointer<DeviceState> s
         return self->delegate(self->state.lane, connect_atom::value, self->state.transport, prev, next);
       },
       [=](attend_atom, const attention_task& task) -> caf::result<attention_report> {
-        auto& st = self->state;
-        if (auto stale = StaleEpoch(st, task.epoch, "task"); !stale.empty()) {
-          attention_report rep;
-          rep.error = stale;
-          return rep;
-        }
-        return self->delegate(st.lane, attend_atom::value, task, st.transport);
+        return ToLane<attention_report>(self, task.epoch, "task", attend_atom::value, task, self->state.transport);
       },
       [=](attend_atom, const selftest_task& task) -> caf::result<attention_report> {
-        auto& st = self->state;
-        if (auto stale = StaleEpoch(st, task.epoch, "task"); !stale.empty()) {
-          attention_report rep;
-          rep.error = stale;
-          return rep;
-        }
-        return self->delegate(st.lane, attend_atom::value, task, st.spec, st.transport);
+        return ToLane<attention_report>(self, task.epoch, "task", attend_atom::value, task, self->state.spec,
+                                        self->state.transport);
       },
       [=](train_atom, const train_task& task) -> caf::result<train_report> {
         auto& st = self->state;
-        if (auto stale = StaleEpoch(st, task.epoch, "job"); !stale.empty()) {
-          train_report rep;
-          rep.error = stale;
-          return rep;
-        }
-        st.stop = std::make_shared<std::atomic<bool>>(false);
-        return self->delegate(st.lane, train_atom::value, task, st.spec, st.transport, st.stop);
+        if (StaleEpoch(st, task.epoch, "job").empty()) st.stop = std::make_shared<std::atomic<bool>>(false);
+        return ToLane<train_report>(self, task.epoch, "job", train_atom::value, task, st.spec, st.transport, st.stop);
       },
       [=](eval_atom, const eval_task& task) -> caf::result<eval_report> {
-        auto& st = self->state;
-        if (auto stale = StaleEpoch(st, task.epoch, "eval"); !stale.empty()) {
-          eval_report rep;
-          rep.error = stale;
-          return rep;
-        }
-        return self->delegate(st.lane, eval_atom::value, task, st.transport);
+        return ToLane<eval_report>(self, task.epoch, "eval", eval_atom::value, task, self->state.transport);
       },
       [=](needle_atom, const needle_task& task) -> caf::result<needle_report> {
-        auto& st = self->state;
-        if (auto stale = StaleEpoch(st, task.epoch, "needle"); !stale.empty()) {
-          needle_report rep;
-          rep.error = stale;
-          return rep;
-        }
-        return self->delegate(st.lane, needle_atom::value, task, st.transport);
+        return ToLane<needle_report>(self, task.epoch, "needle", needle_atom::value, task, self->state.transport);
       },
       [=](abort_atom, const std::string& reason) {
         if (self->state.transport) self->state.transport->Abort(reason);
