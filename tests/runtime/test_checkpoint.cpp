@@ -4,6 +4,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <mutex>
 #include <sstream>
 
 #include "ring_harness.h"
@@ -59,6 +60,38 @@ std::vector<StepMetrics> Train(const JobConfig& job, TrainControl control, Train
   for (auto& s : st) EXPECT_TRUE(s.ok()) << s.message();
   *res = results[0];
   return steps;
+}
+
+// Background writes snapshot the step's state: the files equal those of synchronous writes, byte for byte,
+// and every commit is reported (on rank 0) with its step, path and size.
+TEST(Checkpoint, AsynchronousWritesEqualSynchronousOnesAndAreReported) {
+  TempDir async_dir("async"), sync_dir("sync");
+  JobConfig a = Job(async_dir.path.string(), 6), s = Job(sync_dir.path.string(), 6);
+  a.checkpoint.every_steps = s.checkpoint.every_steps = 2;
+  a.checkpoint.async = true;
+  s.checkpoint.async = false;
+  std::vector<CheckpointInfo> reported;
+  std::mutex mu;
+  TrainControl control;
+  control.on_checkpoint = [&](const CheckpointInfo& c) {
+    std::lock_guard<std::mutex> lock(mu);
+    reported.push_back(c);
+  };
+  TrainResult ra, rs;
+  Train(a, control, &ra);
+  Train(s, {}, &rs);
+  for (int step : {2, 4, 6, 8, 10}) {
+    const std::string name = "step-" + std::to_string(step);
+    for (const char* f : {"model.safetensors", "optimizer.safetensors", "trainer_state.json", "MANIFEST"})
+      EXPECT_EQ(Bytes(async_dir.path / name / f), Bytes(sync_dir.path / name / f)) << name << "/" << f;
+  }
+  ASSERT_EQ(reported.size(), 5u);  // steps 2, 4, 6 (stage end), 8, 10 (the end)
+  for (size_t i = 0; i < reported.size(); ++i) {
+    EXPECT_TRUE(reported[i].ok) << reported[i].error;
+    EXPECT_EQ(reported[i].step, int64_t(2 * (i + 1)));
+    EXPECT_EQ(reported[i].path, (async_dir.path / ("step-" + std::to_string(2 * (i + 1)))).string());
+    EXPECT_GT(reported[i].bytes, 0);
+  }
 }
 
 TEST(Checkpoint, ResumingAfterAStopEqualsAStraightRunBitForBit) {
