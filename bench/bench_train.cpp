@@ -5,7 +5,7 @@
 //
 // Model FLOPs per token (forward + backward, the usual 6N rule plus causal attention):
 //   6 * N_matmul_params + 6 * layers * seq_len * hidden       (12 L E per layer, halved by the causal mask)
-// Usage: rw_bench_train [--quick] [--steps 3]
+// Usage: rw_bench_train [--quick] [--steps 3] [--model tiny|small] [--seq L]
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -45,10 +45,14 @@ struct Shape {
 int main(int argc, char** argv) {
   bool quick = false;
   int steps = 3;
+  std::string only_model;  // --model tiny|small: only that model
+  int64_t only_seq = 0;    // --seq L: only that sequence length
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--quick") quick = true;
     if (a == "--steps" && i + 1 < argc) steps = std::max(2, std::atoi(argv[++i]));
+    if (a == "--model" && i + 1 < argc) only_model = argv[++i];
+    if (a == "--seq" && i + 1 < argc) only_seq = std::atoll(argv[++i]);
   }
   const int cores = rw::kernels::cpu::DefaultThreads();
   const double sgemm = SgemmGflops(cores);
@@ -56,10 +60,12 @@ int main(int argc, char** argv) {
   std::printf("%-6s %-6s %-3s | %-10s %-10s %-12s %-8s\n", "model", "seq", "R", "step s", "tokens/s", "model GF/s",
               "MFU");
   const std::vector<Shape> shapes = {{"tiny", 128, 352, 4, 8, 4}, {"small", 512, 1408, 4, 8, 4}};
-  const std::vector<int64_t> seqs = quick ? std::vector<int64_t>{256} : std::vector<int64_t>{4096, 16384};
+  std::vector<int64_t> seqs = quick ? std::vector<int64_t>{256} : std::vector<int64_t>{4096, 16384};
+  if (only_seq > 0) seqs = {only_seq};
   for (const auto& sh : shapes)
     for (int64_t L : seqs)
       for (int R : quick ? std::vector<int>{1, 2} : std::vector<int>{1, 2, 4}) {
+        if (!only_model.empty() && only_model != sh.name) continue;
         JobConfig job;
         job.model.hidden_size = sh.hidden;
         job.model.intermediate_size = sh.inter;
