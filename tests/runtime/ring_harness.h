@@ -1,6 +1,6 @@
 // Runs one function per rank on its own thread over an in-process fabric, under a watchdog: if the ranks
 // are not done by the deadline the fabric is aborted (so every wait fails), the test fails, and the
-// threads still join. No test can hang.
+// threads still join. No test can hang. Also the small random models the model tests share.
 #pragma once
 
 #include <gtest/gtest.h>
@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "runtime/inproc_transport.h"
+#include "runtime/model.h"
 
 namespace rw::runtime::test {
 
@@ -41,6 +42,28 @@ inline std::vector<Status> RunRanks(const std::shared_ptr<InprocFabric>& fabric,
   std::vector<Status> out;
   for (auto& f : results) out.push_back(f.get());
   return out;
+}
+
+// A small random LLaMA for model tests: the given shape, HF initialization scaled by `scale` (sharper
+// distributions than the 0.02 init).
+inline std::vector<float> ScaledInit(const ModelConfig& c, uint64_t seed, float scale) {
+  const ParamTable tb(c);
+  std::vector<float> p(tb.total());
+  InitParameters(c, tb, seed, p.data());
+  for (auto& x : p) x *= scale;
+  return p;
+}
+
+inline ModelConfig SmallModel(int64_t vocab, int64_t hidden, int64_t inter, int64_t layers, int64_t heads,
+                              int64_t kv_heads) {
+  ModelConfig c;
+  c.vocab_size = vocab;
+  c.hidden_size = hidden;
+  c.intermediate_size = inter;
+  c.num_hidden_layers = layers;
+  c.num_attention_heads = heads;
+  c.num_key_value_heads = kv_heads;
+  return c;
 }
 
 }  // namespace rw::runtime::test

@@ -18,18 +18,10 @@ namespace {
 // ring) against the single-device cached decoder: a ragged prompt (not a multiple of the layout's unit) on
 // rings of 1..4 in every layout, then 6 decode steps; logits agree to fp32 rounding on every rank.
 TEST(Generate, RingDecodingMatchesTheSingleDeviceDecoder) {
-  ModelConfig c;
-  c.vocab_size = 37;
-  c.hidden_size = 32;
-  c.intermediate_size = 40;
-  c.num_hidden_layers = 2;
-  c.num_attention_heads = 4;
-  c.num_key_value_heads = 2;
+  ModelConfig c = test::SmallModel(37, 32, 40, 2, 4, 2);
   c.rope_theta = 5000;
   const ParamTable tb(c);
-  std::vector<float> p(tb.total());
-  InitParameters(c, tb, 31, p.data());
-  for (auto& x : p) x *= 4.f;
+  const std::vector<float> p = test::ScaledInit(c, 31, 4.f);
   std::vector<int32_t> prompt;
   for (int i = 0; i < 29; ++i) prompt.push_back(int32_t((i * 11 + 5) % c.vocab_size));
   const std::vector<int32_t> feed = {3, 17, 29, 1, 8, 36};
@@ -91,16 +83,9 @@ TEST(Generate, NeedleOptionsAreCheckedAndNamed) {
 }
 
 TEST(Generate, CachedDecodingMatchesTheRingForwardLoss) {
-  ModelConfig c;
-  c.vocab_size = 41;
-  c.hidden_size = 32;
-  c.intermediate_size = 48;
-  c.num_attention_heads = 4;
-  c.num_key_value_heads = 2;
+  const ModelConfig c = test::SmallModel(41, 32, 48, ModelConfig{}.num_hidden_layers, 4, 2);
   const ParamTable tb(c);
-  std::vector<float> p(tb.total());
-  InitParameters(c, tb, 12, p.data());
-  for (auto& x : p) x *= 5.f;  // sharper distributions than the 0.02 init
+  const std::vector<float> p = test::ScaledInit(c, 12, 5.f);
   std::vector<int32_t> seq;
   for (int i = 0; i < 24; ++i) seq.push_back(int32_t((i * 17 + 3) % c.vocab_size));
   // Decoder: sum of -log p(next) over the sequence.

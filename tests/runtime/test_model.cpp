@@ -18,13 +18,7 @@ namespace {
 using test::RunRanks;
 
 ModelConfig Tiny() {
-  ModelConfig c;
-  c.vocab_size = 13;
-  c.hidden_size = 16;
-  c.intermediate_size = 24;
-  c.num_hidden_layers = 2;
-  c.num_attention_heads = 4;
-  c.num_key_value_heads = 2;
+  ModelConfig c = test::SmallModel(13, 16, 24, 2, 4, 2);
   c.rope_theta = 500.0;
   return c;
 }
