@@ -7,7 +7,9 @@
 #include <mutex>
 
 #include "runtime/inproc_transport.h"
+#include "runtime/generate.h"
 #include "runtime/needle.h"
+#include "runtime/ring_decode.h"
 #include "runtime/ring_attention.h"
 #include "runtime/ucx_transport.h"
 
@@ -41,7 +43,8 @@ using lane_actor = caf::typed_actor<
     caf::replies_to<train_atom, train_task, ring_spec, std::shared_ptr<Transport>,
                     std::shared_ptr<std::atomic<bool>>>::with<train_report>,
     caf::replies_to<eval_atom, eval_task, std::shared_ptr<Transport>>::with<eval_report>,
-    caf::replies_to<needle_atom, needle_task, std::shared_ptr<Transport>>::with<needle_report>>;
+    caf::replies_to<needle_atom, needle_task, std::shared_ptr<Transport>>::with<needle_report>,
+    caf::replies_to<generate_atom, generate_task, std::shared_ptr<Transport>>::with<generate_report>>;
 
 attention_report Run(Transport& t, runtime::ShardData& io, uint32_t epoch, uint32_t step) {
   attention_report rep;
@@ -61,6 +64,16 @@ attention_report Run(Transport& t, runtime::ShardData& io, uint32_t epoch, uint3
 
 lane_actor::behavior_type Lane(lane_actor::pointer) {
   return {
+      [](generate_atom, const generate_task& task, std::shared_ptr<Transport> t) {
+        generate_report rep;
+        rep.rank = t->rank();
+        const runtime::SamplingConfig s{task.temperature, task.top_k, task.top_p, task.seed};
+        const kernels::Status st =
+            runtime::GenerateRank(*t, task.checkpoint, task.prompt, s, task.max_tokens, task.eos, task.layout, &rep.tokens);
+        rep.ok = st.ok();
+        rep.error = st.message();
+        return rep;
+      },
       [](needle_atom, const needle_task& task, std::shared_ptr<Transport> t) {
         needle_report rep;
         rep.rank = t->rank();
@@ -234,6 +247,9 @@ device_actor::behavior_type Device(device_actor::stateful_pointer<DeviceState> s
       [=](eval_atom, const eval_task& task) -> caf::result<eval_report> {
         return ToLane<eval_report>(self, task.epoch, "eval", eval_atom::value, task, self->state.transport);
       },
+      [=](generate_atom, const generate_task& task) -> caf::result<generate_report> {
+        return ToLane<generate_report>(self, task.epoch, "generate", generate_atom::value, task, self->state.transport);
+      },
       [=](needle_atom, const needle_task& task) -> caf::result<needle_report> {
         return ToLane<needle_report>(self, task.epoch, "needle", needle_atom::value, task, self->state.transport);
       },
@@ -297,6 +313,9 @@ void AddMessageTypes(caf::actor_system_config& cfg) {
   cfg.add_message_type<eval_report>("rw::eval_report");
   cfg.add_message_type<needle_task>("rw::needle_task");
   cfg.add_message_type<needle_report>("rw::needle_report");
+  cfg.add_message_type<generate_task>("rw::generate_task");
+  cfg.add_message_type<generate_report>("rw::generate_report");
+  cfg.add_message_type<std::vector<int32_t>>("rw::i32_list");
   cfg.add_message_type<std::vector<double>>("rw::f64_list");
   cfg.add_message_type<std::vector<int64_t>>("rw::i64_list");
   cfg.add_message_type<runtime::StepMetrics>("rw::step_metrics");

@@ -29,6 +29,8 @@ using device_actor = caf::typed_actor<
     caf::replies_to<eval_atom, eval_task>::with<eval_report>,
     // Needle retrieval with the prompt prefilled over the ring and the KV cache sharded across it.
     caf::replies_to<needle_atom, needle_task>::with<needle_report>,
+    // Generation with the prompt prefilled over the ring (the same tokens on every rank).
+    caf::replies_to<generate_atom, generate_task>::with<generate_report>,
     // Abort the ring: every pending transfer of every rank fails, so no rank hangs.
     caf::reacts_to<abort_atom, std::string>,
     // Stop the running training job after the current step, with a checkpoint (the ranks agree on the step).

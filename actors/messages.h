@@ -23,6 +23,7 @@ using train_atom = caf::atom_constant<caf::atom("train")>;
 using eval_atom = caf::atom_constant<caf::atom("eval")>;
 using stop_atom = caf::atom_constant<caf::atom("stop")>;
 using needle_atom = caf::atom_constant<caf::atom("needle")>;
+using generate_atom = caf::atom_constant<caf::atom("generate")>;
 
 // What a device needs to join a ring: who it is in it, and how tensors travel.
 struct ring_spec {
@@ -164,6 +165,37 @@ struct needle_report {
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, needle_report& x) {
   return f(caf::meta::type_name("needle_report"), x.ok, x.error, x.rank, x.json);
+}
+
+// Generation over the ring (runtime/ring_decode.h); the report carries the generated token ids.
+struct generate_task {
+  uint32_t epoch = 0;
+  std::string checkpoint;
+  std::vector<int32_t> prompt;
+  int64_t max_tokens = 64;
+  double temperature = 0, top_p = 1;
+  int64_t top_k = 0;
+  uint64_t seed = 1;
+  int32_t eos = -1;
+  std::string layout = "zigzag";
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, generate_task& x) {
+  return f(caf::meta::type_name("generate_task"), x.epoch, x.checkpoint, x.prompt, x.max_tokens, x.temperature, x.top_p,
+           x.top_k, x.seed, x.eos, x.layout);
+}
+
+struct generate_report {
+  bool ok = false;
+  std::string error;
+  int32_t rank = 0;
+  std::vector<int32_t> tokens;
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, generate_report& x) {
+  return f(caf::meta::type_name("generate_report"), x.ok, x.error, x.rank, x.tokens);
 }
 
 }  // namespace rw::actors

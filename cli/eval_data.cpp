@@ -1,4 +1,4 @@
-// `ringworld eval` and `ringworld data prepare`.
+// `ringworld eval`, `generate`, `needle` (each on a ring of device actors in this process) and `data prepare`.
 #include <cstdio>
 #include <fstream>
 
@@ -15,6 +15,37 @@
 #include "runtime/generate.h"
 
 namespace rw::cli {
+namespace {
+
+// Runs `task` on a ring of `ring` device actors in this process (in-process transport) and returns every
+// rank's report; when a rank fails the others are aborted and *error says which failure came first.
+template <class Report, class Atom, class Task>
+std::vector<Report> OnLocalRing(int ring, uint64_t job, Atom atom, const Task& task, std::string* error) {
+  actors::SystemConfig cfg;
+  caf::actor_system sys{cfg};
+  std::vector<actors::device_actor> devices;
+  for (int r = 0; r < ring; ++r) devices.push_back(actors::SpawnDevice(sys, r));
+  std::vector<Report> reports;
+  caf::scoped_actor self{sys};
+  const kernels::Status st = actors::FormRing(sys, devices, job, /*epoch=*/1, "inproc");
+  if (!st.ok()) {
+    *error = st.message();
+  } else {
+    for (auto& d : devices) self->send(d, atom, task);
+    for (int r = 0; r < ring; ++r)
+      self->receive([&](const Report& rep) {
+        if (!rep.ok && error->empty()) {
+          *error = rep.error;
+          for (auto& d : devices) self->send(d, actors::abort_atom::value, std::string("a rank failed"));
+        }
+        reports.push_back(rep);
+      });
+  }
+  for (auto& d : devices) self->send_exit(d, caf::exit_reason::user_shutdown);
+  return reports;
+}
+
+}  // namespace
 
 int Eval(const std::string& checkpoint, const std::string& data, int ring, const std::string& layout, int64_t seq_len) {
   if (ring < 1) {
@@ -30,32 +61,14 @@ int Eval(const std::string& checkpoint, const std::string& data, int ring, const
                  data.c_str());
     return 2;
   }
-  actors::SystemConfig cfg;
-  caf::actor_system sys{cfg};
-  std::vector<actors::device_actor> devices;
-  for (int r = 0; r < ring; ++r) devices.push_back(actors::SpawnDevice(sys, r));
-  auto st = actors::FormRing(sys, devices, /*job=*/2, /*epoch=*/1, "inproc");
-  if (!st.ok()) {
-    std::fprintf(stderr, "ringworld eval: %s\n", st.message().c_str());
-    return 1;
-  }
-  caf::scoped_actor self{sys};
-  for (auto& d : devices) self->send(d, actors::eval_atom::value, actors::eval_task{1, checkpoint, data, seq_len, layout});
-  actors::eval_report result;
   std::string error;
-  for (int r = 0; r < ring; ++r)
-    self->receive([&](const actors::eval_report& rep) {
-      if (!rep.ok && error.empty()) {
-        error = rep.error;
-        for (auto& d : devices) self->send(d, actors::abort_atom::value, std::string("eval failed"));
-      }
-      if (rep.ok) result = rep;
-    });
-  for (auto& d : devices) self->send_exit(d, caf::exit_reason::user_shutdown);
+  const auto reports = OnLocalRing<actors::eval_report>(ring, /*job=*/2, actors::eval_atom::value,
+                                                        actors::eval_task{1, checkpoint, data, seq_len, layout}, &error);
   if (!error.empty()) {
     std::fprintf(stderr, "ringworld eval: %s\n", error.c_str());
     return 1;
   }
+  const actors::eval_report& result = reports.front();  // every rank has the same result
   std::printf("{\"loss\": %.6f, \"perplexity\": %.4f, \"tokens\": %lld}\n", result.loss, result.perplexity,
               (long long)result.tokens);
   return 0;
@@ -77,16 +90,9 @@ int DataPrepare(const std::vector<std::string>& inputs, const std::string& outpu
 }
 
 int Generate(const std::string& checkpoint, const std::string& prompt, int64_t max_tokens, double temperature,
-             int64_t top_k, double top_p, uint64_t seed) {
+             int64_t top_k, double top_p, uint64_t seed, int ring, const std::string& layout) {
   runtime::ModelConfig c;
   auto st = runtime::ReadHfConfig(checkpoint + "/config.json", &c);
-  if (!st.ok()) {
-    std::fprintf(stderr, "ringworld generate: --checkpoint: %s\n", st.message().c_str());
-    return 2;
-  }
-  const runtime::ParamTable table(c);
-  std::vector<float> params(table.total());
-  st = runtime::LoadWeights(checkpoint, table, params.data());
   if (!st.ok()) {
     std::fprintf(stderr, "ringworld generate: --checkpoint: %s\n", st.message().c_str());
     return 2;
@@ -98,13 +104,24 @@ int Generate(const std::string& checkpoint, const std::string& prompt, int64_t m
   }
   std::vector<int32_t> ids = runtime::ByteTokenizer::Encode(prompt);
   ids.pop_back();  // no EOS: the model continues the prompt
-  std::vector<int32_t> out;
-  runtime::SamplingConfig s{temperature, top_k, top_p, seed};
-  st = runtime::Generate(c, table, params.data(), ids, s, max_tokens, runtime::ByteTokenizer::kEos, &out);
-  if (!st.ok()) {
+  if (ring < 1) {
+    std::fprintf(stderr, "ringworld generate: --ring: must be >= 1, got %d\n", ring);
+    return 2;
+  }
+  const runtime::SamplingConfig s{temperature, top_k, top_p, seed};
+  if (st = s.Validate(); !st.ok()) {
     std::fprintf(stderr, "ringworld generate: %s\n", st.message().c_str());
     return 2;
   }
+  std::string error;
+  actors::generate_task task{1, checkpoint, ids, max_tokens, temperature, top_p, top_k, seed,
+                             runtime::ByteTokenizer::kEos, layout};
+  const auto reports = OnLocalRing<actors::generate_report>(ring, /*job=*/4, actors::generate_atom::value, task, &error);
+  if (!error.empty()) {
+    std::fprintf(stderr, "ringworld generate: %s\n", error.c_str());
+    return 1;
+  }
+  const std::vector<int32_t>& out = reports.front().tokens;  // the same on every rank
   std::printf("%s%s\n", prompt.c_str(), runtime::ByteTokenizer::Decode(out).c_str());
   return 0;
 }
@@ -136,32 +153,16 @@ int Needle(const std::string& checkpoint, const std::vector<int64_t>& lengths, c
     std::fprintf(stderr, "ringworld needle: --output: cannot create %s: %s\n", output.c_str(), ec.message().c_str());
     return 2;
   }
-  actors::SystemConfig sys_cfg;
-  caf::actor_system sys{sys_cfg};
-  std::vector<actors::device_actor> devices;
-  for (int r = 0; r < ring; ++r) devices.push_back(actors::SpawnDevice(sys, r));
-  st = actors::FormRing(sys, devices, /*job=*/3, /*epoch=*/1, "inproc");
-  if (!st.ok()) {
-    std::fprintf(stderr, "ringworld needle: %s\n", st.message().c_str());
-    return 1;
-  }
-  caf::scoped_actor self{sys};
-  for (auto& d : devices)
-    self->send(d, actors::needle_atom::value, actors::needle_task{1, checkpoint, lengths, depths, trials, seed, layout});
   std::string error, json;
-  for (int r = 0; r < ring; ++r)
-    self->receive([&](const actors::needle_report& rep) {
-      if (!rep.ok && error.empty()) {
-        error = rep.error;
-        for (auto& d : devices) self->send(d, actors::abort_atom::value, std::string("needle failed"));
-      }
-      if (rep.ok && rep.rank == 0) json = rep.json;
-    });
-  for (auto& d : devices) self->send_exit(d, caf::exit_reason::user_shutdown);
+  const auto reports = OnLocalRing<actors::needle_report>(
+      ring, /*job=*/3, actors::needle_atom::value,
+      actors::needle_task{1, checkpoint, lengths, depths, trials, seed, layout}, &error);
   if (!error.empty()) {
     std::fprintf(stderr, "ringworld needle: %s\n", error.c_str());
     return 1;
   }
+  for (const auto& rep : reports)
+    if (rep.rank == 0) json = rep.json;
   const auto j = nlohmann::json::parse(json);
   const std::string json_path = output + "/needle.json", png_path = output + "/needle.png";
   std::ofstream(json_path) << json;

@@ -46,6 +46,10 @@ int main(int argc, char** argv) {
   gen->add_option("--top-k", top_k, "keep the k most likely tokens (0: all)");
   gen->add_option("--top-p", top_p, "nucleus sampling mass");
   gen->add_option("--seed", gen_seed, "sampling seed");
+  int gen_ring = 1;
+  std::string gen_layout = "zigzag";
+  gen->add_option("--ring", gen_ring, "devices in the ring the prompt is prefilled over (in this process)");
+  gen->add_option("--layout", gen_layout, "contiguous | zigzag | striped");
   std::string needle_ckpt, needle_out = "needle", needle_layout = "zigzag";
   std::vector<int64_t> needle_lengths;
   std::vector<double> needle_depths = {0, 0.25, 0.5, 0.75, 1};
@@ -131,7 +135,8 @@ int main(int argc, char** argv) {
   if (*logs) return rw::cli::Logs(copt, job_id, follow);
   if (*workers) return rw::cli::Workers(copt);
   if (*host) return rw::cli::DeviceHost(host_devices, port_file);
-  if (*gen) return rw::cli::Generate(gen_ckpt, prompt, max_tokens, temperature, top_k, top_p, gen_seed);
+  if (*gen)
+    return rw::cli::Generate(gen_ckpt, prompt, max_tokens, temperature, top_k, top_p, gen_seed, gen_ring, gen_layout);
   if (*needle)
     return rw::cli::Needle(needle_ckpt, needle_lengths, needle_depths, needle_trials, needle_ring, needle_layout,
                            needle_out, needle_seed);

@@ -112,23 +112,4 @@ int32_t Sample(const std::vector<float>& logits, const SamplingConfig& s, uint64
   return order[keep - 1];
 }
 
-Status Generate(const ModelConfig& c, const ParamTable& t, const float* params, const std::vector<int32_t>& prompt,
-                const SamplingConfig& s, int64_t max_tokens, int32_t eos, std::vector<int32_t>* out) {
-  RW_RETURN_IF_ERROR(s.Validate());
-  RW_REQUIRE(!prompt.empty(), "--prompt: empty");
-  RW_REQUIRE(max_tokens >= 0, "--max-tokens: must be >= 0, got " << max_tokens);
-  Decoder dec(c, t, params);
-  std::vector<float> logits;
-  for (int32_t tok : prompt) RW_RETURN_IF_ERROR(dec.Step(tok, &logits));
-  uint64_t rng = s.seed;
-  out->clear();
-  for (int64_t i = 0; i < max_tokens; ++i) {
-    const int32_t next = Sample(logits, s, &rng);
-    out->push_back(next);
-    if (next == eos) break;
-    RW_RETURN_IF_ERROR(dec.Step(next, &logits));
-  }
-  return Status::Ok();
-}
-
 }  // namespace rw::runtime

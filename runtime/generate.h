@@ -1,5 +1,7 @@
-// Decoding with a key/value cache on one device: each new token runs one row through every layer,
-// attending to the cached keys and values of all earlier tokens.
+// Decoding with a key/value cache: the per-token layer path every decoder shares (DecodeToken), sampling,
+// and the single-device Decoder (each new token attends to the cached keys and values of all earlier
+// tokens; the reference the ring decoder of ring_decode.h is tested against). `ringworld generate` runs
+// the ring decoder (GenerateRank), on a ring of one or more devices.
 #pragma once
 
 #include <cstdint>
@@ -45,9 +47,5 @@ class Decoder {
 
 // Picks the next token from logits under the sampling settings (rng state carried by the caller).
 int32_t Sample(const std::vector<float>& logits, const SamplingConfig& s, uint64_t* rng_state);
-
-// Prompt in, up to max_tokens generated (stops after eos if eos >= 0).
-Status Generate(const ModelConfig& c, const ParamTable& t, const float* params, const std::vector<int32_t>& prompt,
-                const SamplingConfig& s, int64_t max_tokens, int32_t eos, std::vector<int32_t>* out);
 
 }  // namespace rw::runtime

@@ -5,6 +5,7 @@
 #include "kernels/attention.h"
 #include "kernels/layers.h"
 #include "runtime/data.h"
+#include "runtime/checkpoint.h"
 #include "runtime/generate.h"
 
 namespace rw::runtime {
@@ -122,6 +123,37 @@ Status RingDecoder::Step(int32_t token, std::vector<float>* logits) {
   };
   RW_RETURN_IF_ERROR(DecodeToken(c_, tb_, p_, kernels::Exec{kernels::Device::kCpu, threads_}, token, pos_, attend, logits));
   ++pos_;
+  return Status::Ok();
+}
+
+Status GenerateRank(Transport& t, const std::string& checkpoint_dir, const std::vector<int32_t>& prompt,
+                    const SamplingConfig& s, int64_t max_tokens, int32_t eos, const std::string& layout,
+                    std::vector<int32_t>* out) {
+  RW_RETURN_IF_ERROR(s.Validate());
+  RW_REQUIRE(!prompt.empty(), "--prompt: empty");
+  RW_REQUIRE(max_tokens >= 0, "--max-tokens: must be >= 0, got " << max_tokens);
+  LayoutKind kind;
+  {
+    const Status st = ParseLayout(layout, &kind);
+    RW_REQUIRE(st.ok(), "--layout: " << st.message());
+  }
+  ModelConfig c;
+  RW_RETURN_IF_ERROR(ReadHfConfig(checkpoint_dir + "/config.json", &c));
+  const ParamTable table(c);
+  std::vector<float> params(table.total());
+  RW_RETURN_IF_ERROR(LoadWeights(checkpoint_dir, table, params.data()));
+  for (int32_t id : prompt) RW_REQUIRE(id >= 0 && id < c.vocab_size, "--prompt: token " << id << " outside the vocabulary");
+  RingDecoder dec(t, c, table, params.data(), 1);
+  std::vector<float> logits;
+  RW_RETURN_IF_ERROR(dec.Prefill(prompt, kind, &logits));
+  uint64_t rng = s.seed;
+  out->clear();
+  for (int64_t i = 0; i < max_tokens; ++i) {
+    const int32_t next = Sample(logits, s, &rng);  // the same logits bits on every rank: the same token
+    out->push_back(next);
+    if (next == eos || i + 1 == max_tokens) break;
+    RW_RETURN_IF_ERROR(dec.Step(next, &logits));
+  }
   return Status::Ok();
 }
 

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "runtime/layout.h"
@@ -37,5 +38,13 @@ class RingDecoder {
   int64_t pos_ = 0;
   uint32_t step_ = 0;  // message tags of decode steps
 };
+
+struct SamplingConfig;
+
+// Generation over the ring: loads the checkpoint, prefills `prompt` over the ring (layout `layout`), then
+// samples up to max_tokens (stopping after eos when eos >= 0); every rank gets the same tokens.
+Status GenerateRank(Transport& t, const std::string& checkpoint_dir, const std::vector<int32_t>& prompt,
+                    const SamplingConfig& s, int64_t max_tokens, int32_t eos, const std::string& layout,
+                    std::vector<int32_t>* out);
 
 }  // namespace rw::runtime

@@ -80,6 +80,9 @@ echo "preempted after step $stopped (exit 75), resumed at step $first"
 g1=$("$bin" generate --checkpoint "$out/ck/step-44" --prompt "abc|" --max-tokens 8)
 g2=$("$bin" generate --checkpoint "$out/ck/step-44" --prompt "abc|" --max-tokens 8)
 [ "$g1" = "$g2" ] && [ "${g1:0:4}" = "abc|" ] || { echo "FAIL: generate: '$g1' vs '$g2'"; exit 1; }
+# The prompt prefilled over a ring of 3 (KV cache sharded) continues it the same way.
+g3=$("$bin" generate --checkpoint "$out/ck/step-44" --prompt "abc|" --max-tokens 8 --ring 3 --layout striped)
+[ "$g3" = "$g1" ] || { echo "FAIL: generate over a ring of 3: '$g3' vs '$g1'"; exit 1; }
 "$bin" generate --checkpoint "$out/ck/step-44" --prompt "abc|" --temperature 0.8 --top-k 5 --top-p 0.9 > /dev/null
 echo "generate: '$g1'"
 # needle retrieval over rings of 1 and 3 (prefill over the ring, sharded KV cache): the same answers, a JSON
