@@ -333,6 +333,7 @@ class DaemonImpl final : public Daemon {
     const int free = FreeLocked();
     Status st = actors::PlanRing(next.spec, next.id, next.overrides, next.checkpoint_step, free, &plan);
     if (st.ok()) {
+      waiting_.erase(next.id);
       if (jobs_->Transition(next.id, JobState::kRunning, "placed").ok()) {
         Log(next.id, "RUNNING: placed");
         auto r = std::make_unique<Runner>();

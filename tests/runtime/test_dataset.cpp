@@ -191,8 +191,7 @@ TEST(Dataset, EvalOverRingsOfOneTwoFourGivesTheSameLoss) {
   c.hidden_size = 32;
   c.intermediate_size = 48;
   const ParamTable tb(c);
-  std::vector<float> p(tb.total());
-  InitParameters(c, tb, 4, p.data());
+  const std::vector<float> p = test::ScaledInit(c, 4, 1.f);
   ASSERT_TRUE(SaveCheckpoint((t.p / "ck").string(), c, tb, p.data(), nullptr, nullptr, TrainerState{1, 0, 1, 1, "e"},
                              1, nullptr).ok());
   std::vector<double> losses;
@@ -236,8 +235,7 @@ TEST(LossWeighting, PerModalityIsHalfTheTextMeanPlusHalfTheVisionMean) {
   c.hidden_size = 32;
   c.intermediate_size = 48;
   const ParamTable tb(c);
-  std::vector<float> p(tb.total());
-  InitParameters(c, tb, 6, p.data());
+  const std::vector<float> p = test::ScaledInit(c, 6, 1.f);
   auto loss_with = [&](const std::vector<float>& w) {
     PackedSequence q = s;
     q.weights = w;
@@ -277,8 +275,7 @@ TEST(InitFrom, ShardedHuggingFaceWeightsLoadAndMismatchesAreNamed) {
   c.hidden_size = 32;
   c.intermediate_size = 48;
   const ParamTable tb(c);
-  std::vector<float> p(tb.total());
-  InitParameters(c, tb, 8, p.data());
+  const std::vector<float> p = test::ScaledInit(c, 8, 1.f);
   // Two shards and an index, as transformers writes them.
   std::vector<TensorRef> a, b;
   nlohmann::json index;
