@@ -91,7 +91,7 @@ int main(int argc, char** argv) {
     const double t0 = Now();
     std::string path;
     const auto st = SaveCheckpoint((fs::path(dir) / "ck").string(), c, t, p.data(), m.data(), v.data(),
-                                   TrainerState{r + 1, 0, r + 1, 1, "bench"}, 1, &path, 0, &bytes);
+                                   TrainerState{r + 1, 0, r + 1, 1, "bench"}, SaveOptions{1}, &path, &bytes);
     save.push_back(Now() - t0);
     if (!st.ok()) {
       std::fprintf(stderr, "rw_bench_checkpoint: %s\n", st.message().c_str());

@@ -1,18 +1,17 @@
 // `ringworld eval`, `generate`, `needle` (each on a ring of device actors in this process) and `data prepare`.
 #include <cstdio>
-#include <fstream>
-
-#include "actors/device_actor.h"
-#include "cli/train.h"
-
 #include <filesystem>
+#include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "actors/device_actor.h"
 #include "cli/heatmap.h"
-#include "runtime/needle.h"
+#include "cli/train.h"
 #include "runtime/checkpoint.h"
 #include "runtime/dataset.h"
 #include "runtime/generate.h"
+#include "runtime/needle.h"
+#include "runtime/tokenizer.h"
 
 namespace rw::cli {
 namespace {
@@ -97,13 +96,18 @@ int Generate(const std::string& checkpoint, const std::string& prompt, int64_t m
     std::fprintf(stderr, "ringworld generate: --checkpoint: %s\n", st.message().c_str());
     return 2;
   }
-  if (c.vocab_size < runtime::ByteTokenizer::kVocab) {
-    std::fprintf(stderr, "ringworld generate: the model's vocabulary (%lld) is not the byte tokenizer's\n",
-                 (long long)c.vocab_size);
+  std::unique_ptr<runtime::Tokenizer> tok;  // the checkpoint's tokenizer.model, or bytes
+  if (st = runtime::DirectoryTokenizer(checkpoint, &tok); !st.ok()) {
+    std::fprintf(stderr, "ringworld generate: --checkpoint: %s\n", st.message().c_str());
     return 2;
   }
-  std::vector<int32_t> ids = runtime::ByteTokenizer::Encode(prompt);
-  ids.pop_back();  // no EOS: the model continues the prompt
+  if (c.vocab_size < tok->vocab_size()) {
+    std::fprintf(stderr, "ringworld generate: the model's vocabulary (%lld) is smaller than its tokenizer's (%s: %lld)\n",
+                 (long long)c.vocab_size, tok->name().c_str(), (long long)tok->vocab_size());
+    return 2;
+  }
+  std::vector<int32_t> ids = tok->Encode(prompt);  // BOS + the prompt; no EOS: the model continues it
+  if (tok->bos() >= 0) ids.insert(ids.begin(), tok->bos());
   if (ring < 1) {
     std::fprintf(stderr, "ringworld generate: --ring: must be >= 1, got %d\n", ring);
     return 2;
@@ -115,14 +119,16 @@ int Generate(const std::string& checkpoint, const std::string& prompt, int64_t m
   }
   std::string error;
   actors::generate_task task{1, checkpoint, ids, max_tokens, temperature, top_p, top_k, seed,
-                             runtime::ByteTokenizer::kEos, layout};
+                             tok->eos(), layout};
   const auto reports = OnLocalRing<actors::generate_report>(ring, /*job=*/4, actors::generate_atom::value, task, &error);
   if (!error.empty()) {
     std::fprintf(stderr, "ringworld generate: %s\n", error.c_str());
     return 1;
   }
   const std::vector<int32_t>& out = reports.front().tokens;  // the same on every rank
-  std::printf("%s%s\n", prompt.c_str(), runtime::ByteTokenizer::Decode(out).c_str());
+  std::vector<int32_t> text(ids.begin() + (tok->bos() >= 0 ? 1 : 0), ids.end());  // decoded whole: a
+  text.insert(text.end(), out.begin(), out.end());  // SentencePiece piece's word-start mark becomes a space
+  std::printf("%s\n", tok->Decode(text).c_str());
   return 0;
 }
 

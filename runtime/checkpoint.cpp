@@ -12,6 +12,7 @@
 
 #include "runtime/crc32c.h"
 #include "runtime/safetensors.h"
+#include "runtime/tokenizer.h"
 
 namespace rw::runtime {
 namespace {
@@ -114,8 +115,8 @@ Status LoadInto(const std::string& file, const ParamTable& t, const std::string&
 }  // namespace
 
 Status SaveCheckpoint(const std::string& dir, const ModelConfig& c, const ParamTable& t, const float* params,
-                      const float* m, const float* v, const TrainerState& state, int64_t keep, std::string* path,
-                      int64_t keep_every, int64_t* bytes) {
+                      const float* m, const float* v, const TrainerState& state, const SaveOptions& opt,
+                      std::string* path, int64_t* bytes) {
   const fs::path root(dir);
   std::error_code ec;
   fs::create_directories(root, ec);
@@ -139,9 +140,11 @@ Status SaveCheckpoint(const std::string& dir, const ModelConfig& c, const ParamT
                                {"seed", state.seed},
                                {"job", state.job}};
   RW_RETURN_IF_ERROR(WriteText(tmp / "trainer_state.json", st.dump(2) + "\n"));
+  if (!opt.tokenizer_model.empty()) RW_RETURN_IF_ERROR(WriteText(tmp / kTokenizerFile, opt.tokenizer_model));
   std::ostringstream manifest;
   int64_t total_bytes = 0;
-  for (const char* f : {"model.safetensors", "optimizer.safetensors", "config.json", "trainer_state.json"}) {
+  for (const char* f :
+       {"model.safetensors", "optimizer.safetensors", "config.json", "trainer_state.json", kTokenizerFile}) {
     if (!fs::exists(tmp / f)) continue;
     uint64_t size = 0;
     uint32_t crc = 0;
@@ -158,8 +161,8 @@ Status SaveCheckpoint(const std::string& dir, const ModelConfig& c, const ParamT
   RW_RETURN_IF_ERROR(FsyncPath(root, true));
   // Retention, and leftovers of interrupted writes.
   const auto all = Checkpoints(root);
-  for (size_t i = size_t(std::max<int64_t>(keep, 1)); i < all.size(); ++i)
-    if (keep_every <= 0 || all[i].first % keep_every != 0) fs::remove_all(all[i].second, ec);
+  for (size_t i = size_t(std::max<int64_t>(opt.keep, 1)); i < all.size(); ++i)
+    if (opt.keep_every <= 0 || all[i].first % opt.keep_every != 0) fs::remove_all(all[i].second, ec);
   CollectCheckpointLeftovers(dir);
   if (path) *path = final_path.string();
   if (bytes) *bytes = total_bytes;

@@ -1,6 +1,6 @@
 // Checkpoints in Hugging Face layout: step-N/ holds model.safetensors (HF tensor names), config.json
-// (LlamaConfig), optimizer.safetensors (AdamW moments), trainer_state.json (step, stage, data cursor, seed)
-// and MANIFEST (size and CRC32C of each file). A checkpoint is written into a temporary directory,
+// (LlamaConfig), optimizer.safetensors (AdamW moments), trainer_state.json (step, stage, data cursor, seed),
+// tokenizer.model when the job's tokenizer is a SentencePiece model, and MANIFEST (size and CRC32C of each file). A checkpoint is written into a temporary directory,
 // fsynced, renamed into place and the parent fsynced: it exists only once whole. Loading verifies the
 // manifest and falls back to the previous checkpoint on any mismatch.
 #pragma once
@@ -20,12 +20,17 @@ struct TrainerState {
   std::string job;
 };
 
-// Writes dir/step-<state.step> atomically, then applies retention (the `keep` newest checkpoints, plus every
-// one whose step is a multiple of `keep_every` when it is > 0) and removes temporary leftovers. m and v may
-// be null (weights only). *bytes (may be null) gets the bytes written.
+struct SaveOptions {
+  int64_t keep = 2;             // the newest checkpoints kept
+  int64_t keep_every = 0;       // > 0: also every checkpoint whose step is a multiple of it
+  std::string tokenizer_model;  // a SentencePiece model (Tokenizer::Serialized), written as tokenizer.model
+};
+
+// Writes dir/step-<state.step> atomically, then applies retention and removes temporary leftovers. m and v
+// may be null (weights only). *path and *bytes (either may be null) get its directory and the bytes written.
 Status SaveCheckpoint(const std::string& dir, const ModelConfig& c, const ParamTable& t, const float* params,
-                      const float* m, const float* v, const TrainerState& state, int64_t keep, std::string* path,
-                      int64_t keep_every = 0, int64_t* bytes = nullptr);
+                      const float* m, const float* v, const TrainerState& state, const SaveOptions& opt,
+                      std::string* path, int64_t* bytes = nullptr);
 
 // The step-N checkpoint directories of `dir`, newest first (not verified).
 std::vector<std::pair<int64_t, std::string>> ListCheckpoints(const std::string& dir);

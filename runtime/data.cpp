@@ -1,10 +1,10 @@
-#include "runtime/rng.h"
-
-#include <algorithm>
-#include <fstream>
 #include "runtime/data.h"
 
+#include <algorithm>
 #include <cmath>
+#include <fstream>
+
+#include "runtime/rng.h"
 
 namespace rw::runtime {
 namespace {
@@ -17,11 +17,11 @@ struct Stream {
   int64_t Uniform(int64_t lo, int64_t hi) { return lo + int64_t(Next() % uint64_t(hi - lo + 1)); }
 };
 
-std::vector<int32_t> CopyDocument(const DataConfig& d, Stream& s) {
+std::vector<int32_t> CopyDocument(const DataConfig& d, const Tokenizer& tok, Stream& s) {
   const int64_t n = s.Uniform(d.min_len, d.max_len);
   std::string text;
   for (int64_t i = 0; i < n; ++i) text += char('a' + s.Uniform(0, 25));
-  return ByteTokenizer::Encode(text + "|" + text);
+  return tok.EncodeDocument(text + "|" + text);
 }
 
 const char* const kCities[] = {"Chicago", "Yangon", "Antananarivo", "Colombo", "Almaty", "Sydney", "Lima",
@@ -31,46 +31,48 @@ const char* const kFiller[] = {"The grass is green. ", "The sky is blue. ", "The
 
 }  // namespace
 
-NeedleDocument MakeNeedle(uint64_t seed, int64_t length, double depth) {
+NeedleDocument MakeNeedle(const Tokenizer& tok, uint64_t seed, int64_t length, double depth) {
   Stream s{Mix(seed)};
   const std::string city = kCities[s.Uniform(0, 15)];
-  std::string digits;
-  for (int i = 0; i < 7; ++i) digits += char('0' + s.Uniform(0, 9));
-  const std::string needle = "The special magic " + city + " number is: " + digits + ". ";
-  const std::string question = "What is the special magic " + city + " number? The special magic " + city +
-                               " number is: ";
-  // Haystack bytes so that BOS + haystack-with-needle + question + answer fills `length` tokens.
-  const int64_t fixed = 1 + int64_t(needle.size() + question.size() + digits.size());
-  std::string hay;
-  while (int64_t(hay.size()) < std::max<int64_t>(0, length - fixed)) hay += kFiller[s.Uniform(0, 4)];
-  hay.resize(size_t(std::max<int64_t>(0, length - fixed)));
-  const size_t at = size_t(std::clamp(depth, 0.0, 1.0) * double(hay.size()));
-  return {hay.substr(0, at) + needle + hay.substr(at) + question, digits};
+  NeedleDocument d;
+  for (int i = 0; i < 7; ++i) d.digits += char('0' + s.Uniform(0, 9));
+  // Each piece is encoded on its own; a SentencePiece model drops the trailing spaces and puts its
+  // word-start mark on the next piece, so the concatenation is how the whole text would encode.
+  const std::vector<int32_t> needle = tok.Encode("The special magic " + city + " number is: " + d.digits + ". ");
+  const std::vector<int32_t> question =
+      tok.Encode("What is the special magic " + city + " number? The special magic " + city + " number is: ");
+  d.answer = tok.Encode(d.digits);
+  const int64_t fixed = int64_t(tok.bos() >= 0) + int64_t(needle.size() + question.size() + d.answer.size());
+  const int64_t room = std::max<int64_t>(0, length - fixed);
+  std::vector<int32_t> hay;
+  while (int64_t(hay.size()) < room) {
+    const std::vector<int32_t> sentence = tok.Encode(kFiller[s.Uniform(0, 4)]);
+    hay.insert(hay.end(), sentence.begin(), sentence.end());
+  }
+  hay.resize(size_t(room));
+  const auto at = hay.begin() + std::ptrdiff_t(std::clamp(depth, 0.0, 1.0) * double(hay.size()));
+  if (tok.bos() >= 0) d.prompt.push_back(tok.bos());
+  d.prompt.insert(d.prompt.end(), hay.begin(), at);
+  d.prompt.insert(d.prompt.end(), needle.begin(), needle.end());
+  d.prompt.insert(d.prompt.end(), at, hay.end());
+  d.prompt.insert(d.prompt.end(), question.begin(), question.end());
+  return d;
 }
 
-std::vector<int32_t> ByteTokenizer::Encode(const std::string& text) {
-  std::vector<int32_t> ids{kBos};
-  for (unsigned char ch : text) ids.push_back(int32_t(ch));
-  ids.push_back(kEos);
-  return ids;
-}
-
-std::string ByteTokenizer::Decode(const std::vector<int32_t>& ids) {
-  std::string out;
-  for (int32_t id : ids)
-    if (id >= 0 && id < 256) out += char(id);
-  return out;
-}
-
-Status DataConfig::Validate() const {
+Status DataConfig::Validate(int64_t* vocab) const {
+  if (vocab) *vocab = 0;
   RW_REQUIRE(source == "synthetic" || source == "files", "data.source: '" << source << "' is not synthetic or files");
   if (source == "files") {
     RW_REQUIRE(!path.empty(), "data.path: a dataset directory is required with data.source: files");
     std::ifstream meta(path + "/meta.json");
     RW_REQUIRE(meta.good(), "data.path: " << path << " is not a prepared dataset (run ringworld data prepare)");
+    RW_REQUIRE(tokenizer == "bytes", "data.tokenizer: only for synthetic data (a prepared dataset keeps its own)");
     return Status::Ok();
   }
   RW_REQUIRE(task == "copy" || task == "needle", "data.task: '" << task << "' is not a synthetic task (copy, needle)");
+  std::unique_ptr<Tokenizer> tok;
+  RW_RETURN_IF_ERROR(MakeTokenizer(tokenizer, &tok, "data.tokenizer"));
+  if (vocab) *vocab = tok->vocab_size();
   RW_REQUIRE(min_len >= 1 && max_len >= min_len,
              "data.min_len/max_len: need 1 <= min_len <= max_len, got " << min_len << ", " << max_len);
   RW_REQUIRE(std::isfinite(answer_weight) && answer_weight > 0 && answer_weight <= 1000,
@@ -78,8 +80,31 @@ Status DataConfig::Validate() const {
   return Status::Ok();
 }
 
-std::vector<PackedSequence> GlobalBatch(const DataConfig& d, uint64_t seed, int64_t step, int64_t seq_len,
-                                        int64_t batch) {
+void PackedSequence::AppendDocument(const int32_t* ids, const uint8_t* mod, int64_t take, int32_t doc) {
+  for (int64_t i = 0; i < take; ++i) {
+    const bool has_next = i + 1 < take;
+    tokens.push_back(ids[i]);
+    segments.push_back(doc);
+    positions.push_back(i);
+    targets.push_back(has_next ? ids[i + 1] : -1);
+    weights.push_back(has_next ? 1.f : 0.f);
+    modality.push_back(has_next && mod ? mod[i + 1] : 0);
+  }
+}
+
+void PackedSequence::PadTo(int64_t seq_len) {
+  while (int64_t(tokens.size()) < seq_len) {
+    tokens.push_back(0);
+    segments.push_back(-1);
+    positions.push_back(0);
+    targets.push_back(-1);
+    weights.push_back(0.f);
+    modality.push_back(0);
+  }
+}
+
+std::vector<PackedSequence> GlobalBatch(const DataConfig& d, const Tokenizer& tok, uint64_t seed, int64_t step,
+                                        int64_t seq_len, int64_t batch) {
   std::vector<PackedSequence> out(batch);
   for (int64_t b = 0; b < batch; ++b) {
     Stream s{Mix(seed ^ Mix(uint64_t(step) * 0x100000001b3ull + uint64_t(b)))};
@@ -87,38 +112,28 @@ std::vector<PackedSequence> GlobalBatch(const DataConfig& d, uint64_t seed, int6
     int32_t doc = 0;
     while (int64_t(p.tokens.size()) < seq_len) {
       std::vector<int32_t> ids;
-      int64_t answer_from = 0, answer_to = 0;  // positions whose targets are the answer's digits
-      if (d.task == "needle") {  // a haystack length and a depth drawn per document
-        const NeedleDocument n = MakeNeedle(s.Next(), s.Uniform(d.min_len, d.max_len), double(s.Uniform(0, 1000)) / 1000);
-        ids = ByteTokenizer::Encode(n.prompt + n.answer);
-        answer_from = int64_t(n.prompt.size());  // ids[0] is BOS: position i predicts ids[i + 1]
+      int64_t answer_from = 0, answer_to = 0;  // positions whose targets are the answer's tokens
+      if (d.task == "needle") {  // a length (no longer than the stage's sequences) and a depth per document
+        const uint64_t doc_seed = s.Next();
+        const int64_t hi = std::min(d.max_len, seq_len);
+        const int64_t length = s.Uniform(std::min(d.min_len, hi), hi);
+        const NeedleDocument n = MakeNeedle(tok, doc_seed, length, double(s.Uniform(0, 1000)) / 1000);
+        ids = n.prompt;
+        ids.insert(ids.end(), n.answer.begin(), n.answer.end());
+        if (tok.eos() >= 0) ids.push_back(tok.eos());
+        answer_from = int64_t(n.prompt.size()) - 1;  // position i predicts ids[i + 1]
         answer_to = answer_from + int64_t(n.answer.size());
       } else {
-        ids = CopyDocument(d, s);
+        ids = CopyDocument(d, tok, s);
       }
-      const int64_t room = seq_len - int64_t(p.tokens.size());
-      const int64_t take = std::min<int64_t>(room, int64_t(ids.size()));
+      const int64_t start = int64_t(p.tokens.size());
+      const int64_t take = std::min<int64_t>(seq_len - start, int64_t(ids.size()));
       if (take < 2) break;  // a document needs at least one (token, target) pair
-      for (int64_t i = 0; i < take; ++i) {
-        p.tokens.push_back(ids[i]);
-        p.segments.push_back(doc);
-        p.positions.push_back(i);
-        const bool has_next = i + 1 < take;
-        p.targets.push_back(has_next ? ids[i + 1] : -1);
-        const bool answer = i >= answer_from && i < answer_to;
-        p.weights.push_back(has_next ? (answer ? float(d.answer_weight) : 1.f) : 0.f);
-        p.modality.push_back(0);
-      }
-      ++doc;
+      p.AppendDocument(ids.data(), nullptr, take, doc++);
+      for (int64_t i = answer_from; i < std::min(answer_to, take - 1); ++i)
+        p.weights[size_t(start + i)] = float(d.answer_weight);
     }
-    while (int64_t(p.tokens.size()) < seq_len) {  // padding
-      p.tokens.push_back(ByteTokenizer::kPad);
-      p.segments.push_back(-1);
-      p.positions.push_back(0);
-      p.targets.push_back(-1);
-      p.weights.push_back(0.f);
-      p.modality.push_back(0);
-    }
+    p.PadTo(seq_len);
   }
   return out;
 }

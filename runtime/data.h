@@ -1,5 +1,5 @@
-// Training data: byte-level tokens, synthetic corpora, and the loader that packs documents into the
-// sequences of a stage.
+// Training data: synthetic corpora (in any tokenizer) and the packing of documents into the sequences of
+// a stage.
 //
 // The global batch of step k is a function of (seed, k, seq_len, batch) only, never of the ring size, so
 // a run that changes its ring continues on the same data. A sequence is documents packed end to end:
@@ -14,33 +14,33 @@
 
 #include "runtime/layout.h"
 #include "runtime/model.h"
+#include "runtime/tokenizer.h"
 
 namespace rw::runtime {
-
-// Byte-level tokenizer: ids 0..255 are bytes; then the specials.
-struct ByteTokenizer {
-  static constexpr int32_t kBos = 256, kEos = 257, kPad = 258, kVocab = 259;
-  static std::vector<int32_t> Encode(const std::string& text);  // BOS + bytes + EOS
-  static std::string Decode(const std::vector<int32_t>& ids);    // bytes only
-};
 
 struct DataConfig {
   std::string source = "synthetic";  // synthetic | files (a directory made by `ringworld data prepare`)
   std::string path;                  // files: the dataset directory
   std::string task = "copy";         // copy | needle (see NeedleDocument)
-  int64_t min_len = 4, max_len = 24;  // copy: of the copied string; needle: of the haystack, in tokens
-  double answer_weight = 1;           // needle: loss weight of the answer's digits (the rest weigh 1)
-  Status Validate() const;
+  std::string tokenizer = "bytes";   // synthetic: bytes | PATH of a SentencePiece .model
+  int64_t min_len = 4, max_len = 24;  // copy: of the copied string; needle: of the document, in tokens
+  double answer_weight = 1;           // needle: loss weight of the answer's tokens (the rest weigh 1)
+  // Errors name the key; loads the tokenizer (synthetic) and gives its vocabulary (*vocab, may be null; 0
+  // for files: the dataset's is checked when it is opened).
+  Status Validate(int64_t* vocab = nullptr) const;
 };
 
-// LWM's needle retrieval, byte tokens: filler text with "The special magic {city} number is: {7 digits}."
-// hidden at `depth` (0 = start, 1 = end), then the question "What is the special magic {city} number?"
-// and the answer. `length` is the document's length in tokens (the answer included).
+// LWM's needle retrieval: filler text with "The special magic {city} number is: {7 digits}." hidden at
+// `depth` (0 = start, 1 = end) of the haystack, then the question "What is the special magic {city}
+// number? The special magic {city} number is:" and the answer. `length` is the document's length in tokens
+// (BOS and the answer included; at least the needle, question and answer). The haystack is filler
+// sentences encoded one by one and cut to length; the needle goes in at a token boundary.
 struct NeedleDocument {
-  std::string prompt;  // everything up to and including "The special magic {city} number is: "
-  std::string answer;  // the 7 digits
+  std::vector<int32_t> prompt;  // BOS, the haystack with the needle, the question
+  std::vector<int32_t> answer;  // the answer's tokens (the digits, as the tokenizer writes them after ":")
+  std::string digits;           // the 7 digits
 };
-NeedleDocument MakeNeedle(uint64_t seed, int64_t length, double depth);
+NeedleDocument MakeNeedle(const Tokenizer& tok, uint64_t seed, int64_t length, double depth);
 
 // One packed sequence of the global batch.
 struct PackedSequence {
@@ -48,6 +48,12 @@ struct PackedSequence {
   std::vector<int64_t> positions;
   std::vector<float> weights;    // 1 where a target exists (before loss weighting), else 0
   std::vector<uint8_t> modality;  // of each position's target: 0 text, 1 vision
+
+  // Appends the first `take` tokens of a document as document `doc` (positions from 0; each token's target
+  // is the next one of the document; `modality`, of each token, may be null: text).
+  void AppendDocument(const int32_t* ids, const uint8_t* modality, int64_t take, int32_t doc);
+  // Pads to seq_len rows: id 0, segment -1 (no document), no target.
+  void PadTo(int64_t seq_len);
 };
 
 // How the loss averages over tokens (LWM: the text and vision means, weighted 0.5 each).
@@ -63,9 +69,9 @@ struct LossConfig {
 // Every rank computes it from the whole global batch, so the normalization is global across the ring.
 Status ApplyLossWeighting(const LossConfig& c, std::vector<PackedSequence>& batch, double* scale);
 
-// The global batch of `step`: `batch` sequences of `seq_len` tokens.
-std::vector<PackedSequence> GlobalBatch(const DataConfig& d, uint64_t seed, int64_t step, int64_t seq_len,
-                                        int64_t batch);
+// The synthetic global batch of `step`: `batch` sequences of `seq_len` tokens (tok: d.tokenizer's).
+std::vector<PackedSequence> GlobalBatch(const DataConfig& d, const Tokenizer& tok, uint64_t seed, int64_t step,
+                                        int64_t seq_len, int64_t batch);
 
 // This rank's rows of one sequence under the layout.
 ShardBatch ShardOf(const PackedSequence& seq, const Layout& layout, int rank);

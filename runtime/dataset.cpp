@@ -189,6 +189,8 @@ Status PrepareDataset(const PrepareOptions& opt, PrepareReport* report) {
     meta["vision_tokens"] = {{"first_code", vision.Code(0)}, {"vision", vision.begin()}, {"/vision", vision.end()},
                              {"eof", vision.eof()}, {"eov", vision.eov()}};
   std::ofstream(tmp / "meta.json") << meta.dump(2) << "\n";
+  if (const std::string model = tok->Serialized(); !model.empty())  // the dataset keeps its tokenizer
+    std::ofstream(tmp / kTokenizerFile, std::ios::binary) << model;
   fs::remove_all(out, ec);  // an empty leftover directory
   fs::rename(tmp, out, ec);
   if (ec) return fail(Status::Error("--output: cannot rename into " + opt.output + ": " + ec.message()));
@@ -253,34 +255,12 @@ Dataset& Dataset::operator=(Dataset&& o) noexcept {
 }
 
 namespace {
-// Appends `take` tokens of a document (with their targets inside it) to p as document `doc`.
-void AppendRows(const int32_t* t, const uint8_t* m, int64_t take, int32_t doc, PackedSequence& p) {
-  for (int64_t k = 0; k < take; ++k) {
-    p.tokens.push_back(t[k]);
-    p.segments.push_back(doc);
-    p.positions.push_back(k);
-    p.targets.push_back(k + 1 < take ? t[k + 1] : -1);
-    p.weights.push_back(k + 1 < take ? 1.f : 0.f);
-    p.modality.push_back(k + 1 < take ? m[k + 1] : 0);
-  }
-}
-
 // Appends document i (truncated to the room left) to p; returns false when no pair fits.
 bool Append(const Dataset& d, int64_t i, int64_t seq_len, int32_t doc, PackedSequence& p) {
   const int64_t take = std::min(seq_len - int64_t(p.tokens.size()), d.doc_len(i));
   if (take < 2) return false;
-  AppendRows(d.doc_tokens(i), d.doc_modality(i), take, doc, p);
+  p.AppendDocument(d.doc_tokens(i), d.doc_modality(i), take, doc);
   return true;
-}
-void Pad(int64_t seq_len, PackedSequence& p) {
-  while (int64_t(p.tokens.size()) < seq_len) {
-    p.tokens.push_back(ByteTokenizer::kPad);
-    p.segments.push_back(-1);
-    p.positions.push_back(0);
-    p.targets.push_back(-1);
-    p.weights.push_back(0.f);
-    p.modality.push_back(0);
-  }
 }
 }  // namespace
 
@@ -294,19 +274,19 @@ std::vector<PackedSequence> Dataset::PackAll(int64_t seq_len) const {
       const int64_t room = seq_len - int64_t(cur.tokens.size());
       const int64_t take = std::min(room, doc_len(i) - start);
       if (take < 2) {
-        Pad(seq_len, cur);
+        cur.PadTo(seq_len);
         out.push_back(std::move(cur));
         cur = {};
         doc = 0;
         continue;
       }
-      AppendRows(doc_tokens(i) + start, doc_modality(i) + start, take, doc, cur);
+      cur.AppendDocument(doc_tokens(i) + start, doc_modality(i) + start, take, doc);
       ++doc;
       start += take;
     }
   }
   if (!cur.tokens.empty()) {
-    Pad(seq_len, cur);
+    cur.PadTo(seq_len);
     out.push_back(std::move(cur));
   }
   return out;
@@ -318,7 +298,7 @@ std::vector<PackedSequence> Dataset::Batch(uint64_t seed, int64_t step, int64_t 
     int64_t i = int64_t(Mix(seed ^ Mix(uint64_t(step) * 0x100000001b3ull + uint64_t(b))) % uint64_t(n_docs_));
     int32_t doc = 0;
     for (int64_t n = 0; n < n_docs_ && Append(*this, i, seq_len, doc, out[b]); ++n, i = (i + 1) % n_docs_) ++doc;
-    Pad(seq_len, out[b]);
+    out[b].PadTo(seq_len);
   }
   return out;
 }

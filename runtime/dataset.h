@@ -4,6 +4,8 @@
 // DIR/modality.bin  one byte per token: 0 text, 1 vision
 // DIR/index.bin     uint64 offsets: document i is tokens [index[i], index[i+1])
 // DIR/meta.json     format, counts, tokenizer, vocab size, sources
+// DIR/tokenizer.model  the SentencePiece model the text was encoded with (none for bytes); training copies it
+//                   into its checkpoints, where generate and needle find it
 // Written into a temporary directory and renamed into place: a dataset exists only once whole.
 #pragma once
 

@@ -42,9 +42,13 @@ const std::vector<Setting<JobConfig>>& JobTable() {
       {"data.source", "synthetic | files", RW_FIELD(JobConfig, std::string, j.data.source)},
       {"data.path", "files: the directory made by ringworld data prepare", RW_FIELD(JobConfig, std::string, j.data.path)},
       {"data.task", "synthetic task: copy | needle", RW_FIELD(JobConfig, std::string, j.data.task)},
-      {"data.min_len", "shortest synthetic string", RW_FIELD(JobConfig, int64_t, j.data.min_len)},
-      {"data.max_len", "longest synthetic string", RW_FIELD(JobConfig, int64_t, j.data.max_len)},
-      {"data.answer_weight", "needle: loss weight of the answer's digits (other tokens weigh 1)",
+      {"data.tokenizer", "synthetic: bytes | PATH of a SentencePiece .model (copied into every checkpoint)",
+       RW_FIELD(JobConfig, std::string, j.data.tokenizer)},
+      {"data.min_len", "copy: shortest string; needle: shortest document, in tokens",
+       RW_FIELD(JobConfig, int64_t, j.data.min_len)},
+      {"data.max_len", "copy: longest string; needle: longest document (capped at each stage's seq_len)",
+       RW_FIELD(JobConfig, int64_t, j.data.max_len)},
+      {"data.answer_weight", "needle: loss weight of the answer's tokens (other tokens weigh 1)",
        RW_FIELD(JobConfig, double, j.data.answer_weight)},
       {"loss.weighting", "per_token | per_modality", RW_FIELD(JobConfig, std::string, j.loss.weighting)},
       {"loss.text_weight", "per_modality: weight of the text mean", RW_FIELD(JobConfig, double, j.loss.text_weight)},
@@ -181,7 +185,10 @@ int64_t JobConfig::total_steps() const {
 Status JobConfig::Validate() const {
   RW_REQUIRE(!name.empty(), "name: must not be empty");
   RW_RETURN_IF_ERROR(model.Validate());
-  RW_RETURN_IF_ERROR(data.Validate());
+  int64_t data_vocab = 0;
+  RW_RETURN_IF_ERROR(data.Validate(&data_vocab));
+  RW_REQUIRE(data_vocab <= model.vocab_size, "model.vocab_size: " << model.vocab_size << " is smaller than the "
+                                             "vocabulary of data.tokenizer " << data.tokenizer << " (" << data_vocab << ")");
   RW_RETURN_IF_ERROR(loss.Validate());
   RW_REQUIRE(remat == "none" || remat == "layer", "remat: '" << remat << "' is not none or layer");
   if (!init_from.empty()) {

@@ -46,9 +46,11 @@ Status NeedleRank(Transport& t, const std::string& checkpoint_dir, const NeedleC
   const ParamTable table(model);
   std::vector<float> params(table.total());
   RW_RETURN_IF_ERROR(LoadWeights(checkpoint_dir, table, params.data()));
-  RW_REQUIRE(model.vocab_size >= ByteTokenizer::kVocab, "--checkpoint: the needle prompts use the byte tokenizer ("
-                                                            << ByteTokenizer::kVocab << " ids); the model has "
-                                                            << model.vocab_size);
+  std::unique_ptr<Tokenizer> tok;  // the checkpoint's tokenizer.model, or bytes
+  RW_RETURN_IF_ERROR(DirectoryTokenizer(checkpoint_dir, &tok));
+  RW_REQUIRE(model.vocab_size >= tok->vocab_size(), "--checkpoint: the model's vocabulary (" << model.vocab_size
+                                                       << ") is smaller than its tokenizer's (" << tok->name() << ": "
+                                                       << tok->vocab_size() << ")");
   LayoutKind kind;
   RW_RETURN_IF_ERROR(ParseLayout(cfg.layout, &kind));
   *out = NeedleResult{};
@@ -60,21 +62,18 @@ Status NeedleRank(Transport& t, const std::string& checkpoint_dir, const NeedleC
     for (double depth : cfg.depths) {
       int64_t correct = 0;
       for (int64_t trial = 0; trial < cfg.trials; ++trial) {
-        const NeedleDocument d = MakeNeedle(Mix(cfg.seed * 0x9E3779B97F4A7C15ull + ++doc), length, depth);
-        std::vector<int32_t> prompt = ByteTokenizer::Encode(d.prompt);
-        prompt.pop_back();  // no EOS: the answer follows
+        const NeedleDocument d = MakeNeedle(*tok, Mix(cfg.seed * 0x9E3779B97F4A7C15ull + ++doc), length, depth);
         RingDecoder dec(t, model, table, params.data(), cfg.num_threads, /*job_tag=*/doc);
         std::vector<float> logits;
-        RW_RETURN_IF_ERROR(dec.Prefill(prompt, kind, &logits));
+        RW_RETURN_IF_ERROR(dec.Prefill(d.prompt, kind, &logits));
         std::vector<int32_t> answer;
         for (size_t i = 0; i < d.answer.size(); ++i) {
           const int32_t next = int32_t(std::max_element(logits.begin(), logits.end()) - logits.begin());
           answer.push_back(next);
           if (i + 1 < d.answer.size()) RW_RETURN_IF_ERROR(dec.Step(next, &logits));
         }
-        const std::string got = ByteTokenizer::Decode(answer);
-        correct += got == d.answer;
-        out->samples.push_back({length, depth, d.answer, got});
+        correct += answer == d.answer;
+        out->samples.push_back({length, depth, d.digits, tok->Decode(answer)});
       }
       row.push_back(double(correct) / double(cfg.trials));
     }

@@ -4,7 +4,6 @@
 
 #include <filesystem>
 
-#include "runtime/data.h"
 
 namespace rw::runtime {
 namespace {
@@ -16,19 +15,25 @@ class Bytes final : public Tokenizer {
     for (unsigned char ch : text) ids.push_back(int32_t(ch));
     return ids;
   }
-  std::string Decode(const std::vector<int32_t>& ids) const override { return ByteTokenizer::Decode(ids); }
+  std::string Decode(const std::vector<int32_t>& ids) const override {
+    std::string out;
+    for (int32_t id : ids)
+      if (id >= 0 && id < 256) out += char(id);
+    return out;
+  }
   int32_t bos() const override { return ByteTokenizer::kBos; }
   int32_t eos() const override { return ByteTokenizer::kEos; }
   int64_t vocab_size() const override { return ByteTokenizer::kVocab; }
   std::string name() const override { return "bytes"; }
+  std::string Serialized() const override { return {}; }
 };
 
 class SentencePiece final : public Tokenizer {
  public:
   explicit SentencePiece(std::string path) : path_(std::move(path)) {}
-  Status Load() {
+  Status Load(const std::string& field) {
     const auto st = sp_.Load(path_);
-    RW_REQUIRE(st.ok(), "--tokenizer: " << path_ << " is not a SentencePiece model: " << st.ToString());
+    RW_REQUIRE(st.ok(), field << ": " << path_ << " is not a SentencePiece model: " << st.ToString());
     return Status::Ok();
   }
   std::vector<int32_t> Encode(const std::string& text) const override {
@@ -45,6 +50,7 @@ class SentencePiece final : public Tokenizer {
   int32_t eos() const override { return sp_.eos_id(); }
   int64_t vocab_size() const override { return sp_.GetPieceSize(); }
   std::string name() const override { return path_; }
+  std::string Serialized() const override { return sp_.serialized_model_proto(); }
 
  private:
   std::string path_;
@@ -62,17 +68,22 @@ std::vector<int32_t> Tokenizer::EncodeDocument(const std::string& text) const {
   return ids;
 }
 
-Status MakeTokenizer(const std::string& spec, std::unique_ptr<Tokenizer>* out) {
+Status MakeTokenizer(const std::string& spec, std::unique_ptr<Tokenizer>* out, const std::string& field) {
   if (spec == "bytes") {
     *out = std::make_unique<Bytes>();
     return Status::Ok();
   }
   RW_REQUIRE(std::filesystem::is_regular_file(spec),
-             "--tokenizer: '" << spec << "' is neither bytes nor a SentencePiece .model file");
+             field << ": '" << spec << "' is neither bytes nor a SentencePiece .model file");
   auto sp = std::make_unique<SentencePiece>(spec);
-  RW_RETURN_IF_ERROR(sp->Load());
+  RW_RETURN_IF_ERROR(sp->Load(field));
   *out = std::move(sp);
   return Status::Ok();
+}
+
+Status DirectoryTokenizer(const std::string& dir, std::unique_ptr<Tokenizer>* out) {
+  const std::string file = (std::filesystem::path(dir) / kTokenizerFile).string();
+  return MakeTokenizer(std::filesystem::exists(file) ? file : "bytes", out, file);
 }
 
 Status VisionVocab::Encode(const std::vector<std::vector<int64_t>>& frames, std::vector<int32_t>* out) const {

@@ -1,5 +1,7 @@
-// Tokenizers for `ringworld data prepare`: the built-in byte tokenizer, or a SentencePiece model (the
-// LLaMA tokenizers ship as .model files). Vision tokens (VQGAN codes) go after the text vocabulary, with
+// Tokenizers: the built-in byte tokenizer, or a SentencePiece model (the LLaMA tokenizers ship as .model
+// files). One interface serves `ringworld data prepare`, the synthetic generators (data.tokenizer), and
+// generate/needle, which read the tokenizer a checkpoint carries (tokenizer.model, as in Hugging Face
+// LLaMA directories; none: bytes). Vision tokens (VQGAN codes) go after the text vocabulary, with
 // LWM's four markers after them: <vision> frame <eof> frame ... frame <eov> </vision>.
 #pragma once
 
@@ -14,6 +16,15 @@ namespace rw::runtime {
 
 using kernels::Status;
 
+// The byte tokenizer's ids: 0..255 are bytes, then BOS and EOS. 258 is reserved (it was padding; padded
+// rows now carry id 0 whatever the tokenizer), so byte models keep a vocabulary of 259.
+struct ByteTokenizer {
+  static constexpr int32_t kBos = 256, kEos = 257, kVocab = 259;
+};
+
+// The file a checkpoint (or a prepared dataset) keeps its SentencePiece model in.
+inline constexpr char kTokenizerFile[] = "tokenizer.model";
+
 class Tokenizer {
  public:
   virtual ~Tokenizer() = default;
@@ -23,12 +34,18 @@ class Tokenizer {
   virtual int32_t eos() const = 0;
   virtual int64_t vocab_size() const = 0;  // text ids are [0, vocab_size)
   virtual std::string name() const = 0;    // "bytes" or the model's path, for meta.json
+  // The SentencePiece model's serialized bytes (what tokenizer.model holds); empty for bytes.
+  virtual std::string Serialized() const = 0;
   // BOS + Encode(text) + EOS (each where the tokenizer has one): a document.
   std::vector<int32_t> EncodeDocument(const std::string& text) const;
 };
 
-// "bytes" or the path of a SentencePiece .model; the error names --tokenizer.
-Status MakeTokenizer(const std::string& spec, std::unique_ptr<Tokenizer>* out);
+// "bytes" or the path of a SentencePiece .model; errors name `field` (the option or job key).
+Status MakeTokenizer(const std::string& spec, std::unique_ptr<Tokenizer>* out,
+                     const std::string& field = "--tokenizer");
+
+// The tokenizer of a checkpoint or dataset directory: its tokenizer.model, or bytes when it has none.
+Status DirectoryTokenizer(const std::string& dir, std::unique_ptr<Tokenizer>* out);
 
 // The ids of vision tokens, laid out after a text vocabulary of `text_vocab` ids.
 struct VisionVocab {

@@ -56,12 +56,18 @@ Status TrainRank(Transport& t, const JobConfig& job, const std::function<void(co
   AdamW opt(job.optimizer, table, threads);
   LayoutKind kind;
   RW_RETURN_IF_ERROR(ParseLayout(job.ring.layout, &kind));
+  // The data, and the tokenizer its text was encoded with (a SentencePiece model goes into every checkpoint).
   Dataset files;
+  std::unique_ptr<Tokenizer> tok;
   if (job.data.source == "files") {
     RW_RETURN_IF_ERROR(Dataset::Open(job.data.path, &files));
     RW_REQUIRE(files.vocab_size() <= model.vocab_size, "data.path: the dataset's vocabulary (" << files.vocab_size()
                                                            << ") exceeds model.vocab_size " << model.vocab_size);
+    RW_RETURN_IF_ERROR(DirectoryTokenizer(job.data.path, &tok));
+  } else {
+    RW_RETURN_IF_ERROR(MakeTokenizer(job.data.tokenizer, &tok, "data.tokenizer"));  // its vocabulary: Validate
   }
+  SaveOptions save_opt{job.checkpoint.keep, job.checkpoint.keep_every, tok->Serialized()};
   const int64_t total = job.total_steps();
   int64_t step = 0;
   TrainResult res;
@@ -123,7 +129,7 @@ Status TrainRank(Transport& t, const JobConfig& job, const std::function<void(co
       info.step = state.step;
       info.stage = state.stage;
       Status st = SaveCheckpoint(job.checkpoint.dir, model_now, table, snap_p.data(), snap_m.data(), snap_v.data(),
-                                 state, job.checkpoint.keep, &info.path, job.checkpoint.keep_every, &info.bytes);
+                                 state, save_opt, &info.path, &info.bytes);
       info.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       info.ok = st.ok();
       info.error = st.message();
@@ -163,7 +169,7 @@ Status TrainRank(Transport& t, const JobConfig& job, const std::function<void(co
       const uint64_t bytes0 = t.stats().bytes_sent;
       // The global batch, with its loss weights applied in place.
       auto weighted = job.data.source == "files" ? files.Batch(job.seed, step, stage.seq_len, stage.batch)
-                                                 : GlobalBatch(job.data, job.seed, step, stage.seq_len, stage.batch);
+                                                 : GlobalBatch(job.data, *tok, job.seed, step, stage.seq_len, stage.batch);
       double scale = 0;
       RW_RETURN_IF_ERROR(ApplyLossWeighting(job.loss, weighted, &scale));
       std::fill(grads.begin(), grads.end(), 0.f);

@@ -675,6 +675,10 @@ class DaemonImpl final : public Daemon {
       RW_RETURN_IF_ERROR(ConfinePath("data.path", job.data.path, opt_.data_root, &resolved));
       overrides.push_back("data.path=" + resolved);
     }
+    if (job.data.tokenizer != "bytes") {
+      RW_RETURN_IF_ERROR(ConfinePath("data.tokenizer", job.data.tokenizer, opt_.data_root, &resolved));
+      overrides.push_back("data.tokenizer=" + resolved);
+    }
     if (!job.init_from.empty()) {
       RW_RETURN_IF_ERROR(ConfinePath("init_from", job.init_from, opt_.data_root, &resolved));
       overrides.push_back("init_from=" + resolved);

@@ -31,6 +31,23 @@ grep -q '"loss": [0-9]' "$out/eval" || { echo "FAIL: eval printed no loss"; exit
 fixtures=$(dirname "$0")/../fixtures
 "$bin" data prepare --input "$out/d.jsonl" --output "$out/ds_sp" --tokenizer "$fixtures/spm_tiny/tiny.model" > /dev/null
 grep -q '"vocab_size": 320' "$out/ds_sp/meta.json" || { echo "FAIL: SentencePiece dataset"; exit 1; }
+[ -s "$out/ds_sp/tokenizer.model" ] || { echo "FAIL: the SentencePiece dataset does not keep its tokenizer"; exit 1; }
+# Trained on it, the checkpoint carries the tokenizer; generate decodes with it.
+"$bin" train "$cfg" --set output_dir="$out/fs" --set checkpoint.dir="$out/fs/ck" --set data.source=files \
+  --set data.path="$out/ds_sp" --set model.vocab_size=320 --set stages.0.steps=2 --set stages.1.steps=1 > /dev/null
+grep -q '^tokenizer.model ' "$out/fs/ck/step-3/MANIFEST" || { echo "FAIL: checkpoint without tokenizer.model"; exit 1; }
+gs=$("$bin" generate --checkpoint "$out/fs/ck/step-3" --prompt "ring attention" --max-tokens 4)
+[ "${gs:0:14}" = "ring attention" ] || { echo "FAIL: generate with the checkpoint's tokenizer: '$gs'"; exit 1; }
+# The needle config (its own SentencePiece tokenizer, a 3-stage context curriculum), a few steps a stage,
+# then needle over a ring of 2 with the tokenizer the checkpoint carries.
+configs=$(dirname "$cfg")
+"$bin" train "$configs/needle-cpu.yaml" --set output_dir="$out/nd" --set checkpoint.dir="$out/nd/ck" \
+  --set data.tokenizer="$configs/needle-tokenizer.model" --set stages.0.steps=2 --set stages.1.steps=1 \
+  --set stages.2.steps=1 > /dev/null
+grep -q '"stage": 2, "seq_len": 512' "$out/nd/metrics.jsonl" || { echo "FAIL: needle-cpu's third stage"; exit 1; }
+"$bin" needle --checkpoint "$out/nd/ck/step-4" --lengths 64,128 --depths 0,1 --trials 1 --ring 2 --output "$out/nn" \
+  > /dev/null
+[ "$(grep -c '"expected": "[0-9]\{7\}"' "$out/nn/needle.json")" -eq 4 ] || { echo "FAIL: needle with a tokenizer"; exit 1; }
 printf '{"vision": [[1, 2], [3]], "text": "a cat"}\n' > "$out/v.jsonl"
 "$bin" data prepare --input "$out/v.jsonl" --output "$out/ds_v" --vision-codes 8192 > /dev/null
 grep -q '"eov": 8454' "$out/ds_v/meta.json" || { echo "FAIL: vision dataset"; cat "$out/ds_v/meta.json"; exit 1; }

@@ -132,7 +132,7 @@ TEST(Checkpoint, SaveLoadSaveIsByteIdenticalAndInHuggingFaceLayout) {
   }
   TrainerState st{7, 1, 7, 42, "rt"};
   std::string path;
-  ASSERT_TRUE(SaveCheckpoint((dir.path / "a").string(), c, t, p.data(), m.data(), v.data(), st, 3, &path).ok());
+  ASSERT_TRUE(SaveCheckpoint((dir.path / "a").string(), c, t, p.data(), m.data(), v.data(), st, SaveOptions{3}, &path).ok());
   std::vector<float> p2(t.total()), m2(t.total()), v2(t.total());
   TrainerState st2;
   bool found = false;
@@ -141,7 +141,7 @@ TEST(Checkpoint, SaveLoadSaveIsByteIdenticalAndInHuggingFaceLayout) {
   ASSERT_TRUE(found);
   EXPECT_EQ(st2.step, 7);
   EXPECT_EQ(st2.seed, 42u);
-  ASSERT_TRUE(SaveCheckpoint((dir.path / "b").string(), c, t, p2.data(), m2.data(), v2.data(), st2, 3, nullptr).ok());
+  ASSERT_TRUE(SaveCheckpoint((dir.path / "b").string(), c, t, p2.data(), m2.data(), v2.data(), st2, SaveOptions{3}, nullptr).ok());
   for (const char* f : {"model.safetensors", "optimizer.safetensors", "config.json", "trainer_state.json", "MANIFEST"})
     EXPECT_EQ(Bytes(dir.path / "a" / "step-7" / f), Bytes(dir.path / "b" / "step-7" / f)) << f;
   std::map<std::string, LoadedTensor> tensors;
@@ -161,7 +161,7 @@ TEST(Checkpoint, CorruptLatestFallsBackToThePreviousOne) {
   for (int64_t step : {3, 6}) {
     std::fill(p.begin(), p.end(), float(step));
     ASSERT_TRUE(SaveCheckpoint(dir.path.string(), c, t, p.data(), nullptr, nullptr, TrainerState{step, 0, step, 1, "c"},
-                               5, nullptr).ok());
+                               SaveOptions{5}, nullptr).ok());
   }
   {  // flip one byte in the middle of the newest weights
     std::fstream f(dir.path / "step-6" / "model.safetensors", std::ios::in | std::ios::out | std::ios::binary);
@@ -192,7 +192,7 @@ TEST(Checkpoint, RetentionKeepsTheNewestAndEveryKthAndResumeHonoursTheRecordedBo
     std::fill(p.begin(), p.end(), float(step));
     int64_t bytes = 0;
     ASSERT_TRUE(SaveCheckpoint(dir.path.string(), c, t, p.data(), nullptr, nullptr,
-                               TrainerState{step, 0, step, 1, "r"}, 2, nullptr, /*keep_every=*/4, &bytes).ok());
+                               TrainerState{step, 0, step, 1, "r"}, SaveOptions{2, /*keep_every=*/4}, nullptr, &bytes).ok());
     EXPECT_GT(bytes, int64_t(t.total() * 4));
   }
   std::vector<int64_t> steps;

@@ -193,7 +193,7 @@ TEST(Dataset, EvalOverRingsOfOneTwoFourGivesTheSameLoss) {
   const ParamTable tb(c);
   const std::vector<float> p = test::ScaledInit(c, 4, 1.f);
   ASSERT_TRUE(SaveCheckpoint((t.p / "ck").string(), c, tb, p.data(), nullptr, nullptr, TrainerState{1, 0, 1, 1, "e"},
-                             1, nullptr).ok());
+                             SaveOptions{1}, nullptr).ok());
   std::vector<double> losses;
   for (int R : {1, 2, 4}) {
     auto fabric = InprocFabric::Create(R);
@@ -299,55 +299,127 @@ TEST(InitFrom, ShardedHuggingFaceWeightsLoadAndMismatchesAreNamed) {
 namespace rw::runtime {
 namespace {
 
-TEST(Needle, DocumentsHaveTheRequestedLengthDepthAndAnswer) {
-  for (int64_t length : {200, 1000, 4000})
-    for (double depth : {0.0, 0.5, 1.0}) {
-      const NeedleDocument n = MakeNeedle(uint64_t(length) * 7 + uint64_t(depth * 10), length, depth);
-      const auto ids = ByteTokenizer::Encode(n.prompt + n.answer);
-      EXPECT_EQ(int64_t(ids.size()), length + 1) << "BOS + text + EOS";  // length counts BOS, not EOS
-      ASSERT_EQ(n.answer.size(), 7u);
-      for (char ch : n.answer) EXPECT_TRUE(ch >= '0' && ch <= '9');
-      const auto needle = n.prompt.find("The special magic ");
-      const auto question = n.prompt.rfind("What is the special magic ");
-      ASSERT_NE(needle, std::string::npos);
-      ASSERT_NE(question, std::string::npos);
-      EXPECT_NE(n.prompt.find(" number is: " + n.answer + ". "), std::string::npos) << "the needle holds the answer";
-      const size_t needle_len = n.prompt.find(". ", needle) + 2 - needle;
-      const double at = double(needle) / double(question - needle_len);  // share of the haystack before it
-      EXPECT_NEAR(at, depth, 0.05) << "length " << length << " depth " << depth;
-    }
-  std::printf("  e.g. ...%s\n", MakeNeedle(1, 120, 0.5).prompt.substr(0, 160).c_str());
+// The tokenizers a needle document is made in: bytes, the needle config's SentencePiece model (every word
+// of the task one piece, digits split), and the fixture model (trained on other words: cities in pieces).
+std::vector<std::unique_ptr<Tokenizer>> NeedleTokenizers() {
+  std::vector<std::unique_ptr<Tokenizer>> out;
+  for (const std::string spec : {std::string("bytes"), std::string(RW_CONFIGS) + "/needle-tokenizer.model",
+                                 std::string(RW_FIXTURES) + "/spm_tiny/tiny.model"}) {
+    std::unique_ptr<Tokenizer> tok;
+    const Status st = MakeTokenizer(spec, &tok);
+    EXPECT_TRUE(st.ok()) << st.message();
+    if (tok) out.push_back(std::move(tok));
+  }
+  return out;
 }
 
-// data.answer_weight puts its weight on exactly the 7 targets that are the answer's digits of each whole
-// needle document of the batch (the answer follows the question's "number is: ").
-TEST(Needle, AnswerWeightLandsOnTheAnswerDigits) {
+bool Contains(const std::vector<int32_t>& hay, const std::vector<int32_t>& needle, size_t* at = nullptr) {
+  const auto it = std::search(hay.begin(), hay.end(), needle.begin(), needle.end());
+  if (at) *at = size_t(it - hay.begin());
+  return it != hay.end();
+}
+
+TEST(Needle, DocumentsHaveTheRequestedLengthDepthAndAnswer) {
+  for (const auto& tok : NeedleTokenizers()) {
+    for (int64_t length : {200, 1000, 4000})
+      for (double depth : {0.0, 0.5, 1.0}) {
+        const NeedleDocument n = MakeNeedle(*tok, uint64_t(length) * 7 + uint64_t(depth * 10), length, depth);
+        EXPECT_EQ(int64_t(n.prompt.size() + n.answer.size()), length) << tok->name() << ": BOS + prompt + answer";
+        EXPECT_EQ(n.prompt.front(), tok->bos());
+        ASSERT_EQ(n.digits.size(), 7u);
+        for (char ch : n.digits) EXPECT_TRUE(ch >= '0' && ch <= '9');
+        EXPECT_EQ(tok->Decode(n.answer), n.digits) << tok->name();
+        // The answer's tokens are those the needle has after its ":", and the question's last token is the
+        // needle's token before them: retrieval is a copy of what follows the same cue.
+        size_t needle = 0, question = 0;
+        const auto marker = tok->Encode("The special magic");
+        ASSERT_TRUE(Contains(n.prompt, marker, &needle)) << tok->name();
+        const auto q = tok->Encode("What is the special magic");
+        ASSERT_TRUE(Contains(n.prompt, q, &question)) << tok->name();
+        size_t answer_at = 0;
+        ASSERT_TRUE(Contains(std::vector<int32_t>(n.prompt.begin() + needle, n.prompt.begin() + question), n.answer,
+                             &answer_at))
+            << tok->name() << ": the needle holds the answer";
+        EXPECT_EQ(n.prompt[needle + answer_at - 1], n.prompt.back()) << tok->name() << ": the cue before the answer";
+        // Depth: the share of the haystack before the needle.
+        const size_t needle_len = tok->Encode("The special magic Chicago number is: 1234567. ").size();
+        const double hay = double(question) - double(tok->bos() >= 0) - double(needle_len);
+        EXPECT_NEAR(double(needle) - double(tok->bos() >= 0), depth * hay, 0.02 * hay + 4)
+            << tok->name() << " length " << length << " depth " << depth;
+      }
+    const NeedleDocument e = MakeNeedle(*tok, 1, 120, 0.5);
+    std::printf("  %s: %zu + %zu tokens, e.g. ...%s\n", tok->name().c_str(), e.prompt.size(), e.answer.size(),
+                tok->Decode(e.prompt).substr(0, 160).c_str());
+  }
+}
+
+// data.answer_weight puts its weight on exactly the targets that are the answer's tokens of each whole
+// needle document of the batch (they follow the question's last token), in every tokenizer.
+TEST(Needle, AnswerWeightLandsOnTheAnswer) {
+  for (const auto& tok : NeedleTokenizers()) {
+    DataConfig d;
+    d.task = "needle";
+    d.tokenizer = tok->name();
+    d.min_len = 80;
+    d.max_len = 200;
+    d.answer_weight = 5;
+    ASSERT_TRUE(d.Validate().ok());
+    const auto batch = GlobalBatch(d, *tok, 3, 7, 1024, 2);
+    const int32_t cue = tok->Encode("number is: ").back();
+    const size_t answer_len = tok->Encode("1234567").size();
+    int answers = 0;
+    for (const auto& p : batch) {
+      ASSERT_EQ(p.tokens.size(), 1024u);
+      std::vector<size_t> per_doc(p.tokens.size(), 0);
+      int32_t docs = 0;
+      for (size_t i = 0; i < p.weights.size(); ++i) {
+        docs = std::max(docs, p.segments[i] + 1);
+        if (p.weights[i] != 5.f) {
+          EXPECT_TRUE(p.weights[i] == 1.f || p.weights[i] == 0.f);
+          continue;
+        }
+        ++answers;
+        ++per_doc[size_t(p.segments[i])];
+        if (i > 0 && p.weights[i - 1] != 5.f) EXPECT_EQ(p.tokens[i], cue) << tok->name() << " position " << i;
+      }
+      // Whole answers in every document the sequence holds whole (the last may be cut by its end).
+      for (int32_t k = 0; k + 1 < docs; ++k) EXPECT_EQ(per_doc[size_t(k)], answer_len) << tok->name() << " doc " << k;
+    }
+    EXPECT_GT(answers, 0);
+    std::printf("  %s: %d answer targets of %zu tokens each in 2 x 1024\n", tok->name().c_str(), answers, answer_len);
+  }
   DataConfig d;
   d.task = "needle";
-  d.min_len = 80;
-  d.max_len = 200;
-  d.answer_weight = 5;
-  ASSERT_TRUE(d.Validate().ok());
-  const auto batch = GlobalBatch(d, 3, 7, 1024, 2);
-  int answers = 0;
-  for (const auto& p : batch)
-    for (size_t i = 0; i < p.weights.size(); ++i) {
-      if (p.weights[i] != 5.f) {
-        EXPECT_TRUE(p.weights[i] == 1.f || p.weights[i] == 0.f);
-        continue;
-      }
-      EXPECT_TRUE(p.targets[i] >= '0' && p.targets[i] <= '9') << "position " << i;
-      ++answers;
-      if (i >= 12 && p.weights[i - 1] != 5.f) {  // the first digit: the prompt ends with "number is: "
-        std::string before;
-        for (size_t k = i - 11; k <= i; ++k) before += char(p.tokens[k]);
-        EXPECT_EQ(before, " number is: ");
-      }
-    }
-  EXPECT_GT(answers, 0);
-  EXPECT_EQ(answers % 7, 0) << "whole answers only";
   d.answer_weight = 0;
   EXPECT_NE(d.Validate().message().find("data.answer_weight"), std::string::npos);
+  d.answer_weight = 1;
+  d.tokenizer = "/no/such.model";
+  EXPECT_NE(d.Validate().message().find("data.tokenizer"), std::string::npos);
+}
+
+// A needle document is never longer than its sequence: lengths are capped at seq_len, so the first document
+// of every sequence is whole (answer included); only the last may be cut by the sequence's end.
+TEST(Needle, DocumentsFitTheirSequence) {
+  std::unique_ptr<Tokenizer> tok;
+  ASSERT_TRUE(MakeTokenizer(std::string(RW_CONFIGS) + "/needle-tokenizer.model", &tok).ok());
+  DataConfig d;
+  d.task = "needle";
+  d.tokenizer = tok->name();
+  d.min_len = 60;
+  d.max_len = 4000;
+  d.answer_weight = 3;
+  for (int64_t step = 1; step <= 4; ++step)
+    for (const auto& p : GlobalBatch(d, *tok, 5, step, 256, 4)) {
+      std::vector<int> answer_targets(p.tokens.size(), 0);  // by document
+      int docs = 0;
+      for (size_t i = 0; i < p.tokens.size(); ++i) {
+        if (p.segments[i] < 0) continue;
+        docs = std::max(docs, p.segments[i] + 1);
+        answer_targets[size_t(p.segments[i])] += p.weights[i] == 3.f;
+      }
+      EXPECT_EQ(answer_targets[0], int(tok->Encode("1234567").size())) << "step " << step;
+      for (int k = 0; k + 1 < docs; ++k) EXPECT_GT(answer_targets[size_t(k)], 0) << "step " << step << " doc " << k;
+    }
 }
 
 }  // namespace

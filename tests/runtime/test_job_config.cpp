@@ -67,6 +67,11 @@ TEST(JobConfig, EveryBadCaseNamesItsKey) {
       {base, {"stages.0.devices=-1"}, "stages[0].devices"},
       {base, {"remat=sometimes"}, "remat"},
       {base, {"loss.weighting=by_vibes"}, "loss.weighting"},
+      {base, {"model.vocab_size=200"}, "model.vocab_size: 200 is smaller than the vocabulary of data.tokenizer bytes"},
+      {base, {"data.tokenizer=/no/such.model"}, "data.tokenizer: '/no/such.model' is neither bytes nor"},
+      {base, {"data.tokenizer=" + std::string(RW_CONFIGS) + "/needle-cpu.yaml"}, "is not a SentencePiece model"},
+      {base, {"data.tokenizer=" + std::string(RW_CONFIGS) + "/needle-tokenizer.model", "model.vocab_size=100"},
+       "model.vocab_size: 100 is smaller than the vocabulary of data.tokenizer"},
   };
   for (const auto& c : cases) {
     JobConfig job;

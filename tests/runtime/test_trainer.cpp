@@ -2,7 +2,12 @@
 // size and seed give the same run bit for bit.
 #include <gtest/gtest.h>
 
+#include <filesystem>
+#include <fstream>
+
 #include "ring_harness.h"
+#include "runtime/checkpoint.h"
+#include "runtime/tokenizer.h"
 #include "runtime/trainer.h"
 
 namespace rw::runtime {
@@ -79,6 +84,56 @@ TEST(Trainer, SameRingSizeAndSeedRepeatBitForBit) {
 namespace rw::runtime {
 namespace {
 
+// A job whose synthetic data is in a SentencePiece tokenizer writes it into every checkpoint (tokenizer.model,
+// under the MANIFEST's CRC, as Hugging Face LLaMA directories carry theirs); generate and needle load it from
+// there. A byte-tokenizer job writes none, and the directory's tokenizer is bytes.
+TEST(Trainer, CheckpointsCarryTheirSentencePieceTokenizer) {
+  namespace fs = std::filesystem;
+  const fs::path dir = fs::temp_directory_path() / ("rw_tok_" + std::to_string(getpid()));
+  fs::remove_all(dir);
+  const std::string model = std::string(RW_CONFIGS) + "/needle-tokenizer.model";
+  JobConfig job;
+  ASSERT_TRUE(ParseJobConfig(R"(
+name: t
+model: {vocab_size: 256, hidden_size: 32, intermediate_size: 64, num_hidden_layers: 1, num_attention_heads: 4,
+        num_key_value_heads: 2, max_position_embeddings: 512}
+data: {task: needle, min_len: 40, max_len: 64, answer_weight: 5}
+ring: {devices: 2, layout: zigzag}
+stages: [{seq_len: 64, steps: 3, batch: 2}]
+checkpoint: {every_steps: 3}
+)", "t", {"data.tokenizer=" + model, "checkpoint.dir=" + (dir / "sp").string()}, &job).ok());
+  const auto steps = TrainSteps(job);
+  ASSERT_EQ(steps.size(), 3u);
+  const fs::path ck = dir / "sp" / "step-3";
+  ASSERT_TRUE(fs::exists(ck / kTokenizerFile));
+  ASSERT_TRUE(VerifyCheckpoint(ck.string()).ok());
+  std::unique_ptr<Tokenizer> theirs, ours;
+  ASSERT_TRUE(MakeTokenizer(model, &theirs).ok());
+  ASSERT_TRUE(DirectoryTokenizer(ck.string(), &ours).ok());
+  const std::string text = "The special magic Oslo number is: 1234567. What is the special magic Oslo number?";
+  EXPECT_EQ(ours->Encode(text), theirs->Encode(text));
+  EXPECT_EQ(ours->vocab_size(), 256);
+  std::printf("  %s: %zu tokens of %zu bytes\n", (ck / kTokenizerFile).c_str(), ours->Encode(text).size(), text.size());
+  {  // a corrupt tokenizer.model fails the checkpoint's verification, naming the file
+    std::fstream f(ck / kTokenizerFile, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(100);
+    f.put('\x7f');
+  }
+  const Status bad = VerifyCheckpoint(ck.string());
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.message().find("tokenizer.model"), std::string::npos) << bad.message();
+  // Bytes: no tokenizer.model.
+  JobConfig bytes = Tiny(2, 2);
+  bytes.checkpoint.dir = (dir / "b").string();
+  bytes.checkpoint.every_steps = 4;
+  ASSERT_EQ(TrainSteps(bytes).size(), 4u);
+  EXPECT_FALSE(fs::exists(dir / "b" / "step-4" / kTokenizerFile));
+  std::unique_ptr<Tokenizer> b;
+  ASSERT_TRUE(DirectoryTokenizer((dir / "b" / "step-4").string(), &b).ok());
+  EXPECT_EQ(b->name(), "bytes");
+  fs::remove_all(dir);
+}
+
 TEST(Trainer, InitFromLoadsWeightsAndRefusesAModelOfAnotherShape) {
   namespace fs = std::filesystem;
   const fs::path dir = fs::temp_directory_path() / ("rw_init_" + std::to_string(getpid()));
@@ -88,8 +143,8 @@ TEST(Trainer, InitFromLoadsWeightsAndRefusesAModelOfAnotherShape) {
   std::vector<float> p(tb.total());
   InitParameters(job.model, tb, 77, p.data());
   std::string path;
-  ASSERT_TRUE(SaveCheckpoint(dir.string(), job.model, tb, p.data(), nullptr, nullptr, TrainerState{1, 0, 1, 1, "i"}, 1,
-                             &path).ok());
+  ASSERT_TRUE(SaveCheckpoint(dir.string(), job.model, tb, p.data(), nullptr, nullptr, TrainerState{1, 0, 1, 1, "i"},
+                             SaveOptions{1}, &path).ok());
   job.init_from = path;
   const auto from_init = TrainSteps(job);
   const auto fresh = TrainSteps(Tiny(2, 2));
