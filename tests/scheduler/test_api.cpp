@@ -165,6 +165,10 @@ TEST_F(Api, BadRequestsGetTheirStatusAndNameTheFieldAndChangeNothing) {
       {"data.path missing", [&] {
          return Submit(json{{"job", job_with("data: {task: copy}", "data: {source: files, path: nothing-here}")}});
        }, 400, "data.path"},
+      {"data.tokenizer outside", [&] {
+         return Submit(json{{"job", kJob},
+                            {"set", {"data.tokenizer=" + std::string(RW_CONFIGS) + "/needle-tokenizer.model"}}});
+       }, 400, "data.tokenizer:"},
       {"transport is the daemon's", [&] { return Submit(json{{"job", kJob}, {"set", {"ring.transport=ucx"}}}); }, 400,
        "ring.transport"},
       {"checkpoint.dir of a live job", [&] { return Submit(json{{"job", kJob}}); }, 409, "belongs to " + id},
