@@ -5,7 +5,11 @@
 //
 // Model FLOPs per token (forward + backward, the usual 6N rule plus causal attention):
 //   6 * N_matmul_params + 6 * layers * seq_len * hidden       (12 L E per layer, halved by the causal mask)
-// Usage: rw_bench_train [--quick] [--steps 3] [--model tiny|small] [--seq L]
+// Usage: rw_bench_train [--quick] [--steps 3] [--model tiny|small] [--seq L] [--ring R]
+// The peak column is the process's peak resident memory, which only grows: it belongs to the row only when
+// the process runs one row (--model, --seq and --ring given).
+// --steps N: N steps per row, the first a warm-up that is not timed; --steps 1 times that one step (for
+// 64K rows, minutes a step on 2 cores, where a warm-up would double the run for little).
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -47,18 +51,20 @@ int main(int argc, char** argv) {
   int steps = 3;
   std::string only_model;  // --model tiny|small: only that model
   int64_t only_seq = 0;    // --seq L: only that sequence length
+  int only_ring = 0;       // --ring R: only that ring size
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--quick") quick = true;
-    if (a == "--steps" && i + 1 < argc) steps = std::max(2, std::atoi(argv[++i]));
+    if (a == "--steps" && i + 1 < argc) steps = std::max(1, std::atoi(argv[++i]));
     if (a == "--model" && i + 1 < argc) only_model = argv[++i];
     if (a == "--seq" && i + 1 < argc) only_seq = std::atoll(argv[++i]);
+    if (a == "--ring" && i + 1 < argc) only_ring = std::atoi(argv[++i]);
   }
   const int cores = rw::kernels::cpu::DefaultThreads();
   const double sgemm = SgemmGflops(cores);
   std::printf("machine: %d cores; ceiling: OpenBLAS sgemm 2048^3 = %.1f GFLOP/s\n", cores, sgemm);
-  std::printf("%-6s %-6s %-3s | %-10s %-10s %-12s %-8s\n", "model", "seq", "R", "step s", "tokens/s", "model GF/s",
-              "MFU");
+  std::printf("%-6s %-6s %-3s | %-10s %-10s %-12s %-8s %-8s\n", "model", "seq", "R", "step s", "tokens/s",
+              "model GF/s", "MFU", "peak GiB");
   const std::vector<Shape> shapes = {{"tiny", 128, 352, 4, 8, 4}, {"small", 512, 1408, 4, 8, 4}};
   std::vector<int64_t> seqs = quick ? std::vector<int64_t>{256} : std::vector<int64_t>{4096, 16384};
   if (only_seq > 0) seqs = {only_seq};
@@ -66,6 +72,7 @@ int main(int argc, char** argv) {
     for (int64_t L : seqs)
       for (int R : quick ? std::vector<int>{1, 2} : std::vector<int>{1, 2, 4}) {
         if (!only_model.empty() && only_model != sh.name) continue;
+        if (only_ring > 0 && only_ring != R) continue;
         JobConfig job;
         job.model.hidden_size = sh.hidden;
         job.model.intermediate_size = sh.inter;
@@ -85,13 +92,17 @@ int main(int argc, char** argv) {
           if (t.shape.size() == 2 && t.name != "model.embed_tokens.weight") matmul_params += double(t.numel);
         const double flops_per_token = 6 * matmul_params + 6.0 * double(sh.layers * L * sh.hidden);
         std::vector<double> secs;
+        int64_t peak = 0;  // the process's peak resident bytes (every rank is in this process)
         auto fabric = InprocFabric::Create(R);
         std::vector<std::thread> th;
         std::vector<Status> st(R);
         for (int r = 0; r < R; ++r)
           th.emplace_back([&, r] {
             auto ep = fabric->Endpoint(r);
-            st[r] = TrainRank(*ep, job, [&](const StepMetrics& m) { secs.push_back(m.step_seconds); }, nullptr);
+            st[r] = TrainRank(*ep, job, [&](const StepMetrics& m) {
+              secs.push_back(m.step_seconds);
+              peak = std::max(peak, m.peak_bytes);
+            }, nullptr);
           });
         for (auto& x : th) x.join();
         for (auto& s : st)
@@ -99,10 +110,11 @@ int main(int argc, char** argv) {
             std::fprintf(stderr, "%s\n", s.message().c_str());
             return 1;
           }
-        secs.erase(secs.begin());  // the first step warms up
+        if (secs.size() > 1) secs.erase(secs.begin());  // the first step warms up
         std::sort(secs.begin(), secs.end());
         const double step = secs[secs.size() / 2], tps = double(L) / step, gf = tps * flops_per_token / 1e9;
-        std::printf("%-6s %-6ld %-3d | %10.3f %10.0f %12.1f %8.3f\n", sh.name, long(L), R, step, tps, gf, gf / sgemm);
+        std::printf("%-6s %-6ld %-3d | %10.3f %10.0f %12.1f %8.3f %8.2f\n", sh.name, long(L), R, step, tps, gf,
+                    gf / sgemm, double(peak) / double(1 << 30));
         std::fflush(stdout);
       }
   return 0;

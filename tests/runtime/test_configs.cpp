@@ -18,6 +18,9 @@ TEST(Configs, EveryShippedJobFileValidates) {
   fs::create_directories(tmp / "data");
   std::ofstream(tmp / "model" / "config.json") << "{}";
   std::ofstream(tmp / "data" / "meta.json") << "{}";
+  // The shipped jobs name their files relative to the repository root, where the README runs them.
+  const fs::path cwd = fs::current_path();
+  fs::current_path(fs::path(RW_CONFIGS).parent_path());
   int checked = 0;
   for (const auto& e : fs::directory_iterator(RW_CONFIGS)) {
     if (e.path().extension() != ".yaml") continue;
@@ -35,6 +38,7 @@ TEST(Configs, EveryShippedJobFileValidates) {
                 (long long)job.total_steps(), job.stages.empty() ? 0LL : (long long)job.stages.back().seq_len);
     ++checked;
   }
+  fs::current_path(cwd);
   EXPECT_GE(checked, 3);
   fs::remove_all(tmp);
 }
