@@ -313,6 +313,16 @@ std::vector<std::unique_ptr<Tokenizer>> NeedleTokenizers() {
   return out;
 }
 
+DataConfig NeedleData(const Tokenizer& tok, int64_t min_len, int64_t max_len, double answer_weight) {
+  DataConfig d;
+  d.task = "needle";
+  d.tokenizer = tok.name();
+  d.min_len = min_len;
+  d.max_len = max_len;
+  d.answer_weight = answer_weight;
+  return d;
+}
+
 bool Contains(const std::vector<int32_t>& hay, const std::vector<int32_t>& needle, size_t* at = nullptr) {
   const auto it = std::search(hay.begin(), hay.end(), needle.begin(), needle.end());
   if (at) *at = size_t(it - hay.begin());
@@ -357,12 +367,7 @@ TEST(Needle, DocumentsHaveTheRequestedLengthDepthAndAnswer) {
 // needle document of the batch (they follow the question's last token), in every tokenizer.
 TEST(Needle, AnswerWeightLandsOnTheAnswer) {
   for (const auto& tok : NeedleTokenizers()) {
-    DataConfig d;
-    d.task = "needle";
-    d.tokenizer = tok->name();
-    d.min_len = 80;
-    d.max_len = 200;
-    d.answer_weight = 5;
+    const DataConfig d = NeedleData(*tok, 80, 200, 5);
     ASSERT_TRUE(d.Validate().ok());
     const auto batch = GlobalBatch(d, *tok, 3, 7, 1024, 2);
     const int32_t cue = tok->Encode("number is: ").back();
@@ -402,12 +407,7 @@ TEST(Needle, AnswerWeightLandsOnTheAnswer) {
 TEST(Needle, DocumentsFitTheirSequence) {
   std::unique_ptr<Tokenizer> tok;
   ASSERT_TRUE(MakeTokenizer(std::string(RW_CONFIGS) + "/needle-tokenizer.model", &tok).ok());
-  DataConfig d;
-  d.task = "needle";
-  d.tokenizer = tok->name();
-  d.min_len = 60;
-  d.max_len = 4000;
-  d.answer_weight = 3;
+  const DataConfig d = NeedleData(*tok, 60, 4000, 3);
   for (int64_t step = 1; step <= 4; ++step)
     for (const auto& p : GlobalBatch(d, *tok, 5, step, 256, 4)) {
       std::vector<int> answer_targets(p.tokens.size(), 0);  // by document
