@@ -52,8 +52,9 @@ Status LoadLatestCheckpoint(const std::string& dir, const ModelConfig& c, const 
 // Reads a Hugging Face LLaMA config.json (ours or transformers'); errors name the file and field.
 Status ReadHfConfig(const std::string& path, ModelConfig* out);
 
-// Loads the weights of one checkpoint directory (ours or a Hugging Face LLaMA in fp32/fp16/bf16, single
-// model.safetensors); errors name any missing or mis-shaped tensor.
+// Loads the weights of one checkpoint directory (ours or a Hugging Face LLaMA in fp32/fp16/bf16: one
+// model.safetensors, or shards listed by model.safetensors.index.json); errors name any missing or
+// mis-shaped tensor.
 Status LoadWeights(const std::string& ckpt_dir, const ParamTable& t, float* params);
 
 }  // namespace rw::runtime
