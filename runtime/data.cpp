@@ -44,9 +44,11 @@ NeedleDocument MakeNeedle(const Tokenizer& tok, uint64_t seed, int64_t length, d
   d.answer = tok.Encode(d.digits);
   const int64_t fixed = int64_t(tok.bos() >= 0) + int64_t(needle.size() + question.size() + d.answer.size());
   const int64_t room = std::max<int64_t>(0, length - fixed);
+  std::vector<int32_t> filler[5];  // each sentence encoded once, not once per use
+  for (int i = 0; i < 5; ++i) filler[i] = tok.Encode(kFiller[i]);
   std::vector<int32_t> hay;
   while (int64_t(hay.size()) < room) {
-    const std::vector<int32_t> sentence = tok.Encode(kFiller[s.Uniform(0, 4)]);
+    const std::vector<int32_t>& sentence = filler[s.Uniform(0, 4)];
     hay.insert(hay.end(), sentence.begin(), sentence.end());
   }
   hay.resize(size_t(room));

@@ -67,7 +67,7 @@ Status TrainRank(Transport& t, const JobConfig& job, const std::function<void(co
   } else {
     RW_RETURN_IF_ERROR(MakeTokenizer(job.data.tokenizer, &tok, "data.tokenizer"));  // its vocabulary: Validate
   }
-  SaveOptions save_opt{job.checkpoint.keep, job.checkpoint.keep_every, tok->Serialized()};
+  const SaveOptions save_opt{job.checkpoint.keep, job.checkpoint.keep_every, tok->Serialized()};
   const int64_t total = job.total_steps();
   int64_t step = 0;
   TrainResult res;
