@@ -5,25 +5,10 @@
 #include <cmath>
 #include <fstream>
 #include <map>
+#include <zlib.h>
 
 namespace rw::cli {
 namespace {
-
-// PNG: zlib stream of stored (uncompressed) deflate blocks: no compression library needed.
-uint32_t Crc32(const uint8_t* p, size_t n, uint32_t crc = 0) {
-  static const std::array<uint32_t, 256> table = [] {
-    std::array<uint32_t, 256> t{};
-    for (uint32_t i = 0; i < 256; ++i) {
-      uint32_t c = i;
-      for (int k = 0; k < 8; ++k) c = c & 1 ? 0xEDB88320u ^ (c >> 1) : c >> 1;
-      t[i] = c;
-    }
-    return t;
-  }();
-  crc = ~crc;
-  for (size_t i = 0; i < n; ++i) crc = table[(crc ^ p[i]) & 0xff] ^ (crc >> 8);
-  return ~crc;
-}
 
 void Be32(std::vector<uint8_t>& out, uint32_t v) {
   for (int s = 24; s >= 0; s -= 8) out.push_back(uint8_t(v >> s));
@@ -34,7 +19,7 @@ void Chunk(std::vector<uint8_t>& png, const char* type, const std::vector<uint8_
   std::vector<uint8_t> body(type, type + 4);
   body.insert(body.end(), data.begin(), data.end());
   png.insert(png.end(), body.begin(), body.end());
-  Be32(png, Crc32(body.data(), body.size()));
+  Be32(png, uint32_t(crc32(0, body.data(), uInt(body.size()))));
 }
 
 std::vector<uint8_t> EncodePng(int w, int h, const std::vector<uint8_t>& rgb) {
@@ -43,23 +28,10 @@ std::vector<uint8_t> EncodePng(int w, int h, const std::vector<uint8_t>& rgb) {
     raw.push_back(0);
     raw.insert(raw.end(), rgb.begin() + size_t(y) * w * 3, rgb.begin() + size_t(y + 1) * w * 3);
   }
-  std::vector<uint8_t> z = {0x78, 0x01};
-  uint32_t a = 1, b = 0;
-  for (uint8_t c : raw) {
-    a = (a + c) % 65521;
-    b = (b + a) % 65521;
-  }
-  for (size_t off = 0; off < raw.size() || off == 0; off += 65535) {
-    const size_t n = std::min<size_t>(65535, raw.size() - off);
-    z.push_back(off + n >= raw.size() ? 1 : 0);
-    z.push_back(uint8_t(n));
-    z.push_back(uint8_t(n >> 8));
-    z.push_back(uint8_t(~n));
-    z.push_back(uint8_t(~n >> 8));
-    z.insert(z.end(), raw.begin() + off, raw.begin() + off + n);
-    if (n == 0) break;
-  }
-  Be32(z, (b << 16) | a);
+  uLongf z_len = compressBound(uLong(raw.size()));  // zlib stream of the rows (PNG's IDAT)
+  std::vector<uint8_t> z(z_len);
+  if (compress2(z.data(), &z_len, raw.data(), uLong(raw.size()), Z_BEST_COMPRESSION) != Z_OK) return {};
+  z.resize(z_len);
   std::vector<uint8_t> png = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
   std::vector<uint8_t> ihdr;
   Be32(ihdr, uint32_t(w));
@@ -137,6 +109,7 @@ kernels::Status WriteHeatmapPng(const std::string& path, const std::vector<int64
   for (size_t j = 0; j < depths.size(); ++j)
     c.Text(std::to_string(int(std::lround(depths[j] * 100))) + "%", left / 2, top + int(j) * cell + cell / 2, scale);
   const std::vector<uint8_t> png = EncodePng(W, H, c.px);
+  RW_REQUIRE(!png.empty(), path << ": cannot compress the heatmap");
   std::ofstream f(path, std::ios::binary);
   f.write(reinterpret_cast<const char*>(png.data()), std::streamsize(png.size()));
   RW_REQUIRE(f.good(), path << ": cannot write the heatmap");
