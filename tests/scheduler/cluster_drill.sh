@@ -94,7 +94,9 @@ promtool check config prometheus.yml > /dev/null || fail "promtool check config"
 prometheus --config.file=prometheus.yml --storage.tsdb.path=tsdb --web.listen-address="127.0.0.1:$prom_port" \
   > prometheus.log 2>&1 &
 pids+=("$!")
-prom_up() { curl -sf "http://127.0.0.1:$prom_port/api/v1/query?query=up%7Bjob%3D%22ringworld%22%7D" | grep -q '"1"\]'; }
+# `grep -q PATTERN <(curl ...)`, not `curl ... | grep -q`: under pipefail, grep leaving at its first match
+# makes a curl still writing exit on SIGPIPE and fails the pipeline (a flake seen with /metrics).
+prom_up() { grep -q '"1"\]' <(curl -sf "http://127.0.0.1:$prom_port/api/v1/query?query=up%7Bjob%3D%22ringworld%22%7D"); }
 
 # ---- 1: submit -> SUCCEEDED; kill -9 a worker of the ring of 4 ----------------------------------------------
 "$bin" train "$cfg" "${job[@]}" --set stages.0.steps=50 --set stages.1.steps=10 --set checkpoint.dir= \
@@ -141,7 +143,7 @@ wait_for 30 "w2 declared lost by heartbeat" grep -q "worker w2 lost: no heartbea
 detect=$((SECONDS - t_stop))
 [ "$detect" -le 5 ] || fail "a hung worker took $detect s to be declared lost (timeout 3 s)"
 wait_for 30 "$S re-formed on w1" grep -q "ring of 2 devices on w1 (2)" "st/logs/$S.log"
-curl -sf "http://$ADDR/metrics" | grep -q '^ringworld_heartbeats_missed_total{worker="w2"} 1' ||
+grep -q '^ringworld_heartbeats_missed_total{worker="w2"} 1' <(curl -sf "http://$ADDR/metrics") ||
   fail "heartbeats missed are not counted"
 kill -CONT "$W_w2"  # it wakes up, is told to register again, aborts its stale ring and does
 registered_thrice() { [ "$(grep -c 'registered with daemon instance' w2.log)" -ge 3 ]; }
@@ -236,9 +238,9 @@ for m in $(grep -oh 'ringworld_[a-z_]*' "$repo/ops/grafana/ringworld-dashboard.j
   grep -q "^# TYPE $base " metrics.txt || fail "the dashboard or the alerts use $m, which the daemon does not serve"
 done
 wait_for 30 "Prometheus scrapes the daemon (up == 1)" prom_up
-has_loss() { curl -sf "http://127.0.0.1:$prom_port/api/v1/query?query=ringworld_loss" | grep -q "\"job_id\":\"$L\""; }
+has_loss() { grep -q "\"job_id\":\"$L\"" <(curl -sf "http://127.0.0.1:$prom_port/api/v1/query?query=ringworld_loss"); }
 wait_for 30 "Prometheus has the loss of $L" has_loss
-curl -sf "http://127.0.0.1:$prom_port/api/v1/rules" | grep -q '"name":"RingWorldLossNaN".*"health":"ok"' ||
+grep -q '"name":"RingWorldLossNaN".*"health":"ok"' <(curl -sf "http://127.0.0.1:$prom_port/api/v1/rules") ||
   fail "Prometheus did not load the alert rules"
 (cd "$repo/ops/prometheus" && promtool check rules alerts.yml && promtool test rules alerts_test.yml) > promtool.log ||
   { cat promtool.log; fail "promtool check/test rules"; }
