@@ -97,13 +97,8 @@ int Generate(const std::string& checkpoint, const std::string& prompt, int64_t m
     return 2;
   }
   std::unique_ptr<runtime::Tokenizer> tok;  // the checkpoint's tokenizer.model, or bytes
-  if (st = runtime::DirectoryTokenizer(checkpoint, &tok); !st.ok()) {
+  if (st = runtime::CheckpointTokenizer(checkpoint, c, &tok); !st.ok()) {
     std::fprintf(stderr, "ringworld generate: --checkpoint: %s\n", st.message().c_str());
-    return 2;
-  }
-  if (c.vocab_size < tok->vocab_size()) {
-    std::fprintf(stderr, "ringworld generate: the model's vocabulary (%lld) is smaller than its tokenizer's (%s: %lld)\n",
-                 (long long)c.vocab_size, tok->name().c_str(), (long long)tok->vocab_size());
     return 2;
   }
   std::vector<int32_t> ids = tok->Encode(prompt);  // BOS + the prompt; no EOS: the model continues it

@@ -169,6 +169,14 @@ Status SaveCheckpoint(const std::string& dir, const ModelConfig& c, const ParamT
   return Status::Ok();
 }
 
+Status CheckpointTokenizer(const std::string& ckpt_dir, const ModelConfig& c, std::unique_ptr<Tokenizer>* out) {
+  RW_RETURN_IF_ERROR(DirectoryTokenizer(ckpt_dir, out));
+  RW_REQUIRE(c.vocab_size >= (*out)->vocab_size(), ckpt_dir << ": the model's vocabulary (" << c.vocab_size
+                                                   << ") is smaller than its tokenizer's (" << (*out)->name() << ": "
+                                                   << (*out)->vocab_size() << ")");
+  return Status::Ok();
+}
+
 int CollectCheckpointLeftovers(const std::string& dir) {
   std::error_code ec;
   int n = 0;

@@ -5,10 +5,12 @@
 // manifest and falls back to the previous checkpoint on any mismatch.
 #pragma once
 
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "runtime/model.h"
+#include "runtime/tokenizer.h"
 
 namespace rw::runtime {
 
@@ -48,6 +50,9 @@ Status VerifyCheckpoint(const std::string& ckpt_dir);
 Status LoadLatestCheckpoint(const std::string& dir, const ModelConfig& c, const ParamTable& t, float* params,
                             float* m, float* v, TrainerState* state, bool* found, std::vector<std::string>* skipped,
                             int64_t max_step = -1);
+
+// The tokenizer a checkpoint carries (tokenizer.model; none: bytes), checked against its model's vocabulary.
+Status CheckpointTokenizer(const std::string& ckpt_dir, const ModelConfig& c, std::unique_ptr<Tokenizer>* out);
 
 // Reads a Hugging Face LLaMA config.json (ours or transformers'); errors name the file and field.
 Status ReadHfConfig(const std::string& path, ModelConfig* out);

@@ -1,11 +1,11 @@
 // Training data: synthetic corpora (in any tokenizer) and the packing of documents into the sequences of
 // a stage.
 //
-// The global batch of step k is a function of (seed, k, seq_len, batch) only, never of the ring size, so
-// a run that changes its ring continues on the same data. A sequence is documents packed end to end:
-// segment ids mark the documents (attention stays inside one), positions restart at each document, and a
-// token's target is the next token of the same document (none at a document's end: no target crosses a
-// boundary). Tokens left over at the end of a sequence are padding (segment -1, no target).
+// The global batch of step k is a function of (data config, seed, k, seq_len, batch) only, never of the
+// ring size, so a run that changes its ring continues on the same data. A sequence is documents packed end
+// to end: segment ids mark the documents (attention stays inside one), positions restart at each document,
+// and a token's target is the next token of the same document (none at a document's end: no target crosses
+// a boundary). Tokens left over at the end of a sequence are padding (id 0, segment -1, no target).
 #pragma once
 
 #include <cstdint>

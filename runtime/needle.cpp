@@ -47,10 +47,7 @@ Status NeedleRank(Transport& t, const std::string& checkpoint_dir, const NeedleC
   std::vector<float> params(table.total());
   RW_RETURN_IF_ERROR(LoadWeights(checkpoint_dir, table, params.data()));
   std::unique_ptr<Tokenizer> tok;  // the checkpoint's tokenizer.model, or bytes
-  RW_RETURN_IF_ERROR(DirectoryTokenizer(checkpoint_dir, &tok));
-  RW_REQUIRE(model.vocab_size >= tok->vocab_size(), "--checkpoint: the model's vocabulary (" << model.vocab_size
-                                                       << ") is smaller than its tokenizer's (" << tok->name() << ": "
-                                                       << tok->vocab_size() << ")");
+  RW_RETURN_IF_ERROR(CheckpointTokenizer(checkpoint_dir, model, &tok));
   LayoutKind kind;
   RW_RETURN_IF_ERROR(ParseLayout(cfg.layout, &kind));
   *out = NeedleResult{};
