@@ -147,6 +147,7 @@ int Train(const std::string& job_path, std::vector<std::string> overrides, bool 
   std::printf("ringworld train %s: %lld devices (%s, %s), %zu stages, %lld steps -> %s\n", job.name.c_str(),
               (long long)job.ring.devices, job.ring.layout.c_str(), job.ring.transport.c_str(), job.stages.size(),
               (long long)job.total_steps(), metrics_path.c_str());
+  std::printf("ringworld train: %s\n", runtime::ComputePath(job).c_str());
 
   int max_devices = 1;
   for (size_t i = 0; i < job.stages.size(); ++i) max_devices = std::max(max_devices, int(job.stage_devices(i)));

@@ -29,14 +29,16 @@ struct TokenInfo {
 
 struct AttentionParams {
   Device device = Device::kCpu;
-  DType dtype = DType::kF32;  // of q, k, v, o, dout. CPU backends: fp32 only. CUDA: bf16 or fp16.
+  DType dtype = DType::kF32;  // of q, k, v, dout. ref: f32. cpu: f32 or bf16. cuda: bf16 or f16.
+  DType o_dtype = DType::kF32;  // of o. cpu: f32 (the running (O, lse) stays fp32 across ring hops);
+                                // cuda: the same as dtype.
   int64_t sq = 0, sk = 0;     // query rows, key rows
   int64_t hq = 0, hkv = 0;    // query heads, key/value heads; hq % hkv == 0 (grouped-query attention)
   int64_t d = 0;              // head dim (CUDA: 64 or 128)
 
   View3 q;            // (Sq, Hq, D)
   View3 k, v;         // (Sk, Hkv, D)
-  View3 o;            // (Sq, Hq, D): forward output, backward input
+  View3 o;            // (Sq, Hq, D) o_dtype: forward output, backward input
   float* lse = nullptr;  // (Hq, Sq) fp32, row-major: forward output, backward input
 
   TokenInfo q_tok, k_tok;
@@ -65,7 +67,8 @@ Status AttentionBackwardPrep(const AttentionParams& p);
 // dq += ..., dk += ..., dv += ... for this (q shard, kv block) pair, given the *final* o, lse, delta.
 Status AttentionBackward(const AttentionParams& p);
 
-// Online-softmax merge of a partial result into a running one (both fp32 for CPU, dtype for CUDA o):
+// Online-softmax merge of a partial result into a running one (o in `dtype`: f32 on ref and cpu, the
+// attention's o_dtype on cuda):
 //   lse = log(e^lse_acc + e^lse_part);  o_acc = o_acc e^(lse_acc - lse) + o_part e^(lse_part - lse)
 // o_*: (Sq, Hq, D) views; lse_*: (Hq, Sq). Rows where both are -inf stay o = 0, lse = -inf.
 Status AttentionMerge(Device device, DType dtype, int64_t sq, int64_t hq, int64_t d, View3 o_acc,

@@ -1,7 +1,5 @@
 #include "kernels/common.h"
 
-#include "kernels/backends.h"
-
 namespace rw::kernels {
 
 const char* DeviceName(Device d) {
@@ -20,14 +18,6 @@ const char* DTypeName(DType t) {
     case DType::kBF16: return "bf16";
   }
   return "unknown";
-}
-
-bool CudaAvailable() {
-#ifdef RW_HAVE_CUDA
-  return cuda::DevicePresent();
-#else
-  return false;
-#endif
 }
 
 }  // namespace rw::kernels

@@ -5,30 +5,14 @@
 //   E model width, F FFN width, V vocabulary, Bq/Bk block sizes.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
-#include <cstdio>
-#include <cstdlib>
-#include <sstream>
+#include <cstring>
 #include <string>
-#include <utility>
+
+#include "kernels/status.h"
 
 namespace rw::kernels {
-
-// An error as a value: every public entry point returns one, naming the argument that is wrong.
-class [[nodiscard]] Status {
- public:
-  Status() = default;
-  static Status Ok() { return Status(); }
-  static Status Error(std::string msg) { return Status(std::move(msg), true); }
-  bool ok() const { return !failed_; }
-  const std::string& message() const { return msg_; }
-  explicit operator bool() const { return ok(); }
-
- private:
-  Status(std::string m, bool failed) : msg_(std::move(m)), failed_(failed) {}
-  std::string msg_;
-  bool failed_ = false;
-};
 
 // Which implementation runs an op. kRef is the spec (scalar, fp64 accumulation); kCpu is the fast CPU
 // path; kCuda expects device pointers.
@@ -43,6 +27,48 @@ inline int DTypeSize(DType t) { return t == DType::kF32 ? 4 : 2; }
 
 // True when this build contains the CUDA backend and a CUDA device is present.
 bool CudaAvailable();
+
+// bfloat16 storage: the top 16 bits of an IEEE fp32. Arithmetic is never done in it; kernels widen to
+// fp32, compute, and round back with round-to-nearest-even.
+struct bf16 {
+  uint16_t bits = 0;
+};
+// (memcpy, not std::bit_cast: the .cu files are C++17; compilers turn it into a register move.)
+inline float ToFloat(bf16 b) {
+  const uint32_t u = uint32_t(b.bits) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+inline bf16 ToBf16(float x) {
+  uint32_t u;
+  std::memcpy(&u, &x, 4);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return bf16{uint16_t((u >> 16) | 0x40)};  // NaN stays a quiet NaN
+  return bf16{uint16_t((u + 0x7fffu + ((u >> 16) & 1u)) >> 16)};
+}
+
+// A dense array of `dtype` elements: an activation or weight operand of the layer ops. Converts
+// implicitly from float* and bf16*, so an fp32 caller passes its pointers as before.
+struct View {
+  void* data = nullptr;
+  DType dtype = DType::kF32;
+  View() = default;
+  View(std::nullptr_t) {}
+  View(float* p) : data(p) {}
+  View(const float* p) : data(const_cast<float*>(p)) {}
+  View(bf16* p) : data(p), dtype(DType::kBF16) {}
+  View(const bf16* p) : data(const_cast<bf16*>(p)), dtype(DType::kBF16) {}
+  View(void* p, DType t) : data(p), dtype(t) {}
+  template <class T>
+  T* as() const {
+    return static_cast<T*>(data);
+  }
+  // The view `elems` elements further on.
+  View at(int64_t elems) const {
+    return View(static_cast<char*>(data) + elems * DTypeSize(dtype), dtype);
+  }
+  explicit operator bool() const { return data != nullptr; }
+};
 
 // A (S, H, D) tensor whose last dimension is contiguous: element (s, h, d) is at
 // data[s * stride_s + h * stride_h + d]. Strides count elements, not bytes.
@@ -61,49 +87,4 @@ inline View3 Dense3(const void* p, int64_t h, int64_t d) {
   return View3{const_cast<void*>(p), h * d, d};
 }
 
-namespace detail {
-// Builds the message of a failed RW_CHECK and aborts when it goes out of scope.
-class CheckFailure {
- public:
-  CheckFailure(const char* cond, const char* file, int line) {
-    os_ << file << ":" << line << ": check failed: " << cond << ": ";
-  }
-  [[noreturn]] ~CheckFailure() {
-    std::fprintf(stderr, "%s\n", os_.str().c_str());
-    std::abort();
-  }
-  template <class T>
-  CheckFailure& operator<<(const T& v) {
-    os_ << v;
-    return *this;
-  }
-
- private:
-  std::ostringstream os_;
-};
-}  // namespace detail
-
 }  // namespace rw::kernels
-
-// Internal invariant: aborts with a message. Use at boundaries an error Status instead.
-#define RW_CHECK(cond) \
-  if (cond) {          \
-  } else               \
-    ::rw::kernels::detail::CheckFailure(#cond, __FILE__, __LINE__)
-
-// Returns the Status from the enclosing function when it is an error.
-#define RW_RETURN_IF_ERROR(expr)          \
-  do {                                    \
-    ::rw::kernels::Status _st = (expr);   \
-    if (!_st.ok()) return _st;            \
-  } while (0)
-
-// Returns an error naming the argument when cond is false.
-#define RW_REQUIRE(cond, msg)                                        \
-  do {                                                               \
-    if (!(cond)) {                                                   \
-      std::ostringstream _os;                                        \
-      _os << msg;                                                    \
-      return ::rw::kernels::Status::Error(_os.str());                \
-    }                                                                \
-  } while (0)

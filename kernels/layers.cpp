@@ -1,37 +1,28 @@
-// Entry points of the per-token layers and AdamW: validate, then hand to the device's implementation.
+// Entry points of the per-token layers, embedding, casts and AdamW: validate once, then call the device's
+// backend table (kernels/backend.h).
 #include "kernels/layers.h"
 
 #include <algorithm>
 #include <cmath>
 
-#include "kernels/backends.h"
-#include "kernels/ref/layers_ref.h"
+#include "kernels/backend.h"
 
 namespace rw::kernels {
 
-#ifdef RW_HAVE_CUDA
-#define RW_CUDA_CALL(call) return cuda::call
-#else
-#define RW_CUDA_CALL(call) return Status::Error("device: this build has no CUDA backend")
-#endif
-
 namespace {
 
-Status CheckExec(const Exec& ex) {
+// The device's table for `op` in `dtype`, after the checks every op shares.
+Status Table(const Exec& ex, Op op, DType dtype, const Backend** b) {
   RW_REQUIRE(ex.num_threads >= 0, "num_threads: must be >= 0, got " << ex.num_threads);
-  switch (ex.device) {
-    case Device::kRef:
-    case Device::kCpu:
-      return Status::Ok();
-    case Device::kCuda:
-#ifdef RW_HAVE_CUDA
-      RW_REQUIRE(cuda::DevicePresent(), "device: cuda requested but no CUDA device is present");
-      return Status::Ok();
-#else
-      return Status::Error("device: this build has no CUDA backend (configure with CUDA to get it)");
-#endif
-  }
-  return Status::Error("device: unknown device " + std::to_string(int(ex.device)));
+  return Dispatch(ex.device, op, dtype, b);
+}
+
+// Operands of an op that computes in `compute`: fp32 compute takes fp32 only; bf16 compute takes bf16 or
+// fp32 (rounded on the way in).
+Status CheckOperand(const char* name, View v, DType compute) {
+  RW_REQUIRE(v.dtype == compute || v.dtype == DType::kF32,
+             name << ": " << DTypeName(v.dtype) << " operand of an op computing in " << DTypeName(compute));
+  return Status::Ok();
 }
 
 #define RW_NONNULL(ptr) RW_REQUIRE((ptr) != nullptr, #ptr ": null pointer")
@@ -41,76 +32,71 @@ int64_t PickBlock(int64_t block, int64_t width) {
   return block > 0 ? block : std::clamp<int64_t>((int64_t(1) << 22) / std::max<int64_t>(width, 1), 16, 1024);
 }
 
-Status CheckTargets(const Exec& ex, int64_t n, int64_t vocab, const int32_t* target) {
-  if (ex.device == Device::kCuda) return Status::Ok();  // device memory: the kernel ignores bad ids
+// Host-side ids are checked here; device memory cannot be read from the host, so those kernels skip bad
+// ids themselves.
+Status CheckIds(const Exec& ex, const char* name, int64_t n, int64_t vocab, const int32_t* ids, bool negative_ok) {
+  if (ex.device == Device::kCuda) return Status::Ok();
   for (int64_t i = 0; i < n; ++i)
-    RW_REQUIRE(target[i] < vocab, "target[" << i << "]: token id " << target[i]
-                                            << " is outside the vocabulary of " << vocab);
+    RW_REQUIRE(ids[i] < vocab && (negative_ok || ids[i] >= 0),
+               name << "[" << i << "]: token id " << ids[i] << " is outside the vocabulary of " << vocab);
   return Status::Ok();
 }
 
 }  // namespace
 
 namespace {
-Status CheckLinear(const Exec& ex, int64_t n, int64_t in, int64_t out, const float* x, const float* w) {
-  RW_RETURN_IF_ERROR(CheckExec(ex));
+Status CheckLinear(int64_t n, int64_t in, int64_t out, View x, View w) {
   RW_REQUIRE(n >= 0, "n: must be >= 0, got " << n);
   RW_REQUIRE(in >= 1, "in: must be >= 1, got " << in);
   RW_REQUIRE(out >= 1, "out: must be >= 1, got " << out);
-  if (n > 0) RW_NONNULL(x);
-  RW_NONNULL(w);
-  return Status::Ok();
+  if (n > 0) RW_NONNULL(x.data);
+  RW_NONNULL(w.data);
+  return CheckOperand("x", x, w.dtype);
 }
 }  // namespace
 
-Status LinearForward(const Exec& ex, int64_t n, int64_t in, int64_t out, const float* x, const float* w, float* y) {
-  RW_RETURN_IF_ERROR(CheckLinear(ex, n, in, out, x, w));
+Status LinearForward(const Exec& ex, int64_t n, int64_t in, int64_t out, View x, View w, View y) {
+  const Backend* b = nullptr;
+  RW_RETURN_IF_ERROR(Table(ex, Op::kLinearForward, w.dtype, &b));
+  RW_RETURN_IF_ERROR(CheckLinear(n, in, out, x, w));
   if (n == 0) return Status::Ok();
-  RW_NONNULL(y);
-  switch (ex.device) {
-    case Device::kRef: ref::LinearForward<float>(n, in, out, x, w, y); return Status::Ok();
-    case Device::kCpu: cpu::LinearForward(ex, n, in, out, x, w, y); return Status::Ok();
-    case Device::kCuda: RW_CUDA_CALL(LinearForward(ex, n, in, out, x, w, y));
-  }
-  return Status::Error("device: unsupported");
+  RW_NONNULL(y.data);
+  RW_RETURN_IF_ERROR(CheckOperand("y", y, w.dtype));
+  return b->linear_forward(ex, n, in, out, x, w, y);
 }
 
-Status LinearBackward(const Exec& ex, int64_t n, int64_t in, int64_t out, const float* x, const float* w,
-                      const float* dy, float* dx, float* dw) {
-  RW_RETURN_IF_ERROR(CheckLinear(ex, n, in, out, x, w));
+Status LinearBackward(const Exec& ex, int64_t n, int64_t in, int64_t out, View x, View w, View dy, View dx,
+                      float* dw) {
+  const Backend* b = nullptr;
+  RW_RETURN_IF_ERROR(Table(ex, Op::kLinearBackward, w.dtype, &b));
+  RW_RETURN_IF_ERROR(CheckLinear(n, in, out, x, w));
   if (n == 0) return Status::Ok();
-  RW_NONNULL(dy);
+  RW_NONNULL(dy.data);
   RW_NONNULL(dw);
-  switch (ex.device) {
-    case Device::kRef: ref::LinearBackward<float>(n, in, out, x, w, dy, dx, dw); return Status::Ok();
-    case Device::kCpu: cpu::LinearBackward(ex, n, in, out, x, w, dy, dx, dw); return Status::Ok();
-    case Device::kCuda: RW_CUDA_CALL(LinearBackward(ex, n, in, out, x, w, dy, dx, dw));
-  }
-  return Status::Error("device: unsupported");
+  RW_RETURN_IF_ERROR(CheckOperand("dy", dy, w.dtype));
+  if (dx) RW_RETURN_IF_ERROR(CheckOperand("dx", dx, w.dtype));
+  return b->linear_backward(ex, n, in, out, x, w, dy, dx, dw);
 }
 
-Status RmsNormForward(const Exec& ex, int64_t n, int64_t e, const float* x, const float* w, float eps,
-                      float* y, float* rstd) {
-  RW_RETURN_IF_ERROR(CheckExec(ex));
+Status RmsNormForward(const Exec& ex, int64_t n, int64_t e, const float* x, const float* w, float eps, View y,
+                      float* rstd) {
+  const Backend* b = nullptr;
+  RW_RETURN_IF_ERROR(Table(ex, Op::kRmsNormForward, y.dtype, &b));
   RW_REQUIRE(n >= 0, "n: must be >= 0, got " << n);
   RW_REQUIRE(e >= 1, "e: must be >= 1, got " << e);
   RW_REQUIRE(std::isfinite(eps) && eps > 0.f, "eps: must be finite and > 0, got " << eps);
   if (n == 0) return Status::Ok();
   RW_NONNULL(x);
   RW_NONNULL(w);
-  RW_NONNULL(y);
+  RW_NONNULL(y.data);
   RW_NONNULL(rstd);
-  switch (ex.device) {
-    case Device::kRef: ref::RmsNormForward<float>(n, e, x, w, eps, y, rstd); return Status::Ok();
-    case Device::kCpu: cpu::RmsNormForward(ex, n, e, x, w, eps, y, rstd); return Status::Ok();
-    case Device::kCuda: RW_CUDA_CALL(RmsNormForward(ex, n, e, x, w, eps, y, rstd));
-  }
-  return Status::Error("device: unsupported");
+  return b->rmsnorm_forward(ex, n, e, x, w, eps, y, rstd);
 }
 
 Status RmsNormBackward(const Exec& ex, int64_t n, int64_t e, const float* x, const float* w,
                        const float* rstd, const float* dy, float* dx, float* dw) {
-  RW_RETURN_IF_ERROR(CheckExec(ex));
+  const Backend* b = nullptr;
+  RW_RETURN_IF_ERROR(Table(ex, Op::kRmsNormBackward, DType::kF32, &b));
   RW_REQUIRE(n >= 0, "n: must be >= 0, got " << n);
   RW_REQUIRE(e >= 1, "e: must be >= 1, got " << e);
   if (n == 0) return Status::Ok();
@@ -120,17 +106,13 @@ Status RmsNormBackward(const Exec& ex, int64_t n, int64_t e, const float* x, con
   RW_NONNULL(dy);
   RW_NONNULL(dx);
   RW_NONNULL(dw);
-  switch (ex.device) {
-    case Device::kRef: ref::RmsNormBackward<float>(n, e, x, w, rstd, dy, dx, dw); return Status::Ok();
-    case Device::kCpu: cpu::RmsNormBackward(ex, n, e, x, w, rstd, dy, dx, dw); return Status::Ok();
-    case Device::kCuda: RW_CUDA_CALL(RmsNormBackward(ex, n, e, x, w, rstd, dy, dx, dw));
-  }
-  return Status::Error("device: unsupported");
+  return b->rmsnorm_backward(ex, n, e, x, w, rstd, dy, dx, dw);
 }
 
 Status Rope(const Exec& ex, int64_t s, int64_t h, int64_t d, View3 x, View3 y, const int64_t* pos,
             double theta, bool inverse) {
-  RW_RETURN_IF_ERROR(CheckExec(ex));
+  const Backend* b = nullptr;
+  RW_RETURN_IF_ERROR(Table(ex, Op::kRope, DType::kF32, &b));
   RW_REQUIRE(s >= 0, "s: must be >= 0, got " << s);
   RW_REQUIRE(h >= 1, "h: must be >= 1, got " << h);
   RW_REQUIRE(d >= 2 && d % 2 == 0, "d: head dim must be even and >= 2, got " << d);
@@ -141,124 +123,97 @@ Status Rope(const Exec& ex, int64_t s, int64_t h, int64_t d, View3 x, View3 y, c
   RW_NONNULL(pos);
   RW_REQUIRE(x.stride_s >= 0 && x.stride_h >= 0 && y.stride_s >= 0 && y.stride_h >= 0,
              "x/y: negative stride");
-  switch (ex.device) {
-    case Device::kRef: ref::Rope<float>(s, h, d, x, y, pos, theta, inverse); return Status::Ok();
-    case Device::kCpu: cpu::Rope(ex, s, h, d, x, y, pos, theta, inverse); return Status::Ok();
-    case Device::kCuda: RW_CUDA_CALL(Rope(ex, s, h, d, x, y, pos, theta, inverse));
-  }
-  return Status::Error("device: unsupported");
+  return b->rope(ex, s, h, d, x, y, pos, theta, inverse);
 }
 
 namespace {
-Status CheckFfn(const Exec& ex, int64_t n, int64_t e, int64_t f, const float* x, const FfnWeights& w,
-                int64_t block) {
-  RW_RETURN_IF_ERROR(CheckExec(ex));
+Status CheckFfn(int64_t n, int64_t e, int64_t f, View x, const FfnWeights& w, int64_t block) {
   RW_REQUIRE(n >= 0, "n: must be >= 0, got " << n);
   RW_REQUIRE(e >= 1, "e: model width must be >= 1, got " << e);
   RW_REQUIRE(f >= 1, "f: ffn width must be >= 1, got " << f);
   RW_REQUIRE(block >= 0, "block: must be >= 0, got " << block);
+  RW_REQUIRE(w.w_up.dtype == w.w_gate.dtype && w.w_down.dtype == w.w_gate.dtype,
+             "w: gate, up and down weights must share one dtype");
   if (n == 0) return Status::Ok();
-  RW_NONNULL(x);
-  RW_NONNULL(w.w_gate);
-  RW_NONNULL(w.w_up);
-  RW_NONNULL(w.w_down);
-  return Status::Ok();
+  RW_NONNULL(x.data);
+  RW_NONNULL(w.w_gate.data);
+  RW_NONNULL(w.w_up.data);
+  RW_NONNULL(w.w_down.data);
+  return CheckOperand("x", x, w.w_gate.dtype);
 }
 }  // namespace
 
-Status FfnForward(const Exec& ex, int64_t n, int64_t e, int64_t f, const float* x, FfnWeights w, float* y,
-                  int64_t block) {
-  RW_RETURN_IF_ERROR(CheckFfn(ex, n, e, f, x, w, block));
+Status FfnForward(const Exec& ex, int64_t n, int64_t e, int64_t f, View x, FfnWeights w, View y, int64_t block) {
+  const Backend* b = nullptr;
+  RW_RETURN_IF_ERROR(Table(ex, Op::kFfnForward, w.w_gate.dtype, &b));
+  RW_RETURN_IF_ERROR(CheckFfn(n, e, f, x, w, block));
   if (n == 0) return Status::Ok();
-  RW_NONNULL(y);
-  block = PickBlock(block, f);
-  switch (ex.device) {
-    case Device::kRef: ref::FfnForward<float>(n, e, f, x, w.w_gate, w.w_up, w.w_down, y); return Status::Ok();
-    case Device::kCpu: cpu::FfnForward(ex, n, e, f, x, w, y, block); return Status::Ok();
-    case Device::kCuda: RW_CUDA_CALL(FfnForward(ex, n, e, f, x, w, y, block));
-  }
-  return Status::Error("device: unsupported");
+  RW_NONNULL(y.data);
+  RW_RETURN_IF_ERROR(CheckOperand("y", y, w.w_gate.dtype));
+  return b->ffn_forward(ex, n, e, f, x, w, y, PickBlock(block, f));
 }
 
-Status FfnBackward(const Exec& ex, int64_t n, int64_t e, int64_t f, const float* x, FfnWeights w,
-                   const float* dy, float* dx, FfnGrads dw, int64_t block) {
-  RW_RETURN_IF_ERROR(CheckFfn(ex, n, e, f, x, w, block));
+Status FfnBackward(const Exec& ex, int64_t n, int64_t e, int64_t f, View x, FfnWeights w, View dy, float* dx,
+                   FfnGrads dw, int64_t block) {
+  const Backend* b = nullptr;
+  RW_RETURN_IF_ERROR(Table(ex, Op::kFfnBackward, w.w_gate.dtype, &b));
+  RW_RETURN_IF_ERROR(CheckFfn(n, e, f, x, w, block));
   if (n == 0) return Status::Ok();
-  RW_NONNULL(dy);
+  RW_NONNULL(dy.data);
   RW_NONNULL(dx);
   RW_NONNULL(dw.w_gate);
   RW_NONNULL(dw.w_up);
   RW_NONNULL(dw.w_down);
-  block = PickBlock(block, f);
-  switch (ex.device) {
-    case Device::kRef:
-      ref::FfnBackward<float>(n, e, f, x, w.w_gate, w.w_up, w.w_down, dy, dx, dw.w_gate, dw.w_up, dw.w_down);
-      return Status::Ok();
-    case Device::kCpu: cpu::FfnBackward(ex, n, e, f, x, w, dy, dx, dw, block); return Status::Ok();
-    case Device::kCuda: RW_CUDA_CALL(FfnBackward(ex, n, e, f, x, w, dy, dx, dw, block));
-  }
-  return Status::Error("device: unsupported");
+  RW_RETURN_IF_ERROR(CheckOperand("dy", dy, w.w_gate.dtype));
+  return b->ffn_backward(ex, n, e, f, x, w, dy, dx, dw, PickBlock(block, f));
 }
 
 namespace {
-Status CheckCe(const Exec& ex, int64_t n, int64_t e, int64_t vocab, const float* h, const float* w,
-               const int32_t* target, int64_t block) {
-  RW_RETURN_IF_ERROR(CheckExec(ex));
+Status CheckCe(const Exec& ex, int64_t n, int64_t e, int64_t vocab, View h, View w, const int32_t* target,
+               int64_t block) {
   RW_REQUIRE(n >= 0, "n: must be >= 0, got " << n);
   RW_REQUIRE(e >= 1, "e: model width must be >= 1, got " << e);
   RW_REQUIRE(vocab >= 1, "vocab: must be >= 1, got " << vocab);
   RW_REQUIRE(block >= 0, "block: must be >= 0, got " << block);
   if (n == 0) return Status::Ok();
-  RW_NONNULL(h);
-  RW_NONNULL(w);
+  RW_NONNULL(h.data);
+  RW_NONNULL(w.data);
   RW_NONNULL(target);
-  return CheckTargets(ex, n, vocab, target);
+  RW_RETURN_IF_ERROR(CheckOperand("h", h, w.dtype));
+  return CheckIds(ex, "target", n, vocab, target, /*negative_ok=*/true);
 }
 }  // namespace
 
-Status CrossEntropyForward(const Exec& ex, int64_t n, int64_t e, int64_t vocab, const float* h,
-                           const float* w, const int32_t* target, const float* weight, float* loss,
-                           double* weighted_sum, int64_t block) {
+Status CrossEntropyForward(const Exec& ex, int64_t n, int64_t e, int64_t vocab, View h, View w,
+                           const int32_t* target, const float* weight, float* loss, double* weighted_sum,
+                           int64_t block) {
+  const Backend* b = nullptr;
+  RW_RETURN_IF_ERROR(Table(ex, Op::kCrossEntropyForward, w.dtype, &b));
   RW_RETURN_IF_ERROR(CheckCe(ex, n, e, vocab, h, w, target, block));
   if (weighted_sum) *weighted_sum = 0;
   if (n == 0) return Status::Ok();
   RW_NONNULL(loss);
-  block = PickBlock(block, vocab);
-  double total = 0;
-  switch (ex.device) {
-    case Device::kRef: total = ref::CrossEntropyForward<float>(n, e, vocab, h, w, target, weight, loss); break;
-    case Device::kCpu: total = cpu::CrossEntropyForward(ex, n, e, vocab, h, w, target, weight, loss, block); break;
-    case Device::kCuda: RW_CUDA_CALL(CrossEntropyForward(ex, n, e, vocab, h, w, target, weight, loss, weighted_sum, block));
-  }
-  if (weighted_sum) *weighted_sum = total;
-  return Status::Ok();
+  return b->cross_entropy_forward(ex, n, e, vocab, h, w, target, weight, loss, weighted_sum, PickBlock(block, vocab));
 }
 
-Status CrossEntropyBackward(const Exec& ex, int64_t n, int64_t e, int64_t vocab, const float* h,
-                            const float* w, const int32_t* target, const float* weight, float grad_scale,
-                            float* dh, float* dw, int64_t block) {
+Status CrossEntropyBackward(const Exec& ex, int64_t n, int64_t e, int64_t vocab, View h, View w,
+                            const int32_t* target, const float* weight, float grad_scale, float* dh, float* dw,
+                            int64_t block) {
+  const Backend* b = nullptr;
+  RW_RETURN_IF_ERROR(Table(ex, Op::kCrossEntropyBackward, w.dtype, &b));
   RW_RETURN_IF_ERROR(CheckCe(ex, n, e, vocab, h, w, target, block));
   RW_REQUIRE(std::isfinite(grad_scale), "grad_scale: must be finite, got " << grad_scale);
   if (n == 0) return Status::Ok();
   RW_NONNULL(dh);
   RW_NONNULL(dw);
-  block = PickBlock(block, vocab);
-  switch (ex.device) {
-    case Device::kRef:
-      ref::CrossEntropyBackward<float>(n, e, vocab, h, w, target, weight, grad_scale, dh, dw);
-      return Status::Ok();
-    case Device::kCpu:
-      cpu::CrossEntropyBackward(ex, n, e, vocab, h, w, target, weight, grad_scale, dh, dw, block);
-      return Status::Ok();
-    case Device::kCuda:
-      RW_CUDA_CALL(CrossEntropyBackward(ex, n, e, vocab, h, w, target, weight, grad_scale, dh, dw, block));
-  }
-  return Status::Error("device: unsupported");
+  return b->cross_entropy_backward(ex, n, e, vocab, h, w, target, weight, grad_scale, dh, dw,
+                                   PickBlock(block, vocab));
 }
 
 Status AdamWStep(const Exec& ex, int64_t n, float* p, const float* g, float* m, float* v,
                  const AdamWHyper& hp, int64_t step) {
-  RW_RETURN_IF_ERROR(CheckExec(ex));
+  const Backend* b = nullptr;
+  RW_RETURN_IF_ERROR(Table(ex, Op::kAdamW, DType::kF32, &b));
   RW_REQUIRE(n >= 0, "n: must be >= 0, got " << n);
   RW_REQUIRE(step >= 1, "step: AdamW steps count from 1, got " << step);
   RW_REQUIRE(std::isfinite(hp.lr) && hp.lr >= 0.f, "lr: must be finite and >= 0, got " << hp.lr);
@@ -272,28 +227,59 @@ Status AdamWStep(const Exec& ex, int64_t n, float* p, const float* g, float* m, 
   RW_NONNULL(g);
   RW_NONNULL(m);
   RW_NONNULL(v);
-  switch (ex.device) {
-    case Device::kRef: ref::AdamWStep<float>(n, p, g, m, v, hp, step); return Status::Ok();
-    case Device::kCpu: cpu::AdamWStep(ex, n, p, g, m, v, hp, step); return Status::Ok();
-    case Device::kCuda: RW_CUDA_CALL(AdamWStep(ex, n, p, g, m, v, hp, step));
-  }
-  return Status::Error("device: unsupported");
+  return b->adamw_step(ex, n, p, g, m, v, hp, step);
 }
 
 Status AddInto(const Exec& ex, int64_t n, const float* src, float* dst) {
-  RW_RETURN_IF_ERROR(CheckExec(ex));
+  const Backend* b = nullptr;
+  RW_RETURN_IF_ERROR(Table(ex, Op::kAddInto, DType::kF32, &b));
   RW_REQUIRE(n >= 0, "n: must be >= 0, got " << n);
   if (n == 0) return Status::Ok();
   RW_NONNULL(src);
   RW_NONNULL(dst);
-  switch (ex.device) {
-    case Device::kRef:
-      for (int64_t i = 0; i < n; ++i) dst[i] += src[i];
-      return Status::Ok();
-    case Device::kCpu: cpu::AddInto(ex, n, src, dst); return Status::Ok();
-    case Device::kCuda: RW_CUDA_CALL(AddInto(ex, n, src, dst));
-  }
-  return Status::Error("device: unsupported");
+  return b->add_into(ex, n, src, dst);
+}
+
+Status Cast(const Exec& ex, int64_t n, View src, View dst) {
+  const DType narrow = src.dtype != DType::kF32 ? src.dtype : dst.dtype;
+  const Backend* b = nullptr;
+  RW_RETURN_IF_ERROR(Table(ex, Op::kCast, narrow, &b));
+  RW_REQUIRE(n >= 0, "n: must be >= 0, got " << n);
+  RW_REQUIRE(src.dtype == DType::kF32 || dst.dtype == DType::kF32,
+             "dst: casts go between f32 and one narrow type, got " << DTypeName(src.dtype) << " -> "
+                                                                   << DTypeName(dst.dtype));
+  if (n == 0) return Status::Ok();
+  RW_NONNULL(src.data);
+  RW_NONNULL(dst.data);
+  return b->cast(ex, n, src, dst);
+}
+
+Status EmbeddingForward(const Exec& ex, int64_t n, int64_t e, int64_t vocab, const int32_t* ids,
+                        const float* table, float* x) {
+  const Backend* b = nullptr;
+  RW_RETURN_IF_ERROR(Table(ex, Op::kEmbeddingForward, DType::kF32, &b));
+  RW_REQUIRE(n >= 0 && e >= 1 && vocab >= 1,
+             "shape: need n >= 0, e >= 1, vocab >= 1, got (" << n << ", " << e << ", " << vocab << ")");
+  if (n == 0) return Status::Ok();
+  RW_NONNULL(ids);
+  RW_NONNULL(table);
+  RW_NONNULL(x);
+  RW_RETURN_IF_ERROR(CheckIds(ex, "ids", n, vocab, ids, /*negative_ok=*/false));
+  return b->embedding_forward(ex, n, e, ids, table, x);
+}
+
+Status EmbeddingBackward(const Exec& ex, int64_t n, int64_t e, int64_t vocab, const int32_t* ids,
+                         const float* dx, float* dtable) {
+  const Backend* b = nullptr;
+  RW_RETURN_IF_ERROR(Table(ex, Op::kEmbeddingBackward, DType::kF32, &b));
+  RW_REQUIRE(n >= 0 && e >= 1 && vocab >= 1,
+             "shape: need n >= 0, e >= 1, vocab >= 1, got (" << n << ", " << e << ", " << vocab << ")");
+  if (n == 0) return Status::Ok();
+  RW_NONNULL(ids);
+  RW_NONNULL(dx);
+  RW_NONNULL(dtable);
+  RW_RETURN_IF_ERROR(CheckIds(ex, "ids", n, vocab, ids, /*negative_ok=*/false));
+  return b->embedding_backward(ex, n, e, ids, dx, dtable);
 }
 
 }  // namespace rw::kernels

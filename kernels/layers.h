@@ -1,10 +1,16 @@
 // The per-token layers of a LLaMA block and the optimizer: RMSNorm, RoPE, SwiGLU feed-forward,
-// cross-entropy over an lm_head, AdamW. Each has one entry point per direction that picks the
-// implementation by Exec::device.
+// cross-entropy over an lm_head, embedding, AdamW, casts. Each has one entry point per direction that
+// validates once and dispatches through the backend table of Exec::device (kernels/backend.h).
 //
-// Conventions: activations are (N, E) row-major fp32 (N tokens, E model width). Weights use the
-// Hugging Face Linear layout (out_features, in_features). Activation gradients are written (=);
-// weight gradients are accumulated (+=) so that micro-batches and ring ranks can add into one buffer.
+// Conventions: activations are (N, E) row-major (N tokens, E model width). Weights use the Hugging Face
+// Linear layout (out_features, in_features). Activation gradients are written (=); weight gradients are
+// accumulated (+=) so that micro-batches and ring ranks can add into one buffer.
+//
+// Precision: operands typed `View` may be fp32 or bf16. An op computes in its weights' dtype: fp32 weights
+// give the fp32 path (every operand fp32); bf16 weights (the compute copy of mixed precision) give bf16
+// GEMMs with fp32 accumulation, bf16 or fp32 activations in (fp32 ones are rounded to bf16 first) and the
+// output written in its view's dtype. Statistics (rstd, loss, lse), activation gradients that feed a
+// residual add, and weight gradients are always fp32. Which backend runs which (op, dtype): backend.h.
 #pragma once
 
 #include <cstdint>
@@ -22,16 +28,17 @@ struct Exec {
 
 // ---- Linear (no bias, Hugging Face layout) ------------------------------------------------------------------
 // y (N, out) = x (N, in) W^T with W (out, in).
-Status LinearForward(const Exec& ex, int64_t n, int64_t in, int64_t out, const float* x, const float* w, float* y);
-// dx = dy W (written; skipped when dx is null);  dw += dy^T x.
-Status LinearBackward(const Exec& ex, int64_t n, int64_t in, int64_t out, const float* x, const float* w,
-                      const float* dy, float* dx, float* dw);
+Status LinearForward(const Exec& ex, int64_t n, int64_t in, int64_t out, View x, View w, View y);
+// dx = dy W (written, fp32 or bf16; skipped when dx is null);  dw += dy^T x (fp32).
+Status LinearBackward(const Exec& ex, int64_t n, int64_t in, int64_t out, View x, View w, View dy, View dx,
+                      float* dw);
 
 // ---- RMSNorm ----------------------------------------------------------------------------------------
 // y = x * rstd * w,  rstd = 1 / sqrt(mean(x^2) + eps)
-// x, y: (N, E); w: (E); rstd: (N), saved for the backward.
+// x: (N, E) fp32 (the residual stream); w: (E) fp32; y: (N, E) fp32 or bf16; rstd: (N), saved for the
+// backward. The reduction is fp32 in every precision.
 Status RmsNormForward(const Exec& ex, int64_t n, int64_t e, const float* x, const float* w, float eps,
-                      float* y, float* rstd);
+                      View y, float* rstd);
 // dx = rstd * (w*dy - x * rstd^2 * mean(x * w * dy));  dw += sum_rows dy * x * rstd
 Status RmsNormBackward(const Exec& ex, int64_t n, int64_t e, const float* x, const float* w,
                        const float* rstd, const float* dy, float* dx, float* dw);
@@ -48,35 +55,37 @@ Status Rope(const Exec& ex, int64_t s, int64_t h, int64_t d, View3 x, View3 y, c
 // ---- SwiGLU feed-forward, blockwise over tokens ---------------------------------------------------------
 // y = (silu(x Wg^T) * (x Wu^T)) Wd^T, computed `block` tokens at a time so the (N, F) intermediate never
 // exists for the whole shard. x: (N, E); w_gate, w_up: (F, E); w_down: (E, F); y: (N, E).
-struct FfnWeights {
-  const float* w_gate = nullptr;
-  const float* w_up = nullptr;
-  const float* w_down = nullptr;
+struct FfnWeights {  // one dtype for all three
+  View w_gate;
+  View w_up;
+  View w_down;
 };
 struct FfnGrads {
   float* w_gate = nullptr;  // (F, E) +=
   float* w_up = nullptr;    // (F, E) +=
   float* w_down = nullptr;  // (E, F) +=
 };
-Status FfnForward(const Exec& ex, int64_t n, int64_t e, int64_t f, const float* x, FfnWeights w, float* y,
+// In bf16 the gate/up products and silu(g) u are fp32 per block, rounded to bf16 for the down product.
+Status FfnForward(const Exec& ex, int64_t n, int64_t e, int64_t f, View x, FfnWeights w, View y,
                   int64_t block = 0);
-// Recomputes the gate/up projections per block; writes dx (N, E), accumulates the weight gradients.
-Status FfnBackward(const Exec& ex, int64_t n, int64_t e, int64_t f, const float* x, FfnWeights w,
-                   const float* dy, float* dx, FfnGrads dw, int64_t block = 0);
+// Recomputes the gate/up projections per block; writes dx (N, E) fp32, accumulates the weight gradients.
+Status FfnBackward(const Exec& ex, int64_t n, int64_t e, int64_t f, View x, FfnWeights w, View dy, float* dx,
+                   FfnGrads dw, int64_t block = 0);
 
 // ---- Cross-entropy over an lm_head, blockwise over tokens -------------------------------------------------
 // logits = h W^T (V columns), computed `block` tokens at a time so the logits of a whole shard never
-// exist. loss[i] = lse(logits_i) - logits_i[target_i], 0 where target_i < 0 (ignored).
+// exist. loss[i] = lse(logits_i) - logits_i[target_i], 0 where target_i < 0 (ignored). Logits, softmax and
+// loss are fp32 in every precision.
 // h: (N, E); w: (V, E); target: (N); loss: (N). weighted_sum (optional) = sum_i weight[i] * loss[i]
 // (weight null means 1).
-Status CrossEntropyForward(const Exec& ex, int64_t n, int64_t e, int64_t vocab, const float* h,
-                           const float* w, const int32_t* target, const float* weight, float* loss,
-                           double* weighted_sum, int64_t block = 0);
+Status CrossEntropyForward(const Exec& ex, int64_t n, int64_t e, int64_t vocab, View h, View w,
+                           const int32_t* target, const float* weight, float* loss, double* weighted_sum,
+                           int64_t block = 0);
 // d(grad_scale * sum_i weight[i] loss[i]):  dlogits_i = grad_scale weight[i] (softmax_i - onehot_i)
 // dh = dlogits W (written), dw += dlogits^T h.
-Status CrossEntropyBackward(const Exec& ex, int64_t n, int64_t e, int64_t vocab, const float* h,
-                            const float* w, const int32_t* target, const float* weight, float grad_scale,
-                            float* dh, float* dw, int64_t block = 0);
+Status CrossEntropyBackward(const Exec& ex, int64_t n, int64_t e, int64_t vocab, View h, View w,
+                            const int32_t* target, const float* weight, float grad_scale, float* dh, float* dw,
+                            int64_t block = 0);
 
 // ---- AdamW (decoupled weight decay, PyTorch order) -------------------------------------------------------
 //   p *= 1 - lr wd;  m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2
@@ -90,5 +99,17 @@ Status AdamWStep(const Exec& ex, int64_t n, float* param, const float* grad, flo
 // ---- Elementwise ---------------------------------------------------------------------------------------
 // dst += src over n floats: how gradients that travel the ring collect each rank's share.
 Status AddInto(const Exec& ex, int64_t n, const float* src, float* dst);
+
+// dst = src over n elements, converting between fp32 and bf16 (round-to-nearest-even): the bf16 compute
+// copy of the weights after each optimizer step, activations entering a bf16 op.
+Status Cast(const Exec& ex, int64_t n, View src, View dst);
+
+// ---- Embedding ---------------------------------------------------------------------------------------
+// x[i] = table[ids[i]] (rows of E floats); the backward scatter-adds dtable[ids[i]] += dx[i] in token order
+// (deterministic). table: (V, E) fp32; ids are checked against `vocab`.
+Status EmbeddingForward(const Exec& ex, int64_t n, int64_t e, int64_t vocab, const int32_t* ids,
+                        const float* table, float* x);
+Status EmbeddingBackward(const Exec& ex, int64_t n, int64_t e, int64_t vocab, const int32_t* ids,
+                         const float* dx, float* dtable);
 
 }  // namespace rw::kernels

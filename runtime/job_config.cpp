@@ -55,6 +55,9 @@ const std::vector<Setting<JobConfig>>& JobTable() {
       {"loss.vision_weight", "per_modality: weight of the vision mean", RW_FIELD(JobConfig, double, j.loss.vision_weight)},
       {"remat", "none | layer (recompute each layer's forward in its backward: less memory, ~1/3 more compute)",
        RW_FIELD(JobConfig, std::string, j.remat)},
+      {"precision", "fp32 | bf16 (mixed: fp32 master weights, optimizer and gradients; bf16 GEMM and attention "
+                    "operands with fp32 accumulation; ring K/V blocks travel in bf16)",
+       RW_FIELD(JobConfig, std::string, j.precision)},
       {"init_from", "Hugging Face LLaMA directory to start from (model settings must match it)",
        RW_FIELD(JobConfig, std::string, j.init_from)},
       {"optimizer.lr", "peak learning rate", RW_FIELD(JobConfig, double, j.optimizer.lr)},
@@ -191,6 +194,7 @@ Status JobConfig::Validate() const {
                                              "vocabulary of data.tokenizer " << data.tokenizer << " (" << data_vocab << ")");
   RW_RETURN_IF_ERROR(loss.Validate());
   RW_REQUIRE(remat == "none" || remat == "layer", "remat: '" << remat << "' is not none or layer");
+  RW_REQUIRE(precision == "fp32" || precision == "bf16", "precision: '" << precision << "' is not fp32 or bf16");
   if (!init_from.empty()) {
     std::ifstream cfg(init_from + "/config.json");
     RW_REQUIRE(cfg.good(), "init_from: " << init_from << " has no config.json");

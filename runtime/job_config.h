@@ -46,6 +46,10 @@ struct JobConfig {
   LossConfig loss;
   std::string init_from;  // a Hugging Face LLaMA directory (or one of our checkpoints) to start from
   std::string remat = "none";  // none | layer: recompute each layer's forward in its backward
+  // fp32 | bf16. bf16: fp32 master weights and AdamW moments, a bf16 compute copy refreshed after every
+  // optimizer step, bf16 activations into every GEMM and attention block (accumulating in fp32), fp32
+  // residual stream, statistics, loss and gradients; ring K/V travel in bf16, dK/dV and (O, lse) in fp32.
+  std::string precision = "fp32";
   OptimizerConfig optimizer;
   RingConfig ring;
   std::vector<StageConfig> stages;

@@ -77,10 +77,33 @@ void InitParameters(const ModelConfig&, const ParamTable& t, uint64_t seed, floa
 
 namespace {
 
+using kernels::DType;
 using kernels::Exec;
+using kernels::View;
+
+// An activation in the step's activation dtype (fp32, or bf16 under mixed precision).
+struct Act {
+  DType dt = DType::kF32;
+  std::vector<float> f;
+  std::vector<kernels::bf16> b;
+  void Resize(size_t n, DType t) {
+    dt = t;
+    if (t == DType::kF32)
+      f.resize(n);
+    else
+      b.resize(n);
+  }
+  View view() { return dt == DType::kF32 ? View(f.data()) : View(b.data()); }
+  const void* data() const { return dt == DType::kF32 ? static_cast<const void*>(f.data()) : b.data(); }
+  void Clear() {
+    std::vector<float>().swap(f);
+    std::vector<kernels::bf16>().swap(b);
+  }
+};
 
 struct LayerActs {
-  std::vector<float> x_in, rstd1, h1, q, k, v, attn, lse, x_mid, rstd2, h2;
+  std::vector<float> x_in, rstd1, attn, lse, x_mid, rstd2;  // fp32 in every precision
+  Act h1, q, k, v, h2;                                      // GEMM / attention operands
 };
 
 struct Dims {
@@ -91,6 +114,19 @@ Dims DimsOf(const ModelConfig& c, int64_t S) {
   const int64_t D = c.head_dim();
   return {S, c.hidden_size, c.intermediate_size, c.vocab_size, c.num_attention_heads, c.num_key_value_heads, D,
           c.num_attention_heads * D, c.num_key_value_heads * D};
+}
+
+Status CheckExec(const ModelExec& mx) {
+  RW_REQUIRE(mx.precision == DType::kF32 || mx.precision == DType::kBF16,
+             "precision: the model runs in f32 or bf16, got " << kernels::DTypeName(mx.precision));
+  RW_REQUIRE(mx.precision == DType::kF32 || mx.compute_params,
+             "precision: bf16 needs the bf16 copy of the parameters (ModelExec::compute_params)");
+  return Status::Ok();
+}
+
+// The weights a GEMM reads: the bf16 compute copy under mixed precision, the fp32 master otherwise.
+View Gemm(const ModelExec& mx, const float* P, size_t offset) {
+  return mx.precision == DType::kBF16 ? View(mx.compute_params + offset) : View(P + offset);
 }
 
 Status CheckBatch(const ModelConfig& c, const ShardBatch& b) {
@@ -110,6 +146,7 @@ Status CheckBatch(const ModelConfig& c, const ShardBatch& b) {
 
 RingAttentionConfig AttnConfig(const ModelConfig& c, const ModelExec& ex, int64_t S, int64_t layer) {
   RingAttentionConfig a;
+  a.dtype = ex.precision;
   a.s = S;
   a.hq = c.num_attention_heads;
   a.hkv = c.num_key_value_heads;
@@ -129,6 +166,20 @@ void AddStats(const ModelExec& mx, const RingStats& s) {
   mx.stats->blocks_skipped += s.blocks_skipped;
 }
 
+// q or k: the projection, RoPE at each row's position (fp32), then the attention operand in the activation
+// dtype. fp32 projects straight into the operand and rotates it in place.
+Status ProjectRotate(const Exec& ex, const ModelExec& mx, const ModelConfig& c, const ShardBatch& b, int64_t S,
+                     int64_t E, int64_t heads, int64_t D, View h, View w, Act& out) {
+  out.Resize(size_t(S * heads * D), mx.precision);
+  std::vector<float> tmp;
+  float* y = out.dt == DType::kF32 ? out.f.data() : (tmp.resize(size_t(S * heads * D)), tmp.data());
+  RW_RETURN_IF_ERROR(kernels::LinearForward(ex, S, E, heads * D, h, w, y));
+  RW_RETURN_IF_ERROR(kernels::Rope(ex, S, heads, D, kernels::Dense3(y, heads, D), kernels::Dense3(y, heads, D),
+                                   b.positions.data(), c.rope_theta, false));
+  if (out.dt != DType::kF32) RW_RETURN_IF_ERROR(kernels::Cast(ex, S * heads * D, y, out.view()));
+  return Status::Ok();
+}
+
 // One layer's forward: x (S, E) in, x out; fills a's activations (the backward's inputs).
 Status LayerForward(Transport& t, const ModelConfig& c, const ParamTable& tb, const ModelExec& mx, const float* P,
                     const ShardBatch& b, int64_t l, std::vector<float>& x, LayerActs& a) {
@@ -137,19 +188,13 @@ Status LayerForward(Transport& t, const ModelConfig& c, const ParamTable& tb, co
   const auto& L = tb.layers[l];
   a.x_in = x;
   a.rstd1.resize(d.S);
-  a.h1.resize(d.S * d.E);
-  RW_RETURN_IF_ERROR(kernels::RmsNormForward(ex, d.S, d.E, x.data(), P + L.in_norm, c.rms_norm_eps, a.h1.data(),
+  a.h1.Resize(d.S * d.E, mx.precision);
+  RW_RETURN_IF_ERROR(kernels::RmsNormForward(ex, d.S, d.E, x.data(), P + L.in_norm, c.rms_norm_eps, a.h1.view(),
                                              a.rstd1.data()));
-  a.q.resize(d.S * d.HQD);
-  a.k.resize(d.S * d.HKD);
-  a.v.resize(d.S * d.HKD);
-  RW_RETURN_IF_ERROR(kernels::LinearForward(ex, d.S, d.E, d.HQD, a.h1.data(), P + L.q, a.q.data()));
-  RW_RETURN_IF_ERROR(kernels::LinearForward(ex, d.S, d.E, d.HKD, a.h1.data(), P + L.k, a.k.data()));
-  RW_RETURN_IF_ERROR(kernels::LinearForward(ex, d.S, d.E, d.HKD, a.h1.data(), P + L.v, a.v.data()));
-  RW_RETURN_IF_ERROR(kernels::Rope(ex, d.S, d.H, d.D, kernels::Dense3(a.q.data(), d.H, d.D),
-                                   kernels::Dense3(a.q.data(), d.H, d.D), b.positions.data(), c.rope_theta, false));
-  RW_RETURN_IF_ERROR(kernels::Rope(ex, d.S, d.HKV, d.D, kernels::Dense3(a.k.data(), d.HKV, d.D),
-                                   kernels::Dense3(a.k.data(), d.HKV, d.D), b.positions.data(), c.rope_theta, false));
+  RW_RETURN_IF_ERROR(ProjectRotate(ex, mx, c, b, d.S, d.E, d.H, d.D, a.h1.view(), Gemm(mx, P, L.q), a.q));
+  RW_RETURN_IF_ERROR(ProjectRotate(ex, mx, c, b, d.S, d.E, d.HKV, d.D, a.h1.view(), Gemm(mx, P, L.k), a.k));
+  a.v.Resize(d.S * d.HKD, mx.precision);
+  RW_RETURN_IF_ERROR(kernels::LinearForward(ex, d.S, d.E, d.HKD, a.h1.view(), Gemm(mx, P, L.v), a.v.view()));
   a.attn.resize(d.S * d.HQD);
   a.lse.resize(d.H * d.S);
   RingShard sh{a.q.data(), a.k.data(), a.v.data(), b.index.data(), b.segments.data()};
@@ -157,41 +202,42 @@ Status LayerForward(Transport& t, const ModelConfig& c, const ParamTable& tb, co
   RW_RETURN_IF_ERROR(RingAttentionForward(t, AttnConfig(c, mx, d.S, l), sh, a.attn.data(), a.lse.data(), &rs));
   AddStats(mx, rs);
   std::vector<float> o(d.S * d.E);
-  RW_RETURN_IF_ERROR(kernels::LinearForward(ex, d.S, d.HQD, d.E, a.attn.data(), P + L.o, o.data()));
+  RW_RETURN_IF_ERROR(kernels::LinearForward(ex, d.S, d.HQD, d.E, a.attn.data(), Gemm(mx, P, L.o), o.data()));
   for (int64_t i = 0; i < d.S * d.E; ++i) x[i] += o[i];
   a.x_mid = x;
   a.rstd2.resize(d.S);
-  a.h2.resize(d.S * d.E);
-  RW_RETURN_IF_ERROR(kernels::RmsNormForward(ex, d.S, d.E, x.data(), P + L.post_norm, c.rms_norm_eps, a.h2.data(),
+  a.h2.Resize(d.S * d.E, mx.precision);
+  RW_RETURN_IF_ERROR(kernels::RmsNormForward(ex, d.S, d.E, x.data(), P + L.post_norm, c.rms_norm_eps, a.h2.view(),
                                              a.rstd2.data()));
-  RW_RETURN_IF_ERROR(
-      kernels::FfnForward(ex, d.S, d.E, d.F, a.h2.data(), {P + L.gate, P + L.up, P + L.down}, o.data()));
+  RW_RETURN_IF_ERROR(kernels::FfnForward(ex, d.S, d.E, d.F, a.h2.view(),
+                                         {Gemm(mx, P, L.gate), Gemm(mx, P, L.up), Gemm(mx, P, L.down)}, o.data()));
   for (int64_t i = 0; i < d.S * d.E; ++i) x[i] += o[i];
   return Status::Ok();
 }
 
 // Keeps only the layer's input: what a `remat: layer` backward recomputes the rest from.
 void DropAllButInput(LayerActs& a) {
-  for (auto* v : {&a.rstd1, &a.h1, &a.q, &a.k, &a.v, &a.attn, &a.lse, &a.x_mid, &a.rstd2, &a.h2})
-    std::vector<float>().swap(*v);
+  for (auto* v : {&a.rstd1, &a.attn, &a.lse, &a.x_mid, &a.rstd2}) std::vector<float>().swap(*v);
+  for (auto* v : {&a.h1, &a.q, &a.k, &a.v, &a.h2}) v->Clear();
 }
 
 // The forward; keeps each layer's activations when `acts` is given (only their inputs under remat).
 // Leaves the final hidden state (pre-norm) in `x`.
 Status RunForward(Transport& t, const ModelConfig& c, const ParamTable& tb, const ModelExec& mx, const float* P,
                   const ShardBatch& b, std::vector<float>& x, std::vector<LayerActs>* acts, KvShard* kv = nullptr) {
+  RW_RETURN_IF_ERROR(CheckExec(mx));
   const Dims d = DimsOf(c, int64_t(b.tokens.size()));
   x.assign(d.S * d.E, 0.f);
-  for (int64_t i = 0; i < d.S; ++i)
-    std::copy_n(P + tb.embed + size_t(b.tokens[i]) * d.E, d.E, x.begin() + i * d.E);
+  RW_RETURN_IF_ERROR(kernels::EmbeddingForward(Exec{kernels::Device::kCpu, mx.num_threads}, d.S, d.E, d.V,
+                                               b.tokens.data(), P + tb.embed, x.data()));
   if (acts) acts->assign(c.num_hidden_layers, {});
   LayerActs tmp;
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
     LayerActs& a = acts ? (*acts)[l] : tmp;
     RW_RETURN_IF_ERROR(LayerForward(t, c, tb, mx, P, b, l, x, a));
     if (kv) {
-      kv->k[l] = a.k;
-      kv->v[l] = a.v;
+      kv->k[l] = a.k.f;
+      kv->v[l] = a.v.f;
     }
     if (mx.remat_layers) DropAllButInput(a);
   }
@@ -207,12 +253,14 @@ Status Forward(Transport& t, const ModelConfig& c, const ParamTable& tb, const M
   const Exec ex{kernels::Device::kCpu, mx.num_threads};
   std::vector<float> x;
   RW_RETURN_IF_ERROR(RunForward(t, c, tb, mx, P, b, x, nullptr));
-  std::vector<float> hf(d.S * d.E), rstd(d.S), loss(d.S);
-  RW_RETURN_IF_ERROR(kernels::RmsNormForward(ex, d.S, d.E, x.data(), P + tb.final_norm, c.rms_norm_eps, hf.data(),
+  Act hf;
+  hf.Resize(d.S * d.E, mx.precision);
+  std::vector<float> rstd(d.S), loss(d.S);
+  RW_RETURN_IF_ERROR(kernels::RmsNormForward(ex, d.S, d.E, x.data(), P + tb.final_norm, c.rms_norm_eps, hf.view(),
                                              rstd.data()));
   double sum = 0;
-  RW_RETURN_IF_ERROR(kernels::CrossEntropyForward(ex, d.S, d.E, d.V, hf.data(), P + tb.lm_head, b.targets.data(),
-                                                  b.weights.data(), loss.data(), &sum));
+  RW_RETURN_IF_ERROR(kernels::CrossEntropyForward(ex, d.S, d.E, d.V, hf.view(), Gemm(mx, P, tb.lm_head),
+                                                  b.targets.data(), b.weights.data(), loss.data(), &sum));
   *loss_sum += sum;
   return Status::Ok();
 }
@@ -220,6 +268,7 @@ Status Forward(Transport& t, const ModelConfig& c, const ParamTable& tb, const M
 Status Prefill(Transport& t, const ModelConfig& c, const ParamTable& tb, const ModelExec& mx, const float* P,
                const ShardBatch& b, KvShard* cache, std::vector<float>* hidden) {
   RW_RETURN_IF_ERROR(CheckBatch(c, b));
+  RW_REQUIRE(mx.precision == DType::kF32, "precision: ring decoding keeps an fp32 KV cache; prefill in f32");
   const Dims d = DimsOf(c, int64_t(b.tokens.size()));
   const Exec ex{kernels::Device::kCpu, mx.num_threads};
   cache->k.assign(c.num_hidden_layers, {});
@@ -243,20 +292,24 @@ Status ForwardBackward(Transport& t, const ModelConfig& c, const ParamTable& tb,
   RW_RETURN_IF_ERROR(RunForward(t, c, tb, mx, P, b, x, &acts));
 
   // Loss head: final norm, lm_head, cross-entropy (blockwise inside the kernel).
-  std::vector<float> hf(d.S * d.E), rstd(d.S), loss(d.S), dhf(d.S * d.E), dx(d.S * d.E);
-  RW_RETURN_IF_ERROR(kernels::RmsNormForward(ex, d.S, d.E, x.data(), P + tb.final_norm, c.rms_norm_eps, hf.data(),
+  Act hf;
+  hf.Resize(d.S * d.E, mx.precision);
+  std::vector<float> rstd(d.S), loss(d.S), dhf(d.S * d.E), dx(d.S * d.E);
+  RW_RETURN_IF_ERROR(kernels::RmsNormForward(ex, d.S, d.E, x.data(), P + tb.final_norm, c.rms_norm_eps, hf.view(),
                                              rstd.data()));
   double sum = 0;
-  RW_RETURN_IF_ERROR(kernels::CrossEntropyForward(ex, d.S, d.E, d.V, hf.data(), P + tb.lm_head, b.targets.data(),
-                                                  b.weights.data(), loss.data(), &sum));
+  RW_RETURN_IF_ERROR(kernels::CrossEntropyForward(ex, d.S, d.E, d.V, hf.view(), Gemm(mx, P, tb.lm_head),
+                                                  b.targets.data(), b.weights.data(), loss.data(), &sum));
   *loss_sum += sum;
-  RW_RETURN_IF_ERROR(kernels::CrossEntropyBackward(ex, d.S, d.E, d.V, hf.data(), P + tb.lm_head, b.targets.data(),
-                                                   b.weights.data(), loss_scale, dhf.data(), G + tb.lm_head));
+  RW_RETURN_IF_ERROR(kernels::CrossEntropyBackward(ex, d.S, d.E, d.V, hf.view(), Gemm(mx, P, tb.lm_head),
+                                                   b.targets.data(), b.weights.data(), loss_scale, dhf.data(),
+                                                   G + tb.lm_head));
   RW_RETURN_IF_ERROR(kernels::RmsNormBackward(ex, d.S, d.E, x.data(), P + tb.final_norm, rstd.data(), dhf.data(),
                                               dx.data(), G + tb.final_norm));
 
   std::vector<float> dh(d.S * d.E), tmp(d.S * d.E), d_attn(d.S * d.HQD), dq(d.S * d.HQD), dk(d.S * d.HKD),
       dv(d.S * d.HKD);
+  Act d_attn_op;  // the attention's dout in the activation dtype
   for (int64_t l = c.num_hidden_layers - 1; l >= 0; --l) {
     const auto& L = tb.layers[l];
     LayerActs& a = acts[l];
@@ -265,30 +318,37 @@ Status ForwardBackward(Transport& t, const ModelConfig& c, const ParamTable& tb,
       RW_RETURN_IF_ERROR(LayerForward(t, c, tb, mx, P, b, l, x_again, a));
     }
     // x_out = x_mid + mlp(norm2(x_mid))
-    RW_RETURN_IF_ERROR(kernels::FfnBackward(ex, d.S, d.E, d.F, a.h2.data(), {P + L.gate, P + L.up, P + L.down},
+    RW_RETURN_IF_ERROR(kernels::FfnBackward(ex, d.S, d.E, d.F, a.h2.view(),
+                                            {Gemm(mx, P, L.gate), Gemm(mx, P, L.up), Gemm(mx, P, L.down)},
                                             dx.data(), dh.data(), {G + L.gate, G + L.up, G + L.down}));
     RW_RETURN_IF_ERROR(kernels::RmsNormBackward(ex, d.S, d.E, a.x_mid.data(), P + L.post_norm, a.rstd2.data(),
                                                 dh.data(), tmp.data(), G + L.post_norm));
     for (int64_t i = 0; i < d.S * d.E; ++i) dx[i] += tmp[i];  // dx is now d x_mid
     // x_mid = x_in + o_proj(attention(rope(q), rope(k), v))
-    RW_RETURN_IF_ERROR(kernels::LinearBackward(ex, d.S, d.HQD, d.E, a.attn.data(), P + L.o, dx.data(), d_attn.data(),
-                                               G + L.o));
+    RW_RETURN_IF_ERROR(kernels::LinearBackward(ex, d.S, d.HQD, d.E, a.attn.data(), Gemm(mx, P, L.o), dx.data(),
+                                               d_attn.data(), G + L.o));
+    const void* dout = d_attn.data();
+    if (mx.precision != DType::kF32) {
+      d_attn_op.Resize(d_attn.size(), mx.precision);
+      RW_RETURN_IF_ERROR(kernels::Cast(ex, int64_t(d_attn.size()), d_attn.data(), d_attn_op.view()));
+      dout = d_attn_op.data();
+    }
     RingShard sh{a.q.data(), a.k.data(), a.v.data(), b.index.data(), b.segments.data()};
     RingStats rs;
-    RW_RETURN_IF_ERROR(RingAttentionBackward(t, AttnConfig(c, mx, d.S, l), sh, a.attn.data(), a.lse.data(),
-                                             d_attn.data(), dq.data(), dk.data(), dv.data(), &rs));
+    RW_RETURN_IF_ERROR(RingAttentionBackward(t, AttnConfig(c, mx, d.S, l), sh, a.attn.data(), a.lse.data(), dout,
+                                             dq.data(), dk.data(), dv.data(), &rs));
     AddStats(mx, rs);
     RW_RETURN_IF_ERROR(kernels::Rope(ex, d.S, d.H, d.D, kernels::Dense3(dq.data(), d.H, d.D),
                                      kernels::Dense3(dq.data(), d.H, d.D), b.positions.data(), c.rope_theta, true));
     RW_RETURN_IF_ERROR(kernels::Rope(ex, d.S, d.HKV, d.D, kernels::Dense3(dk.data(), d.HKV, d.D),
                                      kernels::Dense3(dk.data(), d.HKV, d.D), b.positions.data(), c.rope_theta, true));
-    RW_RETURN_IF_ERROR(
-        kernels::LinearBackward(ex, d.S, d.E, d.HQD, a.h1.data(), P + L.q, dq.data(), dh.data(), G + L.q));
-    RW_RETURN_IF_ERROR(
-        kernels::LinearBackward(ex, d.S, d.E, d.HKD, a.h1.data(), P + L.k, dk.data(), tmp.data(), G + L.k));
+    RW_RETURN_IF_ERROR(kernels::LinearBackward(ex, d.S, d.E, d.HQD, a.h1.view(), Gemm(mx, P, L.q), dq.data(),
+                                               dh.data(), G + L.q));
+    RW_RETURN_IF_ERROR(kernels::LinearBackward(ex, d.S, d.E, d.HKD, a.h1.view(), Gemm(mx, P, L.k), dk.data(),
+                                               tmp.data(), G + L.k));
     for (int64_t i = 0; i < d.S * d.E; ++i) dh[i] += tmp[i];
-    RW_RETURN_IF_ERROR(
-        kernels::LinearBackward(ex, d.S, d.E, d.HKD, a.h1.data(), P + L.v, dv.data(), tmp.data(), G + L.v));
+    RW_RETURN_IF_ERROR(kernels::LinearBackward(ex, d.S, d.E, d.HKD, a.h1.view(), Gemm(mx, P, L.v), dv.data(),
+                                               tmp.data(), G + L.v));
     for (int64_t i = 0; i < d.S * d.E; ++i) dh[i] += tmp[i];
     RW_RETURN_IF_ERROR(kernels::RmsNormBackward(ex, d.S, d.E, a.x_in.data(), P + L.in_norm, a.rstd1.data(), dh.data(),
                                                 tmp.data(), G + L.in_norm));
@@ -296,11 +356,7 @@ Status ForwardBackward(Transport& t, const ModelConfig& c, const ParamTable& tb,
     if (mx.remat_layers) DropAllButInput(a);
   }
   // Embedding rows: a scatter-add in token order (deterministic).
-  for (int64_t i = 0; i < d.S; ++i) {
-    float* row = G + tb.embed + size_t(b.tokens[i]) * d.E;
-    for (int64_t j = 0; j < d.E; ++j) row[j] += dx[i * d.E + j];
-  }
-  return Status::Ok();
+  return kernels::EmbeddingBackward(ex, d.S, d.E, d.V, b.tokens.data(), dx.data(), G + tb.embed);
 }
 
 }  // namespace rw::runtime

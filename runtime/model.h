@@ -3,6 +3,14 @@
 // RMSNorm -> SwiGLU MLP -> residual; final RMSNorm; lm_head (tied or not); cross-entropy with per-token
 // weights, blockwise over tokens.
 //
+// Precision (ModelExec::precision): fp32, or bf16 mixed precision. What is in which precision, and why:
+//   fp32 always: master weights, gradients (accumulated and all-reduced), the residual stream x and its
+//     gradient, norm weights and statistics, RoPE (applied in fp32, then rounded), the attention output O
+//     and lse (merged across ring hops in fp32), dQ/dK/dV, logits, softmax and loss.
+//   bf16 under mixed precision: the GEMM weights (a copy of the master), the norm outputs that feed GEMMs,
+//     q/k/v and the attention's dout, the FFN's and loss head's inner operands; every product accumulates
+//     in fp32. Kept activations are bf16 where they are GEMM operands, so memory per token drops too.
+//
 // Every rank holds the whole (replicated) parameter vector and its shard of each sequence. A step's
 // forward and backward run on the shard, attention crossing ranks through the ring; the parameter
 // gradients are then summed over the ring in a fixed order (Transport::AllReduceSum), so a run with the
@@ -81,6 +89,11 @@ struct ModelExec {
   MsgTag tag;                  // job, epoch, step; tag.layer is the first layer's number, then + 1 per layer
   RingStats* stats = nullptr;  // when set, the ring attention calls add their compute and wall time here
   bool remat_layers = false;   // keep only each layer's input; recompute the rest in the backward
+  // kF32: every operand fp32. kBF16 (mixed precision): GEMMs and attention read `compute_params`, the bf16
+  // copy of the parameters (same offsets; the caller refreshes it after each optimizer step), and take bf16
+  // activations; norms, softmax statistics, the loss, the residual stream and every gradient stay fp32.
+  kernels::DType precision = kernels::DType::kF32;
+  const kernels::bf16* compute_params = nullptr;
 };
 
 // Forward and backward over this rank's shard. Adds loss_scale * d(sum_i w_i ce_i)/dparams to `grads`

@@ -47,7 +47,7 @@ struct KvLayout {
   size_t meta, k, v, idx, seg, total;
   explicit KvLayout(const RingAttentionConfig& c) {
     auto up = [](size_t x) { return (x + 63) / 64 * 64; };
-    const size_t kv = size_t(c.s) * c.hkv * c.d * sizeof(float);
+    const size_t kv = size_t(c.s) * c.hkv * c.d * kernels::DTypeSize(c.dtype);
     meta = 0;
     k = up(sizeof(Bounds));
     v = k + up(kv);
@@ -61,8 +61,8 @@ struct KvBlock {
   std::vector<unsigned char> bytes;
   const KvLayout* lay;
   Bounds* meta() { return reinterpret_cast<Bounds*>(bytes.data() + lay->meta); }
-  float* k() { return reinterpret_cast<float*>(bytes.data() + lay->k); }
-  float* v() { return reinterpret_cast<float*>(bytes.data() + lay->v); }
+  void* k() { return bytes.data() + lay->k; }
+  void* v() { return bytes.data() + lay->v; }
   int64_t* idx() { return reinterpret_cast<int64_t*>(bytes.data() + lay->idx); }
   int32_t* seg() { return reinterpret_cast<int32_t*>(bytes.data() + lay->seg); }
 };
@@ -75,6 +75,8 @@ Status Validate(const Transport& t, const RingAttentionConfig& c, const RingShar
   RW_REQUIRE(c.hq >= 1 && c.hkv >= 1 && c.hq % c.hkv == 0,
              "hkv: query heads (" << c.hq << ") must be a positive multiple of kv heads (" << c.hkv << ")");
   RW_REQUIRE(c.d >= 1, "d: head dim must be >= 1, got " << c.d);
+  RW_REQUIRE(c.dtype == kernels::DType::kF32 || c.dtype == kernels::DType::kBF16,
+             "dtype: ring attention runs in f32 or bf16, got " << kernels::DTypeName(c.dtype));
   RW_REQUIRE(c.num_threads >= 0, "num_threads: must be >= 0, got " << c.num_threads);
   RW_REQUIRE(sh.q && sh.k && sh.v, "shard: q, k and v are required");
   RW_REQUIRE(sh.index, "shard.index: the global token index of each row is required");
@@ -85,6 +87,7 @@ Status Validate(const Transport& t, const RingAttentionConfig& c, const RingShar
 AttentionParams Params(const RingAttentionConfig& c, const RingShard& sh, KvBlock& blk) {
   AttentionParams p;
   p.device = c.device;
+  p.dtype = c.dtype;
   p.sq = p.sk = c.s;
   p.hq = c.hq;
   p.hkv = c.hkv;
@@ -106,9 +109,9 @@ AttentionParams Params(const RingAttentionConfig& c, const RingShard& sh, KvBloc
 
 // Fills a travelling block with this rank's own K, V, indices and segments.
 void PackOwn(const RingAttentionConfig& c, const RingShard& sh, KvBlock& blk) {
-  const size_t kv = size_t(c.s) * c.hkv * c.d;
-  std::memcpy(blk.k(), sh.k, kv * sizeof(float));
-  std::memcpy(blk.v(), sh.v, kv * sizeof(float));
+  const size_t kv = size_t(c.s) * c.hkv * c.d * kernels::DTypeSize(c.dtype);
+  std::memcpy(blk.k(), sh.k, kv);
+  std::memcpy(blk.v(), sh.v, kv);
   std::memcpy(blk.idx(), sh.index, c.s * sizeof(int64_t));
   if (sh.segment)
     std::memcpy(blk.seg(), sh.segment, c.s * sizeof(int32_t));
@@ -176,7 +179,7 @@ Status RingAttentionForward(Transport& t, const RingAttentionConfig& c, const Ri
 }
 
 Status RingAttentionBackward(Transport& t, const RingAttentionConfig& c, const RingShard& sh, const float* o,
-                             const float* lse, const float* dout, float* dq, float* dk, float* dv,
+                             const float* lse, const void* dout, float* dq, float* dk, float* dv,
                              RingStats* stats) {
   RW_RETURN_IF_ERROR(Validate(t, c, sh));
   RW_REQUIRE(o && lse && dout, "o/lse/dout: the forward's outputs and the output gradient are required");

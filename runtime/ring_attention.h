@@ -21,6 +21,10 @@ namespace rw::runtime {
 
 struct RingAttentionConfig {
   kernels::Device device = kernels::Device::kCpu;  // ref or cpu (cuda rides the nccl transport)
+  // Of q, k, v, dout and the travelling K/V blocks (bf16 halves the ring's forward bytes). The running
+  // (O, lse), dQ and the travelling dK/dV stay fp32 in every precision: rounding them at each hop would
+  // make the error grow with the ring size.
+  kernels::DType dtype = kernels::DType::kF32;
   int64_t s = 0;                                   // rows per rank
   int64_t hq = 0, hkv = 0, d = 0;
   bool causal = true;
@@ -30,11 +34,11 @@ struct RingAttentionConfig {
   MsgTag tag;           // job, epoch, step, layer of this call; hops are numbered here
 };
 
-// This rank's shard. q: (S, Hq, D), k, v: (S, Hkv, D), dense row-major fp32.
+// This rank's shard. q: (S, Hq, D), k, v: (S, Hkv, D), dense row-major in the config's dtype.
 struct RingShard {
-  const float* q = nullptr;
-  const float* k = nullptr;
-  const float* v = nullptr;
+  const void* q = nullptr;
+  const void* k = nullptr;
+  const void* v = nullptr;
   const int64_t* index = nullptr;    // (S) global token index of each row
   const int32_t* segment = nullptr;  // (S) document id, negative = padding; null: one document
 };
@@ -51,10 +55,10 @@ struct RingStats {
 Status RingAttentionForward(Transport& t, const RingAttentionConfig& c, const RingShard& shard, float* o,
                             float* lse, RingStats* stats = nullptr);
 
-// Given the forward's o and lse and the output gradient dout (S, Hq, D): writes dq (S, Hq, D) and this
-// rank's dk, dv (S, Hkv, D), all fp32.
+// Given the forward's o and lse and the output gradient dout (S, Hq, D) in the config's dtype: writes dq
+// (S, Hq, D) and this rank's dk, dv (S, Hkv, D), all fp32.
 Status RingAttentionBackward(Transport& t, const RingAttentionConfig& c, const RingShard& shard, const float* o,
-                             const float* lse, const float* dout, float* dq, float* dk, float* dv,
+                             const float* lse, const void* dout, float* dq, float* dk, float* dv,
                              RingStats* stats = nullptr);
 
 }  // namespace rw::runtime

@@ -40,6 +40,11 @@ std::string StepMetrics::ToJson() const {
   return buf;
 }
 
+std::string ComputePath(const JobConfig& job) {
+  if (job.precision == "bf16") return std::string("precision bf16: GEMMs by ") + kernels::cpu::Bf16GemmPath();
+  return std::string("precision fp32: GEMMs by ") + kernels::cpu::BlasName();
+}
+
 Status TrainRank(Transport& t, const JobConfig& job, const std::function<void(const StepMetrics&)>& on_step,
                  TrainResult* result, const TrainControl& control) {
   RW_RETURN_IF_ERROR(job.Validate());
@@ -54,6 +59,14 @@ Status TrainRank(Transport& t, const JobConfig& job, const std::function<void(co
               ? job.ring.threads_per_device
               : std::max<int64_t>(1, int64_t(std::thread::hardware_concurrency()) / R));
   AdamW opt(job.optimizer, table, threads);
+  // Mixed precision: GEMMs read a bf16 copy of the fp32 master weights, made again after every update.
+  const kernels::DType precision = job.precision == "bf16" ? kernels::DType::kBF16 : kernels::DType::kF32;
+  std::vector<kernels::bf16> compute(precision == kernels::DType::kBF16 ? table.total() : 0);
+  auto refresh_compute = [&]() -> Status {
+    if (compute.empty()) return Status::Ok();
+    return kernels::Cast(kernels::Exec{kernels::Device::kCpu, threads}, int64_t(table.total()), params.data(),
+                         compute.data());
+  };
   LayoutKind kind;
   RW_RETURN_IF_ERROR(ParseLayout(job.ring.layout, &kind));
   // The data, and the tokenizer its text was encoded with (a SentencePiece model goes into every checkpoint).
@@ -103,6 +116,7 @@ Status TrainRank(Transport& t, const JobConfig& job, const std::function<void(co
     RW_RETURN_IF_ERROR(same("tie_word_embeddings", model.tie_word_embeddings, theirs.tie_word_embeddings));
     RW_RETURN_IF_ERROR(LoadWeights(job.init_from, table, params.data()));
   }
+  RW_RETURN_IF_ERROR(refresh_compute());
   // Checkpoints (rank 0): a snapshot of parameters and moments at the step boundary, written by a
   // background thread while training goes on (one write in flight; the next snapshot waits for it).
   // `final` writes wait for the commit: the run ends or the ring is re-formed right after.
@@ -183,6 +197,8 @@ Status TrainRank(Transport& t, const JobConfig& job, const std::function<void(co
         mx.tag.layer = uint32_t(b * model.num_hidden_layers);
         mx.stats = &rs;
         mx.remat_layers = job.remat == "layer";
+        mx.precision = precision;
+        mx.compute_params = compute.empty() ? nullptr : compute.data();
         RW_RETURN_IF_ERROR(ForwardBackward(t, model, table, mx, params.data(), ShardOf(weighted[b], layout, rank),
                                            float(scale), grads.data(), &loss));
       }
@@ -193,6 +209,7 @@ Status TrainRank(Transport& t, const JobConfig& job, const std::function<void(co
       RW_RETURN_IF_ERROR(t.AllReduceSum(&loss_f, 1, tag));
       double grad_norm = 0, lr = 0;
       RW_RETURN_IF_ERROR(opt.Step(params.data(), grads.data(), step, total, &grad_norm, &lr));
+      RW_RETURN_IF_ERROR(refresh_compute());
       const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       const double mean_loss = double(loss_f) * scale;
       if (step == res.resumed_from + 1) res.first_loss = mean_loss;

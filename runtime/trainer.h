@@ -62,6 +62,10 @@ struct TrainResult {
 Status TrainRank(Transport& t, const JobConfig& job, const std::function<void(const StepMetrics&)>& on_step,
                  TrainResult* result, const TrainControl& control = {});
 
+// What the job's precision runs on in this process, for the log: e.g. "precision bf16: GEMMs by oneDNN 2.6.3
+// brg:avx512_core_bf16" or "precision fp32: GEMMs by OpenBLAS 0.3.21 ...". Decided by the CPU at run time.
+std::string ComputePath(const JobConfig& job);
+
 struct EvalResult {
   double loss = 0, perplexity = 0;  // mean cross-entropy over every predicted position
   int64_t tokens = 0;               // predicted positions

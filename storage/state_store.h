@@ -10,11 +10,11 @@
 #include <utility>
 #include <vector>
 
-#include "kernels/common.h"
+#include "kernels/status.h"
 
 namespace rw::storage {
 
-using kernels::Status;
+using ::rw::Status;
 
 enum class Table { kMeta, kJobs, kJobEvents, kWorkers, kCheckpoints };
 const char* TableName(Table t);

@@ -12,15 +12,21 @@
 // O(Bq Bk D) of GEMMs, and tasks start in key-block order, so the turns rarely wait.
 // Blocks that the causal or segment mask empties are skipped; blocks it leaves whole skip the per-element
 // mask.
+//
+// bf16 (q, k, v, dout in bf16): the same tiling with bf16 block products accumulating in fp32, as
+// FlashAttention does on GPUs. S, the softmax statistics (m, l, lse), P before rounding, dP, dS and every
+// accumulator (O, dQ, dK, dV) are fp32; P and dS are rounded to bf16 only as operands of the next product.
+// The scale c is applied to S in fp32 (not folded into a bf16 Q, which would round Q twice).
 #include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <limits>
 #include <memory>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
-#include "kernels/attention.h"
+#include "kernels/cpu/cpu.h"
 #include "kernels/cpu/gemm.h"
 #include "kernels/cpu/vec.h"
 
@@ -93,20 +99,39 @@ void ApplyMask(const AttentionParams& p, int64_t q0, int64_t nq, int64_t k0, int
 int Threads(const AttentionParams& p) { return p.num_threads > 0 ? p.num_threads : DefaultThreads(); }
 
 // Copies the g query heads of kv head hk for rows [q0, q0+nq) into a (g*nq x D) tile, row gi*nq + i,
-// times `mul`.
-void GatherRows(const View3& src, int64_t q0, int64_t nq, int64_t h0, int64_t group, int64_t d,
-                float mul, float* dst) {
+// times `mul` (fp32 only: a bf16 tile is copied as it is).
+template <class T>
+void GatherRows(const View3& src, int64_t q0, int64_t nq, int64_t h0, int64_t group, int64_t d, float mul,
+                T* dst) {
   for (int64_t gi = 0; gi < group; ++gi)
     for (int64_t i = 0; i < nq; ++i) {
-      const float* in = src.at<float>(q0 + i, h0 + gi);
-      float* out = dst + (gi * nq + i) * d;
-      for (int64_t x = 0; x < d; ++x) out[x] = in[x] * mul;
+      const T* in = src.at<T>(q0 + i, h0 + gi);
+      T* out = dst + (gi * nq + i) * d;
+      if constexpr (std::is_same_v<T, float>) {
+        for (int64_t x = 0; x < d; ++x) out[x] = in[x] * mul;
+      } else {
+        std::copy_n(in, d, out);
+      }
     }
 }
 
-}  // namespace
+template <class T>
+constexpr DType kDType = std::is_same_v<T, float> ? DType::kF32 : DType::kBF16;
 
-Status AttentionForward(const AttentionParams& p) {
+// P (rows x nk, fp32) as the operand of the next product: itself in fp32, rounded in bf16.
+template <class T>
+const T* Operand(const float* x, int64_t n, std::vector<T>& tmp) {
+  if constexpr (std::is_same_v<T, float>) {
+    return x;
+  } else {
+    for (int64_t i = 0; i < n; ++i) tmp[i] = ToBf16(x[i]);
+    return tmp.data();
+  }
+}
+
+template <class T>
+Status Forward(const AttentionParams& p) {
+  constexpr DType dt = kDType<T>;
   const int64_t bq = p.block_q > 0 ? p.block_q : 128, bk = p.block_k > 0 ? p.block_k : 256;
   const int64_t group = p.hq / p.hkv, d = p.d;
   const int64_t nqb = (p.sq + bq - 1) / bq, nkb = (p.sk + bk - 1) / bk;
@@ -117,15 +142,17 @@ Status AttentionForward(const AttentionParams& p) {
 
 #pragma omp parallel num_threads(Threads(p))
   {
-    std::vector<float> qt(group * bq * d), s(group * bq * bk), acc(group * bq * d), m(group * bq),
-        l(group * bq);
+    std::vector<T> qt(group * bq * d), pt(std::is_same_v<T, float> ? 0 : group * bq * bk);
+    std::vector<float> s(group * bq * bk), acc(group * bq * d), m(group * bq), l(group * bq);
+    // fp32 folds c into the Q tile (the order these kernels always had); bf16 scales S in fp32.
+    const float q_mul = dt == DType::kF32 ? c : 1.f, s_mul = dt == DType::kF32 ? 1.f : c;
 #pragma omp for schedule(dynamic, 1)
     for (int64_t task = 0; task < p.hkv * nqb; ++task) {
       // Last query blocks first: under a causal mask they see the most keys, and handing out the big
       // tasks first keeps the threads' tails short.
       const int64_t hk = task / nqb, qb = nqb - 1 - task % nqb;
       const int64_t q0 = qb * bq, nq = std::min(bq, p.sq - q0), rows = group * nq;
-      GatherRows(p.q, q0, nq, hk * group, group, d, c, qt.data());
+      GatherRows<T>(p.q, q0, nq, hk * group, group, d, q_mul, qt.data());
       std::fill(acc.begin(), acc.begin() + rows * d, 0.f);
       std::fill(m.begin(), m.begin() + rows, kNegInf);
       std::fill(l.begin(), l.begin() + rows, 0.f);
@@ -133,8 +160,8 @@ Status AttentionForward(const AttentionParams& p) {
         const BlockKind kind = Classify(p, qbounds[qb], kbounds[kb]);
         if (kind == BlockKind::kEmpty) continue;
         const int64_t k0 = kb * bk, nk = std::min(bk, p.sk - k0);
-        Sgemm(false, true, rows, nk, d, 1.f, qt.data(), d, p.k.at<float>(k0, hk), p.k.stride_s, 0.f,
-              s.data(), nk);
+        Gemm(dt, false, true, rows, nk, d, s_mul, qt.data(), d, p.k.at<T>(k0, hk), p.k.stride_s, 0.f, s.data(),
+             nk);
         if (kind == BlockKind::kMasked) ApplyMask(p, q0, nq, k0, nk, group, s.data(), nk);
         for (int64_t r = 0; r < rows; ++r) {
           float* row = s.data() + r * nk;
@@ -160,8 +187,8 @@ Status AttentionForward(const AttentionParams& p) {
             for (int64_t x = 0; x < d; ++x) o[x] *= alpha;
           }
         }
-        Sgemm(false, false, rows, d, nk, 1.f, s.data(), nk, p.v.at<float>(k0, hk), p.v.stride_s, 1.f,
-              acc.data(), d);
+        Gemm(dt, false, false, rows, d, nk, 1.f, Operand<T>(s.data(), rows * nk, pt), nk, p.v.at<T>(k0, hk),
+             p.v.stride_s, 1.f, acc.data(), d);
       }
       for (int64_t gi = 0; gi < group; ++gi) {
         const int64_t h = hk * group + gi;
@@ -184,21 +211,29 @@ Status AttentionForward(const AttentionParams& p) {
   return Status::Ok();
 }
 
-Status AttentionBackwardPrep(const AttentionParams& p) {
+template <class T>
+Status BackwardPrep(const AttentionParams& p) {
 #pragma omp parallel for num_threads(Threads(p)) schedule(static)
   for (int64_t hi = 0; hi < p.hq * p.sq; ++hi) {
     const int64_t h = hi / p.sq, i = hi % p.sq;
     const float* o = p.o.at<float>(i, h);
-    const float* g = p.dout.at<float>(i, h);
+    const T* g = p.dout.at<T>(i, h);
     float acc = 0.f;
 #pragma omp simd reduction(+ : acc)
-    for (int64_t x = 0; x < p.d; ++x) acc += o[x] * g[x];
+    for (int64_t x = 0; x < p.d; ++x) {
+      if constexpr (std::is_same_v<T, float>)
+        acc += o[x] * g[x];
+      else
+        acc += o[x] * ToFloat(g[x]);
+    }
     p.delta[hi] = acc;
   }
   return Status::Ok();
 }
 
-Status AttentionBackward(const AttentionParams& p) {
+template <class T>
+Status Backward(const AttentionParams& p) {
+  constexpr DType dt = kDType<T>;
   const int64_t bq = p.block_q > 0 ? p.block_q : 128, bk = p.block_k > 0 ? p.block_k : 128;
   const int64_t group = p.hq / p.hkv, d = p.d;
   const int64_t nqb = (p.sq + bq - 1) / bq, nkb = (p.sk + bk - 1) / bk;
@@ -221,14 +256,16 @@ Status AttentionBackward(const AttentionParams& p) {
 #pragma omp parallel num_threads(Threads(p))
   {
     const int64_t rmax = group * bq;
-    std::vector<float> qt(rmax * d), gt(rmax * d), s(rmax * bk), dp(rmax * bk), dqp(rmax * d),
-        dk_acc(bk * d), dv_acc(bk * d), lse(rmax), delta(rmax);
+    std::vector<T> qt(rmax * d), gt(rmax * d), pt(std::is_same_v<T, float> ? 0 : rmax * bk),
+        dst(std::is_same_v<T, float> ? 0 : rmax * bk);
+    std::vector<float> s(rmax * bk), dp(rmax * bk), dqp(rmax * d), dk_acc(bk * d), dv_acc(bk * d), lse(rmax),
+        delta(rmax);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t task = 0; task < p.hkv * nkb; ++task) {
       const int64_t hk = task / nkb, kb = task % nkb;
       const int64_t k0 = kb * bk, nk = std::min(bk, p.sk - k0);
-      const float* kblk = p.k.at<float>(k0, hk);
-      const float* vblk = p.v.at<float>(k0, hk);
+      const T* kblk = p.k.at<T>(k0, hk);
+      const T* vblk = p.v.at<T>(k0, hk);
       std::fill(dk_acc.begin(), dk_acc.end(), 0.f);
       std::fill(dv_acc.begin(), dv_acc.end(), 0.f);
       bool touched = false;
@@ -237,15 +274,15 @@ Status AttentionBackward(const AttentionParams& p) {
         if (kind == BlockKind::kEmpty) continue;
         touched = true;
         const int64_t q0 = qb * bq, nq = std::min(bq, p.sq - q0), rows = group * nq;
-        GatherRows(p.q, q0, nq, hk * group, group, d, 1.f, qt.data());
-        GatherRows(p.dout, q0, nq, hk * group, group, d, 1.f, gt.data());
+        GatherRows<T>(p.q, q0, nq, hk * group, group, d, 1.f, qt.data());
+        GatherRows<T>(p.dout, q0, nq, hk * group, group, d, 1.f, gt.data());
         for (int64_t gi = 0; gi < group; ++gi)
           for (int64_t i = 0; i < nq; ++i) {
             lse[gi * nq + i] = p.lse[(hk * group + gi) * p.sq + q0 + i];
             delta[gi * nq + i] = p.delta[(hk * group + gi) * p.sq + q0 + i];
           }
         // P = exp(c Q K^T - lse), masked entries and empty rows (lse = -inf) are 0.
-        Sgemm(false, true, rows, nk, d, c, qt.data(), d, kblk, p.k.stride_s, 0.f, s.data(), nk);
+        Gemm(dt, false, true, rows, nk, d, c, qt.data(), d, kblk, p.k.stride_s, 0.f, s.data(), nk);
         if (kind == BlockKind::kMasked) ApplyMask(p, q0, nq, k0, nk, group, s.data(), nk);
         for (int64_t r = 0; r < rows; ++r) {
           float* row = s.data() + r * nk;
@@ -258,8 +295,9 @@ Status AttentionBackward(const AttentionParams& p) {
           for (int64_t j = 0; j < nk; ++j) row[j] = FastExp(row[j] - lr);
         }
         // dV += P^T dO;  dP = dO V^T;  dS = P (dP - delta)
-        Sgemm(true, false, nk, d, rows, 1.f, s.data(), nk, gt.data(), d, 1.f, dv_acc.data(), d);
-        Sgemm(false, true, rows, nk, d, 1.f, gt.data(), d, vblk, p.v.stride_s, 0.f, dp.data(), nk);
+        Gemm(dt, true, false, nk, d, rows, 1.f, Operand<T>(s.data(), rows * nk, pt), nk, gt.data(), d, 1.f,
+             dv_acc.data(), d);
+        Gemm(dt, false, true, rows, nk, d, 1.f, gt.data(), d, vblk, p.v.stride_s, 0.f, dp.data(), nk);
         for (int64_t r = 0; r < rows; ++r) {
           float* dpr = dp.data() + r * nk;
           const float* pr = s.data() + r * nk;
@@ -268,8 +306,9 @@ Status AttentionBackward(const AttentionParams& p) {
           for (int64_t j = 0; j < nk; ++j) dpr[j] = pr[j] * (dpr[j] - dr);
         }
         // dK += c dS^T Q;  dQ += c dS K (added under the query block's lock)
-        Sgemm(true, false, nk, d, rows, c, dp.data(), nk, qt.data(), d, 1.f, dk_acc.data(), d);
-        Sgemm(false, false, rows, d, nk, c, dp.data(), nk, kblk, p.k.stride_s, 0.f, dqp.data(), d);
+        const T* ds = Operand<T>(dp.data(), rows * nk, dst);
+        Gemm(dt, true, false, nk, d, rows, c, ds, nk, qt.data(), d, 1.f, dk_acc.data(), d);
+        Gemm(dt, false, false, rows, d, nk, c, ds, nk, kblk, p.k.stride_s, 0.f, dqp.data(), d);
         std::atomic<int>& turn = turns[hk * nqb + qb];
         while (turn.load(std::memory_order_acquire) != turn_of[qb * nkb + kb]) std::this_thread::yield();
         for (int64_t gi = 0; gi < group; ++gi)
@@ -294,8 +333,20 @@ Status AttentionBackward(const AttentionParams& p) {
   return Status::Ok();
 }
 
-Status AttentionMerge(int64_t sq, int64_t hq, int64_t d, View3 o_acc, float* lse_acc, View3 o_part,
-                      const float* lse_part) {
+}  // namespace
+
+Status AttentionForward(const AttentionParams& p) {
+  return p.dtype == DType::kBF16 ? Forward<bf16>(p) : Forward<float>(p);
+}
+Status AttentionBackwardPrep(const AttentionParams& p) {
+  return p.dtype == DType::kBF16 ? BackwardPrep<bf16>(p) : BackwardPrep<float>(p);
+}
+Status AttentionBackward(const AttentionParams& p) {
+  return p.dtype == DType::kBF16 ? Backward<bf16>(p) : Backward<float>(p);
+}
+
+Status AttentionMerge(DType, int64_t sq, int64_t hq, int64_t d, View3 o_acc, float* lse_acc, View3 o_part,
+                      const float* lse_part, void*) {
 #pragma omp parallel for schedule(static)
   for (int64_t hi = 0; hi < hq * sq; ++hi) {
     const int64_t h = hi / sq, i = hi % sq;

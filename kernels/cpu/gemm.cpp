@@ -2,7 +2,17 @@
 
 #include <algorithm>
 #include <atomic>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
 #include <thread>
+#include <tuple>
+#include <vector>
+
+#ifdef RW_HAVE_ONEDNN
+#include <oneapi/dnnl/dnnl.hpp>
+#endif
 
 #ifdef RW_HAVE_OPENBLAS
 #include <cblas.h>
@@ -53,21 +63,167 @@ void SetBlasThreads(int n) {
 #endif
 }
 
-void ParallelSgemm(int threads, bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
-                   const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
+namespace {
+
+// Widened copy of a bf16 matrix (rows x cols, leading dimension ld) for the sgemm path.
+std::vector<float> Widen(const bf16* x, int64_t rows, int64_t cols, int64_t ld) {
+  std::vector<float> out(size_t(rows) * size_t(cols));
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) out[size_t(r * cols + c)] = ToFloat(x[r * ld + c]);
+  return out;
+}
+
+void GemmBf16Widened(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const bf16* a, int64_t lda,
+                     const bf16* b, int64_t ldb, float beta, float* c, int64_t ldc) {
+  // op(A) is (m x k): stored (m x k) or, transposed, (k x m).
+  const std::vector<float> af = ta ? Widen(a, k, m, lda) : Widen(a, m, k, lda);
+  const std::vector<float> bf = tb ? Widen(b, n, k, ldb) : Widen(b, k, n, ldb);
+  Sgemm(ta, tb, m, n, k, alpha, af.data(), ta ? m : k, bf.data(), tb ? k : n, beta, c, ldc);
+}
+
+#ifdef RW_HAVE_ONEDNN
+// oneDNN matmul primitives, one per GEMM shape (shape, strides, alpha, beta). Creating one JIT-compiles a
+// kernel (milliseconds); a training step uses a few dozen shapes, so they are made once and kept. Each
+// call brings its own scratchpad (user mode), so one primitive runs on several threads at once.
+class OneDnn {
+ public:
+  static OneDnn& Get() {
+    static OneDnn o;
+    return o;
+  }
+  bool usable() const { return usable_; }
+  const std::string& path() const { return path_; }
+
+  void Run(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const bf16* a, int64_t lda,
+           const bf16* b, int64_t ldb, float beta, float* c, int64_t ldc) {
+    const Key key{ta, tb, m, n, k, lda, ldb, ldc, alpha, beta};
+    Entry* e = Find(key);
+    thread_local std::unique_ptr<dnnl::stream> stream;
+    thread_local std::vector<char> scratch;
+    if (!stream) stream = std::make_unique<dnnl::stream>(engine_);
+    if (scratch.size() < e->scratch_bytes) scratch.resize(e->scratch_bytes);
+    dnnl::memory am(e->a, engine_, const_cast<bf16*>(a)), bm(e->b, engine_, const_cast<bf16*>(b)),
+        cm(e->c, engine_, c), sm(e->pd.scratchpad_desc(), engine_, scratch.data());
+    e->prim.execute(*stream, {{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, bm}, {DNNL_ARG_DST, cm}, {DNNL_ARG_SCRATCHPAD, sm}});
+    stream->wait();
+  }
+
+ private:
+  using Key = std::tuple<bool, bool, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, float, float>;
+  struct Entry {
+    dnnl::memory::desc a, b, c;
+    dnnl::matmul::primitive_desc pd;
+    dnnl::matmul prim;
+    size_t scratch_bytes = 0;
+  };
+
+  OneDnn() : engine_(dnnl::engine::kind::cpu, 0) {
+    // Probe once: a CPU oneDNN has no bf16 matmul for (no AVX-512) takes the widened path.
+    try {
+      Entry e = Make(Key{false, true, 64, 64, 64, 64, 64, 64, 1.f, 0.f});
+      const dnnl_version_t* v = dnnl_version();
+      path_ = "oneDNN " + std::to_string(v->major) + "." + std::to_string(v->minor) + "." +
+              std::to_string(v->patch) + " " + e.pd.impl_info_str();
+      usable_ = true;
+    } catch (const dnnl::error& err) {
+      path_ = std::string("fp32 sgemm on widened bf16 (oneDNN has no bf16 matmul for this CPU: ") + err.what() + ")";
+    }
+  }
+
+  Entry Make(const Key& key) const {
+    const auto [ta, tb, m, n, k, lda, ldb, ldc, alpha, beta] = key;
+    using dt = dnnl::memory::data_type;
+    Entry e;
+    e.a = dnnl::memory::desc({m, k}, dt::bf16, ta ? dnnl::memory::dims{1, lda} : dnnl::memory::dims{lda, 1});
+    e.b = dnnl::memory::desc({k, n}, dt::bf16, tb ? dnnl::memory::dims{1, ldb} : dnnl::memory::dims{ldb, 1});
+    e.c = dnnl::memory::desc({m, n}, dt::f32, dnnl::memory::dims{ldc, 1});
+    dnnl::primitive_attr attr;
+    attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+    if (alpha != 1.f) attr.set_output_scales(0, {alpha});
+    if (beta != 0.f) {
+      dnnl::post_ops po;
+      po.append_sum(beta);
+      attr.set_post_ops(po);
+    }
+    e.pd = dnnl::matmul::primitive_desc(dnnl::matmul::desc(e.a, e.b, e.c), attr, engine_);
+    e.prim = dnnl::matmul(e.pd);
+    e.scratch_bytes = e.pd.scratchpad_desc().get_size();
+    return e;
+  }
+
+  Entry* Find(const Key& key) {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = cache_.find(key);
+    if (it != cache_.end()) return it->second.get();
+    if (cache_.size() >= 4096) cache_.clear();  // shapes of a job are few; a bound all the same
+    auto entry = std::make_unique<Entry>(Make(key));
+    Entry* raw = entry.get();
+    cache_.emplace(key, std::move(entry));
+    return raw;
+  }
+
+  dnnl::engine engine_;
+  bool usable_ = false;
+  std::string path_;
+  std::mutex mu_;
+  std::map<Key, std::unique_ptr<Entry>> cache_;
+};
+#endif
+
+}  // namespace
+
+void GemmBf16(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const bf16* a, int64_t lda,
+              const bf16* b, int64_t ldb, float beta, float* c, int64_t ldc) {
+  if (m == 0 || n == 0) return;
+  if (k == 0) {  // C = beta C: no library call for an empty product
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t j = 0; j < n; ++j) c[i * ldc + j] = beta == 0.f ? 0.f : beta * c[i * ldc + j];
+    return;
+  }
+#ifdef RW_HAVE_ONEDNN
+  if (OneDnn::Get().usable()) {
+    OneDnn::Get().Run(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+    return;
+  }
+#endif
+  GemmBf16Widened(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+
+void Gemm(DType dtype, bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const void* a, int64_t lda,
+          const void* b, int64_t ldb, float beta, float* c, int64_t ldc) {
+  if (dtype == DType::kBF16)
+    GemmBf16(ta, tb, m, n, k, alpha, static_cast<const bf16*>(a), lda, static_cast<const bf16*>(b), ldb, beta, c,
+             ldc);
+  else
+    Sgemm(ta, tb, m, n, k, alpha, static_cast<const float*>(a), lda, static_cast<const float*>(b), ldb, beta, c,
+          ldc);
+}
+
+void ParallelGemm(int threads, DType dtype, bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,
+                  float alpha, const void* a, int64_t lda, const void* b, int64_t ldb, float beta, float* c,
+                  int64_t ldc) {
   SetBlasThreads(1);
+  const int64_t es = DTypeSize(dtype);
   // Row blocks of at least 32 rows, at most one per thread.
   const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(threads, m / 32));
   if (parts == 1) {
-    Sgemm(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+    Gemm(dtype, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
     return;
   }
 #pragma omp parallel for num_threads(int(parts)) schedule(static)
   for (int64_t p = 0; p < parts; ++p) {
     const int64_t m0 = m * p / parts, m1 = m * (p + 1) / parts;
-    const float* ap = trans_a ? a + m0 : a + m0 * lda;  // rows of op(A)
-    Sgemm(trans_a, trans_b, m1 - m0, n, k, alpha, ap, lda, b, ldb, beta, c + m0 * ldc, ldc);
+    const char* ap = static_cast<const char*>(a) + (trans_a ? m0 : m0 * lda) * es;  // rows of op(A)
+    Gemm(dtype, trans_a, trans_b, m1 - m0, n, k, alpha, ap, lda, b, ldb, beta, c + m0 * ldc, ldc);
   }
+}
+
+const char* Bf16GemmPath() {
+#ifdef RW_HAVE_ONEDNN
+  return OneDnn::Get().path().c_str();
+#else
+  return "fp32 sgemm on widened bf16 (built without oneDNN)";
+#endif
 }
 
 const char* BlasName() {

@@ -1,13 +1,17 @@
-// Fast CPU versions of the per-token layers: rows in parallel (OpenMP) for the elementwise ops, and
-// token blocks through multi-threaded OpenBLAS for the projections (the block products are large, so
-// BLAS's own threads use the cores better than splitting blocks across threads would).
+// Fast CPU versions of the per-token layers: rows in parallel (OpenMP) for the elementwise ops, and token
+// blocks through GEMMs whose rows are split across the threads (kernels/cpu/gemm.h) for the projections.
+//
+// Precision: an op computes in its weights' dtype. fp32 is the path these kernels always had (the same
+// operations in the same order, so fp32 results are bitwise what they were). bf16: every GEMM takes bf16
+// operands and accumulates in fp32; what lies between GEMMs (silu, softmax, the loss, norms) is fp32, and
+// is rounded to bf16 only where it becomes the operand of the next GEMM.
 #include <algorithm>
 #include <cmath>
 #include <limits>
 #include <vector>
 
+#include "kernels/cpu/cpu.h"
 #include "kernels/cpu/gemm.h"
-#include "kernels/backends.h"
 #include "kernels/cpu/vec.h"
 
 #ifdef _OPENMP
@@ -18,20 +22,86 @@ namespace rw::kernels::cpu {
 namespace {
 int Threads(const Exec& ex) { return ex.num_threads > 0 ? ex.num_threads : DefaultThreads(); }
 inline float Sigmoid(float g) { return 1.f / (1.f + FastExp(-g)); }
+
+void RoundTo(int threads, const float* src, int64_t n, bf16* dst) {
+  const int nt = n < (int64_t(1) << 15) ? 1 : threads;
+#pragma omp parallel for simd num_threads(nt) schedule(static)
+  for (int64_t i = 0; i < n; ++i) dst[i] = ToBf16(src[i]);
+}
+
+// An operand in the op's compute dtype: the caller's memory when it is in that dtype already, else a copy
+// rounded to it (an fp32 activation entering a bf16 op).
+class Operand {
+ public:
+  Operand(int threads, View v, int64_t count, DType compute) : p_(v.data) {
+    if (v.dtype == compute) return;
+    copy_.resize(size_t(count));
+    RoundTo(threads, v.as<const float>(), count, copy_.data());
+    p_ = copy_.data();
+  }
+  const void* get() const { return p_; }
+  // The operand `elems` elements further on.
+  const void* at(int64_t elems, DType compute) const {
+    return static_cast<const char*>(p_) + elems * DTypeSize(compute);
+  }
+
+ private:
+  std::vector<bf16> copy_;
+  const void* p_;
+};
+
+// fp32 results into an output of either dtype.
+void Store(int threads, const float* src, int64_t n, View dst) {
+  if (dst.dtype == DType::kF32) {
+    if (dst.as<float>() != src) std::copy_n(src, n, dst.as<float>());
+  } else {
+    RoundTo(threads, src, n, dst.as<bf16>());
+  }
+}
+
+// fp32 scratch for an fp32 result: the output itself when it is fp32, else `tmp`.
+float* ResultBuffer(View out, int64_t n, std::vector<float>& tmp) {
+  if (out.dtype == DType::kF32) return out.as<float>();
+  tmp.resize(size_t(n));
+  return tmp.data();
+}
+
+// An fp32 intermediate as the next GEMM's operand: itself in fp32, a rounded copy in bf16.
+const void* Narrow(int threads, DType compute, const std::vector<float>& x, int64_t n, std::vector<bf16>& tmp) {
+  if (compute == DType::kF32) return x.data();
+  tmp.resize(size_t(n));
+  RoundTo(threads, x.data(), n, tmp.data());
+  return tmp.data();
+}
 }  // namespace
 
-void LinearForward(const Exec& ex, int64_t n, int64_t in, int64_t out, const float* x, const float* w, float* y) {
-  ParallelSgemm(Threads(ex), false, true, n, out, in, 1.f, x, in, w, in, 0.f, y, out);
+Status LinearForward(const Exec& ex, int64_t n, int64_t in, int64_t out, View x, View w, View y) {
+  const DType ct = w.dtype;
+  const Operand X(Threads(ex), x, n * in, ct);
+  std::vector<float> tmp;
+  float* yf = ResultBuffer(y, n * out, tmp);
+  ParallelGemm(Threads(ex), ct, false, true, n, out, in, 1.f, X.get(), in, w.data, in, 0.f, yf, out);
+  Store(Threads(ex), yf, n * out, y);
+  return Status::Ok();
 }
 
-void LinearBackward(const Exec& ex, int64_t n, int64_t in, int64_t out, const float* x, const float* w,
-                    const float* dy, float* dx, float* dw) {
-  if (dx) ParallelSgemm(Threads(ex), false, false, n, in, out, 1.f, dy, out, w, in, 0.f, dx, in);
-  ParallelSgemm(Threads(ex), true, false, out, in, n, 1.f, dy, out, x, in, 1.f, dw, in);
+Status LinearBackward(const Exec& ex, int64_t n, int64_t in, int64_t out, View x, View w, View dy, View dx,
+                      float* dw) {
+  const DType ct = w.dtype;
+  const Operand X(Threads(ex), x, n * in, ct), Dy(Threads(ex), dy, n * out, ct);
+  if (dx) {
+    std::vector<float> tmp;
+    float* dxf = ResultBuffer(dx, n * in, tmp);
+    ParallelGemm(Threads(ex), ct, false, false, n, in, out, 1.f, Dy.get(), out, w.data, in, 0.f, dxf, in);
+    Store(Threads(ex), dxf, n * in, dx);
+  }
+  ParallelGemm(Threads(ex), ct, true, false, out, in, n, 1.f, Dy.get(), out, X.get(), in, 1.f, dw, in);
+  return Status::Ok();
 }
 
-void RmsNormForward(const Exec& ex, int64_t n, int64_t e, const float* x, const float* w, float eps,
-                    float* y, float* rstd) {
+Status RmsNormForward(const Exec& ex, int64_t n, int64_t e, const float* x, const float* w, float eps, View y,
+                      float* rstd) {
+  const bool narrow = y.dtype == DType::kBF16;
 #pragma omp parallel for num_threads(Threads(ex)) schedule(static)
   for (int64_t i = 0; i < n; ++i) {
     const float* xi = x + i * e;
@@ -39,14 +109,21 @@ void RmsNormForward(const Exec& ex, int64_t n, int64_t e, const float* x, const 
 #pragma omp simd reduction(+ : ss)
     for (int64_t j = 0; j < e; ++j) ss += xi[j] * xi[j];
     const float r = 1.f / std::sqrt(ss / float(e) + eps);
-    float* yi = y + i * e;
+    if (narrow) {
+      bf16* yi = y.as<bf16>() + i * e;
 #pragma omp simd
-    for (int64_t j = 0; j < e; ++j) yi[j] = xi[j] * r * w[j];
+      for (int64_t j = 0; j < e; ++j) yi[j] = ToBf16(xi[j] * r * w[j]);
+    } else {
+      float* yi = y.as<float>() + i * e;
+#pragma omp simd
+      for (int64_t j = 0; j < e; ++j) yi[j] = xi[j] * r * w[j];
+    }
     rstd[i] = r;
   }
+  return Status::Ok();
 }
 
-void RmsNormBackward(const Exec& ex, int64_t n, int64_t e, const float* x, const float* w,
+Status RmsNormBackward(const Exec& ex, int64_t n, int64_t e, const float* x, const float* w,
                      const float* rstd, const float* dy, float* dx, float* dw) {
   const int nt = Threads(ex);
   // dw is shared by all rows: each thread sums its rows into a private copy, then copies add in order.
@@ -77,9 +154,10 @@ void RmsNormBackward(const Exec& ex, int64_t n, int64_t e, const float* x, const
   }
   for (int t = 0; t < nt; ++t)
     for (int64_t j = 0; j < e; ++j) dw[j] += dw_part[size_t(t) * e + j];
+  return Status::Ok();
 }
 
-void Rope(const Exec& ex, int64_t s, int64_t h, int64_t d, View3 x, View3 y, const int64_t* pos,
+Status Rope(const Exec& ex, int64_t s, int64_t h, int64_t d, View3 x, View3 y, const int64_t* pos,
           double theta, bool inverse) {
   const int64_t half = d / 2;
   std::vector<double> inv_freq(half);
@@ -106,34 +184,46 @@ void Rope(const Exec& ex, int64_t s, int64_t h, int64_t d, View3 x, View3 y, con
       }
     }
   }
+  return Status::Ok();
 }
 
-void FfnForward(const Exec& ex, int64_t n, int64_t e, int64_t f, const float* x, FfnWeights w, float* y,
-                int64_t block) {
-  std::vector<float> g(block * f), u(block * f);
+Status FfnForward(const Exec& ex, int64_t n, int64_t e, int64_t f, View x, FfnWeights w, View y, int64_t block) {
+  const DType ct = w.w_gate.dtype;
+  const int nt = Threads(ex);
+  const Operand X(nt, x, n * e, ct);
+  std::vector<float> g(block * f), u(block * f), yt;
+  std::vector<bf16> an;
+  float* yf = ResultBuffer(y, n * e, yt);
   for (int64_t b0 = 0; b0 < n; b0 += block) {
     const int64_t nb = std::min(block, n - b0);
-    const float* xb = x + b0 * e;
-    ParallelSgemm(Threads(ex), false, true, nb, f, e, 1.f, xb, e, w.w_gate, e, 0.f, g.data(), f);
-    ParallelSgemm(Threads(ex), false, true, nb, f, e, 1.f, xb, e, w.w_up, e, 0.f, u.data(), f);
-#pragma omp parallel for simd num_threads(Threads(ex))
+    const void* xb = X.at(b0 * e, ct);
+    ParallelGemm(nt, ct, false, true, nb, f, e, 1.f, xb, e, w.w_gate.data, e, 0.f, g.data(), f);
+    ParallelGemm(nt, ct, false, true, nb, f, e, 1.f, xb, e, w.w_up.data, e, 0.f, u.data(), f);
+#pragma omp parallel for simd num_threads(nt)
     for (int64_t i = 0; i < nb * f; ++i) g[i] = g[i] * Sigmoid(g[i]) * u[i];
-    ParallelSgemm(Threads(ex), false, true, nb, e, f, 1.f, g.data(), f, w.w_down, f, 0.f, y + b0 * e, e);
+    const void* a = Narrow(nt, ct, g, nb * f, an);
+    ParallelGemm(nt, ct, false, true, nb, e, f, 1.f, a, f, w.w_down.data, f, 0.f, yf + b0 * e, e);
   }
+  Store(nt, yf, n * e, y);
+  return Status::Ok();
 }
 
-void FfnBackward(const Exec& ex, int64_t n, int64_t e, int64_t f, const float* x, FfnWeights w,
-                 const float* dy, float* dx, FfnGrads dw, int64_t block) {
+Status FfnBackward(const Exec& ex, int64_t n, int64_t e, int64_t f, View x, FfnWeights w, View dy, float* dx,
+                   FfnGrads dw, int64_t block) {
+  const DType ct = w.w_gate.dtype;
+  const int nt = Threads(ex);
+  const Operand X(nt, x, n * e, ct), Dy(nt, dy, n * e, ct);
   std::vector<float> g(block * f), u(block * f), a(block * f), da(block * f);
+  std::vector<bf16> an, un, gn;
   for (int64_t b0 = 0; b0 < n; b0 += block) {
     const int64_t nb = std::min(block, n - b0);
-    const float* xb = x + b0 * e;
-    const float* dyb = dy + b0 * e;
-    ParallelSgemm(Threads(ex), false, true, nb, f, e, 1.f, xb, e, w.w_gate, e, 0.f, g.data(), f);
-    ParallelSgemm(Threads(ex), false, true, nb, f, e, 1.f, xb, e, w.w_up, e, 0.f, u.data(), f);
-    ParallelSgemm(Threads(ex), false, false, nb, f, e, 1.f, dyb, e, w.w_down, f, 0.f, da.data(), f);
+    const void* xb = X.at(b0 * e, ct);
+    const void* dyb = Dy.at(b0 * e, ct);
+    ParallelGemm(nt, ct, false, true, nb, f, e, 1.f, xb, e, w.w_gate.data, e, 0.f, g.data(), f);
+    ParallelGemm(nt, ct, false, true, nb, f, e, 1.f, xb, e, w.w_up.data, e, 0.f, u.data(), f);
+    ParallelGemm(nt, ct, false, false, nb, f, e, 1.f, dyb, e, w.w_down.data, f, 0.f, da.data(), f);
     // a = silu(g) u;  du = da silu(g) (into u's slot after use);  dg = da u silu'(g) (into g)
-#pragma omp parallel for simd num_threads(Threads(ex))
+#pragma omp parallel for simd num_threads(nt)
     for (int64_t i = 0; i < nb * f; ++i) {
       const float sg = Sigmoid(g[i]), silu = g[i] * sg;
       a[i] = silu * u[i];
@@ -141,12 +231,16 @@ void FfnBackward(const Exec& ex, int64_t n, int64_t e, int64_t f, const float* x
       u[i] = da[i] * silu;
       g[i] = dgi;
     }
-    ParallelSgemm(Threads(ex), true, false, e, f, nb, 1.f, dyb, e, a.data(), f, 1.f, dw.w_down, f);
-    ParallelSgemm(Threads(ex), false, false, nb, e, f, 1.f, g.data(), f, w.w_gate, e, 0.f, dx + b0 * e, e);
-    ParallelSgemm(Threads(ex), false, false, nb, e, f, 1.f, u.data(), f, w.w_up, e, 1.f, dx + b0 * e, e);
-    ParallelSgemm(Threads(ex), true, false, f, e, nb, 1.f, g.data(), f, xb, e, 1.f, dw.w_gate, e);
-    ParallelSgemm(Threads(ex), true, false, f, e, nb, 1.f, u.data(), f, xb, e, 1.f, dw.w_up, e);
+    const void* ab = Narrow(nt, ct, a, nb * f, an);
+    const void* dub = Narrow(nt, ct, u, nb * f, un);
+    const void* dgb = Narrow(nt, ct, g, nb * f, gn);
+    ParallelGemm(nt, ct, true, false, e, f, nb, 1.f, dyb, e, ab, f, 1.f, dw.w_down, f);
+    ParallelGemm(nt, ct, false, false, nb, e, f, 1.f, dgb, f, w.w_gate.data, e, 0.f, dx + b0 * e, e);
+    ParallelGemm(nt, ct, false, false, nb, e, f, 1.f, dub, f, w.w_up.data, e, 1.f, dx + b0 * e, e);
+    ParallelGemm(nt, ct, true, false, f, e, nb, 1.f, dgb, f, xb, e, 1.f, dw.w_gate, e);
+    ParallelGemm(nt, ct, true, false, f, e, nb, 1.f, dub, f, xb, e, 1.f, dw.w_up, e);
   }
+  return Status::Ok();
 }
 
 namespace {
@@ -162,14 +256,17 @@ float RowLse(const float* z, int64_t vocab) {
 }
 }  // namespace
 
-double CrossEntropyForward(const Exec& ex, int64_t n, int64_t e, int64_t vocab, const float* h,
-                           const float* w, const int32_t* target, const float* weight, float* loss,
+Status CrossEntropyForward(const Exec& ex, int64_t n, int64_t e, int64_t vocab, View h, View w,
+                           const int32_t* target, const float* weight, float* loss, double* weighted_sum,
                            int64_t block) {
+  const DType ct = w.dtype;
+  const Operand H(Threads(ex), h, n * e, ct);
   std::vector<float> z(block * vocab);
   double total = 0;
   for (int64_t b0 = 0; b0 < n; b0 += block) {
     const int64_t nb = std::min(block, n - b0);
-    ParallelSgemm(Threads(ex), false, true, nb, vocab, e, 1.f, h + b0 * e, e, w, e, 0.f, z.data(), vocab);
+    ParallelGemm(Threads(ex), ct, false, true, nb, vocab, e, 1.f, H.at(b0 * e, ct), e, w.data, e, 0.f, z.data(),
+                 vocab);
 #pragma omp parallel for num_threads(Threads(ex)) reduction(+ : total) schedule(static)
     for (int64_t i = 0; i < nb; ++i) {
       const int64_t r = b0 + i;
@@ -182,16 +279,21 @@ double CrossEntropyForward(const Exec& ex, int64_t n, int64_t e, int64_t vocab, 
       total += double(weight ? weight[r] : 1.f) * double(loss[r]);
     }
   }
-  return total;
+  if (weighted_sum) *weighted_sum = total;
+  return Status::Ok();
 }
 
-void CrossEntropyBackward(const Exec& ex, int64_t n, int64_t e, int64_t vocab, const float* h,
-                          const float* w, const int32_t* target, const float* weight, float grad_scale,
-                          float* dh, float* dw, int64_t block) {
+Status CrossEntropyBackward(const Exec& ex, int64_t n, int64_t e, int64_t vocab, View h, View w,
+                            const int32_t* target, const float* weight, float grad_scale, float* dh, float* dw,
+                            int64_t block) {
+  const DType ct = w.dtype;
+  const Operand H(Threads(ex), h, n * e, ct);
   std::vector<float> z(block * vocab);
+  std::vector<bf16> zn;
   for (int64_t b0 = 0; b0 < n; b0 += block) {
     const int64_t nb = std::min(block, n - b0);
-    ParallelSgemm(Threads(ex), false, true, nb, vocab, e, 1.f, h + b0 * e, e, w, e, 0.f, z.data(), vocab);
+    ParallelGemm(Threads(ex), ct, false, true, nb, vocab, e, 1.f, H.at(b0 * e, ct), e, w.data, e, 0.f, z.data(),
+                 vocab);
     // dz = grad_scale w_i (softmax - onehot); rows with no target or zero weight give 0.
 #pragma omp parallel for num_threads(Threads(ex)) schedule(static)
     for (int64_t i = 0; i < nb; ++i) {
@@ -207,12 +309,14 @@ void CrossEntropyBackward(const Exec& ex, int64_t n, int64_t e, int64_t vocab, c
       for (int64_t c = 0; c < vocab; ++c) zi[c] = wi * FastExp(zi[c] - lse);
       zi[target[r]] -= wi;
     }
-    ParallelSgemm(Threads(ex), false, false, nb, e, vocab, 1.f, z.data(), vocab, w, e, 0.f, dh + b0 * e, e);
-    ParallelSgemm(Threads(ex), true, false, vocab, e, nb, 1.f, z.data(), vocab, h + b0 * e, e, 1.f, dw, e);
+    const void* dz = Narrow(Threads(ex), ct, z, nb * vocab, zn);
+    ParallelGemm(Threads(ex), ct, false, false, nb, e, vocab, 1.f, dz, vocab, w.data, e, 0.f, dh + b0 * e, e);
+    ParallelGemm(Threads(ex), ct, true, false, vocab, e, nb, 1.f, dz, vocab, H.at(b0 * e, ct), e, 1.f, dw, e);
   }
+  return Status::Ok();
 }
 
-void AdamWStep(const Exec& ex, int64_t n, float* p, const float* g, float* m, float* v,
+Status AdamWStep(const Exec& ex, int64_t n, float* p, const float* g, float* m, float* v,
                const AdamWHyper& hp, int64_t step) {
   const float b1 = hp.beta1, b2 = hp.beta2;
   const float inv_c1 = float(1.0 / (1.0 - std::pow(double(b1), double(step))));
@@ -226,13 +330,46 @@ void AdamWStep(const Exec& ex, int64_t n, float* p, const float* g, float* m, fl
     m[i] = mi;
     v[i] = vi;
   }
+  return Status::Ok();
 }
 
-void AddInto(const Exec& ex, int64_t n, const float* src, float* dst) {
+Status AddInto(const Exec& ex, int64_t n, const float* src, float* dst) {
   // Small adds stay on the calling thread: a ring step's dK/dV add must not wake a thread team.
   const int nt = n < (int64_t(1) << 16) ? 1 : Threads(ex);
 #pragma omp parallel for simd num_threads(nt) schedule(static)
   for (int64_t i = 0; i < n; ++i) dst[i] += src[i];
+  return Status::Ok();
+}
+
+Status Cast(const Exec& ex, int64_t n, View src, View dst) {
+  if (src.dtype == dst.dtype) {
+    std::copy_n(static_cast<const char*>(src.data), n * DTypeSize(src.dtype), static_cast<char*>(dst.data));
+  } else if (src.dtype == DType::kF32) {
+    RoundTo(Threads(ex), src.as<const float>(), n, dst.as<bf16>());
+  } else {
+    const bf16* s = src.as<const bf16>();
+    float* d = dst.as<float>();
+    const int nt = n < (int64_t(1) << 15) ? 1 : Threads(ex);
+#pragma omp parallel for simd num_threads(nt) schedule(static)
+    for (int64_t i = 0; i < n; ++i) d[i] = ToFloat(s[i]);
+  }
+  return Status::Ok();
+}
+
+Status EmbeddingForward(const Exec& ex, int64_t n, int64_t e, const int32_t* ids, const float* table, float* x) {
+#pragma omp parallel for num_threads(Threads(ex)) schedule(static)
+  for (int64_t i = 0; i < n; ++i) std::copy_n(table + int64_t(ids[i]) * e, e, x + i * e);
+  return Status::Ok();
+}
+
+Status EmbeddingBackward(const Exec&, int64_t n, int64_t e, const int32_t* ids, const float* dx, float* dtable) {
+  // Token order on one thread: two tokens of one id add into one row, and the order fixes the sum's bits.
+  for (int64_t i = 0; i < n; ++i) {
+    float* row = dtable + int64_t(ids[i]) * e;
+    const float* g = dx + i * e;
+    for (int64_t j = 0; j < e; ++j) row[j] += g[j];
+  }
+  return Status::Ok();
 }
 
 }  // namespace rw::kernels::cpu

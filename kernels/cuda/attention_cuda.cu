@@ -20,7 +20,7 @@
 #include <climits>
 #include <cmath>
 
-#include "kernels/backends.h"
+#include "kernels/cuda/cuda.h"
 #include "kernels/cuda/mma.cuh"
 
 namespace rw::kernels::cuda {

@@ -9,7 +9,7 @@
 #include <string>
 #include <vector>
 
-#include "kernels/backends.h"
+#include "kernels/cuda/cuda.h"
 
 namespace rw::kernels::cuda {
 namespace {
@@ -206,10 +206,10 @@ Status FfnForward(const Exec& ex, int64_t n, int64_t e, int64_t f, const float* 
   if (!g || !u) return Status::Error("ffn forward: out of device memory for the block scratch");
   for (int64_t b0 = 0; b0 < n; b0 += block) {
     const int64_t nb = std::min(block, n - b0);
-    RW_RETURN_IF_ERROR(Sgemm(ex, false, true, nb, f, e, 1.f, x + b0 * e, e, w.w_gate, e, 0.f, g, f));
-    RW_RETURN_IF_ERROR(Sgemm(ex, false, true, nb, f, e, 1.f, x + b0 * e, e, w.w_up, e, 0.f, u, f));
+    RW_RETURN_IF_ERROR(Sgemm(ex, false, true, nb, f, e, 1.f, x + b0 * e, e, w.w_gate.as<const float>(), e, 0.f, g, f));
+    RW_RETURN_IF_ERROR(Sgemm(ex, false, true, nb, f, e, 1.f, x + b0 * e, e, w.w_up.as<const float>(), e, 0.f, u, f));
     SwigluKernel<<<Blocks(nb * f), 256, 0, StreamOf(ex)>>>(nb * f, g, u);
-    RW_RETURN_IF_ERROR(Sgemm(ex, false, true, nb, e, f, 1.f, g, f, w.w_down, f, 0.f, y + b0 * e, e));
+    RW_RETURN_IF_ERROR(Sgemm(ex, false, true, nb, e, f, 1.f, g, f, w.w_down.as<const float>(), f, 0.f, y + b0 * e, e));
   }
   RW_RETURN_IF_ERROR(LastError("ffn forward"));
   return cudaStreamSynchronize(StreamOf(ex)) == cudaSuccess ? Status::Ok() : LastError("ffn forward");
@@ -227,13 +227,13 @@ Status FfnBackward(const Exec& ex, int64_t n, int64_t e, int64_t f, const float*
     const int64_t nb = std::min(block, n - b0);
     const float* xb = x + b0 * e;
     const float* dyb = dy + b0 * e;
-    RW_RETURN_IF_ERROR(Sgemm(ex, false, true, nb, f, e, 1.f, xb, e, w.w_gate, e, 0.f, g, f));
-    RW_RETURN_IF_ERROR(Sgemm(ex, false, true, nb, f, e, 1.f, xb, e, w.w_up, e, 0.f, u, f));
-    RW_RETURN_IF_ERROR(Sgemm(ex, false, false, nb, f, e, 1.f, dyb, e, w.w_down, f, 0.f, da, f));
+    RW_RETURN_IF_ERROR(Sgemm(ex, false, true, nb, f, e, 1.f, xb, e, w.w_gate.as<const float>(), e, 0.f, g, f));
+    RW_RETURN_IF_ERROR(Sgemm(ex, false, true, nb, f, e, 1.f, xb, e, w.w_up.as<const float>(), e, 0.f, u, f));
+    RW_RETURN_IF_ERROR(Sgemm(ex, false, false, nb, f, e, 1.f, dyb, e, w.w_down.as<const float>(), f, 0.f, da, f));
     SwigluBwdKernel<<<Blocks(nb * f), 256, 0, StreamOf(ex)>>>(nb * f, g, u, da, a);
     RW_RETURN_IF_ERROR(Sgemm(ex, true, false, e, f, nb, 1.f, dyb, e, a, f, 1.f, dw.w_down, f));
-    RW_RETURN_IF_ERROR(Sgemm(ex, false, false, nb, e, f, 1.f, g, f, w.w_gate, e, 0.f, dx + b0 * e, e));
-    RW_RETURN_IF_ERROR(Sgemm(ex, false, false, nb, e, f, 1.f, u, f, w.w_up, e, 1.f, dx + b0 * e, e));
+    RW_RETURN_IF_ERROR(Sgemm(ex, false, false, nb, e, f, 1.f, g, f, w.w_gate.as<const float>(), e, 0.f, dx + b0 * e, e));
+    RW_RETURN_IF_ERROR(Sgemm(ex, false, false, nb, e, f, 1.f, u, f, w.w_up.as<const float>(), e, 1.f, dx + b0 * e, e));
     RW_RETURN_IF_ERROR(Sgemm(ex, true, false, f, e, nb, 1.f, g, f, xb, e, 1.f, dw.w_gate, e));
     RW_RETURN_IF_ERROR(Sgemm(ex, true, false, f, e, nb, 1.f, u, f, xb, e, 1.f, dw.w_up, e));
   }

@@ -1,5 +1,6 @@
-// Runs one attention case on any device: builds token arrays, moves inputs to the device (converting to
-// bf16 for CUDA), runs forward + prep + backward, and brings results back as fp32 host vectors.
+// Runs one attention case on any device: builds token arrays, moves inputs to the device (converting q, k,
+// v, dout to bf16/f16 when the case runs in one), runs forward + prep + backward, and brings results back
+// as fp32 host vectors. o comes back in the backend's o dtype: the input dtype on CUDA, fp32 on the CPU.
 #pragma once
 
 #include <algorithm>
@@ -82,9 +83,9 @@ struct AttnOutputs {
   std::vector<float> o, lse, delta, dq, dk, dv;
 };
 
-// Rounds inputs to what the device will see (bf16 for CUDA) so a reference can run on the same values.
-inline AttnInputs RoundFor(Device dev, DType dt, AttnInputs in) {
-  if (dev != Device::kCuda) return in;
+// Rounds inputs to what the device will see in dtype `dt` so a reference can run on the same values.
+inline AttnInputs RoundFor(DType dt, AttnInputs in) {
+  if (dt == DType::kF32) return in;
   for (auto* v : {&in.q, &in.k, &in.v, &in.dout}) *v = kernels::FromHalf(dt, kernels::ToHalf(dt, *v));
   return in;
 }
@@ -94,8 +95,8 @@ inline AttnOutputs RunAttention(Device dev, const AttnCase& c, const AttnInputs&
   using kernels::CopyToDevice;
   using kernels::CopyToHost;
   using kernels::DeviceBuffer;
-  const bool half = dev == Device::kCuda;
-  if (!half) dt = DType::kF32;
+  const bool half = dt != DType::kF32;
+  const DType o_dt = dev == Device::kCuda ? dt : DType::kF32;
   const size_t es = kernels::DTypeSize(dt);
   auto upload = [&](const std::vector<float>& x) {
     DeviceBuffer b(dev, x.size() * es);
@@ -132,12 +133,13 @@ inline AttnOutputs RunAttention(Device dev, const AttnCase& c, const AttnInputs&
   EXPECT_TRUE(CopyToDevice(dev, kseg.get(), tok.kseg.data(), c.sk * 4).ok());
 
   DeviceBuffer q = upload(in.q), k = upload(in.k), v = upload(in.v), dout = upload(in.dout);
-  DeviceBuffer o(dev, c.sq * c.hq * c.d * es), lse(dev, c.hq * c.sq * 4 + 4), delta(dev, c.hq * c.sq * 4 + 4);
+  DeviceBuffer o(dev, c.sq * c.hq * c.d * kernels::DTypeSize(o_dt)), lse(dev, c.hq * c.sq * 4 + 4), delta(dev, c.hq * c.sq * 4 + 4);
   DeviceBuffer dq = upload_f32(in.dq0), dk = upload_f32(in.dk0), dv = upload_f32(in.dv0);
 
   AttentionParams p;
   p.device = dev;
   p.dtype = dt;
+  p.o_dtype = o_dt;
   p.sq = c.sq;
   p.sk = c.sk;
   p.hq = c.hq;
@@ -176,7 +178,7 @@ inline AttnOutputs RunAttention(Device dev, const AttnCase& c, const AttnInputs&
   EXPECT_TRUE(kernels::DeviceSynchronize(dev).ok());
 
   AttnOutputs out;
-  out.o = download(o, c.sq * c.hq * c.d, half);
+  out.o = download(o, c.sq * c.hq * c.d, o_dt != DType::kF32);
   out.lse = download(lse, c.hq * c.sq, false);
   out.delta = download(delta, c.hq * c.sq, false);
   out.dq = download(dq, in.dq0.size(), false);

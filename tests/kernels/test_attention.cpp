@@ -63,12 +63,112 @@ TEST_P(AttentionCase, CudaBf16MatchesReference) {
   if (c.d != 64 && c.d != 128) GTEST_SKIP() << "cuda attention takes head dim 64 or 128";
   c.block_q = c.block_k = 0;  // the CUDA kernel has fixed tiles
   for (DType dt : {DType::kBF16, DType::kF16}) {
-    const AttnInputs in = RoundFor(Device::kCuda, dt, MakeInputs(c, 2000 + c.sq));
+    const AttnInputs in = RoundFor(dt, MakeInputs(c, 2000 + c.sq));
     std::printf("[cuda %s vs ref] %s\n", kernels::DTypeName(dt), c.name.c_str());
     // bf16 keeps 8 mantissa bits (relative 4e-3): NMSE of outputs rounded to bf16 is ~1e-5.
     const double tol = dt == DType::kBF16 ? 1e-4 : 1e-5;
     CheckAll(RunAttention(Device::kCuda, c, in, dt), Reference(c, in), tol, tol);
   }
+}
+
+// What a plain bf16 implementation computes (PyTorch eager on bf16 tensors): each product accumulates in
+// fp32 and its output is rounded to bf16 (S, P, O, dP, dS, dQ, dK, dV); softmax runs in fp32 on the
+// rounded S. Materialized, row by row. The flash-attention rule measures the fast kernel against it.
+AttnOutputs NaiveBf16(const AttnCase& c, const AttnInputs& in) {
+  const AttnTokens tok = MakeTokens(c);
+  AttentionParams p;  // only for the mask (ref::Allowed)
+  p.causal = c.causal;
+  p.q_tok.offset = c.q_offset;
+  p.k_tok.offset = c.k_offset;
+  if (tok.use_index) {
+    p.q_tok.index = tok.qidx.data();
+    p.k_tok.index = tok.kidx.data();
+  }
+  if (tok.use_seg) {
+    p.q_tok.segment = tok.qseg.data();
+    p.k_tok.segment = tok.kseg.data();
+  }
+  auto r = [](double x) { return double(kernels::ToFloat(kernels::ToBf16(float(x)))); };
+  const int64_t g = c.hq / c.hkv, D = c.d;
+  const double sc = 1.0 / std::sqrt(double(D));
+  AttnOutputs out;
+  out.o.assign(c.sq * c.hq * D, 0.f);
+  out.lse.assign(c.hq * c.sq, -std::numeric_limits<float>::infinity());
+  out.dq = in.dq0;
+  out.dk = in.dk0;
+  out.dv = in.dv0;
+  std::vector<double> dk_acc(in.dk0.size(), 0.0), dv_acc(in.dv0.size(), 0.0);
+  for (int64_t h = 0; h < c.hq; ++h) {
+    const int64_t hk = h / g;
+    for (int64_t i = 0; i < c.sq; ++i) {
+      const float* q = &in.q[(i * c.hq + h) * D];
+      const float* dout = &in.dout[(i * c.hq + h) * D];
+      std::vector<double> s(c.sk, -INFINITY), pr(c.sk, 0.0);
+      double m = -INFINITY;
+      for (int64_t j = 0; j < c.sk; ++j) {
+        if (!kernels::ref::Allowed(p, i, j)) continue;
+        float dot = 0.f;
+        for (int64_t x = 0; x < D; ++x) dot += q[x] * in.k[(j * c.hkv + hk) * D + x];
+        s[j] = r(r(dot) * sc);
+        m = std::max(m, s[j]);
+      }
+      if (m == -INFINITY) continue;
+      double l = 0;
+      for (int64_t j = 0; j < c.sk; ++j) l += s[j] == -INFINITY ? 0.0 : std::exp(s[j] - m);
+      for (int64_t j = 0; j < c.sk; ++j) pr[j] = s[j] == -INFINITY ? 0.0 : r(std::exp(s[j] - m) / l);
+      out.lse[h * c.sq + i] = float(m + std::log(l));
+      std::vector<double> o(D, 0.0);
+      for (int64_t j = 0; j < c.sk; ++j)
+        for (int64_t x = 0; x < D; ++x) o[x] += pr[j] * in.v[(j * c.hkv + hk) * D + x];
+      for (int64_t x = 0; x < D; ++x) out.o[(i * c.hq + h) * D + x] = float(r(o[x]));
+      double delta = 0;
+      for (int64_t x = 0; x < D; ++x) delta += r(o[x]) * dout[x];
+      std::vector<double> dq(D, 0.0);
+      for (int64_t j = 0; j < c.sk; ++j) {
+        if (pr[j] == 0.0) continue;
+        double dp = 0;
+        for (int64_t x = 0; x < D; ++x) dp += double(dout[x]) * in.v[(j * c.hkv + hk) * D + x];
+        const double ds = r(pr[j] * (r(dp) - delta));
+        for (int64_t x = 0; x < D; ++x) {
+          dq[x] += ds * in.k[(j * c.hkv + hk) * D + x];
+          dk_acc[(j * c.hkv + hk) * D + x] += ds * q[x];
+          dv_acc[(j * c.hkv + hk) * D + x] += pr[j] * dout[x];
+        }
+      }
+      for (int64_t x = 0; x < D; ++x) out.dq[(i * c.hq + h) * D + x] += float(r(dq[x] * sc));
+    }
+  }
+  for (size_t i = 0; i < dk_acc.size(); ++i) {
+    out.dk[i] += float(r(dk_acc[i] * sc));
+    out.dv[i] += float(r(dv_acc[i]));
+  }
+  return out;
+}
+
+// The flash-attention rule: the kernel's error against the fp64 reference is at most twice that of the
+// naive bf16 implementation (plus a floor for outputs both get exactly).
+void ExpectWithinTwiceNaive(const std::string& what, const std::vector<float>& got,
+                            const std::vector<float>& naive, const std::vector<float>& want) {
+  const Diff dg = Compare(got, want), dn = Compare(naive, want);
+  std::printf("  %-5s bf16 kernel: max_abs_diff=%.3e nmse=%.3e | naive bf16: max_abs_diff=%.3e nmse=%.3e\n",
+              what.c_str(), dg.max_abs, dg.nmse, dn.max_abs, dn.nmse);
+  EXPECT_FALSE(dg.inf_mismatch) << what << ": infinities or NaNs differ";
+  EXPECT_LE(dg.max_abs, 2 * dn.max_abs + 1e-6) << what;
+  EXPECT_LE(dg.nmse, 2 * dn.nmse + 1e-12) << what;
+}
+
+TEST_P(AttentionCase, CpuBf16WithinTwiceTheNaiveBf16Error) {
+  const AttnCase& c = GetParam();
+  const AttnInputs in = RoundFor(DType::kBF16, MakeInputs(c, 3000 + c.sq * 5 + c.sk));
+  std::printf("[cpu bf16 vs fp64 ref, naive bf16 beside] %s\n", c.name.c_str());
+  const AttnOutputs got = RunAttention(Device::kCpu, c, in, DType::kBF16), want = Reference(c, in),
+                    naive = NaiveBf16(c, in);
+  ExpectWithinTwiceNaive("o", got.o, naive.o, want.o);
+  ExpectWithinTwiceNaive("dq", got.dq, naive.dq, want.dq);
+  ExpectWithinTwiceNaive("dk", got.dk, naive.dk, want.dk);
+  ExpectWithinTwiceNaive("dv", got.dv, naive.dv, want.dv);
+  ExpectClose("lse (fp32 statistics)", got.lse, want.lse, 1e-10);
+  EXPECT_FALSE(AnyNan(got.o) || AnyNan(got.dq) || AnyNan(got.dk) || AnyNan(got.dv)) << "NaN in output";
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, AttentionCase, ::testing::ValuesIn(Cases()),
@@ -211,7 +311,7 @@ TEST(Attention, BadArgumentsAreRejectedWithTheArgumentNamed) {
       {"lse", [](AttentionParams& p) { p.lse = nullptr; }},
       {"block_q", [](AttentionParams& p) { p.block_q = -2; }},
       {"block_k", [](AttentionParams& p) { p.block_k = 100000; }},
-      {"dtype", [](AttentionParams& p) { p.dtype = DType::kBF16; }},
+      {"dtype", [](AttentionParams& p) { p.dtype = DType::kF16; }},
       {"scale", [](AttentionParams& p) { p.scale = std::numeric_limits<float>::quiet_NaN(); }},
   };
   for (const auto& b : bads) {

@@ -56,12 +56,26 @@ struct Result {
   std::vector<float> o, lse, dq, dk, dv;  // global order (lse: (H, L))
 };
 
-inline Result SingleDevice(const Global& G, bool causal) {
+// Every input rounded to bf16 (so a bf16 run and an fp32/fp64 reference see the same values).
+inline Global RoundedToBf16(Global G) {
+  for (auto* x : {&G.q, &G.k, &G.v, &G.dout})
+    for (auto& v : *x) v = kernels::ToFloat(kernels::ToBf16(v));
+  return G;
+}
+
+inline std::vector<kernels::bf16> ToBf16(const std::vector<float>& x) {
+  std::vector<kernels::bf16> out(x.size());
+  for (size_t i = 0; i < x.size(); ++i) out[i] = kernels::ToBf16(x[i]);
+  return out;
+}
+
+// The whole problem on one device: the fast CPU kernels, or (kRef) the scalar reference with fp64 sums.
+inline Result SingleDevice(const Global& G, bool causal, kernels::Device device = kernels::Device::kCpu) {
   Result res{std::vector<float>(G.q.size()), std::vector<float>(G.hq * G.L), std::vector<float>(G.q.size(), 0.f),
              std::vector<float>(G.k.size(), 0.f), std::vector<float>(G.v.size(), 0.f)};
   std::vector<float> delta(G.hq * G.L);
   kernels::AttentionParams p;
-  p.device = kernels::Device::kCpu;
+  p.device = device;
   p.sq = p.sk = G.L;
   p.hq = G.hq;
   p.hkv = G.hkv;
@@ -103,7 +117,9 @@ struct RankRun {
   RingStats fwd, bwd;
 };
 
-inline Status RunRank(Transport& t, const Global& G, const Layout& lay, bool causal, uint64_t job, RankRun* out) {
+// dtype bf16: q, k, v and dout go to the ring in bf16 (the inputs should be bf16 values already).
+inline Status RunRank(Transport& t, const Global& G, const Layout& lay, bool causal, uint64_t job, RankRun* out,
+                      kernels::DType dtype = kernels::DType::kF32) {
   const int r = t.rank();
   out->idx = lay.GlobalIndices(r);
   const auto& idx = out->idx;
@@ -121,14 +137,21 @@ inline Status RunRank(Transport& t, const Global& G, const Layout& lay, bool cau
   c.causal = causal;
   c.block_q = c.block_k = 8;
   c.tag.job = job;
+  c.dtype = dtype;
+  const bool narrow = dtype == kernels::DType::kBF16;
+  const auto qb = narrow ? ToBf16(q) : std::vector<kernels::bf16>{}, kb = narrow ? ToBf16(k) : qb,
+             vb = narrow ? ToBf16(v) : qb, gb = narrow ? ToBf16(g) : qb;
   RingShard sh{q.data(), k.data(), v.data(), idx.data(), seg.empty() ? nullptr : seg.data()};
+  if (narrow) sh = RingShard{qb.data(), kb.data(), vb.data(), idx.data(), seg.empty() ? nullptr : seg.data()};
   out->o.resize(q.size());
   out->lse.resize(G.hq * S);
   out->dq.resize(q.size());
   out->dk.resize(k.size());
   out->dv.resize(v.size());
   RW_RETURN_IF_ERROR(RingAttentionForward(t, c, sh, out->o.data(), out->lse.data(), &out->fwd));
-  return RingAttentionBackward(t, c, sh, out->o.data(), out->lse.data(), g.data(), out->dq.data(), out->dk.data(),
+  return RingAttentionBackward(t, c, sh, out->o.data(), out->lse.data(), narrow ? static_cast<const void*>(gb.data())
+                                                                                : g.data(),
+                               out->dq.data(), out->dk.data(),
                                out->dv.data(), &out->bwd);
 }
 

@@ -1,0 +1,54 @@
+// The registry of backend tables and the dispatch check every entry point runs.
+#include "kernels/backend.h"
+
+#include <string>
+
+namespace rw::kernels {
+
+const char* OpName(Op op) {
+  static const char* const kNames[] = {
+      "attention_forward", "attention_backward_prep", "attention_backward", "attention_merge",
+      "linear_forward",    "linear_backward",         "rmsnorm_forward",    "rmsnorm_backward",
+      "rope",              "ffn_forward",             "ffn_backward",       "cross_entropy_forward",
+      "cross_entropy_backward", "adamw",              "add_into",           "cast",
+      "embedding_forward", "embedding_backward"};
+  static_assert(sizeof(kNames) / sizeof(kNames[0]) == size_t(Op::kCount), "one name per op");
+  const int i = int(op);
+  return i >= 0 && i < int(Op::kCount) ? kNames[i] : "unknown";
+}
+
+const Backend* FindBackend(Device device) {
+  switch (device) {
+    case Device::kRef: return &RefBackend();
+    case Device::kCpu: return &CpuBackend();
+    case Device::kCuda:
+#ifdef RW_HAVE_CUDA
+      return &CudaBackend();
+#else
+      return nullptr;
+#endif
+  }
+  return nullptr;
+}
+
+Status Dispatch(Device device, Op op, DType dtype, const Backend** out) {
+  const Backend* b = FindBackend(device);
+  if (!b) {
+    if (device == Device::kCuda)
+      return Status::Error("device: this build has no CUDA backend (configure with CUDA to get it)");
+    return Status::Error("device: unknown device " + std::to_string(int(device)));
+  }
+  RW_REQUIRE(!b->available || b->available(),
+             "device: " << b->name << " requested but no " << b->name << " device is present");
+  RW_REQUIRE(b->supports(op, dtype), "dtype: the " << b->name << " backend has no " << OpName(op) << " in "
+                                                   << DTypeName(dtype));
+  *out = b;
+  return Status::Ok();
+}
+
+bool CudaAvailable() {
+  const Backend* b = FindBackend(Device::kCuda);
+  return b && (!b->available || b->available());
+}
+
+}  // namespace rw::kernels

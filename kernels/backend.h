@@ -1,0 +1,102 @@
+// The backend interface (after ggml's): one table of function pointers per device. Each op is an entry;
+// `supports(op, dtype)` says which (op, dtype) pairs the table runs. The public entry points
+// (kernels/attention.h, kernels/layers.h) validate their arguments once, pick the table of the caller's
+// device, check that it supports the op in the operands' dtype, and call the entry. Adding a backend (a GPU
+// architecture, a CPU ISA) means writing one table; no entry point changes.
+//
+// The dtype an op is dispatched on (its "compute dtype"):
+//   attention ops         AttentionParams::dtype (q, k, v, dout)
+//   linear, ffn, ce       the weights' dtype (the bf16 compute copy or the fp32 master)
+//   rmsnorm forward       the output's dtype (the reductions are fp32 either way)
+//   cast                  the narrow side (bf16 for f32 <-> bf16)
+//   everything else       f32 (statistics, gradients, optimizer state, the residual stream)
+#pragma once
+
+#include "kernels/attention.h"
+#include "kernels/layers.h"
+
+namespace rw::kernels {
+
+enum class Op : int {
+  kAttentionForward,
+  kAttentionBackwardPrep,
+  kAttentionBackward,
+  kAttentionMerge,
+  kLinearForward,
+  kLinearBackward,
+  kRmsNormForward,
+  kRmsNormBackward,
+  kRope,
+  kFfnForward,
+  kFfnBackward,
+  kCrossEntropyForward,
+  kCrossEntropyBackward,
+  kAdamW,
+  kAddInto,
+  kCast,
+  kEmbeddingForward,
+  kEmbeddingBackward,
+  kCount
+};
+const char* OpName(Op op);
+
+struct Backend {
+  const char* name = "";
+  Device device = Device::kCpu;
+  // True when the device can run now (a CUDA build on a machine without a GPU has the table, not the device).
+  bool (*available)() = nullptr;
+  bool (*supports)(Op op, DType dtype) = nullptr;
+
+  // Optional: this backend's constraints beyond the shared checks (head dims, alignment, o's dtype); the
+  // message names the argument.
+  Status (*check_attention)(const AttentionParams& p, bool backward) = nullptr;
+
+  // Shapes, pointers and ranges are checked by the entry points before these run.
+  Status (*attention_forward)(const AttentionParams& p) = nullptr;
+  Status (*attention_backward_prep)(const AttentionParams& p) = nullptr;
+  Status (*attention_backward)(const AttentionParams& p) = nullptr;
+  Status (*attention_merge)(DType dtype, int64_t sq, int64_t hq, int64_t d, View3 o_acc, float* lse_acc,
+                            View3 o_part, const float* lse_part, void* stream) = nullptr;
+  Status (*linear_forward)(const Exec& ex, int64_t n, int64_t in, int64_t out, View x, View w, View y) = nullptr;
+  Status (*linear_backward)(const Exec& ex, int64_t n, int64_t in, int64_t out, View x, View w, View dy, View dx,
+                            float* dw) = nullptr;
+  Status (*rmsnorm_forward)(const Exec& ex, int64_t n, int64_t e, const float* x, const float* w, float eps, View y,
+                            float* rstd) = nullptr;
+  Status (*rmsnorm_backward)(const Exec& ex, int64_t n, int64_t e, const float* x, const float* w,
+                             const float* rstd, const float* dy, float* dx, float* dw) = nullptr;
+  Status (*rope)(const Exec& ex, int64_t s, int64_t h, int64_t d, View3 x, View3 y, const int64_t* pos,
+                 double theta, bool inverse) = nullptr;
+  Status (*ffn_forward)(const Exec& ex, int64_t n, int64_t e, int64_t f, View x, FfnWeights w, View y,
+                        int64_t block) = nullptr;
+  Status (*ffn_backward)(const Exec& ex, int64_t n, int64_t e, int64_t f, View x, FfnWeights w, View dy,
+                         float* dx, FfnGrads dw, int64_t block) = nullptr;
+  Status (*cross_entropy_forward)(const Exec& ex, int64_t n, int64_t e, int64_t vocab, View h, View w,
+                                  const int32_t* target, const float* weight, float* loss, double* weighted_sum,
+                                  int64_t block) = nullptr;
+  Status (*cross_entropy_backward)(const Exec& ex, int64_t n, int64_t e, int64_t vocab, View h, View w,
+                                   const int32_t* target, const float* weight, float grad_scale, float* dh,
+                                   float* dw, int64_t block) = nullptr;
+  Status (*adamw_step)(const Exec& ex, int64_t n, float* p, const float* g, float* m, float* v,
+                       const AdamWHyper& hp, int64_t step) = nullptr;
+  Status (*add_into)(const Exec& ex, int64_t n, const float* src, float* dst) = nullptr;
+  Status (*cast)(const Exec& ex, int64_t n, View src, View dst) = nullptr;
+  Status (*embedding_forward)(const Exec& ex, int64_t n, int64_t e, const int32_t* ids, const float* table,
+                              float* x) = nullptr;
+  Status (*embedding_backward)(const Exec& ex, int64_t n, int64_t e, const int32_t* ids, const float* dx,
+                               float* dtable) = nullptr;
+};
+
+// The table of `device` in this build; null when the build has none (CUDA not compiled in).
+const Backend* FindBackend(Device device);
+
+// The table that runs `op` in `dtype` on `device`, or an error that names the device, op and dtype.
+Status Dispatch(Device device, Op op, DType dtype, const Backend** out);
+
+// The tables (each defined beside its kernels).
+const Backend& RefBackend();
+const Backend& CpuBackend();
+#ifdef RW_HAVE_CUDA
+const Backend& CudaBackend();
+#endif
+
+}  // namespace rw::kernels
