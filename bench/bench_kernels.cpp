@@ -1,5 +1,6 @@
-// Kernel benchmark: attention forward/backward on the CPU (and CUDA when present) in GFLOP/s and as a
-// ratio to the OpenBLAS sgemm rate measured in this same run, beside a naive full-matrix attention.
+// Kernel benchmark: attention forward/backward on the CPU (and CUDA when present) in GFLOP/s, fp32 rows as a
+// ratio to the OpenBLAS sgemm rate and bf16 rows as a ratio to the bf16 GEMM rate (oneDNN), both measured in
+// this same run, beside a naive full-matrix fp32 attention.
 //
 // Napkin math, per head, non-causal: forward = 2 GEMMs of S*S*D multiply-adds = 4 S^2 D flops;
 // backward = 5 GEMMs (S, dP, dV, dK, dQ) = 10 S^2 D flops (2.5x). Causal halves both. The softmax adds
@@ -115,19 +116,45 @@ struct Options {
 // Heads per shape: enough work to time, small enough that the 32K rows finish in seconds on 2 cores.
 int64_t HeadsFor(int64_t s) { return s <= 2048 ? 8 : (s <= 8192 ? 2 : 1); }
 
+// The bf16 ceiling: a 2048^3 bf16 GEMM (fp32 accumulation) with its rows split over the threads, as the
+// kernels call it.
+double Bf16Gflops(int threads, int reps) {
+  const int64_t n = 2048;
+  std::vector<bf16> a(n * n), b(n * n);
+  const auto af = Random(n * n, 1), bf = Random(n * n, 2);
+  for (int64_t i = 0; i < n * n; ++i) a[i] = ToBf16(af[i]), b[i] = ToBf16(bf[i]);
+  std::vector<float> c(n * n);
+  const double t = MedianSeconds(reps, [&] {
+    cpu::ParallelGemm(threads, DType::kBF16, false, true, n, n, n, 1.f, a.data(), n, b.data(), n, 0.f, c.data(), n);
+  });
+  return 2.0 * n * n * n / t / 1e9;
+}
+
+std::vector<bf16> ToBf16(const std::vector<float>& x) {
+  std::vector<bf16> out(x.size());
+  for (size_t i = 0; i < x.size(); ++i) out[i] = rw::kernels::ToBf16(x[i]);
+  return out;
+}
+
 void BenchCpu(const Options& opt) {
   const int threads = opt.threads > 0 ? opt.threads : cpu::DefaultThreads();
   const double sgemm = SgemmGflops(threads, std::max(opt.reps, 5));
+  const double bgemm = Bf16Gflops(threads, std::max(opt.reps, 5));
   std::printf("machine: %d threads, BLAS: %s\n", threads, cpu::BlasName());
-  std::printf("ceiling: OpenBLAS sgemm 2048^3 on %d threads = %.1f GFLOP/s (median)\n\n", threads, sgemm);
-  std::printf("%-6s %-4s %-3s %-6s | %-9s %-6s | %-9s %-6s | %-9s %-6s\n", "S", "D", "H", "causal", "fwd GF/s",
-              "/sgemm", "bwd GF/s", "/sgemm", "naive GF/s", "/sgemm");
+  std::printf("ceilings (median, %d threads): fp32 sgemm 2048^3 = %.1f GFLOP/s; bf16 GEMM 2048^3 (%s) = %.1f GFLOP/s\n\n",
+              threads, sgemm, cpu::Bf16GemmPath(), bgemm);
+  std::printf("%-6s %-4s %-3s %-6s %-5s | %-9s %-6s | %-9s %-6s | %-9s %-6s\n", "S", "D", "H", "causal", "dtype",
+              "fwd GF/s", "/ceil", "bwd GF/s", "/ceil", "naive GF/s", "/sgemm");
   for (int64_t s : opt.s)
     for (int64_t d : opt.d)
-      for (bool causal : {false, true}) {
+      for (bool causal : {false, true})
+        for (DType dt : {DType::kF32, DType::kBF16}) {
         const int64_t h = HeadsFor(s);
         auto q = Random(s * h * d, 3), k = Random(s * h * d, 4), v = Random(s * h * d, 5),
              g = Random(s * h * d, 6);
+        const auto qb = ToBf16(q), kb = ToBf16(k), vb = ToBf16(v), gb = ToBf16(g);
+        const bool narrow = dt == DType::kBF16;
+        const double ceil = narrow ? bgemm : sgemm;
         std::vector<float> o(s * h * d), lse(h * s), delta(h * s), dq(s * h * d), dk(s * h * d), dv(s * h * d);
         AttentionParams p;
         p.device = Device::kCpu;
@@ -136,12 +163,13 @@ void BenchCpu(const Options& opt) {
         p.d = d;
         p.causal = causal;
         p.num_threads = threads;
-        p.q = Dense3(q.data(), h, d);
-        p.k = Dense3(k.data(), h, d);
-        p.v = Dense3(v.data(), h, d);
+        p.dtype = dt;
+        p.q = narrow ? Dense3(qb.data(), h, d) : Dense3(q.data(), h, d);
+        p.k = narrow ? Dense3(kb.data(), h, d) : Dense3(k.data(), h, d);
+        p.v = narrow ? Dense3(vb.data(), h, d) : Dense3(v.data(), h, d);
         p.o = Dense3(o.data(), h, d);
         p.lse = lse.data();
-        p.dout = Dense3(g.data(), h, d);
+        p.dout = narrow ? Dense3(gb.data(), h, d) : Dense3(g.data(), h, d);
         p.delta = delta.data();
         p.dq = Dense3(dq.data(), h, d);
         p.dk = Dense3(dk.data(), h, d);
@@ -155,7 +183,7 @@ void BenchCpu(const Options& opt) {
           if (!AttentionBackward(p).ok()) std::abort();
         });
         double naive = 0;
-        if (s <= opt.naive_max_s) {
+        if (!narrow && s <= opt.naive_max_s) {
           std::vector<float> scores(s * s), on(s * h * d);
           cpu::SetBlasThreads(threads);
           const double tn = MedianSeconds(std::min(opt.reps, 2), [&] {
@@ -164,8 +192,8 @@ void BenchCpu(const Options& opt) {
           naive = flops / tn / 1e9;
         }
         const double ff = flops / tf / 1e9, fb = 2.5 * flops / tb / 1e9;
-        std::printf("%-6ld %-4ld %-3ld %-6s | %9.1f %6.2f | %9.1f %6.2f | ", long(s), long(d), long(h),
-                    causal ? "yes" : "no", ff, ff / sgemm, fb, fb / sgemm);
+        std::printf("%-6ld %-4ld %-3ld %-6s %-5s | %9.1f %6.2f | %9.1f %6.2f | ", long(s), long(d), long(h),
+                    causal ? "yes" : "no", DTypeName(dt), ff, ff / ceil, fb, fb / ceil);
         if (naive > 0)
           std::printf("%9.1f %6.2f\n", naive, naive / sgemm);
         else

@@ -5,7 +5,9 @@
 //
 // Model FLOPs per token (forward + backward, the usual 6N rule plus causal attention):
 //   6 * N_matmul_params + 6 * layers * seq_len * hidden       (12 L E per layer, halved by the causal mask)
-// Usage: rw_bench_train [--quick] [--steps 3] [--model tiny|small] [--seq L] [--ring R]
+// Usage: rw_bench_train [--quick] [--steps 3] [--model tiny|small] [--seq L] [--ring R] [--precision fp32|bf16]
+// Two ceilings measured in the run: the fp32 sgemm rate (OpenBLAS) and the bf16 GEMM rate (oneDNN, or the
+// widened fallback); fp32 rows report MFU against the first, bf16 rows against the second.
 // The peak column is the process's peak resident memory, which only grows: it belongs to the row only when
 // the process runs one row (--model, --seq and --ring given).
 // --steps N: N steps per row, the first a warm-up that is not timed; --steps 1 times that one step (for
@@ -39,6 +41,21 @@ double SgemmGflops(int threads) {
   return 2.0 * n * n * n / t[t.size() / 2] / 1e9;
 }
 
+double Bf16Gflops(int threads) {
+  const int64_t n = 2048;
+  std::vector<rw::kernels::bf16> a(n * n, rw::kernels::ToBf16(0.5f)), b(n * n, rw::kernels::ToBf16(0.25f));
+  std::vector<float> c(n * n);
+  std::vector<double> t;
+  for (int i = 0; i < 5; ++i) {
+    const auto t0 = std::chrono::steady_clock::now();
+    rw::kernels::cpu::ParallelGemm(threads, rw::kernels::DType::kBF16, false, false, n, n, n, 1.f, a.data(), n,
+                                   b.data(), n, 0.f, c.data(), n);
+    if (i) t.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  }
+  std::sort(t.begin(), t.end());
+  return 2.0 * n * n * n / t[t.size() / 2] / 1e9;
+}
+
 struct Shape {
   const char* name;
   int64_t hidden, inter, layers, heads, kv;
@@ -52,6 +69,7 @@ int main(int argc, char** argv) {
   std::string only_model;  // --model tiny|small: only that model
   int64_t only_seq = 0;    // --seq L: only that sequence length
   int only_ring = 0;       // --ring R: only that ring size
+  std::string only_precision;  // --precision fp32|bf16: only that precision
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--quick") quick = true;
@@ -59,20 +77,24 @@ int main(int argc, char** argv) {
     if (a == "--model" && i + 1 < argc) only_model = argv[++i];
     if (a == "--seq" && i + 1 < argc) only_seq = std::atoll(argv[++i]);
     if (a == "--ring" && i + 1 < argc) only_ring = std::atoi(argv[++i]);
+    if (a == "--precision" && i + 1 < argc) only_precision = argv[++i];
   }
   const int cores = rw::kernels::cpu::DefaultThreads();
-  const double sgemm = SgemmGflops(cores);
-  std::printf("machine: %d cores; ceiling: OpenBLAS sgemm 2048^3 = %.1f GFLOP/s\n", cores, sgemm);
-  std::printf("%-6s %-6s %-3s | %-10s %-10s %-12s %-8s %-8s\n", "model", "seq", "R", "step s", "tokens/s",
-              "model GF/s", "MFU", "peak GiB");
+  const double sgemm = SgemmGflops(cores), bgemm = Bf16Gflops(cores);
+  std::printf("machine: %d cores; ceilings 2048^3: fp32 sgemm (%s) %.1f GFLOP/s, bf16 GEMM (%s) %.1f GFLOP/s\n",
+              cores, rw::kernels::cpu::BlasName(), sgemm, rw::kernels::cpu::Bf16GemmPath(), bgemm);
+  std::printf("%-6s %-6s %-3s %-5s | %-10s %-10s %-12s %-8s %-8s\n", "model", "seq", "R", "prec", "step s",
+              "tokens/s", "model GF/s", "MFU", "peak GiB");
   const std::vector<Shape> shapes = {{"tiny", 128, 352, 4, 8, 4}, {"small", 512, 1408, 4, 8, 4}};
   std::vector<int64_t> seqs = quick ? std::vector<int64_t>{256} : std::vector<int64_t>{4096, 16384};
   if (only_seq > 0) seqs = {only_seq};
   for (const auto& sh : shapes)
     for (int64_t L : seqs)
-      for (int R : quick ? std::vector<int>{1, 2} : std::vector<int>{1, 2, 4}) {
+      for (int R : quick ? std::vector<int>{1, 2} : std::vector<int>{1, 2, 4})
+        for (const std::string prec : {"fp32", "bf16"}) {
         if (!only_model.empty() && only_model != sh.name) continue;
         if (only_ring > 0 && only_ring != R) continue;
+        if (!only_precision.empty() && only_precision != prec) continue;
         JobConfig job;
         job.model.hidden_size = sh.hidden;
         job.model.intermediate_size = sh.inter;
@@ -85,6 +107,7 @@ int main(int argc, char** argv) {
         job.data.min_len = job.data.max_len = (L - 3) / 2;
         job.ring.devices = R;
         job.ring.layout = "zigzag";
+        job.precision = prec;
         job.stages = {StageConfig{L, 10000, steps, 1}};
         const ParamTable table(job.model);
         double matmul_params = 0;
@@ -113,8 +136,8 @@ int main(int argc, char** argv) {
         if (secs.size() > 1) secs.erase(secs.begin());  // the first step warms up
         std::sort(secs.begin(), secs.end());
         const double step = secs[secs.size() / 2], tps = double(L) / step, gf = tps * flops_per_token / 1e9;
-        std::printf("%-6s %-6ld %-3d | %10.3f %10.0f %12.1f %8.3f %8.2f\n", sh.name, long(L), R, step, tps, gf,
-                    gf / sgemm, double(peak) / double(1 << 30));
+        std::printf("%-6s %-6ld %-3d %-5s | %10.3f %10.0f %12.1f %8.3f %8.2f\n", sh.name, long(L), R, prec.c_str(),
+                    step, tps, gf, gf / (prec == "bf16" ? bgemm : sgemm), double(peak) / double(1 << 30));
         std::fflush(stdout);
       }
   return 0;

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdio>
+#include <cstdlib>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -30,7 +32,22 @@ namespace rw::kernels::cpu {
 void Sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
            int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
   if (m == 0 || n == 0) return;
-#ifdef RW_HAVE_OPENBLAS
+#if defined(RW_HAVE_ONEDNN)
+  // oneDNN picks its sgemm kernel from the CPU's feature flags at run time; OpenBLAS 0.3.21 picks by model
+  // number and runs its generic SSE3 ("Prescott") kernel on CPUs newer than it knows (5-7x slower here).
+  if (k == 0) {
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t j = 0; j < n; ++j) c[i * ldc + j] = beta == 0.f ? 0.f : beta * c[i * ldc + j];
+    return;
+  }
+  const dnnl_status_t st = dnnl_sgemm(trans_a ? 'T' : 'N', trans_b ? 'T' : 'N', m, n, k, alpha, a, lda, b, ldb, beta,
+                                      c, ldc);
+  if (st != dnnl_success) {
+    std::fprintf(stderr, "dnnl_sgemm failed (status %d) for m=%lld n=%lld k=%lld\n", int(st), (long long)m,
+                 (long long)n, (long long)k);
+    std::abort();
+  }
+#elif defined(RW_HAVE_OPENBLAS)
   cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans,
               int(m), int(n), int(k), alpha, a, int(lda), b, int(ldb), beta, c, int(ldc));
 #else
@@ -65,6 +82,15 @@ void SetBlasThreads(int n) {
 
 namespace {
 
+// Sets this thread's OpenMP thread count (an ICV of the calling thread only) to 1 for a scope.
+struct OneThreadForLibrary {
+#ifdef _OPENMP
+  const int saved = omp_get_max_threads();
+  OneThreadForLibrary() { omp_set_num_threads(1); }
+  ~OneThreadForLibrary() { omp_set_num_threads(saved); }
+#endif
+};
+
 // Widened copy of a bf16 matrix (rows x cols, leading dimension ld) for the sgemm path.
 std::vector<float> Widen(const bf16* x, int64_t rows, int64_t cols, int64_t ld) {
   std::vector<float> out(size_t(rows) * size_t(cols));
@@ -82,6 +108,20 @@ void GemmBf16Widened(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float al
 }
 
 #ifdef RW_HAVE_ONEDNN
+std::string IsaName() {
+  switch (dnnl::get_effective_cpu_isa()) {
+    case dnnl::cpu_isa::avx512_core_amx: return "avx512_core_amx";
+    case dnnl::cpu_isa::avx512_core_bf16: return "avx512_core_bf16";
+    case dnnl::cpu_isa::avx512_core_vnni: return "avx512_core_vnni";
+    case dnnl::cpu_isa::avx512_core: return "avx512_core";
+    case dnnl::cpu_isa::avx2_vnni: return "avx2_vnni";
+    case dnnl::cpu_isa::avx2: return "avx2";
+    case dnnl::cpu_isa::avx: return "avx";
+    case dnnl::cpu_isa::sse41: return "sse41";
+    default: return "other";
+  }
+}
+
 // oneDNN matmul primitives, one per GEMM shape (shape, strides, alpha, beta). Creating one JIT-compiles a
 // kernel (milliseconds); a training step uses a few dozen shapes, so they are made once and kept. Each
 // call brings its own scratchpad (user mode), so one primitive runs on several threads at once.
@@ -207,6 +247,9 @@ void ParallelGemm(int threads, DType dtype, bool trans_a, bool trans_b, int64_t 
   // Row blocks of at least 32 rows, at most one per thread.
   const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(threads, m / 32));
   if (parts == 1) {
+    // One part on the calling thread. oneDNN sizes its own team from the caller's OpenMP thread count:
+    // make that 1 for the call, so a rank given one thread keeps to it.
+    OneThreadForLibrary one;
     Gemm(dtype, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
     return;
   }
@@ -227,7 +270,14 @@ const char* Bf16GemmPath() {
 }
 
 const char* BlasName() {
-#ifdef RW_HAVE_OPENBLAS
+#if defined(RW_HAVE_ONEDNN)
+  static const std::string name = [] {
+    const dnnl_version_t* v = dnnl_version();
+    return "oneDNN " + std::to_string(v->major) + "." + std::to_string(v->minor) + "." + std::to_string(v->patch) +
+           " sgemm (" + IsaName() + ")";
+  }();
+  return name.c_str();
+#elif defined(RW_HAVE_OPENBLAS)
   return openblas_get_config();
 #else
   return "builtin (no BLAS found)";
