@@ -139,4 +139,17 @@ grep -q "ring of 4 devices (epoch 2) from step 6" "$out/s4.log" || { echo "FAIL:
 paste <(loss "$out/s2/metrics.jsonl") <(loss "$out/s4/metrics.jsonl") |
   awk '{ d = $1 - $2; if (d < 0) d = -d; if (d > 1e-5 * $1) { print "FAIL: loss " $1 " vs " $2; bad = 1 } } END { exit bad }'
 echo "stage ring sizes: 2 -> 4 at step 6, losses equal to the constant ring"
+# Mixed precision: the log names the bf16 GEMM path; a bf16 run over UCX between processes gives the same
+# losses as in one process; its checkpoint is fp32 safetensors (HF-compatible), as an fp32 run's.
+b16=(--set precision=bf16 --set stages.0.steps=4 --set stages.1.steps=1)
+"$bin" train "$cfg" --set output_dir="$out/b1" --set checkpoint.dir="$out/b1/ck" "${b16[@]}" > "$out/b1.log"
+grep -q "precision bf16: GEMMs by " "$out/b1.log" || { echo "FAIL: no bf16 GEMM path in the log"; cat "$out/b1.log"; exit 1; }
+"$bin" train "$cfg" --processes --set output_dir="$out/b2" --set checkpoint.dir= "${b16[@]}" > "$out/b2.log" 2>&1 ||
+  { cat "$out/b2.log"; exit 1; }
+[ "$(loss "$out/b1/metrics.jsonl")" = "$(loss "$out/b2/metrics.jsonl")" ] || {
+  echo "FAIL: bf16 --processes losses differ"; paste <(loss "$out/b1/metrics.jsonl") <(loss "$out/b2/metrics.jsonl"); exit 1; }
+head -c 20000 "$out/b1/ck/step-5/model.safetensors" > "$out/b1.hdr"  # the JSON header, and then some
+grep -q '"dtype":"F32"' "$out/b1.hdr" && ! grep -q 'BF16' "$out/b1.hdr" ||
+  { echo "FAIL: a bf16 run's checkpoint is not fp32 safetensors"; exit 1; }
+echo "bf16: $(grep -o 'precision bf16: GEMMs by .*' "$out/b1.log"); --processes losses identical; checkpoint F32"
 echo "1 passed, 0 failed"
