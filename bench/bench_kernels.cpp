@@ -1,5 +1,5 @@
 // Kernel benchmark: attention forward/backward on the CPU (and CUDA when present) in GFLOP/s, fp32 rows as a
-// ratio to the OpenBLAS sgemm rate and bf16 rows as a ratio to the bf16 GEMM rate (oneDNN), both measured in
+// ratio to the sgemm rate (oneDNN, or OpenBLAS) and bf16 rows as a ratio to the bf16 GEMM rate (oneDNN), both measured in
 // this same run, beside a naive full-matrix fp32 attention.
 //
 // Napkin math, per head, non-causal: forward = 2 GEMMs of S*S*D multiply-adds = 4 S^2 D flops;
@@ -20,6 +20,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/ceilings.h"
 #include "kernels/attention.h"
 #include "kernels/cpu/gemm.h"
 #include "kernels/cpu/vec.h"
@@ -65,18 +66,6 @@ std::vector<float> Random(size_t n, uint64_t seed) {
   return v;
 }
 
-// The ceiling: a large square sgemm on all cores through OpenBLAS's own threads.
-double SgemmGflops(int threads, int reps) {
-  const int64_t n = 2048;
-  auto a = Random(n * n, 1), b = Random(n * n, 2);
-  std::vector<float> c(n * n);
-  cpu::SetBlasThreads(threads);
-  const double t = MedianSeconds(reps, [&] {
-    cpu::Sgemm(false, false, n, n, n, 1.f, a.data(), n, b.data(), n, 0.f, c.data(), n);
-  });
-  return 2.0 * n * n * n / t / 1e9;
-}
-
 // Naive attention, one head at a time: materialize the S x S score matrix, softmax it, multiply by V.
 void NaiveAttention(int64_t s, int64_t h, int64_t d, bool causal, const float* q, const float* k,
                     const float* v, float* o, std::vector<float>& scores) {
@@ -116,20 +105,6 @@ struct Options {
 // Heads per shape: enough work to time, small enough that the 32K rows finish in seconds on 2 cores.
 int64_t HeadsFor(int64_t s) { return s <= 2048 ? 8 : (s <= 8192 ? 2 : 1); }
 
-// The bf16 ceiling: a 2048^3 bf16 GEMM (fp32 accumulation) with its rows split over the threads, as the
-// kernels call it.
-double Bf16Gflops(int threads, int reps) {
-  const int64_t n = 2048;
-  std::vector<bf16> a(n * n), b(n * n);
-  const auto af = Random(n * n, 1), bf = Random(n * n, 2);
-  for (int64_t i = 0; i < n * n; ++i) a[i] = ToBf16(af[i]), b[i] = ToBf16(bf[i]);
-  std::vector<float> c(n * n);
-  const double t = MedianSeconds(reps, [&] {
-    cpu::ParallelGemm(threads, DType::kBF16, false, true, n, n, n, 1.f, a.data(), n, b.data(), n, 0.f, c.data(), n);
-  });
-  return 2.0 * n * n * n / t / 1e9;
-}
-
 std::vector<bf16> ToBf16(const std::vector<float>& x) {
   std::vector<bf16> out(x.size());
   for (size_t i = 0; i < x.size(); ++i) out[i] = rw::kernels::ToBf16(x[i]);
@@ -138,8 +113,8 @@ std::vector<bf16> ToBf16(const std::vector<float>& x) {
 
 void BenchCpu(const Options& opt) {
   const int threads = opt.threads > 0 ? opt.threads : cpu::DefaultThreads();
-  const double sgemm = SgemmGflops(threads, std::max(opt.reps, 5));
-  const double bgemm = Bf16Gflops(threads, std::max(opt.reps, 5));
+  const double sgemm = rw::bench::SgemmCeiling(threads, std::max(opt.reps, 5));
+  const double bgemm = rw::bench::Bf16Ceiling(threads, std::max(opt.reps, 5));
   std::printf("machine: %d threads, BLAS: %s\n", threads, cpu::BlasName());
   std::printf("ceilings (median, %d threads): fp32 sgemm 2048^3 = %.1f GFLOP/s; bf16 GEMM 2048^3 (%s) = %.1f GFLOP/s\n\n",
               threads, sgemm, cpu::Bf16GemmPath(), bgemm);

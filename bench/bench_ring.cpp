@@ -1,5 +1,5 @@
 // Ring benchmark (issue 3 figures), each section measured in this one run:
-//   1. single-device attention fwd/bwd beside the OpenBLAS sgemm ceiling;
+//   1. single-device attention fwd/bwd beside the sgemm ceiling;
 //   2. in-process rings of R = 2, 4, 8 on the same total work: wall-time ratio to one device, overlap
 //      ratio (compute / ring wall, per rank), measured per-rank compute imbalance (max / mean);
 //   3. causal work imbalance of each layout at R = 4, 8 (attended pairs per rank, max / mean);
@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "kernels/attention.h"
+#include "bench/ceilings.h"
 #include "kernels/cpu/gemm.h"
 #include "runtime/inproc_transport.h"
 #include "runtime/layout.h"
@@ -50,21 +51,6 @@ std::vector<float> Random(size_t n, uint64_t seed) {
   std::vector<float> v(n);
   for (auto& x : v) x = d(g);
   return v;
-}
-
-double SgemmGflops(int threads) {
-  const int64_t n = 2048;
-  auto a = Random(n * n, 1), b = Random(n * n, 2);
-  std::vector<float> c(n * n);
-  rw::kernels::cpu::SetBlasThreads(threads);
-  std::vector<double> t;
-  for (int i = 0; i < 6; ++i) {
-    const auto t0 = Clock::now();
-    rw::kernels::cpu::Sgemm(false, false, n, n, n, 1.f, a.data(), n, b.data(), n, 0.f, c.data(), n);
-    if (i) t.push_back(Since(t0));
-  }
-  std::sort(t.begin(), t.end());
-  return 2.0 * n * n * n / t[t.size() / 2] / 1e9;
 }
 
 struct Problem {
@@ -371,8 +357,8 @@ int main(int argc, char** argv) {
     }
   }
   const int cores = rw::kernels::cpu::DefaultThreads();
-  const double sgemm = SgemmGflops(cores);
-  std::printf("machine: %d cores; ceiling: OpenBLAS sgemm 2048^3 = %.1f GFLOP/s\n", cores, sgemm);
+  const double sgemm = rw::bench::SgemmCeiling(cores, 5);
+  std::printf("machine: %d cores; ceiling: sgemm 2048^3 (%s) = %.1f GFLOP/s\n", cores, rw::kernels::cpu::BlasName(), sgemm);
   const Problem P = MakeProblem(L, H, D);
   const double flops = rw::kernels::AttentionForwardFlops(L, L, H, D, true);
 

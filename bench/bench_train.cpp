@@ -1,4 +1,4 @@
-// Training throughput (issue 4 figures): tokens/s and model FLOP utilization against the OpenBLAS sgemm
+// Training throughput (issue 4 figures): tokens/s and model FLOP utilization against the sgemm
 // rate measured in this same run, for a tiny and a small LLaMA at several sequence lengths and ring sizes
 // (in-process ring; each rank gets cores / R kernel threads). Each sequence is one document, so attention
 // covers the whole causal triangle.
@@ -19,6 +19,7 @@
 #include <thread>
 #include <vector>
 
+#include "bench/ceilings.h"
 #include "kernels/cpu/gemm.h"
 #include "runtime/inproc_transport.h"
 #include "runtime/trainer.h"
@@ -26,35 +27,6 @@
 using namespace rw::runtime;
 
 namespace {
-
-double SgemmGflops(int threads) {
-  const int64_t n = 2048;
-  std::vector<float> a(n * n, 0.5f), b(n * n, 0.25f), c(n * n);
-  rw::kernels::cpu::SetBlasThreads(threads);
-  std::vector<double> t;
-  for (int i = 0; i < 5; ++i) {
-    const auto t0 = std::chrono::steady_clock::now();
-    rw::kernels::cpu::Sgemm(false, false, n, n, n, 1.f, a.data(), n, b.data(), n, 0.f, c.data(), n);
-    if (i) t.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-  }
-  std::sort(t.begin(), t.end());
-  return 2.0 * n * n * n / t[t.size() / 2] / 1e9;
-}
-
-double Bf16Gflops(int threads) {
-  const int64_t n = 2048;
-  std::vector<rw::kernels::bf16> a(n * n, rw::kernels::ToBf16(0.5f)), b(n * n, rw::kernels::ToBf16(0.25f));
-  std::vector<float> c(n * n);
-  std::vector<double> t;
-  for (int i = 0; i < 5; ++i) {
-    const auto t0 = std::chrono::steady_clock::now();
-    rw::kernels::cpu::ParallelGemm(threads, rw::kernels::DType::kBF16, false, false, n, n, n, 1.f, a.data(), n,
-                                   b.data(), n, 0.f, c.data(), n);
-    if (i) t.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-  }
-  std::sort(t.begin(), t.end());
-  return 2.0 * n * n * n / t[t.size() / 2] / 1e9;
-}
 
 struct Shape {
   const char* name;
@@ -80,7 +52,7 @@ int main(int argc, char** argv) {
     if (a == "--precision" && i + 1 < argc) only_precision = argv[++i];
   }
   const int cores = rw::kernels::cpu::DefaultThreads();
-  const double sgemm = SgemmGflops(cores), bgemm = Bf16Gflops(cores);
+  const double sgemm = rw::bench::SgemmCeiling(cores), bgemm = rw::bench::Bf16Ceiling(cores);
   std::printf("machine: %d cores; ceilings 2048^3: fp32 sgemm (%s) %.1f GFLOP/s, bf16 GEMM (%s) %.1f GFLOP/s\n",
               cores, rw::kernels::cpu::BlasName(), sgemm, rw::kernels::cpu::Bf16GemmPath(), bgemm);
   std::printf("%-6s %-6s %-3s %-5s | %-10s %-10s %-12s %-8s %-8s\n", "model", "seq", "R", "prec", "step s",

@@ -254,32 +254,33 @@ Status Cast(const Exec& ex, int64_t n, View src, View dst) {
   return b->cast(ex, n, src, dst);
 }
 
-Status EmbeddingForward(const Exec& ex, int64_t n, int64_t e, int64_t vocab, const int32_t* ids,
-                        const float* table, float* x) {
-  const Backend* b = nullptr;
-  RW_RETURN_IF_ERROR(Table(ex, Op::kEmbeddingForward, DType::kF32, &b));
+namespace {
+// The shared checks of both directions: shape, the table's and the rows' pointers, ids in the vocabulary.
+Status CheckEmbedding(const Exec& ex, Op op, int64_t n, int64_t e, int64_t vocab, const int32_t* ids,
+                      const void* table, const void* rows, const Backend** b) {
+  RW_RETURN_IF_ERROR(Table(ex, op, DType::kF32, b));
   RW_REQUIRE(n >= 0 && e >= 1 && vocab >= 1,
              "shape: need n >= 0, e >= 1, vocab >= 1, got (" << n << ", " << e << ", " << vocab << ")");
   if (n == 0) return Status::Ok();
   RW_NONNULL(ids);
   RW_NONNULL(table);
-  RW_NONNULL(x);
-  RW_RETURN_IF_ERROR(CheckIds(ex, "ids", n, vocab, ids, /*negative_ok=*/false));
-  return b->embedding_forward(ex, n, e, ids, table, x);
+  RW_NONNULL(rows);
+  return CheckIds(ex, "ids", n, vocab, ids, /*negative_ok=*/false);
+}
+}  // namespace
+
+Status EmbeddingForward(const Exec& ex, int64_t n, int64_t e, int64_t vocab, const int32_t* ids,
+                        const float* table, float* x) {
+  const Backend* b = nullptr;
+  RW_RETURN_IF_ERROR(CheckEmbedding(ex, Op::kEmbeddingForward, n, e, vocab, ids, table, x, &b));
+  return n == 0 ? Status::Ok() : b->embedding_forward(ex, n, e, ids, table, x);
 }
 
 Status EmbeddingBackward(const Exec& ex, int64_t n, int64_t e, int64_t vocab, const int32_t* ids,
                          const float* dx, float* dtable) {
   const Backend* b = nullptr;
-  RW_RETURN_IF_ERROR(Table(ex, Op::kEmbeddingBackward, DType::kF32, &b));
-  RW_REQUIRE(n >= 0 && e >= 1 && vocab >= 1,
-             "shape: need n >= 0, e >= 1, vocab >= 1, got (" << n << ", " << e << ", " << vocab << ")");
-  if (n == 0) return Status::Ok();
-  RW_NONNULL(ids);
-  RW_NONNULL(dx);
-  RW_NONNULL(dtable);
-  RW_RETURN_IF_ERROR(CheckIds(ex, "ids", n, vocab, ids, /*negative_ok=*/false));
-  return b->embedding_backward(ex, n, e, ids, dx, dtable);
+  RW_RETURN_IF_ERROR(CheckEmbedding(ex, Op::kEmbeddingBackward, n, e, vocab, ids, dtable, dx, &b));
+  return n == 0 ? Status::Ok() : b->embedding_backward(ex, n, e, ids, dx, dtable);
 }
 
 }  // namespace rw::kernels

@@ -28,6 +28,23 @@ char* openblas_get_config(void);
 #endif
 
 namespace rw::kernels::cpu {
+namespace {
+
+// The library threads of a GEMM called from this thread (SetBlasThreads). oneDNN sizes its team from the
+// caller's OpenMP thread count, an ICV of the calling thread: a GEMM sets it for the call, so a ring rank
+// given one thread keeps to one, and a kernel's OpenMP worker (a team of one included) does not fork more.
+thread_local int t_library_threads = 1;
+struct LibraryThreads {
+#ifdef _OPENMP
+  const int saved = omp_get_max_threads();
+  explicit LibraryThreads(int n) { omp_set_num_threads(n); }
+  ~LibraryThreads() { omp_set_num_threads(saved); }
+#else
+  explicit LibraryThreads(int) {}
+#endif
+};
+
+}  // namespace
 
 void Sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
            int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
@@ -40,6 +57,7 @@ void Sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float al
       for (int64_t j = 0; j < n; ++j) c[i * ldc + j] = beta == 0.f ? 0.f : beta * c[i * ldc + j];
     return;
   }
+  const LibraryThreads scope(t_library_threads);
   const dnnl_status_t st = dnnl_sgemm(trans_a ? 'T' : 'N', trans_b ? 'T' : 'N', m, n, k, alpha, a, lda, b, ldb, beta,
                                       c, ldc);
   if (st != dnnl_success) {
@@ -72,6 +90,7 @@ void Sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float al
 }
 
 void SetBlasThreads(int n) {
+  t_library_threads = std::max(1, n);
 #ifdef RW_HAVE_OPENBLAS
   static std::atomic<int> current{-1};
   if (current.exchange(n) != n) openblas_set_num_threads(n);
@@ -82,14 +101,6 @@ void SetBlasThreads(int n) {
 
 namespace {
 
-// Sets this thread's OpenMP thread count (an ICV of the calling thread only) to 1 for a scope.
-struct OneThreadForLibrary {
-#ifdef _OPENMP
-  const int saved = omp_get_max_threads();
-  OneThreadForLibrary() { omp_set_num_threads(1); }
-  ~OneThreadForLibrary() { omp_set_num_threads(saved); }
-#endif
-};
 
 // Widened copy of a bf16 matrix (rows x cols, leading dimension ld) for the sgemm path.
 std::vector<float> Widen(const bf16* x, int64_t rows, int64_t cols, int64_t ld) {
@@ -97,14 +108,6 @@ std::vector<float> Widen(const bf16* x, int64_t rows, int64_t cols, int64_t ld) 
   for (int64_t r = 0; r < rows; ++r)
     for (int64_t c = 0; c < cols; ++c) out[size_t(r * cols + c)] = ToFloat(x[r * ld + c]);
   return out;
-}
-
-void GemmBf16Widened(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const bf16* a, int64_t lda,
-                     const bf16* b, int64_t ldb, float beta, float* c, int64_t ldc) {
-  // op(A) is (m x k): stored (m x k) or, transposed, (k x m).
-  const std::vector<float> af = ta ? Widen(a, k, m, lda) : Widen(a, m, k, lda);
-  const std::vector<float> bf = tb ? Widen(b, n, k, ldb) : Widen(b, k, n, ldb);
-  Sgemm(ta, tb, m, n, k, alpha, af.data(), ta ? m : k, bf.data(), tb ? k : n, beta, c, ldc);
 }
 
 #ifdef RW_HAVE_ONEDNN
@@ -212,6 +215,14 @@ class OneDnn {
 
 }  // namespace
 
+void GemmBf16Widened(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const bf16* a, int64_t lda,
+                     const bf16* b, int64_t ldb, float beta, float* c, int64_t ldc) {
+  // op(A) is (m x k): stored (m x k) or, transposed, (k x m).
+  const std::vector<float> af = ta ? Widen(a, k, m, lda) : Widen(a, m, k, lda);
+  const std::vector<float> bf = tb ? Widen(b, n, k, ldb) : Widen(b, k, n, ldb);
+  Sgemm(ta, tb, m, n, k, alpha, af.data(), ta ? m : k, bf.data(), tb ? k : n, beta, c, ldc);
+}
+
 void GemmBf16(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const bf16* a, int64_t lda,
               const bf16* b, int64_t ldb, float beta, float* c, int64_t ldc) {
   if (m == 0 || n == 0) return;
@@ -222,6 +233,7 @@ void GemmBf16(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, co
   }
 #ifdef RW_HAVE_ONEDNN
   if (OneDnn::Get().usable()) {
+    const LibraryThreads scope(t_library_threads);
     OneDnn::Get().Run(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
     return;
   }
@@ -247,9 +259,6 @@ void ParallelGemm(int threads, DType dtype, bool trans_a, bool trans_b, int64_t 
   // Row blocks of at least 32 rows, at most one per thread.
   const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(threads, m / 32));
   if (parts == 1) {
-    // One part on the calling thread. oneDNN sizes its own team from the caller's OpenMP thread count:
-    // make that 1 for the call, so a rank given one thread keeps to it.
-    OneThreadForLibrary one;
     Gemm(dtype, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
     return;
   }

@@ -20,13 +20,18 @@ void Sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float al
 void GemmBf16(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const bf16* a,
               int64_t lda, const bf16* b, int64_t ldb, float beta, float* c, int64_t ldc);
 
+// The fallback of GemmBf16 (a CPU oneDNN has no bf16 kernel for, or a build without oneDNN): the operands
+// widened to fp32 and multiplied by Sgemm. Public so that tests run it on every machine.
+void GemmBf16Widened(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const bf16* a,
+                     int64_t lda, const bf16* b, int64_t ldb, float beta, float* c, int64_t ldc);
+
 // Either of the above by the operands' dtype (both f32 or both bf16).
 void Gemm(DType dtype, bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const void* a,
           int64_t lda, const void* b, int64_t ldb, float beta, float* c, int64_t ldc);
 
-// Sets the BLAS library's own thread count (OpenBLAS); a no-op when it already has that value (changing
-// it costs milliseconds). The kernels keep BLAS at 1 thread and parallelize themselves; benchmarks raise
-// it to measure the sgemm ceiling.
+// Sets the GEMM library's own thread count: OpenBLAS's (process-wide; a no-op when it already has that value,
+// changing it costs milliseconds) and oneDNN's for GEMMs called from this thread (default 1). The kernels
+// keep the library at 1 thread and parallelize themselves; benchmarks raise it to measure the ceilings.
 void SetBlasThreads(int n);
 
 // A GEMM with the rows of C split across `threads` OpenMP threads, each calling the single-threaded

@@ -293,3 +293,34 @@ TEST(Layers, BadArgumentsAreRejectedWithTheArgumentNamed) {
 
 }  // namespace
 }  // namespace rw::test
+
+namespace rw::test {
+namespace {
+
+TEST(Embedding, CpuMatchesReferenceWithRepeatedIdsAndRefusesIdsOutsideTheVocabulary) {
+  const int64_t n = 50, e = 24, vocab = 17;
+  const auto table = Random(vocab * e, 61), dx = Random(n * e, 62), dt0 = Random(vocab * e, 63, 0.1);
+  std::vector<int32_t> ids(n);
+  for (int64_t i = 0; i < n; ++i) ids[i] = int32_t((i * 7) % vocab);  // every id several times
+  std::vector<float> x[2], dt[2];
+  int k = 0;
+  for (const Exec& ex : {kRef, kCpu}) {
+    x[k].resize(n * e);
+    dt[k] = dt0;
+    ASSERT_TRUE(kernels::EmbeddingForward(ex, n, e, vocab, ids.data(), table.data(), x[k].data()).ok());
+    ASSERT_TRUE(kernels::EmbeddingBackward(ex, n, e, vocab, ids.data(), dx.data(), dt[k].data()).ok());
+    ++k;
+  }
+  std::printf("[embedding cpu vs ref]\n");
+  ExpectClose("x", x[1], x[0], 0.0);
+  ExpectClose("dtable", dt[1], dt[0], 0.0);  // the same adds in the same (token) order
+  ids[3] = int32_t(vocab);
+  const auto st = kernels::EmbeddingForward(kCpu, n, e, vocab, ids.data(), table.data(), x[1].data());
+  ASSERT_FALSE(st.ok());
+  EXPECT_EQ(st.message().rfind("ids[3]:", 0), 0u) << st.message();
+  ids[3] = -1;
+  EXPECT_FALSE(kernels::EmbeddingBackward(kCpu, n, e, vocab, ids.data(), dx.data(), dt[1].data()).ok());
+}
+
+}  // namespace
+}  // namespace rw::test

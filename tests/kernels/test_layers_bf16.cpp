@@ -86,8 +86,11 @@ TEST(Bf16Layers, GemmWidenedAndLibraryPathsAgreeOnRaggedTransposedShapes) {
       const int64_t lda = ta ? m : k, ldb = tb ? k : n;
       kernels::cpu::GemmBf16(ta, tb, m, n, k, 0.5f, ab.data(), lda, bb.data(), ldb, 1.f, got.data(), n);
       kernels::cpu::Sgemm(ta, tb, m, n, k, 0.5f, a.data(), lda, b.data(), ldb, 1.f, want.data(), n);
+      std::vector<float> widened = c0;  // the path of a CPU without bf16 units
+      kernels::cpu::GemmBf16Widened(ta, tb, m, n, k, 0.5f, ab.data(), lda, bb.data(), ldb, 1.f, widened.data(), n);
       std::printf("[gemm bf16 ta=%d tb=%d]\n", ta, tb);
-      ExpectClose("c", got, want, 1e-12);
+      ExpectClose("c (library)", got, want, 1e-12);
+      ExpectClose("c (widened)", widened, want, 0.0);
     }
 }
 
