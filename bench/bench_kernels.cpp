@@ -236,6 +236,7 @@ void BenchCuda(const Options& opt) {
         AttentionParams p;
         p.device = dev;
         p.dtype = DType::kBF16;
+        p.o_dtype = DType::kBF16;  // the cuda attention writes o in its dtype
         p.sq = p.sk = s;
         p.hq = p.hkv = h;
         p.d = d;

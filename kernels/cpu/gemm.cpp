@@ -44,6 +44,14 @@ struct LibraryThreads {
 #endif
 };
 
+bool InParallel() {
+#ifdef _OPENMP
+  return omp_in_parallel() != 0;
+#else
+  return false;
+#endif
+}
+
 }  // namespace
 
 void Sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
@@ -125,9 +133,13 @@ std::string IsaName() {
   }
 }
 
-// oneDNN matmul primitives, one per GEMM shape (shape, strides, alpha, beta). Creating one JIT-compiles a
-// kernel (milliseconds); a training step uses a few dozen shapes, so they are made once and kept. Each
-// call brings its own scratchpad (user mode), so one primitive runs on several threads at once.
+// oneDNN matmul primitives, one per GEMM shape (shape, strides, alpha, beta, threads). Creating one
+// JIT-compiles a kernel (milliseconds); a training step uses a few dozen shapes, so they are made once and
+// kept: a shared map behind a mutex, and in front of it a per-thread map that needs no lock. Entries are
+// shared_ptrs, so a bounded shared map can drop entries other threads are still running. Each call brings
+// its own scratchpad (user mode), so one primitive runs on several threads at once. oneDNN fixes a
+// primitive's thread count when it is made (and splits the work by it), so the count is part of the key.
+// A shape oneDNN refuses, or can only run with its reference kernel, is marked and takes the widened path.
 class OneDnn {
  public:
   static OneDnn& Get() {
@@ -137,23 +149,34 @@ class OneDnn {
   bool usable() const { return usable_; }
   const std::string& path() const { return path_; }
 
-  void Run(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const bf16* a, int64_t lda,
+  // False when this shape takes the widened path.
+  bool Run(int threads, bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const bf16* a, int64_t lda,
            const bf16* b, int64_t ldb, float beta, float* c, int64_t ldc) {
-    const Key key{ta, tb, m, n, k, lda, ldb, ldc, alpha, beta};
-    Entry* e = Find(key);
+    const Key key{threads, ta, tb, m, n, k, lda, ldb, ldc, alpha, beta};
+    thread_local std::map<Key, std::shared_ptr<const Entry>> front;
+    auto it = front.find(key);
+    if (it == front.end()) {
+      if (front.size() >= kMaxEntries) front.clear();
+      it = front.emplace(key, Find(key)).first;
+    }
+    const Entry& e = *it->second;
+    if (!e.ok) return false;
     thread_local std::unique_ptr<dnnl::stream> stream;
     thread_local std::vector<char> scratch;
     if (!stream) stream = std::make_unique<dnnl::stream>(engine_);
-    if (scratch.size() < e->scratch_bytes) scratch.resize(e->scratch_bytes);
-    dnnl::memory am(e->a, engine_, const_cast<bf16*>(a)), bm(e->b, engine_, const_cast<bf16*>(b)),
-        cm(e->c, engine_, c), sm(e->pd.scratchpad_desc(), engine_, scratch.data());
-    e->prim.execute(*stream, {{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, bm}, {DNNL_ARG_DST, cm}, {DNNL_ARG_SCRATCHPAD, sm}});
+    if (scratch.size() < e.scratch_bytes) scratch.resize(e.scratch_bytes);
+    dnnl::memory am(e.a, engine_, const_cast<bf16*>(a)), bm(e.b, engine_, const_cast<bf16*>(b)),
+        cm(e.c, engine_, c), sm(e.pd.scratchpad_desc(), engine_, scratch.data());
+    e.prim.execute(*stream, {{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, bm}, {DNNL_ARG_DST, cm}, {DNNL_ARG_SCRATCHPAD, sm}});
     stream->wait();
+    return true;
   }
 
  private:
-  using Key = std::tuple<bool, bool, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, float, float>;
+  static constexpr size_t kMaxEntries = 4096;  // a job has a few dozen shapes; a bound all the same
+  using Key = std::tuple<int, bool, bool, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, float, float>;
   struct Entry {
+    bool ok = false;  // false: oneDNN refused the shape or offers only its reference kernel
     dnnl::memory::desc a, b, c;
     dnnl::matmul::primitive_desc pd;
     dnnl::matmul prim;
@@ -163,18 +186,22 @@ class OneDnn {
   OneDnn() : engine_(dnnl::engine::kind::cpu, 0) {
     // Probe once: a CPU oneDNN has no bf16 matmul for (no AVX-512) takes the widened path.
     try {
-      Entry e = Make(Key{false, true, 64, 64, 64, 64, 64, 64, 1.f, 0.f});
+      Entry e = Make(Key{1, false, true, 64, 64, 64, 64, 64, 64, 1.f, 0.f});
       const dnnl_version_t* v = dnnl_version();
       path_ = "oneDNN " + std::to_string(v->major) + "." + std::to_string(v->minor) + "." +
               std::to_string(v->patch) + " " + e.pd.impl_info_str();
-      usable_ = true;
+      usable_ = e.ok;
+      if (!usable_) path_ = "fp32 sgemm on widened bf16 (oneDNN offers only " + path_ + " on this CPU)";
     } catch (const dnnl::error& err) {
       path_ = std::string("fp32 sgemm on widened bf16 (oneDNN has no bf16 matmul for this CPU: ") + err.what() + ")";
     }
   }
 
+  // Throws dnnl::error when oneDNN refuses the shape. Made with the key's thread count as the calling
+  // thread's OpenMP count (the caller has set it: LibraryThreads).
   Entry Make(const Key& key) const {
-    const auto [ta, tb, m, n, k, lda, ldb, ldc, alpha, beta] = key;
+    const auto [threads, ta, tb, m, n, k, lda, ldb, ldc, alpha, beta] = key;
+    (void)threads;
     using dt = dnnl::memory::data_type;
     Entry e;
     e.a = dnnl::memory::desc({m, k}, dt::bf16, ta ? dnnl::memory::dims{1, lda} : dnnl::memory::dims{lda, 1});
@@ -189,27 +216,37 @@ class OneDnn {
       attr.set_post_ops(po);
     }
     e.pd = dnnl::matmul::primitive_desc(dnnl::matmul::desc(e.a, e.b, e.c), attr, engine_);
-    e.prim = dnnl::matmul(e.pd);
-    e.scratch_bytes = e.pd.scratchpad_desc().get_size();
+    e.ok = std::string(e.pd.impl_info_str()).rfind("ref", 0) != 0;
+    if (e.ok) {
+      e.prim = dnnl::matmul(e.pd);
+      e.scratch_bytes = e.pd.scratchpad_desc().get_size();
+    }
     return e;
   }
 
-  Entry* Find(const Key& key) {
+  std::shared_ptr<const Entry> Find(const Key& key) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      auto it = cache_.find(key);
+      if (it != cache_.end()) return it->second;
+    }
+    // Made outside the lock (JIT takes milliseconds); two threads may both make one, the first kept.
+    auto entry = std::make_shared<Entry>();
+    try {
+      *entry = Make(key);
+    } catch (const dnnl::error&) {
+      entry->ok = false;
+    }
     std::lock_guard<std::mutex> lock(mu_);
-    auto it = cache_.find(key);
-    if (it != cache_.end()) return it->second.get();
-    if (cache_.size() >= 4096) cache_.clear();  // shapes of a job are few; a bound all the same
-    auto entry = std::make_unique<Entry>(Make(key));
-    Entry* raw = entry.get();
-    cache_.emplace(key, std::move(entry));
-    return raw;
+    if (cache_.size() >= kMaxEntries) cache_.clear();
+    return cache_.emplace(key, std::move(entry)).first->second;
   }
 
   dnnl::engine engine_;
   bool usable_ = false;
   std::string path_;
   std::mutex mu_;
-  std::map<Key, std::unique_ptr<Entry>> cache_;
+  std::map<Key, std::shared_ptr<const Entry>> cache_;
 };
 #endif
 
@@ -233,9 +270,10 @@ void GemmBf16(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, co
   }
 #ifdef RW_HAVE_ONEDNN
   if (OneDnn::Get().usable()) {
-    const LibraryThreads scope(t_library_threads);
-    OneDnn::Get().Run(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
-    return;
+    // Inside an active OpenMP region oneDNN runs on the calling thread alone, whatever it was made for.
+    const int threads = InParallel() ? 1 : t_library_threads;
+    const LibraryThreads scope(threads);
+    if (OneDnn::Get().Run(threads, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)) return;
   }
 #endif
   GemmBf16Widened(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
@@ -254,6 +292,16 @@ void Gemm(DType dtype, bool ta, bool tb, int64_t m, int64_t n, int64_t k, float 
 void ParallelGemm(int threads, DType dtype, bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,
                   float alpha, const void* a, int64_t lda, const void* b, int64_t ldb, float beta, float* c,
                   int64_t ldc) {
+  if (dtype == DType::kBF16 && !Bf16GemmHasLibrary() && m > 0 && n > 0 && k > 0) {
+    // Widen A and B once for all the row parts (not once per part: B is often the whole lm_head).
+    const auto* ab = static_cast<const bf16*>(a);
+    const auto* bb = static_cast<const bf16*>(b);
+    const std::vector<float> af = trans_a ? Widen(ab, k, m, lda) : Widen(ab, m, k, lda);
+    const std::vector<float> bf = trans_b ? Widen(bb, n, k, ldb) : Widen(bb, k, n, ldb);
+    ParallelGemm(threads, DType::kF32, trans_a, trans_b, m, n, k, alpha, af.data(), trans_a ? m : k, bf.data(),
+                 trans_b ? k : n, beta, c, ldc);
+    return;
+  }
   SetBlasThreads(1);
   const int64_t es = DTypeSize(dtype);
   // Row blocks of at least 32 rows, at most one per thread.
@@ -268,6 +316,14 @@ void ParallelGemm(int threads, DType dtype, bool trans_a, bool trans_b, int64_t 
     const char* ap = static_cast<const char*>(a) + (trans_a ? m0 : m0 * lda) * es;  // rows of op(A)
     Gemm(dtype, trans_a, trans_b, m1 - m0, n, k, alpha, ap, lda, b, ldb, beta, c + m0 * ldc, ldc);
   }
+}
+
+bool Bf16GemmHasLibrary() {
+#ifdef RW_HAVE_ONEDNN
+  return OneDnn::Get().usable();
+#else
+  return false;
+#endif
 }
 
 const char* Bf16GemmPath() {

@@ -52,6 +52,9 @@ const char* BlasName();
 // "fp32 sgemm on widened bf16 (no oneDNN bf16 kernel for this CPU)". Decided once per process.
 const char* Bf16GemmPath();
 
+// True when bf16 GEMMs run in a library (oneDNN) rather than the widened fallback.
+bool Bf16GemmHasLibrary();
+
 // Threads the kernels use when num_threads is 0.
 int DefaultThreads();
 

@@ -2,7 +2,7 @@
 // blocks through GEMMs whose rows are split across the threads (kernels/cpu/gemm.h) for the projections.
 //
 // Precision: an op computes in its weights' dtype. fp32 is the path these kernels always had (the same
-// operations in the same order, so fp32 results are bitwise what they were). bf16: every GEMM takes bf16
+// operations in the same order; the GEMM library below them decides the bits: cpu/gemm.h). bf16: every GEMM takes bf16
 // operands and accumulates in fp32; what lies between GEMMs (silu, softmax, the loss, norms) is fp32, and
 // is rounded to bf16 only where it becomes the operand of the next GEMM.
 #include <algorithm>

@@ -312,6 +312,7 @@ TEST(Attention, BadArgumentsAreRejectedWithTheArgumentNamed) {
       {"block_q", [](AttentionParams& p) { p.block_q = -2; }},
       {"block_k", [](AttentionParams& p) { p.block_k = 100000; }},
       {"dtype", [](AttentionParams& p) { p.dtype = DType::kF16; }},
+      {"o_dtype", [](AttentionParams& p) { p.o_dtype = DType::kBF16; }},  // the cpu writes o in f32
       {"scale", [](AttentionParams& p) { p.scale = std::numeric_limits<float>::quiet_NaN(); }},
   };
   for (const auto& b : bads) {
