@@ -46,6 +46,12 @@ Status Dispatch(Device device, Op op, DType dtype, const Backend** out) {
   return Status::Ok();
 }
 
+Status AttentionWritesF32(const AttentionParams& p, bool) {
+  RW_REQUIRE(p.o_dtype == DType::kF32, "o_dtype: the " << DeviceName(p.device) << " attention writes o in f32, got "
+                                                       << DTypeName(p.o_dtype));
+  return Status::Ok();
+}
+
 bool CudaAvailable() {
   const Backend* b = FindBackend(Device::kCuda);
   return b && (!b->available || b->available());

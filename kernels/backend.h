@@ -92,6 +92,9 @@ const Backend* FindBackend(Device device);
 // The table that runs `op` in `dtype` on `device`, or an error that names the device, op and dtype.
 Status Dispatch(Device device, Op op, DType dtype, const Backend** out);
 
+// check_attention of host backends that write o in fp32 (the running (O, lse) stays fp32 across ring hops).
+Status AttentionWritesF32(const AttentionParams& p, bool backward);
+
 // The tables (each defined beside its kernels).
 const Backend& RefBackend();
 const Backend& CpuBackend();

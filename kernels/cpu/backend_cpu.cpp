@@ -28,18 +28,12 @@ bool Supports(Op op, DType dtype) {
   }
 }
 
-// o is written in fp32 (the running (O, lse) stays fp32 across ring hops).
-Status CheckAttention(const AttentionParams& p, bool) {
-  RW_REQUIRE(p.o_dtype == DType::kF32, "o_dtype: the cpu attention writes o in f32, got " << DTypeName(p.o_dtype));
-  return Status::Ok();
-}
-
 Backend Make() {
   Backend b;
   b.name = "cpu";
   b.device = Device::kCpu;
   b.supports = Supports;
-  b.check_attention = CheckAttention;
+  b.check_attention = AttentionWritesF32;
   b.attention_forward = cpu::AttentionForward;
   b.attention_backward_prep = cpu::AttentionBackwardPrep;
   b.attention_backward = cpu::AttentionBackward;

@@ -14,17 +14,12 @@ bool Supports(Op op, DType dtype) { return dtype == DType::kF32 || (op == Op::kC
 const float* F(View v) { return v.as<const float>(); }
 float* W(View v) { return v.as<float>(); }
 
-Status CheckAttention(const AttentionParams& p, bool) {
-  RW_REQUIRE(p.o_dtype == DType::kF32, "o_dtype: the ref attention writes o in f32, got " << DTypeName(p.o_dtype));
-  return Status::Ok();
-}
-
 Backend Make() {
   Backend b;
   b.name = "ref";
   b.device = Device::kRef;
   b.supports = Supports;
-  b.check_attention = CheckAttention;
+  b.check_attention = AttentionWritesF32;
   b.attention_forward = [](const AttentionParams& p) {
     ref::AttentionForward<float>(p, p.lse);
     return Status::Ok();
