@@ -66,6 +66,7 @@ TEST(JobConfig, EveryBadCaseNamesItsKey) {
       {base, {"stages.1.devices=3"}, "stages[1].seq_len"},      // 128 rows do not split into 6 zigzag chunks
       {base, {"stages.0.devices=-1"}, "stages[0].devices"},
       {base, {"remat=sometimes"}, "remat"},
+      {base, {"precision=fp16"}, "precision"},
       {base, {"loss.weighting=by_vibes"}, "loss.weighting"},
       {base, {"model.vocab_size=200"}, "model.vocab_size: 200 is smaller than the vocabulary of data.tokenizer bytes"},
       {base, {"data.tokenizer=/no/such.model"}, "data.tokenizer: '/no/such.model' is neither bytes nor"},
