@@ -45,18 +45,7 @@ std::vector<int64_t> ParseList(const char* s) {
   return out;
 }
 
-// Median wall time of `reps` runs after one warm-up.
-double MedianSeconds(int reps, const std::function<void()>& fn) {
-  fn();
-  std::vector<double> t;
-  for (int i = 0; i < reps; ++i) {
-    const auto t0 = Clock::now();
-    fn();
-    t.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
-  }
-  std::sort(t.begin(), t.end());
-  return t[t.size() / 2];
-}
+using rw::bench::MedianSeconds;
 
 std::vector<float> Random(size_t n, uint64_t seed) {
   std::mt19937_64 g(seed);

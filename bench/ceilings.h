@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <random>
 #include <vector>
 
@@ -15,12 +16,13 @@
 
 namespace rw::bench {
 
-inline double MedianGemmSeconds(int reps, void (*fn)(void*), void* arg) {
-  fn(arg);
+// Median wall time of `reps` runs of fn after one warm-up.
+inline double MedianSeconds(int reps, const std::function<void()>& fn) {
+  fn();
   std::vector<double> t;
   for (int i = 0; i < reps; ++i) {
     const auto t0 = std::chrono::steady_clock::now();
-    fn(arg);
+    fn();
     t.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   }
   std::sort(t.begin(), t.end());
@@ -29,11 +31,9 @@ inline double MedianGemmSeconds(int reps, void (*fn)(void*), void* arg) {
 
 struct GemmInputs {
   static constexpr int64_t n = 2048;
-  int threads = 1;
-  bool trans_b = false;
   std::vector<float> a, b, c;
   std::vector<kernels::bf16> ab, bb;
-  explicit GemmInputs(int t) : threads(t), a(n * n), b(n * n), c(n * n), ab(n * n), bb(n * n) {
+  GemmInputs() : a(n * n), b(n * n), c(n * n), ab(n * n), bb(n * n) {
     std::mt19937_64 g(7);
     std::uniform_real_distribution<float> d(-1.f, 1.f);
     for (int64_t i = 0; i < n * n; ++i) {
@@ -46,26 +46,25 @@ struct GemmInputs {
 };
 
 inline double SgemmCeiling(int threads, int reps = 5) {
-  GemmInputs in(threads);
+  GemmInputs in;
   kernels::cpu::SetBlasThreads(threads);
-  const double t = MedianGemmSeconds(reps, [](void* p) {
-    auto& x = *static_cast<GemmInputs*>(p);
-    kernels::cpu::Sgemm(false, false, x.n, x.n, x.n, 1.f, x.a.data(), x.n, x.b.data(), x.n, 0.f, x.c.data(), x.n);
-  }, &in);
+  const int64_t n = in.n;
+  const double t = MedianSeconds(reps, [&] {
+    kernels::cpu::Sgemm(false, false, n, n, n, 1.f, in.a.data(), n, in.b.data(), n, 0.f, in.c.data(), n);
+  });
   kernels::cpu::SetBlasThreads(1);
   return 2.0 * double(in.n) * in.n * in.n / t / 1e9;
 }
 
 inline double Bf16Ceiling(int threads, int reps = 5) {
-  GemmInputs in(threads);
+  GemmInputs in;
   double best = 0;
   for (bool tb : {false, true}) {
-    in.trans_b = tb;
-    const double t = MedianGemmSeconds(reps, [](void* p) {
-      auto& x = *static_cast<GemmInputs*>(p);
-      kernels::cpu::ParallelGemm(x.threads, kernels::DType::kBF16, false, x.trans_b, x.n, x.n, x.n, 1.f, x.ab.data(),
-                                 x.n, x.bb.data(), x.n, 0.f, x.c.data(), x.n);
-    }, &in);
+    const int64_t n = in.n;
+    const double t = MedianSeconds(reps, [&] {
+      kernels::cpu::ParallelGemm(threads, kernels::DType::kBF16, false, tb, n, n, n, 1.f, in.ab.data(), n,
+                                 in.bb.data(), n, 0.f, in.c.data(), n);
+    });
     best = std::max(best, 2.0 * double(in.n) * in.n * in.n / t / 1e9);
   }
   return best;

@@ -3,7 +3,6 @@
 
 #include <cmath>
 #include <cstdint>
-#include <utility>
 
 #include "kernels/backend.h"
 

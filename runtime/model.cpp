@@ -307,8 +307,7 @@ Status ForwardBackward(Transport& t, const ModelConfig& c, const ParamTable& tb,
   RW_RETURN_IF_ERROR(kernels::RmsNormBackward(ex, d.S, d.E, x.data(), P + tb.final_norm, rstd.data(), dhf.data(),
                                               dx.data(), G + tb.final_norm));
 
-  std::vector<float> dh(d.S * d.E), tmp(d.S * d.E), d_attn(d.S * d.HQD), dq(d.S * d.HQD), dk(d.S * d.HKD),
-      dv(d.S * d.HKD);
+  std::vector<float> dh(d.S * d.E), tmp(d.S * d.E), dq(d.S * d.HQD), dk(d.S * d.HKD), dv(d.S * d.HKD);
   Act d_attn_op;  // the attention's dout in the activation dtype
   for (int64_t l = c.num_hidden_layers - 1; l >= 0; --l) {
     const auto& L = tb.layers[l];
@@ -325,14 +324,11 @@ Status ForwardBackward(Transport& t, const ModelConfig& c, const ParamTable& tb,
                                                 dh.data(), tmp.data(), G + L.post_norm));
     for (int64_t i = 0; i < d.S * d.E; ++i) dx[i] += tmp[i];  // dx is now d x_mid
     // x_mid = x_in + o_proj(attention(rope(q), rope(k), v))
+    // The attention's dout, written straight in the activation dtype.
+    d_attn_op.Resize(size_t(d.S * d.HQD), mx.precision);
     RW_RETURN_IF_ERROR(kernels::LinearBackward(ex, d.S, d.HQD, d.E, a.attn.data(), Gemm(mx, P, L.o), dx.data(),
-                                               d_attn.data(), G + L.o));
-    const void* dout = d_attn.data();
-    if (mx.precision != DType::kF32) {
-      d_attn_op.Resize(d_attn.size(), mx.precision);
-      RW_RETURN_IF_ERROR(kernels::Cast(ex, int64_t(d_attn.size()), d_attn.data(), d_attn_op.view()));
-      dout = d_attn_op.data();
-    }
+                                               d_attn_op.view(), G + L.o));
+    const void* dout = d_attn_op.data();
     RingShard sh{a.q.data(), a.k.data(), a.v.data(), b.index.data(), b.segments.data()};
     RingStats rs;
     RW_RETURN_IF_ERROR(RingAttentionBackward(t, AttnConfig(c, mx, d.S, l), sh, a.attn.data(), a.lse.data(), dout,

@@ -44,6 +44,12 @@ struct LibraryThreads {
 #endif
 };
 
+// C = beta C (m x n): the product of an empty inner dimension, without a library call.
+void ScaleOnly(int64_t m, int64_t n, float beta, float* c, int64_t ldc) {
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t j = 0; j < n; ++j) c[i * ldc + j] = beta == 0.f ? 0.f : beta * c[i * ldc + j];
+}
+
 bool InParallel() {
 #ifdef _OPENMP
   return omp_in_parallel() != 0;
@@ -60,11 +66,7 @@ void Sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float al
 #if defined(RW_HAVE_ONEDNN)
   // oneDNN picks its sgemm kernel from the CPU's feature flags at run time; OpenBLAS 0.3.21 picks by model
   // number and runs its generic SSE3 ("Prescott") kernel on CPUs newer than it knows (5-7x slower here).
-  if (k == 0) {
-    for (int64_t i = 0; i < m; ++i)
-      for (int64_t j = 0; j < n; ++j) c[i * ldc + j] = beta == 0.f ? 0.f : beta * c[i * ldc + j];
-    return;
-  }
+  if (k == 0) return ScaleOnly(m, n, beta, c, ldc);
   const LibraryThreads scope(t_library_threads);
   const dnnl_status_t st = dnnl_sgemm(trans_a ? 'T' : 'N', trans_b ? 'T' : 'N', m, n, k, alpha, a, lda, b, ldb, beta,
                                       c, ldc);
@@ -117,6 +119,19 @@ std::vector<float> Widen(const bf16* x, int64_t rows, int64_t cols, int64_t ld) 
     for (int64_t c = 0; c < cols; ++c) out[size_t(r * cols + c)] = ToFloat(x[r * ld + c]);
   return out;
 }
+
+// op(A) (m x k) and op(B) (k x n) widened to dense fp32, in their stored orientation, with their new
+// leading dimensions: the operands of the widened path.
+struct Widened {
+  std::vector<float> a, b;
+  int64_t lda, ldb;
+  Widened(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const bf16* pa, int64_t lda_in, const bf16* pb,
+          int64_t ldb_in)
+      : a(ta ? Widen(pa, k, m, lda_in) : Widen(pa, m, k, lda_in)),
+        b(tb ? Widen(pb, n, k, ldb_in) : Widen(pb, k, n, ldb_in)),
+        lda(ta ? m : k),
+        ldb(tb ? k : n) {}
+};
 
 #ifdef RW_HAVE_ONEDNN
 std::string IsaName() {
@@ -254,20 +269,14 @@ class OneDnn {
 
 void GemmBf16Widened(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const bf16* a, int64_t lda,
                      const bf16* b, int64_t ldb, float beta, float* c, int64_t ldc) {
-  // op(A) is (m x k): stored (m x k) or, transposed, (k x m).
-  const std::vector<float> af = ta ? Widen(a, k, m, lda) : Widen(a, m, k, lda);
-  const std::vector<float> bf = tb ? Widen(b, n, k, ldb) : Widen(b, k, n, ldb);
-  Sgemm(ta, tb, m, n, k, alpha, af.data(), ta ? m : k, bf.data(), tb ? k : n, beta, c, ldc);
+  const Widened w(ta, tb, m, n, k, a, lda, b, ldb);
+  Sgemm(ta, tb, m, n, k, alpha, w.a.data(), w.lda, w.b.data(), w.ldb, beta, c, ldc);
 }
 
 void GemmBf16(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const bf16* a, int64_t lda,
               const bf16* b, int64_t ldb, float beta, float* c, int64_t ldc) {
   if (m == 0 || n == 0) return;
-  if (k == 0) {  // C = beta C: no library call for an empty product
-    for (int64_t i = 0; i < m; ++i)
-      for (int64_t j = 0; j < n; ++j) c[i * ldc + j] = beta == 0.f ? 0.f : beta * c[i * ldc + j];
-    return;
-  }
+  if (k == 0) return ScaleOnly(m, n, beta, c, ldc);
 #ifdef RW_HAVE_ONEDNN
   if (OneDnn::Get().usable()) {
     // Inside an active OpenMP region oneDNN runs on the calling thread alone, whatever it was made for.
@@ -294,12 +303,9 @@ void ParallelGemm(int threads, DType dtype, bool trans_a, bool trans_b, int64_t 
                   int64_t ldc) {
   if (dtype == DType::kBF16 && !Bf16GemmHasLibrary() && m > 0 && n > 0 && k > 0) {
     // Widen A and B once for all the row parts (not once per part: B is often the whole lm_head).
-    const auto* ab = static_cast<const bf16*>(a);
-    const auto* bb = static_cast<const bf16*>(b);
-    const std::vector<float> af = trans_a ? Widen(ab, k, m, lda) : Widen(ab, m, k, lda);
-    const std::vector<float> bf = trans_b ? Widen(bb, n, k, ldb) : Widen(bb, k, n, ldb);
-    ParallelGemm(threads, DType::kF32, trans_a, trans_b, m, n, k, alpha, af.data(), trans_a ? m : k, bf.data(),
-                 trans_b ? k : n, beta, c, ldc);
+    const Widened w(trans_a, trans_b, m, n, k, static_cast<const bf16*>(a), lda, static_cast<const bf16*>(b), ldb);
+    ParallelGemm(threads, DType::kF32, trans_a, trans_b, m, n, k, alpha, w.a.data(), w.lda, w.b.data(), w.ldb, beta,
+                 c, ldc);
     return;
   }
   SetBlasThreads(1);

@@ -68,10 +68,17 @@ void ExpectWithinTwiceNaive(const char* what, const std::vector<float>& got, con
   EXPECT_LE(dg.nmse, 2 * dn.nmse + 1e-14) << what;
 }
 
-TEST(Bf16Layers, TheCpuReportsWhichBf16GemmPathItTakes) {
+TEST(Bf16Layers, TheCpuReportsTheBf16GemmPathItTakes) {
+  // The name the log prints agrees with the path the GEMMs take: a library kernel (never oneDNN's reference
+  // one), or the widened fallback.
   const std::string path = kernels::cpu::Bf16GemmPath();
   std::printf("bf16 GEMM path: %s\n", path.c_str());
-  EXPECT_FALSE(path.empty());
+  if (kernels::cpu::Bf16GemmHasLibrary()) {
+    EXPECT_EQ(path.rfind("oneDNN ", 0), 0u) << path;
+    EXPECT_EQ(path.find(" ref"), std::string::npos) << path;
+  } else {
+    EXPECT_EQ(path.rfind("fp32 sgemm on widened bf16", 0), 0u) << path;
+  }
 }
 
 TEST(Bf16Layers, GemmWidenedAndLibraryPathsAgreeOnRaggedTransposedShapes) {

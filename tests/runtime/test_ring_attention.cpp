@@ -126,7 +126,6 @@ TEST(RingAttention, Bf16ErrorAgainstFp64DoesNotGrowWithTheRingSize) {
 
 TEST(RingAttention, Bf16RingSendsHalfTheForwardBytes) {
   const Global G = RoundedToBf16(MakeGlobal(64, false, 78));
-  std::vector<RingStats> st32, st16;
   Layout lay;
   ASSERT_TRUE(Layout::Make(LayoutKind::kZigzag, G.L, 2, &lay).ok());
   uint64_t bytes[2] = {0, 0};
