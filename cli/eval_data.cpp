@@ -74,9 +74,8 @@ int Eval(const std::string& checkpoint, const std::string& data, int ring, const
 }
 
 int DataPrepare(const std::vector<std::string>& inputs, const std::string& output, const std::string& tokenizer,
-                int64_t vision_codes,
-                bool skip_bad) {
-  runtime::PrepareOptions opt{inputs, output, tokenizer, vision_codes, skip_bad};
+                int64_t vision_codes, bool skip_bad, int64_t vocab_size) {
+  runtime::PrepareOptions opt{inputs, output, tokenizer, vision_codes, skip_bad, vocab_size};
   runtime::PrepareReport rep;
   auto st = runtime::PrepareDataset(opt, &rep);
   if (!st.ok()) {

@@ -78,6 +78,10 @@ int main(int argc, char** argv) {
   prepare->add_option("--vision-codes", vision_codes,
                       "VQGAN codebook size for {\"vision\": [[codes], ...]} records (LWM: 8192); vision ids follow the text vocabulary");
   prepare->add_flag("--skip-bad", skip_bad, "count and skip bad records instead of failing");
+  int64_t vocab_size = 0;
+  prepare->add_option("--vocab-size", vocab_size,
+                      "the vocabulary of pre-tokenized {\"tokens\": [ids]} records (default: the tokenizer's); "
+                      "every id must be below it, and a model trains on the dataset when its vocabulary is at least this");
   // The cluster: daemon, workers, and the API clients.
   rw::scheduler::DaemonOptions dopt;
   auto* daemon = app.add_subcommand("daemon", "run the scheduler daemon (REST API, queue, workers, checkpoints)");
@@ -141,7 +145,7 @@ int main(int argc, char** argv) {
     return rw::cli::Needle(needle_ckpt, needle_lengths, needle_depths, needle_trials, needle_ring, needle_layout,
                            needle_out, needle_seed);
   if (*eval) return rw::cli::Eval(checkpoint, data, ring, layout, seq_len);
-  if (*prepare) return rw::cli::DataPrepare(inputs, output, tokenizer, vision_codes, skip_bad);
+  if (*prepare) return rw::cli::DataPrepare(inputs, output, tokenizer, vision_codes, skip_bad, vocab_size);
   if (*train) {
     if (describe) {
       std::printf("%s", rw::runtime::DescribeSettings().c_str());

@@ -21,7 +21,6 @@ int Generate(const std::string& checkpoint, const std::string& prompt, int64_t m
 int Needle(const std::string& checkpoint, const std::vector<int64_t>& lengths, const std::vector<double>& depths,
            int64_t trials, int ring, const std::string& layout, const std::string& output, uint64_t seed);
 int DataPrepare(const std::vector<std::string>& inputs, const std::string& output, const std::string& tokenizer,
-                int64_t vision_codes,
-                bool skip_bad);
+                int64_t vision_codes, bool skip_bad, int64_t vocab_size);
 
 }  // namespace rw::cli

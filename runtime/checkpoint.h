@@ -17,7 +17,9 @@ namespace rw::runtime {
 struct TrainerState {
   int64_t step = 0;         // optimizer steps done
   int64_t stage = 0;        // stage of the last step done
-  int64_t data_cursor = 0;  // the loader's position: the next global batch is GlobalBatch(seed, cursor + 1)
+  // The loader's position after the last step done: files data, the windows read in the stage (DataCursor);
+  // synthetic data, the step (the next global batch is GlobalBatch(seed, cursor + 1)).
+  int64_t data_cursor = 0;
   uint64_t seed = 0;
   std::string job;
 };

@@ -82,15 +82,14 @@ Status DataConfig::Validate(int64_t* vocab) const {
   return Status::Ok();
 }
 
-void PackedSequence::AppendDocument(const int32_t* ids, const uint8_t* mod, int64_t take, int32_t doc) {
-  for (int64_t i = 0; i < take; ++i) {
-    const bool has_next = i + 1 < take;
+void PackedSequence::AppendWindow(const int32_t* ids, const uint8_t* mod, int64_t inputs, int32_t doc) {
+  for (int64_t i = 0; i < inputs; ++i) {
     tokens.push_back(ids[i]);
     segments.push_back(doc);
     positions.push_back(i);
-    targets.push_back(has_next ? ids[i + 1] : -1);
-    weights.push_back(has_next ? 1.f : 0.f);
-    modality.push_back(has_next && mod ? mod[i + 1] : 0);
+    targets.push_back(ids[i + 1]);
+    weights.push_back(1.f);
+    modality.push_back(mod ? mod[i + 1] : 0);
   }
 }
 
@@ -129,10 +128,10 @@ std::vector<PackedSequence> GlobalBatch(const DataConfig& d, const Tokenizer& to
         ids = CopyDocument(d, tok, s);
       }
       const int64_t start = int64_t(p.tokens.size());
-      const int64_t take = std::min<int64_t>(seq_len - start, int64_t(ids.size()));
-      if (take < 2) break;  // a document needs at least one (token, target) pair
-      p.AppendDocument(ids.data(), nullptr, take, doc++);
-      for (int64_t i = answer_from; i < std::min(answer_to, take - 1); ++i)
+      const int64_t take = std::min<int64_t>(seq_len - start, int64_t(ids.size()) - 1);  // positions
+      if (take < 1) break;
+      p.AppendWindow(ids.data(), nullptr, take, doc++);
+      for (int64_t i = answer_from; i < std::min(answer_to, take); ++i)
         p.weights[size_t(start + i)] = float(d.answer_weight);
     }
     p.PadTo(seq_len);

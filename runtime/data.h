@@ -2,10 +2,12 @@
 // a stage.
 //
 // The global batch of step k is a function of (data config, seed, k, seq_len, batch) only, never of the
-// ring size, so a run that changes its ring continues on the same data. A sequence is documents packed end
-// to end: segment ids mark the documents (attention stays inside one), positions restart at each document,
-// and a token's target is the next token of the same document (none at a document's end: no target crosses
-// a boundary). Tokens left over at the end of a sequence are padding (id 0, segment -1, no target).
+// ring size, so a run that changes its ring continues on the same data. A sequence is windows of documents
+// packed end to end: segment ids mark the windows (attention stays inside one), positions restart at each
+// window, and every position of a window has a target, the next token of its document, as in a Hugging
+// Face training loop that is given L + 1 tokens for L positions (no target crosses a document boundary: a
+// document of n tokens gives n - 1 positions, its last token is only a target). Positions left over at the
+// end of a sequence are padding (id 0, segment -1, no target).
 #pragma once
 
 #include <cstdint>
@@ -49,9 +51,10 @@ struct PackedSequence {
   std::vector<float> weights;    // 1 where a target exists (before loss weighting), else 0
   std::vector<uint8_t> modality;  // of each position's target: 0 text, 1 vision
 
-  // Appends the first `take` tokens of a document as document `doc` (positions from 0; each token's target
-  // is the next one of the document; `modality`, of each token, may be null: text).
-  void AppendDocument(const int32_t* ids, const uint8_t* modality, int64_t take, int32_t doc);
+  // Appends a window of `inputs` positions as segment `doc`: ids[0, inputs) are the inputs (positions from
+  // 0) and ids[1, inputs] their targets, so ids holds inputs + 1 tokens; `modality`, of each id, may be
+  // null (text). A position's modality is its target's.
+  void AppendWindow(const int32_t* ids, const uint8_t* modality, int64_t inputs, int32_t doc);
   // Pads to seq_len rows: id 0, segment -1 (no document), no target.
   void PadTo(int64_t seq_len);
 };

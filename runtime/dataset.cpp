@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -106,6 +107,14 @@ Status ParseRecord(const std::string& line, const Tokenizer& tok, const VisionVo
   return Status::Ok();
 }
 
+// Every id below the dataset's vocabulary (a text record's tokenizer, or vision ids, may exceed --vocab-size).
+Status CheckVocab(const std::vector<int32_t>& ids, int64_t vocab) {
+  for (size_t i = 0; i < ids.size(); ++i)
+    RW_REQUIRE(ids[i] < vocab, "token " << i << " has id " << ids[i] << ", outside the vocabulary of " << vocab
+                                        << " (--vocab-size)");
+  return Status::Ok();
+}
+
 void* MapFile(const std::string& path, size_t* bytes) {
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) return nullptr;
@@ -127,7 +136,9 @@ Status PrepareDataset(const PrepareOptions& opt, PrepareReport* report) {
   RW_REQUIRE(opt.vision_codes >= 0 && opt.vision_codes <= (1 << 20),
              "--vision-codes: must be in [0, 2^20], got " << opt.vision_codes);
   const VisionVocab vision{tok->vocab_size(), opt.vision_codes};
-  const int64_t vocab = opt.vision_codes > 0 ? vision.total() : tok->vocab_size();
+  RW_REQUIRE(opt.vocab_size >= 0 && opt.vocab_size <= (int64_t(1) << 31),
+             "--vocab-size: must be in [1, 2^31], got " << opt.vocab_size);
+  const int64_t vocab = opt.vocab_size > 0 ? opt.vocab_size : opt.vision_codes > 0 ? vision.total() : tok->vocab_size();
   const fs::path out(opt.output), tmp = out.string() + ".tmp-" + std::to_string(::getpid());
   std::error_code ec;
   RW_REQUIRE(!fs::exists(out / "meta.json"), "--output: " << opt.output << " already holds a dataset");
@@ -150,6 +161,7 @@ Status PrepareDataset(const PrepareOptions& opt, PrepareReport* report) {
       std::stringstream ss;
       ss << f.rdbuf();
       w.doc = tok->EncodeDocument(ss.str());
+      if (Status st = CheckVocab(w.doc, vocab); !st.ok()) return fail(Status::Error(in + ": " + st.message()));
       w.mod.assign(w.doc.size(), 0);
       w.Add();
       ++rep.documents;
@@ -160,6 +172,7 @@ Status PrepareDataset(const PrepareOptions& opt, PrepareReport* report) {
     for (int64_t lineno = 1; std::getline(f, line); ++lineno) {
       if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
       Status st = ParseRecord(line, *tok, vision, vocab, w);
+      if (st.ok()) st = CheckVocab(w.doc, vocab);
       if (!st.ok()) {
         if (opt.skip_bad) {
           ++rep.skipped;
@@ -254,36 +267,77 @@ Dataset& Dataset::operator=(Dataset&& o) noexcept {
   return *this;
 }
 
-namespace {
-// Appends document i (truncated to the room left) to p; returns false when no pair fits.
-bool Append(const Dataset& d, int64_t i, int64_t seq_len, int32_t doc, PackedSequence& p) {
-  const int64_t take = std::min(seq_len - int64_t(p.tokens.size()), d.doc_len(i));
-  if (take < 2) return false;
-  p.AppendDocument(d.doc_tokens(i), d.doc_modality(i), take, doc);
-  return true;
+WindowIndex::WindowIndex(const Dataset& d, int64_t seq_len) : d_(&d), seq_len_(seq_len) {
+  first_.resize(size_t(d.documents()) + 1);
+  first_[0] = 0;
+  for (int64_t i = 0; i < d.documents(); ++i) {
+    const int64_t pairs = std::max<int64_t>(0, d.doc_len(i) - 1);
+    first_[size_t(i) + 1] = first_[size_t(i)] + (pairs + seq_len - 1) / seq_len;
+  }
 }
+
+WindowIndex::Window WindowIndex::operator[](int64_t w) const {
+  // The last document whose first window is at or before w (documents without a pair have no window).
+  const auto it = std::upper_bound(first_.begin(), first_.end(), w) - 1;
+  Window out;
+  out.doc = int64_t(it - first_.begin());
+  const int64_t k = w - *it;
+  out.start = k * seq_len_;
+  out.inputs = std::min(seq_len_, d_->doc_len(out.doc) - 1 - out.start);
+  return out;
+}
+
+namespace {
+
+// A keyed permutation of [0, n): a 4-round Feistel network on the smallest even number of bits that holds
+// n, cycle-walked back into range (at most 4 n / n tries expected). O(1) memory for any number of windows.
+int64_t Permute(uint64_t key, int64_t n, int64_t x) {
+  if (n <= 1) return 0;
+  int bits = 2;
+  while ((int64_t(1) << bits) < n) bits += 2;
+  const int half = bits / 2;
+  const uint64_t mask = (uint64_t(1) << half) - 1;
+  uint64_t v = uint64_t(x);
+  do {
+    uint64_t l = v >> half, r = v & mask;
+    for (uint64_t round = 0; round < 4; ++round) {
+      const uint64_t f = Mix(key ^ Mix(round * 0x9e3779b97f4a7c15ull ^ r)) & mask;
+      const uint64_t t = l ^ f;
+      l = r;
+      r = t;
+    }
+    v = (l << half) | r;
+  } while (v >= uint64_t(n));
+  return int64_t(v);
+}
+
+void Append(const Dataset& d, const WindowIndex::Window& w, int32_t segment, PackedSequence& p) {
+  p.AppendWindow(d.doc_tokens(w.doc) + w.start, d.doc_modality(w.doc) + w.start, w.inputs, segment);
+}
+
 }  // namespace
 
+int64_t ShuffledWindow(const WindowIndex& w, uint64_t seed, int64_t stage, int64_t p) {
+  const int64_t n = w.size();
+  const int64_t epoch = p / n;
+  const uint64_t key = Mix(seed ^ Mix(uint64_t(stage) * 0x100000001b3ull ^ Mix(uint64_t(epoch))));
+  return Permute(key, n, p % n);
+}
+
 std::vector<PackedSequence> Dataset::PackAll(int64_t seq_len) const {
+  const WindowIndex windows(*this, seq_len);
   std::vector<PackedSequence> out;
   PackedSequence cur;
-  int32_t doc = 0;
-  for (int64_t i = 0; i < n_docs_; ++i) {
-    // A document longer than a sequence is cut into sequence-sized pieces, each its own document.
-    for (int64_t start = 0; start < doc_len(i);) {
-      const int64_t room = seq_len - int64_t(cur.tokens.size());
-      const int64_t take = std::min(room, doc_len(i) - start);
-      if (take < 2) {
-        cur.PadTo(seq_len);
-        out.push_back(std::move(cur));
-        cur = {};
-        doc = 0;
-        continue;
-      }
-      cur.AppendDocument(doc_tokens(i) + start, doc_modality(i) + start, take, doc);
-      ++doc;
-      start += take;
+  int32_t segment = 0;
+  for (int64_t w = 0; w < windows.size(); ++w) {
+    const WindowIndex::Window win = windows[w];
+    if (int64_t(cur.tokens.size()) + win.inputs > seq_len) {
+      cur.PadTo(seq_len);
+      out.push_back(std::move(cur));
+      cur = {};
+      segment = 0;
     }
+    Append(*this, win, segment++, cur);
   }
   if (!cur.tokens.empty()) {
     cur.PadTo(seq_len);
@@ -292,13 +346,17 @@ std::vector<PackedSequence> Dataset::PackAll(int64_t seq_len) const {
   return out;
 }
 
-std::vector<PackedSequence> Dataset::Batch(uint64_t seed, int64_t step, int64_t seq_len, int64_t batch) const {
-  std::vector<PackedSequence> out(batch);
-  for (int64_t b = 0; b < batch; ++b) {
-    int64_t i = int64_t(Mix(seed ^ Mix(uint64_t(step) * 0x100000001b3ull + uint64_t(b))) % uint64_t(n_docs_));
-    int32_t doc = 0;
-    for (int64_t n = 0; n < n_docs_ && Append(*this, i, seq_len, doc, out[b]); ++n, i = (i + 1) % n_docs_) ++doc;
-    out[b].PadTo(seq_len);
+std::vector<PackedSequence> NextBatch(const WindowIndex& w, int64_t batch, DataCursor* c) {
+  std::vector<PackedSequence> out(static_cast<size_t>(batch));
+  if (w.size() == 0) return out;  // all padding: the loss weighting refuses a batch with nothing to predict
+  for (auto& p : out) {
+    for (int32_t segment = 0;; ++segment) {
+      const WindowIndex::Window win = w[ShuffledWindow(w, c->seed, c->stage, c->next)];
+      if (segment > 0 && int64_t(p.tokens.size()) + win.inputs > w.seq_len()) break;
+      Append(w.dataset(), win, segment, p);
+      ++c->next;
+    }
+    p.PadTo(w.seq_len());
   }
   return out;
 }

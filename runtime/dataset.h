@@ -23,6 +23,9 @@ struct PrepareOptions {
   std::string tokenizer = "bytes";  // bytes | PATH of a SentencePiece .model
   int64_t vision_codes = 0;         // > 0: VQGAN codebook size; vision ids follow the text vocabulary
   bool skip_bad = false;  // count and skip bad records instead of failing
+  // > 0: the vocabulary the dataset declares (pre-tokenized "tokens" records of another tokenizer); every id
+  // must be below it. 0: the tokenizer's (with the vision ids after it).
+  int64_t vocab_size = 0;
 };
 
 struct PrepareReport {
@@ -52,11 +55,9 @@ class Dataset {
   const uint8_t* doc_modality(int64_t i) const { return modality_ + index_[i]; }
   int64_t doc_len(int64_t i) const { return int64_t(index_[i + 1] - index_[i]); }
 
-  // Every document in order, packed into sequences of seq_len (for eval: each token exactly once).
+  // Every document once, in order: its windows at seq_len packed into sequences (eval: every target of
+  // the dataset exactly once).
   std::vector<PackedSequence> PackAll(int64_t seq_len) const;
-  // The global batch of training step `step`: sequence b starts at a document drawn from (seed, step, b)
-  // and packs the documents that follow it; independent of the ring size.
-  std::vector<PackedSequence> Batch(uint64_t seed, int64_t step, int64_t seq_len, int64_t batch) const;
 
  private:
   void Reset();
@@ -71,5 +72,44 @@ class Dataset {
   const uint64_t* index_ = nullptr;
   int64_t n_docs_ = 0, n_tokens_ = 0, vocab_ = 0;
 };
+
+// The windows of a dataset at one sequence length L. A document of n tokens has n - 1 (input, target)
+// pairs; they are cut into consecutive windows of L pairs, the last one shorter: window k of a document
+// reads its tokens [k L, k L + inputs], L + 1 tokens where the document goes on. Every pair of the dataset
+// is in exactly one window, and a book of any length is trained whole.
+class WindowIndex {
+ public:
+  struct Window {
+    int64_t doc = 0, start = 0, inputs = 0;  // document, its first token, positions (<= seq_len)
+  };
+  WindowIndex(const Dataset& d, int64_t seq_len);
+  int64_t size() const { return first_.back(); }
+  int64_t seq_len() const { return seq_len_; }
+  const Dataset& dataset() const { return *d_; }
+  Window operator[](int64_t w) const;  // w in [0, size())
+
+ private:
+  const Dataset* d_;
+  int64_t seq_len_;
+  std::vector<int64_t> first_;  // first_[i]: windows of the documents before document i
+};
+
+// Where the loader of a stage stands: windows are read in epochs, each a shuffle of all the windows drawn
+// from (seed, stage, epoch), and `next` counts the windows read since the stage began (epoch next / size).
+// Independent of the ring size; kept in checkpoints (TrainerState::data_cursor), so a run resumes on the
+// very window it would have read next.
+struct DataCursor {
+  uint64_t seed = 0;
+  int64_t stage = 0;
+  int64_t next = 0;
+  int64_t epoch(const WindowIndex& w) const { return next / w.size(); }
+};
+
+// The window at stream position p of (seed, stage): a permutation of [0, w.size()) per epoch.
+int64_t ShuffledWindow(const WindowIndex& w, uint64_t seed, int64_t stage, int64_t p);
+
+// The global batch at the cursor: `batch` sequences, each packing windows in stream order while the next
+// one fits (the rest of a sequence is padding); advances the cursor past the windows it packed.
+std::vector<PackedSequence> NextBatch(const WindowIndex& w, int64_t batch, DataCursor* cursor);
 
 }  // namespace rw::runtime

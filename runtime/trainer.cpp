@@ -84,19 +84,19 @@ Status TrainRank(Transport& t, const JobConfig& job, const std::function<void(co
   const int64_t total = job.total_steps();
   int64_t step = 0;
   TrainResult res;
+  TrainerState resumed;  // of the checkpoint resumed from
   if (!job.checkpoint.dir.empty()) {
     if (rank == 0) CollectCheckpointLeftovers(job.checkpoint.dir);  // of writes a crash interrupted
-    TrainerState state;
     bool found = false;
     RW_RETURN_IF_ERROR(LoadLatestCheckpoint(job.checkpoint.dir, model, table, params.data(), opt.m().data(),
-                                            opt.v().data(), &state, &found, &res.skipped_checkpoints,
+                                            opt.v().data(), &resumed, &found, &res.skipped_checkpoints,
                                             control.resume_max_step));
     if (found) {
-      RW_REQUIRE(state.seed == job.seed, "checkpoint.dir: holds a run of seed " << state.seed << ", the job has seed "
+      RW_REQUIRE(resumed.seed == job.seed, "checkpoint.dir: holds a run of seed " << resumed.seed << ", the job has seed "
                                                                                << job.seed);
-      RW_REQUIRE(state.step <= total, "checkpoint.dir: checkpoint of step " << state.step << " is past the job's "
+      RW_REQUIRE(resumed.step <= total, "checkpoint.dir: checkpoint of step " << resumed.step << " is past the job's "
                                                                            << total << " steps");
-      res.resumed_from = state.step;
+      res.resumed_from = resumed.step;
     }
   }
   if (res.resumed_from == 0 && !job.init_from.empty()) {
@@ -129,11 +129,14 @@ Status TrainRank(Transport& t, const JobConfig& job, const std::function<void(co
     write_status = Status::Ok();
     return st;
   };
+  // The loader of files data: the stage's windows, read in shuffled epochs from the cursor.
+  std::unique_ptr<WindowIndex> windows;
+  DataCursor cursor;
   auto save = [&](int64_t stage_index, bool final) -> Status {
     if (rank != 0 || job.checkpoint.dir.empty()) return Status::Ok();
     Status prev = join_writer();  // a failed background write was reported by on_checkpoint already
     (void)prev;
-    const TrainerState state{step, stage_index, step, job.seed, job.name};
+    const TrainerState state{step, stage_index, windows ? cursor.next : step, job.seed, job.name};
     snap_p.assign(params.begin(), params.end());
     snap_m.assign(opt.m().begin(), opt.m().end());
     snap_v.assign(opt.v().begin(), opt.v().end());
@@ -176,14 +179,20 @@ Status TrainRank(Transport& t, const JobConfig& job, const std::function<void(co
                                                      << ", this ring has " << R << " (re-form it at the stage change)");
     Layout layout;
     RW_RETURN_IF_ERROR(Layout::Make(kind, stage.seq_len, R, &layout));
+    if (job.data.source == "files") {
+      windows = std::make_unique<WindowIndex>(files, stage.seq_len);
+      RW_REQUIRE(windows->size() > 0, "data.path: " << job.data.path << " has no document of 2 tokens or more");
+      cursor = DataCursor{job.seed, int64_t(si), 0};
+      if (res.resumed_from > step && resumed.stage == int64_t(si)) cursor.next = resumed.data_cursor;  // mid-stage
+    }
     for (int64_t k = 0; k < stage.steps; ++k) {
       ++step;
       if (step <= res.resumed_from) continue;  // done before the checkpoint
       const auto t0 = std::chrono::steady_clock::now();
       const uint64_t bytes0 = t.stats().bytes_sent;
       // The global batch, with its loss weights applied in place.
-      auto weighted = job.data.source == "files" ? files.Batch(job.seed, step, stage.seq_len, stage.batch)
-                                                 : GlobalBatch(job.data, *tok, job.seed, step, stage.seq_len, stage.batch);
+      auto weighted = windows ? NextBatch(*windows, stage.batch, &cursor)
+                              : GlobalBatch(job.data, *tok, job.seed, step, stage.seq_len, stage.batch);
       double scale = 0;
       RW_RETURN_IF_ERROR(ApplyLossWeighting(job.loss, weighted, &scale));
       std::fill(grads.begin(), grads.end(), 0.f);

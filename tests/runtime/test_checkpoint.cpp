@@ -7,8 +7,11 @@
 #include <mutex>
 #include <sstream>
 
+#include <nlohmann/json.hpp>
+
 #include "ring_harness.h"
 #include "runtime/checkpoint.h"
+#include "runtime/dataset.h"
 #include "runtime/safetensors.h"
 #include "runtime/trainer.h"
 
@@ -114,6 +117,46 @@ TEST(Checkpoint, ResumingAfterAStopEqualsAStraightRunBitForBit) {
   for (const char* f : {"model.safetensors", "optimizer.safetensors", "trainer_state.json", "config.json"})
     EXPECT_EQ(Bytes(straight.path / "step-10" / f), Bytes(resumed.path / "step-10" / f)) << f;
   std::printf("  straight: steps 1-10; resumed: 1-5, stop, 6-10; step-10 files identical; loss %.6f\n", all.back().loss);
+}
+
+// On a prepared dataset the loader's cursor is in the checkpoint: a run stopped mid-stage and mid-epoch
+// resumes on the very windows it would have read next, bit for bit, through the stage change.
+TEST(Checkpoint, ResumingMidEpochOnFilesDataEqualsAStraightRunBitForBit) {
+  TempDir data("data"), straight("fstraight"), resumed("fresumed");
+  std::string lines;
+  for (int i = 0; i < 12; ++i)  // books of 100 to 700 bytes and short notes: many windows of 64 and 128
+    lines += "{\"text\": \"" + std::string(size_t(i % 3 ? 30 + 5 * i : 100 * (i / 2 + 1)), char('a' + i)) + "\"}\n";
+  std::ofstream(data.path / "in.jsonl") << lines;
+  ASSERT_TRUE(PrepareDataset({{(data.path / "in.jsonl").string()}, (data.path / "ds").string()}, nullptr).ok());
+  auto job = [&](const fs::path& dir) {
+    JobConfig j = Job(dir.string(), 6);
+    j.data.source = "files";
+    j.data.path = (data.path / "ds").string();
+    return j;
+  };
+  TrainResult r1, r2, r3;
+  const auto all = Train(job(straight.path), {}, &r1);
+  ASSERT_EQ(all.size(), 10u);
+  Train(job(resumed.path), TrainControl{3, {}}, &r2);
+  ASSERT_TRUE(r2.stopped);
+  std::ifstream f(resumed.path / "step-3" / "trainer_state.json");
+  const auto state = nlohmann::json::parse(f);
+  Dataset ds;
+  ASSERT_TRUE(Dataset::Open((data.path / "ds").string(), &ds).ok());
+  const int64_t cursor = state.at("data_cursor").get<int64_t>(), windows = WindowIndex(ds, 64).size();
+  EXPECT_GT(cursor, 3) << "the cursor counts windows, not steps";
+  EXPECT_LT(cursor, windows) << "the stop is mid-epoch";
+  const auto rest = Train(job(resumed.path), {}, &r3);
+  EXPECT_EQ(r3.resumed_from, 3);
+  ASSERT_EQ(rest.size(), 7u);
+  for (size_t i = 0; i < rest.size(); ++i) {
+    EXPECT_EQ(rest[i].loss, all[3 + i].loss) << "step " << 4 + i;
+    EXPECT_EQ(rest[i].grad_norm, all[3 + i].grad_norm) << "step " << 4 + i;
+  }
+  for (const char* f : {"model.safetensors", "optimizer.safetensors", "trainer_state.json"})
+    EXPECT_EQ(Bytes(straight.path / "step-10" / f), Bytes(resumed.path / "step-10" / f)) << f;
+  std::printf("  files data: stopped at step 3 after %lld of %lld windows of 64; resumed 4-10 bit for bit, loss %.6f\n",
+              (long long)cursor, (long long)windows, all.back().loss);
 }
 
 TEST(Checkpoint, SaveLoadSaveIsByteIdenticalAndInHuggingFaceLayout) {

@@ -3,6 +3,7 @@
 // batches do not depend on the ring, and eval over rings of 1, 2, 4 gives the same loss.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -159,27 +160,135 @@ TEST(Dataset, BadRecordsAreNamedByFileAndLineAndLeaveNothingBehind) {
   EXPECT_NE(st.message().find("missing.jsonl"), std::string::npos);
 }
 
-TEST(Dataset, PackAllCoversEveryTokenOnceAndNoTargetCrossesADocument) {
-  Tmp t;
+// A dataset whose every token id is unique (its offset in the dataset, plus 1), so that a target names the
+// position it came from: documents of the given lengths, pre-tokenized, with --vocab-size.
+std::string UniqueIdDataset(const Tmp& t, const std::vector<int64_t>& lengths, const std::string& name) {
   std::string lines;
-  for (int i = 0; i < 30; ++i) lines += "{\"text\": \"" + std::string(size_t(3 + (i * 7) % 40), char('a' + i % 26)) + "\"}\n";
-  ASSERT_TRUE(PrepareDataset({{t.File("x.jsonl", lines)}, (t.p / "ds").string(), "bytes", 0, false}, nullptr).ok());
-  Dataset d;
-  ASSERT_TRUE(Dataset::Open((t.p / "ds").string(), &d).ok());
-  const auto seqs = d.PackAll(32);
-  int64_t real = 0, targets = 0;
-  for (const auto& s : seqs)
+  int64_t id = 1;
+  for (int64_t n : lengths) {
+    lines += "{\"tokens\": [";
+    for (int64_t i = 0; i < n; ++i) lines += (i ? "," : "") + std::to_string(id++);
+    lines += "]}\n";
+  }
+  const std::string dir = (t.p / name).string();
+  PrepareOptions opt{{t.File(name + ".jsonl", lines)}, dir, "bytes", 0, false, id};
+  EXPECT_TRUE(PrepareDataset(opt, nullptr).ok());
+  return dir;
+}
+
+// Counts, over the sequences, how often each id is a target (weight 1), and checks each position: its input
+// is the token before its target in the same document (ids are offsets), its segment and position follow
+// the window it is in, and no window is longer than the sequence.
+void CountTargets(const std::vector<PackedSequence>& seqs, int64_t seq_len, std::vector<int>& seen) {
+  for (const auto& s : seqs) {
+    ASSERT_EQ(int64_t(s.tokens.size()), seq_len);
     for (size_t i = 0; i < s.tokens.size(); ++i) {
-      if (s.segments[i] >= 0) ++real;
-      if (s.targets[i] >= 0) {
-        ++targets;
-        ASSERT_LT(i + 1, s.tokens.size());
-        EXPECT_EQ(s.segments[i + 1], s.segments[i]) << "target crosses a document boundary";
-        EXPECT_EQ(s.targets[i], s.tokens[i + 1]);
+      if (s.segments[i] < 0) {
+        EXPECT_EQ(s.weights[i], 0.f);
+        EXPECT_EQ(s.targets[i], -1);
+        continue;
       }
+      EXPECT_EQ(s.weights[i], 1.f) << "every position of a window has a target";
+      ASSERT_GT(s.targets[i], 0);
+      ASSERT_LT(size_t(s.targets[i]), seen.size());
+      ++seen[size_t(s.targets[i])];
+      EXPECT_EQ(s.tokens[i], s.targets[i] - 1) << "a target is the next token of the same document";
+      const bool first = i == 0 || s.segments[i - 1] != s.segments[i];
+      EXPECT_EQ(s.positions[i], first ? 0 : s.positions[i - 1] + 1);
     }
-  EXPECT_EQ(real, d.tokens());
-  std::printf("  %lld tokens in %zu sequences of 32, %lld predicted\n", (long long)real, seqs.size(), (long long)targets);
+  }
+}
+
+// Eval packing, for every document length mod L (and L itself small and large): terminates (it once looped
+// forever on a one-token last piece), and every (input, target) pair of the dataset is scored exactly once.
+TEST(Dataset, PackAllScoresEveryPairOnceForEveryLengthModL) {
+  Tmp t;
+  std::vector<int64_t> lengths;
+  for (int64_t n = 2; n <= 3 * 16 + 3; ++n) lengths.push_back(n);
+  const std::string dir = UniqueIdDataset(t, lengths, "mod");
+  Dataset d;
+  ASSERT_TRUE(Dataset::Open(dir, &d).ok());
+  for (int64_t L : {1, 2, 3, 5, 7, 16, 17, 48, 49, 50, 64}) {
+    const auto seqs = d.PackAll(L);
+    std::vector<int> seen(size_t(d.tokens()) + 1, 0);
+    CountTargets(seqs, L, seen);
+    int64_t first_of_doc = 1, wrong = 0;
+    for (size_t k = 0; k < lengths.size(); ++k) {
+      for (int64_t j = 0; j < lengths[k]; ++j) wrong += seen[size_t(first_of_doc + j)] != (j == 0 ? 0 : 1);
+      first_of_doc += lengths[k];
+    }
+    EXPECT_EQ(wrong, 0) << "L = " << L << ": targets not scored exactly once";
+    std::printf("  L=%lld: %zu sequences, %lld pairs, each once\n", (long long)L, seqs.size(),
+                (long long)(d.tokens() - d.documents()));
+  }
+}
+
+// Training reads windows in shuffled epochs: one epoch over long books and short documents trains each
+// token position exactly once (counted by id), whole books included; the next epoch is another order.
+TEST(Dataset, OneEpochOfShuffledWindowsTrainsEveryTokenPositionOnce) {
+  Tmp t;
+  const int64_t L = 16;
+  const std::vector<int64_t> lengths = {10 * L + 5, 3, L + 1, 2, L, 7 * L + 1, L + 2, 5, 2 * L + 1, 11, 40 * L};
+  const std::string dir = UniqueIdDataset(t, lengths, "books");
+  Dataset d;
+  ASSERT_TRUE(Dataset::Open(dir, &d).ok());
+  const WindowIndex w(d, L);
+  int64_t pairs = 0;
+  for (int64_t n : lengths) pairs += n - 1;
+  int64_t in_windows = 0;
+  for (int64_t i = 0; i < w.size(); ++i) in_windows += w[i].inputs;
+  EXPECT_EQ(in_windows, pairs);
+  // Sequence by sequence (batch 1) over the stream, counting only the windows of epoch 0.
+  DataCursor c{7, 0, 0};
+  std::vector<int> seen(size_t(d.tokens()) + 1, 0);
+  int64_t sequences = 0;
+  while (c.next < w.size()) {
+    const int64_t before = c.next;
+    auto seq = NextBatch(w, 1, &c);
+    ++sequences;
+    // Positions of the windows read past the epoch's end do not count.
+    int64_t keep = 0;
+    for (int64_t k = before; k < std::min(c.next, w.size()); ++k) keep += w[ShuffledWindow(w, 7, 0, k)].inputs;
+    for (size_t i = size_t(keep); i < seq[0].tokens.size(); ++i) seq[0].segments[i] = -1, seq[0].weights[i] = 0, seq[0].targets[i] = -1;
+    CountTargets(seq, L, seen);
+  }
+  int64_t first_of_doc = 1, wrong = 0;
+  for (int64_t n : lengths) {
+    for (int64_t j = 0; j < n; ++j) wrong += seen[size_t(first_of_doc + j)] != (j == 0 ? 0 : 1);
+    first_of_doc += n;
+  }
+  EXPECT_EQ(wrong, 0) << "token positions not trained exactly once in the epoch";
+  std::printf("  %lld windows of L=%lld from %zu documents (books of %lld and %lld tokens): %lld sequences, %lld pairs each once\n",
+              (long long)w.size(), (long long)L, lengths.size(), (long long)(40 * L), (long long)(10 * L + 5),
+              (long long)sequences, (long long)pairs);
+  // Each epoch is a permutation of the windows; epochs, stages and seeds give other orders.
+  auto order = [&](uint64_t seed, int64_t stage, int64_t epoch) {
+    std::vector<int64_t> o;
+    for (int64_t k = 0; k < w.size(); ++k) o.push_back(ShuffledWindow(w, seed, stage, epoch * w.size() + k));
+    return o;
+  };
+  const auto e0 = order(7, 0, 0);
+  auto sorted = e0;
+  std::sort(sorted.begin(), sorted.end());
+  for (int64_t k = 0; k < w.size(); ++k) ASSERT_EQ(sorted[size_t(k)], k);
+  EXPECT_NE(order(7, 0, 1), e0);
+  EXPECT_NE(order(7, 1, 0), e0);
+  EXPECT_NE(order(8, 0, 0), e0);
+}
+
+// The keyed permutation is one for every size (cycle walking at sizes that are not powers of 4).
+TEST(Dataset, ShuffledWindowsArePermutationsAtEverySize) {
+  Tmp t;
+  for (int64_t docs : {1, 2, 3, 4, 5, 15, 16, 17, 63, 64, 65, 200}) {
+    const std::string dir = UniqueIdDataset(t, std::vector<int64_t>(size_t(docs), 3), "p" + std::to_string(docs));
+    Dataset d;
+    ASSERT_TRUE(Dataset::Open(dir, &d).ok());
+    const WindowIndex w(d, 4);
+    ASSERT_EQ(w.size(), docs);
+    std::vector<int> hit(size_t(docs), 0);
+    for (int64_t k = 0; k < docs; ++k) ++hit[size_t(ShuffledWindow(w, 3, 0, 5 * docs + k))];
+    for (int64_t k = 0; k < docs; ++k) EXPECT_EQ(hit[size_t(k)], 1) << docs << " windows, window " << k;
+  }
 }
 
 TEST(Dataset, EvalOverRingsOfOneTwoFourGivesTheSameLoss) {
