@@ -87,21 +87,40 @@ int DataPrepare(const std::vector<std::string>& inputs, const std::string& outpu
   return 0;
 }
 
-int Generate(const std::string& checkpoint, const std::string& prompt, int64_t max_tokens, double temperature,
-             int64_t top_k, double top_p, uint64_t seed, int ring, const std::string& layout) {
+int Generate(const std::string& checkpoint, const std::string& prompt, const std::vector<int32_t>& prompt_ids,
+             int64_t max_tokens, double temperature, int64_t top_k, double top_p, uint64_t seed, int ring,
+             const std::string& layout) {
+  if (prompt.empty() && prompt_ids.empty()) {
+    std::fprintf(stderr, "ringworld generate: --prompt or --prompt-ids is required\n");
+    return 2;
+  }
   runtime::ModelConfig c;
   auto st = runtime::ReadHfConfig(checkpoint + "/config.json", &c);
   if (!st.ok()) {
     std::fprintf(stderr, "ringworld generate: --checkpoint: %s\n", st.message().c_str());
     return 2;
   }
-  std::unique_ptr<runtime::Tokenizer> tok;  // the checkpoint's tokenizer.model, or bytes
-  if (st = runtime::CheckpointTokenizer(checkpoint, c, &tok); !st.ok()) {
-    std::fprintf(stderr, "ringworld generate: --checkpoint: %s\n", st.message().c_str());
+  // The checkpoint's tokenizer.model, or bytes. A model trained on pre-tokenized ids may have a vocabulary
+  // no tokenizer describes: it takes --prompt-ids, and its output is printed as ids.
+  std::unique_ptr<runtime::Tokenizer> tok;
+  st = runtime::CheckpointTokenizer(checkpoint, c, &tok);
+  if (!st.ok() && prompt_ids.empty()) {
+    std::fprintf(stderr, "ringworld generate: --checkpoint: %s (--prompt-ids gives the prompt as ids)\n",
+                 st.message().c_str());
     return 2;
   }
-  std::vector<int32_t> ids = tok->Encode(prompt);  // BOS + the prompt; no EOS: the model continues it
-  if (tok->bos() >= 0) ids.insert(ids.begin(), tok->bos());
+  if (!st.ok()) tok.reset();
+  std::vector<int32_t> ids = prompt_ids;
+  if (ids.empty()) {
+    ids = tok->Encode(prompt);  // BOS + the prompt; no EOS: the model continues it
+    if (tok->bos() >= 0) ids.insert(ids.begin(), tok->bos());
+  }
+  for (size_t i = 0; i < ids.size(); ++i)
+    if (ids[i] < 0 || ids[i] >= c.vocab_size) {
+      std::fprintf(stderr, "ringworld generate: --prompt-ids: id %d (item %zu) is outside the model's vocabulary of %lld\n",
+                   ids[i], i, (long long)c.vocab_size);
+      return 2;
+    }
   if (ring < 1) {
     std::fprintf(stderr, "ringworld generate: --ring: must be >= 1, got %d\n", ring);
     return 2;
@@ -113,16 +132,24 @@ int Generate(const std::string& checkpoint, const std::string& prompt, int64_t m
   }
   std::string error;
   actors::generate_task task{1, checkpoint, ids, max_tokens, temperature, top_p, top_k, seed,
-                             tok->eos(), layout};
+                             tok ? tok->eos() : -1, layout};
   const auto reports = OnLocalRing<actors::generate_report>(ring, /*job=*/4, actors::generate_atom::value, task, &error);
   if (!error.empty()) {
     std::fprintf(stderr, "ringworld generate: %s\n", error.c_str());
     return 1;
   }
   const std::vector<int32_t>& out = reports.front().tokens;  // the same on every rank
-  std::vector<int32_t> text(ids.begin() + (tok->bos() >= 0 ? 1 : 0), ids.end());  // decoded whole: a
+  if (!tok) {  // no tokenizer covers the model: ids
+    std::string line;
+    for (int32_t id : ids) line += "<" + std::to_string(id) + ">";
+    for (int32_t id : out) line += "<" + std::to_string(id) + ">";
+    std::printf("%s\n", line.c_str());
+    return 0;
+  }
+  const bool skip_bos = prompt_ids.empty() && tok->bos() >= 0;  // the BOS generate added itself
+  std::vector<int32_t> text(ids.begin() + (skip_bos ? 1 : 0), ids.end());  // decoded whole: a
   text.insert(text.end(), out.begin(), out.end());  // SentencePiece piece's word-start mark becomes a space
-  std::printf("%s\n", tok->Decode(text).c_str());
+  std::printf("%s\n", tok->Render(text).c_str());  // every id: pieces, or <id> (EOS, vision, past the text)
   return 0;
 }
 

@@ -38,9 +38,14 @@ int main(int argc, char** argv) {
   int64_t max_tokens = 64, top_k = 0;
   double temperature = 0, top_p = 1.0;
   uint64_t gen_seed = 1;
-  auto* gen = app.add_subcommand("generate", "continue a prompt (byte tokenizer), greedy or sampled");
+  std::vector<int32_t> prompt_ids;
+  auto* gen = app.add_subcommand("generate", "continue a prompt with the checkpoint's tokenizer, greedy or sampled");
   gen->add_option("--checkpoint", gen_ckpt, "checkpoint directory")->required();
-  gen->add_option("--prompt", prompt, "text to continue")->required();
+  auto* prompt_opt = gen->add_option("--prompt", prompt, "text to continue (encoded by the checkpoint's tokenizer, BOS first)");
+  gen->add_option("--prompt-ids", prompt_ids, "token ids to continue, as they are (e.g. 1,17,9: a model trained on "
+                                              "pre-tokenized data)")
+      ->delimiter(',')
+      ->excludes(prompt_opt);
   gen->add_option("--max-tokens", max_tokens, "tokens to generate (stops at EOS)");
   gen->add_option("--temperature", temperature, "0: greedy");
   gen->add_option("--top-k", top_k, "keep the k most likely tokens (0: all)");
@@ -140,7 +145,8 @@ int main(int argc, char** argv) {
   if (*workers) return rw::cli::Workers(copt);
   if (*host) return rw::cli::DeviceHost(host_devices, port_file);
   if (*gen)
-    return rw::cli::Generate(gen_ckpt, prompt, max_tokens, temperature, top_k, top_p, gen_seed, gen_ring, gen_layout);
+    return rw::cli::Generate(gen_ckpt, prompt, prompt_ids, max_tokens, temperature, top_k, top_p, gen_seed, gen_ring,
+                             gen_layout);
   if (*needle)
     return rw::cli::Needle(needle_ckpt, needle_lengths, needle_depths, needle_trials, needle_ring, needle_layout,
                            needle_out, needle_seed);

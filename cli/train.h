@@ -15,8 +15,11 @@ int Train(const std::string& job_path, std::vector<std::string> overrides, bool 
 int DeviceHost(int n, const std::string& port_file);
 int Eval(const std::string& checkpoint, const std::string& data, int ring, const std::string& layout, int64_t seq_len);
 // Generation with the prompt prefilled over a ring of `ring` devices in this process.
-int Generate(const std::string& checkpoint, const std::string& prompt, int64_t max_tokens, double temperature,
-             int64_t top_k, double top_p, uint64_t seed, int ring = 1, const std::string& layout = "zigzag");
+// The prompt is text (`prompt`) or ids (`prompt_ids`, non-empty); every generated id is printed (pieces of
+// the checkpoint's tokenizer, or <id>).
+int Generate(const std::string& checkpoint, const std::string& prompt, const std::vector<int32_t>& prompt_ids,
+             int64_t max_tokens, double temperature, int64_t top_k, double top_p, uint64_t seed, int ring = 1,
+             const std::string& layout = "zigzag");
 // Needle retrieval over a ring of `ring` devices in this process; writes OUTPUT/needle.json and needle.png.
 int Needle(const std::string& checkpoint, const std::vector<int64_t>& lengths, const std::vector<double>& depths,
            int64_t trials, int ring, const std::string& layout, const std::string& output, uint64_t seed);

@@ -54,7 +54,23 @@ Status FileCrc(const fs::path& p, uint64_t* size, uint32_t* crc) {
   return Status::Ok();
 }
 
-std::string ConfigJson(const ModelConfig& c) {
+// A float as the shortest decimal that reads back as it (1e-05, not 9.999999747378752e-06).
+double ShortestDouble(float f) {
+  char buf[32];
+  for (int digits = 6; digits <= 9; ++digits) {
+    std::snprintf(buf, sizeof(buf), "%.*g", digits, double(f));
+    if (std::strtof(buf, nullptr) == f) break;
+  }
+  return std::strtod(buf, nullptr);
+}
+
+// A special token's id, or null where the tokenizer has none or the model's vocabulary does not hold it (a
+// model trained on pre-tokenized ids of a smaller vocabulary).
+nlohmann::json TokenId(const ModelConfig& c, int32_t id) {
+  return id >= 0 && id < c.vocab_size ? nlohmann::json(id) : nlohmann::json();
+}
+
+std::string ConfigJson(const ModelConfig& c, const Tokenizer& tok) {
   nlohmann::ordered_json j = {{"architectures", {"LlamaForCausalLM"}},
                               {"model_type", "llama"},
                               {"hidden_act", "silu"},
@@ -64,12 +80,35 @@ std::string ConfigJson(const ModelConfig& c) {
                               {"num_attention_heads", c.num_attention_heads},
                               {"num_key_value_heads", c.num_key_value_heads},
                               {"max_position_embeddings", c.max_position_embeddings},
-                              {"rms_norm_eps", c.rms_norm_eps},
+                              {"rms_norm_eps", ShortestDouble(c.rms_norm_eps)},
                               {"rope_theta", c.rope_theta},
                               {"vocab_size", c.vocab_size},
                               {"tie_word_embeddings", c.tie_word_embeddings},
                               {"attention_bias", false},
+                              {"mlp_bias", false},
+                              {"bos_token_id", TokenId(c, tok.bos())},
+                              {"eos_token_id", TokenId(c, tok.eos())},
                               {"torch_dtype", "float32"}};
+  return j.dump(2) + "\n";
+}
+
+// What transformers' generate reads: the tokens that start and end a sequence.
+std::string GenerationConfigJson(const ModelConfig& c, const Tokenizer& tok) {
+  nlohmann::ordered_json j = {
+      {"bos_token_id", TokenId(c, tok.bos())}, {"eos_token_id", TokenId(c, tok.eos())}, {"do_sample", false}};
+  return j.dump(2) + "\n";
+}
+
+// Beside tokenizer.model: transformers' LlamaTokenizer, adding BOS and not EOS, as our generate encodes a
+// prompt.
+std::string TokenizerConfigJson(const ModelConfig& c, const Tokenizer& tok) {
+  nlohmann::ordered_json j = {{"tokenizer_class", "LlamaTokenizer"},
+                              {"bos_token", tok.Piece(tok.bos())},
+                              {"eos_token", tok.Piece(tok.eos())},
+                              {"unk_token", tok.unk() >= 0 ? nlohmann::json(tok.Piece(tok.unk())) : nlohmann::json()},
+                              {"add_bos_token", tok.bos() >= 0},
+                              {"add_eos_token", false},
+                              {"model_max_length", c.max_position_embeddings}};
   return j.dump(2) + "\n";
 }
 
@@ -96,12 +135,25 @@ std::vector<std::pair<int64_t, fs::path>> Checkpoints(const fs::path& dir) {
 
 Status Assign(const std::string& where, const std::map<std::string, LoadedTensor>& tensors, const ParamTable& t,
               const std::string& prefix, float* dst) {
+  std::set<std::string> used;
   for (const auto& p : t.tensors()) {
     auto it = tensors.find(prefix + p.name);
     if (it == tensors.end() && p.name == "lm_head.weight") it = tensors.find(prefix + "model.embed_tokens.weight");
     RW_REQUIRE(it != tensors.end(), where << ": tensor " << prefix + p.name << " is missing");
     RW_REQUIRE(it->second.shape == p.shape, where << ": tensor " << prefix + p.name << " has the wrong shape");
     std::copy(it->second.data.begin(), it->second.data.end(), dst + p.offset);
+    used.insert(it->first);
+  }
+  // A tensor we would not read is a model we do not implement (biases, extra norms): refused, not ignored.
+  // Transformers drops the same two: the rotary tables older versions saved, and a tied model's lm_head.
+  const bool tied = t.Find("lm_head.weight") == nullptr;
+  for (const auto& [name, tensor] : tensors) {
+    if (name.rfind(prefix, 0) != 0 || used.count(name)) continue;
+    const std::string bare = name.substr(prefix.size());
+    const bool rotary = bare.size() > 19 && bare.compare(bare.size() - 19, 19, "rotary_emb.inv_freq") == 0;
+    RW_REQUIRE(rotary || (tied && bare == "lm_head.weight"),
+               where << ": tensor " << name << " is not part of the model (a LLaMA without biases"
+                     << (tied ? ", with tied embeddings" : "") << "); refusing to drop it");
   }
   return Status::Ok();
 }
@@ -133,18 +185,29 @@ Status SaveCheckpoint(const std::string& dir, const ModelConfig& c, const ParamT
     refs.insert(refs.end(), vs.begin(), vs.end());
     RW_RETURN_IF_ERROR(WriteSafetensors((tmp / "optimizer.safetensors").string(), refs));
   }
-  RW_RETURN_IF_ERROR(WriteText(tmp / "config.json", ConfigJson(c)));
+  std::unique_ptr<Tokenizer> byte_tok;
+  const Tokenizer* tok = opt.tokenizer;
+  if (!tok) {
+    RW_RETURN_IF_ERROR(MakeTokenizer("bytes", &byte_tok));
+    tok = byte_tok.get();
+  }
+  RW_RETURN_IF_ERROR(WriteText(tmp / "config.json", ConfigJson(c, *tok)));
+  RW_RETURN_IF_ERROR(WriteText(tmp / "generation_config.json", GenerationConfigJson(c, *tok)));
   nlohmann::ordered_json st = {{"step", state.step},
                                {"stage", state.stage},
                                {"data_cursor", state.data_cursor},
                                {"seed", state.seed},
                                {"job", state.job}};
   RW_RETURN_IF_ERROR(WriteText(tmp / "trainer_state.json", st.dump(2) + "\n"));
-  if (!opt.tokenizer_model.empty()) RW_RETURN_IF_ERROR(WriteText(tmp / kTokenizerFile, opt.tokenizer_model));
+  if (const std::string model = tok->Serialized(); !model.empty()) {
+    RW_RETURN_IF_ERROR(WriteText(tmp / kTokenizerFile, model));
+    RW_RETURN_IF_ERROR(WriteText(tmp / "tokenizer_config.json", TokenizerConfigJson(c, *tok)));
+  }
   std::ostringstream manifest;
   int64_t total_bytes = 0;
   for (const char* f :
-       {"model.safetensors", "optimizer.safetensors", "config.json", "trainer_state.json", kTokenizerFile}) {
+       {"model.safetensors", "optimizer.safetensors", "config.json", "generation_config.json", "trainer_state.json",
+        kTokenizerFile, "tokenizer_config.json"}) {
     if (!fs::exists(tmp / f)) continue;
     uint64_t size = 0;
     uint32_t crc = 0;
@@ -232,13 +295,47 @@ Status ReadHfConfig(const std::string& path, ModelConfig* out) {
     c.num_hidden_layers = j.at("num_hidden_layers").get<int64_t>();
     c.num_attention_heads = j.at("num_attention_heads").get<int64_t>();
     c.num_key_value_heads = j.value("num_key_value_heads", c.num_attention_heads);
-    c.rope_theta = j.value("rope_theta", 10000.0);
+    // RoPE: transformers 4.x writes rope_theta and rope_scaling at the top, 5.x a rope_parameters mapping.
+    const nlohmann::json none;
+    const nlohmann::json& rp = j.contains("rope_parameters") ? j["rope_parameters"] : none;
+    RW_REQUIRE(rp.is_null() || rp.is_object(), where << "rope_parameters: expected a mapping");
+    const bool top = j.contains("rope_theta") && !j["rope_theta"].is_null();
+    const bool inner = rp.is_object() && rp.contains("rope_theta") && !rp["rope_theta"].is_null();
+    c.rope_theta = inner ? rp["rope_theta"].get<double>() : top ? j["rope_theta"].get<double>() : 10000.0;
+    RW_REQUIRE(!(top && inner) || j["rope_theta"].get<double>() == c.rope_theta,
+               where << "rope_theta: " << j["rope_theta"].get<double>() << " differs from rope_parameters.rope_theta "
+                     << c.rope_theta);
+    for (const char* key : {"rope_parameters", "rope_scaling"}) {
+      const nlohmann::json& r = j.contains(key) ? j[key] : none;
+      if (r.is_null()) continue;
+      RW_REQUIRE(r.is_object(), where << key << ": expected a mapping");
+      const std::string type = r.contains("rope_type") ? r["rope_type"].get<std::string>()
+                               : r.contains("type")    ? r["type"].get<std::string>()
+                                                       : "default";
+      RW_REQUIRE(type == "default", where << key << ".rope_type: '" << type
+                                          << "' is not implemented (only the default RoPE; no scaling)");
+      for (const auto& [k, v] : r.items())
+        RW_REQUIRE(k == "rope_type" || k == "type" || k == "rope_theta",
+                   where << key << "." << k << ": not implemented with the default RoPE");
+    }
     c.rms_norm_eps = j.value("rms_norm_eps", 1e-6f);
     c.tie_word_embeddings = j.value("tie_word_embeddings", false);
     c.max_position_embeddings = j.value("max_position_embeddings", int64_t(2048));
     if (j.contains("head_dim") && !j["head_dim"].is_null())
       RW_REQUIRE(j["head_dim"].get<int64_t>() == c.head_dim(),
                  where << "head_dim: " << j["head_dim"].get<int64_t>() << " differs from hidden_size / heads");
+    // What a LLaMA may say that we do not implement: refused by name rather than computed wrongly.
+    auto flag = [&](const char* key) { return j.contains(key) && j[key].is_boolean() && j[key].get<bool>(); };
+    for (const char* key : {"attention_bias", "mlp_bias"})
+      RW_REQUIRE(!flag(key), where << key << ": true is not implemented (a LLaMA without biases)");
+    if (j.contains("hidden_act") && !j["hidden_act"].is_null())
+      RW_REQUIRE(j["hidden_act"] == "silu", where << "hidden_act: '" << j["hidden_act"].get<std::string>()
+                                                  << "' is not implemented (SwiGLU with silu)");
+    for (const char* key : {"sliding_window", "layer_types", "num_experts", "num_local_experts"})
+      RW_REQUIRE(!j.contains(key) || j[key].is_null(), where << key << ": not implemented (full causal attention, dense MLP)");
+    for (const char* key : {"attention_dropout", "hidden_dropout"})
+      RW_REQUIRE(!j.contains(key) || j[key].is_null() || j[key].get<double>() == 0,
+                 where << key << ": " << j[key].get<double>() << " is not implemented (no dropout)");
   } catch (const nlohmann::json::exception& e) {
     return Status::Error(where + e.what());
   }

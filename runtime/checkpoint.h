@@ -1,6 +1,7 @@
 // Checkpoints in Hugging Face layout: step-N/ holds model.safetensors (HF tensor names), config.json
-// (LlamaConfig), optimizer.safetensors (AdamW moments), trainer_state.json (step, stage, data cursor, seed),
-// tokenizer.model when the job's tokenizer is a SentencePiece model, and MANIFEST (size and CRC32C of each file). A checkpoint is written into a temporary directory,
+// (LlamaConfig with the tokenizer's BOS/EOS), generation_config.json, optimizer.safetensors (AdamW moments),
+// trainer_state.json (step, stage, data cursor, seed), tokenizer.model and tokenizer_config.json when the job's
+// tokenizer is a SentencePiece model, and MANIFEST (size and CRC32C of each file). A checkpoint is written into a temporary directory,
 // fsynced, renamed into place and the parent fsynced: it exists only once whole. Loading verifies the
 // manifest and falls back to the previous checkpoint on any mismatch.
 #pragma once
@@ -27,7 +28,10 @@ struct TrainerState {
 struct SaveOptions {
   int64_t keep = 2;             // the newest checkpoints kept
   int64_t keep_every = 0;       // > 0: also every checkpoint whose step is a multiple of it
-  std::string tokenizer_model;  // a SentencePiece model (Tokenizer::Serialized), written as tokenizer.model
+  // The job's tokenizer (null: bytes). Its BOS/EOS go into config.json and generation_config.json; a
+  // SentencePiece model is written as tokenizer.model with a tokenizer_config.json, so that transformers'
+  // AutoTokenizer and generate take the directory as it is.
+  const Tokenizer* tokenizer = nullptr;
 };
 
 // Writes dir/step-<state.step> atomically, then applies retention and removes temporary leftovers. m and v

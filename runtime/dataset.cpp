@@ -30,8 +30,9 @@ struct Writer {
   }
 };
 
-// Parses one JSONL record into w.doc / w.mod; the error names what is wrong (the caller adds file:line).
-Status ParseRecord(const std::string& line, const Tokenizer& tok, const VisionVocab& vision, int64_t vocab, Writer& w) {
+// Parses one JSONL record into w.doc / w.mod; the error names what is wrong (the caller adds file:line and
+// checks the ids against the vocabulary).
+Status ParseRecord(const std::string& line, const Tokenizer& tok, const VisionVocab& vision, Writer& w) {
   nlohmann::json j;
   try {
     j = nlohmann::json::parse(line);
@@ -46,7 +47,7 @@ Status ParseRecord(const std::string& line, const Tokenizer& tok, const VisionVo
     for (const auto& t : j["tokens"]) {
       RW_REQUIRE(t.is_number_integer(), "\"tokens\" holds a non-integer");
       const int64_t id = t.get<int64_t>();
-      RW_REQUIRE(id >= 0 && id < vocab, "token id " << id << " is outside the vocabulary of " << vocab);
+      RW_REQUIRE(id >= 0 && id <= INT32_MAX, "token id " << id << " is not an id (0 to 2^31 - 1)");  // vocab: CheckVocab
       w.doc.push_back(int32_t(id));
     }
   } else if (j.contains("vision")) {
@@ -171,7 +172,7 @@ Status PrepareDataset(const PrepareOptions& opt, PrepareReport* report) {
     std::string line;
     for (int64_t lineno = 1; std::getline(f, line); ++lineno) {
       if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-      Status st = ParseRecord(line, *tok, vision, vocab, w);
+      Status st = ParseRecord(line, *tok, vision, w);
       if (st.ok()) st = CheckVocab(w.doc, vocab);
       if (!st.ok()) {
         if (opt.skip_bad) {

@@ -2,10 +2,14 @@
 
 #include <yaml-cpp/yaml.h>
 
+#include <set>
+
 #include <fstream>
 #include <functional>
 #include <sstream>
 #include <variant>
+
+#include "runtime/checkpoint.h"
 
 namespace rw::runtime {
 namespace {
@@ -33,7 +37,8 @@ const std::vector<Setting<JobConfig>>& JobTable() {
       {"model.num_hidden_layers", "transformer layers", RW_FIELD(JobConfig, int64_t, j.model.num_hidden_layers)},
       {"model.num_attention_heads", "query heads", RW_FIELD(JobConfig, int64_t, j.model.num_attention_heads)},
       {"model.num_key_value_heads", "key/value heads (GQA)", RW_FIELD(JobConfig, int64_t, j.model.num_key_value_heads)},
-      {"model.rope_theta", "RoPE base before the first stage sets its own", RW_FIELD(JobConfig, double, j.model.rope_theta)},
+      {"model.rope_theta", "RoPE base of the stages that do not set their own (init_from: config.json's)",
+       RW_FIELD(JobConfig, double, j.model.rope_theta)},
       {"model.rms_norm_eps", "RMSNorm epsilon", RW_FIELD(JobConfig, float, j.model.rms_norm_eps)},
       {"model.tie_word_embeddings", "lm_head shares the embedding matrix",
        RW_FIELD(JobConfig, bool, j.model.tie_word_embeddings)},
@@ -90,7 +95,7 @@ const std::vector<Setting<JobConfig>>& JobTable() {
 const std::vector<Setting<StageConfig>>& StageTable() {
   static const std::vector<Setting<StageConfig>> table = {
       {"seq_len", "tokens per sequence", RW_FIELD(StageConfig, int64_t, j.seq_len)},
-      {"rope_theta", "RoPE base of the stage", RW_FIELD(StageConfig, double, j.rope_theta)},
+      {"rope_theta", "RoPE base of the stage (0: model.rope_theta)", RW_FIELD(StageConfig, double, j.rope_theta)},
       {"steps", "optimizer steps of the stage", RW_FIELD(StageConfig, int64_t, j.steps)},
       {"batch", "sequences per step", RW_FIELD(StageConfig, int64_t, j.batch)},
       {"devices", "ring size of the stage (0: ring.devices); a change re-forms the ring",
@@ -226,7 +231,8 @@ Status JobConfig::Validate() const {
                            << ring.layout << ")");
     RW_REQUIRE(s.seq_len <= model.max_position_embeddings,
                at << ".seq_len: " << s.seq_len << " exceeds model.max_position_embeddings " << model.max_position_embeddings);
-    RW_REQUIRE(std::isfinite(s.rope_theta) && s.rope_theta > 1, at << ".rope_theta: must be > 1, got " << s.rope_theta);
+    RW_REQUIRE(s.rope_theta == 0 || (std::isfinite(s.rope_theta) && s.rope_theta > 1),
+               at << ".rope_theta: must be > 1 (or 0: model.rope_theta), got " << s.rope_theta);
     RW_REQUIRE(s.steps >= 1, at << ".steps: must be >= 1, got " << s.steps);
     RW_REQUIRE(s.batch >= 1, at << ".batch: must be >= 1, got " << s.batch);
   }
@@ -236,9 +242,34 @@ Status JobConfig::Validate() const {
   return Status::Ok();
 }
 
+Status AdoptModel(const ModelConfig& theirs, const std::string& dir, const std::function<bool(const std::string&)>& is_set,
+                  ModelConfig* model) {
+  ModelConfig m = *model;
+  auto take = [&](const char* key, auto& mine, const auto& other) -> Status {
+    if (is_set(std::string("model.") + key))
+      RW_REQUIRE(mine == other, "init_from: " << dir << " has " << key << " = " << other << ", the job sets model."
+                                              << key << " = " << mine << " (leave it out: it comes from config.json)");
+    mine = other;
+    return Status::Ok();
+  };
+  RW_RETURN_IF_ERROR(take("vocab_size", m.vocab_size, theirs.vocab_size));
+  RW_RETURN_IF_ERROR(take("hidden_size", m.hidden_size, theirs.hidden_size));
+  RW_RETURN_IF_ERROR(take("intermediate_size", m.intermediate_size, theirs.intermediate_size));
+  RW_RETURN_IF_ERROR(take("num_hidden_layers", m.num_hidden_layers, theirs.num_hidden_layers));
+  RW_RETURN_IF_ERROR(take("num_attention_heads", m.num_attention_heads, theirs.num_attention_heads));
+  RW_RETURN_IF_ERROR(take("num_key_value_heads", m.num_key_value_heads, theirs.num_key_value_heads));
+  RW_RETURN_IF_ERROR(take("rms_norm_eps", m.rms_norm_eps, theirs.rms_norm_eps));
+  RW_RETURN_IF_ERROR(take("tie_word_embeddings", m.tie_word_embeddings, theirs.tie_word_embeddings));
+  if (!is_set("model.max_position_embeddings")) m.max_position_embeddings = theirs.max_position_embeddings;
+  if (!is_set("model.rope_theta")) m.rope_theta = theirs.rope_theta;
+  *model = m;
+  return Status::Ok();
+}
+
 Status ParseJobConfig(const std::string& yaml, const std::string& origin, const std::vector<std::string>& overrides,
                       JobConfig* out) {
   JobConfig job;
+  std::set<std::string> set_keys;  // the keys the file and the overrides set (init_from takes the rest)
   YAML::Node root;
   try {
     root = YAML::Load(yaml);
@@ -263,6 +294,7 @@ Status ParseJobConfig(const std::string& yaml, const std::string& origin, const 
         const std::string key = k + "." + sub.first.as<std::string>();
         const auto* s = Find(JobTable(), key);
         RW_REQUIRE(s, origin << ": " << key << ": unknown key");
+        set_keys.insert(key);
         Status st = Apply(*s, sub.second, key, job);
         RW_REQUIRE(st.ok(), origin << ": " << st.message());
       }
@@ -270,10 +302,21 @@ Status ParseJobConfig(const std::string& yaml, const std::string& origin, const 
     }
     const auto* s = Find(JobTable(), k);
     RW_REQUIRE(s, origin << ": " << k << ": unknown key");
+    set_keys.insert(k);
     Status st = Apply(*s, kv.second, k, job);
     RW_REQUIRE(st.ok(), origin << ": " << st.message());
   }
-  for (const auto& o : overrides) RW_RETURN_IF_ERROR(ApplyOverride(o, &job));
+  for (const auto& o : overrides) {
+    RW_RETURN_IF_ERROR(ApplyOverride(o, &job));
+    set_keys.insert(o.substr(0, o.find('=')));
+  }
+  if (!job.init_from.empty()) {
+    ModelConfig theirs;
+    Status st = ReadHfConfig(job.init_from + "/config.json", &theirs);
+    RW_REQUIRE(st.ok(), origin << ": init_from: " << st.message());
+    st = AdoptModel(theirs, job.init_from, [&](const std::string& k) { return set_keys.count(k) > 0; }, &job.model);
+    RW_REQUIRE(st.ok(), origin << ": " << st.message());
+  }
   Status st = job.Validate();
   RW_REQUIRE(st.ok(), origin << ": " << st.message());
   *out = std::move(job);

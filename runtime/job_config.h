@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -15,7 +16,8 @@ namespace rw::runtime {
 
 struct StageConfig {
   int64_t seq_len = 256;      // tokens per sequence in this stage
-  double rope_theta = 10000;  // RoPE base for this stage (LWM raises it with the context)
+  double rope_theta = 0;  // RoPE base for this stage (LWM raises it with the context); 0: model.rope_theta
+  double theta(const ModelConfig& m) const { return rope_theta > 0 ? rope_theta : m.rope_theta; }
   int64_t steps = 100;        // optimizer steps in this stage
   int64_t batch = 1;          // sequences per step (the global batch)
   int64_t devices = 0;        // ring size of this stage; 0: ring.devices. A change re-forms the ring.
@@ -64,6 +66,13 @@ struct JobConfig {
 Status ParseJobConfig(const std::string& yaml, const std::string& origin, const std::vector<std::string>& overrides,
                       JobConfig* out);
 Status LoadJobConfig(const std::string& path, const std::vector<std::string>& overrides, JobConfig* out);
+
+// Starting from a Hugging Face directory, the model is its config.json: each model setting is taken from
+// `theirs`, and one that `is_set` says the job set itself must equal it (max_position_embeddings and
+// rope_theta excepted: a longer context and a new RoPE base are what context extension sets). Errors name
+// the directory and the key.
+Status AdoptModel(const ModelConfig& theirs, const std::string& dir, const std::function<bool(const std::string&)>& is_set,
+                  ModelConfig* model);
 
 // The settings table as text (key, default, description): `ringworld train --help-config`.
 std::string DescribeSettings();

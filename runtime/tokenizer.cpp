@@ -23,6 +23,12 @@ class Bytes final : public Tokenizer {
   }
   int32_t bos() const override { return ByteTokenizer::kBos; }
   int32_t eos() const override { return ByteTokenizer::kEos; }
+  int32_t unk() const override { return -1; }
+  std::string Piece(int32_t id) const override {
+    if (id == ByteTokenizer::kBos) return "<s>";
+    if (id == ByteTokenizer::kEos) return "</s>";
+    return id >= 0 && id < 256 ? std::string(1, char(id)) : "";
+  }
   int64_t vocab_size() const override { return ByteTokenizer::kVocab; }
   std::string name() const override { return "bytes"; }
   std::string Serialized() const override { return {}; }
@@ -48,6 +54,8 @@ class SentencePiece final : public Tokenizer {
   }
   int32_t bos() const override { return sp_.bos_id(); }
   int32_t eos() const override { return sp_.eos_id(); }
+  int32_t unk() const override { return sp_.unk_id(); }
+  std::string Piece(int32_t id) const override { return id >= 0 && id < vocab_size() ? sp_.IdToPiece(id) : ""; }
   int64_t vocab_size() const override { return sp_.GetPieceSize(); }
   std::string name() const override { return path_; }
   std::string Serialized() const override { return sp_.serialized_model_proto(); }
@@ -66,6 +74,21 @@ std::vector<int32_t> Tokenizer::EncodeDocument(const std::string& text) const {
   ids.insert(ids.end(), body.begin(), body.end());
   if (eos() >= 0) ids.push_back(eos());
   return ids;
+}
+
+std::string Tokenizer::Render(const std::vector<int32_t>& ids) const {
+  std::string out;
+  std::vector<int32_t> run;
+  for (int32_t id : ids) {
+    const bool text = id != bos() && id != eos() && !Piece(id).empty();
+    if (text) {
+      run.push_back(id);
+      continue;
+    }
+    out += Decode(run) + "<" + std::to_string(id) + ">";
+    run.clear();
+  }
+  return out + Decode(run);
 }
 
 Status MakeTokenizer(const std::string& spec, std::unique_ptr<Tokenizer>* out, const std::string& field) {

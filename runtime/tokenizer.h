@@ -32,12 +32,17 @@ class Tokenizer {
   virtual std::string Decode(const std::vector<int32_t>& ids) const = 0;
   virtual int32_t bos() const = 0;  // -1: the model has none
   virtual int32_t eos() const = 0;
+  virtual int32_t unk() const = 0;
+  virtual std::string Piece(int32_t id) const = 0;  // the vocabulary entry of a text id ("<s>", "▁the")
   virtual int64_t vocab_size() const = 0;  // text ids are [0, vocab_size)
   virtual std::string name() const = 0;    // "bytes" or the model's path, for meta.json
   // The SentencePiece model's serialized bytes (what tokenizer.model holds); empty for bytes.
   virtual std::string Serialized() const = 0;
   // BOS + Encode(text) + EOS (each where the tokenizer has one): a document.
   std::vector<int32_t> EncodeDocument(const std::string& text) const;
+  // Every id shown: runs of text ids decoded, the others (BOS, EOS, vision and any id past the text
+  // vocabulary) as <id>. What generate prints.
+  std::string Render(const std::vector<int32_t>& ids) const;
 };
 
 // "bytes" or the path of a SentencePiece .model; errors name `field` (the option or job key).

@@ -80,7 +80,7 @@ Status TrainRank(Transport& t, const JobConfig& job, const std::function<void(co
   } else {
     RW_RETURN_IF_ERROR(MakeTokenizer(job.data.tokenizer, &tok, "data.tokenizer"));  // its vocabulary: Validate
   }
-  const SaveOptions save_opt{job.checkpoint.keep, job.checkpoint.keep_every, tok->Serialized()};
+  const SaveOptions save_opt{job.checkpoint.keep, job.checkpoint.keep_every, tok.get()};
   const int64_t total = job.total_steps();
   int64_t step = 0;
   TrainResult res;
@@ -102,18 +102,11 @@ Status TrainRank(Transport& t, const JobConfig& job, const std::function<void(co
   if (res.resumed_from == 0 && !job.init_from.empty()) {
     ModelConfig theirs;
     RW_RETURN_IF_ERROR(ReadHfConfig(job.init_from + "/config.json", &theirs));
-    auto same = [&](const char* key, int64_t a, int64_t b) -> Status {
-      RW_REQUIRE(a == b, "init_from: " << job.init_from << " has " << key << " = " << b << ", the job's model."
-                                       << key << " is " << a);
-      return Status::Ok();
-    };
-    RW_RETURN_IF_ERROR(same("vocab_size", model.vocab_size, theirs.vocab_size));
-    RW_RETURN_IF_ERROR(same("hidden_size", model.hidden_size, theirs.hidden_size));
-    RW_RETURN_IF_ERROR(same("intermediate_size", model.intermediate_size, theirs.intermediate_size));
-    RW_RETURN_IF_ERROR(same("num_hidden_layers", model.num_hidden_layers, theirs.num_hidden_layers));
-    RW_RETURN_IF_ERROR(same("num_attention_heads", model.num_attention_heads, theirs.num_attention_heads));
-    RW_RETURN_IF_ERROR(same("num_key_value_heads", model.num_key_value_heads, theirs.num_key_value_heads));
-    RW_RETURN_IF_ERROR(same("tie_word_embeddings", model.tie_word_embeddings, theirs.tie_word_embeddings));
+    // ParseJobConfig took the model from config.json; a job made otherwise must match it in every key.
+    ModelConfig mine = model;
+    RW_RETURN_IF_ERROR(AdoptModel(theirs, job.init_from, [](const std::string& k) {
+      return k != "model.max_position_embeddings" && k != "model.rope_theta";
+    }, &mine));
     RW_RETURN_IF_ERROR(LoadWeights(job.init_from, table, params.data()));
   }
   RW_RETURN_IF_ERROR(refresh_compute());
@@ -170,7 +163,7 @@ Status TrainRank(Transport& t, const JobConfig& job, const std::function<void(co
   } join_at_exit{writer};
   for (size_t si = 0; si < job.stages.size(); ++si) {
     const StageConfig& stage = job.stages[si];
-    model.rope_theta = stage.rope_theta;
+    model.rope_theta = stage.theta(job.model);
     if (step + stage.steps <= res.resumed_from) {  // a stage done before the checkpoint
       step += stage.steps;
       continue;

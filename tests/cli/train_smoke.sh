@@ -51,6 +51,28 @@ grep -q '"stage": 2, "seq_len": 512' "$out/nd/metrics.jsonl" || { echo "FAIL: ne
 printf '{"vision": [[1, 2], [3]], "text": "a cat"}\n' > "$out/v.jsonl"
 "$bin" data prepare --input "$out/v.jsonl" --output "$out/ds_v" --vision-codes 8192 > /dev/null
 grep -q '"eov": 8454' "$out/ds_v/meta.json" || { echo "FAIL: vision dataset"; cat "$out/ds_v/meta.json"; exit 1; }
+# Pre-tokenized ids of another vocabulary (--vocab-size 48, below the byte tokenizer's 259): an id past it is
+# refused naming it and leaves no dataset; a model of that vocabulary trains on them; generate takes the
+# prompt as ids and prints every id (a text prompt is refused: no tokenizer describes the model).
+printf '{"tokens": [3, 9, 27, 40, 11, 3, 9, 27]}\n{"tokens": [5, 6, 7, 8, 5, 6, 7, 8, 5, 6]}\n' > "$out/ids.jsonl"
+"$bin" data prepare --input "$out/ids.jsonl" --output "$out/ds_ids" --vocab-size 48 > /dev/null
+grep -q '"vocab_size": 48' "$out/ds_ids/meta.json" || { echo "FAIL: --vocab-size not in meta.json"; exit 1; }
+set +e
+"$bin" data prepare --input "$out/ids.jsonl" --output "$out/ds_ids30" --vocab-size 30 2> "$out/ids_err"
+rc=$?
+set -e
+[ $rc -eq 2 ] && grep -q "ids.jsonl:1: token 3 has id 40, outside the vocabulary of 30" "$out/ids_err" && [ ! -e "$out/ds_ids30" ] ||
+  { echo "FAIL: an id past --vocab-size: rc $rc, $(cat "$out/ids_err")"; exit 1; }
+"$bin" train "$cfg" --set output_dir="$out/ids" --set checkpoint.dir="$out/ids/ck" --set data.source=files \
+  --set data.path="$out/ds_ids" --set model.vocab_size=48 --set stages.0.steps=2 --set stages.1.steps=1 > /dev/null
+gi=$("$bin" generate --checkpoint "$out/ids/ck/step-3" --prompt-ids 3,9,27 --max-tokens 4)
+[[ "$gi" =~ ^\<3\>\<9\>\<27\>(\<[0-9]+\>){4}$ ]] || { echo "FAIL: generate --prompt-ids: '$gi'"; exit 1; }
+set +e
+"$bin" generate --checkpoint "$out/ids/ck/step-3" --prompt "abc" 2> "$out/gen_err"
+rc=$?
+set -e
+[ $rc -eq 2 ] && grep -q -- "--prompt-ids" "$out/gen_err" || { echo "FAIL: a text prompt to an id model: rc $rc"; exit 1; }
+echo "pre-tokenized vocabulary of 48: trained; generate --prompt-ids 3,9,27 -> $gi"
 # Training on the prepared dataset (data.source: files).
 "$bin" train "$cfg" --set output_dir="$out/f" --set checkpoint.dir= --set data.source=files --set data.path="$out/ds" \
   --set stages.0.steps=3 --set stages.1.steps=1 > /dev/null

@@ -4,6 +4,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
 
 #include "runtime/job_config.h"
 
@@ -16,7 +17,6 @@ TEST(Configs, EveryShippedJobFileValidates) {
   const fs::path tmp = fs::temp_directory_path() / ("rw_cfg_" + std::to_string(getpid()));
   fs::create_directories(tmp / "model");
   fs::create_directories(tmp / "data");
-  std::ofstream(tmp / "model" / "config.json") << "{}";
   std::ofstream(tmp / "data" / "meta.json") << "{}";
   // The shipped jobs name their files relative to the repository root, where the README runs them.
   const fs::path cwd = fs::current_path();
@@ -29,8 +29,24 @@ TEST(Configs, EveryShippedJobFileValidates) {
     // External paths of the cluster recipes point at the stand-ins above.
     std::ifstream f(e.path());
     const std::string text((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-    if (text.find("init_from:") != std::string::npos) overrides.push_back("init_from=" + (tmp / "model").string());
     if (text.find("source: files") != std::string::npos) overrides.push_back("data.path=" + (tmp / "data").string());
+    if (text.find("init_from:") != std::string::npos) {
+      // The stand-in checkpoint has the model the recipe declares (a recipe that contradicts its
+      // init_from is refused; that is tested in test_hf_interop.cpp).
+      JobConfig declared;
+      auto without = overrides;
+      without.push_back("init_from=");
+      ASSERT_TRUE(LoadJobConfig(e.path().string(), without, &declared).ok()) << e.path();
+      const ModelConfig& m = declared.model;
+      std::ofstream(tmp / "model" / "config.json")
+          << nlohmann::json{{"model_type", "llama"}, {"vocab_size", m.vocab_size}, {"hidden_size", m.hidden_size},
+                            {"intermediate_size", m.intermediate_size}, {"num_hidden_layers", m.num_hidden_layers},
+                            {"num_attention_heads", m.num_attention_heads}, {"num_key_value_heads", m.num_key_value_heads},
+                            {"rms_norm_eps", m.rms_norm_eps}, {"max_position_embeddings", 4096},
+                            {"rope_parameters", {{"rope_type", "default"}, {"rope_theta", 10000.0}}}}
+                 .dump();
+      overrides.push_back("init_from=" + (tmp / "model").string());
+    }
     JobConfig job;
     const auto st = LoadJobConfig(e.path().string(), overrides, &job);
     EXPECT_TRUE(st.ok()) << e.path() << ": " << st.message();

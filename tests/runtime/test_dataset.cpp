@@ -137,7 +137,8 @@ TEST(Dataset, BadRecordsAreNamedByFileAndLineAndLeaveNothingBehind) {
   const std::vector<std::pair<std::string, std::string>> bad = {
       {"{\"text\": 5}", "\"text\" must be a string"},
       {"not json", "not a JSON object"},
-      {"{\"tokens\": [1, 999]}", "token id 999 is outside the vocabulary"},
+      {"{\"tokens\": [1, 999]}", "token 1 has id 999, outside the vocabulary of 259"},
+      {"{\"tokens\": [1, -3]}", "token id -3 is not an id"},
       {"{\"tokens\": [1, 2], \"modality\": [\"text\"]}", "\"modality\" has 1 entries for 2 tokens"},
       {"{\"other\": 1}", "a record needs \"text\", \"tokens\" or \"vision\""},
       {"{\"text\": \"x\", \"modality\": \"audio\"}", "\"modality\" is not text or vision"},

@@ -1,0 +1,239 @@
+// Hugging Face interop against fixtures transformers 5 made (tests/fixtures/make_hf_interop_fixtures.py):
+// - the loss convention: a window of L inputs predicts L targets; eval and a training step on a document of
+//   2 L + 1 tokens equal transformers' float64 loss (and the step's gradient norm);
+// - config.json as transformers 4.x and 5.x write it (rope_parameters), and every field we do not
+//   implement refused by name; init_from takes the model from config.json and refuses a job that differs;
+//   a tensor we would not read is refused, not dropped;
+// - our checkpoints as transformers uses them: AutoTokenizer and generate on a checkpoint we wrote give our
+//   prompt ids and our greedy continuation, and what we write now is what the fixture holds.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "ring_harness.h"
+#include "runtime/checkpoint.h"
+#include "runtime/dataset.h"
+#include "runtime/generate.h"
+#include "runtime/ring_decode.h"
+#include "runtime/safetensors.h"
+#include "runtime/trainer.h"
+
+namespace rw::runtime {
+namespace {
+
+namespace fs = std::filesystem;
+using test::RunRanks;
+
+const std::string kLoss = RW_FIXTURES "/hf5_llama_tiny";
+const std::string kConfigs = RW_FIXTURES "/hf5_configs";
+const std::string kGenerate = RW_FIXTURES "/hf_generate";
+
+nlohmann::json ReadJson(const std::string& path) {
+  std::ifstream f(path);
+  return nlohmann::json::parse(f);
+}
+
+std::string Bytes(const fs::path& p) {
+  std::ifstream f(p, std::ios::binary);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+struct Tmp {
+  fs::path p;
+  explicit Tmp(const std::string& name) : p(fs::temp_directory_path() / ("rw_hf_" + std::to_string(getpid()) + "_" + name)) {
+    fs::remove_all(p);
+    fs::create_directories(p);
+  }
+  ~Tmp() { fs::remove_all(p); }
+};
+
+// The fixture's document as a prepared dataset in the model's vocabulary (37 < the byte tokenizer's 259).
+std::string DocumentDataset(const Tmp& t, const nlohmann::json& c, int64_t vocab) {
+  std::ofstream(t.p / "doc.jsonl") << nlohmann::json{{"tokens", c["document"]}}.dump() << "\n";
+  PrepareOptions opt{{(t.p / "doc.jsonl").string()}, (t.p / "ds").string()};
+  opt.vocab_size = vocab;
+  EXPECT_TRUE(PrepareDataset(opt, nullptr).ok());
+  return (t.p / "ds").string();
+}
+
+TEST(HfInterop, EvalAndATrainingStepScoreEveryPositionOfAWindowAsTransformersInFloat64) {
+  const auto c = ReadJson(kLoss + "/case.json");
+  const int64_t L = c["seq_len"].get<int64_t>();
+  const double ref = c["loss"].get<double>(), ref_norm = c["grad_norm"].get<double>();
+  Tmp t("loss");
+  const std::string ds = DocumentDataset(t, c, 37);
+  for (int R : {1, 2}) {
+    auto fabric = InprocFabric::Create(R);
+    std::vector<EvalResult> res(static_cast<size_t>(R));
+    auto st = RunRanks(fabric, [&](int r, Transport& tr) { return EvalRank(tr, kLoss, ds, L, "zigzag", 1, &res[size_t(r)]); });
+    for (auto& s : st) ASSERT_TRUE(s.ok()) << s.message();
+    const double diff = std::abs(res[0].loss - ref);
+    std::printf("  eval R=%d: loss %.8f, float64 reference %.8f, |diff| %.2e (rel %.2e), %lld targets\n", R,
+                res[0].loss, ref, diff, diff / ref, (long long)res[0].tokens);
+    EXPECT_EQ(res[0].tokens, 2 * L) << "a window of L inputs predicts L targets";
+    EXPECT_LT(diff, 1e-5 * ref);
+  }
+  // Training: the model section comes from config.json (the job sets none), the stage's RoPE base from
+  // its rope_parameters; step 1's loss is the loss before the update, its gradient norm the reference's.
+  const std::string yaml = "name: hf\ninit_from: " + kLoss + "\ndata: {source: files, path: " + ds +
+                           "}\noptimizer: {lr: 1.0e-4, warmup_steps: 0, grad_clip: 0}\nstages: [{seq_len: " +
+                           std::to_string(L) + ", steps: 1, batch: 2}]\n";
+  JobConfig job;
+  auto pst = ParseJobConfig(yaml, "hf.yaml", {}, &job);
+  ASSERT_TRUE(pst.ok()) << pst.message();
+  EXPECT_EQ(job.model.vocab_size, 37);
+  EXPECT_EQ(job.model.hidden_size, 32);
+  EXPECT_FLOAT_EQ(job.model.rms_norm_eps, 1e-5f);
+  EXPECT_EQ(job.stages[0].theta(job.model), 5000.0) << "config.json's rope_parameters.rope_theta";
+  for (int R : {1, 2}) {
+    job.ring.devices = R;
+    std::vector<StepMetrics> steps;
+    auto fabric = InprocFabric::Create(R);
+    auto st = RunRanks(fabric, [&](int, Transport& tr) {
+      return TrainRank(tr, job, [&](const StepMetrics& m) { steps.push_back(m); }, nullptr);
+    });
+    for (auto& s : st) ASSERT_TRUE(s.ok()) << s.message();
+    ASSERT_EQ(steps.size(), 1u);
+    const double dl = std::abs(steps[0].loss - ref), dn = std::abs(steps[0].grad_norm - ref_norm);
+    std::printf("  train R=%d step 1: loss %.8f (rel diff %.2e), grad norm %.8f vs %.8f (rel diff %.2e)\n", R,
+                steps[0].loss, dl / ref, steps[0].grad_norm, ref_norm, dn / ref_norm);
+    EXPECT_LT(dl, 1e-5 * ref);
+    EXPECT_LT(dn, 1e-5 * ref_norm);
+  }
+}
+
+TEST(HfInterop, ConfigsAsTransformers5WritesThemAreReadOrRefusedByField) {
+  const auto expected = ReadJson(kConfigs + "/expected.json")["cases"];
+  ASSERT_GE(expected.size(), 7u);
+  for (const auto& [name, want] : expected.items()) {
+    ModelConfig m;
+    const Status st = ReadHfConfig(kConfigs + "/" + name + ".json", &m);
+    if (want.contains("refused")) {
+      const std::string field = want["refused"].get<std::string>();
+      ASSERT_FALSE(st.ok()) << name << " must be refused";
+      EXPECT_NE(st.message().find(field), std::string::npos) << name << ": " << st.message();
+      EXPECT_NE(st.message().find(name + ".json"), std::string::npos) << "the error names the file: " << st.message();
+      std::printf("  %-24s refused: %s\n", name.c_str(), st.message().substr(st.message().find(": ") + 2).c_str());
+    } else {
+      ASSERT_TRUE(st.ok()) << name << ": " << st.message();
+      EXPECT_EQ(m.rope_theta, want["rope_theta"].get<double>()) << name << ": rope_parameters.rope_theta";
+      EXPECT_FLOAT_EQ(m.rms_norm_eps, 1e-5f);
+      std::printf("  %-24s read: rope_theta %.0f from rope_parameters\n", name.c_str(), m.rope_theta);
+    }
+  }
+  // transformers 4.x: rope_theta at the top (the older fixture), and the two forms disagreeing.
+  ModelConfig m4;
+  ASSERT_TRUE(ReadHfConfig(RW_FIXTURES "/hf_llama_tiny/config.json", &m4).ok());
+  EXPECT_EQ(m4.rope_theta, 5000.0);
+  Tmp t("cfg");
+  auto j = ReadJson(kConfigs + "/default.json");
+  j["rope_theta"] = 10000.0;
+  std::ofstream(t.p / "both.json") << j.dump();
+  const Status both = ReadHfConfig((t.p / "both.json").string(), &m4);
+  ASSERT_FALSE(both.ok());
+  EXPECT_NE(both.message().find("rope_theta"), std::string::npos) << both.message();
+}
+
+TEST(HfInterop, InitFromTakesTheModelFromConfigJsonAndRefusesAJobThatDiffers) {
+  Tmp t("init");
+  const std::string ds = DocumentDataset(t, ReadJson(kLoss + "/case.json"), 37);
+  const std::string base = "name: i\ninit_from: " + kLoss + "\ndata: {source: files, path: " + ds +
+                           "}\nstages: [{seq_len: 32, steps: 1}]\n";
+  JobConfig job;
+  const Status ok = ParseJobConfig(base, "i.yaml", {}, &job);
+  ASSERT_TRUE(ok.ok()) << ok.message();
+  EXPECT_EQ(job.model.num_key_value_heads, 2);
+  EXPECT_EQ(job.model.max_position_embeddings, 128);
+  // A job may repeat a value, and may lengthen the context; it may not change the model.
+  EXPECT_TRUE(ParseJobConfig(base + "model: {hidden_size: 32, max_position_embeddings: 256}\n", "i.yaml", {}, &job).ok());
+  EXPECT_EQ(job.model.max_position_embeddings, 256);
+  for (const std::string& bad : {"model: {hidden_size: 64}", "model: {vocab_size: 259}", "model: {rms_norm_eps: 1.0e-6}",
+                                 "model: {num_key_value_heads: 4}"}) {
+    const Status st = ParseJobConfig(base + bad + "\n", "i.yaml", {}, &job);
+    ASSERT_FALSE(st.ok()) << bad;
+    const std::string key = bad.substr(8, bad.find(':', 8) - 8);
+    EXPECT_NE(st.message().find("model." + key), std::string::npos) << st.message();
+    EXPECT_NE(st.message().find("init_from"), std::string::npos) << st.message();
+  }
+  const Status set = ParseJobConfig(base, "i.yaml", {"model.hidden_size=16"}, &job);
+  ASSERT_FALSE(set.ok());
+  EXPECT_NE(set.message().find("model.hidden_size"), std::string::npos) << set.message();
+  // A directory whose config.json we refuse is named.
+  fs::create_directories(t.p / "gelu");
+  fs::copy_file(kConfigs + "/gelu.json", t.p / "gelu" / "config.json");
+  const Status gelu = ParseJobConfig("name: i\ninit_from: " + (t.p / "gelu").string() + "\ndata: {source: files, path: " +
+                                         ds + "}\nstages: [{seq_len: 32, steps: 1}]\n", "i.yaml", {}, &job);
+  ASSERT_FALSE(gelu.ok());
+  EXPECT_NE(gelu.message().find("hidden_act"), std::string::npos) << gelu.message();
+}
+
+TEST(HfInterop, ATensorWeWouldNotReadIsRefusedNotDropped) {
+  ModelConfig c;
+  ASSERT_TRUE(ReadHfConfig(kLoss + "/config.json", &c).ok());
+  const ParamTable table(c);
+  std::vector<float> p(table.total());
+  ASSERT_TRUE(LoadWeights(kLoss, table, p.data()).ok());
+  Tmp t("extra");
+  fs::copy_file(kLoss + "/config.json", t.p / "config.json");
+  std::vector<TensorRef> refs;
+  for (const auto& info : table.tensors()) refs.push_back({info.name, info.shape, p.data() + info.offset});
+  const std::vector<float> bias(32, 0.5f);
+  refs.push_back({"model.layers.0.self_attn.q_proj.bias", {32}, bias.data()});
+  ASSERT_TRUE(WriteSafetensors((t.p / "model.safetensors").string(), refs, {{"format", "pt"}}).ok());
+  const Status st = LoadWeights(t.p.string(), table, p.data());
+  ASSERT_FALSE(st.ok());
+  EXPECT_NE(st.message().find("model.layers.0.self_attn.q_proj.bias"), std::string::npos) << st.message();
+  std::printf("  %s\n", st.message().c_str());
+  // The rotary tables older transformers saved are derived, not weights: they load.
+  refs.pop_back();
+  const std::vector<float> inv_freq(4, 1.f);
+  refs.push_back({"model.layers.0.self_attn.rotary_emb.inv_freq", {4}, inv_freq.data()});
+  ASSERT_TRUE(WriteSafetensors((t.p / "model.safetensors").string(), refs, {{"format", "pt"}}).ok());
+  EXPECT_TRUE(LoadWeights(t.p.string(), table, p.data()).ok());
+}
+
+TEST(HfInterop, TransformersGeneratesOurGreedyOutputFromACheckpointWeWrote) {
+  const auto e = ReadJson(kGenerate + "/expected.json");
+  ModelConfig c;
+  ASSERT_TRUE(ReadHfConfig(kGenerate + "/config.json", &c).ok());
+  std::unique_ptr<Tokenizer> tok;
+  ASSERT_TRUE(CheckpointTokenizer(kGenerate, c, &tok).ok());
+  // AutoTokenizer (tokenizer_config.json beside tokenizer.model) encodes the prompt as we do.
+  std::vector<int32_t> prompt = tok->Encode(e["prompt"].get<std::string>());
+  prompt.insert(prompt.begin(), tok->bos());
+  EXPECT_EQ(prompt, e["prompt_ids"].get<std::vector<int32_t>>());
+  const auto want = e["greedy_ids"].get<std::vector<int32_t>>();
+  for (int R : {1, 2}) {
+    auto fabric = InprocFabric::Create(R);
+    std::vector<std::vector<int32_t>> out(static_cast<size_t>(R));
+    auto st = RunRanks(fabric, [&](int r, Transport& tr) {
+      return GenerateRank(tr, kGenerate, prompt, SamplingConfig{}, int64_t(want.size()), tok->eos(), "zigzag",
+                          &out[size_t(r)]);
+    });
+    for (auto& s : st) ASSERT_TRUE(s.ok()) << s.message();
+    EXPECT_EQ(out[0], want) << "ring of " << R;
+    std::printf("  R=%d: ours '%s', transformers' '%s' (min top-2 logit margin %.3f)\n", R, tok->Render(out[0]).c_str(),
+                e["greedy_text"].get<std::string>().c_str(), e["min_top2_margin"].get<double>());
+  }
+  // What SaveCheckpoint writes today is what transformers was given: config.json (with BOS/EOS),
+  // generation_config.json and tokenizer_config.json, byte for byte.
+  const ParamTable table(c);
+  std::vector<float> p(table.total());
+  ASSERT_TRUE(LoadWeights(kGenerate, table, p.data()).ok());
+  Tmp t("gen");
+  std::string path;
+  ASSERT_TRUE(SaveCheckpoint(t.p.string(), c, table, p.data(), nullptr, nullptr, TrainerState{60, 0, 60, 3, "g"},
+                             SaveOptions{1, 0, tok.get()}, &path).ok());
+  for (const char* f : {"config.json", "generation_config.json", "tokenizer_config.json", "tokenizer.model", "model.safetensors"})
+    EXPECT_EQ(Bytes(fs::path(path) / f), Bytes(fs::path(kGenerate) / f))
+        << f << " differs from the fixture: run tests/fixtures/make_hf_interop_fixtures.py";
+}
+
+}  // namespace
+}  // namespace rw::runtime
