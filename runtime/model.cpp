@@ -106,6 +106,34 @@ struct LayerActs {
   Act h1, q, k, v, h2;                                      // GEMM / attention operands
 };
 
+}  // namespace
+
+// Buffers are sized by the first step and only grow (std::vector keeps its capacity on resize and copy),
+// so from the second step at a shape on, the model allocates nothing.
+struct ModelWorkspace::Impl {
+  std::vector<LayerActs> acts;  // per layer; under remat only each x_in is kept
+  LayerActs scratch;            // a layer not kept (forward only, or recomputed under remat)
+  std::vector<float> x, x_again, o, rot, rstd, loss, dhf, dx, dh, tmp, dq, dk, dv;
+  Act hf, d_attn_op;
+  RingBuffers ring;
+};
+
+ModelWorkspace::ModelWorkspace() : impl_(std::make_unique<Impl>()) {}
+ModelWorkspace::~ModelWorkspace() = default;
+
+namespace {
+
+using Work = ModelWorkspace::Impl;
+
+// The caller's workspace, or one for this call.
+struct WorkOf {
+  std::unique_ptr<ModelWorkspace> own;
+  Work* w;
+  explicit WorkOf(const ModelExec& mx)
+      : own(mx.workspace ? nullptr : std::make_unique<ModelWorkspace>()),
+        w(&(mx.workspace ? mx.workspace : own.get())->impl()) {}
+};
+
 struct Dims {
   int64_t S, E, F, V, H, HKV, D, HQD, HKD;
 };
@@ -123,6 +151,9 @@ Status CheckExec(const ModelExec& mx) {
              "precision: bf16 needs the bf16 copy of the parameters (ModelExec::compute_params)");
   return Status::Ok();
 }
+
+// The rank's device and threads: every op of the model runs on its backend.
+Exec ExecOf(const ModelExec& mx) { return Exec{mx.device, mx.num_threads}; }
 
 // The weights a GEMM reads: the bf16 compute copy under mixed precision, the fp32 master otherwise.
 View Gemm(const ModelExec& mx, const float* P, size_t offset) {
@@ -144,8 +175,9 @@ Status CheckBatch(const ModelConfig& c, const ShardBatch& b) {
   return Status::Ok();
 }
 
-RingAttentionConfig AttnConfig(const ModelConfig& c, const ModelExec& ex, int64_t S, int64_t layer) {
+RingAttentionConfig AttnConfig(const ModelConfig& c, const ModelExec& ex, int64_t S, int64_t layer, Work& w) {
   RingAttentionConfig a;
+  a.device = ex.device;
   a.dtype = ex.precision;
   a.s = S;
   a.hq = c.num_attention_heads;
@@ -155,6 +187,7 @@ RingAttentionConfig AttnConfig(const ModelConfig& c, const ModelExec& ex, int64_
   a.num_threads = ex.num_threads;
   a.tag = ex.tag;
   a.tag.layer = ex.tag.layer + uint32_t(layer);
+  a.buffers = &w.ring;
   return a;
 }
 
@@ -169,10 +202,9 @@ void AddStats(const ModelExec& mx, const RingStats& s) {
 // q or k: the projection, RoPE at each row's position (fp32), then the attention operand in the activation
 // dtype. fp32 projects straight into the operand and rotates it in place.
 Status ProjectRotate(const Exec& ex, const ModelExec& mx, const ModelConfig& c, const ShardBatch& b, int64_t S,
-                     int64_t E, int64_t heads, int64_t D, View h, View w, Act& out) {
+                     int64_t E, int64_t heads, int64_t D, View h, View w, Act& out, std::vector<float>& rot) {
   out.Resize(size_t(S * heads * D), mx.precision);
-  std::vector<float> tmp;
-  float* y = out.dt == DType::kF32 ? out.f.data() : (tmp.resize(size_t(S * heads * D)), tmp.data());
+  float* y = out.dt == DType::kF32 ? out.f.data() : (rot.resize(size_t(S * heads * D)), rot.data());
   RW_RETURN_IF_ERROR(kernels::LinearForward(ex, S, E, heads * D, h, w, y));
   RW_RETURN_IF_ERROR(kernels::Rope(ex, S, heads, D, kernels::Dense3(y, heads, D), kernels::Dense3(y, heads, D),
                                    b.positions.data(), c.rope_theta, false));
@@ -182,64 +214,56 @@ Status ProjectRotate(const Exec& ex, const ModelExec& mx, const ModelConfig& c, 
 
 // One layer's forward: x (S, E) in, x out; fills a's activations (the backward's inputs).
 Status LayerForward(Transport& t, const ModelConfig& c, const ParamTable& tb, const ModelExec& mx, const float* P,
-                    const ShardBatch& b, int64_t l, std::vector<float>& x, LayerActs& a) {
+                    const ShardBatch& b, int64_t l, std::vector<float>& x, LayerActs& a, Work& w) {
   const Dims d = DimsOf(c, int64_t(b.tokens.size()));
-  const Exec ex{kernels::Device::kCpu, mx.num_threads};
+  const Exec ex = ExecOf(mx);
   const auto& L = tb.layers[l];
   a.x_in = x;
   a.rstd1.resize(d.S);
   a.h1.Resize(d.S * d.E, mx.precision);
   RW_RETURN_IF_ERROR(kernels::RmsNormForward(ex, d.S, d.E, x.data(), P + L.in_norm, c.rms_norm_eps, a.h1.view(),
                                              a.rstd1.data()));
-  RW_RETURN_IF_ERROR(ProjectRotate(ex, mx, c, b, d.S, d.E, d.H, d.D, a.h1.view(), Gemm(mx, P, L.q), a.q));
-  RW_RETURN_IF_ERROR(ProjectRotate(ex, mx, c, b, d.S, d.E, d.HKV, d.D, a.h1.view(), Gemm(mx, P, L.k), a.k));
+  RW_RETURN_IF_ERROR(ProjectRotate(ex, mx, c, b, d.S, d.E, d.H, d.D, a.h1.view(), Gemm(mx, P, L.q), a.q, w.rot));
+  RW_RETURN_IF_ERROR(ProjectRotate(ex, mx, c, b, d.S, d.E, d.HKV, d.D, a.h1.view(), Gemm(mx, P, L.k), a.k, w.rot));
   a.v.Resize(d.S * d.HKD, mx.precision);
   RW_RETURN_IF_ERROR(kernels::LinearForward(ex, d.S, d.E, d.HKD, a.h1.view(), Gemm(mx, P, L.v), a.v.view()));
   a.attn.resize(d.S * d.HQD);
   a.lse.resize(d.H * d.S);
   RingShard sh{a.q.data(), a.k.data(), a.v.data(), b.index.data(), b.segments.data()};
   RingStats rs;
-  RW_RETURN_IF_ERROR(RingAttentionForward(t, AttnConfig(c, mx, d.S, l), sh, a.attn.data(), a.lse.data(), &rs));
+  RW_RETURN_IF_ERROR(RingAttentionForward(t, AttnConfig(c, mx, d.S, l, w), sh, a.attn.data(), a.lse.data(), &rs));
   AddStats(mx, rs);
-  std::vector<float> o(d.S * d.E);
-  RW_RETURN_IF_ERROR(kernels::LinearForward(ex, d.S, d.HQD, d.E, a.attn.data(), Gemm(mx, P, L.o), o.data()));
-  for (int64_t i = 0; i < d.S * d.E; ++i) x[i] += o[i];
+  w.o.resize(d.S * d.E);
+  RW_RETURN_IF_ERROR(kernels::LinearForward(ex, d.S, d.HQD, d.E, a.attn.data(), Gemm(mx, P, L.o), w.o.data()));
+  RW_RETURN_IF_ERROR(kernels::AddInto(ex, d.S * d.E, w.o.data(), x.data()));
   a.x_mid = x;
   a.rstd2.resize(d.S);
   a.h2.Resize(d.S * d.E, mx.precision);
   RW_RETURN_IF_ERROR(kernels::RmsNormForward(ex, d.S, d.E, x.data(), P + L.post_norm, c.rms_norm_eps, a.h2.view(),
                                              a.rstd2.data()));
   RW_RETURN_IF_ERROR(kernels::FfnForward(ex, d.S, d.E, d.F, a.h2.view(),
-                                         {Gemm(mx, P, L.gate), Gemm(mx, P, L.up), Gemm(mx, P, L.down)}, o.data()));
-  for (int64_t i = 0; i < d.S * d.E; ++i) x[i] += o[i];
-  return Status::Ok();
+                                         {Gemm(mx, P, L.gate), Gemm(mx, P, L.up), Gemm(mx, P, L.down)}, w.o.data()));
+  return kernels::AddInto(ex, d.S * d.E, w.o.data(), x.data());
 }
 
-// Keeps only the layer's input: what a `remat: layer` backward recomputes the rest from.
-void DropAllButInput(LayerActs& a) {
-  for (auto* v : {&a.rstd1, &a.attn, &a.lse, &a.x_mid, &a.rstd2}) std::vector<float>().swap(*v);
-  for (auto* v : {&a.h1, &a.q, &a.k, &a.v, &a.h2}) v->Clear();
-}
-
-// The forward; keeps each layer's activations when `acts` is given (only their inputs under remat).
-// Leaves the final hidden state (pre-norm) in `x`.
+// The forward; keeps each layer's activations in w.acts when `keep` (only their inputs under remat).
+// Leaves the final hidden state (pre-norm) in w.x.
 Status RunForward(Transport& t, const ModelConfig& c, const ParamTable& tb, const ModelExec& mx, const float* P,
-                  const ShardBatch& b, std::vector<float>& x, std::vector<LayerActs>* acts, KvShard* kv = nullptr) {
+                  const ShardBatch& b, Work& w, bool keep, KvShard* kv = nullptr) {
   RW_RETURN_IF_ERROR(CheckExec(mx));
   const Dims d = DimsOf(c, int64_t(b.tokens.size()));
-  x.assign(d.S * d.E, 0.f);
-  RW_RETURN_IF_ERROR(kernels::EmbeddingForward(Exec{kernels::Device::kCpu, mx.num_threads}, d.S, d.E, d.V,
-                                               b.tokens.data(), P + tb.embed, x.data()));
-  if (acts) acts->assign(c.num_hidden_layers, {});
-  LayerActs tmp;
+  w.x.assign(d.S * d.E, 0.f);
+  RW_RETURN_IF_ERROR(kernels::EmbeddingForward(ExecOf(mx), d.S, d.E, d.V, b.tokens.data(), P + tb.embed, w.x.data()));
+  if (keep && w.acts.size() != size_t(c.num_hidden_layers)) w.acts.resize(size_t(c.num_hidden_layers));
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
-    LayerActs& a = acts ? (*acts)[l] : tmp;
-    RW_RETURN_IF_ERROR(LayerForward(t, c, tb, mx, P, b, l, x, a));
+    const bool whole = keep && !mx.remat_layers;
+    LayerActs& a = whole ? w.acts[l] : w.scratch;
+    if (keep && mx.remat_layers) w.acts[l].x_in = w.x;  // what the backward recomputes the layer from
+    RW_RETURN_IF_ERROR(LayerForward(t, c, tb, mx, P, b, l, w.x, a, w));
     if (kv) {
       kv->k[l] = a.k.f;
       kv->v[l] = a.v.f;
     }
-    if (mx.remat_layers) DropAllButInput(a);
   }
   return Status::Ok();
 }
@@ -250,17 +274,18 @@ Status Forward(Transport& t, const ModelConfig& c, const ParamTable& tb, const M
                const ShardBatch& b, double* loss_sum) {
   RW_RETURN_IF_ERROR(CheckBatch(c, b));
   const Dims d = DimsOf(c, int64_t(b.tokens.size()));
-  const Exec ex{kernels::Device::kCpu, mx.num_threads};
-  std::vector<float> x;
-  RW_RETURN_IF_ERROR(RunForward(t, c, tb, mx, P, b, x, nullptr));
-  Act hf;
-  hf.Resize(d.S * d.E, mx.precision);
-  std::vector<float> rstd(d.S), loss(d.S);
-  RW_RETURN_IF_ERROR(kernels::RmsNormForward(ex, d.S, d.E, x.data(), P + tb.final_norm, c.rms_norm_eps, hf.view(),
-                                             rstd.data()));
+  const Exec ex = ExecOf(mx);
+  WorkOf wo(mx);
+  Work& w = *wo.w;
+  RW_RETURN_IF_ERROR(RunForward(t, c, tb, mx, P, b, w, false));
+  w.hf.Resize(d.S * d.E, mx.precision);
+  w.rstd.resize(d.S);
+  w.loss.resize(d.S);
+  RW_RETURN_IF_ERROR(kernels::RmsNormForward(ex, d.S, d.E, w.x.data(), P + tb.final_norm, c.rms_norm_eps, w.hf.view(),
+                                             w.rstd.data()));
   double sum = 0;
-  RW_RETURN_IF_ERROR(kernels::CrossEntropyForward(ex, d.S, d.E, d.V, hf.view(), Gemm(mx, P, tb.lm_head),
-                                                  b.targets.data(), b.weights.data(), loss.data(), &sum));
+  RW_RETURN_IF_ERROR(kernels::CrossEntropyForward(ex, d.S, d.E, d.V, w.hf.view(), Gemm(mx, P, tb.lm_head),
+                                                  b.targets.data(), b.weights.data(), w.loss.data(), &sum));
   *loss_sum += sum;
   return Status::Ok();
 }
@@ -270,89 +295,92 @@ Status Prefill(Transport& t, const ModelConfig& c, const ParamTable& tb, const M
   RW_RETURN_IF_ERROR(CheckBatch(c, b));
   RW_REQUIRE(mx.precision == DType::kF32, "precision: ring decoding keeps an fp32 KV cache; prefill in f32");
   const Dims d = DimsOf(c, int64_t(b.tokens.size()));
-  const Exec ex{kernels::Device::kCpu, mx.num_threads};
+  WorkOf wo(mx);
+  Work& w = *wo.w;
   cache->k.assign(c.num_hidden_layers, {});
   cache->v.assign(c.num_hidden_layers, {});
   cache->index = b.index;
   cache->segments = b.segments;
-  std::vector<float> x, rstd(d.S);
-  RW_RETURN_IF_ERROR(RunForward(t, c, tb, mx, P, b, x, nullptr, cache));
+  RW_RETURN_IF_ERROR(RunForward(t, c, tb, mx, P, b, w, false, cache));
   hidden->resize(d.S * d.E);
-  return kernels::RmsNormForward(ex, d.S, d.E, x.data(), P + tb.final_norm, c.rms_norm_eps, hidden->data(),
-                                 rstd.data());
+  w.rstd.resize(d.S);
+  return kernels::RmsNormForward(ExecOf(mx), d.S, d.E, w.x.data(), P + tb.final_norm, c.rms_norm_eps, hidden->data(),
+                                 w.rstd.data());
 }
 
 Status ForwardBackward(Transport& t, const ModelConfig& c, const ParamTable& tb, const ModelExec& mx, const float* P,
                        const ShardBatch& b, float loss_scale, float* G, double* loss_sum) {
   RW_RETURN_IF_ERROR(CheckBatch(c, b));
   const Dims d = DimsOf(c, int64_t(b.tokens.size()));
-  const Exec ex{kernels::Device::kCpu, mx.num_threads};
-  std::vector<float> x;
-  std::vector<LayerActs> acts;
-  RW_RETURN_IF_ERROR(RunForward(t, c, tb, mx, P, b, x, &acts));
+  const Exec ex = ExecOf(mx);
+  WorkOf wo(mx);
+  Work& w = *wo.w;
+  RW_RETURN_IF_ERROR(RunForward(t, c, tb, mx, P, b, w, true));
 
   // Loss head: final norm, lm_head, cross-entropy (blockwise inside the kernel).
-  Act hf;
-  hf.Resize(d.S * d.E, mx.precision);
-  std::vector<float> rstd(d.S), loss(d.S), dhf(d.S * d.E), dx(d.S * d.E);
-  RW_RETURN_IF_ERROR(kernels::RmsNormForward(ex, d.S, d.E, x.data(), P + tb.final_norm, c.rms_norm_eps, hf.view(),
-                                             rstd.data()));
+  w.hf.Resize(d.S * d.E, mx.precision);
+  for (auto* v : {&w.dhf, &w.dx, &w.dh, &w.tmp}) v->resize(d.S * d.E);
+  w.rstd.resize(d.S);
+  w.loss.resize(d.S);
+  w.dq.resize(d.S * d.HQD);
+  w.dk.resize(d.S * d.HKD);
+  w.dv.resize(d.S * d.HKD);
+  float *const dhf = w.dhf.data(), *const dx = w.dx.data(), *const dh = w.dh.data(), *const tmp = w.tmp.data();
+  RW_RETURN_IF_ERROR(kernels::RmsNormForward(ex, d.S, d.E, w.x.data(), P + tb.final_norm, c.rms_norm_eps, w.hf.view(),
+                                             w.rstd.data()));
   double sum = 0;
-  RW_RETURN_IF_ERROR(kernels::CrossEntropyForward(ex, d.S, d.E, d.V, hf.view(), Gemm(mx, P, tb.lm_head),
-                                                  b.targets.data(), b.weights.data(), loss.data(), &sum));
+  RW_RETURN_IF_ERROR(kernels::CrossEntropyForward(ex, d.S, d.E, d.V, w.hf.view(), Gemm(mx, P, tb.lm_head),
+                                                  b.targets.data(), b.weights.data(), w.loss.data(), &sum));
   *loss_sum += sum;
-  RW_RETURN_IF_ERROR(kernels::CrossEntropyBackward(ex, d.S, d.E, d.V, hf.view(), Gemm(mx, P, tb.lm_head),
-                                                   b.targets.data(), b.weights.data(), loss_scale, dhf.data(),
+  RW_RETURN_IF_ERROR(kernels::CrossEntropyBackward(ex, d.S, d.E, d.V, w.hf.view(), Gemm(mx, P, tb.lm_head),
+                                                   b.targets.data(), b.weights.data(), loss_scale, dhf,
                                                    G + tb.lm_head));
-  RW_RETURN_IF_ERROR(kernels::RmsNormBackward(ex, d.S, d.E, x.data(), P + tb.final_norm, rstd.data(), dhf.data(),
-                                              dx.data(), G + tb.final_norm));
+  RW_RETURN_IF_ERROR(kernels::RmsNormBackward(ex, d.S, d.E, w.x.data(), P + tb.final_norm, w.rstd.data(), dhf, dx,
+                                              G + tb.final_norm));
 
-  std::vector<float> dh(d.S * d.E), tmp(d.S * d.E), dq(d.S * d.HQD), dk(d.S * d.HKD), dv(d.S * d.HKD);
-  Act d_attn_op;  // the attention's dout in the activation dtype
   for (int64_t l = c.num_hidden_layers - 1; l >= 0; --l) {
     const auto& L = tb.layers[l];
-    LayerActs& a = acts[l];
+    LayerActs& a = mx.remat_layers ? w.scratch : w.acts[l];
     if (mx.remat_layers) {  // recompute this layer's activations from its input (same ops, same bits)
-      std::vector<float> x_again = a.x_in;
-      RW_RETURN_IF_ERROR(LayerForward(t, c, tb, mx, P, b, l, x_again, a));
+      w.x_again = w.acts[l].x_in;
+      RW_RETURN_IF_ERROR(LayerForward(t, c, tb, mx, P, b, l, w.x_again, a, w));
     }
     // x_out = x_mid + mlp(norm2(x_mid))
     RW_RETURN_IF_ERROR(kernels::FfnBackward(ex, d.S, d.E, d.F, a.h2.view(),
-                                            {Gemm(mx, P, L.gate), Gemm(mx, P, L.up), Gemm(mx, P, L.down)},
-                                            dx.data(), dh.data(), {G + L.gate, G + L.up, G + L.down}));
-    RW_RETURN_IF_ERROR(kernels::RmsNormBackward(ex, d.S, d.E, a.x_mid.data(), P + L.post_norm, a.rstd2.data(),
-                                                dh.data(), tmp.data(), G + L.post_norm));
-    for (int64_t i = 0; i < d.S * d.E; ++i) dx[i] += tmp[i];  // dx is now d x_mid
+                                            {Gemm(mx, P, L.gate), Gemm(mx, P, L.up), Gemm(mx, P, L.down)}, dx, dh,
+                                            {G + L.gate, G + L.up, G + L.down}));
+    RW_RETURN_IF_ERROR(kernels::RmsNormBackward(ex, d.S, d.E, a.x_mid.data(), P + L.post_norm, a.rstd2.data(), dh,
+                                                tmp, G + L.post_norm));
+    RW_RETURN_IF_ERROR(kernels::AddInto(ex, d.S * d.E, tmp, dx));  // dx is now d x_mid
     // x_mid = x_in + o_proj(attention(rope(q), rope(k), v))
     // The attention's dout, written straight in the activation dtype.
-    d_attn_op.Resize(size_t(d.S * d.HQD), mx.precision);
-    RW_RETURN_IF_ERROR(kernels::LinearBackward(ex, d.S, d.HQD, d.E, a.attn.data(), Gemm(mx, P, L.o), dx.data(),
-                                               d_attn_op.view(), G + L.o));
-    const void* dout = d_attn_op.data();
+    w.d_attn_op.Resize(size_t(d.S * d.HQD), mx.precision);
+    RW_RETURN_IF_ERROR(kernels::LinearBackward(ex, d.S, d.HQD, d.E, a.attn.data(), Gemm(mx, P, L.o), dx,
+                                               w.d_attn_op.view(), G + L.o));
     RingShard sh{a.q.data(), a.k.data(), a.v.data(), b.index.data(), b.segments.data()};
     RingStats rs;
-    RW_RETURN_IF_ERROR(RingAttentionBackward(t, AttnConfig(c, mx, d.S, l), sh, a.attn.data(), a.lse.data(), dout,
-                                             dq.data(), dk.data(), dv.data(), &rs));
+    RW_RETURN_IF_ERROR(RingAttentionBackward(t, AttnConfig(c, mx, d.S, l, w), sh, a.attn.data(), a.lse.data(),
+                                             w.d_attn_op.data(), w.dq.data(), w.dk.data(), w.dv.data(), &rs));
     AddStats(mx, rs);
-    RW_RETURN_IF_ERROR(kernels::Rope(ex, d.S, d.H, d.D, kernels::Dense3(dq.data(), d.H, d.D),
-                                     kernels::Dense3(dq.data(), d.H, d.D), b.positions.data(), c.rope_theta, true));
-    RW_RETURN_IF_ERROR(kernels::Rope(ex, d.S, d.HKV, d.D, kernels::Dense3(dk.data(), d.HKV, d.D),
-                                     kernels::Dense3(dk.data(), d.HKV, d.D), b.positions.data(), c.rope_theta, true));
-    RW_RETURN_IF_ERROR(kernels::LinearBackward(ex, d.S, d.E, d.HQD, a.h1.view(), Gemm(mx, P, L.q), dq.data(),
-                                               dh.data(), G + L.q));
-    RW_RETURN_IF_ERROR(kernels::LinearBackward(ex, d.S, d.E, d.HKD, a.h1.view(), Gemm(mx, P, L.k), dk.data(),
-                                               tmp.data(), G + L.k));
-    for (int64_t i = 0; i < d.S * d.E; ++i) dh[i] += tmp[i];
-    RW_RETURN_IF_ERROR(kernels::LinearBackward(ex, d.S, d.E, d.HKD, a.h1.view(), Gemm(mx, P, L.v), dv.data(),
-                                               tmp.data(), G + L.v));
-    for (int64_t i = 0; i < d.S * d.E; ++i) dh[i] += tmp[i];
-    RW_RETURN_IF_ERROR(kernels::RmsNormBackward(ex, d.S, d.E, a.x_in.data(), P + L.in_norm, a.rstd1.data(), dh.data(),
-                                                tmp.data(), G + L.in_norm));
-    for (int64_t i = 0; i < d.S * d.E; ++i) dx[i] += tmp[i];  // dx is now d x_in
-    if (mx.remat_layers) DropAllButInput(a);
+    RW_RETURN_IF_ERROR(kernels::Rope(ex, d.S, d.H, d.D, kernels::Dense3(w.dq.data(), d.H, d.D),
+                                     kernels::Dense3(w.dq.data(), d.H, d.D), b.positions.data(), c.rope_theta, true));
+    RW_RETURN_IF_ERROR(kernels::Rope(ex, d.S, d.HKV, d.D, kernels::Dense3(w.dk.data(), d.HKV, d.D),
+                                     kernels::Dense3(w.dk.data(), d.HKV, d.D), b.positions.data(), c.rope_theta, true));
+    RW_RETURN_IF_ERROR(kernels::LinearBackward(ex, d.S, d.E, d.HQD, a.h1.view(), Gemm(mx, P, L.q), w.dq.data(), dh,
+                                               G + L.q));
+    RW_RETURN_IF_ERROR(kernels::LinearBackward(ex, d.S, d.E, d.HKD, a.h1.view(), Gemm(mx, P, L.k), w.dk.data(), tmp,
+                                               G + L.k));
+    RW_RETURN_IF_ERROR(kernels::AddInto(ex, d.S * d.E, tmp, dh));
+    RW_RETURN_IF_ERROR(kernels::LinearBackward(ex, d.S, d.E, d.HKD, a.h1.view(), Gemm(mx, P, L.v), w.dv.data(), tmp,
+                                               G + L.v));
+    RW_RETURN_IF_ERROR(kernels::AddInto(ex, d.S * d.E, tmp, dh));
+    const std::vector<float>& x_in = mx.remat_layers ? w.acts[l].x_in : a.x_in;
+    RW_RETURN_IF_ERROR(kernels::RmsNormBackward(ex, d.S, d.E, x_in.data(), P + L.in_norm, a.rstd1.data(), dh, tmp,
+                                                G + L.in_norm));
+    RW_RETURN_IF_ERROR(kernels::AddInto(ex, d.S * d.E, tmp, dx));  // dx is now d x_in
   }
   // Embedding rows: a scatter-add in token order (deterministic).
-  return kernels::EmbeddingBackward(ex, d.S, d.E, d.V, b.tokens.data(), dx.data(), G + tb.embed);
+  return kernels::EmbeddingBackward(ex, d.S, d.E, d.V, b.tokens.data(), dx, G + tb.embed);
 }
 
 }  // namespace rw::runtime

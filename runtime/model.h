@@ -18,6 +18,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -84,7 +85,25 @@ struct ShardBatch {
 
 struct RingStats;
 
+// A rank's working memory for the model: every layer's kept activations, the step's scratch buffers and
+// the ring's (RingBuffers). Sized by the first step and reused by every later one (grown when a shape
+// grows), so a rank that keeps one per job allocates nothing per layer or step. Not shared between threads.
+class ModelWorkspace {
+ public:
+  ModelWorkspace();
+  ~ModelWorkspace();
+  ModelWorkspace(const ModelWorkspace&) = delete;
+  ModelWorkspace& operator=(const ModelWorkspace&) = delete;
+  struct Impl;
+  Impl& impl() { return *impl_; }
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
 struct ModelExec {
+  kernels::Device device = kernels::Device::kCpu;  // the rank's device: every op runs on its backend
+  ModelWorkspace* workspace = nullptr;  // the rank's buffers, kept across steps; null: each call makes its own
   int num_threads = 1;         // kernel threads of this rank
   MsgTag tag;                  // job, epoch, step; tag.layer is the first layer's number, then + 1 per layer
   RingStats* stats = nullptr;  // when set, the ring attention calls add their compute and wall time here

@@ -27,8 +27,8 @@ double LearningRate(const OptimizerConfig& c, int64_t step, int64_t total) {
   return floor + 0.5 * (c.lr - floor) * (1.0 + std::cos(M_PI * std::min(1.0, t)));
 }
 
-AdamW::AdamW(const OptimizerConfig& c, const ParamTable& table, int num_threads)
-    : c_(c), table_(table), ex_{kernels::Device::kCpu, num_threads}, m_(table.total(), 0.f), v_(table.total(), 0.f) {}
+AdamW::AdamW(const OptimizerConfig& c, const ParamTable& table, int num_threads, kernels::Device device)
+    : c_(c), table_(table), ex_{device, num_threads}, m_(table.total(), 0.f), v_(table.total(), 0.f) {}
 
 Status AdamW::Step(float* params, float* grads, int64_t step, int64_t total, double* grad_norm, double* lr_out) {
   double ss = 0;  // fp64, in a fixed order: every rank computes the same norm from the same gradients

@@ -26,7 +26,8 @@ double LearningRate(const OptimizerConfig& c, int64_t step, int64_t total_steps)
 
 class AdamW {
  public:
-  AdamW(const OptimizerConfig& c, const ParamTable& table, int num_threads);
+  AdamW(const OptimizerConfig& c, const ParamTable& table, int num_threads,
+        kernels::Device device = kernels::Device::kCpu);  // the rank's device runs the update
   // Clips grads in place to the global norm and applies one step. Returns the norm before clipping.
   Status Step(float* params, float* grads, int64_t step, int64_t total_steps, double* grad_norm, double* lr);
   std::vector<float>& m() { return m_; }

@@ -58,14 +58,21 @@ struct KvLayout {
 };
 
 struct KvBlock {
-  std::vector<unsigned char> bytes;
+  unsigned char* bytes;
   const KvLayout* lay;
-  Bounds* meta() { return reinterpret_cast<Bounds*>(bytes.data() + lay->meta); }
-  void* k() { return bytes.data() + lay->k; }
-  void* v() { return bytes.data() + lay->v; }
-  int64_t* idx() { return reinterpret_cast<int64_t*>(bytes.data() + lay->idx); }
-  int32_t* seg() { return reinterpret_cast<int32_t*>(bytes.data() + lay->seg); }
+  Bounds* meta() { return reinterpret_cast<Bounds*>(bytes + lay->meta); }
+  void* k() { return bytes + lay->k; }
+  void* v() { return bytes + lay->v; }
+  int64_t* idx() { return reinterpret_cast<int64_t*>(bytes + lay->idx); }
+  int32_t* seg() { return reinterpret_cast<int32_t*>(bytes + lay->seg); }
 };
+
+// A buffer of at least n elements (resize only grows: after the first call at a shape, no allocation).
+template <class T>
+T* Room(std::vector<T>& v, size_t n) {
+  if (v.size() < n) v.resize(n);
+  return v.data();
+}
 
 Status Validate(const Transport& t, const RingAttentionConfig& c, const RingShard& sh) {
   RW_REQUIRE(c.device == kernels::Device::kRef || c.device == kernels::Device::kCpu,
@@ -137,32 +144,35 @@ Status RingAttentionForward(Transport& t, const RingAttentionConfig& c, const Ri
   const auto t0 = Clock::now();
   RingStats st;
   const KvLayout lay(c);
-  KvBlock cur{std::vector<unsigned char>(lay.total), &lay}, nxt{std::vector<unsigned char>(lay.total), &lay};
+  RingBuffers local;
+  RingBuffers& buf = c.buffers ? *c.buffers : local;
+  KvBlock cur{Room(buf.block[0], lay.total), &lay}, nxt{Room(buf.block[1], lay.total), &lay};
   PackOwn(c, sh, cur);
   const Bounds qb = BoundsOf(c.s, sh.index, sh.segment);
 
   const size_t rows = size_t(c.s) * c.hq;
   std::fill(o, o + rows * c.d, 0.f);
   std::fill(lse, lse + rows, -std::numeric_limits<float>::infinity());
-  std::vector<float> o_part(rows * c.d), lse_part(rows);
+  float* const o_part = Room(buf.o_part, rows * c.d);
+  float* const lse_part = Room(buf.lse_part, rows);
 
   for (int s = 0; s < R; ++s) {
     Request rr, sr;
     if (s < R - 1) {
-      rr = t.RecvPrev(Hop(c.tag, s), nxt.bytes.data(), lay.total);
-      sr = t.SendNext(Hop(c.tag, s), cur.bytes.data(), lay.total);
+      rr = t.RecvPrev(Hop(c.tag, s), nxt.bytes, lay.total);
+      sr = t.SendNext(Hop(c.tag, s), cur.bytes, lay.total);
     }
     if (Empty(c.causal, qb, *cur.meta())) {
       ++st.blocks_skipped;
     } else {
       const auto c0 = Clock::now();
       AttentionParams p = Params(c, sh, cur);
-      p.o = kernels::Dense3(o_part.data(), c.hq, c.d);
-      p.lse = lse_part.data();
+      p.o = kernels::Dense3(o_part, c.hq, c.d);
+      p.lse = lse_part;
       RW_RETURN_IF_ERROR(kernels::AttentionForward(p));
       RW_RETURN_IF_ERROR(kernels::AttentionMerge(c.device, kernels::DType::kF32, c.s, c.hq, c.d,
                                                  kernels::Dense3(o, c.hq, c.d), lse,
-                                                 kernels::Dense3(o_part.data(), c.hq, c.d), lse_part.data()));
+                                                 kernels::Dense3(o_part, c.hq, c.d), lse_part));
       st.compute_seconds += Seconds(c0, Clock::now());
       ++st.blocks_computed;
     }
@@ -188,39 +198,41 @@ Status RingAttentionBackward(Transport& t, const RingAttentionConfig& c, const R
   const auto t0 = Clock::now();
   RingStats st;
   const KvLayout lay(c);
-  KvBlock cur{std::vector<unsigned char>(lay.total), &lay}, nxt{std::vector<unsigned char>(lay.total), &lay};
+  RingBuffers local;
+  RingBuffers& buf = c.buffers ? *c.buffers : local;
+  KvBlock cur{Room(buf.block[0], lay.total), &lay}, nxt{Room(buf.block[1], lay.total), &lay};
   PackOwn(c, sh, cur);
   const Bounds qb = BoundsOf(c.s, sh.index, sh.segment);
   const size_t kv = size_t(c.s) * c.hkv * c.d, dkv_bytes = 2 * kv * sizeof(float);
   const kernels::Exec ex{c.device, c.num_threads};
 
   // delta = rowsum(dout * o), once for all blocks.
-  std::vector<float> delta(size_t(c.s) * c.hq);
+  float* const delta = Room(buf.delta, size_t(c.s) * c.hq);
   {
     AttentionParams p = Params(c, sh, cur);
     p.o = kernels::Dense3(o, c.hq, c.d);
     p.lse = const_cast<float*>(lse);
     p.dout = kernels::Dense3(dout, c.hq, c.d);
-    p.delta = delta.data();
+    p.delta = delta;
     RW_RETURN_IF_ERROR(kernels::AttentionBackwardPrep(p));
   }
   std::fill(dq, dq + size_t(c.s) * c.hq * c.d, 0.f);
   // dK|dV of the block being worked on: two alternating outgoing buffers (the previous step's may still
   // be in flight) and one for what arrives.
-  std::vector<float> part[2] = {std::vector<float>(2 * kv), std::vector<float>(2 * kv)};
-  std::vector<float> incoming(2 * kv);
+  float* const part[2] = {Room(buf.dkv[0], 2 * kv), Room(buf.dkv[1], 2 * kv)};
+  float* const incoming = Room(buf.incoming, 2 * kv);
   Request dkv_send;
 
   for (int s = 0; s < R; ++s) {
     // Post order matches the previous rank's send order: its dK/dV of step s-1, then K/V of step s.
     Request rd, rr, sr;
-    if (s > 0) rd = t.RecvPrev(Hop(c.tag, 2 * R + s - 1), incoming.data(), dkv_bytes);
+    if (s > 0) rd = t.RecvPrev(Hop(c.tag, 2 * R + s - 1), incoming, dkv_bytes);
     if (s < R - 1) {
-      rr = t.RecvPrev(Hop(c.tag, R + s), nxt.bytes.data(), lay.total);
-      sr = t.SendNext(Hop(c.tag, R + s), cur.bytes.data(), lay.total);
+      rr = t.RecvPrev(Hop(c.tag, R + s), nxt.bytes, lay.total);
+      sr = t.SendNext(Hop(c.tag, R + s), cur.bytes, lay.total);
     }
-    std::vector<float>& mine = part[s % 2];
-    std::fill(mine.begin(), mine.end(), 0.f);
+    float* const mine = part[s % 2];
+    std::fill(mine, mine + 2 * kv, 0.f);
     if (Empty(c.causal, qb, *cur.meta())) {
       ++st.blocks_skipped;
     } else {
@@ -229,10 +241,10 @@ Status RingAttentionBackward(Transport& t, const RingAttentionConfig& c, const R
       p.o = kernels::Dense3(o, c.hq, c.d);
       p.lse = const_cast<float*>(lse);
       p.dout = kernels::Dense3(dout, c.hq, c.d);
-      p.delta = delta.data();
+      p.delta = delta;
       p.dq = kernels::Dense3(dq, c.hq, c.d);
-      p.dk = kernels::Dense3(mine.data(), c.hkv, c.d);
-      p.dv = kernels::Dense3(mine.data() + kv, c.hkv, c.d);
+      p.dk = kernels::Dense3(mine, c.hkv, c.d);
+      p.dv = kernels::Dense3(mine + kv, c.hkv, c.d);
       RW_RETURN_IF_ERROR(kernels::AttentionBackward(p));
       st.compute_seconds += Seconds(c0, Clock::now());
       ++st.blocks_computed;
@@ -240,11 +252,11 @@ Status RingAttentionBackward(Transport& t, const RingAttentionConfig& c, const R
     if (s > 0) {
       RW_RETURN_IF_ERROR(t.Wait(rd));
       // What the earlier ranks accumulated plus this rank's share: the same order on every run.
-      RW_RETURN_IF_ERROR(kernels::AddInto(ex, int64_t(2 * kv), incoming.data(), mine.data()));
+      RW_RETURN_IF_ERROR(kernels::AddInto(ex, int64_t(2 * kv), incoming, mine));
     }
     if (R > 1) {
       if (dkv_send.valid()) RW_RETURN_IF_ERROR(t.Wait(dkv_send));
-      dkv_send = t.SendNext(Hop(c.tag, 2 * R + s), mine.data(), dkv_bytes);
+      dkv_send = t.SendNext(Hop(c.tag, 2 * R + s), mine, dkv_bytes);
     }
     if (s < R - 1) {
       const Status a = t.Wait(rr), b = t.Wait(sr);
@@ -254,14 +266,14 @@ Status RingAttentionBackward(Transport& t, const RingAttentionConfig& c, const R
     }
   }
   if (R == 1) {
-    std::memcpy(dk, part[0].data(), kv * sizeof(float));
-    std::memcpy(dv, part[0].data() + kv, kv * sizeof(float));
+    std::memcpy(dk, part[0], kv * sizeof(float));
+    std::memcpy(dv, part[0] + kv, kv * sizeof(float));
   } else {
     // This rank's own block comes home from the previous rank after its last step.
-    RW_RETURN_IF_ERROR(t.Wait(t.RecvPrev(Hop(c.tag, 2 * R + R - 1), incoming.data(), dkv_bytes)));
+    RW_RETURN_IF_ERROR(t.Wait(t.RecvPrev(Hop(c.tag, 2 * R + R - 1), incoming, dkv_bytes)));
     RW_RETURN_IF_ERROR(t.Wait(dkv_send));
-    std::memcpy(dk, incoming.data(), kv * sizeof(float));
-    std::memcpy(dv, incoming.data() + kv, kv * sizeof(float));
+    std::memcpy(dk, incoming, kv * sizeof(float));
+    std::memcpy(dv, incoming + kv, kv * sizeof(float));
   }
   st.wall_seconds = Seconds(t0, Clock::now());
   if (stats) *stats = st;

@@ -13,11 +13,22 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "kernels/attention.h"
 #include "runtime/transport.h"
 
 namespace rw::runtime {
+
+// The ring's working memory: the travelling K/V block and the one arriving (double buffer), the forward's
+// partial (O, lse) of a block before its merge, the backward's delta and its dK/dV buffers. Sized by the
+// first call and reused by every later one (grown, never shrunk), so a rank that keeps one per job
+// allocates nothing per layer or step.
+struct RingBuffers {
+  std::vector<unsigned char> block[2];
+  std::vector<float> o_part, lse_part;
+  std::vector<float> delta, dkv[2], incoming;
+};
 
 struct RingAttentionConfig {
   kernels::Device device = kernels::Device::kCpu;  // ref or cpu (cuda rides the nccl transport)
@@ -32,6 +43,7 @@ struct RingAttentionConfig {
   int block_q = 0, block_k = 0;
   int num_threads = 1;  // kernel threads per rank (one per rank when ranks >= cores)
   MsgTag tag;           // job, epoch, step, layer of this call; hops are numbered here
+  RingBuffers* buffers = nullptr;  // null: the call makes its own
 };
 
 // This rank's shard. q: (S, Hq, D), k, v: (S, Hkv, D), dense row-major in the config's dtype.

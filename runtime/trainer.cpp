@@ -58,13 +58,13 @@ Status TrainRank(Transport& t, const JobConfig& job, const std::function<void(co
       int(job.ring.threads_per_device > 0
               ? job.ring.threads_per_device
               : std::max<int64_t>(1, int64_t(std::thread::hardware_concurrency()) / R));
-  AdamW opt(job.optimizer, table, threads);
+  AdamW opt(job.optimizer, table, threads, control.device);
   // Mixed precision: GEMMs read a bf16 copy of the fp32 master weights, made again after every update.
   const kernels::DType precision = job.precision == "bf16" ? kernels::DType::kBF16 : kernels::DType::kF32;
   std::vector<kernels::bf16> compute(precision == kernels::DType::kBF16 ? table.total() : 0);
   auto refresh_compute = [&]() -> Status {
     if (compute.empty()) return Status::Ok();
-    return kernels::Cast(kernels::Exec{kernels::Device::kCpu, threads}, int64_t(table.total()), params.data(),
+    return kernels::Cast(kernels::Exec{control.device, threads}, int64_t(table.total()), params.data(),
                          compute.data());
   };
   LayoutKind kind;
@@ -161,6 +161,7 @@ Status TrainRank(Transport& t, const JobConfig& job, const std::function<void(co
       if (w.joinable()) w.join();
     }
   } join_at_exit{writer};
+  ModelWorkspace workspace;  // the rank's buffers, reused by every step
   for (size_t si = 0; si < job.stages.size(); ++si) {
     const StageConfig& stage = job.stages[si];
     model.rope_theta = stage.theta(job.model);
@@ -193,6 +194,8 @@ Status TrainRank(Transport& t, const JobConfig& job, const std::function<void(co
       RingStats rs;
       for (size_t b = 0; b < weighted.size(); ++b) {
         ModelExec mx;
+        mx.device = control.device;
+        mx.workspace = &workspace;
         mx.num_threads = threads;
         mx.tag.job = job.seed;
         mx.tag.step = uint32_t(step);
@@ -278,8 +281,10 @@ Status EvalRank(Transport& t, const std::string& checkpoint_dir, const std::stri
   double loss = 0;
   double count = 0;  // the same on every rank: each sees whole sequences
   const auto seqs = data.PackAll(seq_len);
+  ModelWorkspace workspace;
   for (size_t i = 0; i < seqs.size(); ++i) {
     ModelExec mx;
+    mx.workspace = &workspace;
     mx.num_threads = num_threads;
     mx.tag.step = uint32_t(i);
     RW_RETURN_IF_ERROR(Forward(t, model, table, mx, params.data(), ShardOf(seqs[i], layout, t.rank()), &loss));

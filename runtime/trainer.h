@@ -46,6 +46,7 @@ struct TrainControl {
   // Called on rank 0 (from the writer thread when checkpoints are asynchronous) once a checkpoint is
   // committed or has failed. A failed periodic checkpoint does not stop training; a failed final one does.
   std::function<void(const CheckpointInfo&)> on_checkpoint;
+  kernels::Device device = kernels::Device::kCpu;  // the rank's device: the model and optimizer run on its backend
 };
 
 struct TrainResult {
