@@ -13,6 +13,8 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev libopenblas-dev libdnnl-dev
   libyaml-cpp-dev nlohmann-json3-dev libcpp-httplib-dev libcli11-dev libsentencepiece-dev zlib1g-dev
   prometheus pngcheck
+  slurm-wlm munge   # tests/cli/slurm_drill.sh runs ops/slurm/ringworld.sbatch on a real Slurm on loopback
+  python3-venv      # tests/cli/k8s_validate.sh: kubernetes-validate (PyPI) in a venv under the build directory
 )
 
 missing=()
@@ -31,6 +33,18 @@ else
 fi
 
 build_dir=${BUILD_DIR:-build}
+
+# The Kubernetes schema validator for tests/cli/k8s_validate.sh, pinned (its schemas change with versions).
+k8s_validate=kubernetes-validate==1.37.0
+kv=$build_dir/k8s-validate
+if [ "$("$kv/bin/kubernetes-validate" --version 2> /dev/null)" != "${k8s_validate#*==}" ]; then
+  rm -rf "$kv"
+  if python3 -m venv "$kv" && "$kv/bin/pip" install -q --disable-pip-version-check "$k8s_validate"; then
+    echo "setup: $k8s_validate in $kv"
+  else
+    echo "setup: warning: cannot install $k8s_validate into $kv (PyPI unreachable?): tests/cli/k8s_validate.sh will be skipped"
+  fi
+fi
 if [ ! -f "$build_dir/build.ninja" ]; then
   # shellcheck disable=SC2086
   cmake -S . -B "$build_dir" -G Ninja -DCMAKE_BUILD_TYPE=Release ${CMAKE_ARGS:-}
