@@ -100,16 +100,18 @@ int Generate(const std::string& checkpoint, const std::string& prompt, const std
     std::fprintf(stderr, "ringworld generate: --checkpoint: %s\n", st.message().c_str());
     return 2;
   }
-  // The checkpoint's tokenizer.model, or bytes. A model trained on pre-tokenized ids may have a vocabulary
-  // no tokenizer describes: it takes --prompt-ids, and its output is printed as ids.
+  // The checkpoint's tokenizer: tokenizer.model, none (a model trained on pre-tokenized ids: it takes
+  // --prompt-ids and prints ids), or bytes.
   std::unique_ptr<runtime::Tokenizer> tok;
-  st = runtime::CheckpointTokenizer(checkpoint, c, &tok);
-  if (!st.ok() && prompt_ids.empty()) {
-    std::fprintf(stderr, "ringworld generate: --checkpoint: %s (--prompt-ids gives the prompt as ids)\n",
-                 st.message().c_str());
+  if (st = runtime::CheckpointTokenizer(checkpoint, c, &tok); !st.ok()) {
+    std::fprintf(stderr, "ringworld generate: --checkpoint: %s\n", st.message().c_str());
     return 2;
   }
-  if (!st.ok()) tok.reset();
+  if (!prompt.empty() && tok->name() == runtime::kNoTokenizer) {
+    std::fprintf(stderr, "ringworld generate: --prompt: %s has no tokenizer (trained on pre-tokenized ids); "
+                         "give --prompt-ids\n", checkpoint.c_str());
+    return 2;
+  }
   std::vector<int32_t> ids = prompt_ids;
   if (ids.empty()) {
     ids = tok->Encode(prompt);  // BOS + the prompt; no EOS: the model continues it
@@ -132,20 +134,13 @@ int Generate(const std::string& checkpoint, const std::string& prompt, const std
   }
   std::string error;
   actors::generate_task task{1, checkpoint, ids, max_tokens, temperature, top_p, top_k, seed,
-                             tok ? tok->eos() : -1, layout};
+                             tok->eos(), layout};
   const auto reports = OnLocalRing<actors::generate_report>(ring, /*job=*/4, actors::generate_atom::value, task, &error);
   if (!error.empty()) {
     std::fprintf(stderr, "ringworld generate: %s\n", error.c_str());
     return 1;
   }
   const std::vector<int32_t>& out = reports.front().tokens;  // the same on every rank
-  if (!tok) {  // no tokenizer covers the model: ids
-    std::string line;
-    for (int32_t id : ids) line += "<" + std::to_string(id) + ">";
-    for (int32_t id : out) line += "<" + std::to_string(id) + ">";
-    std::printf("%s\n", line.c_str());
-    return 0;
-  }
   const bool skip_bos = prompt_ids.empty() && tok->bos() >= 0;  // the BOS generate added itself
   std::vector<int32_t> text(ids.begin() + (skip_bos ? 1 : 0), ids.end());  // decoded whole: a
   text.insert(text.end(), out.begin(), out.end());  // SentencePiece piece's word-start mark becomes a space

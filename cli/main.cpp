@@ -71,14 +71,16 @@ int main(int argc, char** argv) {
   needle->add_option("--output", needle_out, "directory for needle.json and needle.png");
   needle->add_option("--seed", needle_seed, "seed of the documents");
   std::vector<std::string> inputs;
-  std::string output, tokenizer = "bytes";
+  std::string output, tokenizer;
   bool skip_bad = false;
   auto* data_cmd = app.add_subcommand("data", "datasets");
   data_cmd->require_subcommand(1);
   auto* prepare = data_cmd->add_subcommand("prepare", "turn text and JSONL files into a token dataset");
   prepare->add_option("--input", inputs, "text (.txt: one document) or JSONL (.jsonl: one per line) files")->required();
   prepare->add_option("--output", output, "dataset directory to create")->required();
-  prepare->add_option("--tokenizer", tokenizer, "bytes | PATH of a SentencePiece .model (e.g. LLaMA's tokenizer.model)");
+  prepare->add_option("--tokenizer", tokenizer,
+                      "bytes | PATH of a SentencePiece .model (e.g. LLaMA's tokenizer.model) | none (pre-tokenized "
+                      "ids; the default with --vocab-size)");
   int64_t vision_codes = 0;
   prepare->add_option("--vision-codes", vision_codes,
                       "VQGAN codebook size for {\"vision\": [[codes], ...]} records (LWM: 8192); vision ids follow the text vocabulary");

@@ -89,6 +89,7 @@ std::string ConfigJson(const ModelConfig& c, const Tokenizer& tok) {
                               {"bos_token_id", TokenId(c, tok.bos())},
                               {"eos_token_id", TokenId(c, tok.eos())},
                               {"torch_dtype", "float32"}};
+  if (tok.name() == kNoTokenizer) j["ringworld_tokenizer"] = kNoTokenizer;  // trained on pre-tokenized ids
   return j.dump(2) + "\n";
 }
 
@@ -103,8 +104,8 @@ std::string GenerationConfigJson(const ModelConfig& c, const Tokenizer& tok) {
 // prompt.
 std::string TokenizerConfigJson(const ModelConfig& c, const Tokenizer& tok) {
   nlohmann::ordered_json j = {{"tokenizer_class", "LlamaTokenizer"},
-                              {"bos_token", tok.Piece(tok.bos())},
-                              {"eos_token", tok.Piece(tok.eos())},
+                              {"bos_token", tok.bos() >= 0 ? nlohmann::json(tok.Piece(tok.bos())) : nlohmann::json()},
+                              {"eos_token", tok.eos() >= 0 ? nlohmann::json(tok.Piece(tok.eos())) : nlohmann::json()},
                               {"unk_token", tok.unk() >= 0 ? nlohmann::json(tok.Piece(tok.unk())) : nlohmann::json()},
                               {"add_bos_token", tok.bos() >= 0},
                               {"add_eos_token", false},
@@ -196,6 +197,7 @@ Status SaveCheckpoint(const std::string& dir, const ModelConfig& c, const ParamT
   nlohmann::ordered_json st = {{"step", state.step},
                                {"stage", state.stage},
                                {"data_cursor", state.data_cursor},
+                               {"data_cursor_unit", state.data_cursor_unit},
                                {"seed", state.seed},
                                {"job", state.job}};
   RW_RETURN_IF_ERROR(WriteText(tmp / "trainer_state.json", st.dump(2) + "\n"));
@@ -285,57 +287,107 @@ Status ReadHfConfig(const std::string& path, ModelConfig* out) {
   }
   ModelConfig c;
   const std::string where = path + ": ";
+  // Each key read with its type checked, so that an error names the key (not only the file).
+  auto has = [&](const nlohmann::json& o, const char* key) { return o.is_object() && o.contains(key) && !o[key].is_null(); };
+  auto integer = [&](const char* key, int64_t fallback, int64_t* v) -> Status {
+    if (!has(j, key)) {
+      RW_REQUIRE(fallback >= 0, where << key << ": missing");
+      *v = fallback;
+      return Status::Ok();
+    }
+    RW_REQUIRE(j[key].is_number_integer(), where << key << ": expected an integer, got " << j[key].dump());
+    *v = j[key].get<int64_t>();
+    return Status::Ok();
+  };
+  auto number = [&](const nlohmann::json& o, const std::string& name, const char* key, double* v) -> Status {
+    RW_REQUIRE(o[key].is_number(), where << name << ": expected a number, got " << o[key].dump());
+    *v = o[key].get<double>();
+    return Status::Ok();
+  };
+  auto text = [&](const nlohmann::json& o, const std::string& name, const char* key, std::string* v) -> Status {
+    RW_REQUIRE(o[key].is_string(), where << name << ": expected a string, got " << o[key].dump());
+    *v = o[key].get<std::string>();
+    return Status::Ok();
+  };
+  auto boolean = [&](const char* key, bool* v) -> Status {
+    if (!has(j, key)) return Status::Ok();
+    RW_REQUIRE(j[key].is_boolean(), where << key << ": expected true or false, got " << j[key].dump());
+    *v = j[key].get<bool>();
+    return Status::Ok();
+  };
   try {
-    if (j.contains("model_type"))
-      RW_REQUIRE(j["model_type"] == "llama", where << "model_type: '" << j["model_type"].get<std::string>()
-                                                   << "' is not llama");
-    c.vocab_size = j.at("vocab_size").get<int64_t>();
-    c.hidden_size = j.at("hidden_size").get<int64_t>();
-    c.intermediate_size = j.at("intermediate_size").get<int64_t>();
-    c.num_hidden_layers = j.at("num_hidden_layers").get<int64_t>();
-    c.num_attention_heads = j.at("num_attention_heads").get<int64_t>();
-    c.num_key_value_heads = j.value("num_key_value_heads", c.num_attention_heads);
+    RW_REQUIRE(j.is_object(), where << "expected a JSON object");
+    if (has(j, "model_type")) {
+      std::string type;
+      RW_RETURN_IF_ERROR(text(j, "model_type", "model_type", &type));
+      RW_REQUIRE(type == "llama", where << "model_type: '" << type << "' is not llama");
+    }
+    RW_RETURN_IF_ERROR(integer("vocab_size", -1, &c.vocab_size));
+    RW_RETURN_IF_ERROR(integer("hidden_size", -1, &c.hidden_size));
+    RW_RETURN_IF_ERROR(integer("intermediate_size", -1, &c.intermediate_size));
+    RW_RETURN_IF_ERROR(integer("num_hidden_layers", -1, &c.num_hidden_layers));
+    RW_RETURN_IF_ERROR(integer("num_attention_heads", -1, &c.num_attention_heads));
+    RW_RETURN_IF_ERROR(integer("num_key_value_heads", c.num_attention_heads, &c.num_key_value_heads));
+    RW_RETURN_IF_ERROR(integer("max_position_embeddings", 2048, &c.max_position_embeddings));
     // RoPE: transformers 4.x writes rope_theta and rope_scaling at the top, 5.x a rope_parameters mapping.
-    const nlohmann::json none;
-    const nlohmann::json& rp = j.contains("rope_parameters") ? j["rope_parameters"] : none;
-    RW_REQUIRE(rp.is_null() || rp.is_object(), where << "rope_parameters: expected a mapping");
-    const bool top = j.contains("rope_theta") && !j["rope_theta"].is_null();
-    const bool inner = rp.is_object() && rp.contains("rope_theta") && !rp["rope_theta"].is_null();
-    c.rope_theta = inner ? rp["rope_theta"].get<double>() : top ? j["rope_theta"].get<double>() : 10000.0;
-    RW_REQUIRE(!(top && inner) || j["rope_theta"].get<double>() == c.rope_theta,
-               where << "rope_theta: " << j["rope_theta"].get<double>() << " differs from rope_parameters.rope_theta "
-                     << c.rope_theta);
+    for (const char* key : {"rope_parameters", "rope_scaling"})
+      RW_REQUIRE(!has(j, key) || j[key].is_object(), where << key << ": expected a mapping, got " << j[key].dump());
+    double top = 0, inner = 0;
+    if (has(j, "rope_theta")) RW_RETURN_IF_ERROR(number(j, "rope_theta", "rope_theta", &top));
+    if (has(j, "rope_parameters") && has(j["rope_parameters"], "rope_theta"))
+      RW_RETURN_IF_ERROR(number(j["rope_parameters"], "rope_parameters.rope_theta", "rope_theta", &inner));
+    RW_REQUIRE(top == 0 || inner == 0 || top == inner,
+               where << "rope_theta: " << top << " differs from rope_parameters.rope_theta " << inner);
+    c.rope_theta = inner != 0 ? inner : top != 0 ? top : 10000.0;
     for (const char* key : {"rope_parameters", "rope_scaling"}) {
-      const nlohmann::json& r = j.contains(key) ? j[key] : none;
-      if (r.is_null()) continue;
-      RW_REQUIRE(r.is_object(), where << key << ": expected a mapping");
-      const std::string type = r.contains("rope_type") ? r["rope_type"].get<std::string>()
-                               : r.contains("type")    ? r["type"].get<std::string>()
-                                                       : "default";
+      if (!has(j, key)) continue;
+      const nlohmann::json& r = j[key];
+      std::string type = "default";
+      for (const char* tk : {"rope_type", "type"})
+        if (has(r, tk)) RW_RETURN_IF_ERROR(text(r, std::string(key) + "." + tk, tk, &type));
       RW_REQUIRE(type == "default", where << key << ".rope_type: '" << type
                                           << "' is not implemented (only the default RoPE; no scaling)");
-      for (const auto& [k, v] : r.items())
+      for (const auto& [k, v] : r.items()) {
         RW_REQUIRE(k == "rope_type" || k == "type" || k == "rope_theta",
                    where << key << "." << k << ": not implemented with the default RoPE");
+        if (k == "rope_theta" && std::string(key) == "rope_scaling") {
+          double t = 0;
+          RW_RETURN_IF_ERROR(number(r, "rope_scaling.rope_theta", "rope_theta", &t));
+          RW_REQUIRE(t == c.rope_theta, where << "rope_scaling.rope_theta: " << t << " differs from " << c.rope_theta);
+        }
+      }
     }
-    c.rms_norm_eps = j.value("rms_norm_eps", 1e-6f);
-    c.tie_word_embeddings = j.value("tie_word_embeddings", false);
-    c.max_position_embeddings = j.value("max_position_embeddings", int64_t(2048));
-    if (j.contains("head_dim") && !j["head_dim"].is_null())
-      RW_REQUIRE(j["head_dim"].get<int64_t>() == c.head_dim(),
-                 where << "head_dim: " << j["head_dim"].get<int64_t>() << " differs from hidden_size / heads");
+    if (has(j, "rms_norm_eps")) {
+      double eps = 0;
+      RW_RETURN_IF_ERROR(number(j, "rms_norm_eps", "rms_norm_eps", &eps));
+      c.rms_norm_eps = float(eps);
+    } else {
+      c.rms_norm_eps = 1e-6f;  // transformers' LlamaConfig default
+    }
+    RW_RETURN_IF_ERROR(boolean("tie_word_embeddings", &c.tie_word_embeddings));
+    if (has(j, "head_dim")) {
+      int64_t hd = 0;
+      RW_RETURN_IF_ERROR(integer("head_dim", -1, &hd));
+      RW_REQUIRE(hd == c.head_dim(), where << "head_dim: " << hd << " differs from hidden_size / heads");
+    }
     // What a LLaMA may say that we do not implement: refused by name rather than computed wrongly.
-    auto flag = [&](const char* key) { return j.contains(key) && j[key].is_boolean() && j[key].get<bool>(); };
-    for (const char* key : {"attention_bias", "mlp_bias"})
-      RW_REQUIRE(!flag(key), where << key << ": true is not implemented (a LLaMA without biases)");
-    if (j.contains("hidden_act") && !j["hidden_act"].is_null())
-      RW_REQUIRE(j["hidden_act"] == "silu", where << "hidden_act: '" << j["hidden_act"].get<std::string>()
-                                                  << "' is not implemented (SwiGLU with silu)");
+    for (const char* key : {"attention_bias", "mlp_bias"}) {
+      bool on = false;
+      RW_RETURN_IF_ERROR(boolean(key, &on));
+      RW_REQUIRE(!on, where << key << ": true is not implemented (a LLaMA without biases)");
+    }
+    if (has(j, "hidden_act")) {
+      std::string act;
+      RW_RETURN_IF_ERROR(text(j, "hidden_act", "hidden_act", &act));
+      RW_REQUIRE(act == "silu", where << "hidden_act: '" << act << "' is not implemented (SwiGLU with silu)");
+    }
     for (const char* key : {"sliding_window", "layer_types", "num_experts", "num_local_experts"})
-      RW_REQUIRE(!j.contains(key) || j[key].is_null(), where << key << ": not implemented (full causal attention, dense MLP)");
-    for (const char* key : {"attention_dropout", "hidden_dropout"})
-      RW_REQUIRE(!j.contains(key) || j[key].is_null() || j[key].get<double>() == 0,
-                 where << key << ": " << j[key].get<double>() << " is not implemented (no dropout)");
+      RW_REQUIRE(!has(j, key), where << key << ": not implemented (full causal attention, dense MLP)");
+    for (const char* key : {"attention_dropout", "hidden_dropout"}) {
+      double p = 0;
+      if (has(j, key)) RW_RETURN_IF_ERROR(number(j, key, key, &p));
+      RW_REQUIRE(p == 0, where << key << ": " << p << " is not implemented (no dropout)");
+    }
   } catch (const nlohmann::json::exception& e) {
     return Status::Error(where + e.what());
   }
@@ -386,6 +438,7 @@ Status LoadLatestCheckpoint(const std::string& dir, const ModelConfig&, const Pa
         state->step = j.at("step").get<int64_t>();
         state->stage = j.at("stage").get<int64_t>();
         state->data_cursor = j.at("data_cursor").get<int64_t>();
+        state->data_cursor_unit = j.value("data_cursor_unit", std::string("step"));
         state->seed = j.at("seed").get<uint64_t>();
         state->job = j.at("job").get<std::string>();
       } catch (const std::exception& e) {

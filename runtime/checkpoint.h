@@ -23,6 +23,7 @@ struct TrainerState {
   int64_t data_cursor = 0;
   uint64_t seed = 0;
   std::string job;
+  std::string data_cursor_unit = "step";  // "windows" (files data) or "step"; older checkpoints: "step"
 };
 
 struct SaveOptions {

@@ -83,6 +83,8 @@ Status ParseRecord(const std::string& line, const Tokenizer& tok, const VisionVo
     return Status::Ok();
   } else if (j.contains("text")) {
     RW_REQUIRE(j["text"].is_string(), "\"text\" must be a string");
+    RW_REQUIRE(tok.name() != kNoTokenizer, "\"text\": this dataset has no tokenizer (--vocab-size without "
+                                           "--tokenizer: pre-tokenized \"tokens\" only)");
     w.doc = tok.EncodeDocument(j["text"].get<std::string>());
   } else {
     return Status::Error("a record needs \"text\", \"tokens\" or \"vision\"");
@@ -132,13 +134,20 @@ void* MapFile(const std::string& path, size_t* bytes) {
 Status PrepareDataset(const PrepareOptions& opt, PrepareReport* report) {
   RW_REQUIRE(!opt.inputs.empty(), "--input: at least one file is required");
   RW_REQUIRE(!opt.output.empty(), "--output: a directory is required");
+  RW_REQUIRE(opt.vocab_size >= 0 && opt.vocab_size <= (int64_t(1) << 31),
+             "--vocab-size: must be in [1, 2^31], got " << opt.vocab_size);
+  const std::string spec = !opt.tokenizer.empty() ? opt.tokenizer : opt.vocab_size > 0 ? kNoTokenizer : "bytes";
   std::unique_ptr<Tokenizer> tok;
-  RW_RETURN_IF_ERROR(MakeTokenizer(opt.tokenizer, &tok));
+  if (spec == kNoTokenizer) {
+    RW_REQUIRE(opt.vocab_size > 0, "--tokenizer none: pre-tokenized ids need --vocab-size N");
+    RW_REQUIRE(opt.vision_codes == 0, "--vision-codes: vision ids follow a text vocabulary; give --tokenizer");
+    tok = IdsTokenizer(opt.vocab_size);
+  } else {
+    RW_RETURN_IF_ERROR(MakeTokenizer(spec, &tok));
+  }
   RW_REQUIRE(opt.vision_codes >= 0 && opt.vision_codes <= (1 << 20),
              "--vision-codes: must be in [0, 2^20], got " << opt.vision_codes);
   const VisionVocab vision{tok->vocab_size(), opt.vision_codes};
-  RW_REQUIRE(opt.vocab_size >= 0 && opt.vocab_size <= (int64_t(1) << 31),
-             "--vocab-size: must be in [1, 2^31], got " << opt.vocab_size);
   const int64_t vocab = opt.vocab_size > 0 ? opt.vocab_size : opt.vision_codes > 0 ? vision.total() : tok->vocab_size();
   const fs::path out(opt.output), tmp = out.string() + ".tmp-" + std::to_string(::getpid());
   std::error_code ec;
@@ -158,6 +167,9 @@ Status PrepareDataset(const PrepareOptions& opt, PrepareReport* report) {
     std::ifstream f(in, std::ios::binary);
     if (!f) return fail(Status::Error("--input: cannot read " + in));
     const bool jsonl = fs::path(in).extension() == ".jsonl";
+    if (!jsonl && tok->name() == kNoTokenizer)
+      return fail(Status::Error("--input: " + in + " is text, and this dataset has no tokenizer (--vocab-size "
+                                "without --tokenizer: pre-tokenized ids only)"));
     if (!jsonl) {  // a text file is one document
       std::stringstream ss;
       ss << f.rdbuf();
@@ -347,19 +359,33 @@ std::vector<PackedSequence> Dataset::PackAll(int64_t seq_len) const {
   return out;
 }
 
-std::vector<PackedSequence> NextBatch(const WindowIndex& w, int64_t batch, DataCursor* c) {
-  std::vector<PackedSequence> out(static_cast<size_t>(batch));
-  if (w.size() == 0) return out;  // all padding: the loss weighting refuses a batch with nothing to predict
-  for (auto& p : out) {
+namespace {
+// The one packing loop: each of `batch` sequences takes windows in stream order while the next one fits;
+// `out` (null: advance only) gets them.
+void Pack(const WindowIndex& w, int64_t batch, DataCursor* c, std::vector<PackedSequence>* out) {
+  if (w.size() == 0) return;
+  for (int64_t b = 0; b < batch; ++b) {
+    int64_t used = 0;
     for (int32_t segment = 0;; ++segment) {
       const WindowIndex::Window win = w[ShuffledWindow(w, c->seed, c->stage, c->next)];
-      if (segment > 0 && int64_t(p.tokens.size()) + win.inputs > w.seq_len()) break;
-      Append(w.dataset(), win, segment, p);
+      if (segment > 0 && used + win.inputs > w.seq_len()) break;
+      if (out) Append(w.dataset(), win, segment, (*out)[size_t(b)]);
+      used += win.inputs;
       ++c->next;
     }
-    p.PadTo(w.seq_len());
   }
+}
+}  // namespace
+
+std::vector<PackedSequence> NextBatch(const WindowIndex& w, int64_t batch, DataCursor* c) {
+  std::vector<PackedSequence> out(static_cast<size_t>(batch));
+  Pack(w, batch, c, &out);  // a dataset without windows gives padding only, which the loss weighting refuses
+  for (auto& p : out) p.PadTo(w.seq_len());
   return out;
+}
+
+void SkipBatches(const WindowIndex& w, int64_t batch, int64_t steps, DataCursor* c) {
+  for (int64_t k = 0; k < steps; ++k) Pack(w, batch, c, nullptr);
 }
 
 }  // namespace rw::runtime

@@ -20,11 +20,14 @@ namespace rw::runtime {
 struct PrepareOptions {
   std::vector<std::string> inputs;  // .txt (one document per file) or .jsonl (one document per line)
   std::string output;
-  std::string tokenizer = "bytes";  // bytes | PATH of a SentencePiece .model
+  // bytes | PATH of a SentencePiece .model | none (pre-tokenized ids only). Empty: bytes, or none when
+  // vocab_size is given (ids of another tokenizer, which bytes would misdescribe).
+  std::string tokenizer;
   int64_t vision_codes = 0;         // > 0: VQGAN codebook size; vision ids follow the text vocabulary
   bool skip_bad = false;  // count and skip bad records instead of failing
   // > 0: the vocabulary the dataset declares (pre-tokenized "tokens" records of another tokenizer); every id
-  // must be below it. 0: the tokenizer's (with the vision ids after it).
+  // must be below it. 0: the tokenizer's (with the vision ids after it). Without a tokenizer the dataset's
+  // tokenizer is none: text records are refused, and its checkpoints print ids.
   int64_t vocab_size = 0;
 };
 
@@ -111,5 +114,8 @@ int64_t ShuffledWindow(const WindowIndex& w, uint64_t seed, int64_t stage, int64
 // The global batch at the cursor: `batch` sequences, each packing windows in stream order while the next
 // one fits (the rest of a sequence is padding); advances the cursor past the windows it packed.
 std::vector<PackedSequence> NextBatch(const WindowIndex& w, int64_t batch, DataCursor* cursor);
+// Advances the cursor as `steps` calls of NextBatch would, reading no token (the cursor of a checkpoint
+// that did not record one is found by replaying its stage).
+void SkipBatches(const WindowIndex& w, int64_t batch, int64_t steps, DataCursor* cursor);
 
 }  // namespace rw::runtime

@@ -252,7 +252,10 @@ Status AdoptModel(const ModelConfig& theirs, const std::string& dir, const std::
     mine = other;
     return Status::Ok();
   };
-  RW_RETURN_IF_ERROR(take("vocab_size", m.vocab_size, theirs.vocab_size));
+  // A larger vocabulary extends theirs (LWM's vision tokens after LLaMA's text): their rows are loaded and
+  // the new ones start from the initialization. A smaller one would drop trained rows: refused.
+  const bool extends = is_set("model.vocab_size") && m.vocab_size > theirs.vocab_size;
+  if (!extends) RW_RETURN_IF_ERROR(take("vocab_size", m.vocab_size, theirs.vocab_size));
   RW_RETURN_IF_ERROR(take("hidden_size", m.hidden_size, theirs.hidden_size));
   RW_RETURN_IF_ERROR(take("intermediate_size", m.intermediate_size, theirs.intermediate_size));
   RW_RETURN_IF_ERROR(take("num_hidden_layers", m.num_hidden_layers, theirs.num_hidden_layers));
@@ -266,10 +269,13 @@ Status AdoptModel(const ModelConfig& theirs, const std::string& dir, const std::
   return Status::Ok();
 }
 
-Status ParseJobConfig(const std::string& yaml, const std::string& origin, const std::vector<std::string>& overrides,
-                      JobConfig* out) {
+namespace {
+
+// The settings as written, with the keys the file and the overrides set (init_from takes the rest).
+Status ParseFields(const std::string& yaml, const std::string& origin, const std::vector<std::string>& overrides,
+                   JobConfig* out, std::set<std::string>* set_keys_out) {
   JobConfig job;
-  std::set<std::string> set_keys;  // the keys the file and the overrides set (init_from takes the rest)
+  std::set<std::string> set_keys;
   YAML::Node root;
   try {
     root = YAML::Load(yaml);
@@ -310,6 +316,23 @@ Status ParseJobConfig(const std::string& yaml, const std::string& origin, const 
     RW_RETURN_IF_ERROR(ApplyOverride(o, &job));
     set_keys.insert(o.substr(0, o.find('=')));
   }
+  *out = std::move(job);
+  if (set_keys_out) *set_keys_out = std::move(set_keys);
+  return Status::Ok();
+}
+
+}  // namespace
+
+Status ParseJobFields(const std::string& yaml, const std::string& origin, const std::vector<std::string>& overrides,
+                      JobConfig* out) {
+  return ParseFields(yaml, origin, overrides, out, nullptr);
+}
+
+Status ParseJobConfig(const std::string& yaml, const std::string& origin, const std::vector<std::string>& overrides,
+                      JobConfig* out) {
+  JobConfig job;
+  std::set<std::string> set_keys;
+  RW_RETURN_IF_ERROR(ParseFields(yaml, origin, overrides, &job, &set_keys));
   if (!job.init_from.empty()) {
     ModelConfig theirs;
     Status st = ReadHfConfig(job.init_from + "/config.json", &theirs);

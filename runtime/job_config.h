@@ -65,12 +65,16 @@ struct JobConfig {
 // Parses YAML text; `origin` names the file in errors. Overrides are "key=value" strings.
 Status ParseJobConfig(const std::string& yaml, const std::string& origin, const std::vector<std::string>& overrides,
                       JobConfig* out);
+// The settings as written (types, known keys, overrides applied), touching no file and checking no range:
+// what a server reads from an untrusted request before it confines the job's paths.
+Status ParseJobFields(const std::string& yaml, const std::string& origin, const std::vector<std::string>& overrides,
+                      JobConfig* out);
 Status LoadJobConfig(const std::string& path, const std::vector<std::string>& overrides, JobConfig* out);
 
 // Starting from a Hugging Face directory, the model is its config.json: each model setting is taken from
 // `theirs`, and one that `is_set` says the job set itself must equal it (max_position_embeddings and
-// rope_theta excepted: a longer context and a new RoPE base are what context extension sets). Errors name
-// the directory and the key.
+// rope_theta excepted: a longer context and a new RoPE base are what context extension sets; and a larger
+// vocab_size, which extends theirs). Errors name the directory and the key.
 Status AdoptModel(const ModelConfig& theirs, const std::string& dir, const std::function<bool(const std::string&)>& is_set,
                   ModelConfig* model);
 

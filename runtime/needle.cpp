@@ -48,6 +48,8 @@ Status NeedleRank(Transport& t, const std::string& checkpoint_dir, const NeedleC
   RW_RETURN_IF_ERROR(LoadWeights(checkpoint_dir, table, params.data()));
   std::unique_ptr<Tokenizer> tok;  // the checkpoint's tokenizer.model, or bytes
   RW_RETURN_IF_ERROR(CheckpointTokenizer(checkpoint_dir, model, &tok));
+  RW_REQUIRE(tok->name() != kNoTokenizer, checkpoint_dir << ": no tokenizer (trained on pre-tokenized ids): needle "
+                                                         "documents are text");
   LayoutKind kind;
   RW_RETURN_IF_ERROR(ParseLayout(cfg.layout, &kind));
   *out = NeedleResult{};

@@ -3,6 +3,8 @@
 #include <sentencepiece_processor.h>
 
 #include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
 
 
 namespace rw::runtime {
@@ -32,6 +34,23 @@ class Bytes final : public Tokenizer {
   int64_t vocab_size() const override { return ByteTokenizer::kVocab; }
   std::string name() const override { return "bytes"; }
   std::string Serialized() const override { return {}; }
+};
+
+class Ids final : public Tokenizer {
+ public:
+  explicit Ids(int64_t vocab) : vocab_(vocab) {}
+  std::vector<int32_t> Encode(const std::string&) const override { return {}; }
+  std::string Decode(const std::vector<int32_t>&) const override { return {}; }
+  int32_t bos() const override { return -1; }
+  int32_t eos() const override { return -1; }
+  int32_t unk() const override { return -1; }
+  std::string Piece(int32_t) const override { return {}; }
+  int64_t vocab_size() const override { return vocab_; }
+  std::string name() const override { return kNoTokenizer; }
+  std::string Serialized() const override { return {}; }
+
+ private:
+  int64_t vocab_;
 };
 
 class SentencePiece final : public Tokenizer {
@@ -104,9 +123,24 @@ Status MakeTokenizer(const std::string& spec, std::unique_ptr<Tokenizer>* out, c
   return Status::Ok();
 }
 
+std::unique_ptr<Tokenizer> IdsTokenizer(int64_t vocab) { return std::make_unique<Ids>(vocab); }
+
 Status DirectoryTokenizer(const std::string& dir, std::unique_ptr<Tokenizer>* out) {
-  const std::string file = (std::filesystem::path(dir) / kTokenizerFile).string();
-  return MakeTokenizer(std::filesystem::exists(file) ? file : "bytes", out, file);
+  const std::filesystem::path d(dir);
+  const std::string file = (d / kTokenizerFile).string();
+  if (std::filesystem::exists(file)) return MakeTokenizer(file, out, file);
+  // Pre-tokenized ids: a dataset's meta.json, or a checkpoint's config.json, says so.
+  for (const auto& [name, key] : {std::pair{"meta.json", "tokenizer"}, std::pair{"config.json", "ringworld_tokenizer"}}) {
+    std::ifstream f(d / name);
+    if (!f) continue;
+    const auto j = nlohmann::json::parse(f, nullptr, /*allow_exceptions=*/false);
+    if (j.is_object() && j.contains(key) && j[key] == kNoTokenizer && j.contains("vocab_size") &&
+        j["vocab_size"].is_number_integer()) {
+      *out = IdsTokenizer(j["vocab_size"].get<int64_t>());
+      return Status::Ok();
+    }
+  }
+  return MakeTokenizer("bytes", out, file);
 }
 
 Status VisionVocab::Encode(const std::vector<std::vector<int64_t>>& frames, std::vector<int32_t>* out) const {

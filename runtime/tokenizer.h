@@ -49,7 +49,13 @@ class Tokenizer {
 Status MakeTokenizer(const std::string& spec, std::unique_ptr<Tokenizer>* out,
                      const std::string& field = "--tokenizer");
 
-// The tokenizer of a checkpoint or dataset directory: its tokenizer.model, or bytes when it has none.
+// The name of pre-tokenized ids that no tokenizer describes (data prepare --vocab-size without --tokenizer).
+inline constexpr char kNoTokenizer[] = "none";
+// Ids of a vocabulary of `vocab` with no text: nothing to encode, no BOS/EOS, every id rendered as <id>.
+std::unique_ptr<Tokenizer> IdsTokenizer(int64_t vocab);
+
+// The tokenizer of a checkpoint or dataset directory: its tokenizer.model; none when its meta.json says
+// "tokenizer": "none" or its config.json "ringworld_tokenizer": "none" (pre-tokenized ids); else bytes.
 Status DirectoryTokenizer(const std::string& dir, std::unique_ptr<Tokenizer>* out);
 
 // The ids of vision tokens, laid out after a text vocabulary of `text_vocab` ids.

@@ -107,7 +107,18 @@ Status TrainRank(Transport& t, const JobConfig& job, const std::function<void(co
     RW_RETURN_IF_ERROR(AdoptModel(theirs, job.init_from, [](const std::string& k) {
       return k != "model.max_position_embeddings" && k != "model.rope_theta";
     }, &mine));
-    RW_RETURN_IF_ERROR(LoadWeights(job.init_from, table, params.data()));
+    if (theirs.vocab_size == model.vocab_size) {
+      RW_RETURN_IF_ERROR(LoadWeights(job.init_from, table, params.data()));
+    } else {  // a vocabulary extended past theirs: their rows of embed_tokens and lm_head, the rest as initialized
+      ModelConfig small = model;
+      small.vocab_size = theirs.vocab_size;
+      const ParamTable st(small);
+      std::vector<float> loaded(st.total());
+      RW_RETURN_IF_ERROR(LoadWeights(job.init_from, st, loaded.data()));
+      for (const auto& p : st.tensors())
+        std::copy(loaded.begin() + std::ptrdiff_t(p.offset), loaded.begin() + std::ptrdiff_t(p.offset + p.numel),
+                  params.begin() + std::ptrdiff_t(table.Find(p.name)->offset));  // (V, E) rows come first
+    }
   }
   RW_RETURN_IF_ERROR(refresh_compute());
   // Checkpoints (rank 0): a snapshot of parameters and moments at the step boundary, written by a
@@ -129,7 +140,8 @@ Status TrainRank(Transport& t, const JobConfig& job, const std::function<void(co
     if (rank != 0 || job.checkpoint.dir.empty()) return Status::Ok();
     Status prev = join_writer();  // a failed background write was reported by on_checkpoint already
     (void)prev;
-    const TrainerState state{step, stage_index, windows ? cursor.next : step, job.seed, job.name};
+    const TrainerState state{step, stage_index, windows ? cursor.next : step, job.seed, job.name,
+                             windows ? "windows" : "step"};
     snap_p.assign(params.begin(), params.end());
     snap_m.assign(opt.m().begin(), opt.m().end());
     snap_v.assign(opt.v().begin(), opt.v().end());
@@ -177,7 +189,12 @@ Status TrainRank(Transport& t, const JobConfig& job, const std::function<void(co
       windows = std::make_unique<WindowIndex>(files, stage.seq_len);
       RW_REQUIRE(windows->size() > 0, "data.path: " << job.data.path << " has no document of 2 tokens or more");
       cursor = DataCursor{job.seed, int64_t(si), 0};
-      if (res.resumed_from > step && resumed.stage == int64_t(si)) cursor.next = resumed.data_cursor;  // mid-stage
+      if (res.resumed_from > step) {  // mid-stage: where the checkpoint's loader stood
+        if (resumed.stage == int64_t(si) && resumed.data_cursor_unit == "windows")
+          cursor.next = resumed.data_cursor;
+        else  // a checkpoint that did not record it (an older one, or stages since edited): replay the stage
+          SkipBatches(*windows, stage.batch, res.resumed_from - step, &cursor);
+      }
     }
     for (int64_t k = 0; k < stage.steps; ++k) {
       ++step;

@@ -661,7 +661,8 @@ class DaemonImpl final : public Daemon {
     for (const auto& o : overrides)
       RW_REQUIRE(o.rfind("ring.transport=", 0) != 0, "set: ring.transport is the daemon's choice");
     runtime::JobConfig job;
-    RW_RETURN_IF_ERROR(runtime::ParseJobConfig(spec, "job", overrides, &job));
+    // The fields only: no file of the job is opened before its paths are confined below.
+    RW_RETURN_IF_ERROR(runtime::ParseJobFields(spec, "job", overrides, &job));
     // Confine and resolve every path of the job.
     std::string resolved;
     RW_REQUIRE(!job.checkpoint.dir.empty(), "checkpoint.dir: a daemon job needs one (preemption and elastic "

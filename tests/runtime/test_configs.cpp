@@ -31,19 +31,14 @@ TEST(Configs, EveryShippedJobFileValidates) {
     const std::string text((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
     if (text.find("source: files") != std::string::npos) overrides.push_back("data.path=" + (tmp / "data").string());
     if (text.find("init_from:") != std::string::npos) {
-      // The stand-in checkpoint has the model the recipe declares (a recipe that contradicts its
-      // init_from is refused; that is tested in test_hf_interop.cpp).
-      JobConfig declared;
-      auto without = overrides;
-      without.push_back("init_from=");
-      ASSERT_TRUE(LoadJobConfig(e.path().string(), without, &declared).ok()) << e.path();
-      const ModelConfig& m = declared.model;
+      // The recipes start from LLaMA-2-7B (lwm-text-1m) or its LWM-Text continuation (lwm-vision, which
+      // extends the vocabulary with the vision tokens): a stand-in with LLaMA-2-7B's config.json, so that a
+      // recipe that contradicts its init_from is refused here.
       std::ofstream(tmp / "model" / "config.json")
-          << nlohmann::json{{"model_type", "llama"}, {"vocab_size", m.vocab_size}, {"hidden_size", m.hidden_size},
-                            {"intermediate_size", m.intermediate_size}, {"num_hidden_layers", m.num_hidden_layers},
-                            {"num_attention_heads", m.num_attention_heads}, {"num_key_value_heads", m.num_key_value_heads},
-                            {"rms_norm_eps", m.rms_norm_eps}, {"max_position_embeddings", 4096},
-                            {"rope_parameters", {{"rope_type", "default"}, {"rope_theta", 10000.0}}}}
+          << nlohmann::json{{"model_type", "llama"}, {"vocab_size", 32000}, {"hidden_size", 4096},
+                            {"intermediate_size", 11008}, {"num_hidden_layers", 32}, {"num_attention_heads", 32},
+                            {"num_key_value_heads", 32}, {"rms_norm_eps", 1e-5}, {"max_position_embeddings", 4096},
+                            {"rope_theta", 10000.0}, {"hidden_act", "silu"}, {"tie_word_embeddings", false}}
                  .dump();
       overrides.push_back("init_from=" + (tmp / "model").string());
     }

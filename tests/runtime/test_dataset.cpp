@@ -172,7 +172,7 @@ std::string UniqueIdDataset(const Tmp& t, const std::vector<int64_t>& lengths, c
     lines += "]}\n";
   }
   const std::string dir = (t.p / name).string();
-  PrepareOptions opt{{t.File(name + ".jsonl", lines)}, dir, "bytes", 0, false, id};
+  PrepareOptions opt{{t.File(name + ".jsonl", lines)}, dir, "", 0, false, id};  // tokenizer: none
   EXPECT_TRUE(PrepareDataset(opt, nullptr).ok());
   return dir;
 }
@@ -275,6 +275,24 @@ TEST(Dataset, OneEpochOfShuffledWindowsTrainsEveryTokenPositionOnce) {
   EXPECT_NE(order(7, 0, 1), e0);
   EXPECT_NE(order(7, 1, 0), e0);
   EXPECT_NE(order(8, 0, 0), e0);
+}
+
+// A checkpoint that did not record the loader's cursor finds it by replaying its stage: SkipBatches
+// advances exactly as NextBatch does.
+TEST(Dataset, SkippingBatchesAdvancesTheCursorAsReadingThem) {
+  Tmp t;
+  const std::string dir = UniqueIdDataset(t, {70, 3, 9, 33, 2, 17, 5, 64, 11, 4, 40}, "skip");
+  Dataset d;
+  ASSERT_TRUE(Dataset::Open(dir, &d).ok());
+  const WindowIndex w(d, 16);
+  for (int64_t batch : {1, 3}) {
+    DataCursor read{5, 1, 0}, skipped{5, 1, 0};
+    for (int k = 0; k < 9; ++k) NextBatch(w, batch, &read);
+    SkipBatches(w, batch, 9, &skipped);
+    EXPECT_EQ(skipped.next, read.next) << "batch " << batch;
+    EXPECT_GT(read.next, 9 * batch) << "some sequences pack more than one window";
+    EXPECT_EQ(NextBatch(w, batch, &skipped)[0].tokens, NextBatch(w, batch, &read)[0].tokens);
+  }
 }
 
 // The keyed permutation is one for every size (cycle walking at sizes that are not powers of 4).

@@ -153,7 +153,7 @@ TEST(HfInterop, InitFromTakesTheModelFromConfigJsonAndRefusesAJobThatDiffers) {
   // A job may repeat a value, and may lengthen the context; it may not change the model.
   EXPECT_TRUE(ParseJobConfig(base + "model: {hidden_size: 32, max_position_embeddings: 256}\n", "i.yaml", {}, &job).ok());
   EXPECT_EQ(job.model.max_position_embeddings, 256);
-  for (const std::string& bad : {"model: {hidden_size: 64}", "model: {vocab_size: 259}", "model: {rms_norm_eps: 1.0e-6}",
+  for (const std::string& bad : {"model: {hidden_size: 64}", "model: {vocab_size: 30}", "model: {rms_norm_eps: 1.0e-6}",
                                  "model: {num_key_value_heads: 4}"}) {
     const Status st = ParseJobConfig(base + bad + "\n", "i.yaml", {}, &job);
     ASSERT_FALSE(st.ok()) << bad;
@@ -171,6 +171,44 @@ TEST(HfInterop, InitFromTakesTheModelFromConfigJsonAndRefusesAJobThatDiffers) {
                                          ds + "}\nstages: [{seq_len: 32, steps: 1}]\n", "i.yaml", {}, &job);
   ASSERT_FALSE(gelu.ok());
   EXPECT_NE(gelu.message().find("hidden_act"), std::string::npos) << gelu.message();
+}
+
+// LWM's vision stage: a vocabulary larger than init_from's extends it. Their rows of embed_tokens and
+// lm_head load as they are, the new rows start from the initialization, and every other tensor loads.
+TEST(HfInterop, ALargerVocabularyExtendsTheInitFromModel) {
+  Tmp t("extend");
+  const std::string ds = DocumentDataset(t, ReadJson(kLoss + "/case.json"), 37);
+  JobConfig job;
+  const Status st = ParseJobConfig("name: x\ninit_from: " + kLoss + "\nmodel: {vocab_size: 45}\ndata: {source: files, path: " +
+                                       ds + "}\noptimizer: {lr: 1.0e-30}\nstages: [{seq_len: 24, steps: 1, batch: 1}]\n"
+                                       "checkpoint: {dir: " + (t.p / "ck").string() + "}\n",
+                                   "x.yaml", {}, &job);
+  ASSERT_TRUE(st.ok()) << st.message();
+  EXPECT_EQ(job.model.vocab_size, 45);
+  EXPECT_EQ(job.model.hidden_size, 32) << "the rest comes from config.json";
+  auto fabric = InprocFabric::Create(1);
+  auto rs = RunRanks(fabric, [&](int, Transport& tr) { return TrainRank(tr, job, {}, nullptr); });
+  ASSERT_TRUE(rs[0].ok()) << rs[0].message();
+  // lr 1e-30: updates below half an ulp, so the checkpoint holds the loaded weights bit for bit.
+  ModelConfig small, big;
+  ASSERT_TRUE(ReadHfConfig(kLoss + "/config.json", &small).ok());
+  ASSERT_TRUE(ReadHfConfig((t.p / "ck" / "step-1" / "config.json").string(), &big).ok());
+  ASSERT_EQ(big.vocab_size, 45);
+  const ParamTable ts(small), tb(big);
+  std::vector<float> ps(ts.total()), pb(tb.total());
+  ASSERT_TRUE(LoadWeights(kLoss, ts, ps.data()).ok());
+  ASSERT_TRUE(LoadWeights((t.p / "ck" / "step-1").string(), tb, pb.data()).ok());
+  int64_t same = 0, fresh_nonzero = 0;
+  for (const auto& p : ts.tensors()) {
+    const ParamInfo* q = tb.Find(p.name);
+    ASSERT_NE(q, nullptr) << p.name;
+    for (size_t i = 0; i < p.numel; ++i) same += ps[p.offset + i] == pb[q->offset + i];
+    for (size_t i = p.numel; i < q->numel; ++i) fresh_nonzero += pb[q->offset + i] != 0.f;
+  }
+  EXPECT_EQ(same, int64_t(ts.total())) << "every loaded value kept";
+  EXPECT_EQ(fresh_nonzero, 2 * 8 * 32) << "the 8 new rows of embed_tokens and lm_head initialized";
+  std::printf("  vocabulary 37 -> 45: %lld loaded values kept, %lld new values initialized\n", (long long)same,
+              (long long)fresh_nonzero);
 }
 
 TEST(HfInterop, ATensorWeWouldNotReadIsRefusedNotDropped) {

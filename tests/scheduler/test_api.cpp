@@ -197,6 +197,18 @@ TEST_F(Api, BadRequestsGetTheirStatusAndNameTheFieldAndChangeNothing) {
     if (r->body.size() > 140 || r->body.empty() || r->body.back() != '\n') std::printf("\n");
     EXPECT_EQ(Snapshot(), before) << c.what << " changed the stored state";
   }
+  // init_from outside --data-root is refused before its config.json is opened: nothing of it comes back.
+  const std::filesystem::path outside = std::filesystem::temp_directory_path() / ("rw_api_outside_" + std::to_string(getpid()));
+  std::filesystem::create_directories(outside);
+  std::ofstream(outside / "config.json") << "{\"model_type\": \"secret-of-another-user\"}";
+  auto r = Submit(json{{"job", kJob}, {"set", {"init_from=" + outside.string()}}});
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 400) << r->body;
+  EXPECT_NE(r->body.find("init_from:"), std::string::npos) << r->body;
+  EXPECT_EQ(r->body.find("secret-of-another-user"), std::string::npos) << "read before confinement: " << r->body;
+  std::printf("  %-40s %d %s", "init_from outside the data root", r->status, r->body.substr(0, 140).c_str());
+  EXPECT_EQ(Snapshot(), before);
+  std::filesystem::remove_all(outside);
 }
 
 TEST_F(Api, SubmissionIsIdempotentAndSurvivesARestartAndCancelIsRecorded) {
