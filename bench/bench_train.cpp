@@ -74,9 +74,10 @@ int main(int argc, char** argv) {
         job.model.num_attention_heads = sh.heads;
         job.model.num_key_value_heads = sh.kv;
         job.model.max_position_embeddings = L;
-        // One copy-task document fills each sequence, so attention is causal over the whole sequence and the
-        // FLOP count below holds (packed short documents would mask most of it away).
-        job.data.min_len = job.data.max_len = (L - 3) / 2;
+        // One copy-task document fills each sequence (2 n + 3 = L + 1 tokens: L positions, each with a target),
+        // so attention is causal over the whole sequence and the FLOP count below holds (packed short
+        // documents would mask most of it away).
+        job.data.min_len = job.data.max_len = (L - 2) / 2;
         job.ring.devices = R;
         job.ring.layout = "zigzag";
         job.precision = prec;
