@@ -28,6 +28,7 @@
 
 #include "kernels/cpu/cpu.h"
 #include "kernels/cpu/gemm.h"
+#include "kernels/cpu/scratch.h"
 #include "kernels/cpu/vec.h"
 
 namespace rw::kernels::cpu {
@@ -41,8 +42,9 @@ struct BlockBounds {
   int32_t seg_min, seg_max;
 };
 
-std::vector<BlockBounds> Bounds(const TokenInfo& t, int64_t n, int64_t block) {
-  std::vector<BlockBounds> out;
+// Into `out` (a scratch buffer: cleared, its capacity kept).
+const std::vector<BlockBounds>& Bounds(const TokenInfo& t, int64_t n, int64_t block, std::vector<BlockBounds>& out) {
+  out.clear();
   for (int64_t b0 = 0; b0 < n; b0 += block) {
     BlockBounds bb{std::numeric_limits<int64_t>::max(), std::numeric_limits<int64_t>::min(),
                    std::numeric_limits<int32_t>::max(), std::numeric_limits<int32_t>::min()};
@@ -73,8 +75,8 @@ BlockKind Classify(const AttentionParams& p, const BlockBounds& q, const BlockBo
 // block so the inner loop is over plain arrays.
 void ApplyMask(const AttentionParams& p, int64_t q0, int64_t nq, int64_t k0, int64_t nk, int64_t group,
                float* s, int64_t lds) {
-  std::vector<int64_t> kidx(nk);
-  std::vector<int32_t> kseg(nk);
+  std::vector<int64_t>& kidx = Scratch<int64_t, struct MaskIndex>(size_t(nk));
+  std::vector<int32_t>& kseg = Scratch<int32_t, struct MaskSegment>(size_t(nk));
   for (int64_t j = 0; j < nk; ++j) {
     kidx[j] = p.k_tok.Index(k0 + j);
     kseg[j] = p.k_tok.Segment(k0 + j);
@@ -135,15 +137,20 @@ Status Forward(const AttentionParams& p) {
   const int64_t bq = p.block_q > 0 ? p.block_q : 128, bk = p.block_k > 0 ? p.block_k : 256;
   const int64_t group = p.hq / p.hkv, d = p.d;
   const int64_t nqb = (p.sq + bq - 1) / bq, nkb = (p.sk + bk - 1) / bk;
-  const auto qbounds = Bounds(p.q_tok, p.sq, bq);
-  const auto kbounds = Bounds(p.k_tok, p.sk, bk);
+  const auto& qbounds = Bounds(p.q_tok, p.sq, bq, Scratch<BlockBounds, struct FwdQBounds>(0));
+  const auto& kbounds = Bounds(p.k_tok, p.sk, bk, Scratch<BlockBounds, struct FwdKBounds>(0));
   const float c = p.Scale();
   SetBlasThreads(1);
 
 #pragma omp parallel num_threads(Threads(p))
   {
-    std::vector<T> qt(group * bq * d), pt(std::is_same_v<T, float> ? 0 : group * bq * bk);
-    std::vector<float> s(group * bq * bk), acc(group * bq * d), m(group * bq), l(group * bq);
+    // Each thread's tiles, kept from call to call (kernels/cpu/scratch.h); every one is written before read.
+    std::vector<T>& qt = Scratch<T, struct FwdQ>(size_t(group * bq * d));
+    std::vector<T>& pt = Scratch<T, struct FwdP>(std::is_same_v<T, float> ? 0 : size_t(group * bq * bk));
+    std::vector<float>& s = Scratch<float, struct FwdS>(size_t(group * bq * bk));
+    std::vector<float>& acc = Scratch<float, struct FwdAcc>(size_t(group * bq * d));
+    std::vector<float>& m = Scratch<float, struct FwdMax>(size_t(group * bq));
+    std::vector<float>& l = Scratch<float, struct FwdSum>(size_t(group * bq));
     // fp32 folds c into the Q tile (the order these kernels always had); bf16 scales S in fp32.
     const float q_mul = dt == DType::kF32 ? c : 1.f, s_mul = dt == DType::kF32 ? 1.f : c;
 #pragma omp for schedule(dynamic, 1)
@@ -237,29 +244,47 @@ Status Backward(const AttentionParams& p) {
   const int64_t bq = p.block_q > 0 ? p.block_q : 128, bk = p.block_k > 0 ? p.block_k : 128;
   const int64_t group = p.hq / p.hkv, d = p.d;
   const int64_t nqb = (p.sq + bq - 1) / bq, nkb = (p.sk + bk - 1) / bk;
-  const auto qbounds = Bounds(p.q_tok, p.sq, bq);
-  const auto kbounds = Bounds(p.k_tok, p.sk, bk);
+  const auto& qbounds = Bounds(p.q_tok, p.sq, bq, Scratch<BlockBounds, struct BwdQBounds>(0));
+  const auto& kbounds = Bounds(p.k_tok, p.sk, bk, Scratch<BlockBounds, struct BwdKBounds>(0));
   const float c = p.Scale();
   // dQ of query block qb receives the shares of its non-empty key blocks in increasing key-block order:
   // turn_of[qb * nkb + kb] is key block kb's place in that order, turns[hk * nqb + qb] the place whose add
   // is next. Tasks are handed out in increasing kb, so a waiting task only ever waits on a running one.
-  std::vector<int> turn_of(nqb * nkb, -1);
+  std::vector<int>& turn_of = Scratch<int, struct BwdTurnOf>(0);
+  turn_of.assign(size_t(nqb * nkb), -1);
   for (int64_t qb = 0; qb < nqb; ++qb) {
     int next = 0;
     for (int64_t kb = 0; kb < nkb; ++kb)
       if (Classify(p, qbounds[qb], kbounds[kb]) != BlockKind::kEmpty) turn_of[qb * nkb + kb] = next++;
   }
-  std::unique_ptr<std::atomic<int>[]> turns(new std::atomic<int>[p.hkv * nqb]);
+  // The turn counters, kept from call to call like the scratch buffers (atomics cannot live in a vector).
+  // A plain pointer for the parallel region: named there, a thread_local would be each thread's own.
+  thread_local std::unique_ptr<std::atomic<int>[]> turns_store;
+  thread_local int64_t turns_size = 0;
+  if (turns_size < p.hkv * nqb) {
+    turns_store.reset(new std::atomic<int>[size_t(p.hkv * nqb)]);
+    turns_size = p.hkv * nqb;
+  }
+  std::atomic<int>* const turns = turns_store.get();
   for (int64_t i = 0; i < p.hkv * nqb; ++i) turns[i].store(0);
   SetBlasThreads(1);
 
 #pragma omp parallel num_threads(Threads(p))
   {
-    const int64_t rmax = group * bq;
-    std::vector<T> qt(rmax * d), gt(rmax * d), pt(std::is_same_v<T, float> ? 0 : rmax * bk),
-        dst(std::is_same_v<T, float> ? 0 : rmax * bk);
-    std::vector<float> s(rmax * bk), dp(rmax * bk), dqp(rmax * d), dk_acc(bk * d), dv_acc(bk * d), lse(rmax),
-        delta(rmax);
+    const size_t rmax = size_t(group * bq);
+    const size_t pn = std::is_same_v<T, float> ? 0 : rmax * size_t(bk);
+    // Each thread's tiles, kept from call to call (kernels/cpu/scratch.h); every one is written before read.
+    std::vector<T>& qt = Scratch<T, struct BwdQ>(rmax * d);
+    std::vector<T>& gt = Scratch<T, struct BwdDout>(rmax * d);
+    std::vector<T>& pt = Scratch<T, struct BwdP>(pn);
+    std::vector<T>& dst = Scratch<T, struct BwdDs>(pn);
+    std::vector<float>& s = Scratch<float, struct BwdS>(rmax * bk);
+    std::vector<float>& dp = Scratch<float, struct BwdDp>(rmax * bk);
+    std::vector<float>& dqp = Scratch<float, struct BwdDqPart>(rmax * d);
+    std::vector<float>& dk_acc = Scratch<float, struct BwdDk>(size_t(bk * d));
+    std::vector<float>& dv_acc = Scratch<float, struct BwdDv>(size_t(bk * d));
+    std::vector<float>& lse = Scratch<float, struct BwdLse>(rmax);
+    std::vector<float>& delta = Scratch<float, struct BwdDelta>(rmax);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t task = 0; task < p.hkv * nkb; ++task) {
       const int64_t hk = task / nkb, kb = task % nkb;

@@ -12,6 +12,7 @@
 
 #include "kernels/cpu/cpu.h"
 #include "kernels/cpu/gemm.h"
+#include "kernels/cpu/scratch.h"
 #include "kernels/cpu/vec.h"
 
 #ifdef _OPENMP
@@ -33,11 +34,12 @@ void RoundTo(int threads, const float* src, int64_t n, bf16* dst) {
 // rounded to it (an fp32 activation entering a bf16 op).
 class Operand {
  public:
-  Operand(int threads, View v, int64_t count, DType compute) : p_(v.data) {
+  // `copy`: where a rounded copy goes (the site's scratch buffer).
+  Operand(int threads, View v, int64_t count, DType compute, std::vector<bf16>& copy) : p_(v.data) {
     if (v.dtype == compute) return;
-    copy_.resize(size_t(count));
-    RoundTo(threads, v.as<const float>(), count, copy_.data());
-    p_ = copy_.data();
+    copy.resize(size_t(count));
+    RoundTo(threads, v.as<const float>(), count, copy.data());
+    p_ = copy.data();
   }
   const void* get() const { return p_; }
   // The operand `elems` elements further on.
@@ -46,7 +48,6 @@ class Operand {
   }
 
  private:
-  std::vector<bf16> copy_;
   const void* p_;
 };
 
@@ -77,9 +78,8 @@ const void* Narrow(int threads, DType compute, const std::vector<float>& x, int6
 
 Status LinearForward(const Exec& ex, int64_t n, int64_t in, int64_t out, View x, View w, View y) {
   const DType ct = w.dtype;
-  const Operand X(Threads(ex), x, n * in, ct);
-  std::vector<float> tmp;
-  float* yf = ResultBuffer(y, n * out, tmp);
+  const Operand X(Threads(ex), x, n * in, ct, Scratch<bf16, struct LinearFwdX>(0));
+  float* yf = ResultBuffer(y, n * out, Scratch<float, struct LinearFwdY>(0));
   ParallelGemm(Threads(ex), ct, false, true, n, out, in, 1.f, X.get(), in, w.data, in, 0.f, yf, out);
   Store(Threads(ex), yf, n * out, y);
   return Status::Ok();
@@ -88,10 +88,10 @@ Status LinearForward(const Exec& ex, int64_t n, int64_t in, int64_t out, View x,
 Status LinearBackward(const Exec& ex, int64_t n, int64_t in, int64_t out, View x, View w, View dy, View dx,
                       float* dw) {
   const DType ct = w.dtype;
-  const Operand X(Threads(ex), x, n * in, ct), Dy(Threads(ex), dy, n * out, ct);
+  const Operand X(Threads(ex), x, n * in, ct, Scratch<bf16, struct LinearBwdX>(0)),
+      Dy(Threads(ex), dy, n * out, ct, Scratch<bf16, struct LinearBwdDy>(0));
   if (dx) {
-    std::vector<float> tmp;
-    float* dxf = ResultBuffer(dx, n * in, tmp);
+    float* dxf = ResultBuffer(dx, n * in, Scratch<float, struct LinearBwdDx>(0));
     ParallelGemm(Threads(ex), ct, false, false, n, in, out, 1.f, Dy.get(), out, w.data, in, 0.f, dxf, in);
     Store(Threads(ex), dxf, n * in, dx);
   }
@@ -127,7 +127,8 @@ Status RmsNormBackward(const Exec& ex, int64_t n, int64_t e, const float* x, con
                      const float* rstd, const float* dy, float* dx, float* dw) {
   const int nt = Threads(ex);
   // dw is shared by all rows: each thread sums its rows into a private copy, then copies add in order.
-  std::vector<float> dw_part(size_t(nt) * e, 0.f);
+  std::vector<float>& dw_part = Scratch<float, struct RmsNormDw>(size_t(nt) * e);
+  std::fill(dw_part.begin(), dw_part.end(), 0.f);
 #pragma omp parallel num_threads(nt)
   {
 #ifdef _OPENMP
@@ -160,11 +161,12 @@ Status RmsNormBackward(const Exec& ex, int64_t n, int64_t e, const float* x, con
 Status Rope(const Exec& ex, int64_t s, int64_t h, int64_t d, View3 x, View3 y, const int64_t* pos,
           double theta, bool inverse) {
   const int64_t half = d / 2;
-  std::vector<double> inv_freq(half);
+  std::vector<double>& inv_freq = Scratch<double, struct RopeFreq>(size_t(half));
   for (int64_t i = 0; i < half; ++i) inv_freq[i] = std::pow(theta, -2.0 * double(i) / double(d));
 #pragma omp parallel num_threads(Threads(ex))
   {
-    std::vector<float> cs(half), sn(half);
+    std::vector<float>& cs = Scratch<float, struct RopeCos>(size_t(half));
+    std::vector<float>& sn = Scratch<float, struct RopeSin>(size_t(half));
 #pragma omp for schedule(static)
     for (int64_t t = 0; t < s; ++t) {
       for (int64_t i = 0; i < half; ++i) {
@@ -190,10 +192,11 @@ Status Rope(const Exec& ex, int64_t s, int64_t h, int64_t d, View3 x, View3 y, c
 Status FfnForward(const Exec& ex, int64_t n, int64_t e, int64_t f, View x, FfnWeights w, View y, int64_t block) {
   const DType ct = w.w_gate.dtype;
   const int nt = Threads(ex);
-  const Operand X(nt, x, n * e, ct);
-  std::vector<float> g(block * f), u(block * f), yt;
-  std::vector<bf16> an;
-  float* yf = ResultBuffer(y, n * e, yt);
+  const Operand X(nt, x, n * e, ct, Scratch<bf16, struct FfnFwdX>(0));
+  std::vector<float>& g = Scratch<float, struct FfnFwdGate>(size_t(block * f));
+  std::vector<float>& u = Scratch<float, struct FfnFwdUp>(size_t(block * f));
+  std::vector<bf16>& an = Scratch<bf16, struct FfnFwdAct>(0);
+  float* yf = ResultBuffer(y, n * e, Scratch<float, struct FfnFwdY>(0));
   for (int64_t b0 = 0; b0 < n; b0 += block) {
     const int64_t nb = std::min(block, n - b0);
     const void* xb = X.at(b0 * e, ct);
@@ -212,9 +215,15 @@ Status FfnBackward(const Exec& ex, int64_t n, int64_t e, int64_t f, View x, FfnW
                    FfnGrads dw, int64_t block) {
   const DType ct = w.w_gate.dtype;
   const int nt = Threads(ex);
-  const Operand X(nt, x, n * e, ct), Dy(nt, dy, n * e, ct);
-  std::vector<float> g(block * f), u(block * f), a(block * f), da(block * f);
-  std::vector<bf16> an, un, gn;
+  const Operand X(nt, x, n * e, ct, Scratch<bf16, struct FfnBwdX>(0)),
+      Dy(nt, dy, n * e, ct, Scratch<bf16, struct FfnBwdDy>(0));
+  std::vector<float>& g = Scratch<float, struct FfnBwdGate>(size_t(block * f));
+  std::vector<float>& u = Scratch<float, struct FfnBwdUp>(size_t(block * f));
+  std::vector<float>& a = Scratch<float, struct FfnBwdAct>(size_t(block * f));
+  std::vector<float>& da = Scratch<float, struct FfnBwdDAct>(size_t(block * f));
+  std::vector<bf16>& an = Scratch<bf16, struct FfnBwdActN>(0);
+  std::vector<bf16>& un = Scratch<bf16, struct FfnBwdUpN>(0);
+  std::vector<bf16>& gn = Scratch<bf16, struct FfnBwdGateN>(0);
   for (int64_t b0 = 0; b0 < n; b0 += block) {
     const int64_t nb = std::min(block, n - b0);
     const void* xb = X.at(b0 * e, ct);
@@ -260,8 +269,8 @@ Status CrossEntropyForward(const Exec& ex, int64_t n, int64_t e, int64_t vocab, 
                            const int32_t* target, const float* weight, float* loss, double* weighted_sum,
                            int64_t block) {
   const DType ct = w.dtype;
-  const Operand H(Threads(ex), h, n * e, ct);
-  std::vector<float> z(block * vocab);
+  const Operand H(Threads(ex), h, n * e, ct, Scratch<bf16, struct CeFwdH>(0));
+  std::vector<float>& z = Scratch<float, struct CeFwdLogits>(size_t(block * vocab));
   double total = 0;
   for (int64_t b0 = 0; b0 < n; b0 += block) {
     const int64_t nb = std::min(block, n - b0);
@@ -287,9 +296,9 @@ Status CrossEntropyBackward(const Exec& ex, int64_t n, int64_t e, int64_t vocab,
                             const int32_t* target, const float* weight, float grad_scale, float* dh, float* dw,
                             int64_t block) {
   const DType ct = w.dtype;
-  const Operand H(Threads(ex), h, n * e, ct);
-  std::vector<float> z(block * vocab);
-  std::vector<bf16> zn;
+  const Operand H(Threads(ex), h, n * e, ct, Scratch<bf16, struct CeBwdH>(0));
+  std::vector<float>& z = Scratch<float, struct CeBwdLogits>(size_t(block * vocab));
+  std::vector<bf16>& zn = Scratch<bf16, struct CeBwdLogitsN>(0);
   for (int64_t b0 = 0; b0 < n; b0 += block) {
     const int64_t nb = std::min(block, n - b0);
     ParallelGemm(Threads(ex), ct, false, true, nb, vocab, e, 1.f, H.at(b0 * e, ct), e, w.data, e, 0.f, z.data(),
