@@ -125,6 +125,7 @@ lane_actor::behavior_type Lane(lane_actor::pointer) {
         rep.ok = st.ok();
         rep.error = st.message();
         rep.stopped = res.stopped;
+        rep.process_stopping = PreemptFlag().load();
         rep.resumed_from = res.resumed_from;
         for (const auto& why : res.skipped_checkpoints)
           std::fprintf(stderr, "rank %d: skipped a checkpoint: %s\n", spec.rank, why.c_str());

@@ -101,6 +101,7 @@ RingOutcome RunRing(caf::actor_system& sys, const std::vector<device_actor>& dev
           if (rep.rank < 0 || rep.rank >= R || reported[rep.rank]) return;
           reported[rep.rank] = true;
           ++reports;
+          if (rep.process_stopping) out.stopping_ranks.push_back(rep.rank);
           if (!rep.ok) {
             fail("rank " + std::to_string(rep.rank) + ": " + rep.error);
             abort_all("rank " + std::to_string(rep.rank) + " failed");

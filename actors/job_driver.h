@@ -53,6 +53,7 @@ struct RingOutcome {
   bool stopped = false;  // the ring stopped early with a checkpoint (stop request, SIGTERM, stop_at_step)
   bool lost = false;     // a device, or its process, went away
   std::vector<int> lost_ranks;  // the ranks whose device went away (not those that failed or were aborted)
+  std::vector<int> stopping_ranks;  // ranks whose process was asked to stop (SIGTERM): place nothing there
   std::string error;     // the first error, naming the rank
   int64_t steps = 0;     // the last step done
   int64_t resumed_from = 0;

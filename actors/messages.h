@@ -107,12 +107,13 @@ struct train_report {
   double first_loss = 0, last_loss = 0;
   int64_t steps = 0;
   int64_t resumed_from = 0;
+  bool process_stopping = false;  // this rank's process was asked to stop (SIGTERM): it takes no new ring
 };
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, train_report& x) {
   return f(caf::meta::type_name("train_report"), x.ok, x.stopped, x.error, x.rank, x.first_loss, x.last_loss, x.steps,
-           x.resumed_from);
+           x.resumed_from, x.process_stopping);
 }
 
 struct eval_task {

@@ -530,6 +530,17 @@ class DaemonImpl final : public Daemon {
           actors::RunRing(sys_, ring, JobNumber(id), uint32_t(epoch), transport, task, hooks);
 
       if (!jobs_->Get(id, &rec).ok() || rec.state != JobState::kRunning) return Finish(r, JobState::kCancelled, "");
+      {  // A worker whose process was told to stop (SIGTERM) drains now, not at its next heartbeat: else
+         // the requeued job could be placed on it again and stop again, step after step.
+        std::lock_guard<std::mutex> lock(mu_);
+        for (int rank : out.stopping_ranks)
+          if (rank >= 0 && rank < int(r->slots.size())) {
+            Worker& w = workers_.at(r->slots[rank].worker);
+            if (!w.draining) std::fprintf(stderr, "ringworld daemon: worker %s is draining (its ring stopped on SIGTERM)\n",
+                                          r->slots[rank].worker.c_str());
+            w.draining = true;
+          }
+      }
       if (out.ok) {
         failures_in_a_row = 0;
         if (!out.stopped) return Finish(r, JobState::kSucceeded, "all steps done");
