@@ -117,6 +117,7 @@ lane_actor::behavior_type Lane(lane_actor::pointer) {
           control.stop_at_step = task.stop_at_step;
           control.stop_flags = {&PreemptFlag(), stop.get()};
           control.resume_max_step = task.resume_max_step;
+          control.resume_checkpoint = task.resume_checkpoint;
           control.on_checkpoint = [&](const runtime::CheckpointInfo& info) {
             if (task.reporter) caf::anon_send(task.reporter, info);
           };

@@ -43,12 +43,17 @@ Status PlanRing(const std::string& yaml, const std::string& origin, const std::v
                        std::to_string(available) + " available" + (why.empty() ? "" : " (" + why + ")"));
 }
 
-int64_t LatestCheckpointStep(const std::string& dir, int64_t max_step, std::vector<std::string>* skipped) {
+int64_t LatestCheckpointStep(const std::string& dir, int64_t max_step, std::vector<std::string>* skipped,
+                             std::string* found) {
+  if (found) found->clear();
   if (dir.empty()) return 0;
   for (const auto& [step, path] : runtime::ListCheckpoints(dir)) {
     if (max_step >= 0 && step > max_step) continue;
     const Status st = runtime::VerifyCheckpoint(path);
-    if (st.ok()) return step;
+    if (st.ok()) {
+      if (found) *found = path;
+      return step;
+    }
     if (skipped) skipped->push_back(st.message());
   }
   return 0;

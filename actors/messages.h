@@ -91,12 +91,13 @@ struct train_task {
   caf::actor reporter;        // gets StepMetrics (rank 0, every step) and CheckpointInfo (rank 0, each commit)
   int64_t stop_at_step = 0;  // > 0: stop (with a checkpoint) after this step: the ring is re-formed then
   int64_t resume_max_step = -1;  // resume from a checkpoint of step <= this (-1: the newest that verifies)
+  std::string resume_checkpoint;  // the one the driver chose and verified (empty: each rank finds it)
 };
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, train_task& x) {
   return f(caf::meta::type_name("train_task"), x.epoch, x.job_yaml, x.origin, x.overrides, x.reporter, x.stop_at_step,
-           x.resume_max_step);
+           x.resume_max_step, x.resume_checkpoint);
 }
 
 struct train_report {

@@ -195,7 +195,8 @@ int Train(const std::string& job_path, std::vector<std::string> overrides, bool 
   const bool tty = isatty(STDOUT_FILENO);
   const auto t0 = std::chrono::steady_clock::now();
   std::vector<std::string> skipped;
-  int64_t start = actors::LatestCheckpointStep(job.checkpoint.dir, -1, &skipped);
+  std::string resume;  // the checkpoint the next ring resumes from, verified here once for all its ranks
+  int64_t start = actors::LatestCheckpointStep(job.checkpoint.dir, -1, &skipped, &resume);
   for (const auto& why : skipped) std::fprintf(stderr, "ringworld train: skipped a checkpoint: %s\n", why.c_str());
   const int64_t resumed_from = start;
   actors::RingHooks hooks;
@@ -213,6 +214,8 @@ int Train(const std::string& job_path, std::vector<std::string> overrides, bool 
   int64_t steps = 0;
   // The rings of the job, one after another: each resumes from the checkpoint the previous one committed.
   for (uint32_t epoch = 1;; ++epoch) {
+    if (epoch > 1 && !job.checkpoint.dir.empty())  // the checkpoint the previous ring committed at its stop
+      start = actors::LatestCheckpointStep(job.checkpoint.dir, start, nullptr, &resume);
     actors::RingPlan plan;
     st = actors::PlanRing(yaml, job_path, overrides, start, max_devices, &plan);
     if (!st.ok()) {
@@ -225,7 +228,7 @@ int Train(const std::string& job_path, std::vector<std::string> overrides, bool 
                   epoch, (long long)start,
                   plan.stop_at_step ? (" until step " + std::to_string(plan.stop_at_step)).c_str() : "");
     std::vector<actors::device_actor> ring(devices.begin(), devices.begin() + plan.devices);
-    actors::train_task task{epoch, yaml, job_path, plan.overrides, {}, plan.stop_at_step, -1};
+    actors::train_task task{epoch, yaml, job_path, plan.overrides, {}, plan.stop_at_step, start, resume};
     const actors::RingOutcome out =
         actors::RunRing(sys, ring, /*job=*/1, epoch, job.ring.transport, task, hooks);
     if (!out.ok) {

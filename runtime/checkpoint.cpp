@@ -418,6 +418,29 @@ Status LoadWeights(const std::string& ckpt_dir, const ParamTable& t, float* para
   return Assign(index.string(), all, t, "", params);
 }
 
+Status LoadCheckpoint(const std::string& ckpt_dir, const ParamTable& t, float* params, float* m, float* v,
+                      TrainerState* state) {
+  const fs::path path(ckpt_dir);
+  RW_RETURN_IF_ERROR(LoadWeights(path.string(), t, params));
+  if (m && v) {
+    RW_RETURN_IF_ERROR(LoadInto((path / "optimizer.safetensors").string(), t, "exp_avg.", m));
+    RW_RETURN_IF_ERROR(LoadInto((path / "optimizer.safetensors").string(), t, "exp_avg_sq.", v));
+  }
+  try {
+    std::ifstream f(path / "trainer_state.json");
+    const auto j = nlohmann::json::parse(f);
+    state->step = j.at("step").get<int64_t>();
+    state->stage = j.at("stage").get<int64_t>();
+    state->data_cursor = j.at("data_cursor").get<int64_t>();
+    state->data_cursor_unit = j.value("data_cursor_unit", std::string("step"));
+    state->seed = j.at("seed").get<uint64_t>();
+    state->job = j.at("job").get<std::string>();
+  } catch (const std::exception& e) {
+    return Status::Error(path.string() + "/trainer_state.json: " + e.what());
+  }
+  return Status::Ok();
+}
+
 Status LoadLatestCheckpoint(const std::string& dir, const ModelConfig&, const ParamTable& t, float* params, float* m,
                             float* v, TrainerState* state, bool* found, std::vector<std::string>* skipped,
                             int64_t max_step) {
@@ -425,26 +448,7 @@ Status LoadLatestCheckpoint(const std::string& dir, const ModelConfig&, const Pa
   for (const auto& [step, path] : Checkpoints(dir)) {
     if (max_step >= 0 && step > max_step) continue;  // not recorded: it does not exist
     Status st = VerifyCheckpoint(path.string());
-    if (st.ok()) st = LoadWeights(path.string(), t, params);
-    if (st.ok() && m && v) {
-      std::map<std::string, LoadedTensor> tensors;
-      st = LoadInto((path / "optimizer.safetensors").string(), t, "exp_avg.", m);
-      if (st.ok()) st = LoadInto((path / "optimizer.safetensors").string(), t, "exp_avg_sq.", v);
-    }
-    if (st.ok()) {
-      try {
-        std::ifstream f(path / "trainer_state.json");
-        const auto j = nlohmann::json::parse(f);
-        state->step = j.at("step").get<int64_t>();
-        state->stage = j.at("stage").get<int64_t>();
-        state->data_cursor = j.at("data_cursor").get<int64_t>();
-        state->data_cursor_unit = j.value("data_cursor_unit", std::string("step"));
-        state->seed = j.at("seed").get<uint64_t>();
-        state->job = j.at("job").get<std::string>();
-      } catch (const std::exception& e) {
-        st = Status::Error(path.string() + "/trainer_state.json: " + e.what());
-      }
-    }
+    if (st.ok()) st = LoadCheckpoint(path.string(), t, params, m, v, state);
     if (st.ok()) {
       *found = true;
       return Status::Ok();

@@ -51,6 +51,11 @@ int CollectCheckpointLeftovers(const std::string& dir);
 // Verifies a checkpoint directory's MANIFEST (every file's size and CRC32C).
 Status VerifyCheckpoint(const std::string& ckpt_dir);
 
+// Loads one checkpoint directory that the caller has verified (VerifyCheckpoint): weights, moments (m and v
+// may be null) and the trainer state. A driver verifies once per ring and hands the path to every rank.
+Status LoadCheckpoint(const std::string& ckpt_dir, const ParamTable& t, float* params, float* m, float* v,
+                      TrainerState* state);
+
 // Loads the newest checkpoint of `dir` that verifies, among those of step <= max_step (-1: any; the daemon
 // passes the newest one it has recorded: a checkpoint exists only once recorded). *found is false when there
 // is none; `skipped` gets one line per newer checkpoint that failed verification (and why).

@@ -88,9 +88,15 @@ Status TrainRank(Transport& t, const JobConfig& job, const std::function<void(co
   if (!job.checkpoint.dir.empty()) {
     if (rank == 0) CollectCheckpointLeftovers(job.checkpoint.dir);  // of writes a crash interrupted
     bool found = false;
-    RW_RETURN_IF_ERROR(LoadLatestCheckpoint(job.checkpoint.dir, model, table, params.data(), opt.m().data(),
-                                            opt.v().data(), &resumed, &found, &res.skipped_checkpoints,
-                                            control.resume_max_step));
+    if (!control.resume_checkpoint.empty()) {
+      RW_RETURN_IF_ERROR(LoadCheckpoint(control.resume_checkpoint, table, params.data(), opt.m().data(), opt.v().data(),
+                                        &resumed));
+      found = true;
+    } else {
+      RW_RETURN_IF_ERROR(LoadLatestCheckpoint(job.checkpoint.dir, model, table, params.data(), opt.m().data(),
+                                              opt.v().data(), &resumed, &found, &res.skipped_checkpoints,
+                                              control.resume_max_step));
+    }
     if (found) {
       RW_REQUIRE(resumed.seed == job.seed, "checkpoint.dir: holds a run of seed " << resumed.seed << ", the job has seed "
                                                                                << job.seed);

@@ -43,6 +43,9 @@ struct TrainControl {
   // Any of these set stops the run: the process's (a SIGTERM handler) and the job's (the daemon's request).
   std::vector<const std::atomic<bool>*> stop_flags;
   int64_t resume_max_step = -1;               // resume only from a checkpoint of step <= this (-1: newest)
+  // The checkpoint the driver chose and verified for this ring: loaded as it is, with no CRC pass on every
+  // rank. Empty: the newest of checkpoint.dir that verifies (of step <= resume_max_step).
+  std::string resume_checkpoint;
   // Called on rank 0 (from the writer thread when checkpoints are asynchronous) once a checkpoint is
   // committed or has failed. A failed periodic checkpoint does not stop training; a failed final one does.
   std::function<void(const CheckpointInfo&)> on_checkpoint;

@@ -368,8 +368,10 @@ class DaemonImpl final : public Daemon {
   }
 
   // ---- one job ------------------------------------------------------------------------------------------------
-  // The newest recorded checkpoint that verifies; corrupt newer ones are skipped with an event and a metric.
-  int64_t ResumeStep(const JobRecord& rec) {
+  // The newest recorded checkpoint that verifies (its directory into *path); corrupt newer ones are skipped
+  // with an event and a metric. Verified here once per ring; the ranks load it as it is.
+  int64_t ResumeStep(const JobRecord& rec, std::string* path_out) {
+    path_out->clear();
     std::vector<std::pair<std::string, std::string>> rows;
     if (!store_->GetAll(Table::kCheckpoints, &rows).ok()) return 0;
     std::vector<std::pair<int64_t, std::string>> mine;
@@ -384,7 +386,10 @@ class DaemonImpl final : public Daemon {
     std::sort(mine.rbegin(), mine.rend());
     for (const auto& [step, path] : mine) {
       const Status st = runtime::VerifyCheckpoint(path);
-      if (st.ok()) return step;
+      if (st.ok()) {
+        *path_out = path;
+        return step;
+      }
       metrics_.CheckpointFallback(rec.id);
       storage::Batch b;
       b.Delete(Table::kCheckpoints, CheckpointKey(rec.id, step));
@@ -446,7 +451,8 @@ class DaemonImpl final : public Daemon {
       if (!jobs_->Get(id, &rec).ok() || rec.state != JobState::kRunning) return Finish(r, JobState::kCancelled, "");
       if (shutting_down_) return Finish(r, JobState::kPreempted, "daemon shutting down");
       if (r->preempt) return Finish(r, JobState::kPreempted, "preempted by " + r->preempted_by);
-      const int64_t start = ResumeStep(rec);
+      std::string resume;
+      const int64_t start = ResumeStep(rec, &resume);
       actors::RingPlan plan;
       std::vector<actors::device_actor> ring;
       std::set<std::string> ring_workers;
@@ -526,6 +532,7 @@ class DaemonImpl final : public Daemon {
       task.overrides = plan.overrides;
       task.stop_at_step = plan.stop_at_step;
       task.resume_max_step = start;
+      task.resume_checkpoint = resume;
       const actors::RingOutcome out =
           actors::RunRing(sys_, ring, JobNumber(id), uint32_t(epoch), transport, task, hooks);
 

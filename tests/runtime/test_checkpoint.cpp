@@ -119,6 +119,33 @@ TEST(Checkpoint, ResumingAfterAStopEqualsAStraightRunBitForBit) {
   std::printf("  straight: steps 1-10; resumed: 1-5, stop, 6-10; step-10 files identical; loss %.6f\n", all.back().loss);
 }
 
+// A driver verifies the ring's checkpoint once and hands its path to the ranks (TrainControl::
+// resume_checkpoint), which load exactly that directory: here one of another run's directory, so that the
+// newest-in-checkpoint.dir rule would have found nothing. The run continues bit for bit.
+TEST(Checkpoint, RanksLoadTheCheckpointTheDriverChose) {
+  TempDir straight("chosen_a"), other("chosen_b");
+  TrainResult r1, r2;
+  const auto all = Train(Job(straight.path.string(), 6), {}, &r1);
+  ASSERT_EQ(all.size(), 10u);
+  TrainControl control;
+  control.resume_checkpoint = (straight.path / "step-6").string();
+  control.resume_max_step = 6;
+  const auto rest = Train(Job(other.path.string(), 6), control, &r2);
+  EXPECT_EQ(r2.resumed_from, 6);
+  ASSERT_EQ(rest.size(), 4u);
+  for (size_t i = 0; i < rest.size(); ++i) EXPECT_EQ(rest[i].loss, all[6 + i].loss) << "step " << 7 + i;
+  for (const char* f : {"model.safetensors", "optimizer.safetensors", "trainer_state.json"})
+    EXPECT_EQ(Bytes(straight.path / "step-10" / f), Bytes(other.path / "step-10" / f)) << f;
+  // A chosen checkpoint that cannot be read fails the run, naming it.
+  TrainControl bad;
+  bad.resume_checkpoint = (other.path / "step-404").string();
+  std::vector<TrainResult> results(2);
+  auto fabric = InprocFabric::Create(2);
+  auto st = RunRanks(fabric, [&](int r, Transport& t) { return TrainRank(t, Job(other.path.string(), 6), {}, &results[r], bad); });
+  ASSERT_FALSE(st[0].ok());
+  EXPECT_NE(st[0].message().find("step-404"), std::string::npos) << st[0].message();
+}
+
 // On a prepared dataset the loader's cursor is in the checkpoint: a run stopped mid-stage and mid-epoch
 // resumes on the very windows it would have read next, bit for bit, through the stage change.
 TEST(Checkpoint, ResumingMidEpochOnFilesDataEqualsAStraightRunBitForBit) {
