@@ -4,7 +4,7 @@
 #include <cstdio>
 
 #include "cli/cluster.h"
-#include "cli/train.h"
+#include "cli/commands.h"
 #include "runtime/job_config.h"
 
 int main(int argc, char** argv) {

@@ -1,4 +1,4 @@
-#include "cli/train.h"
+#include "cli/commands.h"
 
 #include <signal.h>
 #include <spawn.h>

@@ -1,4 +1,8 @@
-// `ringworld train`: the embedded mode. One process holds the device actors of the ring (in-process
+// The commands of `ringworld` that run in this process, one function each (main.cpp parses the arguments):
+// train.cpp (train, device-host), eval.cpp, generate.cpp, needle.cpp, data_prepare.cpp. The cluster's
+// commands (daemon, worker, the API clients) are in cluster.h.
+//
+// `ringworld train` is the embedded mode: one process holds the device actors of the ring (in-process
 // transport), forms the ring by messages, and drives the same per-rank training loop a daemon's workers
 // run; it prints progress and writes metrics.jsonl.
 #pragma once
