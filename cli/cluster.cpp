@@ -17,7 +17,9 @@
 #include <thread>
 
 #include "actors/device_host.h"
+#include "scheduler/api_client.h"
 #include "scheduler/daemon.h"
+#include "scheduler/worker_agent.h"
 
 namespace rw::cli {
 namespace {
@@ -42,79 +44,8 @@ void InstallSignals() {
   sigaction(SIGINT, &sa, nullptr);
 }
 
-bool SplitHostPort(const std::string& addr, std::string* host, int* port) {
-  std::string a = addr;
-  if (a.rfind("http://", 0) == 0) a = a.substr(7);
-  while (!a.empty() && a.back() == '/') a.pop_back();
-  const auto colon = a.rfind(':');
-  if (colon == std::string::npos) return false;
-  *host = a.substr(0, colon);
-  *port = std::atoi(a.c_str() + colon + 1);
-  return !host->empty() && *port > 0 && *port < 65536;
-}
-
-std::string ReadToken(const ClientOptions& o) {
-  if (const char* t = std::getenv("RINGWORLD_TOKEN"); t && *t) return t;
-  std::string path = o.token_file;
-  if (path.empty()) {
-    const char* f = std::getenv("RINGWORLD_TOKEN_FILE");
-    path = f && *f ? f : "ringworld-state/token";
-  }
-  std::ifstream in(path);
-  std::string token;
-  in >> token;
-  return token;
-}
-
-std::string DaemonAddr(const ClientOptions& o) {
-  if (!o.daemon.empty()) return o.daemon;
-  const char* d = std::getenv("RINGWORLD_DAEMON");
-  return d && *d ? d : "127.0.0.1:8470";
-}
-
-struct Client {
-  explicit Client(const ClientOptions& o) : opt(o) {
-    std::string host;
-    int port = 0;
-    ok = SplitHostPort(DaemonAddr(o), &host, &port);
-    http = std::make_unique<httplib::Client>(host, port);
-    http->set_connection_timeout(5);
-    http->set_read_timeout(30);
-    token = ReadToken(o);
-    if (!token.empty()) http->set_bearer_token_auth(token);
-  }
-  // Returns the HTTP status (0: no answer) and the parsed body.
-  int Call(const std::string& method, const std::string& path, const std::string& body, const std::string& type,
-           json* out, const httplib::Headers& headers = {}) {
-    httplib::Result r = method == "GET"    ? http->Get(path, headers)
-                                           : http->Post(path, headers, body, type);
-    if (!r) {
-      std::fprintf(stderr, "ringworld: cannot reach the daemon at %s (%s)\n", DaemonAddr(opt).c_str(),
-                   httplib::to_string(r.error()).c_str());
-      return 0;
-    }
-    raw = r->body;
-    headers_out = r->headers;
-    try {
-      *out = r->body.empty() || r->get_header_value("Content-Type").rfind("application/json", 0) != 0
-                 ? json()
-                 : json::parse(r->body);
-    } catch (const std::exception&) {
-      *out = json();
-    }
-    if (r->status >= 400) {
-      std::fprintf(stderr, "ringworld: %d: %s\n", r->status,
-                   out->is_object() && out->contains("error") ? (*out)["error"].get<std::string>().c_str()
-                                                              : r->body.c_str());
-    }
-    return r->status;
-  }
-  ClientOptions opt;
-  bool ok = false;
-  std::unique_ptr<httplib::Client> http;
-  std::string token, raw;
-  httplib::Headers headers_out;
-};
+// The API client the commands share (scheduler/api_client.h).
+scheduler::ApiClient Client(const ClientOptions& o) { return scheduler::ApiClient({o.daemon, o.token_file}); }
 
 void PrintJobs(const json& jobs) {
   std::printf("%-12s %-20s %-10s %8s %12s  %s\n", "ID", "NAME", "STATE", "PRIORITY", "CHECKPOINT", "MESSAGE");
@@ -166,7 +97,7 @@ int RunWorker(const WorkerOptions& o) {
   }
   std::string dhost;
   int dport = 0;
-  if (!SplitHostPort(o.daemon, &dhost, &dport)) {
+  if (!scheduler::SplitHostPort(o.daemon, &dhost, &dport)) {
     std::fprintf(stderr, "ringworld worker: --daemon: expected HOST:PORT, got '%s'\n", o.daemon.c_str());
     return 2;
   }
@@ -186,13 +117,6 @@ int RunWorker(const WorkerOptions& o) {
   for (int i = 0; i < n; ++i) devices.push_back(json{{"kind", "cpu"}, {"index", i}, {"memory_bytes", MemoryBytes() / n}});
   const json hello{{"name", name}, {"host", o.listen}, {"port", *port}, {"pid", int64_t(getpid())}, {"kind", "cpu"},
                    {"devices", devices}};
-  ClientOptions co;
-  co.daemon = o.daemon;
-  co.token_file = o.token_file;
-  Client client(co);
-  client.http->set_read_timeout(15);
-  std::string id, instance;
-  double beat = 1.0;
   auto abort_devices = [&](const std::string& why) {
     caf::scoped_actor self{sys};
     std::vector<actors::device_actor> devs;
@@ -202,48 +126,13 @@ int RunWorker(const WorkerOptions& o) {
   };
   std::fprintf(stderr, "ringworld worker %s: %d cpu devices on %s:%u, daemon %s\n", name.c_str(), n, o.listen.c_str(),
                unsigned(*port), o.daemon.c_str());
-  std::chrono::steady_clock::time_point drain_deadline{};
-  bool registered_once = false;
-  for (;;) {
-    if (g_stop && drain_deadline == std::chrono::steady_clock::time_point{})
-      drain_deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(int64_t(o.grace_s * 1000));
-    json reply;
-    if (id.empty()) {
-      if (g_stop) break;  // never registered (or lost the daemon) and asked to stop: nothing to drain
-      const int status = client.Call("POST", "/v1/workers", hello.dump(), "application/json", &reply);
-      if (status == 201) {
-        id = reply.value("id", "");
-        instance = reply.value("instance", "");
-        beat = reply.value("heartbeat_s", 1.0);
-        registered_once = true;
-        std::fprintf(stderr, "ringworld worker %s: registered with daemon instance %s\n", id.c_str(), instance.c_str());
-      } else if (status == 401 || status == 400) {
-        return 2;  // a wrong token or a refused registration will not get better by retrying
-      }
-    } else {
-      const int status = client.Call("POST", "/v1/workers/" + id + "/heartbeat",
-                                     json{{"instance", instance}, {"draining", g_stop.load()}}.dump(),
-                                     "application/json", &reply);
-      if (status != 200) {
-        // The daemon is gone or restarted: whatever ring it drove here has no driver any more.
-        abort_devices("lost the daemon");
-        id.clear();
-      } else if (g_stop && reply.value("assigned", 0) == 0) {
-        // Drained: the ring stopped with a checkpoint and the daemon released our devices. Say goodbye.
-        client.Call("POST", "/v1/workers/" + id + "/heartbeat",
-                    json{{"instance", instance}, {"draining", true}, {"leaving", true}}.dump(), "application/json", &reply);
-        break;
-      }
-    }
-    if (g_stop && std::chrono::steady_clock::now() > drain_deadline) {
-      std::fprintf(stderr, "ringworld worker %s: grace period of %.0f s over; exiting\n", name.c_str(), o.grace_s);
-      break;
-    }
-    std::this_thread::sleep_for(std::chrono::duration<double>(id.empty() ? std::max(beat, 0.5) : beat));
-  }
+  // The daemon's protocol (HTTP) is the scheduler's; the devices (CAF) are ours.
+  const scheduler::WorkerAgentResult agent =
+      scheduler::RunWorkerAgent({{o.daemon, o.token_file}, name, o.grace_s}, hello, g_stop, abort_devices);
+  if (agent.code != 0) return agent.code;
   caf::anon_send(host, actors::quit_atom::value);
   std::fprintf(stderr, "ringworld worker %s: stopped\n", name.c_str());
-  _exit(g_stop && registered_once ? scheduler::kExitPreempted : 0);  // CAF's middleman threads need no goodbye
+  _exit(g_stop && agent.registered_once ? scheduler::kExitPreempted : 0);  // CAF's middleman threads need no goodbye
 }
 
 int Submit(const ClientOptions& o, const std::string& job_path, const std::vector<std::string>& overrides,
@@ -255,7 +144,7 @@ int Submit(const ClientOptions& o, const std::string& job_path, const std::vecto
   }
   std::stringstream ss;
   ss << f.rdbuf();
-  Client c(o);
+  scheduler::ApiClient c = Client(o);
   json reply;
   httplib::Headers h;
   if (!idempotency_key.empty()) h.emplace("Idempotency-Key", idempotency_key);
@@ -271,7 +160,7 @@ int Submit(const ClientOptions& o, const std::string& job_path, const std::vecto
 }
 
 int Jobs(const ClientOptions& o) {
-  Client c(o);
+  scheduler::ApiClient c = Client(o);
   json reply;
   const int status = c.Call("GET", "/v1/jobs", "", "", &reply);
   if (status != 200) return status == 0 ? 3 : 1;
@@ -283,7 +172,7 @@ int Jobs(const ClientOptions& o) {
 }
 
 int JobStatus(const ClientOptions& o, const std::string& id) {
-  Client c(o);
+  scheduler::ApiClient c = Client(o);
   json job, events;
   int status = c.Call("GET", "/v1/jobs/" + id, "", "", &job);
   if (status != 200) return status == 0 ? 3 : 1;
@@ -306,7 +195,7 @@ int JobStatus(const ClientOptions& o, const std::string& id) {
 }
 
 int Change(const ClientOptions& o, const std::string& id, const std::string& verb) {
-  Client c(o);
+  scheduler::ApiClient c = Client(o);
   json reply;
   const int status = c.Call("POST", "/v1/jobs/" + id + "/" + verb, "{}", "application/json", &reply);
   if (status != 200) return status == 0 ? 3 : 1;
@@ -318,26 +207,26 @@ int Change(const ClientOptions& o, const std::string& id, const std::string& ver
 }
 
 int Logs(const ClientOptions& o, const std::string& id, bool follow) {
-  Client c(o);
+  scheduler::ApiClient c = Client(o);
   long long offset = 0;
   for (;;) {
     json unused;
     const int status = c.Call("GET", "/v1/jobs/" + id + "/logs?offset=" + std::to_string(offset), "", "", &unused);
     if (status != 200) return status == 0 ? 3 : 1;
-    std::fwrite(c.raw.data(), 1, c.raw.size(), stdout);
+    std::fwrite(c.raw().data(), 1, c.raw().size(), stdout);
     std::fflush(stdout);
-    auto it = c.headers_out.find("X-Next-Offset");
-    if (it != c.headers_out.end()) offset = std::atoll(it->second.c_str());
-    auto st = c.headers_out.find("X-Job-State");
-    const std::string state = st == c.headers_out.end() ? "" : st->second;
+    auto it = c.headers().find("X-Next-Offset");
+    if (it != c.headers().end()) offset = std::atoll(it->second.c_str());
+    auto st = c.headers().find("X-Job-State");
+    const std::string state = st == c.headers().end() ? "" : st->second;
     const bool live = state == "QUEUED" || state == "RUNNING" || state == "PREEMPTED";
-    if (!follow || (!live && c.raw.empty())) return 0;
-    if (c.raw.empty()) std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    if (!follow || (!live && c.raw().empty())) return 0;
+    if (c.raw().empty()) std::this_thread::sleep_for(std::chrono::milliseconds(500));
   }
 }
 
 int Workers(const ClientOptions& o) {
-  Client c(o);
+  scheduler::ApiClient c = Client(o);
   json reply;
   const int status = c.Call("GET", "/v1/workers", "", "", &reply);
   if (status != 200) return status == 0 ? 3 : 1;

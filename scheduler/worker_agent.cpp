@@ -1,0 +1,61 @@
+#include "scheduler/worker_agent.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <thread>
+
+namespace rw::scheduler {
+
+using json = nlohmann::json;
+
+WorkerAgentResult RunWorkerAgent(const WorkerAgentOptions& o, const json& hello, const std::atomic<bool>& stop,
+                                 const std::function<void(const std::string&)>& abort_devices) {
+  WorkerAgentResult res;
+  ApiClient client(o.api);
+  client.set_read_timeout(15);
+  std::string id, instance;
+  double beat = 1.0;
+  std::chrono::steady_clock::time_point drain_deadline{};
+  for (;;) {
+    if (stop && drain_deadline == std::chrono::steady_clock::time_point{})
+      drain_deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(int64_t(o.grace_s * 1000));
+    json reply;
+    if (id.empty()) {
+      if (stop) break;  // never registered (or lost the daemon) and asked to stop: nothing to drain
+      const int status = client.Call("POST", "/v1/workers", hello.dump(), "application/json", &reply);
+      if (status == 201) {
+        id = reply.value("id", "");
+        instance = reply.value("instance", "");
+        beat = reply.value("heartbeat_s", 1.0);
+        res.registered_once = true;
+        std::fprintf(stderr, "ringworld worker %s: registered with daemon instance %s\n", id.c_str(), instance.c_str());
+      } else if (status == 401 || status == 400) {
+        res.code = 2;  // a wrong token or a refused registration will not get better by retrying
+        return res;
+      }
+    } else {
+      const int status = client.Call("POST", "/v1/workers/" + id + "/heartbeat",
+                                     json{{"instance", instance}, {"draining", stop.load()}}.dump(),
+                                     "application/json", &reply);
+      if (status != 200) {
+        // The daemon is gone or restarted: whatever ring it drove here has no driver any more.
+        abort_devices("lost the daemon");
+        id.clear();
+      } else if (stop && reply.value("assigned", 0) == 0) {
+        // Drained: the ring stopped with a checkpoint and the daemon released our devices. Say goodbye.
+        client.Call("POST", "/v1/workers/" + id + "/heartbeat",
+                    json{{"instance", instance}, {"draining", true}, {"leaving", true}}.dump(), "application/json", &reply);
+        break;
+      }
+    }
+    if (stop && std::chrono::steady_clock::now() > drain_deadline) {
+      std::fprintf(stderr, "ringworld worker %s: grace period of %.0f s over; exiting\n", o.name.c_str(), o.grace_s);
+      break;
+    }
+    std::this_thread::sleep_for(std::chrono::duration<double>(id.empty() ? std::max(beat, 0.5) : beat));
+  }
+  return res;
+}
+
+}  // namespace rw::scheduler
