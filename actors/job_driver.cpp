@@ -25,17 +25,18 @@ Status PlanRing(const std::string& yaml, const std::string& origin, const std::v
   out->wanted = wanted;
   out->stop_at_step = e < n ? job.stage_end_step(e - 1) : 0;
   std::string why;
+  // The job is parsed (and its files checked) once; each candidate ring is checked against its stages.
   for (int R = std::min(wanted, available); R >= std::max<int64_t>(1, job.ring.min_devices); --R) {
-    std::vector<std::string> ov = overrides;
-    for (size_t i = s; i < e; ++i) ov.push_back("stages." + std::to_string(i) + ".devices=" + std::to_string(R));
-    runtime::JobConfig shrunk;
-    Status st = runtime::ParseJobConfig(yaml, origin, ov, &shrunk);
+    Status st;
+    for (size_t i = s; i < e && st.ok(); ++i) st = job.CheckStageRing(i, R);
     if (!st.ok()) {
       if (why.empty()) why = st.message();
       continue;
     }
     out->devices = R;
-    out->overrides = std::move(ov);
+    out->overrides = overrides;
+    for (size_t i = s; i < e; ++i)
+      out->overrides.push_back("stages." + std::to_string(i) + ".devices=" + std::to_string(R));
     return Status::Ok();
   }
   return Status::Error("no valid ring: stage " + std::to_string(s) + " wants " + std::to_string(wanted) +

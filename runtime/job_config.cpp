@@ -190,6 +190,20 @@ int64_t JobConfig::total_steps() const {
   return n;
 }
 
+Status JobConfig::CheckStageRing(size_t i, int64_t devices) const {
+  const std::string at = "stages[" + std::to_string(i) + "]";
+  LayoutKind kind;
+  {
+    Status st = ParseLayout(ring.layout, &kind);
+    RW_REQUIRE(st.ok(), "ring." << st.message());
+  }
+  RW_REQUIRE(devices >= ring.min_devices, at << ".devices: " << devices << " is below ring.min_devices " << ring.min_devices);
+  Layout lay;
+  Status st = Layout::Make(kind, stages[i].seq_len, int(devices), &lay);
+  RW_REQUIRE(st.ok(), at << "." << st.message() << " (ring of " << devices << ", ring.layout = " << ring.layout << ")");
+  return Status::Ok();
+}
+
 Status JobConfig::Validate() const {
   RW_REQUIRE(!name.empty(), "name: must not be empty");
   RW_RETURN_IF_ERROR(model.Validate());
@@ -221,14 +235,8 @@ Status JobConfig::Validate() const {
     const auto& s = stages[i];
     const std::string at = "stages[" + std::to_string(i) + "]";
     RW_REQUIRE(s.seq_len >= 2, at << ".seq_len: must be >= 2, got " << s.seq_len);
-    Layout lay;
-    Status st;
     RW_REQUIRE(s.devices >= 0 && s.devices <= 1024, at << ".devices: must be in [0, 1024], got " << s.devices);
-    RW_REQUIRE(stage_devices(i) >= ring.min_devices,
-               at << ".devices: " << stage_devices(i) << " is below ring.min_devices " << ring.min_devices);
-    st = Layout::Make(kind, s.seq_len, int(stage_devices(i)), &lay);
-    RW_REQUIRE(st.ok(), at << "." << st.message() << " (ring of " << stage_devices(i) << ", ring.layout = "
-                           << ring.layout << ")");
+    RW_RETURN_IF_ERROR(CheckStageRing(i, stage_devices(i)));
     RW_REQUIRE(s.seq_len <= model.max_position_embeddings,
                at << ".seq_len: " << s.seq_len << " exceeds model.max_position_embeddings " << model.max_position_embeddings);
     RW_REQUIRE(s.rope_theta == 0 || (std::isfinite(s.rope_theta) && s.rope_theta > 1),

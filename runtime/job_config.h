@@ -59,6 +59,9 @@ struct JobConfig {
   int64_t total_steps() const;
   int64_t stage_devices(size_t i) const { return stages[i].devices > 0 ? stages[i].devices : ring.devices; }
   int64_t stage_end_step(size_t i) const;  // global step number of stage i's last step
+  // Whether stage i can run on a ring of `devices` (ring.min_devices, the layout's split of seq_len): what
+  // Validate checks of each stage's ring, and what a planner asks of a smaller one.
+  Status CheckStageRing(size_t i, int64_t devices) const;
   Status Validate() const;
 };
 

@@ -265,3 +265,40 @@ TEST(DeviceActor, DevicesInTwoProcessesFormAUcxRingDrivenOverTheMiddleman) {
 
 }  // namespace
 }  // namespace rw::actors
+
+#include "actors/job_driver.h"
+
+namespace rw::actors {
+namespace {
+
+// The planner: the stage's own ring when there are devices enough, else the largest ring >= min_devices
+// whose layout splits every stage it runs (zigzag: seq_len a multiple of 2R), and a refusal naming why.
+TEST(PlanRing, TheLargestValidRingAtOrAboveMinDevicesAndTheStagesItRuns) {
+  const std::string yaml = R"(
+name: p
+model: {hidden_size: 32, intermediate_size: 64, num_hidden_layers: 1, num_attention_heads: 4,
+        num_key_value_heads: 2, max_position_embeddings: 512}
+ring: {devices: 4, min_devices: 2, layout: zigzag}
+stages: [{seq_len: 64, steps: 3}, {seq_len: 64, steps: 2}, {seq_len: 128, steps: 2, devices: 8}]
+)";
+  RingPlan plan;
+  ASSERT_TRUE(PlanRing(yaml, "p", {}, 0, 16, &plan).ok());
+  EXPECT_EQ(plan.devices, 4);
+  EXPECT_EQ(plan.wanted, 4);
+  EXPECT_EQ(plan.stop_at_step, 5) << "stages 0 and 1 share the ring; stage 2 wants 8";
+  EXPECT_EQ(plan.overrides, (std::vector<std::string>{"stages.0.devices=4", "stages.1.devices=4"}));
+  ASSERT_TRUE(PlanRing(yaml, "p", {"seed=3"}, 0, 3, &plan).ok());
+  EXPECT_EQ(plan.devices, 2) << "3 devices: 64 tokens do not split into 2 x 3 zigzag chunks";
+  EXPECT_EQ(plan.overrides, (std::vector<std::string>{"seed=3", "stages.0.devices=2", "stages.1.devices=2"}));
+  ASSERT_TRUE(PlanRing(yaml, "p", {}, 5, 16, &plan).ok());
+  EXPECT_EQ(plan.devices, 8);
+  EXPECT_EQ(plan.stop_at_step, 0) << "the last stage runs to the end";
+  ASSERT_TRUE(PlanRing(yaml, "p", {}, 7, 16, &plan).ok());
+  EXPECT_EQ(plan.devices, 0) << "nothing left to run";
+  const Status st = PlanRing(yaml, "p", {}, 0, 1, &plan);
+  ASSERT_FALSE(st.ok());
+  EXPECT_NE(st.message().find("min_devices is 2"), std::string::npos) << st.message();
+}
+
+}  // namespace
+}  // namespace rw::actors
