@@ -346,10 +346,10 @@ Status ReadHfConfig(const std::string& path, ModelConfig* out) {
       for (const char* tk : {"rope_type", "type"})
         if (has(r, tk)) RW_RETURN_IF_ERROR(text(r, std::string(key) + "." + tk, tk, &type));
       RW_REQUIRE(type == "default", where << key << ".rope_type: '" << type
-                                          << "' is not implemented (only the default RoPE; no scaling)");
+                                          << "' is not supported (RingWorld's LLaMA has the default RoPE only; no scaling)");
       for (const auto& [k, v] : r.items()) {
         RW_REQUIRE(k == "rope_type" || k == "type" || k == "rope_theta",
-                   where << key << "." << k << ": not implemented with the default RoPE");
+                   where << key << "." << k << ": not supported with the default RoPE");
         if (k == "rope_theta" && std::string(key) == "rope_scaling") {
           double t = 0;
           RW_RETURN_IF_ERROR(number(r, "rope_scaling.rope_theta", "rope_theta", &t));
@@ -374,19 +374,19 @@ Status ReadHfConfig(const std::string& path, ModelConfig* out) {
     for (const char* key : {"attention_bias", "mlp_bias"}) {
       bool on = false;
       RW_RETURN_IF_ERROR(boolean(key, &on));
-      RW_REQUIRE(!on, where << key << ": true is not implemented (a LLaMA without biases)");
+      RW_REQUIRE(!on, where << key << ": true is not supported (RingWorld's LLaMA has no biases)");
     }
     if (has(j, "hidden_act")) {
       std::string act;
       RW_RETURN_IF_ERROR(text(j, "hidden_act", "hidden_act", &act));
-      RW_REQUIRE(act == "silu", where << "hidden_act: '" << act << "' is not implemented (SwiGLU with silu)");
+      RW_REQUIRE(act == "silu", where << "hidden_act: '" << act << "' is not supported (RingWorld's LLaMA is SwiGLU with silu)");
     }
     for (const char* key : {"sliding_window", "layer_types", "num_experts", "num_local_experts"})
-      RW_REQUIRE(!has(j, key), where << key << ": not implemented (full causal attention, dense MLP)");
+      RW_REQUIRE(!has(j, key), where << key << ": not supported (RingWorld's LLaMA has full causal attention and a dense MLP)");
     for (const char* key : {"attention_dropout", "hidden_dropout"}) {
       double p = 0;
       if (has(j, key)) RW_RETURN_IF_ERROR(number(j, key, key, &p));
-      RW_REQUIRE(p == 0, where << key << ": " << p << " is not implemented (no dropout)");
+      RW_REQUIRE(p == 0, where << key << ": " << p << " is not supported (RingWorld's LLaMA has no dropout)");
     }
   } catch (const nlohmann::json::exception& e) {
     return Status::Error(where + e.what());

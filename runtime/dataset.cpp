@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <limits>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
@@ -337,45 +338,42 @@ int64_t ShuffledWindow(const WindowIndex& w, uint64_t seed, int64_t stage, int64
   return Permute(key, n, p % n);
 }
 
+namespace {
+// The one packing loop: one sequence takes the windows at stream positions *next, *next + 1, ...
+// (window_at gives each one's index) while the next one fits and positions remain (< end); `out` (null:
+// advance only) gets them.
+template <class WindowAt>
+void PackOne(const WindowIndex& w, const WindowAt& window_at, int64_t end, int64_t* next, PackedSequence* out) {
+  int64_t used = 0;
+  for (int32_t segment = 0; *next < end; ++segment) {
+    const WindowIndex::Window win = w[window_at(*next)];
+    if (segment > 0 && used + win.inputs > w.seq_len()) break;
+    if (out) Append(w.dataset(), win, segment, *out);
+    used += win.inputs;
+    ++*next;
+  }
+}
+
+// Training: `batch` sequences from the cursor, in the shuffled stream (which never ends).
+void Pack(const WindowIndex& w, int64_t batch, DataCursor* c, std::vector<PackedSequence>* out) {
+  if (w.size() == 0) return;
+  const auto shuffled = [&](int64_t p) { return ShuffledWindow(w, c->seed, c->stage, p); };
+  for (int64_t b = 0; b < batch; ++b)
+    PackOne(w, shuffled, std::numeric_limits<int64_t>::max(), &c->next, out ? &(*out)[size_t(b)] : nullptr);
+}
+}  // namespace
+
 std::vector<PackedSequence> Dataset::PackAll(int64_t seq_len) const {
   const WindowIndex windows(*this, seq_len);
   std::vector<PackedSequence> out;
-  PackedSequence cur;
-  int32_t segment = 0;
-  for (int64_t w = 0; w < windows.size(); ++w) {
-    const WindowIndex::Window win = windows[w];
-    if (int64_t(cur.tokens.size()) + win.inputs > seq_len) {
-      cur.PadTo(seq_len);
-      out.push_back(std::move(cur));
-      cur = {};
-      segment = 0;
-    }
-    Append(*this, win, segment++, cur);
-  }
-  if (!cur.tokens.empty()) {
-    cur.PadTo(seq_len);
-    out.push_back(std::move(cur));
+  for (int64_t next = 0; next < windows.size();) {  // every window once, in document order
+    PackedSequence p;
+    PackOne(windows, [](int64_t k) { return k; }, windows.size(), &next, &p);
+    p.PadTo(seq_len);
+    out.push_back(std::move(p));
   }
   return out;
 }
-
-namespace {
-// The one packing loop: each of `batch` sequences takes windows in stream order while the next one fits;
-// `out` (null: advance only) gets them.
-void Pack(const WindowIndex& w, int64_t batch, DataCursor* c, std::vector<PackedSequence>* out) {
-  if (w.size() == 0) return;
-  for (int64_t b = 0; b < batch; ++b) {
-    int64_t used = 0;
-    for (int32_t segment = 0;; ++segment) {
-      const WindowIndex::Window win = w[ShuffledWindow(w, c->seed, c->stage, c->next)];
-      if (segment > 0 && used + win.inputs > w.seq_len()) break;
-      if (out) Append(w.dataset(), win, segment, (*out)[size_t(b)]);
-      used += win.inputs;
-      ++c->next;
-    }
-  }
-}
-}  // namespace
 
 std::vector<PackedSequence> NextBatch(const WindowIndex& w, int64_t batch, DataCursor* c) {
   std::vector<PackedSequence> out(static_cast<size_t>(batch));
