@@ -11,6 +11,10 @@ namespace rw::kernels::cpu {
 Status AttentionForward(const AttentionParams& p);
 Status AttentionBackwardPrep(const AttentionParams& p);
 Status AttentionBackward(const AttentionParams& p);
+// The bf16 forward and backward on AMX tiles (attention_amx.cpp); AttentionForward / AttentionBackward call
+// them when amx::Available().
+Status AttentionForwardAmx(const AttentionParams& p);
+Status AttentionBackwardAmx(const AttentionParams& p);
 Status AttentionMerge(DType dtype, int64_t sq, int64_t hq, int64_t d, View3 o_acc, float* lse_acc, View3 o_part,
                       const float* lse_part, void* stream);
 

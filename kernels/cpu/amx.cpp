@@ -1,0 +1,311 @@
+#include "kernels/cpu/amx.h"
+
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <string>
+
+#if defined(__x86_64__)
+// GCC 12 warns of an uninitialized __Y inside its own AVX-512 headers for the masked and reduce
+// intrinsics (a false positive of the headers' undefined-vector idiom); the state must be set before them.
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <cpuid.h>
+#include <immintrin.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#define RW_AMX_TARGET __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx512bf16")))
+#endif
+
+namespace rw::kernels::cpu::amx {
+namespace {
+
+std::atomic<bool> g_allowed{true};
+
+struct Probe {
+  bool ok = false;
+  std::string what;
+};
+
+#if defined(__x86_64__)
+// Linux keeps the AMX tile data state off until a process asks for it (arch_prctl, Linux 5.16+).
+constexpr int kArchReqXcompPerm = 0x1023;
+constexpr int kXfeatureXtileData = 18;
+
+Probe Check() {
+  Probe p;
+  unsigned a, b, c, d;
+  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return {false, "no CPUID leaf 7"};
+  const bool tile = d & (1u << 24), bf16 = d & (1u << 22);
+  unsigned a1 = 0, b1, c1, d1;
+  __get_cpuid_count(7, 1, &a1, &b1, &c1, &d1);
+  const bool avx512bf16 = a1 & (1u << 5);
+  if (!tile || !bf16) return {false, "the CPU has no AMX-BF16"};
+  if (!avx512bf16) return {false, "the CPU has AMX but no AVX512-BF16"};
+  if (syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtileData) != 0)
+    return {false, std::string("Linux refused the AMX tile state (arch_prctl: ") + std::strerror(errno) + ")"};
+  return {true, "AMX-BF16 tiles (TDPBF16PS)"};
+}
+#else
+Probe Check() { return {false, "not an x86-64 CPU"}; }
+#endif
+
+const Probe& Get() {
+  static const Probe p = [] {
+    Probe r = Check();
+    const char* env = std::getenv("RW_AMX");
+    if (r.ok && env && std::string(env) == "0") r = {false, "AMX turned off by RW_AMX=0"};
+    return r;
+  }();
+  return p;
+}
+
+#if defined(__x86_64__)
+// Palette 1: eight tiles of 16 rows x 64 bytes. Tiles 0-3 hold C, 4-5 A, 6-7 B.
+struct alignas(64) TileConfig {
+  uint8_t palette = 1;
+  uint8_t start_row = 0;
+  uint8_t reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
+
+RW_AMX_TARGET void Configure() {
+  // Other AMX users on this thread (oneDNN's GEMMs) load their own configurations, so each call loads ours.
+  static const TileConfig cfg = [] {
+    TileConfig t;
+    for (int i = 0; i < 8; ++i) {
+      t.colsb[i] = 64;
+      t.rows[i] = 16;
+    }
+    return t;
+  }();
+  _tile_loadconfig(&cfg);
+}
+
+// One 16 MT x 16 NT block of C over the whole k.
+template <int MT, int NT>
+RW_AMX_TARGET inline void Block(int64_t k, const bf16* a, int64_t lda, const bf16* b, int64_t ldb, float* c,
+                                int64_t ldc, bool accumulate) {
+  const int64_t sa = lda * 2, sb = ldb * 2, sc = ldc * 4;
+  if (accumulate) {
+    _tile_loadd(0, c, sc);
+    if constexpr (NT > 1) _tile_loadd(1, c + 16, sc);
+    if constexpr (MT > 1) _tile_loadd(2, c + 16 * ldc, sc);
+    if constexpr (MT > 1 && NT > 1) _tile_loadd(3, c + 16 * ldc + 16, sc);
+  } else {
+    _tile_zero(0);
+    if constexpr (NT > 1) _tile_zero(1);
+    if constexpr (MT > 1) _tile_zero(2);
+    if constexpr (MT > 1 && NT > 1) _tile_zero(3);
+  }
+  for (int64_t kk = 0; kk < k; kk += 32) {
+    _tile_loadd(4, a + kk, sa);
+    _tile_loadd(6, b + (kk / 2) * ldb, sb);
+    _tile_dpbf16ps(0, 4, 6);
+    if constexpr (NT > 1) {
+      _tile_loadd(7, b + (kk / 2) * ldb + 32, sb);
+      _tile_dpbf16ps(1, 4, 7);
+    }
+    if constexpr (MT > 1) {
+      _tile_loadd(5, a + 16 * lda + kk, sa);
+      _tile_dpbf16ps(2, 5, 6);
+      if constexpr (NT > 1) _tile_dpbf16ps(3, 5, 7);
+    }
+  }
+  _tile_stored(0, c, sc);
+  if constexpr (NT > 1) _tile_stored(1, c + 16, sc);
+  if constexpr (MT > 1) _tile_stored(2, c + 16 * ldc, sc);
+  if constexpr (MT > 1 && NT > 1) _tile_stored(3, c + 16 * ldc + 16, sc);
+}
+
+RW_AMX_TARGET void GemmImpl(int64_t m, int64_t n, int64_t k, const bf16* a, int64_t lda, const bf16* b,
+                            int64_t ldb, float* c, int64_t ldc, bool accumulate) {
+  Configure();
+  for (int64_t i = 0; i < m; i += 32) {
+    const bool two_m = i + 32 <= m;
+    const bf16* ai = a + i * lda;
+    for (int64_t j = 0; j < n; j += 32) {
+      const bool two_n = j + 32 <= n;
+      const bf16* bj = b + 2 * j;
+      float* cij = c + i * ldc + j;
+      if (two_m && two_n)
+        Block<2, 2>(k, ai, lda, bj, ldb, cij, ldc, accumulate);
+      else if (two_m)
+        Block<2, 1>(k, ai, lda, bj, ldb, cij, ldc, accumulate);
+      else if (two_n)
+        Block<1, 2>(k, ai, lda, bj, ldb, cij, ldc, accumulate);
+      else
+        Block<1, 1>(k, ai, lda, bj, ldb, cij, ldc, accumulate);
+    }
+  }
+}
+
+RW_AMX_TARGET void RoundRowImpl(const float* src, int64_t n, int64_t n_pad, bf16* dst) {
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m256bh h = _mm512_cvtneps_pbh(_mm512_loadu_ps(src + i));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i), reinterpret_cast<const __m256i&>(h));
+  }
+  for (; i < n; ++i) dst[i] = ToBf16(src[i]);
+  for (; i < n_pad; ++i) dst[i] = bf16{};
+}
+
+// FastExp (vec.h) on 16 lanes: the same clamp, range reduction and polynomial.
+RW_AMX_TARGET inline __m512 Exp16(__m512 x) {
+  const __m512 lo = _mm512_set1_ps(-87.3f);
+  const __mmask16 tiny = _mm512_cmp_ps_mask(x, lo, _CMP_LT_OQ);
+  const __m512 xc = _mm512_min_ps(_mm512_max_ps(x, lo), _mm512_set1_ps(88.7f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(xc, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187045e-06f),
+                                    _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), xc));
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  p = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.f)));
+  const __m512i bits = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
+  const __m512 v = _mm512_mul_ps(p, _mm512_castsi512_ps(bits));
+  return _mm512_maskz_mov_ps(__mmask16(~tiny), v);
+}
+
+RW_AMX_TARGET inline void Store16(bf16* dst, __m512 v, __mmask16 k) {
+  const __m256bh h = _mm512_cvtneps_pbh(v);
+  _mm256_mask_storeu_epi16(dst, k, reinterpret_cast<const __m256i&>(h));
+}
+
+RW_AMX_TARGET inline __mmask16 Tail(int64_t left) { return left >= 16 ? __mmask16(0xffff) : __mmask16((1u << left) - 1); }
+
+RW_AMX_TARGET void PadRow(bf16* dst, int64_t n, int64_t n_pad) {
+  if (n_pad > n) std::memset(static_cast<void*>(dst + n), 0, size_t(n_pad - n) * sizeof(bf16));
+}
+
+RW_AMX_TARGET float RowMaxImpl(const float* x, int64_t n) {
+  __m512 m = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 k = Tail(n - i);
+    m = _mm512_mask_max_ps(m, k, m, _mm512_maskz_loadu_ps(k, x + i));
+  }
+  return _mm512_reduce_max_ps(m);
+}
+
+RW_AMX_TARGET float ExpRowImpl(float* x, int64_t n, float c, float mx, bf16* out, int64_t n_pad) {
+  const __m512 vc = _mm512_set1_ps(c), vm = _mm512_set1_ps(mx);
+  __m512 sum = _mm512_setzero_ps();
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 k = Tail(n - i);
+    const __m512 e = _mm512_maskz_mov_ps(k, Exp16(_mm512_fmsub_ps(vc, _mm512_maskz_loadu_ps(k, x + i), vm)));
+    _mm512_mask_storeu_ps(x + i, k, e);
+    Store16(out + i, e, k);
+    sum = _mm512_add_ps(sum, e);
+  }
+  PadRow(out, n, n_pad);
+  return _mm512_reduce_add_ps(sum);
+}
+
+RW_AMX_TARGET void ExpRowColumnsImpl(float* x, int64_t n, float c, const float* lse, bf16* out, int64_t n_pad) {
+  const __m512 vc = _mm512_set1_ps(c), ninf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 k = Tail(n - i);
+    const __m512 l = _mm512_maskz_loadu_ps(k, lse + i);
+    const __mmask16 live = _mm512_mask_cmp_ps_mask(k, l, ninf, _CMP_NEQ_OQ);
+    const __m512 e = _mm512_maskz_mov_ps(live, Exp16(_mm512_fmsub_ps(vc, _mm512_maskz_loadu_ps(k, x + i), l)));
+    _mm512_mask_storeu_ps(x + i, k, e);
+    Store16(out + i, e, k);
+  }
+  PadRow(out, n, n_pad);
+}
+
+RW_AMX_TARGET void DsRowImpl(float* dp, const float* p, const float* delta, int64_t n, bf16* out, int64_t n_pad) {
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 k = Tail(n - i);
+    const __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, p + i),
+                                   _mm512_sub_ps(_mm512_maskz_loadu_ps(k, dp + i), _mm512_maskz_loadu_ps(k, delta + i)));
+    _mm512_mask_storeu_ps(dp + i, k, v);
+    Store16(out + i, v, k);
+  }
+  PadRow(out, n, n_pad);
+}
+#endif
+
+}  // namespace
+
+bool Available() { return Get().ok && g_allowed.load(std::memory_order_relaxed); }
+
+const char* Describe() {
+  if (Get().ok && !g_allowed.load()) return "AMX turned off by the caller";
+  return Get().what.c_str();
+}
+
+void SetAllowed(bool allowed) { g_allowed.store(allowed); }
+
+void Gemm(int64_t m, int64_t n, int64_t k, const bf16* a, int64_t lda, const bf16* b, int64_t ldb, float* c,
+          int64_t ldc, bool accumulate) {
+#if defined(__x86_64__)
+  GemmImpl(m, n, k, a, lda, b, ldb, c, ldc, accumulate);
+#else
+  (void)m, (void)n, (void)k, (void)a, (void)lda, (void)b, (void)ldb, (void)c, (void)ldc, (void)accumulate;
+  std::abort();
+#endif
+}
+
+void PackTransposed(const bf16* x, int64_t n, int64_t k, int64_t ldx, int64_t n_pad, int64_t k_pad, bf16* out) {
+  const int64_t ldo = 2 * n_pad;
+  for (int64_t pr = 0; pr < k_pad / 2; ++pr) {
+    bf16* o = out + pr * ldo;
+    const int64_t k0 = 2 * pr;
+    for (int64_t j = 0; j < n; ++j) {
+      o[2 * j] = k0 < k ? x[j * ldx + k0] : bf16{};
+      o[2 * j + 1] = k0 + 1 < k ? x[j * ldx + k0 + 1] : bf16{};
+    }
+    std::memset(static_cast<void*>(o + 2 * n), 0, size_t(2 * (n_pad - n)) * sizeof(bf16));
+  }
+}
+
+void PackRows(const bf16* x, int64_t k, int64_t n, int64_t ldx, int64_t k_pad, int64_t n_pad, bf16* out) {
+  const int64_t ldo = 2 * n_pad;
+  for (int64_t pr = 0; pr < k_pad / 2; ++pr) {
+    bf16* o = out + pr * ldo;
+    const int64_t r0 = 2 * pr;
+    const bf16* x0 = r0 < k ? x + r0 * ldx : nullptr;
+    const bf16* x1 = r0 + 1 < k ? x + (r0 + 1) * ldx : nullptr;
+    for (int64_t j = 0; j < n; ++j) {
+      o[2 * j] = x0 ? x0[j] : bf16{};
+      o[2 * j + 1] = x1 ? x1[j] : bf16{};
+    }
+    std::memset(static_cast<void*>(o + 2 * n), 0, size_t(2 * (n_pad - n)) * sizeof(bf16));
+  }
+}
+
+#if defined(__x86_64__)
+float RowMax(const float* x, int64_t n) { return RowMaxImpl(x, n); }
+float ExpRow(float* x, int64_t n, float c, float m, bf16* out, int64_t n_pad) {
+  return ExpRowImpl(x, n, c, m, out, n_pad);
+}
+void ExpRowColumns(float* x, int64_t n, float c, const float* lse, bf16* out, int64_t n_pad) {
+  ExpRowColumnsImpl(x, n, c, lse, out, n_pad);
+}
+void DsRow(float* dp, const float* p, const float* delta, int64_t n, bf16* out, int64_t n_pad) {
+  DsRowImpl(dp, p, delta, n, out, n_pad);
+}
+#else
+float RowMax(const float*, int64_t) { std::abort(); }
+float ExpRow(float*, int64_t, float, float, bf16*, int64_t) { std::abort(); }
+void ExpRowColumns(float*, int64_t, float, const float*, bf16*, int64_t) { std::abort(); }
+void DsRow(float*, const float*, const float*, int64_t, bf16*, int64_t) { std::abort(); }
+#endif
+
+void RoundRow(const float* src, int64_t n, int64_t n_pad, bf16* dst) {
+#if defined(__x86_64__)
+  if (Get().ok) return RoundRowImpl(src, n, n_pad, dst);
+#endif
+  int64_t i = 0;
+  for (; i < n; ++i) dst[i] = ToBf16(src[i]);
+  for (; i < n_pad; ++i) dst[i] = bf16{};
+}
+
+}  // namespace rw::kernels::cpu::amx
