@@ -184,6 +184,46 @@ RW_AMX_TARGET void PadRow(bf16* dst, int64_t n, int64_t n_pad) {
   if (n_pad > n) std::memset(static_cast<void*>(dst + n), 0, size_t(n_pad - n) * sizeof(bf16));
 }
 
+// A 32 x 16 block of 16-bit elements to 16 x 32: interleaving input rows 2p and 2p + 1 makes 32-bit
+// elements (in[2p][c], in[2p+1][c]); a 16 x 16 transpose of those puts (out[c][2p], out[c][2p+1]) in place.
+RW_AMX_TARGET void Transpose32x16(const bf16* in, int64_t ldi, bf16* out, int64_t ldo) {
+  alignas(64) static const uint16_t kInterleave[32] = {0, 16, 1, 17, 2,  18, 3,  19, 4,  20, 5,  21, 6,  22, 7,  23,
+                                                       8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
+  const __m512i idx = _mm512_load_si512(kInterleave);
+  __m512i r[16], t[16];
+  for (int p = 0; p < 16; ++p) {
+    const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(in + (2 * p) * ldi));
+    const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(in + (2 * p + 1) * ldi));
+    r[p] = _mm512_permutexvar_epi16(idx, _mm512_inserti64x4(_mm512_castsi256_si512(a), b, 1));
+  }
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4) {
+    r[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
+    r[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
+    r[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
+    r[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
+  }
+  for (int i = 0; i < 16; i += 8)
+    for (int j = 0; j < 4; ++j) {
+      t[i + j] = _mm512_shuffle_i32x4(r[i + j], r[i + j + 4], 0x88);
+      t[i + j + 4] = _mm512_shuffle_i32x4(r[i + j], r[i + j + 4], 0xdd);
+    }
+  for (int j = 0; j < 8; ++j) {
+    r[j] = _mm512_shuffle_i32x4(t[j], t[j + 8], 0x88);
+    r[j + 8] = _mm512_shuffle_i32x4(t[j], t[j + 8], 0xdd);
+  }
+  for (int c = 0; c < 16; ++c) _mm512_storeu_si512(out + c * ldo, r[c]);
+}
+
+RW_AMX_TARGET void TransposeBf16Impl(const bf16* in, int64_t ldi, int64_t rows, int64_t cols, bf16* out,
+                                     int64_t ldo) {
+  for (int64_t r0 = 0; r0 < rows; r0 += 32)
+    for (int64_t c0 = 0; c0 < cols; c0 += 16) Transpose32x16(in + r0 * ldi + c0, ldi, out + c0 * ldo + r0, ldo);
+}
+
 RW_AMX_TARGET float RowMaxImpl(const float* x, int64_t n) {
   __m512 m = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
   for (int64_t i = 0; i < n; i += 16) {
@@ -292,7 +332,11 @@ void ExpRowColumns(float* x, int64_t n, float c, const float* lse, bf16* out, in
 void DsRow(float* dp, const float* p, const float* delta, int64_t n, bf16* out, int64_t n_pad) {
   DsRowImpl(dp, p, delta, n, out, n_pad);
 }
+void TransposeBf16(const bf16* in, int64_t ldi, int64_t rows, int64_t cols, bf16* out, int64_t ldo) {
+  TransposeBf16Impl(in, ldi, rows, cols, out, ldo);
+}
 #else
+void TransposeBf16(const bf16*, int64_t, int64_t, int64_t, bf16*, int64_t) { std::abort(); }
 float RowMax(const float*, int64_t) { std::abort(); }
 float ExpRow(float*, int64_t, float, float, bf16*, int64_t) { std::abort(); }
 void ExpRowColumns(float*, int64_t, float, const float*, bf16*, int64_t) { std::abort(); }

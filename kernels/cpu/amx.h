@@ -56,6 +56,8 @@ float RowMax(const float* x, int64_t n);
 float ExpRow(float* x, int64_t n, float c, float m, bf16* out, int64_t n_pad);
 // x[r] = exp(c x[r] - lse[r]), 0 where lse[r] = -inf (a query row that sees nothing).
 void ExpRowColumns(float* x, int64_t n, float c, const float* lse, bf16* out, int64_t n_pad);
+// out[c * ldo + r] = in[r * ldi + c] for r < rows, c < cols: rows a multiple of 32, cols of 16.
+void TransposeBf16(const bf16* in, int64_t ldi, int64_t rows, int64_t cols, bf16* out, int64_t ldo);
 // dp[r] = p[r] (dp[r] - delta[r]).
 void DsRow(float* dp, const float* p, const float* delta, int64_t n, bf16* out, int64_t n_pad);
 

@@ -217,7 +217,7 @@ Status AttentionBackwardAmx(const AttentionParams& p) {
     std::vector<float>& st = Scratch<float, struct AmxBwdSt>(size_t(bk16 * r16));   // S^T, then P^T (fp32)
     std::vector<float>& dpt = Scratch<float, struct AmxBwdDpt>(size_t(bk16 * r16)); // dP^T
     std::vector<bf16>& pt = Scratch<bf16, struct AmxBwdPt>(size_t(bk16 * r32));     // P^T rounded
-    std::vector<bf16>& dst = Scratch<bf16, struct AmxBwdDst>(size_t(bk16 * r32));   // dS^T rounded
+    std::vector<bf16>& dst = Scratch<bf16, struct AmxBwdDst>(size_t(bk32 * r32));   // dS^T rounded
     std::vector<bf16>& ds = Scratch<bf16, struct AmxBwdDs>(size_t(r16 * bk32));     // dS rounded
     std::vector<float>& dqp = Scratch<float, struct AmxBwdDq>(size_t(r16 * dn));
     std::vector<float>& dk_acc = Scratch<float, struct AmxBwdDk>(size_t(bk16 * dn));
@@ -262,12 +262,8 @@ Status AttentionBackwardAmx(const AttentionParams& p) {
           const float* pr = st.data() + j * r16;
           amx::DsRow(dr, pr, delta.data(), rows, dst.data() + j * r32, rows32);
         }
-        for (int64_t j = nk; j < nk16; ++j) std::fill_n(dst.data() + j * r32, rows32, bf16{});
-        for (int64_t r = 0; r < rows16; ++r) {
-          bf16* out = ds.data() + r * bk32;
-          for (int64_t j = 0; j < nk16; ++j) out[j] = dst[j * r32 + r];
-          std::fill(out + nk16, out + nk32, bf16{});
-        }
+        for (int64_t j = nk; j < nk32; ++j) std::fill_n(dst.data() + j * r32, rows32, bf16{});
+        amx::TransposeBf16(dst.data(), r32, nk32, rows16, ds.data(), bk32);
         // dK += dS^T Q (times c at the end);  dQ += c dS K, added in key-block order.
         amx::Gemm(nk16, dn, rows32, dst.data(), r32, qrp.data() + qblk * qr, 2 * dn, dk_acc.data(), dn, true);
         amx::Gemm(rows16, dn, nk32, ds.data(), bk32, kr.data() + blk * krows, 2 * dn, dqp.data(), dn, false);
