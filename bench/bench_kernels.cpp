@@ -107,6 +107,7 @@ void BenchCpu(const Options& opt) {
   std::printf("machine: %d threads, BLAS: %s\n", threads, cpu::BlasName());
   std::printf("ceilings (median, %d threads): fp32 sgemm 2048^3 = %.1f GFLOP/s; bf16 GEMM 2048^3 (%s) = %.1f GFLOP/s\n\n",
               threads, sgemm, cpu::Bf16GemmPath(), bgemm);
+  std::printf("bf16 attention: %s\n\n", cpu::Bf16AttentionPath().c_str());
   std::printf("%-6s %-4s %-3s %-6s %-5s | %-9s %-6s | %-9s %-6s | %-9s %-6s\n", "S", "D", "H", "causal", "dtype",
               "fwd GF/s", "/ceil", "bwd GF/s", "/ceil", "naive GF/s", "/sgemm");
   for (int64_t s : opt.s)

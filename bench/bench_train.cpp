@@ -55,6 +55,7 @@ int main(int argc, char** argv) {
   const double sgemm = rw::bench::SgemmCeiling(cores), bgemm = rw::bench::Bf16Ceiling(cores);
   std::printf("machine: %d cores; ceilings 2048^3: fp32 sgemm (%s) %.1f GFLOP/s, bf16 GEMM (%s) %.1f GFLOP/s\n",
               cores, rw::kernels::cpu::BlasName(), sgemm, rw::kernels::cpu::Bf16GemmPath(), bgemm);
+  std::printf("bf16 attention: %s\n", rw::kernels::cpu::Bf16AttentionPath().c_str());
   std::printf("%-6s %-6s %-3s %-5s | %-10s %-10s %-12s %-8s %-8s\n", "model", "seq", "R", "prec", "step s",
               "tokens/s", "model GF/s", "MFU", "peak GiB");
   const std::vector<Shape> shapes = {{"tiny", 128, 352, 4, 8, 4}, {"small", 512, 1408, 4, 8, 4}};

@@ -41,7 +41,9 @@ std::string StepMetrics::ToJson() const {
 }
 
 std::string ComputePath(const JobConfig& job) {
-  if (job.precision == "bf16") return std::string("precision bf16: GEMMs by ") + kernels::cpu::Bf16GemmPath();
+  if (job.precision == "bf16")
+    return std::string("precision bf16: GEMMs by ") + kernels::cpu::Bf16GemmPath() + "; attention by " +
+           kernels::cpu::Bf16AttentionPath();
   return std::string("precision fp32: GEMMs by ") + kernels::cpu::BlasName();
 }
 

@@ -34,11 +34,15 @@ namespace {
 using amx::Up16;
 using amx::Up32;
 
-// The transposed mask of a block of S^T (key rows j < nk, query columns gi * nq + i).
+// The transposed mask of a block of S^T (key rows j < nk, query columns gi * nq + i). The query token arrays
+// go in the thread's mask scratch, reserved by MaskScratch at the start of its parallel region: a thread
+// whose first masked block comes in a later call then allocates nothing there.
+std::vector<int64_t>& MaskQueryIndex(size_t n) { return Scratch<int64_t, struct MaskTQIndex>(n); }
+std::vector<int32_t>& MaskQuerySegment(size_t n) { return Scratch<int32_t, struct MaskTQSegment>(n); }
 void ApplyMaskTransposed(const AttentionParams& p, int64_t q0, int64_t nq, int64_t k0, int64_t nk, int64_t group,
                          float* st, int64_t ld) {
-  std::vector<int64_t>& qidx = Scratch<int64_t, struct MaskTQIndex>(size_t(nq));
-  std::vector<int32_t>& qseg = Scratch<int32_t, struct MaskTQSegment>(size_t(nq));
+  std::vector<int64_t>& qidx = MaskQueryIndex(size_t(nq));
+  std::vector<int32_t>& qseg = MaskQuerySegment(size_t(nq));
   for (int64_t i = 0; i < nq; ++i) {
     qidx[i] = p.q_tok.Index(q0 + i);
     qseg[i] = p.q_tok.Segment(q0 + i);
@@ -83,6 +87,7 @@ Status AttentionForwardAmx(const AttentionParams& p) {
       amx::PackTransposed(p.k.at<bf16>(k0, hk), nk, d, p.k.stride_s, bk16, dp, kpack.data() + t * kblock);
       amx::PackRows(p.v.at<bf16>(k0, hk), nk, d, p.v.stride_s, bk32, dn, vpack.data() + t * vblock);
     }
+    ReserveMaskScratch(bk);
     std::vector<bf16>& qt = Scratch<bf16, struct AmxFwdQ>(size_t(r16 * dp));
     std::vector<bf16>& pt = Scratch<bf16, struct AmxFwdP>(size_t(r16 * bk32));
     std::vector<float>& s = Scratch<float, struct AmxFwdS>(size_t(r16 * bk16));
@@ -214,6 +219,8 @@ Status AttentionBackwardAmx(const AttentionParams& p) {
       amx::PackRows(tile.data(), rows, d, d, r32, dn, grp.data() + t * qr);
     }
     // Each thread's tiles; every one is written before it is read.
+    MaskQueryIndex(size_t(bq));
+    MaskQuerySegment(size_t(bq));
     std::vector<float>& st = Scratch<float, struct AmxBwdSt>(size_t(bk16 * r16));   // S^T, then P^T (fp32)
     std::vector<float>& dpt = Scratch<float, struct AmxBwdDpt>(size_t(bk16 * r16)); // dP^T
     std::vector<bf16>& pt = Scratch<bf16, struct AmxBwdPt>(size_t(bk16 * r32));     // P^T rounded

@@ -55,10 +55,19 @@ BlockKind Classify(const AttentionParams& p, const BlockBounds& q, const BlockBo
 
 // Per-row mask of a block: -inf where query i may not see key j. Token arrays are gathered once per
 // block so the inner loop is over plain arrays.
+std::vector<int64_t>& MaskKeyIndex(size_t n) { return Scratch<int64_t, struct MaskIndex>(n); }
+std::vector<int32_t>& MaskKeySegment(size_t n) { return Scratch<int32_t, struct MaskSegment>(n); }
+// A kernel's parallel region reserves the mask's scratch for its largest key block on every thread, so a
+// thread whose first masked block comes in a later call allocates nothing then.
+[[maybe_unused]] void ReserveMaskScratch(int64_t block_k) {
+  MaskKeyIndex(size_t(block_k));
+  MaskKeySegment(size_t(block_k));
+}
+
 void ApplyMask(const AttentionParams& p, int64_t q0, int64_t nq, int64_t k0, int64_t nk, int64_t group,
                float* s, int64_t lds) {
-  std::vector<int64_t>& kidx = Scratch<int64_t, struct MaskIndex>(size_t(nk));
-  std::vector<int32_t>& kseg = Scratch<int32_t, struct MaskSegment>(size_t(nk));
+  std::vector<int64_t>& kidx = MaskKeyIndex(size_t(nk));
+  std::vector<int32_t>& kseg = MaskKeySegment(size_t(nk));
   for (int64_t j = 0; j < nk; ++j) {
     kidx[j] = p.k_tok.Index(k0 + j);
     kseg[j] = p.k_tok.Segment(k0 + j);

@@ -66,6 +66,7 @@ Status Forward(const AttentionParams& p) {
     // Each thread's tiles, kept from call to call (kernels/cpu/scratch.h); every one is written before read.
     std::vector<T>& qt = Scratch<T, struct FwdQ>(size_t(group * bq * d));
     std::vector<T>& pt = Scratch<T, struct FwdP>(std::is_same_v<T, float> ? 0 : size_t(group * bq * bk));
+    ReserveMaskScratch(bk);
     std::vector<float>& s = Scratch<float, struct FwdS>(size_t(group * bq * bk));
     std::vector<float>& acc = Scratch<float, struct FwdAcc>(size_t(group * bq * d));
     std::vector<float>& m = Scratch<float, struct FwdMax>(size_t(group * bq));
@@ -198,6 +199,7 @@ Status Backward(const AttentionParams& p) {
     std::vector<T>& gt = Scratch<T, struct BwdDout>(rmax * d);
     std::vector<T>& pt = Scratch<T, struct BwdP>(pn);
     std::vector<T>& dst = Scratch<T, struct BwdDs>(pn);
+    ReserveMaskScratch(bk);
     std::vector<float>& s = Scratch<float, struct BwdS>(rmax * bk);
     std::vector<float>& dp = Scratch<float, struct BwdDp>(rmax * bk);
     std::vector<float>& dqp = Scratch<float, struct BwdDqPart>(rmax * d);
@@ -279,6 +281,11 @@ Status Backward(const AttentionParams& p) {
 }
 
 }  // namespace
+
+std::string Bf16AttentionPath() {
+  if (amx::Available()) return std::string("AMX tile products (") + amx::Describe() + ")";
+  return std::string("block products by the bf16 GEMM (no AMX: ") + amx::Describe() + ")";
+}
 
 Status AttentionForward(const AttentionParams& p) {
   if (p.dtype == DType::kBF16) return amx::Available() ? AttentionForwardAmx(p) : Forward<bf16>(p);

@@ -7,6 +7,8 @@
 // through sgemm (the same products, exact: every bf16 is an fp32). Accumulation is fp32 either way.
 #pragma once
 
+#include <string>
+
 #include <cstdint>
 
 #include "kernels/common.h"
@@ -51,6 +53,8 @@ const char* BlasName();
 // Which path bf16 GEMMs take on this CPU, e.g. "oneDNN 2.6.3 brg:avx512_core_bf16" or
 // "fp32 sgemm on widened bf16 (no oneDNN bf16 kernel for this CPU)". Decided once per process.
 const char* Bf16GemmPath();
+// Which path bf16 attention's block products take on this CPU (AMX tiles, or the bf16 GEMM above), and why.
+std::string Bf16AttentionPath();
 
 // True when bf16 GEMMs run in a library (oneDNN) rather than the widened fallback.
 bool Bf16GemmHasLibrary();
