@@ -45,7 +45,7 @@ def main():
                 loss.backward()
                 opt.step()
                 opt.zero_grad(set_to_none=True)
-                if step > 0:
+                if step > 0 or args.steps == 1:  # one step: time it (warm-up included)
                     times.append(time.perf_counter() - t0)
             t = statistics.median(times)
             print(f"{L:>6} {prec:>5} | {t:8.3f} {L / t:9.0f}", flush=True)

@@ -230,13 +230,12 @@ RW_AMX_TARGET float RowMaxImpl(const float* x, int64_t n) {
   return _mm512_reduce_max_ps(m);
 }
 
-RW_AMX_TARGET float ExpRowImpl(float* x, int64_t n, float c, float mx, bf16* out, int64_t n_pad) {
+RW_AMX_TARGET float ExpRowImpl(const float* x, int64_t n, float c, float mx, bf16* out, int64_t n_pad) {
   const __m512 vc = _mm512_set1_ps(c), vm = _mm512_set1_ps(mx);
   __m512 sum = _mm512_setzero_ps();
   for (int64_t i = 0; i < n; i += 16) {
     const __mmask16 k = Tail(n - i);
     const __m512 e = _mm512_maskz_mov_ps(k, Exp16(_mm512_fmsub_ps(vc, _mm512_maskz_loadu_ps(k, x + i), vm)));
-    _mm512_mask_storeu_ps(x + i, k, e);
     Store16(out + i, e, k);
     sum = _mm512_add_ps(sum, e);
   }
@@ -257,12 +256,11 @@ RW_AMX_TARGET void ExpRowColumnsImpl(float* x, int64_t n, float c, const float* 
   PadRow(out, n, n_pad);
 }
 
-RW_AMX_TARGET void DsRowImpl(float* dp, const float* p, const float* delta, int64_t n, bf16* out, int64_t n_pad) {
+RW_AMX_TARGET void DsRowImpl(const float* dp, const float* p, const float* delta, int64_t n, bf16* out, int64_t n_pad) {
   for (int64_t i = 0; i < n; i += 16) {
     const __mmask16 k = Tail(n - i);
     const __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, p + i),
                                    _mm512_sub_ps(_mm512_maskz_loadu_ps(k, dp + i), _mm512_maskz_loadu_ps(k, delta + i)));
-    _mm512_mask_storeu_ps(dp + i, k, v);
     Store16(out + i, v, k);
   }
   PadRow(out, n, n_pad);
@@ -320,13 +318,13 @@ void PackRows(const bf16* x, int64_t k, int64_t n, int64_t ldx, int64_t k_pad, i
 
 #if defined(__x86_64__)
 float RowMax(const float* x, int64_t n) { return RowMaxImpl(x, n); }
-float ExpRow(float* x, int64_t n, float c, float m, bf16* out, int64_t n_pad) {
+float ExpRow(const float* x, int64_t n, float c, float m, bf16* out, int64_t n_pad) {
   return ExpRowImpl(x, n, c, m, out, n_pad);
 }
 void ExpRowColumns(float* x, int64_t n, float c, const float* lse, bf16* out, int64_t n_pad) {
   ExpRowColumnsImpl(x, n, c, lse, out, n_pad);
 }
-void DsRow(float* dp, const float* p, const float* delta, int64_t n, bf16* out, int64_t n_pad) {
+void DsRow(const float* dp, const float* p, const float* delta, int64_t n, bf16* out, int64_t n_pad) {
   DsRowImpl(dp, p, delta, n, out, n_pad);
 }
 void TransposeBf16(const bf16* in, int64_t ldi, int64_t rows, int64_t cols, bf16* out, int64_t ldo) {
@@ -335,9 +333,9 @@ void TransposeBf16(const bf16* in, int64_t ldi, int64_t rows, int64_t cols, bf16
 #else
 void TransposeBf16(const bf16*, int64_t, int64_t, int64_t, bf16*, int64_t) { std::abort(); }
 float RowMax(const float*, int64_t) { std::abort(); }
-float ExpRow(float*, int64_t, float, float, bf16*, int64_t) { std::abort(); }
+float ExpRow(const float*, int64_t, float, float, bf16*, int64_t) { std::abort(); }
 void ExpRowColumns(float*, int64_t, float, const float*, bf16*, int64_t) { std::abort(); }
-void DsRow(float*, const float*, const float*, int64_t, bf16*, int64_t) { std::abort(); }
+void DsRow(const float*, const float*, const float*, int64_t, bf16*, int64_t) { std::abort(); }
 #endif
 
 void RoundRow(const float* src, int64_t n, int64_t n_pad, bf16* dst) {

@@ -52,13 +52,13 @@ void RoundRow(const float* src, int64_t n, int64_t n_pad, bf16* dst);
 // up to n_pad) as the next product's operand. exp is 16 lanes at a time, within 2e-7 relative (amx.cpp).
 // max over x[0, n) (-inf when n = 0).
 float RowMax(const float* x, int64_t n);
-// x = exp(c x - m) in place; returns the fp32 sum of x.
-float ExpRow(float* x, int64_t n, float c, float m, bf16* out, int64_t n_pad);
-// x[r] = exp(c x[r] - lse[r]), 0 where lse[r] = -inf (a query row that sees nothing).
+// out = bf16(exp(c x - m)); returns the fp32 sum of the unrounded values.
+float ExpRow(const float* x, int64_t n, float c, float m, bf16* out, int64_t n_pad);
+// x[r] = exp(c x[r] - lse[r]) in place (fp32, for DsRow), 0 where lse[r] = -inf (a row that sees nothing).
 void ExpRowColumns(float* x, int64_t n, float c, const float* lse, bf16* out, int64_t n_pad);
 // out[c * ldo + r] = in[r * ldi + c] for r < rows, c < cols: rows a multiple of 32, cols of 16.
 void TransposeBf16(const bf16* in, int64_t ldi, int64_t rows, int64_t cols, bf16* out, int64_t ldo);
-// dp[r] = p[r] (dp[r] - delta[r]).
-void DsRow(float* dp, const float* p, const float* delta, int64_t n, bf16* out, int64_t n_pad);
+// out = bf16(p[r] (dp[r] - delta[r])).
+void DsRow(const float* dp, const float* p, const float* delta, int64_t n, bf16* out, int64_t n_pad);
 
 }  // namespace rw::kernels::cpu::amx

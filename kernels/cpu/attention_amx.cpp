@@ -265,7 +265,7 @@ Status AttentionBackwardAmx(const AttentionParams& p) {
                   false);
         // dS^T = P^T (dP^T - delta), rounded; dS, its transpose, for dQ.
         for (int64_t j = 0; j < nk; ++j) {
-          float* dr = dpt.data() + j * r16;
+          const float* dr = dpt.data() + j * r16;
           const float* pr = st.data() + j * r16;
           amx::DsRow(dr, pr, delta.data(), rows, dst.data() + j * r32, rows32);
         }

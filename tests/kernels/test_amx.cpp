@@ -98,11 +98,14 @@ TEST(Amx, TransposeAndRowPassesMatchScalarCode) {
     const double w = std::exp(double(c) * x[i] - m);
     const double wc = lse[i] == -std::numeric_limits<float>::infinity() ? 0.0 : std::exp(double(c) * x[i] - lse[i]);
     want_sum += w;
-    max_rel = std::max({max_rel, std::abs(e[i] - w) / std::max(w, 1e-30), std::abs(ec[i] - wc) / std::max(wc, 1e-30)});
-    EXPECT_EQ(eb[i].bits, kernels::ToBf16(e[i]).bits) << i;
+    max_rel = std::max(max_rel, std::abs(ec[i] - wc) / std::max(wc, 1e-30));
     EXPECT_EQ(ecb[i].bits, kernels::ToBf16(ec[i]).bits) << i;
+    // ExpRow leaves x and writes only the rounded value: within half a bf16 ulp of the exact one, and the
+    // polynomial's error.
+    EXPECT_LE(std::abs(kernels::ToFloat(eb[i]) - w), w * (1.0 / 256 + 2e-6)) << i;
+    EXPECT_EQ(e[i], x[i]) << i;
   }
-  EXPECT_EQ(e[3], 0.f);
+  EXPECT_EQ(eb[3].bits, 0);
   EXPECT_EQ(ec[5], 0.f);
   for (int64_t i = n; i < n_pad; ++i) EXPECT_EQ(eb[i].bits, 0) << "padding " << i;
   std::printf("  exp rows: max relative error %.3e, sum %.6f vs %.6f\n", max_rel, sum, want_sum);
@@ -114,10 +117,7 @@ TEST(Amx, TransposeAndRowPassesMatchScalarCode) {
   for (int64_t i = 0; i < n; ++i) want[i] = p[i] * (dp[i] - delta[i]);
   std::vector<bf16> db(size_t(n_pad), bf16{0x1234});
   amx::DsRow(dp.data(), p.data(), delta.data(), n, db.data(), n_pad);
-  for (int64_t i = 0; i < n; ++i) {
-    EXPECT_EQ(dp[i], want[i]) << i;
-    EXPECT_EQ(db[i].bits, kernels::ToBf16(want[i]).bits) << i;
-  }
+  for (int64_t i = 0; i < n; ++i) EXPECT_EQ(db[i].bits, kernels::ToBf16(want[i]).bits) << i;
   for (int64_t i = n; i < n_pad; ++i) EXPECT_EQ(db[i].bits, 0) << "padding " << i;
 }
 
