@@ -155,6 +155,7 @@ Status RingAttentionForward(Transport& t, const RingAttentionConfig& c, const Ri
   std::fill(lse, lse + rows, -std::numeric_limits<float>::infinity());
   float* const o_part = Room(buf.o_part, rows * c.d);
   float* const lse_part = Room(buf.lse_part, rows);
+  bool merged_any = false;
 
   for (int s = 0; s < R; ++s) {
     Request rr, sr;
@@ -167,12 +168,16 @@ Status RingAttentionForward(Transport& t, const RingAttentionConfig& c, const Ri
     } else {
       const auto c0 = Clock::now();
       AttentionParams p = Params(c, sh, cur);
-      p.o = kernels::Dense3(o_part, c.hq, c.d);
-      p.lse = lse_part;
+      // The first block computed writes the running (O, lse) itself: merging a partial into (0, -inf) gives
+      // the partial bit for bit, so the merge pass (one read and write of O) is only for the later blocks.
+      p.o = kernels::Dense3(merged_any ? o_part : o, c.hq, c.d);
+      p.lse = merged_any ? lse_part : lse;
       RW_RETURN_IF_ERROR(kernels::AttentionForward(p));
-      RW_RETURN_IF_ERROR(kernels::AttentionMerge(c.device, kernels::DType::kF32, c.s, c.hq, c.d,
-                                                 kernels::Dense3(o, c.hq, c.d), lse,
-                                                 kernels::Dense3(o_part, c.hq, c.d), lse_part));
+      if (merged_any)
+        RW_RETURN_IF_ERROR(kernels::AttentionMerge(c.device, kernels::DType::kF32, c.s, c.hq, c.d,
+                                                   kernels::Dense3(o, c.hq, c.d), lse,
+                                                   kernels::Dense3(o_part, c.hq, c.d), lse_part));
+      merged_any = true;
       st.compute_seconds += Seconds(c0, Clock::now());
       ++st.blocks_computed;
     }

@@ -158,21 +158,72 @@ Status RmsNormBackward(const Exec& ex, int64_t n, int64_t e, const float* x, con
   return Status::Ok();
 }
 
+// The cos/sin table of a rotation, kept by the calling thread (a rank) for the next call with the same
+// positions, theta, d and direction: a layer's q and k, every layer of a step, and the backward rotate by the
+// same positions, so a step computes each table once instead of 4 x layers times. The angles are fp64 (so
+// positions up to ~1M keep their precision) and the table holds exactly the values the loop used to compute
+// per call: results are bitwise the same. Tables over kMaxRopeCacheBytes are computed per call.
+struct RopeTable {
+  double theta = 0;
+  int64_t d = 0;
+  bool inverse = false;
+  std::vector<int64_t> pos;
+  std::vector<float> cs, sn;  // (s, d / 2)
+};
+constexpr size_t kMaxRopeCacheBytes = size_t(64) << 20;
+
+const RopeTable* CachedRopeTable(int nt, int64_t s, int64_t d, const int64_t* pos, double theta, bool inverse) {
+  const int64_t half = d / 2;
+  if (size_t(s) * size_t(half) * 2 * sizeof(float) > kMaxRopeCacheBytes) return nullptr;
+  thread_local RopeTable tables[2];  // forward and inverse
+  RopeTable& t = tables[inverse ? 1 : 0];
+  if (t.theta == theta && t.d == d && t.inverse == inverse && t.pos.size() == size_t(s) &&
+      std::equal(pos, pos + s, t.pos.begin()))
+    return &t;
+  t.theta = theta;
+  t.d = d;
+  t.inverse = inverse;
+  t.pos.assign(pos, pos + s);
+  t.cs.resize(size_t(s * half));
+  t.sn.resize(size_t(s * half));
+  std::vector<double>& inv_freq = Scratch<double, struct RopeFreq>(size_t(half));
+  for (int64_t i = 0; i < half; ++i) inv_freq[i] = std::pow(theta, -2.0 * double(i) / double(d));
+  float* const cs = t.cs.data();
+  float* const sn = t.sn.data();
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (int64_t r = 0; r < s; ++r)
+    for (int64_t i = 0; i < half; ++i) {
+      const double a = double(pos[r]) * inv_freq[i];
+      cs[r * half + i] = float(std::cos(a));
+      sn[r * half + i] = float(inverse ? -std::sin(a) : std::sin(a));
+    }
+  return &t;
+}
+
 Status Rope(const Exec& ex, int64_t s, int64_t h, int64_t d, View3 x, View3 y, const int64_t* pos,
           double theta, bool inverse) {
   const int64_t half = d / 2;
+  const RopeTable* table = CachedRopeTable(Threads(ex), s, d, pos, theta, inverse);
   std::vector<double>& inv_freq = Scratch<double, struct RopeFreq>(size_t(half));
-  for (int64_t i = 0; i < half; ++i) inv_freq[i] = std::pow(theta, -2.0 * double(i) / double(d));
+  if (!table)
+    for (int64_t i = 0; i < half; ++i) inv_freq[i] = std::pow(theta, -2.0 * double(i) / double(d));
 #pragma omp parallel num_threads(Threads(ex))
   {
-    std::vector<float>& cs = Scratch<float, struct RopeCos>(size_t(half));
-    std::vector<float>& sn = Scratch<float, struct RopeSin>(size_t(half));
+    std::vector<float>& cs_row = Scratch<float, struct RopeCos>(size_t(half));
+    std::vector<float>& sn_row = Scratch<float, struct RopeSin>(size_t(half));
 #pragma omp for schedule(static)
     for (int64_t t = 0; t < s; ++t) {
-      for (int64_t i = 0; i < half; ++i) {
-        const double a = double(pos[t]) * inv_freq[i];  // fp64: positions up to ~1M keep precision
-        cs[i] = float(std::cos(a));
-        sn[i] = float(inverse ? -std::sin(a) : std::sin(a));
+      const float* cs = cs_row.data();
+      const float* sn = sn_row.data();
+      if (table) {
+        cs = table->cs.data() + t * half;
+        sn = table->sn.data() + t * half;
+      } else {
+        for (int64_t i = 0; i < half; ++i) {
+          const double a = double(pos[t]) * inv_freq[i];  // fp64: positions up to ~1M keep precision
+          cs_row[i] = float(std::cos(a));
+          sn_row[i] = float(inverse ? -std::sin(a) : std::sin(a));
+        }
       }
       for (int64_t hh = 0; hh < h; ++hh) {
         const float* in = x.at<float>(t, hh);
