@@ -69,7 +69,8 @@ lane_actor::behavior_type Lane(lane_actor::pointer) {
         rep.rank = t->rank();
         const runtime::SamplingConfig s{task.temperature, task.top_k, task.top_p, task.seed};
         const kernels::Status st =
-            runtime::GenerateRank(*t, task.checkpoint, task.prompt, s, task.max_tokens, task.eos, task.layout, &rep.tokens);
+            runtime::GenerateRank(*t, task.checkpoint, task.prompt, s, task.max_tokens, task.eos, task.layout,
+                                  kernels::Exec{kernels::Device::kCpu, 1}, &rep.tokens);
         rep.ok = st.ok();
         rep.error = st.message();
         return rep;

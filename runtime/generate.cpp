@@ -16,8 +16,8 @@ Status SamplingConfig::Validate() const {
   return Status::Ok();
 }
 
-Decoder::Decoder(const ModelConfig& c, const ParamTable& t, const float* params, int num_threads)
-    : c_(c), t_(t), p_(params), ex_{kernels::Device::kCpu, num_threads}, k_cache_(c.num_hidden_layers),
+Decoder::Decoder(const ModelConfig& c, const ParamTable& t, const float* params, kernels::Exec ex)
+    : c_(c), t_(t), p_(params), ex_(ex), k_cache_(c.num_hidden_layers),
       v_cache_(c.num_hidden_layers) {}
 
 Status DecodeToken(const ModelConfig& c, const ParamTable& t, const float* p, const kernels::Exec& ex, int32_t token,
@@ -61,7 +61,7 @@ Status Decoder::Step(int32_t token, std::vector<float>* logits) {
     kc.insert(kc.end(), k, k + HKV * D);
     vc.insert(vc.end(), v, v + HKV * D);
     kernels::AttentionParams a;
-    a.device = kernels::Device::kCpu;
+    a.device = ex_.device;
     a.sq = 1;
     a.sk = pos + 1;
     a.hq = H;

@@ -31,7 +31,8 @@ Status DecodeToken(const ModelConfig& c, const ParamTable& t, const float* param
 
 class Decoder {
  public:
-  Decoder(const ModelConfig& c, const ParamTable& t, const float* params, int num_threads = 1);
+  // `ex`: the device and kernel threads (host-memory devices: the KV cache is a host array).
+  Decoder(const ModelConfig& c, const ParamTable& t, const float* params, kernels::Exec ex);
   // Feeds one token at the next position; fills `logits` (vocab) for the token after it.
   Status Step(int32_t token, std::vector<float>* logits);
   int64_t position() const { return pos_; }

@@ -62,7 +62,7 @@ Status NeedleRank(Transport& t, const std::string& checkpoint_dir, const NeedleC
       int64_t correct = 0;
       for (int64_t trial = 0; trial < cfg.trials; ++trial) {
         const NeedleDocument d = MakeNeedle(*tok, Mix(cfg.seed * 0x9E3779B97F4A7C15ull + ++doc), length, depth);
-        RingDecoder dec(t, model, table, params.data(), cfg.num_threads, /*job_tag=*/doc);
+        RingDecoder dec(t, model, table, params.data(), kernels::Exec{cfg.device, cfg.num_threads}, /*job_tag=*/doc);
         std::vector<float> logits;
         RW_RETURN_IF_ERROR(dec.Prefill(d.prompt, kind, &logits));
         std::vector<int32_t> answer;

@@ -19,6 +19,7 @@ struct NeedleConfig {
   uint64_t seed = 1;
   std::string layout = "zigzag";
   int num_threads = 1;
+  kernels::Device device = kernels::Device::kCpu;  // the rank's device: prefill and decoding run on its backend
   Status Validate() const;  // errors name the option (--lengths, --depths, --trials, --layout)
 };
 

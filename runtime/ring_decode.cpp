@@ -15,8 +15,8 @@ constexpr uint32_t kDecodeStepBase = 1u << 30;  // decode tags stay clear of the
 }
 
 RingDecoder::RingDecoder(Transport& t, const ModelConfig& c, const ParamTable& table, const float* params,
-                         int num_threads, uint64_t job_tag)
-    : t_(t), c_(c), tb_(table), p_(params), threads_(num_threads), job_(job_tag) {}
+                         kernels::Exec ex, uint64_t job_tag)
+    : t_(t), c_(c), tb_(table), p_(params), ex_(ex), job_(job_tag) {}
 
 Status RingDecoder::Prefill(const std::vector<int32_t>& prompt, LayoutKind kind, std::vector<float>* logits) {
   const int R = t_.size();
@@ -40,7 +40,8 @@ Status RingDecoder::Prefill(const std::vector<int32_t>& prompt, LayoutKind kind,
   }
   const ShardBatch shard = ShardOf(seq, layout, t_.rank());
   ModelExec mx;
-  mx.num_threads = threads_;
+  mx.device = ex_.device;
+  mx.num_threads = ex_.num_threads;
   mx.tag.job = job_;
   mx.tag.step = step_++;
   std::vector<float> hidden;
@@ -50,7 +51,7 @@ Status RingDecoder::Prefill(const std::vector<int32_t>& prompt, LayoutKind kind,
   logits->assign(V, 0.f);
   for (size_t i = 0; i < shard.index.size(); ++i)
     if (shard.index[i] == n - 1)
-      RW_RETURN_IF_ERROR(kernels::LinearForward(kernels::Exec{kernels::Device::kCpu, threads_}, 1, E, V,
+      RW_RETURN_IF_ERROR(kernels::LinearForward(ex_, 1, E, V,
                                                 hidden.data() + i * E, p_ + tb_.lm_head, logits->data()));
   RW_RETURN_IF_ERROR(t_.AllReduceSum(logits->data(), size_t(V), MsgTag{job_, 0, kDecodeStepBase - 1, 0, 0}));
   pos_ = n;
@@ -82,7 +83,7 @@ Status RingDecoder::Step(int32_t token, std::vector<float>* logits) {
     // This rank's partial attention over its cache rows.
     float* mine = parts.data() + size_t(rank) * part;
     kernels::AttentionParams a;
-    a.device = kernels::Device::kCpu;
+    a.device = ex_.device;
     a.sq = 1;
     a.sk = rows;
     a.hq = H;
@@ -98,7 +99,7 @@ Status RingDecoder::Step(int32_t token, std::vector<float>* logits) {
     a.v = kernels::Dense3(vc.data(), HKV, D);
     a.o = kernels::Dense3(mine, H, D);
     a.lse = mine + H * D;
-    a.num_threads = threads_;
+    a.num_threads = ex_.num_threads;
     RW_RETURN_IF_ERROR(kernels::AttentionForward(a));
     // Around the ring once: after hop s every rank holds the parts of ranks rank, rank-1, ..., rank-s-1.
     for (int s = 0; s + 1 < R; ++s) {
@@ -114,21 +115,21 @@ Status RingDecoder::Step(int32_t token, std::vector<float>* logits) {
     float* acc = parts.data();
     for (int r = 1; r < R; ++r) {
       float* p = parts.data() + size_t(r) * part;
-      RW_RETURN_IF_ERROR(kernels::AttentionMerge(kernels::Device::kCpu, kernels::DType::kF32, 1, H, D,
+      RW_RETURN_IF_ERROR(kernels::AttentionMerge(ex_.device, kernels::DType::kF32, 1, H, D,
                                                  kernels::Dense3(acc, H, D), acc + H * D, kernels::Dense3(p, H, D),
                                                  p + H * D));
     }
     std::copy_n(acc, H * D, out);
     return Status::Ok();
   };
-  RW_RETURN_IF_ERROR(DecodeToken(c_, tb_, p_, kernels::Exec{kernels::Device::kCpu, threads_}, token, pos_, attend, logits));
+  RW_RETURN_IF_ERROR(DecodeToken(c_, tb_, p_, ex_, token, pos_, attend, logits));
   ++pos_;
   return Status::Ok();
 }
 
 Status GenerateRank(Transport& t, const std::string& checkpoint_dir, const std::vector<int32_t>& prompt,
                     const SamplingConfig& s, int64_t max_tokens, int32_t eos, const std::string& layout,
-                    std::vector<int32_t>* out) {
+                    kernels::Exec ex, std::vector<int32_t>* out) {
   RW_RETURN_IF_ERROR(s.Validate());
   RW_REQUIRE(!prompt.empty(), "--prompt: empty");
   RW_REQUIRE(max_tokens >= 0, "--max-tokens: must be >= 0, got " << max_tokens);
@@ -143,7 +144,7 @@ Status GenerateRank(Transport& t, const std::string& checkpoint_dir, const std::
   std::vector<float> params(table.total());
   RW_RETURN_IF_ERROR(LoadWeights(checkpoint_dir, table, params.data()));
   for (int32_t id : prompt) RW_REQUIRE(id >= 0 && id < c.vocab_size, "--prompt: token " << id << " outside the vocabulary");
-  RingDecoder dec(t, c, table, params.data(), 1);
+  RingDecoder dec(t, c, table, params.data(), ex);
   std::vector<float> logits;
   RW_RETURN_IF_ERROR(dec.Prefill(prompt, kind, &logits));
   uint64_t rng = s.seed;

@@ -17,7 +17,8 @@ namespace rw::runtime {
 
 class RingDecoder {
  public:
-  RingDecoder(Transport& t, const ModelConfig& c, const ParamTable& table, const float* params, int num_threads,
+  // `ex`: the rank's device and kernel threads (host-memory devices: the KV cache is a host array).
+  RingDecoder(Transport& t, const ModelConfig& c, const ParamTable& table, const float* params, kernels::Exec ex,
               uint64_t job_tag = 0);
   // Prefills `prompt` (token ids) laid out over the ring with `layout` (padded at the end to what the layout
   // needs; padding is never attended); `logits` gets the distribution after the last prompt token.
@@ -32,7 +33,7 @@ class RingDecoder {
   const ModelConfig& c_;
   const ParamTable& tb_;
   const float* p_;
-  int threads_;
+  kernels::Exec ex_;
   uint64_t job_;
   KvShard cache_;
   int64_t pos_ = 0;
@@ -45,6 +46,6 @@ struct SamplingConfig;
 // samples up to max_tokens (stopping after eos when eos >= 0); every rank gets the same tokens.
 Status GenerateRank(Transport& t, const std::string& checkpoint_dir, const std::vector<int32_t>& prompt,
                     const SamplingConfig& s, int64_t max_tokens, int32_t eos, const std::string& layout,
-                    std::vector<int32_t>* out);
+                    kernels::Exec ex, std::vector<int32_t>* out);
 
 }  // namespace rw::runtime

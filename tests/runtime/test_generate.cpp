@@ -16,7 +16,9 @@ namespace {
 
 // Ring inference (prefill over the ring, KV cache sharded across ranks, partial attention merged around the
 // ring) against the single-device cached decoder: a ragged prompt (not a multiple of the layout's unit) on
-// rings of 1..4 in every layout, then 6 decode steps; logits agree to fp32 rounding on every rank.
+// rings of 1..4 in every layout, then 6 decode steps; logits agree to fp32 rounding on every rank. The
+// reference decoder runs on the ref backend (the scalar oracle), the rings on cpu and on ref: the decoders
+// run on whatever device they are given.
 TEST(Generate, RingDecodingMatchesTheSingleDeviceDecoder) {
   ModelConfig c = test::SmallModel(37, 32, 40, 2, 4, 2);
   c.rope_theta = 5000;
@@ -26,7 +28,7 @@ TEST(Generate, RingDecodingMatchesTheSingleDeviceDecoder) {
   for (int i = 0; i < 29; ++i) prompt.push_back(int32_t((i * 11 + 5) % c.vocab_size));
   const std::vector<int32_t> feed = {3, 17, 29, 1, 8, 36};
   // The reference: one device, one token at a time.
-  Decoder ref(c, tb, p.data());
+  Decoder ref(c, tb, p.data(), kernels::Exec{kernels::Device::kRef, 1});
   std::vector<std::vector<float>> want;
   std::vector<float> logits;
   for (int32_t tok : prompt) ASSERT_TRUE(ref.Step(tok, &logits).ok());
@@ -35,13 +37,14 @@ TEST(Generate, RingDecodingMatchesTheSingleDeviceDecoder) {
     ASSERT_TRUE(ref.Step(tok, &logits).ok());
     want.push_back(logits);
   }
+  for (kernels::Device dev : {kernels::Device::kCpu, kernels::Device::kRef})
   for (int R : {1, 2, 3, 4})
     for (LayoutKind kind : {LayoutKind::kContiguous, LayoutKind::kZigzag, LayoutKind::kStriped}) {
       std::vector<std::vector<std::vector<float>>> got(R);
       std::vector<int64_t> rows(R);
       auto fabric = InprocFabric::Create(R);
       auto st = test::RunRanks(fabric, [&](int r, Transport& t) -> Status {
-        RingDecoder dec(t, c, tb, p.data(), 1, 7);
+        RingDecoder dec(t, c, tb, p.data(), kernels::Exec{dev, 1}, 7);
         std::vector<float> lg;
         RW_RETURN_IF_ERROR(dec.Prefill(prompt, kind, &lg));
         rows[r] = dec.cache_rows();
@@ -63,7 +66,7 @@ TEST(Generate, RingDecodingMatchesTheSingleDeviceDecoder) {
             norm += double(want[i][j]) * double(want[i][j]);
           }
       for (int r = 1; r < R; ++r) EXPECT_EQ(got[r], got[0]) << "ranks disagree, R=" << R;
-      std::printf("  R=%d %-10s cache rows per rank %lld..%lld: max abs diff %.2e, NMSE %.2e\n", R,
+      std::printf("  %s R=%d %-10s cache rows per rank %lld..%lld: max abs diff %.2e, NMSE %.2e\n", kernels::DeviceName(dev), R,
                   LayoutName(kind), (long long)*std::min_element(rows.begin(), rows.end()),
                   (long long)*std::max_element(rows.begin(), rows.end()), worst, err / norm);
       EXPECT_LT(err / norm, 1e-10) << "R=" << R;
@@ -89,7 +92,7 @@ TEST(Generate, CachedDecodingMatchesTheRingForwardLoss) {
   std::vector<int32_t> seq;
   for (int i = 0; i < 24; ++i) seq.push_back(int32_t((i * 17 + 3) % c.vocab_size));
   // Decoder: sum of -log p(next) over the sequence.
-  Decoder dec(c, tb, p.data());
+  Decoder dec(c, tb, p.data(), kernels::Exec{kernels::Device::kCpu, 1});
   std::vector<float> logits;
   double nll = 0;
   for (size_t i = 0; i + 1 < seq.size(); ++i) {

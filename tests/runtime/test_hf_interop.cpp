@@ -252,7 +252,7 @@ TEST(HfInterop, TransformersGeneratesOurGreedyOutputFromACheckpointWeWrote) {
     std::vector<std::vector<int32_t>> out(static_cast<size_t>(R));
     auto st = RunRanks(fabric, [&](int r, Transport& tr) {
       return GenerateRank(tr, kGenerate, prompt, SamplingConfig{}, int64_t(want.size()), tok->eos(), "zigzag",
-                          &out[size_t(r)]);
+                          kernels::Exec{kernels::Device::kCpu, 1}, &out[size_t(r)]);
     });
     for (auto& s : st) ASSERT_TRUE(s.ok()) << s.message();
     EXPECT_EQ(out[0], want) << "ring of " << R;
