@@ -13,6 +13,11 @@ Status PlanRing(const std::string& yaml, const std::string& origin, const std::v
                 int64_t start_step, int available, RingPlan* out) {
   runtime::JobConfig job;
   RW_RETURN_IF_ERROR(runtime::ParseJobConfig(yaml, origin, overrides, &job));
+  return PlanRing(job, overrides, start_step, available, out);
+}
+
+Status PlanRing(const runtime::JobConfig& job, const std::vector<std::string>& overrides, int64_t start_step,
+                int available, RingPlan* out) {
   *out = RingPlan{};
   out->start_step = start_step;
   const size_t n = job.stages.size();
@@ -25,7 +30,7 @@ Status PlanRing(const std::string& yaml, const std::string& origin, const std::v
   out->wanted = wanted;
   out->stop_at_step = e < n ? job.stage_end_step(e - 1) : 0;
   std::string why;
-  // The job is parsed (and its files checked) once; each candidate ring is checked against its stages.
+  // The job was parsed (and its files checked) once; each candidate ring is checked against its stages.
   for (int R = std::min(wanted, available); R >= std::max<int64_t>(1, job.ring.min_devices); --R) {
     Status st;
     for (size_t i = s; i < e && st.ok(); ++i) st = job.CheckStageRing(i, R);

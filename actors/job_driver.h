@@ -32,6 +32,10 @@ struct RingPlan {
 // An error says why no ring is possible (the caller waits for devices).
 kernels::Status PlanRing(const std::string& yaml, const std::string& origin, const std::vector<std::string>& overrides,
                          int64_t start_step, int available, RingPlan* out);
+// The same for a job already parsed and validated (ParseJobConfig of its text with `overrides`): opens no
+// file, so a scheduler may plan under its lock and on every tick (the daemon parses each job once).
+kernels::Status PlanRing(const runtime::JobConfig& job, const std::vector<std::string>& overrides, int64_t start_step,
+                         int available, RingPlan* out);
 
 // The step of the newest checkpoint of `dir` that verifies, among those of step <= max_step (-1: any);
 // 0 when there is none. `skipped` gets the newer ones that failed verification, and why; `path` (may be

@@ -120,7 +120,8 @@ Status JobTable::Submit(const std::string& name, const std::string& spec, int64_
   return Submit(fields, idempotency_key, out, &created);
 }
 
-Status JobTable::Submit(const JobRecord& fields, const std::string& idempotency_key, JobRecord* out, bool* created) {
+Status JobTable::Submit(const JobRecord& fields, const std::string& idempotency_key, JobRecord* out, bool* created,
+                        const std::function<void(const JobRecord&)>& on_created) {
   std::lock_guard<std::mutex> lock(mu_);
   *created = false;
   if (!idempotency_key.empty()) {
@@ -149,6 +150,7 @@ Status JobTable::Submit(const JobRecord& fields, const std::string& idempotency_
   ++next_event_;
   if (!idempotency_key.empty()) by_key_[idempotency_key] = r.id;
   jobs_[r.id] = r;
+  if (on_created) on_created(r);
   *out = r;
   *created = true;
   return Status::Ok();
@@ -206,6 +208,32 @@ std::vector<JobRecord> JobTable::List() const {
   std::vector<JobRecord> out;
   for (const auto& [id, r] : jobs_) out.push_back(r);
   return out;
+}
+
+bool JobTable::StateOf(const std::string& id, JobState* out) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = jobs_.find(id);
+  if (it == jobs_.end()) return false;
+  *out = it->second.state;
+  return true;
+}
+
+std::vector<std::string> JobTable::IdsIn(JobState state) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<std::string> out;
+  for (const auto& [id, r] : jobs_)
+    if (r.state == state) out.push_back(id);
+  return out;
+}
+
+std::map<std::string, int> JobTable::CountByState() const {
+  std::map<std::string, int> counts;
+  for (JobState s : {JobState::kQueued, JobState::kRunning, JobState::kSucceeded, JobState::kFailed,
+                     JobState::kCancelled, JobState::kPreempted})
+    counts[JobStateName(s)] = 0;
+  std::lock_guard<std::mutex> lock(mu_);
+  for (const auto& [id, r] : jobs_) counts[JobStateName(r.state)]++;
+  return counts;
 }
 
 bool JobTable::NextQueued(JobRecord* out) const {

@@ -59,8 +59,11 @@ class JobTable {
   Status Submit(const std::string& name, const std::string& spec, int64_t priority, const std::string& idempotency_key,
                 JobRecord* out);
   // The same with the record's daemon fields (overrides, checkpoint_dir, total_steps) set from `fields`;
-  // *created is false when an earlier submission with the same key is returned.
-  Status Submit(const JobRecord& fields, const std::string& idempotency_key, JobRecord* out, bool* created);
+  // *created is false when an earlier submission with the same key is returned. `on_created` runs with the
+  // new record once it is stored, under the table's lock, so before any reader of the table sees the job
+  // (the daemon keeps its parsed configuration there); it must not call the table.
+  Status Submit(const JobRecord& fields, const std::string& idempotency_key, JobRecord* out, bool* created,
+                const std::function<void(const JobRecord&)>& on_created = {});
   // Changes a job's record without a state change (progress: epoch, checkpoint_step) and writes an event
   // with `message`, plus `extra` (e.g. a checkpoint record), in one synced batch.
   Status Update(const std::string& id, const std::function<void(JobRecord&)>& change, const std::string& message,
@@ -70,6 +73,11 @@ class JobTable {
 
   Status Get(const std::string& id, JobRecord* out) const;
   std::vector<JobRecord> List() const;
+  // What a scheduler asks often, without copying records (their job files): a job's state (false: no
+  // such job), the jobs in one state, and the number of jobs in each state (every state, zeros included).
+  bool StateOf(const std::string& id, JobState* out) const;
+  std::vector<std::string> IdsIn(JobState state) const;
+  std::map<std::string, int> CountByState() const;
   // The next job to run: highest priority, then earliest submitted, among QUEUED.
   bool NextQueued(JobRecord* out) const;
   Status Events(const std::string& id, std::vector<JobEvent>* out) const;

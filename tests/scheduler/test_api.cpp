@@ -1,7 +1,8 @@
 // The daemon's REST API, on a real daemon (RocksDB state, HTTP on loopback) in this process: a table of bad
 // requests, each with its status code, its message naming the field, and nothing stored changed; the token
-// file; idempotent submission; path confinement (.., absolute paths, symlinks); the body limit; metrics that
-// `promtool check metrics` accepts.
+// file; idempotent submission; path confinement (.., absolute paths, symlinks); the body limit; a job
+// parsed at submission and at start, not on every scheduling tick; metrics that `promtool check metrics`
+// accepts.
 #include <gtest/gtest.h>
 #include <httplib.h>
 #include <sys/stat.h>
@@ -252,6 +253,44 @@ TEST_F(Api, SubmissionIsIdempotentAndSurvivesARestartAndCancelIsRecorded) {
   EXPECT_EQ(json::parse(d->body)["id"], id);
   auto jobs = json::parse(client_->Get("/v1/jobs")->body)["jobs"];
   EXPECT_EQ(jobs.size(), 2u);
+}
+
+// The scheduler plans with the configuration parsed at submission: the job's files are not opened again on
+// its ticks (a tokenizer removed after submission goes unnoticed until the daemon starts again, whose parse
+// of the live jobs says why the job waits, and retries until the file is back).
+TEST_F(Api, AJobIsParsedAtSubmissionAndAtStartNotOnEveryTick) {
+  fs::copy_file(std::string(RW_CONFIGS) + "/needle-tokenizer.model", root_ / "data" / "tok.model");
+  auto r = Submit(json{{"job", kJob}, {"set", {"data.tokenizer=tok.model"}}});
+  ASSERT_TRUE(r);
+  ASSERT_EQ(r->status, 201) << r->body;
+  const std::string id = json::parse(r->body)["id"];
+  fs::remove(root_ / "data" / "tok.model");
+  auto log_has = [&](const std::string& needle, double seconds) {
+    for (int i = 0; i < int(seconds * 50); ++i) {
+      auto l = client_->Get("/v1/jobs/" + id + "/logs");
+      if (l && l->body.find(needle) != std::string::npos) return true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    return false;
+  };
+  // No worker: it waits for devices, said at once (the submission wakes the scheduler).
+  EXPECT_TRUE(log_has("waiting: no valid ring", 2)) << client_->Get("/v1/jobs/" + id + "/logs")->body;
+  EXPECT_FALSE(log_has("data.tokenizer", 0.6)) << "the job's files were opened again by the scheduler";
+  StopDaemon();
+  StartDaemon();
+  EXPECT_TRUE(log_has("data.tokenizer", 2)) << client_->Get("/v1/jobs/" + id + "/logs")->body;
+  fs::copy_file(std::string(RW_CONFIGS) + "/needle-tokenizer.model", root_ / "data" / "tok.model");
+  auto waits_for_devices_again = [&] {
+    auto l = client_->Get("/v1/jobs/" + id + "/logs");
+    const auto last = l ? l->body.rfind("waiting: ") : std::string::npos;
+    return last != std::string::npos && l->body.compare(last, 23, "waiting: no valid ring:") == 0;
+  };
+  bool back = false;
+  for (int i = 0; i < 500 && !back; ++i) {  // parsed again within JobConfigs' retry period (5 s)
+    back = waits_for_devices_again();
+    if (!back) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_TRUE(back) << client_->Get("/v1/jobs/" + id + "/logs")->body;
 }
 
 TEST_F(Api, AStateDirectoryOfAnotherClusterIsRefusedAndLeftAlone) {

@@ -1,0 +1,386 @@
+// The daemon's REST API (cpp-httplib): the routes, the parsing of submissions and worker requests (errors
+// name the field and change nothing stored), the bearer token, JSON replies. What a request changes is the
+// job table's, the registry's (daemon_workers.cpp) or a runner's; the handlers wake the scheduling loop.
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+
+#include "scheduler/daemon_impl.h"
+#include "scheduler/paths.h"
+
+namespace rw::scheduler {
+namespace {
+
+using json = nlohmann::json;
+using storage::Table;
+
+bool SameSecret(const std::string& a, const std::string& b) {  // constant time for equal lengths
+  if (a.size() != b.size()) return false;
+  unsigned char d = 0;
+  for (size_t i = 0; i < a.size(); ++i) d |= static_cast<unsigned char>(a[i] ^ b[i]);
+  return d == 0;
+}
+
+void Reply(httplib::Response& res, int status, const json& body) {
+  res.status = status;
+  res.set_content(body.dump(2) + "\n", "application/json");
+}
+
+void Error(httplib::Response& res, int status, const std::string& message) {
+  res.status = status;
+  res.set_content(json{{"error", message}}.dump() + "\n", "application/json");
+}
+
+json JobJson(const JobRecord& r) {
+  return json{{"id", r.id},
+              {"name", r.name},
+              {"state", JobStateName(r.state)},
+              {"priority", r.priority},
+              {"message", r.message},
+              {"checkpoint_dir", r.checkpoint_dir},
+              {"checkpoint_step", r.checkpoint_step},
+              {"total_steps", r.total_steps},
+              {"epoch", r.epoch}};
+}
+
+}  // namespace
+
+std::string RandomHex(size_t bytes) {
+  std::ifstream f("/dev/urandom", std::ios::binary);
+  std::string raw(bytes, '\0');
+  f.read(raw.data(), std::streamsize(bytes));
+  static const char* hex = "0123456789abcdef";
+  std::string out;
+  for (unsigned char c : raw) {
+    out += hex[c >> 4];
+    out += hex[c & 15];
+  }
+  return out;
+}
+
+// $RINGWORLD_TOKEN, when set at first start, becomes the token (a cluster manager's shared secret).
+Status LoadOrCreateToken(const std::string& dir, std::string* token) {
+  const std::string path = dir + "/token";
+  std::ifstream in(path);
+  if (in >> *token && token->size() >= 32) return Status::Ok();
+  const char* given = std::getenv("RINGWORLD_TOKEN");
+  if (given && *given) RW_REQUIRE(std::strlen(given) >= 32, "RINGWORLD_TOKEN: at least 32 characters");
+  *token = given && *given ? std::string(given) : RandomHex(32);
+  const std::string tmp = path + ".tmp";
+  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+  RW_REQUIRE(fd >= 0, path << ": cannot create the API token file");
+  const std::string line = *token + "\n";
+  const bool ok = ::write(fd, line.data(), line.size()) == ssize_t(line.size()) && ::fsync(fd) == 0;
+  ::close(fd);
+  RW_REQUIRE(ok && std::rename(tmp.c_str(), path.c_str()) == 0, path << ": cannot write the API token file");
+  return Status::Ok();
+}
+
+bool DaemonImpl::Authorized(const httplib::Request& req) const {
+  const std::string h = req.get_header_value("Authorization");
+  return h.rfind("Bearer ", 0) == 0 && SameSecret(h.substr(7), token_);
+}
+
+// Parses a submission into a job record: the job file (YAML or JSON), its overrides, its paths confined to
+// the roots and resolved; *config gets the job parsed and validated with them (what the scheduler keeps).
+// The error names the field; nothing is stored on error.
+Status DaemonImpl::ParseSubmission(const httplib::Request& req, JobRecord* rec, std::string* key,
+                                   runtime::JobConfig* config) {
+  std::string spec;
+  std::vector<std::string> overrides;
+  int64_t priority = 0;
+  const std::string type = req.get_header_value("Content-Type");
+  if (type.rfind("application/json", 0) == 0) {
+    json j;
+    try {
+      j = json::parse(req.body);
+    } catch (const std::exception& e) {
+      return Status::Error(std::string("body: not JSON: ") + e.what());
+    }
+    RW_REQUIRE(j.is_object(), "body: expected a JSON object {\"job\": ..., \"priority\": ..., \"set\": [...]}");
+    for (const auto& [k, v] : j.items()) {
+      if (k == "job") {
+        RW_REQUIRE(v.is_string() || v.is_object(), "job: expected the job file's text or a JSON object");
+        spec = v.is_string() ? v.get<std::string>() : v.dump(2);
+      } else if (k == "priority") {
+        RW_REQUIRE(v.is_number_integer(), "priority: expected an integer");
+        priority = v.get<int64_t>();
+      } else if (k == "set") {
+        RW_REQUIRE(v.is_array(), "set: expected a list of \"key=value\" strings");
+        for (const auto& s : v) {
+          RW_REQUIRE(s.is_string(), "set: expected a list of \"key=value\" strings");
+          overrides.push_back(s.get<std::string>());
+        }
+      } else {
+        return Status::Error(k + ": unknown field (job, priority, set)");
+      }
+    }
+    RW_REQUIRE(!spec.empty(), "job: missing");
+  } else {
+    spec = req.body;
+    if (req.has_param("priority")) {
+      const std::string p = req.get_param_value("priority");
+      char* end = nullptr;
+      priority = std::strtoll(p.c_str(), &end, 10);
+      RW_REQUIRE(!p.empty() && end && *end == '\0', "priority: expected an integer, got '" << p << "'");
+    }
+  }
+  RW_REQUIRE(priority >= -1000000 && priority <= 1000000, "priority: must be within +-1000000");
+  for (const auto& o : overrides)
+    RW_REQUIRE(o.rfind("ring.transport=", 0) != 0, "set: ring.transport is the daemon's choice");
+  runtime::JobConfig job;
+  // The fields only: no file of the job is opened before its paths are confined below.
+  RW_RETURN_IF_ERROR(runtime::ParseJobFields(spec, "job", overrides, &job));
+  // Confine and resolve every path of the job.
+  std::string resolved;
+  RW_REQUIRE(!job.checkpoint.dir.empty(), "checkpoint.dir: a daemon job needs one (preemption and elastic "
+                                          "rings resume from it)");
+  RW_RETURN_IF_ERROR(ConfinePath("checkpoint.dir", job.checkpoint.dir, opt_.checkpoint_root, &resolved));
+  overrides.push_back("checkpoint.dir=" + resolved);
+  rec->checkpoint_dir = resolved;
+  RW_RETURN_IF_ERROR(ConfinePath("output_dir", job.output_dir, opt_.checkpoint_root, &resolved));
+  overrides.push_back("output_dir=" + resolved);
+  if (job.data.source == "files") {
+    RW_RETURN_IF_ERROR(ConfinePath("data.path", job.data.path, opt_.data_root, &resolved));
+    overrides.push_back("data.path=" + resolved);
+  }
+  if (job.data.tokenizer != "bytes") {
+    RW_RETURN_IF_ERROR(ConfinePath("data.tokenizer", job.data.tokenizer, opt_.data_root, &resolved));
+    overrides.push_back("data.tokenizer=" + resolved);
+  }
+  if (!job.init_from.empty()) {
+    RW_RETURN_IF_ERROR(ConfinePath("init_from", job.init_from, opt_.data_root, &resolved));
+    overrides.push_back("init_from=" + resolved);
+  }
+  RW_RETURN_IF_ERROR(runtime::ParseJobConfig(spec, "job", overrides, &job));  // missing files, now resolved
+  rec->name = job.name;
+  rec->spec = spec;
+  rec->priority = priority;
+  rec->overrides = overrides;
+  rec->total_steps = job.total_steps();
+  *key = req.get_header_value("Idempotency-Key");
+  RW_REQUIRE(key->size() <= 200, "Idempotency-Key: longer than 200 characters");
+  *config = std::move(job);
+  return Status::Ok();
+}
+
+void DaemonImpl::Routes() {
+  http_.set_payload_max_length(opt_.max_body_bytes);
+  http_.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
+    if (req.method != "GET" && req.method != "HEAD" && !Authorized(req)) {
+      Error(res, 401, "a bearer token is required (Authorization: Bearer <the token in " + opt_.state_dir + "/token>)");
+      return httplib::Server::HandlerResponse::Handled;
+    }
+    return httplib::Server::HandlerResponse::Unhandled;
+  });
+  http_.set_error_handler([](const httplib::Request&, httplib::Response& res) {
+    if (!res.body.empty()) return;
+    const char* what = res.status == 413 ? "request body too large" : res.status == 404 ? "no such resource" : "error";
+    Error(res, res.status, what);
+  });
+  http_.Get("/healthz", [this](const httplib::Request&, httplib::Response& res) {
+    Reply(res, 200, json{{"ok", true}, {"cluster", opt_.cluster_id}, {"instance", instance_}});
+  });
+  http_.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
+    res.set_content(metrics_.Serialize(), "text/plain; version=0.0.4");
+  });
+  http_.Post("/v1/jobs", [this](const httplib::Request& req, httplib::Response& res) {
+    if (shutting_down_) return Error(res, 503, "the daemon is shutting down");
+    JobRecord rec;
+    std::string key;
+    runtime::JobConfig config;
+    Status st = ParseSubmission(req, &rec, &key, &config);
+    if (!st.ok()) return Error(res, 400, st.message());
+    for (const auto& other : jobs_->List()) {
+      const bool live = other.state == JobState::kQueued || other.state == JobState::kRunning ||
+                        other.state == JobState::kPreempted;
+      if (live && other.checkpoint_dir == rec.checkpoint_dir && (key.empty() || other.idempotency_key != key))
+        return Error(res, 409, "checkpoint.dir: " + rec.checkpoint_dir + " belongs to " + other.id + " (" +
+                                   JobStateName(other.state) + ")");
+    }
+    JobRecord out;
+    bool created = false;
+    // Its configuration is kept before the scheduler can see the job: it plans with this one.
+    st = jobs_->Submit(rec, key, &out, &created, [&](const JobRecord& made) {
+      configs_.Put(made.id, JobConfigs::Parsed(std::move(config), made.overrides));
+    });
+    if (!st.ok()) return Error(res, 500, st.message());
+    if (created) {
+      log_->Log(out.id, "QUEUED: submitted (priority " + std::to_string(out.priority) + ")");
+      Wake();
+    }
+    Reply(res, created ? 201 : 200, JobJson(out));
+  });
+  http_.Get("/v1/jobs", [this](const httplib::Request&, httplib::Response& res) {
+    json list = json::array();
+    for (const auto& r : jobs_->List()) list.push_back(JobJson(r));
+    Reply(res, 200, json{{"jobs", list}});
+  });
+  http_.Get(R"(/v1/jobs/([A-Za-z0-9_-]+))", [this](const httplib::Request& req, httplib::Response& res) {
+    JobRecord r;
+    if (!jobs_->Get(req.matches[1], &r).ok()) return Error(res, 404, "job " + std::string(req.matches[1]) + ": no such job");
+    json j = JobJson(r);
+    j["spec"] = r.spec;
+    j["overrides"] = r.overrides;
+    Reply(res, 200, j);
+  });
+  auto change = [this](const char* verb, JobState to, std::vector<JobState> from) {
+    return [this, verb, to, from](const httplib::Request& req, httplib::Response& res) {
+      JobRecord r;
+      const std::string id = req.matches[1];
+      if (!jobs_->Get(id, &r).ok()) return Error(res, 404, "job " + id + ": no such job");
+      if (std::find(from.begin(), from.end(), r.state) == from.end())
+        return Error(res, 409, "job " + id + " is " + JobStateName(r.state) + ": cannot " + verb);
+      // A job going back to the queue has its configuration parsed before the scheduler can see it (a
+      // failed job's was dropped when it failed); here, in the request's thread, not the scheduler's.
+      if (to == JobState::kQueued && !configs_.Get(id)) configs_.Put(id, JobConfigs::Parse(r));
+      const Status st = jobs_->Transition(id, to, std::string(verb) + " (API)");
+      if (!st.ok()) {
+        ForgetIfEnded(id);
+        return Error(res, 409, st.message());
+      }
+      ForgetIfEnded(id);
+      log_->Log(id, std::string(JobStateName(to)) + ": " + verb + " (API)");
+      Wake();
+      if (!jobs_->Get(id, &r).ok()) r.state = to;  // jobs are never removed: it is there
+      Reply(res, 200, JobJson(r));
+    };
+  };
+  http_.Post(R"(/v1/jobs/([A-Za-z0-9_-]+)/cancel)",
+             change("cancel", JobState::kCancelled, {JobState::kQueued, JobState::kRunning, JobState::kPreempted}));
+  http_.Post(R"(/v1/jobs/([A-Za-z0-9_-]+)/resume)",
+             change("resume", JobState::kQueued, {JobState::kPreempted, JobState::kFailed}));
+  http_.Get(R"(/v1/jobs/([A-Za-z0-9_-]+)/events)", [this](const httplib::Request& req, httplib::Response& res) {
+    JobRecord r;
+    const std::string id = req.matches[1];
+    if (!jobs_->Get(id, &r).ok()) return Error(res, 404, "job " + id + ": no such job");
+    std::vector<JobEvent> events;
+    const Status st = jobs_->Events(id, &events);
+    if (!st.ok()) return Error(res, 500, st.message());
+    json list = json::array();
+    for (const auto& e : events) list.push_back(json{{"seq", e.seq}, {"from", e.from}, {"to", e.to}, {"message", e.message}});
+    Reply(res, 200, json{{"job", id}, {"events", list}});
+  });
+  http_.Get(R"(/v1/jobs/([A-Za-z0-9_-]+)/logs)", [this](const httplib::Request& req, httplib::Response& res) {
+    JobState state;
+    const std::string id = req.matches[1];
+    if (!jobs_->StateOf(id, &state)) return Error(res, 404, "job " + id + ": no such job");
+    const long long offset = req.has_param("offset") ? std::atoll(req.get_param_value("offset").c_str()) : 0;
+    long long next = 0;
+    std::string text = log_->Read(id, offset, 1 << 20, &next);
+    res.set_header("X-Next-Offset", std::to_string(next));
+    res.set_header("X-Job-State", JobStateName(state));
+    res.set_content(text, "text/plain");
+  });
+  http_.Get("/v1/workers", [this](const httplib::Request&, httplib::Response& res) {
+    std::lock_guard<std::mutex> lock(mu_);
+    json list = json::array();
+    for (const auto& [id, w] : workers_) list.push_back(WorkerJson(w));
+    Reply(res, 200, json{{"workers", list}});
+  });
+  http_.Post("/v1/workers", [this](const httplib::Request& req, httplib::Response& res) { Register(req, res); });
+  http_.Post(R"(/v1/workers/([A-Za-z0-9_.-]+)/heartbeat)",
+             [this](const httplib::Request& req, httplib::Response& res) { Heartbeat(req, res); });
+}
+
+// A worker registers: the daemon connects to its device host over the CAF middleman and takes its devices.
+void DaemonImpl::Register(const httplib::Request& req, httplib::Response& res) {
+  Worker w;
+  try {
+    const auto j = json::parse(req.body);
+    w.name = j.at("name").get<std::string>();
+    w.host = j.at("host").get<std::string>();
+    w.port = j.at("port").get<int>();
+    w.pid = j.value("pid", int64_t(0));
+    w.kind = j.value("kind", std::string("cpu"));
+    for (const auto& d : j.at("devices")) w.memory.push_back(d.at("memory_bytes").get<int64_t>());
+  } catch (const std::exception& e) {
+    return Error(res, 400, std::string("body: expected {name, host, port, devices: [{memory_bytes}]}: ") + e.what());
+  }
+  if (w.name.empty() || w.name.size() > 64 ||
+      w.name.find_first_not_of("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-") != std::string::npos)
+    return Error(res, 400, "name: 1-64 characters of [A-Za-z0-9_.-]");
+  if (w.port <= 0 || w.port > 65535) return Error(res, 400, "port: not a TCP port");
+  if (w.memory.empty() || w.memory.size() > 1024) return Error(res, 400, "devices: 1 to 1024 devices");
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = workers_.find(w.name);
+    if (it != workers_.end() && it->second.alive)
+      return Error(res, 409, "worker " + w.name + " is already registered and alive");
+  }
+  auto host = sys_.middleman().remote_actor<actors::host_actor>(w.host, uint16_t(w.port));
+  if (!host) return Error(res, 400, "port: cannot reach the worker's device host at " + w.host + ":" +
+                                        std::to_string(w.port) + ": " + sys_.render(host.error()));
+  std::string err;
+  {
+    caf::scoped_actor self{sys_};
+    self->request(*host, std::chrono::seconds(10), actors::devices_atom::value)
+        .receive([&](const std::vector<actors::device_actor>& d) { w.devices = d; },
+                 [&](caf::error& e) { err = sys_.render(e); });
+  }
+  if (!err.empty()) return Error(res, 400, "port: the worker's device host did not answer: " + err);
+  if (w.devices.size() != w.memory.size())
+    return Error(res, 400, "devices: " + std::to_string(w.memory.size()) + " announced, the host has " +
+                               std::to_string(w.devices.size()));
+  w.id = w.name;
+  w.instance = instance_;
+  w.used_by.assign(w.devices.size(), "");
+  w.alive = true;
+  // Stored before it is used (and outside mu_: a synced write): a restarted daemon lists it.
+  const Status st = store_->Put(Table::kWorkers, w.id, WorkerJson(w).dump());
+  if (!st.ok()) return Error(res, 500, st.message());
+  std::fprintf(stderr, "ringworld daemon: worker %s registered: %zu %s devices at %s:%d\n", w.id.c_str(),
+               w.devices.size(), w.kind.c_str(), w.host.c_str(), w.port);
+  metrics_.WorkerKnown(w.id);
+  const json reply{{"id", w.id}, {"instance", instance_}, {"heartbeat_s", std::min(1.0, opt_.worker_timeout_s / 5)}};
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    w.last_seen = Clock::now();
+    workers_[w.id] = std::move(w);
+  }
+  Wake();
+  Reply(res, 201, reply);
+}
+
+void DaemonImpl::Heartbeat(const httplib::Request& req, httplib::Response& res) {
+  const std::string id = req.matches[1];
+  std::string instance;
+  bool draining = false, leaving = false;
+  try {
+    const auto j = json::parse(req.body);
+    instance = j.at("instance").get<std::string>();
+    draining = j.value("draining", false);
+    leaving = j.value("leaving", false);
+  } catch (const std::exception& e) {
+    return Error(res, 400, std::string("body: expected {\"instance\": ..., \"draining\": ...}: ") + e.what());
+  }
+  std::string left;  // the row of a worker that leaves, stored once mu_ is released
+  int used = 0;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = workers_.find(id);
+    if (it == workers_.end() || !it->second.alive || it->second.instance != instance)
+      return Error(res, 409, "worker " + id + " is not registered with this daemon (" + instance_ + "): register again");
+    Worker& w = it->second;
+    w.last_seen = Clock::now();
+    if (leaving) {  // a worker that drained and exits: gone now, not after a heartbeat timeout
+      left = MarkLostLocked(w, "left (drained)");
+    } else {
+      if (draining && !w.draining) {
+        std::fprintf(stderr, "ringworld daemon: worker %s is draining\n", id.c_str());
+        Wake();
+      }
+      w.draining = draining;
+      for (const auto& u : w.used_by) used += !u.empty();
+    }
+  }
+  PersistWorkers({{id, left}});
+  Reply(res, 200, json{{"assigned", used}});
+}
+
+}  // namespace rw::scheduler
