@@ -1,6 +1,6 @@
 // The job table: the state machine refuses illegal transitions and changes nothing; every transition is in
 // the store before it returns (a table rebuilt from the store after a "crash" sees it, events in order);
-// priority then FIFO; idempotent submission.
+// priority then FIFO; idempotent submission; the states and counts a scheduler reads, the creation hook.
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -83,6 +83,37 @@ TEST(JobTable, HigherPriorityFirstThenFifoAndIdempotentSubmission) {
   auto st = t->Transition("job-999999", JobState::kRunning, "");
   ASSERT_FALSE(st.ok());
   EXPECT_NE(st.message().find("no such job"), std::string::npos);
+}
+
+// What the scheduler reads on its ticks (states, ids by state, counts) and the hook a submission keeps its
+// parsed configuration with: run once, for a new job only, with the record as stored.
+TEST(JobTable, StatesCountsAndTheCreationHook) {
+  auto store = storage::MakeMemoryStore();
+  std::unique_ptr<JobTable> t;
+  ASSERT_TRUE(JobTable::Open(store.get(), &t).ok());
+  JobRecord fields, a, b, again;
+  fields.name = "a";
+  std::vector<std::string> hooked;  // the hook may not call the table: its lock is held
+  auto hook = [&](const JobRecord& r) { hooked.push_back(r.id + " " + JobStateName(r.state) + " " + r.name); };
+  bool created = false;
+  ASSERT_TRUE(t->Submit(fields, "key-a", &a, &created, hook).ok());
+  EXPECT_TRUE(created);
+  ASSERT_TRUE(t->Submit(fields, "key-a", &again, &created, hook).ok());
+  EXPECT_FALSE(created);
+  EXPECT_EQ(again.id, a.id);
+  EXPECT_EQ(hooked, (std::vector<std::string>{a.id + " QUEUED a"})) << "the hook runs for a new job only";
+  ASSERT_TRUE(t->Submit("b", "", 0, "", &b).ok());
+  ASSERT_TRUE(t->Transition(b.id, JobState::kRunning, "").ok());
+  JobState s;
+  ASSERT_TRUE(t->StateOf(b.id, &s));
+  EXPECT_EQ(s, JobState::kRunning);
+  EXPECT_FALSE(t->StateOf("job-999999", &s));
+  EXPECT_EQ(t->IdsIn(JobState::kQueued), std::vector<std::string>{a.id});
+  EXPECT_EQ(t->IdsIn(JobState::kRunning), std::vector<std::string>{b.id});
+  EXPECT_TRUE(t->IdsIn(JobState::kPreempted).empty());
+  const std::map<std::string, int> counts = t->CountByState();
+  EXPECT_EQ(counts, (std::map<std::string, int>{{"QUEUED", 1}, {"RUNNING", 1}, {"SUCCEEDED", 0}, {"FAILED", 0},
+                                               {"CANCELLED", 0}, {"PREEMPTED", 0}}));
 }
 
 }  // namespace
