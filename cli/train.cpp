@@ -90,9 +90,7 @@ void Progress(const runtime::StepMetrics& m, bool tty, double eta_s) {
                 (long long)m.total_steps, m.loss, m.tokens_per_s, eta_s);
     std::fflush(stdout);
   } else if (m.step == 1 || m.step % 10 == 0 || m.step == m.total_steps) {
-    std::printf("step %lld/%lld stage %lld seq_len %lld loss %.4f grad_norm %.3f lr %.2e %.0f tok/s\n",
-                (long long)m.step, (long long)m.total_steps, (long long)m.stage, (long long)m.seq_len, m.loss,
-                m.grad_norm, m.lr, m.tokens_per_s);
+    std::printf("%s\n", m.ToLogLine().c_str());
     std::fflush(stdout);
   }
 }

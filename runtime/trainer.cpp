@@ -40,6 +40,14 @@ std::string StepMetrics::ToJson() const {
   return buf;
 }
 
+std::string StepMetrics::ToLogLine() const {
+  char buf[256];
+  std::snprintf(buf, sizeof(buf), "step %lld/%lld stage %lld seq_len %lld loss %.4f grad_norm %.3f lr %.2e %.0f tok/s",
+                (long long)step, (long long)total_steps, (long long)stage, (long long)seq_len, loss, grad_norm, lr,
+                tokens_per_s);
+  return buf;
+}
+
 std::string ComputePath(const JobConfig& job) {
   if (job.precision == "bf16")
     return std::string("precision bf16: GEMMs by ") + kernels::cpu::Bf16GemmPath() + "; attention by " +

@@ -24,6 +24,7 @@ struct StepMetrics {
   int64_t peak_bytes = 0;         // peak resident memory of the process
   int64_t ring_bytes = 0;         // bytes this rank sent to its ring neighbour in the step
   std::string ToJson() const;     // one line of metrics.jsonl
+  std::string ToLogLine() const;  // the step's line in `train`'s output and the daemon's job log
 };
 
 // A checkpoint rank 0 has committed (renamed into place and fsynced), or failed to write.

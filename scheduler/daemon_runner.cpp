@@ -99,11 +99,7 @@ void DaemonImpl::Drive(Runner* r) {
       metrics_.Step(id, m);
       metrics_file << m.ToJson() << "\n";
       metrics_file.flush();
-      char line[256];
-      std::snprintf(line, sizeof(line), "step %lld/%lld stage %lld seq_len %lld loss %.4f grad_norm %.3f %.0f tok/s",
-                    (long long)m.step, (long long)m.total_steps, (long long)m.stage, (long long)m.seq_len, m.loss,
-                    m.grad_norm, m.tokens_per_s);
-      log_->Log(id, line);
+      log_->Log(id, m.ToLogLine());
     };
     hooks.on_checkpoint = [&](const runtime::CheckpointInfo& c) { checkpoints_->Record(id, c); };
     hooks.poll = [&]() -> std::string {
