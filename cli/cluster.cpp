@@ -17,6 +17,7 @@
 #include <thread>
 
 #include "actors/device_host.h"
+#include "cli/signals.h"
 #include "scheduler/api_client.h"
 #include "scheduler/daemon.h"
 #include "scheduler/worker_agent.h"
@@ -25,24 +26,6 @@ namespace rw::cli {
 namespace {
 
 using json = nlohmann::json;
-
-// SIGTERM/SIGINT: the first asks for a graceful stop, the second exits at once (committed checkpoints are
-// renamed into place only when whole, so nothing committed is harmed).
-std::atomic<bool> g_stop{false};
-std::atomic<int> g_signals{0};
-
-void OnSignal(int sig) {
-  if (g_signals.fetch_add(1) > 0) _exit(128 + sig);
-  g_stop.store(true);
-  actors::PreemptFlag().store(true);
-}
-
-void InstallSignals() {
-  struct sigaction sa {};
-  sa.sa_handler = OnSignal;
-  sigaction(SIGTERM, &sa, nullptr);
-  sigaction(SIGINT, &sa, nullptr);
-}
 
 // The API client the commands share (scheduler/api_client.h).
 scheduler::ApiClient Client(const ClientOptions& o) { return scheduler::ApiClient({o.daemon, o.token_file}); }
@@ -71,15 +54,15 @@ int64_t MemoryBytes() {
 }  // namespace
 
 int RunDaemon(const scheduler::DaemonOptions& options) {
-  InstallSignals();
+  InstallStopSignals();
   std::unique_ptr<scheduler::Daemon> d;
   const kernels::Status st = scheduler::Daemon::Open(options, &d);
   if (!st.ok()) {
     std::fprintf(stderr, "ringworld daemon: %s\n", st.message().c_str());
     return 2;
   }
-  const int code = d->Run(g_stop);
-  std::fprintf(stderr, "ringworld daemon: stopped%s\n", code == scheduler::kExitPreempted ? " (jobs preempted)" : "");
+  const int code = d->Run(StopRequested());
+  std::fprintf(stderr, "ringworld daemon: stopped%s\n", code == kExitPreempted ? " (jobs preempted)" : "");
   return code;
 }
 
@@ -101,7 +84,7 @@ int RunWorker(const WorkerOptions& o) {
     std::fprintf(stderr, "ringworld worker: --daemon: expected HOST:PORT, got '%s'\n", o.daemon.c_str());
     return 2;
   }
-  InstallSignals();
+  InstallStopSignals();
   actors::SystemConfig cfg;
   caf::actor_system sys{cfg};
   auto host = actors::SpawnHost(sys, n);
@@ -128,11 +111,11 @@ int RunWorker(const WorkerOptions& o) {
                unsigned(*port), o.daemon.c_str());
   // The daemon's protocol (HTTP) is the scheduler's; the devices (CAF) are ours.
   const scheduler::WorkerAgentResult agent =
-      scheduler::RunWorkerAgent({{o.daemon, o.token_file}, name, o.grace_s}, hello, g_stop, abort_devices);
+      scheduler::RunWorkerAgent({{o.daemon, o.token_file}, name, o.grace_s}, hello, StopRequested(), abort_devices);
   if (agent.code != 0) return agent.code;
   caf::anon_send(host, actors::quit_atom::value);
   std::fprintf(stderr, "ringworld worker %s: stopped\n", name.c_str());
-  _exit(g_stop && agent.registered_once ? scheduler::kExitPreempted : 0);  // CAF's middleman threads need no goodbye
+  _exit(StopRequested() && agent.registered_once ? kExitPreempted : 0);  // CAF's middleman threads need no goodbye
 }
 
 int Submit(const ClientOptions& o, const std::string& job_path, const std::vector<std::string>& overrides,

@@ -15,6 +15,7 @@
 #include "actors/device_actor.h"
 #include "actors/device_host.h"
 #include "actors/job_driver.h"
+#include "cli/signals.h"
 #include "runtime/job_config.h"
 
 extern char** environ;
@@ -22,29 +23,9 @@ extern char** environ;
 namespace rw::cli {
 namespace {
 
-// First SIGTERM/SIGINT: finish the step, checkpoint, exit with kExitPreempted. Second: exit at once (the
-// last committed checkpoint is untouched: checkpoints are renamed into place only when whole).
-constexpr int kExitPreempted = 75;  // EX_TEMPFAIL: run it again to resume
-std::atomic<int> g_signals{0};
-pid_t g_children[1024];
-std::atomic<int> g_num_children{0};
-
-void OnSignal(int) {
-  if (g_signals.fetch_add(1) > 0) _exit(128 + SIGTERM);
-  actors::PreemptFlag().store(true);
-  for (int i = 0; i < g_num_children.load(); ++i) kill(g_children[i], SIGTERM);  // device hosts stop with us
-}
-
-void InstallSignals() {
-  struct sigaction sa {};
-  sa.sa_handler = OnSignal;
-  sigaction(SIGTERM, &sa, nullptr);
-  sigaction(SIGINT, &sa, nullptr);
-}
-
 // --processes: one device host per rank, each a child process of this one (`ringworld device-host`),
 // reached over the CAF middleman on 127.0.0.1; the ring between them is UCX.
-kernels::Status SpawnHosts(caf::actor_system& sys, int R, const std::string& dir,
+kernels::Status SpawnHosts(caf::actor_system& sys, int R, const std::string& dir, std::vector<pid_t>* pids,
                            std::vector<actors::host_actor>* hosts, std::vector<actors::device_actor>* devices) {
   const std::string self_exe = std::filesystem::read_symlink("/proc/self/exe").string();
   std::error_code ec;
@@ -57,7 +38,8 @@ kernels::Status SpawnHosts(caf::actor_system& sys, int R, const std::string& dir
     pid_t pid;
     RW_REQUIRE(posix_spawn(&pid, self_exe.c_str(), nullptr, nullptr, argv, environ) == 0,
                "--processes: cannot start a device host");
-    g_children[g_num_children.fetch_add(1)] = pid;
+    pids->push_back(pid);
+    ForwardStopTo(pid);  // device hosts stop with us
   }
   for (int r = 0; r < R; ++r) {
     uint16_t port = 0;
@@ -98,7 +80,7 @@ void Progress(const runtime::StepMetrics& m, bool tty, double eta_s) {
 }  // namespace
 
 int DeviceHost(int n, const std::string& port_file) {
-  InstallSignals();
+  InstallStopSignals();
   actors::SystemConfig cfg;
   caf::actor_system sys{cfg};
   auto host = actors::SpawnHost(sys, n);
@@ -159,22 +141,24 @@ int Train(const std::string& job_path, std::vector<std::string> overrides, bool 
   caf::actor_system sys{cfg};
   std::vector<actors::device_actor> devices;
   std::vector<actors::host_actor> hosts;
-  InstallSignals();
+  std::vector<pid_t> host_pids;
+  InstallStopSignals();
   auto stop_hosts = [&] {
     caf::scoped_actor s{sys};
     for (auto& h : hosts) s->send(h, actors::quit_atom::value);
-    for (int i = 0; i < g_num_children.load(); ++i) {
+    for (pid_t pid : host_pids) {
       int status = 0;
-      for (int k = 0; k < 500 && waitpid(g_children[i], &status, WNOHANG) == 0; ++k)
+      for (int k = 0; k < 500 && waitpid(pid, &status, WNOHANG) == 0; ++k)
         std::this_thread::sleep_for(std::chrono::milliseconds(10));
-      if (waitpid(g_children[i], &status, WNOHANG) == 0) {
-        kill(g_children[i], SIGKILL);
-        waitpid(g_children[i], &status, 0);
+      if (waitpid(pid, &status, WNOHANG) == 0) {
+        kill(pid, SIGKILL);
+        waitpid(pid, &status, 0);
       }
     }
   };
   if (processes) {
-    st = SpawnHosts(sys, max_devices, (std::filesystem::path(job.output_dir) / ".hosts").string(), &hosts, &devices);
+    st = SpawnHosts(sys, max_devices, (std::filesystem::path(job.output_dir) / ".hosts").string(), &host_pids, &hosts,
+                    &devices);
   } else {
     for (int r = 0; r < max_devices; ++r) devices.push_back(actors::SpawnDevice(sys, r));
   }
