@@ -26,8 +26,11 @@ struct TrainerState {
   std::string data_cursor_unit = "step";  // "windows" (files data) or "step"; older checkpoints: "step"
 };
 
+// The newest checkpoints a job keeps unless it says otherwise (checkpoint.keep; SaveOptions).
+constexpr int64_t kDefaultCheckpointsKept = 3;
+
 struct SaveOptions {
-  int64_t keep = 2;             // the newest checkpoints kept
+  int64_t keep = kDefaultCheckpointsKept;  // the newest checkpoints kept
   int64_t keep_every = 0;       // > 0: also every checkpoint whose step is a multiple of it
   // The job's tokenizer (null: bytes). Its BOS/EOS go into config.json and generation_config.json; a
   // SentencePiece model is written as tokenizer.model with a tokenizer_config.json, so that transformers'

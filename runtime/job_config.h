@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "runtime/checkpoint.h"
 #include "runtime/data.h"
 #include "runtime/model.h"
 #include "runtime/optimizer.h"
@@ -34,7 +35,7 @@ struct RingConfig {
 struct CheckpointConfig {
   std::string dir;           // empty: no checkpoints
   int64_t every_steps = 0;   // 0: only at the end and at stage changes
-  int64_t keep = 3;          // most recent checkpoints kept
+  int64_t keep = kDefaultCheckpointsKept;  // most recent checkpoints kept
   int64_t keep_every = 0;    // > 0: also keep every checkpoint whose step is a multiple of this
   bool async = true;         // snapshot at the step boundary, write in the background
 };
