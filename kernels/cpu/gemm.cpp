@@ -168,21 +168,43 @@ class OneDnn {
   bool Run(int threads, bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const bf16* a, int64_t lda,
            const bf16* b, int64_t ldb, float beta, float* c, int64_t ldc) {
     const Key key{threads, ta, tb, m, n, k, lda, ldb, ldc, alpha, beta};
-    thread_local std::map<Key, std::shared_ptr<const Entry>> front;
+    // The thread's front map also keeps the four memory objects of each shape, re-pointed at each call's
+    // buffers, and the call goes through the C API with its arguments on the stack: after a shape's first
+    // call a GEMM makes no heap allocation (the C++ execute builds an unordered_map of its arguments).
+    thread_local std::map<Key, Front> front;
     auto it = front.find(key);
     if (it == front.end()) {
       if (front.size() >= kMaxEntries) front.clear();
-      it = front.emplace(key, Find(key)).first;
+      Front f;
+      f.entry = Find(key);
+      if (f.entry->ok) {
+        const Entry& e = *f.entry;
+        f.a = dnnl::memory(e.a, engine_, DNNL_MEMORY_NONE);
+        f.b = dnnl::memory(e.b, engine_, DNNL_MEMORY_NONE);
+        f.c = dnnl::memory(e.c, engine_, DNNL_MEMORY_NONE);
+        f.s = dnnl::memory(e.pd.scratchpad_desc(), engine_, DNNL_MEMORY_NONE);
+      }
+      it = front.emplace(key, std::move(f)).first;
     }
-    const Entry& e = *it->second;
+    const Entry& e = *it->second.entry;
     if (!e.ok) return false;
     thread_local std::unique_ptr<dnnl::stream> stream;
     thread_local std::vector<char> scratch;
     if (!stream) stream = std::make_unique<dnnl::stream>(engine_);
     if (scratch.size() < e.scratch_bytes) scratch.resize(e.scratch_bytes);
-    dnnl::memory am(e.a, engine_, const_cast<bf16*>(a)), bm(e.b, engine_, const_cast<bf16*>(b)),
-        cm(e.c, engine_, c), sm(e.pd.scratchpad_desc(), engine_, scratch.data());
-    e.prim.execute(*stream, {{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, bm}, {DNNL_ARG_DST, cm}, {DNNL_ARG_SCRATCHPAD, sm}});
+    Front& f = it->second;
+    f.a.set_data_handle(const_cast<bf16*>(a));
+    f.b.set_data_handle(const_cast<bf16*>(b));
+    f.c.set_data_handle(c);
+    f.s.set_data_handle(scratch.data());
+    const dnnl_exec_arg_t args[4] = {{DNNL_ARG_SRC, f.a.get()}, {DNNL_ARG_WEIGHTS, f.b.get()},
+                                     {DNNL_ARG_DST, f.c.get()}, {DNNL_ARG_SCRATCHPAD, f.s.get()}};
+    const dnnl_status_t st = dnnl_primitive_execute(e.prim.get(), stream->get(), 4, args);
+    if (st != dnnl_success) {
+      std::fprintf(stderr, "oneDNN matmul failed (status %d) for m=%lld n=%lld k=%lld\n", int(st), (long long)m,
+                   (long long)n, (long long)k);
+      std::abort();
+    }
     stream->wait();
     return true;
   }
@@ -196,6 +218,10 @@ class OneDnn {
     dnnl::matmul::primitive_desc pd;
     dnnl::matmul prim;
     size_t scratch_bytes = 0;
+  };
+  struct Front {
+    std::shared_ptr<const Entry> entry;
+    dnnl::memory a, b, c, s;  // the entry's operands, pointed at each call's buffers
   };
 
   OneDnn() : engine_(dnnl::engine::kind::cpu, 0) {

@@ -1,7 +1,8 @@
 // The hot path allocates nothing: with the rank's workspace kept across steps (the model's and the ring's
 // buffers) and the kernels' per-thread scratch (kernels/cpu/scratch.h), an fp32 step after the first makes
 // no heap allocation at all. Counted by replacing the global operator new in this test binary alone. bf16
-// steps still allocate inside oneDNN (its matmul primitives' execute arguments, outside our code): for them
+// steps still allocate inside oneDNN's matmul execute (its execution context, outside our code; our calls
+// keep their memory objects and pass the arguments on the stack): for them
 // the test checks that nothing grows from step to step. One device: no transport message is in the count.
 #include <gtest/gtest.h>
 
