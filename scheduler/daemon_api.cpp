@@ -196,20 +196,14 @@ void DaemonImpl::Routes() {
     runtime::JobConfig config;
     Status st = ParseSubmission(req, &rec, &key, &config);
     if (!st.ok()) return Error(res, 400, st.message());
-    for (const auto& other : jobs_->List()) {
-      const bool live = other.state == JobState::kQueued || other.state == JobState::kRunning ||
-                        other.state == JobState::kPreempted;
-      if (live && other.checkpoint_dir == rec.checkpoint_dir && (key.empty() || other.idempotency_key != key))
-        return Error(res, 409, "checkpoint.dir: " + rec.checkpoint_dir + " belongs to " + other.id + " (" +
-                                   JobStateName(other.state) + ")");
-    }
     JobRecord out;
     bool created = false;
     // Its configuration is kept before the scheduler can see the job: it plans with this one.
+    bool conflict = false;
     st = jobs_->Submit(rec, key, &out, &created, [&](const JobRecord& made) {
       configs_.Put(made.id, JobConfigs::Parsed(std::move(config), made.overrides));
-    });
-    if (!st.ok()) return Error(res, 500, st.message());
+    }, &conflict);
+    if (!st.ok()) return Error(res, conflict ? 409 : 500, st.message());
     if (created) {
       log_->Log(out.id, "QUEUED: submitted (priority " + std::to_string(out.priority) + ")");
       Wake();

@@ -21,6 +21,15 @@ bool Allowed(JobState from, JobState to) {
   }
 }
 
+bool Live(JobState s) { return s == JobState::kQueued || s == JobState::kRunning || s == JobState::kPreempted; }
+
+// Directory names as the daemon stores them (resolved, absolute); records written before trailing
+// separators were stripped at submission compare equal too.
+std::string DirKey(std::string d) {
+  while (d.size() > 1 && d.back() == '/') d.pop_back();
+  return d;
+}
+
 std::string EventKey(const std::string& job, int64_t seq) {
   char buf[32];
   std::snprintf(buf, sizeof(buf), "/%012lld", (long long)seq);  // zero-padded: key order is event order
@@ -120,10 +129,21 @@ Status JobTable::Submit(const std::string& name, const std::string& spec, int64_
   return Submit(fields, idempotency_key, out, &created);
 }
 
+Status JobTable::OwnerCheckLocked(const std::string& id, const std::string& dir, bool* conflict) const {
+  if (dir.empty()) return Status::Ok();
+  for (const auto& [other_id, other] : jobs_)
+    if (other_id != id && Live(other.state) && DirKey(other.checkpoint_dir) == DirKey(dir)) {
+      if (conflict) *conflict = true;
+      return Status::Error("checkpoint.dir: " + dir + " belongs to " + other_id + " (" + JobStateName(other.state) + ")");
+    }
+  return Status::Ok();
+}
+
 Status JobTable::Submit(const JobRecord& fields, const std::string& idempotency_key, JobRecord* out, bool* created,
-                        const std::function<void(const JobRecord&)>& on_created) {
+                        const std::function<void(const JobRecord&)>& on_created, bool* conflict) {
   std::lock_guard<std::mutex> lock(mu_);
   *created = false;
+  if (conflict) *conflict = false;
   if (!idempotency_key.empty()) {
     auto it = by_key_.find(idempotency_key);
     if (it != by_key_.end()) {
@@ -131,6 +151,7 @@ Status JobTable::Submit(const JobRecord& fields, const std::string& idempotency_
       return Status::Ok();
     }
   }
+  RW_RETURN_IF_ERROR(OwnerCheckLocked("", fields.checkpoint_dir, conflict));
   JobRecord r = fields;
   char id[32];
   std::snprintf(id, sizeof(id), "job-%06lld", (long long)next_job_);
@@ -182,6 +203,8 @@ Status JobTable::Transition(const std::string& id, JobState to, const std::strin
   RW_REQUIRE(it != jobs_.end(), "job " << id << ": no such job");
   const JobState from = it->second.state;
   RW_REQUIRE(Allowed(from, to), "job " << id << ": cannot go from " << JobStateName(from) << " to " << JobStateName(to));
+  // An ended job coming back (a FAILED one resumed) takes its directory back only if no live job took it.
+  if (!Live(from) && Live(to)) RW_RETURN_IF_ERROR(OwnerCheckLocked(id, it->second.checkpoint_dir, nullptr));
   JobRecord next = it->second;
   next.state = to;
   next.message = message;

@@ -62,13 +62,16 @@ class JobTable {
   // *created is false when an earlier submission with the same key is returned. `on_created` runs with the
   // new record once it is stored, under the table's lock, so before any reader of the table sees the job
   // (the daemon keeps its parsed configuration there); it must not call the table.
+  // A live job (QUEUED, RUNNING, PREEMPTED) owns its checkpoint_dir: a submission naming the directory of
+  // another live job is refused (*conflict set when given), checked and recorded under one lock.
   Status Submit(const JobRecord& fields, const std::string& idempotency_key, JobRecord* out, bool* created,
-                const std::function<void(const JobRecord&)>& on_created = {});
+                const std::function<void(const JobRecord&)>& on_created = {}, bool* conflict = nullptr);
   // Changes a job's record without a state change (progress: epoch, checkpoint_step) and writes an event
   // with `message`, plus `extra` (e.g. a checkpoint record), in one synced batch.
   Status Update(const std::string& id, const std::function<void(JobRecord&)>& change, const std::string& message,
                 const storage::Batch& extra = {});
-  // Moves a job to `to` if the state machine allows it; the error names the job and both states.
+  // Moves a job to `to` if the state machine allows it; the error names the job and both states. An ended
+  // job made live again (FAILED -> QUEUED) is refused while another live job owns its checkpoint_dir.
   Status Transition(const std::string& id, JobState to, const std::string& message);
 
   Status Get(const std::string& id, JobRecord* out) const;
@@ -84,6 +87,8 @@ class JobTable {
 
  private:
   explicit JobTable(storage::StateStore* store) : store_(store) {}
+  // An error naming the owner when a live job other than `id` owns `dir`.
+  Status OwnerCheckLocked(const std::string& id, const std::string& dir, bool* conflict) const;
   static std::string Encode(const JobRecord& r);
   static Status Decode(const std::string& text, JobRecord* r);
   storage::StateStore* store_;

@@ -4,7 +4,10 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <filesystem>
+#include <thread>
+#include <vector>
 
 #include "scheduler/job_table.h"
 
@@ -114,6 +117,51 @@ TEST(JobTable, StatesCountsAndTheCreationHook) {
   const std::map<std::string, int> counts = t->CountByState();
   EXPECT_EQ(counts, (std::map<std::string, int>{{"QUEUED", 1}, {"RUNNING", 1}, {"SUCCEEDED", 0}, {"FAILED", 0},
                                                {"CANCELLED", 0}, {"PREEMPTED", 0}}));
+}
+
+// A live job owns its checkpoint directory: concurrent submissions naming it make one job, however the
+// directory is spelt in older records; a FAILED job resumed after another took the directory is refused.
+TEST(JobTable, ALiveJobOwnsItsCheckpointDirectoryUnderOneLock) {
+  auto store = storage::MakeMemoryStore();
+  std::unique_ptr<JobTable> t;
+  ASSERT_TRUE(JobTable::Open(store.get(), &t).ok());
+  JobRecord fields;
+  fields.name = "a";
+  fields.spec = "name: a";
+  fields.checkpoint_dir = "/ck/a";
+  std::atomic<int> made{0}, refused{0};
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 8; ++i)
+    threads.emplace_back([&] {
+      JobRecord out;
+      bool created = false, conflict = false;
+      const Status st = t->Submit(fields, "", &out, &created, {}, &conflict);
+      if (st.ok() && created) ++made;
+      if (!st.ok() && conflict && st.message().find("belongs to job-000001") != std::string::npos) ++refused;
+    });
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(made.load(), 1);
+  EXPECT_EQ(refused.load(), 7);
+  EXPECT_EQ(t->List().size(), 1u);
+
+  // The first job fails; a second takes the directory (written with a trailing '/', as older records may be).
+  ASSERT_TRUE(t->Transition("job-000001", JobState::kRunning, "placed").ok());
+  ASSERT_TRUE(t->Transition("job-000001", JobState::kFailed, "device lost").ok());
+  fields.checkpoint_dir = "/ck/a/";
+  JobRecord second;
+  bool created = false, conflict = false;
+  ASSERT_TRUE(t->Submit(fields, "", &second, &created, {}, &conflict).ok());
+  ASSERT_TRUE(created);
+  const Status st = t->Transition("job-000001", JobState::kQueued, "resume (API)");
+  ASSERT_FALSE(st.ok());
+  std::printf("  resume of the failed job: %s\n", st.message().c_str());
+  EXPECT_NE(st.message().find("belongs to " + second.id + " (QUEUED)"), std::string::npos) << st.message();
+  JobState s;
+  ASSERT_TRUE(t->StateOf("job-000001", &s));
+  EXPECT_EQ(s, JobState::kFailed);  // unchanged
+  // Once the second has ended, the first may come back.
+  ASSERT_TRUE(t->Transition(second.id, JobState::kCancelled, "cancel (API)").ok());
+  EXPECT_TRUE(t->Transition("job-000001", JobState::kQueued, "resume (API)").ok());
 }
 
 }  // namespace
