@@ -26,6 +26,41 @@ bool SameSecret(const std::string& a, const std::string& b) {  // constant time 
   return d == 0;
 }
 
+// Request bodies are parsed only when nested at most this deep (a job file needs 4 levels): deeper ones
+// cost the parser memory and time out of proportion to their size and are refused before parsing.
+constexpr int kMaxJsonDepth = 32;
+
+// The deepest nesting of arrays and objects in `text`, strings skipped: one pass, no allocation.
+Status CheckJsonDepth(const std::string& text, const char* what) {
+  int depth = 0;
+  bool in_string = false;
+  for (size_t i = 0; i < text.size(); ++i) {
+    const char c = text[i];
+    if (in_string) {
+      if (c == '\\') ++i;
+      else if (c == '"') in_string = false;
+    } else if (c == '"') {
+      in_string = true;
+    } else if (c == '[' || c == '{') {
+      RW_REQUIRE(++depth <= kMaxJsonDepth, what << ": nested deeper than " << kMaxJsonDepth << " levels");
+    } else if (c == ']' || c == '}') {
+      --depth;
+    }
+  }
+  return Status::Ok();
+}
+
+// Parses an untrusted request body: bounded depth first, then nlohmann.
+Status ParseBody(const std::string& body, json* out) {
+  RW_RETURN_IF_ERROR(CheckJsonDepth(body, "body"));
+  try {
+    *out = json::parse(body);
+  } catch (const std::exception& e) {
+    return Status::Error(std::string("body: not JSON: ") + e.what());
+  }
+  return Status::Ok();
+}
+
 void Reply(httplib::Response& res, int status, const json& body) {
   res.status = status;
   res.set_content(body.dump(2) + "\n", "application/json");
@@ -97,16 +132,12 @@ Status DaemonImpl::ParseSubmission(const httplib::Request& req, JobRecord* rec, 
   const std::string type = req.get_header_value("Content-Type");
   if (type.rfind("application/json", 0) == 0) {
     json j;
-    try {
-      j = json::parse(req.body);
-    } catch (const std::exception& e) {
-      return Status::Error(std::string("body: not JSON: ") + e.what());
-    }
+    RW_RETURN_IF_ERROR(ParseBody(req.body, &j));
     RW_REQUIRE(j.is_object(), "body: expected a JSON object {\"job\": ..., \"priority\": ..., \"set\": [...]}");
     for (const auto& [k, v] : j.items()) {
       if (k == "job") {
         RW_REQUIRE(v.is_string() || v.is_object(), "job: expected the job file's text or a JSON object");
-        spec = v.is_string() ? v.get<std::string>() : v.dump(2);
+        spec = v.is_string() ? v.get<std::string>() : v.dump();  // JSON is YAML; never pretty-printed
       } else if (k == "priority") {
         RW_REQUIRE(v.is_number_integer(), "priority: expected an integer");
         priority = v.get<int64_t>();
@@ -285,8 +316,9 @@ void DaemonImpl::Routes() {
 // A worker registers: the daemon connects to its device host over the CAF middleman and takes its devices.
 void DaemonImpl::Register(const httplib::Request& req, httplib::Response& res) {
   Worker w;
+  json j;
+  if (const Status st = ParseBody(req.body, &j); !st.ok()) return Error(res, 400, st.message());
   try {
-    const auto j = json::parse(req.body);
     w.name = j.at("name").get<std::string>();
     w.host = j.at("host").get<std::string>();
     w.port = j.at("port").get<int>();
@@ -345,8 +377,9 @@ void DaemonImpl::Heartbeat(const httplib::Request& req, httplib::Response& res) 
   const std::string id = req.matches[1];
   std::string instance;
   bool draining = false, leaving = false;
+  json j;
+  if (const Status st = ParseBody(req.body, &j); !st.ok()) return Error(res, 400, st.message());
   try {
-    const auto j = json::parse(req.body);
     instance = j.at("instance").get<std::string>();
     draining = j.value("draining", false);
     leaving = j.value("leaving", false);

@@ -135,6 +135,9 @@ TEST_F(Api, BadRequestsGetTheirStatusAndNameTheFieldAndChangeNothing) {
     std::string needle;  // the message names the field
   };
   const std::string big(70 * 1024, 'x');
+  std::string deep = "{\"job\": ";  // 10,000 nested objects in 60 KB: quadratic to pretty-print
+  for (int i = 0; i < 10000; ++i) deep += "{\"a\":";
+  deep += "1" + std::string(10000, '}') + "}";
   std::vector<Case> cases = {
       {"body not JSON", [&] { return Post("/v1/jobs", "{not json"); }, 400, "body: not JSON"},
       {"body not an object", [&] { return Post("/v1/jobs", "[1, 2]"); }, 400, "body: expected a JSON object"},
@@ -177,6 +180,12 @@ TEST_F(Api, BadRequestsGetTheirStatusAndNameTheFieldAndChangeNothing) {
        409, "belongs to " + id},
       {"the same spelt ck//a/.", [&] { return Submit(json{{"job", job_with("dir: ck/a", "dir: ck//a/.")}}); }, 409,
        "belongs to " + id},
+      {"body nested 10,000 deep", [&] { return Post("/v1/jobs", deep); }, 400, "body: nested deeper than 32 levels"},
+      {"worker body nested deep", [&] { return Post("/v1/workers", std::string(5000, '[') + std::string(5000, ']')); },
+       400, "body: nested deeper"},
+      {"brackets inside strings are not nesting", [&] {
+         return Submit(json{{"job", job_with("name: api-test", "name: \"" + std::string(100, '[') + "\"")}});
+       }, 409, "belongs to " + id},  // parsed, so it reaches the ownership check
       {"body too large", [&] { return Post("/v1/jobs", json{{"job", big}}.dump()); }, 413, "too large"},
       {"unknown job", [&] { return client_->Get("/v1/jobs/job-999999"); }, 404, "no such job"},
       {"cancel an unknown job", [&] { return Post("/v1/jobs/job-999999/cancel", "{}"); }, 404, "no such job"},
