@@ -1,6 +1,7 @@
 // The daemon's state and its scheduling loop: opening the state directory, the loop (woken by the changes
 // that can let a job run, else ticking for heartbeats), placing the next queued job or preempting for it,
 // graceful shutdown. The other parts of DaemonImpl: see daemon_impl.h.
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -21,9 +22,22 @@ DaemonImpl::~DaemonImpl() {
 
 Status DaemonImpl::Init() {
   std::error_code ec;
+  const bool existed = fs::exists(opt_.state_dir, ec);
   fs::create_directories(opt_.state_dir + "/logs", ec);
   RW_REQUIRE(!ec, "--state: cannot create " << opt_.state_dir << ": " << ec.message());
+  // The state (job files, the token, logs) is the daemon user's alone: the directories are 0700, so what
+  // RocksDB and the logs create inside (0644 by their defaults) cannot be reached by others.
+  for (const std::string d : {opt_.state_dir, opt_.state_dir + "/logs"}) {
+    const auto mode = fs::status(d, ec).permissions();
+    RW_REQUIRE(!ec, "--state: " << d << ": " << ec.message());
+    if ((mode & (fs::perms::group_all | fs::perms::others_all)) != fs::perms::none) {
+      fs::permissions(d, fs::perms::owner_all, fs::perm_options::replace, ec);
+      RW_REQUIRE(!ec, "--state: cannot make " << d << " private (0700): " << ec.message());
+      if (existed) std::fprintf(stderr, "ringworld daemon: %s made private (0700; others could read it)\n", d.c_str());
+    }
+  }
   RW_RETURN_IF_ERROR(storage::OpenRocksStore(opt_.state_dir + "/db", opt_.cluster_id, &store_));
+  fs::permissions(opt_.state_dir + "/db", fs::perms::owner_all, fs::perm_options::replace, ec);
   RW_RETURN_IF_ERROR(JobTable::Open(store_.get(), &jobs_));
   log_ = std::make_unique<JobLog>(opt_.state_dir + "/logs", jobs_.get());
   checkpoints_ = std::make_unique<CheckpointRecords>(store_.get(), jobs_.get(), &metrics_, log_.get());
@@ -48,8 +62,18 @@ Status DaemonImpl::Init() {
   host_ = opt_.listen.substr(0, colon);
   const int want = std::atoi(opt_.listen.c_str() + colon + 1);
   Routes();
+  // Debian's cpp-httplib is a shared library built to listen with a backlog of 5: a burst of clients would
+  // see dropped and retried connects. The socket is seen as it is made, and listens again with a real one.
+  int listen_fd = -1;
+  http_.set_socket_options([&listen_fd](socket_t sock) {
+    httplib::default_socket_options(sock);
+    listen_fd = sock;
+  });
   port_ = want > 0 ? (http_.bind_to_port(host_.c_str(), want) ? want : -1) : http_.bind_to_any_port(host_.c_str());
   RW_REQUIRE(port_ > 0, "--listen: cannot listen on " << opt_.listen);
+  RW_REQUIRE(listen_fd >= 0 && ::listen(listen_fd, kListenBacklog) == 0,
+             "--listen: cannot set the listen backlog on " << opt_.listen);
+  http_.set_socket_options(httplib::default_socket_options);
   std::ofstream(opt_.state_dir + "/api.addr.tmp") << host_ << ":" << port_ << "\n";
   fs::rename(opt_.state_dir + "/api.addr.tmp", opt_.state_dir + "/api.addr", ec);
   return Status::Ok();

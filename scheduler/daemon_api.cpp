@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 
 #include "scheduler/daemon_impl.h"
@@ -98,11 +99,26 @@ std::string RandomHex(size_t bytes) {
   return out;
 }
 
-// $RINGWORLD_TOKEN, when set at first start, becomes the token (a cluster manager's shared secret).
+// $RINGWORLD_TOKEN, when set at first start, becomes the token (a cluster manager's shared secret). A token
+// file that is there but not a token (too short, not one line of printable characters) is refused, not
+// replaced: an operator may have put a secret there that the workers and clients already use.
 Status LoadOrCreateToken(const std::string& dir, std::string* token) {
   const std::string path = dir + "/token";
-  std::ifstream in(path);
-  if (in >> *token && token->size() >= 32) return Status::Ok();
+  std::error_code ec;
+  if (std::filesystem::exists(path, ec)) {
+    std::ifstream in(path);
+    std::string line, rest;
+    std::getline(in, line);
+    const bool one_line = !std::getline(in, rest) || rest.find_first_not_of(" \t\r\n") == std::string::npos;
+    while (!line.empty() && (line.back() == '\r' || line.back() == ' ' || line.back() == '\t')) line.pop_back();
+    const bool printable = std::all_of(line.begin(), line.end(), [](char c) { return c > ' ' && c < 127; });
+    RW_REQUIRE(in.eof() || in.good(), path << ": cannot read it");
+    RW_REQUIRE(one_line && printable && line.size() >= 32,
+               path << ": not a token (one line of at least 32 printable characters, it has "
+                           << line.size() << "); fix it, or remove it to have a new one made");
+    *token = line;
+    return Status::Ok();
+  }
   const char* given = std::getenv("RINGWORLD_TOKEN");
   if (given && *given) RW_REQUIRE(std::strlen(given) >= 32, "RINGWORLD_TOKEN: at least 32 characters");
   *token = given && *given ? std::string(given) : RandomHex(32);

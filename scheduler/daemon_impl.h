@@ -45,7 +45,7 @@ using Clock = std::chrono::steady_clock;
 
 // Random bytes as hex (/dev/urandom): the API token, the daemon's instance id.
 std::string RandomHex(size_t bytes);
-// The API token: made at first start, 0600, in the state directory.
+// The API token: made at first start, 0600, in the state directory; a token file that is not one is refused.
 Status LoadOrCreateToken(const std::string& dir, std::string* token);
 
 struct Worker {
@@ -123,6 +123,7 @@ class DaemonImpl final : public Daemon {
   bool Authorized(const httplib::Request& req) const;
 
   static constexpr std::chrono::milliseconds kTickFallback{100};
+  static constexpr int kListenBacklog = 1024;  // the kernel caps it at net.core.somaxconn
   static constexpr std::chrono::seconds kReparseAfter{5};
 
   DaemonOptions opt_;

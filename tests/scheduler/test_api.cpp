@@ -105,6 +105,11 @@ TEST_F(Api, TheTokenFileIsPrivateAndEveryChangeNeedsIt) {
   ASSERT_EQ(stat((opt_.state_dir + "/token").c_str(), &s), 0);
   EXPECT_EQ(s.st_mode & 0777, 0600u);
   EXPECT_EQ(token_.size(), 64u);
+  // The state directory, its database and its logs are the daemon user's alone.
+  for (const std::string d : {"", "/db", "/logs"}) {
+    ASSERT_EQ(stat((opt_.state_dir + d).c_str(), &s), 0) << d;
+    EXPECT_EQ(s.st_mode & 0777, 0700u) << opt_.state_dir + d;
+  }
   auto r = client_->Get("/healthz");
   ASSERT_TRUE(r);
   EXPECT_EQ(r->status, 200);
@@ -223,6 +228,48 @@ TEST_F(Api, BadRequestsGetTheirStatusAndNameTheFieldAndChangeNothing) {
   std::printf("  %-40s %d %s", "init_from outside the data root", r->status, r->body.substr(0, 140).c_str());
   EXPECT_EQ(Snapshot(), before);
   std::filesystem::remove_all(outside);
+}
+
+// A token file that is not a token is refused with its name, not replaced; a state directory others could
+// read is made private at start.
+TEST_F(Api, AShortTokenFileIsRefusedAndKeptAndAWideStateDirectoryIsMadePrivate) {
+  StopDaemon();
+  const std::string path = opt_.state_dir + "/token";
+  for (const std::string& bad : std::vector<std::string>{"short-secret\n", "", std::string(40, 'a') + "\nsecond line\n", "tab\tin " + std::string(40, 'a')}) {
+    std::ofstream(path, std::ios::trunc) << bad;
+    std::unique_ptr<Daemon> d;
+    const auto st = Daemon::Open(opt_, &d);
+    ASSERT_FALSE(st.ok());
+    std::printf("  %s\n", st.message().c_str());
+    EXPECT_NE(st.message().find(path + ": not a token"), std::string::npos) << st.message();
+    std::ifstream in(path);
+    EXPECT_EQ(std::string(std::istreambuf_iterator<char>(in), {}), bad) << "the token file was changed";
+  }
+  std::ofstream(path, std::ios::trunc) << token_ << "\n";
+  chmod(opt_.state_dir.c_str(), 0755);
+  StartDaemon();
+  struct stat s {};
+  ASSERT_EQ(stat(opt_.state_dir.c_str(), &s), 0);
+  EXPECT_EQ(s.st_mode & 0777, 0700u);
+  auto r = Submit(json{{"job", kJob}});
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 201) << "the kept token still works: " << r->body;
+}
+
+// The API's listening socket takes a burst of connects (cpp-httplib's own backlog is 5), read by `ss`.
+TEST_F(Api, TheApiListensWithARealBacklog) {
+  if (std::system("command -v ss > /dev/null 2>&1") != 0) GTEST_SKIP() << "no ss (iproute2) on this machine";
+  const std::string cmd = "ss -Hltn 'sport = :" + std::to_string(daemon_->port()) + "'";
+  FILE* p = popen(cmd.c_str(), "r");
+  ASSERT_NE(p, nullptr);
+  char line[512] = {0};
+  ASSERT_NE(fgets(line, sizeof(line), p), nullptr) << cmd << " printed nothing";
+  pclose(p);
+  char state[32];
+  long recv_q = 0, send_q = 0;
+  ASSERT_EQ(std::sscanf(line, "%31s %ld %ld", state, &recv_q, &send_q), 3) << line;
+  std::printf("  %s", line);
+  EXPECT_GE(send_q, 128) << "the listen backlog (ss's Send-Q of a listening socket)";
 }
 
 TEST_F(Api, SubmissionIsIdempotentAndSurvivesARestartAndCancelIsRecorded) {
