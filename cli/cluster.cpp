@@ -112,8 +112,12 @@ int RunWorker(const WorkerOptions& o) {
   // The daemon's protocol (HTTP) is the scheduler's; the devices (CAF) are ours.
   const scheduler::WorkerAgentResult agent =
       scheduler::RunWorkerAgent({{o.daemon, o.token_file}, name, o.grace_s}, hello, StopRequested(), abort_devices);
-  if (agent.code != 0) return agent.code;
   caf::anon_send(host, actors::quit_atom::value);
+  if (agent.code != 0) {  // refused: exit now with the reason (returning would wait on the published host)
+    std::fprintf(stderr, "ringworld worker %s: the daemon refused the registration (%s); exiting\n", name.c_str(),
+                 agent.reason.c_str());
+    _exit(agent.code);
+  }
   std::fprintf(stderr, "ringworld worker %s: stopped\n", name.c_str());
   _exit(StopRequested() && agent.registered_once ? kExitPreempted : 0);  // CAF's middleman threads need no goodbye
 }

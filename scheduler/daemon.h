@@ -23,6 +23,7 @@ struct DaemonOptions {
   std::string cluster_id = "ringworld";
   size_t max_body_bytes = 1 << 20;            // larger requests get 413
   double worker_timeout_s = 5;                // a worker silent this long is lost
+  double worker_connect_s = 5;                // registration: the worker's device host must answer within it
   double grace_s = 30;                        // SIGTERM: time for running jobs to checkpoint
 };
 

@@ -355,13 +355,38 @@ void DaemonImpl::Register(const httplib::Request& req, httplib::Response& res) {
     if (it != workers_.end() && it->second.alive)
       return Error(res, 409, "worker " + w.name + " is already registered and alive");
   }
-  auto host = sys_.middleman().remote_actor<actors::host_actor>(w.host, uint16_t(w.port));
-  if (!host) return Error(res, 400, "port: cannot reach the worker's device host at " + w.host + ":" +
-                                        std::to_string(w.port) + ": " + sys_.render(host.error()));
+  if (registering_.fetch_add(1) >= kMaxRegistering) {
+    --registering_;
+    res.set_header("Retry-After", "1");
+    return Error(res, 503, "too many worker registrations under way: retry");
+  }
+  struct Done {
+    std::atomic<int>& n;
+    ~Done() { --n; }
+  } done{registering_};
+  // The middleman's connect, with a deadline (remote_actor waits for the peer's handshake without one).
+  const auto deadline_ms = std::chrono::milliseconds(int64_t(opt_.worker_connect_s * 1000));
+  const std::string where = w.host + ":" + std::to_string(w.port);
   std::string err;
+  actors::host_actor host;
   {
     caf::scoped_actor self{sys_};
-    self->request(*host, std::chrono::seconds(10), actors::devices_atom::value)
+    self->request(sys_.middleman().actor_handle(), deadline_ms,
+                  caf::connect_atom::value, w.host, uint16_t(w.port))
+        .receive(
+            [&](const caf::node_id&, caf::strong_actor_ptr& ptr, const std::set<std::string>& ifs) {
+              if (!ptr) err = "no actor is published there";
+              else if (!sys_.assignable<actors::host_actor>(ifs)) err = "what is published there is not a device host";
+              else host = caf::actor_cast<actors::host_actor>(std::move(ptr));
+            },
+            [&](caf::error& e) { err = sys_.render(e); });
+  }
+  if (!err.empty())
+    return Error(res, 400, "port: cannot reach the worker's device host at " + where + " within " +
+                               std::to_string(int(opt_.worker_connect_s)) + " s: " + err);
+  {
+    caf::scoped_actor self{sys_};
+    self->request(host, deadline_ms, actors::devices_atom::value)
         .receive([&](const std::vector<actors::device_actor>& d) { w.devices = d; },
                  [&](caf::error& e) { err = sys_.render(e); });
   }

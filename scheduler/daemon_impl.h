@@ -123,7 +123,10 @@ class DaemonImpl final : public Daemon {
   bool Authorized(const httplib::Request& req) const;
 
   static constexpr std::chrono::milliseconds kTickFallback{100};
-  static constexpr int kListenBacklog = 1024;  // the kernel caps it at net.core.somaxconn
+  static constexpr int kListenBacklog = 1024;
+  // Registrations connect to the worker (up to worker_connect_s each): at most this many at once hold API
+  // threads, the others get 503 + Retry-After, so ports that accept and never answer cannot take the API.
+  static constexpr int kMaxRegistering = 2;  // the kernel caps it at net.core.somaxconn
   static constexpr std::chrono::seconds kReparseAfter{5};
 
   DaemonOptions opt_;
@@ -140,6 +143,7 @@ class DaemonImpl final : public Daemon {
   std::thread http_thread_;
   DaemonMetrics metrics_;
   std::atomic<bool> shutting_down_{false};
+  std::atomic<int> registering_{0};
   Clock::time_point settle_until_{};
   std::mutex mu_;  // workers_, runners_, waiting_
   std::map<std::string, Worker> workers_;

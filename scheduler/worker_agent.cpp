@@ -30,10 +30,16 @@ WorkerAgentResult RunWorkerAgent(const WorkerAgentOptions& o, const json& hello,
         beat = reply.value("heartbeat_s", 1.0);
         res.registered_once = true;
         std::fprintf(stderr, "ringworld worker %s: registered with daemon instance %s\n", id.c_str(), instance.c_str());
-      } else if (status == 401 || status == 400) {
-        res.code = 2;  // a wrong token or a refused registration will not get better by retrying
+      } else if (status == 400 || status == 401 || status == 403) {
+        // A wrong token or a refused registration will not get better by retrying (a 409, the name of a
+        // worker the daemon still thinks alive, does once that one times out).
+        res.code = 2;
+        res.reason = std::to_string(status) + ": " +
+                     (reply.is_object() && reply.contains("error") && reply["error"].is_string()
+                          ? reply["error"].get<std::string>()
+                          : client.raw());
         return res;
-      }
+      }  // else (unreachable, 5xx, 503 + Retry-After): try again
     } else {
       const int status = client.Call("POST", "/v1/workers/" + id + "/heartbeat",
                                      json{{"instance", instance}, {"draining", stop.load()}}.dump(),

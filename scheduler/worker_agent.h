@@ -21,6 +21,7 @@ struct WorkerAgentOptions {
 struct WorkerAgentResult {
   int code = 0;                  // 0: left; 2: the daemon refused the registration (wrong token, bad fields)
   bool registered_once = false;  // the daemon knew this worker at some point
+  std::string reason;            // code 2: the daemon's answer (status and error)
 };
 
 // Runs until `stop` is set and the devices are released (or the grace period is over), or until the

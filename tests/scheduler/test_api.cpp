@@ -5,6 +5,9 @@
 // accepts.
 #include <gtest/gtest.h>
 #include <httplib.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -270,6 +273,62 @@ TEST_F(Api, TheApiListensWithARealBacklog) {
   ASSERT_EQ(std::sscanf(line, "%31s %ld %ld", state, &recv_q, &send_q), 3) << line;
   std::printf("  %s", line);
   EXPECT_GE(send_q, 128) << "the listen backlog (ss's Send-Q of a listening socket)";
+}
+
+// Twelve registrations naming a port that accepts and never answers: each ends within the connect deadline
+// (400, or 503 + Retry-After while others are under way) and /healthz keeps answering meanwhile.
+TEST_F(Api, RegistrationsToAPortThatNeverAnswersCannotTakeTheApi) {
+  StopDaemon();
+  opt_.worker_connect_s = 1;
+  StartDaemon();
+  const int silent = socket(AF_INET, SOCK_STREAM, 0);  // listens, never accepts: the kernel completes connects
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(bind(silent, reinterpret_cast<sockaddr*>(&a), sizeof(a)), 0);
+  ASSERT_EQ(listen(silent, 64), 0);
+  socklen_t len = sizeof(a);
+  getsockname(silent, reinterpret_cast<sockaddr*>(&a), &len);
+  const int port = ntohs(a.sin_port);
+  std::atomic<int> refused{0}, busy{0}, other{0};
+  std::atomic<bool> done{false};
+  double worst_health_s = 0;
+  std::thread health([&] {
+    httplib::Client c("127.0.0.1", daemon_->port());
+    c.set_read_timeout(5);
+    while (!done) {
+      const auto t0 = std::chrono::steady_clock::now();
+      auto r = c.Get("/healthz");
+      const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      if (!r || r->status != 200) worst_health_s = 99;
+      worst_health_s = std::max(worst_health_s, s);
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+  });
+  const auto t0 = std::chrono::steady_clock::now();
+  std::vector<std::thread> clients;
+  for (int i = 0; i < 12; ++i)
+    clients.emplace_back([&, i] {
+      httplib::Client c("127.0.0.1", daemon_->port());
+      c.set_read_timeout(10);
+      const json body{{"name", "w" + std::to_string(i)}, {"host", "127.0.0.1"}, {"port", port},
+                      {"devices", {{{"memory_bytes", 1}}}}};
+      auto r = c.Post("/v1/workers", Auth(token_), body.dump(), "application/json");
+      if (r && r->status == 400 && r->body.find("within 1 s") != std::string::npos) ++refused;
+      else if (r && r->status == 503 && r->get_header_value("Retry-After") == "1") ++busy;
+      else ++other;
+    });
+  for (auto& t : clients) t.join();
+  const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  done = true;
+  health.join();
+  close(silent);
+  std::printf("  12 registrations: %d refused after the deadline, %d told to retry, %d other, in %.2f s; "
+              "/healthz at worst %.3f s\n", refused.load(), busy.load(), other.load(), took, worst_health_s);
+  EXPECT_EQ(other.load(), 0);
+  EXPECT_GE(refused.load(), 1);
+  EXPECT_LT(took, 4.0);
+  EXPECT_LT(worst_health_s, 1.0);
 }
 
 TEST_F(Api, SubmissionIsIdempotentAndSurvivesARestartAndCancelIsRecorded) {

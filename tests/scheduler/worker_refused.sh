@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# A worker whose registration the daemon refuses exits at once, non-zero, saying why: a wrong token (401)
+# and a bad registration (400: a name the daemon does not accept). Before, it lingered on its published
+# device host. A right token registers. Bounded: each worker must be gone within 15 s.
+# Usage: worker_refused.sh RINGWORLD_BINARY
+set -euo pipefail
+bin=$(readlink -f "$1")
+work=$(mktemp -d)
+cd "$work"
+daemon=""
+cleanup() {
+  [ -n "$daemon" ] && { kill -9 "$daemon"; wait "$daemon"; } 2> /dev/null || true
+  pkill -9 -f "$work/st" 2> /dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+fail() {
+  echo "FAIL: $*"
+  for f in daemon.log w*.log; do [ -f "$f" ] && { echo "--- $f"; tail -20 "$f"; }; done
+  exit 1
+}
+"$bin" daemon --state st --listen 127.0.0.1:0 --data-root . --checkpoint-root . > daemon.log 2>&1 &
+daemon=$!
+for _ in $(seq 100); do [ -s st/api.addr ] && break; sleep 0.1; done
+[ -s st/api.addr ] || fail "the daemon did not start"
+addr=$(cat st/api.addr)
+head -c 40 /dev/urandom | od -An -tx1 | tr -d ' \n' > wrong-token
+
+# expect_refused LOG EXPECTED_TEXT ARGS...: the worker exits 2 within 15 s and says EXPECTED_TEXT.
+expect_refused() {
+  local log=$1 want=$2
+  shift 2
+  local t0=$SECONDS rc=0
+  timeout 15 "$bin" worker --daemon "$addr" --devices cpu:1 "$@" > "$log" 2>&1 || rc=$?
+  [ "$rc" -eq 2 ] || fail "$log: exit $rc, expected 2 (124: it lingered)"
+  grep -q "$want" "$log" || fail "$log: does not say '$want'"
+  echo "  $log: exit $rc after $((SECONDS - t0)) s: $(grep 'refused' "$log")"
+}
+expect_refused w-token.log "refused the registration (401: a bearer token is required" --name w1 --token-file wrong-token
+expect_refused w-name.log "refused the registration (400: name:" --name 'bad name!' --token-file st/token
+
+# The right token registers (and the worker stays until told to stop).
+"$bin" worker --daemon "$addr" --devices cpu:1 --name w-ok --token-file st/token > w-ok.log 2>&1 &
+ok=$!
+for _ in $(seq 100); do grep -q "registered with daemon" w-ok.log && break; sleep 0.1; done
+grep -q "registered with daemon" w-ok.log || fail "the worker with the right token did not register"
+kill -TERM "$ok"
+wait "$ok" || true
+echo "PASS: refused workers exit with the reason; the right token registers"
