@@ -45,6 +45,9 @@ Status Transport::Wait(const Request& req) {
 
 Status Transport::AllReduceSum(float* data, size_t n, MsgTag tag) {
   const int R = size(), r = rank();
+  // An aborted ring fails here at every size: a ring of 1 sends nothing, so without this check a cancelled
+  // job of one device would train on to its end.
+  RW_REQUIRE(!aborted(), "transport: aborted (rank " << r << " of " << R << ")");
   if (R == 1 || n == 0) return Status::Ok();
   // Chunk c covers [begin(c), begin(c + 1)).
   auto begin = [&](int c) { return n * size_t(c) / size_t(R); };
@@ -74,6 +77,7 @@ Status Transport::AllReduceSum(float* data, size_t n, MsgTag tag) {
 }
 
 Status Transport::Barrier(MsgTag tag) {
+  RW_REQUIRE(!aborted(), "transport: aborted (rank " << rank() << " of " << size() << ")");
   if (size() == 1) return Status::Ok();
   uint8_t token = 1, got = 0;
   for (uint32_t round = 0; round < 2; ++round) {

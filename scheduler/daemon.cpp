@@ -143,86 +143,127 @@ void DaemonImpl::Tick() {
   metrics_.JobsByState(jobs_->CountByState());
 }
 
-std::shared_ptr<const ParsedJob> DaemonImpl::ParsedFor(const JobRecord& rec) {
-  std::shared_ptr<const ParsedJob> p = configs_.Get(rec.id);
+std::shared_ptr<const ParsedJob> DaemonImpl::ParsedFor(const std::string& id) {
+  std::shared_ptr<const ParsedJob> p = configs_.Get(id);
   if (p && (p->status.ok() || Clock::now() - p->parsed_at < kReparseAfter)) return p;
   // Missing is not expected: every way to QUEUED keeps the configuration first (submission, start, resume).
+  JobRecord rec;
+  if (!jobs_->Get(id, &rec).ok()) return nullptr;
   p = JobConfigs::Parse(rec);
-  configs_.Put(rec.id, p);
-  ForgetIfEnded(rec.id);  // cancelled while it was parsed: not kept
+  configs_.Put(id, p);
+  ForgetIfEnded(id);  // cancelled while it was parsed: not kept
   return p;
 }
 
 void DaemonImpl::ForgetIfEnded(const std::string& job) {
   JobState s;
-  if (!jobs_->StateOf(job, &s) || s == JobState::kSucceeded || s == JobState::kFailed || s == JobState::kCancelled)
+  if (!jobs_->StateOf(job, &s) || s == JobState::kSucceeded || s == JobState::kFailed || s == JobState::kCancelled) {
     configs_.Forget(job);
+    std::lock_guard<std::mutex> lock(mu_);
+    waiting_.erase(job);
+  }
 }
 
-// The next queued job starts when a ring for it fits in the free devices; else it waits (saying why, once
-// per reason) and a running job of lower priority is preempted for it.
+// Queued jobs start in order (priority, then submission) when a ring for them fits in the free devices.
+// The first that does not fit is the head: it waits (saying why, once per reason), and a running job is
+// preempted for it when that lets it run (ChoosePreemption). While such a preemption is chosen or under
+// way, the free devices are the head's; otherwise later jobs that fit start on them (backfill), and give
+// their devices back when the head could then run. A job whose file does not validate waits with its
+// reason and holds nobody back.
 void DaemonImpl::Schedule() {
-  JobRecord next;
-  if (!jobs_->NextQueued(&next)) return;
-  const std::shared_ptr<const ParsedJob> parsed = ParsedFor(next);
-  actors::RingPlan plan;
-  Status st = parsed->status;
-  std::vector<Slot> slots;
-  std::string new_reason, victim;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    // Its previous driver (preempted, requeued) is still finishing: its thread is joined first, and its
-    // Finish wakes this loop.
-    if (runners_.count(next.id)) return;
-    if (st.ok()) st = actors::PlanRing(parsed->config, parsed->overrides, next.checkpoint_step, FreeLocked(), &plan);
-    // Its devices are held from now on, so that the next tick (at once, when a submission wakes it) plans
-    // the job after it without them; its driver re-places its ring over them and any freed since.
-    if (st.ok() && plan.devices > 0) st = PlaceLocked(next.id, plan.devices, &slots);
-    if (st.ok()) {
-      waiting_.erase(next.id);
-    } else {
-      if (waiting_[next.id] != st.message()) new_reason = waiting_[next.id] = st.message();
-      // Preemption frees devices: it helps a job that waits for them, not one whose file does not validate.
-      if (parsed->status.ok()) {
+  std::string head;         // the first job that waits for devices
+  bool keep_free = false;   // a preemption for the head is chosen or under way
+  for (const QueuedJob& q : jobs_->Queue()) {
+    const std::shared_ptr<const ParsedJob> parsed = ParsedFor(q.id);
+    if (!parsed) continue;
+    if (!parsed->status.ok()) {
+      NoteWaiting(q.id, parsed->status.message());
+      continue;
+    }
+    actors::RingPlan plan;
+    std::vector<Slot> slots;
+    Status st;
+    std::string victim;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      // Its previous driver (preempted, requeued) is still finishing: its thread is joined first, and its
+      // Finish wakes this loop. Its devices come free then: nobody is started on them before.
+      if (runners_.count(q.id)) return;
+      const int free = FreeLocked();
+      if (!head.empty() && free == 0) return;  // nothing left to backfill onto
+      st = actors::PlanRing(parsed->config, parsed->overrides, q.checkpoint_step, free, &plan);
+      // Its devices are held from now on, so that the job after it is planned without them; its driver
+      // re-places its ring over them and any freed since.
+      if (st.ok() && plan.devices > 0) st = PlaceLocked(q.id, plan.devices, &slots);
+      if (!st.ok() && head.empty()) {
         std::vector<RunningJob> running;
         for (const auto& [id, r] : runners_) {
           JobState s;
-          running.push_back({id, r->priority, jobs_->StateOf(id, &s) && s == JobState::kRunning, r->preempt.load()});
+          running.push_back({id, r->priority, jobs_->StateOf(id, &s) && s == JobState::kRunning, r->preempt.load(),
+                             !r->backfilled_past.empty(), r->submitted_seq, int(r->slots.size())});
         }
-        victim = ChooseVictim(running, next.priority);
+        const auto fits = [&](int available) {
+          actors::RingPlan p;
+          return actors::PlanRing(parsed->config, parsed->overrides, q.checkpoint_step, available, &p).ok();
+        };
+        const Preemption p = ChoosePreemption(running, {q.priority, q.submitted_seq}, free, fits);
+        victim = p.victim;
+        keep_free = p.pending;
       }
     }
-  }
-  if (!st.ok()) {
-    if (!new_reason.empty()) log_->Log(next.id, "waiting: " + new_reason);
-    if (victim.empty()) return;
-    // The event first, then the request: the victim's PREEMPTED follows its "preempting for". Runners are
-    // removed by this thread only (ReapRunners), so the victim's is still there.
-    log_->Note(victim, "preempting for " + next.id + " (priority " + std::to_string(next.priority) + ")");
-    std::lock_guard<std::mutex> lock(mu_);
-    Runner* r = runners_.at(victim).get();
-    r->preempted_by = next.id;
-    r->preempt = true;
-    return;
-  }
-  if (!jobs_->Transition(next.id, JobState::kRunning, "placed").ok()) {  // cancelled meanwhile
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      ReleaseLocked(next.id);
+    if (!st.ok()) {
+      NoteWaiting(q.id, st.message());
+      if (head.empty()) head = q.id;
+      if (!victim.empty()) {
+        // The event first, then the request: the victim's PREEMPTED follows its "preempting for". Runners
+        // are removed by this thread only (ReapRunners), so the victim's is still there.
+        log_->Note(victim, "preempting for " + q.id + " (priority " + std::to_string(q.priority) + ")");
+        std::lock_guard<std::mutex> lock(mu_);
+        Runner* r = runners_.at(victim).get();
+        r->preempted_by = q.id;
+        r->preempt = true;
+      }
+      if (keep_free) return;
+      continue;
     }
-    ForgetIfEnded(next.id);
-    return;
+    Start(q, parsed, std::move(slots), head);
   }
-  log_->Log(next.id, "RUNNING: placed");
+}
+
+void DaemonImpl::NoteWaiting(const std::string& job, const std::string& why) {
   {
     std::lock_guard<std::mutex> lock(mu_);
+    std::string& said = waiting_[job];
+    if (said == why) return;
+    said = why;
+  }
+  log_->Log(job, "waiting: " + why);
+}
+
+void DaemonImpl::Start(const QueuedJob& q, std::shared_ptr<const ParsedJob> parsed, std::vector<Slot> slots,
+                       const std::string& backfilled_past) {
+  if (!jobs_->Transition(q.id, JobState::kRunning, "placed").ok()) {  // cancelled meanwhile
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      ReleaseLocked(q.id);
+    }
+    ForgetIfEnded(q.id);
+    return;
+  }
+  log_->Log(q.id, backfilled_past.empty() ? "RUNNING: placed"
+                                          : "RUNNING: placed (backfilled while " + backfilled_past + " waits for devices)");
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    waiting_.erase(q.id);
     auto r = std::make_unique<Runner>();
-    r->job = next.id;
-    r->priority = next.priority;
-    r->parsed = parsed;
+    r->job = q.id;
+    r->priority = q.priority;
+    r->submitted_seq = q.submitted_seq;
+    r->backfilled_past = backfilled_past;
+    r->parsed = std::move(parsed);
     r->slots = std::move(slots);
     Runner* raw = r.get();
-    runners_[next.id] = std::move(r);
+    runners_[q.id] = std::move(r);
     raw->thread = std::thread([this, raw] { Drive(raw); });
   }
   Wake();  // the job after it may fit in the devices left

@@ -132,6 +132,13 @@ Status LoadOrCreateToken(const std::string& dir, std::string* token) {
   return Status::Ok();
 }
 
+nlohmann::json DaemonImpl::WithWaitingLocked(nlohmann::json j, const JobRecord& r) const {
+  if (r.state != JobState::kQueued) return j;
+  const auto it = waiting_.find(r.id);
+  if (it != waiting_.end()) j["waiting"] = it->second;
+  return j;
+}
+
 bool DaemonImpl::Authorized(const httplib::Request& req) const {
   const std::string h = req.get_header_value("Authorization");
   return h.rfind("Bearer ", 0) == 0 && SameSecret(h.substr(7), token_);
@@ -259,13 +266,19 @@ void DaemonImpl::Routes() {
   });
   http_.Get("/v1/jobs", [this](const httplib::Request&, httplib::Response& res) {
     json list = json::array();
-    for (const auto& r : jobs_->List()) list.push_back(JobJson(r));
+    const auto records = jobs_->List();
+    std::lock_guard<std::mutex> lock(mu_);  // after the table's (the order of daemon_impl.h)
+    for (const auto& r : records) list.push_back(WithWaitingLocked(JobJson(r), r));
     Reply(res, 200, json{{"jobs", list}});
   });
   http_.Get(R"(/v1/jobs/([A-Za-z0-9_-]+))", [this](const httplib::Request& req, httplib::Response& res) {
     JobRecord r;
     if (!jobs_->Get(req.matches[1], &r).ok()) return Error(res, 404, "job " + std::string(req.matches[1]) + ": no such job");
-    json j = JobJson(r);
+    json j;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      j = WithWaitingLocked(JobJson(r), r);
+    }
     j["spec"] = r.spec;
     j["overrides"] = r.overrides;
     Reply(res, 200, j);

@@ -64,6 +64,8 @@ struct Worker {
 struct Runner {
   std::string job;
   int64_t priority = 0;
+  int64_t submitted_seq = 0;
+  std::string backfilled_past;              // the waiting job it started ahead of ("" when none)
   std::shared_ptr<const ParsedJob> parsed;  // its configuration, parsed once
   std::thread thread;
   std::vector<Slot> slots;             // devices it holds (under the daemon's lock)
@@ -91,7 +93,12 @@ class DaemonImpl final : public Daemon {
   void Schedule();
   // The head job's parsed configuration: the one kept, parsed again (no lock held) only when missing or,
   // after kReparseAfter, when it did not validate (a file of the job may be back).
-  std::shared_ptr<const ParsedJob> ParsedFor(const JobRecord& rec);
+  std::shared_ptr<const ParsedJob> ParsedFor(const std::string& id);  // null: no such job
+  // Says (in the job's log, and in the API's "waiting") why a queued job waits; once per reason.
+  void NoteWaiting(const std::string& job, const std::string& why);
+  // Starts a placed job's driver (RUNNING); `backfilled_past` names the job it started ahead of, if any.
+  void Start(const QueuedJob& q, std::shared_ptr<const ParsedJob> parsed, std::vector<Slot> slots,
+             const std::string& backfilled_past);
   void ReapRunners();
   // Drops a job's parsed configuration once it has ended (SUCCEEDED, FAILED, CANCELLED): a failed job is
   // parsed again when it is resumed.
@@ -121,6 +128,8 @@ class DaemonImpl final : public Daemon {
   void Heartbeat(const httplib::Request& req, httplib::Response& res);
   Status ParseSubmission(const httplib::Request& req, JobRecord* rec, std::string* key, runtime::JobConfig* config);
   bool Authorized(const httplib::Request& req) const;
+  // A queued job's record as the API shows it, with why it waits ("waiting") when the scheduler said so.
+  nlohmann::json WithWaitingLocked(nlohmann::json j, const JobRecord& r) const;
 
   static constexpr std::chrono::milliseconds kTickFallback{100};
   static constexpr int kListenBacklog = 1024;
@@ -148,7 +157,7 @@ class DaemonImpl final : public Daemon {
   std::mutex mu_;  // workers_, runners_, waiting_
   std::map<std::string, Worker> workers_;
   std::map<std::string, std::unique_ptr<Runner>> runners_;
-  std::map<std::string, std::string> waiting_;  // job -> why it waits (said once per reason)
+  std::map<std::string, std::string> waiting_;  // queued job -> why it waits (said once per reason)
   std::mutex wake_mu_;
   std::condition_variable wake_cv_;
   bool woken_ = false;  // under wake_mu_

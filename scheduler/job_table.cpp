@@ -259,16 +259,17 @@ std::map<std::string, int> JobTable::CountByState() const {
   return counts;
 }
 
-bool JobTable::NextQueued(JobRecord* out) const {
-  std::lock_guard<std::mutex> lock(mu_);
-  const JobRecord* best = nullptr;
-  for (const auto& [id, r] : jobs_) {
-    if (r.state != JobState::kQueued) continue;
-    if (!best || r.priority > best->priority || (r.priority == best->priority && r.submitted_seq < best->submitted_seq))
-      best = &r;
+std::vector<QueuedJob> JobTable::Queue() const {
+  std::vector<QueuedJob> out;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const auto& [id, r] : jobs_)
+      if (r.state == JobState::kQueued) out.push_back({id, r.priority, r.submitted_seq, r.checkpoint_step});
   }
-  if (best) *out = *best;
-  return best != nullptr;
+  std::sort(out.begin(), out.end(), [](const QueuedJob& a, const QueuedJob& b) {
+    return a.priority != b.priority ? a.priority > b.priority : a.submitted_seq < b.submitted_seq;
+  });
+  return out;
 }
 
 Status JobTable::Events(const std::string& id, std::vector<JobEvent>* out) const {

@@ -44,6 +44,13 @@ struct JobRecord {
   int64_t total_steps = 0;
 };
 
+struct QueuedJob {
+  std::string id;
+  int64_t priority = 0;
+  int64_t submitted_seq = 0;
+  int64_t checkpoint_step = 0;
+};
+
 struct JobEvent {
   int64_t seq = 0;
   std::string job;
@@ -81,8 +88,8 @@ class JobTable {
   bool StateOf(const std::string& id, JobState* out) const;
   std::vector<std::string> IdsIn(JobState state) const;
   std::map<std::string, int> CountByState() const;
-  // The next job to run: highest priority, then earliest submitted, among QUEUED.
-  bool NextQueued(JobRecord* out) const;
+  // The QUEUED jobs in the order they run: highest priority, then earliest submitted (no job files copied).
+  std::vector<QueuedJob> Queue() const;
   Status Events(const std::string& id, std::vector<JobEvent>* out) const;
 
  private:

@@ -50,15 +50,24 @@ Status PlaceRing(const std::vector<WorkerDevices>& workers, int devices, std::ve
   return Status::Ok();
 }
 
-std::string ChooseVictim(const std::vector<RunningJob>& jobs, int64_t priority) {
-  const RunningJob* victim = nullptr;
+Preemption ChoosePreemption(const std::vector<RunningJob>& jobs, const WaitingJob& waiting, int free,
+                            const std::function<bool(int available)>& fits) {
+  std::vector<const RunningJob*> victims;
   for (const auto& j : jobs) {
-    if (j.preempting) return "";
-    if (!j.running || j.priority >= priority) continue;
-    if (!victim || j.priority < victim->priority || (j.priority == victim->priority && j.job < victim->job))
-      victim = &j;
+    if (j.preempting) return {"", true};
+    const bool below = j.priority < waiting.priority;
+    const bool jumped = j.backfilled && j.priority == waiting.priority && j.submitted_seq > waiting.submitted_seq;
+    if (j.running && (below || jumped)) victims.push_back(&j);
   }
-  return victim ? victim->job : "";
+  std::sort(victims.begin(), victims.end(), [](const RunningJob* a, const RunningJob* b) {
+    return a->priority != b->priority ? a->priority < b->priority : a->job < b->job;
+  });
+  int available = free;
+  for (const RunningJob* v : victims) {
+    available += v->devices;
+    if (fits(available)) return {victims.front()->job, true};
+  }
+  return {};
 }
 
 }  // namespace rw::scheduler

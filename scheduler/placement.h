@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -41,11 +42,31 @@ struct RunningJob {
   int64_t priority = 0;
   bool running = true;      // RUNNING still (a cancelled job's driver may not have stopped yet: no victim)
   bool preempting = false;  // already asked to stop for another job
+  bool backfilled = false;  // it started while a job ahead of it in the queue waited for devices
+  int64_t submitted_seq = 0;
+  int devices = 1;          // the devices it holds
 };
 
-// The job to preempt for a waiting job of `priority`: the running one of the lowest priority strictly
-// below it, ties to the smaller job id (the earlier submitted). "" when no running job is below it, or when
-// a preemption is under way: one at a time, since the devices that one frees may be all the waiting job needs.
-std::string ChooseVictim(const std::vector<RunningJob>& jobs, int64_t priority);
+// The job that waits at the head of the queue.
+struct WaitingJob {
+  int64_t priority = 0;
+  int64_t submitted_seq = 0;
+};
+
+struct Preemption {
+  std::string victim;  // the job to ask to stop now; "" when none
+  // A preemption is under way, or `victim` is one whose devices (with the free ones and, when needed, those
+  // of the next victims) let the waiting job run. While it holds, no later job is backfilled onto the free
+  // devices: they are the waiting job's.
+  bool pending = false;
+};
+
+// Whom to preempt for the waiting job. Victims are running jobs of lower priority, and jobs backfilled past
+// it (same priority, submitted later): lowest priority first, ties to the smaller job id (the earlier
+// submitted). A victim is chosen only when the waiting job fits (`fits(devices available)`) in the free
+// devices plus those of the victims taken in that order up to and including some k-th: stopping jobs that
+// would not let it run only loses their work. One at a time: while one stops, nothing else is chosen.
+Preemption ChoosePreemption(const std::vector<RunningJob>& jobs, const WaitingJob& waiting, int free,
+                            const std::function<bool(int available)>& fits);
 
 }  // namespace rw::scheduler

@@ -16,8 +16,10 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <sstream>
 #include <thread>
 
+#include "actors/device_host.h"
 #include "scheduler/daemon.h"
 
 namespace rw::scheduler {
@@ -410,6 +412,95 @@ TEST_F(Api, AJobIsParsedAtSubmissionAndAtStartNotOnEveryTick) {
     if (!back) std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
   EXPECT_TRUE(back) << client_->Get("/v1/jobs/" + id + "/logs")->body;
+}
+
+// Backfill on a worker of 3 devices (in this process, published on the CAF middleman as a worker's are):
+// C (priority 5) holds 2; A (priority 1) needs 3 and waits, saying why in the API; B (priority 1, later)
+// fits in the free device and starts ahead of A instead of leaving it idle; when C ends, B's device is what
+// A lacks, so B is preempted for A (a backfilled job yields to the job it jumped), A runs to SUCCEEDED, and
+// B resumes after it.
+TEST_F(Api, LaterJobsThatFitBackfillAndYieldToTheJobTheyJumped) {
+  actors::SystemConfig cfg;
+  caf::actor_system sys{cfg};
+  auto host = actors::SpawnHost(sys, 3);
+  auto port = sys.middleman().publish(host, 0, "127.0.0.1");
+  ASSERT_TRUE(port) << sys.render(port.error());
+  auto reg = Post("/v1/workers", json{{"name", "w1"}, {"host", "127.0.0.1"}, {"port", *port},
+                                      {"devices", {{{"memory_bytes", 1 << 30}}, {{"memory_bytes", 1 << 30}},
+                                                   {{"memory_bytes", 1 << 30}}}}}.dump());
+  ASSERT_TRUE(reg);
+  ASSERT_EQ(reg->status, 201) << reg->body;
+  std::atomic<bool> beating{true};
+  std::thread beat([&] {  // the worker's heartbeats
+    httplib::Client c("127.0.0.1", daemon_->port());
+    const std::string instance = json::parse(reg->body)["instance"];
+    while (beating) {
+      c.Post("/v1/workers/w1/heartbeat", Auth(token_), json{{"instance", instance}}.dump(), "application/json");
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    }
+  });
+  struct Joined {
+    std::atomic<bool>& flag;
+    std::thread& t;
+    ~Joined() {
+      flag = false;
+      t.join();
+    }
+  } joined{beating, beat};
+  auto job = [](const std::string& dir, int devices, int steps) {
+    std::string j = kJob;
+    auto put = [&](const std::string& from, const std::string& to) { j.replace(j.find(from), from.size(), to); };
+    put("ring: {devices: 2, min_devices: 1}", "ring: {devices: " + std::to_string(devices) +
+                                                  ", min_devices: " + std::to_string(devices) + "}");
+    put("steps: 3", "steps: " + std::to_string(steps));
+    put("seq_len: 64", "seq_len: 96");  // splits into zigzag rings of 1, 2 and 3
+    put("dir: ck/a", "dir: ck/" + dir);
+    put("output_dir: out/a", "output_dir: out/" + dir);
+    return j;
+  };
+  auto submit = [&](const std::string& dir, int devices, int steps, int priority) {
+    auto r = Submit(json{{"job", job(dir, devices, steps)}, {"priority", priority}});
+    EXPECT_TRUE(r && r->status == 201) << (r ? r->body : "no reply");
+    return r ? json::parse(r->body)["id"].get<std::string>() : "";
+  };
+  auto get = [&](const std::string& id) { return json::parse(client_->Get("/v1/jobs/" + id)->body); };
+  auto logs = [&](const std::string& id) {  // the job's log without its step lines
+    std::istringstream in(client_->Get("/v1/jobs/" + id + "/logs")->body);
+    std::string out, line;
+    while (std::getline(in, line))
+      if (line.find(" step ") == std::string::npos) out += line + "\n";
+    return out;
+  };
+  auto wait_until = [&](const std::function<bool()>& cond, double seconds) {
+    for (int i = 0; i < int(seconds * 20); ++i) {
+      if (cond()) return true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    return cond();
+  };
+  const std::string c = submit("c", 2, 1500, 5);
+  ASSERT_TRUE(wait_until([&] { return get(c)["state"] == "RUNNING"; }, 30)) << logs(c);
+  const std::string a = submit("a", 3, 3, 1);
+  const std::string b = submit("b", 1, 1000000, 1);
+  ASSERT_TRUE(wait_until([&] { return get(b)["state"] == "RUNNING"; }, 30)) << logs(b);
+  EXPECT_EQ(get(c)["state"], "RUNNING") << "C ended before B was backfilled: make C longer";
+  EXPECT_NE(logs(b).find("backfilled while " + a + " waits for devices"), std::string::npos) << logs(b);
+  const json waiting = get(a);
+  EXPECT_EQ(waiting["state"], "QUEUED");
+  ASSERT_TRUE(waiting.contains("waiting")) << waiting.dump();
+  std::printf("  %s waits: %s\n", a.c_str(), waiting["waiting"].get<std::string>().c_str());
+  EXPECT_NE(waiting["waiting"].get<std::string>().find("wants 3 devices"), std::string::npos) << waiting.dump();
+  // C ends; B's device is the one A lacks.
+  ASSERT_TRUE(wait_until([&] { return get(c)["state"] == "SUCCEEDED"; }, 120)) << logs(c);
+  ASSERT_TRUE(wait_until([&] { return get(a)["state"] == "SUCCEEDED"; }, 60)) << logs(a) << logs(b);
+  EXPECT_NE(logs(b).find("preempting for " + a), std::string::npos) << logs(b);
+  EXPECT_FALSE(get(a).contains("waiting"));
+  ASSERT_TRUE(wait_until([&] { return get(b)["state"] == "RUNNING"; }, 30)) << logs(b);
+  std::printf("  %s's log:\n%s", b.c_str(), logs(b).c_str());
+  ASSERT_EQ(Post("/v1/jobs/" + b + "/cancel", "{}")->status, 200);
+  ASSERT_TRUE(wait_until([&] { return get(b)["state"] == "CANCELLED"; }, 30));
+  StopDaemon();
+  caf::anon_send(host, actors::quit_atom::value);
 }
 
 TEST_F(Api, AStateDirectoryOfAnotherClusterIsRefusedAndLeftAlone) {

@@ -74,15 +74,16 @@ TEST(JobTable, HigherPriorityFirstThenFifoAndIdempotentSubmission) {
   ASSERT_TRUE(t->Submit("b-retry", "", 5, "key-b", &again).ok());
   EXPECT_EQ(again.id, b.id) << "a retried submission returns the first job";
   EXPECT_EQ(t->List().size(), 3u);
-  JobRecord next;
-  ASSERT_TRUE(t->NextQueued(&next));
-  EXPECT_EQ(next.id, b.id);
+  auto ids = [&] {
+    std::vector<std::string> out;
+    for (const auto& q : t->Queue()) out.push_back(q.id);
+    return out;
+  };
+  EXPECT_EQ(ids(), (std::vector<std::string>{b.id, c.id, a.id}));
   ASSERT_TRUE(t->Transition(b.id, JobState::kRunning, "").ok());
-  ASSERT_TRUE(t->NextQueued(&next));
-  EXPECT_EQ(next.id, c.id);
+  EXPECT_EQ(ids(), (std::vector<std::string>{c.id, a.id}));
   ASSERT_TRUE(t->Transition(c.id, JobState::kRunning, "").ok());
-  ASSERT_TRUE(t->NextQueued(&next));
-  EXPECT_EQ(next.id, a.id);
+  EXPECT_EQ(ids(), (std::vector<std::string>{a.id}));
   auto st = t->Transition("job-999999", JobState::kRunning, "");
   ASSERT_FALSE(st.ok());
   EXPECT_NE(st.message().find("no such job"), std::string::npos);

@@ -96,30 +96,72 @@ TEST(PlaceRing, AJobCountsTheDevicesItHoldsItselfAsItsOwn) {
   EXPECT_EQ(Place(cluster, 3), Concat(On("w2", {0, 1}), On("w1", {3})));
 }
 
-TEST(ChooseVictim, TheLowestPriorityBelowTheWaitingJob) {
+// The victim for a waiting job of priority `p` that fits in any number of devices (as ChooseVictim was).
+std::string VictimFor(const std::vector<RunningJob>& running, int64_t p) {
+  return ChoosePreemption(running, {p, 0}, 0, [](int) { return true; }).victim;
+}
+
+TEST(ChoosePreemption, TheLowestPriorityBelowTheWaitingJob) {
   const std::vector<RunningJob> running = {
       {"job-000001", 5}, {"job-000002", 1}, {"job-000003", 3}, {"job-000004", 10}};
-  EXPECT_EQ(ChooseVictim(running, 20), "job-000002");
-  EXPECT_EQ(ChooseVictim(running, 4), "job-000002");
-  EXPECT_EQ(ChooseVictim(running, 2), "job-000002");
-  // Equal priority is not below: a job is never preempted for its equal.
-  EXPECT_EQ(ChooseVictim(running, 1), "");
-  EXPECT_EQ(ChooseVictim(running, -5), "");
-  EXPECT_EQ(ChooseVictim({}, 100), "");
+  EXPECT_EQ(VictimFor(running, 20), "job-000002");
+  EXPECT_EQ(VictimFor(running, 4), "job-000002");
+  EXPECT_EQ(VictimFor(running, 2), "job-000002");
+  // Equal priority is not below: a job is never preempted for its equal (unless it was backfilled past it).
+  EXPECT_EQ(VictimFor(running, 1), "");
+  EXPECT_EQ(VictimFor(running, -5), "");
+  EXPECT_EQ(VictimFor({}, 100), "");
 }
 
-TEST(ChooseVictim, TiesGoToTheEarliestSubmitted) {
+TEST(ChoosePreemption, TiesGoToTheEarliestSubmitted) {
   const std::vector<RunningJob> running = {{"job-000007", 0}, {"job-000003", 0}, {"job-000005", 0}};
-  EXPECT_EQ(ChooseVictim(running, 1), "job-000003");
+  EXPECT_EQ(VictimFor(running, 1), "job-000003");
 }
 
-TEST(ChooseVictim, OnePreemptionAtATimeAndOnlyOfRunningJobs) {
+TEST(ChoosePreemption, OnePreemptionAtATimeAndOnlyOfRunningJobs) {
   std::vector<RunningJob> running = {{"job-000001", 0}, {"job-000002", 1}};
   running[0].running = false;  // cancelled, its driver not stopped yet: stopping it frees nothing sooner
-  EXPECT_EQ(ChooseVictim(running, 5), "job-000002");
+  EXPECT_EQ(VictimFor(running, 5), "job-000002");
   running[0].running = true;
   running[1].preempting = true;  // already asked to stop: wait for its devices before asking another
-  EXPECT_EQ(ChooseVictim(running, 5), "");
+  const Preemption p = ChoosePreemption(running, {5, 0}, 0, [](int) { return true; });
+  EXPECT_EQ(p.victim, "");
+  EXPECT_TRUE(p.pending) << "a preemption under way keeps the free devices for the waiting job";
+}
+
+// A waiting job that needs 4 devices, 1 free: preempting is worth it only when the victims free enough.
+TEST(ChoosePreemption, OnlyWhenTheVictimsFreeEnoughForTheWaitingJob) {
+  auto needs4 = [](int available) { return available >= 4; };
+  RunningJob low{"job-000001", 0}, mid{"job-000002", 1}, high{"job-000003", 9};
+  low.devices = 1;
+  mid.devices = 2;
+  high.devices = 4;
+  // 1 free + low (1) + mid (2) = 4: low goes first (the lowest priority), then mid.
+  Preemption p = ChoosePreemption({high, mid, low}, {5, 10}, 1, needs4);
+  EXPECT_EQ(p.victim, "job-000001");
+  EXPECT_TRUE(p.pending);
+  // Without mid, low's one device would not let it run: nobody is preempted, and later jobs may backfill.
+  p = ChoosePreemption({high, low}, {5, 10}, 1, needs4);
+  EXPECT_EQ(p.victim, "");
+  EXPECT_FALSE(p.pending);
+  // A job that fits in no ring the cluster could give (needs more devices than all of them) preempts nobody.
+  p = ChoosePreemption({high, mid, low}, {50, 10}, 1, [](int available) { return available >= 64; });
+  EXPECT_EQ(p.victim, "");
+  EXPECT_FALSE(p.pending);
+}
+
+// A job backfilled past the waiting one (same priority, submitted later) gives its devices back; one of the
+// same priority submitted earlier, or not backfilled, does not.
+TEST(ChoosePreemption, ABackfilledJobOfTheSamePriorityYieldsToTheJobItJumped) {
+  RunningJob jumped{"job-000009", 3}, earlier{"job-000002", 3}, plain{"job-000011", 3};
+  jumped.backfilled = true;
+  jumped.submitted_seq = 9;
+  earlier.backfilled = true;
+  earlier.submitted_seq = 2;
+  plain.submitted_seq = 11;
+  const auto any = [](int) { return true; };
+  EXPECT_EQ(ChoosePreemption({plain, earlier, jumped}, {3, 5}, 0, any).victim, "job-000009");
+  EXPECT_EQ(ChoosePreemption({plain, earlier}, {3, 5}, 0, any).victim, "");
 }
 
 // A job of `devices` that may shrink to `min_devices`, parsed and validated once as the daemon does.
@@ -148,7 +190,7 @@ TEST(Schedule, AJobThatNoRingOfTheFreeDevicesRunsWaitsAndPreemptsTheLowest) {
   ASSERT_FALSE(st.ok());
   EXPECT_NE(st.message().find("no valid ring"), std::string::npos) << st.message();
   EXPECT_NE(st.message().find("2 available"), std::string::npos) << st.message();
-  EXPECT_EQ(ChooseVictim({{"job-000001", 1}}, 5), "job-000001");
+  EXPECT_EQ(VictimFor({{"job-000001", 1}}, 5), "job-000001");
   // Its devices back, the ring of 4 spans both workers.
   cluster[1].used_by = {"", ""};
   ASSERT_TRUE(actors::PlanRing(Job(4, 4), {}, 0, CountFree(cluster), &plan).ok());
