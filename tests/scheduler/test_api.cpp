@@ -87,12 +87,15 @@ class Api : public ::testing::Test {
     return client_->Post(path, h, body, type);
   }
   httplib::Result Submit(json body, httplib::Headers h = {}) { return Post("/v1/jobs", body.dump(), "application/json", h); }
-  // What the daemon has stored, as seen through the API: jobs and every job's events.
+  // What the daemon has stored, as seen through the API: jobs and every job's events ("waiting", what the
+  // scheduler last said, is not stored).
   std::string Snapshot() {
     auto r = client_->Get("/v1/jobs");
     EXPECT_TRUE(r && r->status == 200);
-    std::string out = r->body;
-    for (const auto& j : json::parse(r->body)["jobs"]) out += client_->Get("/v1/jobs/" + j["id"].get<std::string>() + "/events")->body;
+    json jobs = json::parse(r->body)["jobs"];
+    for (auto& j : jobs) j.erase("waiting");
+    std::string out = jobs.dump();
+    for (const auto& j : jobs) out += client_->Get("/v1/jobs/" + j["id"].get<std::string>() + "/events")->body;
     return out;
   }
 
