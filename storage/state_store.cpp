@@ -125,11 +125,19 @@ Status OpenRocksStore(const std::string& dir, const std::string& cluster_id, std
   rocksdb::Options opt;
   opt.create_if_missing = true;
   opt.create_missing_column_families = true;
+  // Every change is synced before it is acknowledged, so a record in the log that fails its checksum is
+  // damage, not a crash mid-write: refuse to open (RocksDB's default, point-in-time recovery, would drop it
+  // and everything after it in silence). Only an incomplete last record, one never acknowledged, is dropped.
+  opt.wal_recovery_mode = rocksdb::WALRecoveryMode::kTolerateCorruptedTailRecords;
   std::vector<rocksdb::ColumnFamilyDescriptor> cfs = {{rocksdb::kDefaultColumnFamilyName, {}}};
   for (Table t : kTables) cfs.push_back({TableName(t), {}});
   std::vector<rocksdb::ColumnFamilyHandle*> handles;
   rocksdb::DB* db = nullptr;
-  RW_RETURN_IF_ERROR(FromRocks(rocksdb::DB::Open(opt, dir, cfs, &handles, &db), "open " + dir));
+  const rocksdb::Status opened = rocksdb::DB::Open(opt, dir, cfs, &handles, &db);
+  RW_REQUIRE(!opened.IsCorruption(), "state store: " << dir << " is corrupt (" << opened.ToString()
+                                         << "): refusing to start rather than lose acknowledged changes; restore it "
+                                            "from a backup, or move it aside to start empty");
+  RW_RETURN_IF_ERROR(FromRocks(opened, "open " + dir));
   db->DestroyColumnFamilyHandle(handles[0]);  // the default family is unused
   handles.erase(handles.begin());
   auto store = std::make_unique<RocksStore>(db, handles);
