@@ -11,11 +11,15 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <thread>
 
+#include <caf/openssl/all.hpp>
+
+#include "actors/channel_auth.h"
 #include "actors/device_host.h"
 #include "cli/signals.h"
 #include "scheduler/api_client.h"
@@ -84,11 +88,39 @@ int RunWorker(const WorkerOptions& o) {
     std::fprintf(stderr, "ringworld worker: --daemon: expected HOST:PORT, got '%s'\n", o.daemon.c_str());
     return 2;
   }
+  // The devices are published over the authenticated channel: only a holder of the cluster's token (its
+  // daemon) can reach them. The credentials live in a private directory for this process's life.
+  const std::string token = scheduler::ReadToken({o.daemon, o.token_file});
+  if (token.size() < 32) {
+    std::fprintf(stderr, "ringworld worker: no cluster token (--token-file, $RINGWORLD_TOKEN_FILE, $RINGWORLD_TOKEN or "
+                         "ringworld-state/token): the devices are published for the daemon that holds it only\n");
+    return 2;
+  }
+  std::string channel_dir = (std::filesystem::temp_directory_path() / "ringworld-worker-XXXXXX").string();
+  if (!mkdtemp(channel_dir.data())) {
+    std::fprintf(stderr, "ringworld worker: cannot make a private directory for the channel's credentials\n");
+    return 2;
+  }
+  struct RemoveDir {
+    std::string dir;
+    void Now() {
+      std::error_code ec;
+      if (!dir.empty()) std::filesystem::remove_all(dir, ec);
+      dir.clear();
+    }
+    ~RemoveDir() { Now(); }
+  } remove_dir{channel_dir};
+  actors::ChannelCredentials channel;
+  if (const Status st = actors::WriteChannelCredentials(token, channel_dir, &channel); !st.ok()) {
+    std::fprintf(stderr, "ringworld worker: %s\n", st.message().c_str());
+    return 2;
+  }
   InstallStopSignals();
   actors::SystemConfig cfg;
+  actors::EnableChannelAuth(cfg, channel);
   caf::actor_system sys{cfg};
   auto host = actors::SpawnHost(sys, n);
-  auto port = sys.middleman().publish(host, 0, o.listen.c_str());
+  auto port = caf::openssl::publish(host, 0, o.listen.c_str());
   if (!port) {
     std::fprintf(stderr, "ringworld worker: --listen %s: %s\n", o.listen.c_str(), sys.render(port.error()).c_str());
     return 2;
@@ -116,9 +148,11 @@ int RunWorker(const WorkerOptions& o) {
   if (agent.code != 0) {  // refused: exit now with the reason (returning would wait on the published host)
     std::fprintf(stderr, "ringworld worker %s: the daemon refused the registration (%s); exiting\n", name.c_str(),
                  agent.reason.c_str());
+    remove_dir.Now();  // _exit runs no destructor
     _exit(agent.code);
   }
   std::fprintf(stderr, "ringworld worker %s: stopped\n", name.c_str());
+  remove_dir.Now();  // _exit runs no destructor
   _exit(StopRequested() && agent.registered_once ? kExitPreempted : 0);  // CAF's middleman threads need no goodbye
 }
 

@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 
 packages=(
   build-essential cmake ninja-build pkg-config git procps curl
-  libcaf-dev libucx-dev ucx-utils librocksdb-dev prometheus-cpp-dev libfmt-dev
+  libcaf-dev libssl-dev libucx-dev ucx-utils librocksdb-dev prometheus-cpp-dev libfmt-dev
   libgtest-dev libgmock-dev libbenchmark-dev libopenblas-dev libdnnl-dev
   libyaml-cpp-dev nlohmann-json3-dev libcpp-httplib-dev libcli11-dev libsentencepiece-dev zlib1g-dev
   prometheus pngcheck

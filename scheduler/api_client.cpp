@@ -7,6 +7,14 @@
 namespace rw::scheduler {
 namespace {
 
+std::string DaemonAddr(const ApiClientOptions& o) {
+  if (!o.daemon.empty()) return o.daemon;
+  const char* d = std::getenv("RINGWORLD_DAEMON");
+  return d && *d ? d : "127.0.0.1:8470";
+}
+
+}  // namespace
+
 std::string ReadToken(const ApiClientOptions& o) {
   if (const char* t = std::getenv("RINGWORLD_TOKEN"); t && *t) return t;
   std::string path = o.token_file;
@@ -19,14 +27,6 @@ std::string ReadToken(const ApiClientOptions& o) {
   in >> token;
   return token;
 }
-
-std::string DaemonAddr(const ApiClientOptions& o) {
-  if (!o.daemon.empty()) return o.daemon;
-  const char* d = std::getenv("RINGWORLD_DAEMON");
-  return d && *d ? d : "127.0.0.1:8470";
-}
-
-}  // namespace
 
 bool SplitHostPort(const std::string& addr, std::string* host, int* port) {
   std::string a = addr;

@@ -19,6 +19,9 @@ struct ApiClientOptions {
   std::string token_file;  // empty: $RINGWORLD_TOKEN_FILE or ringworld-state/token ($RINGWORLD_TOKEN first)
 };
 
+// The token as the client finds it ("" when there is none).
+std::string ReadToken(const ApiClientOptions& o);
+
 class ApiClient {
  public:
   explicit ApiClient(const ApiClientOptions& o);

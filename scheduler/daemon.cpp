@@ -42,6 +42,10 @@ Status DaemonImpl::Init() {
   log_ = std::make_unique<JobLog>(opt_.state_dir + "/logs", jobs_.get());
   checkpoints_ = std::make_unique<CheckpointRecords>(store_.get(), jobs_.get(), &metrics_, log_.get());
   RW_RETURN_IF_ERROR(LoadOrCreateToken(opt_.state_dir, &token_));
+  actors::ChannelCredentials channel;
+  RW_RETURN_IF_ERROR(actors::WriteChannelCredentials(token_, opt_.state_dir + "/channel", &channel));
+  actors::EnableChannelAuth(cfg_, channel);
+  sys_ = std::make_unique<caf::actor_system>(cfg_);
   for (const auto& [field, root] : {std::pair<const char*, std::string>{"--data-root", opt_.data_root},
                                     {"--checkpoint-root", opt_.checkpoint_root}})
     RW_REQUIRE(fs::is_directory(root, ec), field << ": " << root << " is not a directory");

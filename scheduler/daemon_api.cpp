@@ -11,6 +11,8 @@
 #include <filesystem>
 #include <fstream>
 
+#include <caf/openssl/all.hpp>
+
 #include "scheduler/daemon_impl.h"
 #include "scheduler/paths.h"
 
@@ -232,6 +234,20 @@ void DaemonImpl::Routes() {
     }
     return httplib::Server::HandlerResponse::Unhandled;
   });
+  // A handler that throws is a defect (bad input gets a 400 naming its field): answered 500 with what was
+  // thrown, and said on the daemon's stderr, instead of a bare "error".
+  http_.set_exception_handler([](const httplib::Request& req, httplib::Response& res, std::exception_ptr ep) {
+    std::string what = "unknown exception";
+    try {
+      std::rethrow_exception(ep);
+    } catch (const std::exception& e) {
+      what = e.what();
+    } catch (...) {
+    }
+    std::fprintf(stderr, "ringworld daemon: %s %s: internal error: %s\n", req.method.c_str(), req.path.c_str(),
+                 what.c_str());
+    Error(res, 500, "internal error: " + what);
+  });
   http_.set_error_handler([](const httplib::Request&, httplib::Response& res) {
     if (!res.body.empty()) return;
     const char* what = res.status == 413 ? "request body too large" : res.status == 404 ? "no such resource" : "error";
@@ -377,31 +393,32 @@ void DaemonImpl::Register(const httplib::Request& req, httplib::Response& res) {
     std::atomic<int>& n;
     ~Done() { --n; }
   } done{registering_};
-  // The middleman's connect, with a deadline (remote_actor waits for the peer's handshake without one).
+  // The TLS middleman's connect (the channel is authenticated: actors/channel_auth.h), with a deadline
+  // (remote_actor waits for the peer's handshake without one).
   const auto deadline_ms = std::chrono::milliseconds(int64_t(opt_.worker_connect_s * 1000));
   const std::string where = w.host + ":" + std::to_string(w.port);
   std::string err;
   actors::host_actor host;
   {
-    caf::scoped_actor self{sys_};
-    self->request(sys_.middleman().actor_handle(), deadline_ms,
+    caf::scoped_actor self{*sys_};
+    self->request(sys_->openssl_manager().actor_handle(), deadline_ms,
                   caf::connect_atom::value, w.host, uint16_t(w.port))
         .receive(
             [&](const caf::node_id&, caf::strong_actor_ptr& ptr, const std::set<std::string>& ifs) {
               if (!ptr) err = "no actor is published there";
-              else if (!sys_.assignable<actors::host_actor>(ifs)) err = "what is published there is not a device host";
+              else if (!sys_->assignable<actors::host_actor>(ifs)) err = "what is published there is not a device host";
               else host = caf::actor_cast<actors::host_actor>(std::move(ptr));
             },
-            [&](caf::error& e) { err = sys_.render(e); });
+            [&](caf::error& e) { err = sys_->render(e); });
   }
   if (!err.empty())
     return Error(res, 400, "port: cannot reach the worker's device host at " + where + " within " +
                                std::to_string(int(opt_.worker_connect_s)) + " s: " + err);
   {
-    caf::scoped_actor self{sys_};
+    caf::scoped_actor self{*sys_};
     self->request(host, deadline_ms, actors::devices_atom::value)
         .receive([&](const std::vector<actors::device_actor>& d) { w.devices = d; },
-                 [&](caf::error& e) { err = sys_.render(e); });
+                 [&](caf::error& e) { err = sys_->render(e); });
   }
   if (!err.empty()) return Error(res, 400, "port: the worker's device host did not answer: " + err);
   if (w.devices.size() != w.memory.size())

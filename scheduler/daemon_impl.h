@@ -28,6 +28,7 @@
 #include <utility>
 #include <vector>
 
+#include "actors/channel_auth.h"
 #include "actors/device_host.h"
 #include "actors/job_driver.h"
 #include "scheduler/checkpoint_records.h"
@@ -76,7 +77,7 @@ struct Runner {
 
 class DaemonImpl final : public Daemon {
  public:
-  explicit DaemonImpl(const DaemonOptions& o) : opt_(o), sys_(cfg_) {}
+  explicit DaemonImpl(const DaemonOptions& o) : opt_(o) {}
   ~DaemonImpl() override;
   Status Init();
   int port() const override { return port_; }
@@ -140,7 +141,9 @@ class DaemonImpl final : public Daemon {
 
   DaemonOptions opt_;
   actors::SystemConfig cfg_;
-  caf::actor_system sys_;
+  // Made in Init once the channel's credentials are written (CAF reads its TLS settings at start): the
+  // workers' device hosts are reached over the authenticated channel only (actors/channel_auth.h).
+  std::unique_ptr<caf::actor_system> sys_;
   std::unique_ptr<storage::StateStore> store_;
   std::unique_ptr<JobTable> jobs_;
   std::unique_ptr<JobLog> log_;

@@ -130,7 +130,7 @@ void DaemonImpl::Drive(Runner* r) {
     task.resume_max_step = start;
     task.resume_checkpoint = resume;
     const actors::RingOutcome out =
-        actors::RunRing(sys_, ring, JobNumber(id), uint32_t(epoch), transport, task, hooks);
+        actors::RunRing(*sys_, ring, JobNumber(id), uint32_t(epoch), transport, task, hooks);
 
     if (!jobs_->Get(id, &rec).ok() || rec.state != JobState::kRunning) return Finish(r, JobState::kCancelled, "");
     {  // A worker whose process was told to stop (SIGTERM) drains now, not at its next heartbeat: else

@@ -19,6 +19,9 @@
 #include <sstream>
 #include <thread>
 
+#include <caf/openssl/all.hpp>
+
+#include "actors/channel_auth.h"
 #include "actors/device_host.h"
 #include "scheduler/daemon.h"
 
@@ -417,6 +420,95 @@ TEST_F(Api, AJobIsParsedAtSubmissionAndAtStartNotOnEveryTick) {
   EXPECT_TRUE(back) << client_->Get("/v1/jobs/" + id + "/logs")->body;
 }
 
+// The control channel is authenticated by the cluster's token: a worker's devices answer only the daemon
+// holding it. A second daemon (its own token) cannot register this worker's port, a plain CAF connection
+// gets nothing, and a device host published without the channel cannot pose as a worker.
+TEST_F(Api, AWorkersDevicesAnswerOnlyTheDaemonHoldingTheClusterToken) {
+  StopDaemon();
+  opt_.worker_connect_s = 2;
+  StartDaemon();
+  actors::ChannelCredentials mine, again;
+  ASSERT_TRUE(actors::WriteChannelCredentials(token_, (root_ / "worker-channel").string(), &mine).ok());
+  ASSERT_TRUE(actors::WriteChannelCredentials(token_, (root_ / "worker-channel-2").string(), &again).ok());
+  auto bytes = [](const std::string& path) {
+    std::ifstream f(path, std::ios::binary);
+    return std::string(std::istreambuf_iterator<char>(f), {});
+  };
+  EXPECT_EQ(bytes(mine.certificate), bytes(again.certificate)) << "one token, one certificate: nothing to hand out";
+  EXPECT_EQ(bytes(mine.key), bytes(again.key));
+  struct stat st {};
+  ASSERT_EQ(stat(mine.key.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+  actors::SystemConfig cfg;
+  actors::EnableChannelAuth(cfg, mine);
+  caf::actor_system sys{cfg};
+  auto host = actors::SpawnHost(sys, 1);
+  auto port = caf::openssl::publish(host, 0, "127.0.0.1");
+  ASSERT_TRUE(port) << sys.render(port.error());
+  const json hello{{"name", "w1"}, {"host", "127.0.0.1"}, {"port", *port}, {"devices", {{{"memory_bytes", 1 << 30}}}}};
+
+  // Another daemon, another cluster, another token.
+  DaemonOptions other = opt_;
+  other.state_dir = (root_ / "state-other").string();
+  other.cluster_id = "intruder";
+  std::unique_ptr<Daemon> intruder;
+  ASSERT_TRUE(Daemon::Open(other, &intruder).ok());
+  std::atomic<bool> stop_other{false};
+  std::thread other_thread([&] { intruder->Run(stop_other); });
+  std::string other_token;
+  std::ifstream(other.state_dir + "/token") >> other_token;
+  ASSERT_NE(other_token, token_);
+  httplib::Client oc("127.0.0.1", intruder->port());
+  oc.set_read_timeout(10);
+  for (int i = 0; i < 100 && !oc.Get("/healthz"); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  auto r = oc.Post("/v1/workers", Auth(other_token), hello.dump(), "application/json");
+  ASSERT_TRUE(r);
+  std::printf("  another cluster's daemon: %d %s", r->status, r->body.c_str());
+  EXPECT_EQ(r->status, 400) << r->body;
+  EXPECT_NE(r->body.find("cannot reach the worker's device host"), std::string::npos) << r->body;
+  stop_other = true;
+  other_thread.join();
+  intruder.reset();
+
+  // A plain CAF connection (no channel) to the worker's port gets no actor.
+  {
+    actors::SystemConfig plain_cfg;
+    caf::actor_system plain{plain_cfg};
+    caf::scoped_actor self{plain};
+    std::string got = "nothing";
+    self->request(plain.middleman().actor_handle(), std::chrono::seconds(2), caf::connect_atom::value,
+                  std::string("127.0.0.1"), uint16_t(*port))
+        .receive([&](const caf::node_id&, caf::strong_actor_ptr& p, const std::set<std::string>&) {
+                   got = p ? "an actor" : "no actor";
+                 },
+                 [&](caf::error& e) { got = "error: " + plain.render(e); });
+    std::printf("  a plain CAF connection: %s\n", got.c_str());
+    EXPECT_NE(got, "an actor");
+  }
+
+  // Our daemon registers the worker of this cluster.
+  r = Post("/v1/workers", hello.dump());
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 201) << r->body;
+
+  // A device host published without the channel cannot pose as a worker.
+  actors::SystemConfig plain_cfg;
+  caf::actor_system plain{plain_cfg};
+  auto fake = actors::SpawnHost(plain, 1);
+  auto fake_port = plain.middleman().publish(fake, 0, "127.0.0.1");
+  ASSERT_TRUE(fake_port);
+  json fake_hello = hello;
+  fake_hello["name"] = "w-fake";
+  fake_hello["port"] = *fake_port;
+  r = Post("/v1/workers", fake_hello.dump());
+  ASSERT_TRUE(r);
+  std::printf("  a host without the channel: %d %s", r->status, r->body.c_str());
+  EXPECT_EQ(r->status, 400) << r->body;
+  StopDaemon();
+  caf::anon_send(host, actors::quit_atom::value);
+  caf::anon_send(fake, actors::quit_atom::value);
+}
+
 // Backfill on a worker of 3 devices (in this process, published on the CAF middleman as a worker's are):
 // C (priority 5) holds 2; A (priority 1) needs 3 and waits, saying why in the API; B (priority 1, later)
 // fits in the free device and starts ahead of A instead of leaving it idle; when C ends, B's device is what
@@ -424,9 +516,12 @@ TEST_F(Api, AJobIsParsedAtSubmissionAndAtStartNotOnEveryTick) {
 // B resumes after it.
 TEST_F(Api, LaterJobsThatFitBackfillAndYieldToTheJobTheyJumped) {
   actors::SystemConfig cfg;
+  actors::ChannelCredentials channel;  // a worker of this cluster: it holds the token
+  ASSERT_TRUE(actors::WriteChannelCredentials(token_, (root_ / "worker-channel").string(), &channel).ok());
+  actors::EnableChannelAuth(cfg, channel);
   caf::actor_system sys{cfg};
   auto host = actors::SpawnHost(sys, 3);
-  auto port = sys.middleman().publish(host, 0, "127.0.0.1");
+  auto port = caf::openssl::publish(host, 0, "127.0.0.1");
   ASSERT_TRUE(port) << sys.render(port.error());
   auto reg = Post("/v1/workers", json{{"name", "w1"}, {"host", "127.0.0.1"}, {"port", *port},
                                       {"devices", {{{"memory_bytes", 1 << 30}}, {{"memory_bytes", 1 << 30}},
