@@ -32,7 +32,7 @@ namespace {
 using json = nlohmann::json;
 
 // The API client the commands share (scheduler/api_client.h).
-scheduler::ApiClient Client(const ClientOptions& o) { return scheduler::ApiClient({o.daemon, o.token_file}); }
+scheduler::ApiClient Client(const ClientOptions& o) { return scheduler::ApiClient({o.daemon, o.token_file, o.ca_cert}); }
 
 void PrintJobs(const json& jobs) {
   std::printf("%-12s %-20s %-10s %8s %12s  %s\n", "ID", "NAME", "STATE", "PRIORITY", "CHECKPOINT", "MESSAGE");
@@ -143,7 +143,7 @@ int RunWorker(const WorkerOptions& o) {
                unsigned(*port), o.daemon.c_str());
   // The daemon's protocol (HTTP) is the scheduler's; the devices (CAF) are ours.
   const scheduler::WorkerAgentResult agent =
-      scheduler::RunWorkerAgent({{o.daemon, o.token_file}, name, o.grace_s}, hello, StopRequested(), abort_devices);
+      scheduler::RunWorkerAgent({{o.daemon, o.token_file, o.ca_cert}, name, o.grace_s}, hello, StopRequested(), abort_devices);
   caf::anon_send(host, actors::quit_atom::value);
   if (agent.code != 0) {  // refused: exit now with the reason (returning would wait on the published host)
     std::fprintf(stderr, "ringworld worker %s: the daemon refused the registration (%s); exiting\n", name.c_str(),

@@ -14,6 +14,7 @@ namespace rw::cli {
 struct ClientOptions {
   std::string daemon;      // HOST:PORT
   std::string token_file;
+  std::string ca_cert;  // an https:// daemon's CA (or $RINGWORLD_CA_CERT)
   bool json_output = false;
 };
 
@@ -23,6 +24,7 @@ struct WorkerOptions {
   std::string name;                       // default: hostname-pid
   std::string listen = "127.0.0.1";       // where the device host is published (CAF middleman)
   std::string token_file;
+  std::string ca_cert;                    // an https:// daemon's CA (or $RINGWORLD_CA_CERT)
   double grace_s = 30;                    // SIGTERM: time for the ring to checkpoint and release us
 };
 

@@ -100,6 +100,8 @@ int main(int argc, char** argv) {
   daemon->add_option("--max-body", dopt.max_body_bytes, "largest request body in bytes");
   daemon->add_option("--worker-timeout", dopt.worker_timeout_s, "seconds without a heartbeat before a worker is lost");
   daemon->add_option("--grace", dopt.grace_s, "SIGTERM: seconds for running jobs to checkpoint");
+  daemon->add_option("--tls-cert", dopt.tls_cert, "serve the API over HTTPS with this PEM certificate (with --tls-key)");
+  daemon->add_option("--tls-key", dopt.tls_key, "the PEM private key of --tls-cert");
   rw::cli::WorkerOptions wopt;
   auto* worker = app.add_subcommand("worker", "host devices for the daemon's rings");
   worker->add_option("--daemon", wopt.daemon, "the daemon's API address HOST:PORT")->required();
@@ -107,11 +109,13 @@ int main(int argc, char** argv) {
   worker->add_option("--name", wopt.name, "worker id (default: hostname-pid)");
   worker->add_option("--listen", wopt.listen, "address the device host is published on");
   worker->add_option("--token-file", wopt.token_file, "the daemon's API token file (or $RINGWORLD_TOKEN)");
+  worker->add_option("--ca-cert", wopt.ca_cert, "CA file for an https:// daemon (or $RINGWORLD_CA_CERT)");
   worker->add_option("--grace", wopt.grace_s, "SIGTERM: seconds for the ring to checkpoint");
   rw::cli::ClientOptions copt;
   auto client = [&](CLI::App* c) {
     c->add_option("--daemon", copt.daemon, "the daemon's API address HOST:PORT (or $RINGWORLD_DAEMON)");
     c->add_option("--token-file", copt.token_file, "API token file (or $RINGWORLD_TOKEN)");
+    c->add_option("--ca-cert", copt.ca_cert, "CA file for an https:// daemon (or $RINGWORLD_CA_CERT)");
     c->add_flag("--json", copt.json_output, "print the API's JSON");
     return c;
   };

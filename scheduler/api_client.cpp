@@ -31,6 +31,7 @@ std::string ReadToken(const ApiClientOptions& o) {
 bool SplitHostPort(const std::string& addr, std::string* host, int* port) {
   std::string a = addr;
   if (a.rfind("http://", 0) == 0) a = a.substr(7);
+  if (a.rfind("https://", 0) == 0) a = a.substr(8);
   while (!a.empty() && a.back() == '/') a.pop_back();
   const auto colon = a.rfind(':');
   if (colon == std::string::npos) return false;
@@ -43,7 +44,16 @@ ApiClient::ApiClient(const ApiClientOptions& o) : addr_(DaemonAddr(o)) {
   std::string host;
   int port = 0;
   ok_ = SplitHostPort(addr_, &host, &port);
-  http_ = std::make_unique<httplib::Client>(host, port);
+  if (addr_.rfind("https://", 0) == 0) {  // a daemon with --tls-cert: its certificate is verified
+    http_ = std::make_unique<httplib::Client>("https://" + host + ":" + std::to_string(port));
+    std::string ca = o.ca_cert;
+    if (ca.empty())
+      if (const char* e = std::getenv("RINGWORLD_CA_CERT"); e && *e) ca = e;
+    if (!ca.empty()) http_->set_ca_cert_path(ca.c_str());
+    http_->enable_server_certificate_verification(true);
+  } else {
+    http_ = std::make_unique<httplib::Client>(host, port);
+  }
   http_->set_connection_timeout(5);
   http_->set_read_timeout(30);
   const std::string token = ReadToken(o);

@@ -1,5 +1,5 @@
 // A client of the daemon's REST API, for the command-line clients and for workers: the daemon's address
-// (--daemon, $RINGWORLD_DAEMON or 127.0.0.1:8470) and its token ($RINGWORLD_TOKEN, the token file,
+// (--daemon, $RINGWORLD_DAEMON or 127.0.0.1:8470; https://HOST:PORT for a daemon serving TLS) and its token ($RINGWORLD_TOKEN, the token file,
 // $RINGWORLD_TOKEN_FILE or ringworld-state/token).
 #pragma once
 
@@ -11,12 +11,15 @@
 
 namespace rw::scheduler {
 
-// "HOST:PORT" (an http:// prefix and trailing slashes allowed) into its parts; false when it is not one.
+// "HOST:PORT" (an http:// or https:// prefix and trailing slashes allowed) into its parts; false when it is not one.
 bool SplitHostPort(const std::string& addr, std::string* host, int* port);
 
 struct ApiClientOptions {
   std::string daemon;      // HOST:PORT; empty: $RINGWORLD_DAEMON or 127.0.0.1:8470
   std::string token_file;  // empty: $RINGWORLD_TOKEN_FILE or ringworld-state/token ($RINGWORLD_TOKEN first)
+  // An https:// daemon's certificate is checked against this CA file (empty: $RINGWORLD_CA_CERT, else the
+  // system's CAs).
+  std::string ca_cert;
 };
 
 // The token as the client finds it ("" when there is none).

@@ -16,7 +16,7 @@ namespace rw::scheduler {
 namespace fs = std::filesystem;
 
 DaemonImpl::~DaemonImpl() {
-  http_.stop();
+  if (http_) http_->stop();
   if (http_thread_.joinable()) http_thread_.join();
 }
 
@@ -65,28 +65,39 @@ Status DaemonImpl::Init() {
   RW_REQUIRE(colon != std::string::npos, "--listen: expected HOST:PORT, got '" << opt_.listen << "'");
   host_ = opt_.listen.substr(0, colon);
   const int want = std::atoi(opt_.listen.c_str() + colon + 1);
+  RW_REQUIRE(opt_.tls_cert.empty() == opt_.tls_key.empty(), "--tls-cert, --tls-key: give both or neither");
+  if (opt_.tls_cert.empty()) {
+    http_ = std::make_unique<httplib::Server>();
+  } else {
+    auto https = std::make_unique<httplib::SSLServer>(opt_.tls_cert.c_str(), opt_.tls_key.c_str());
+    RW_REQUIRE(https->is_valid(), "--tls-cert, --tls-key: cannot load " << opt_.tls_cert << " and " << opt_.tls_key
+                                                                        << " (PEM certificate and its private key)");
+    http_ = std::move(https);
+  }
   Routes();
   // Debian's cpp-httplib is a shared library built to listen with a backlog of 5: a burst of clients would
   // see dropped and retried connects. The socket is seen as it is made, and listens again with a real one.
   int listen_fd = -1;
-  http_.set_socket_options([&listen_fd](socket_t sock) {
+  http_->set_socket_options([&listen_fd](socket_t sock) {
     httplib::default_socket_options(sock);
     listen_fd = sock;
   });
-  port_ = want > 0 ? (http_.bind_to_port(host_.c_str(), want) ? want : -1) : http_.bind_to_any_port(host_.c_str());
+  port_ = want > 0 ? (http_->bind_to_port(host_.c_str(), want) ? want : -1) : http_->bind_to_any_port(host_.c_str());
   RW_REQUIRE(port_ > 0, "--listen: cannot listen on " << opt_.listen);
   RW_REQUIRE(listen_fd >= 0 && ::listen(listen_fd, kListenBacklog) == 0,
              "--listen: cannot set the listen backlog on " << opt_.listen);
-  http_.set_socket_options(httplib::default_socket_options);
-  std::ofstream(opt_.state_dir + "/api.addr.tmp") << host_ << ":" << port_ << "\n";
+  http_->set_socket_options(httplib::default_socket_options);
+  std::ofstream(opt_.state_dir + "/api.addr.tmp") << (opt_.tls_cert.empty() ? "" : "https://") << host_ << ":" << port_
+                                                  << "\n";
   fs::rename(opt_.state_dir + "/api.addr.tmp", opt_.state_dir + "/api.addr", ec);
   return Status::Ok();
 }
 
 int DaemonImpl::Run(const std::atomic<bool>& stop) {
-  http_thread_ = std::thread([this] { http_.listen_after_bind(); });
-  std::fprintf(stderr, "ringworld daemon: cluster %s, API on http://%s:%d (token in %s/token), state in %s\n",
-               opt_.cluster_id.c_str(), host_.c_str(), port_, opt_.state_dir.c_str(), opt_.state_dir.c_str());
+  http_thread_ = std::thread([this] { http_->listen_after_bind(); });
+  std::fprintf(stderr, "ringworld daemon: cluster %s, API on %s://%s:%d (token in %s/token), state in %s\n",
+               opt_.cluster_id.c_str(), opt_.tls_cert.empty() ? "http" : "https", host_.c_str(), port_,
+               opt_.state_dir.c_str(), opt_.state_dir.c_str());
   while (!stop.load()) {
     WaitForWake(kTickFallback);
     Tick();
@@ -112,7 +123,7 @@ int DaemonImpl::Run(const std::atomic<bool>& stop) {
     }
     WaitForWake(std::chrono::milliseconds(50));  // a runner that finishes wakes it
   }
-  http_.stop();
+  http_->stop();
   if (http_thread_.joinable()) http_thread_.join();
   return preempted ? kExitPreempted : 0;
 }

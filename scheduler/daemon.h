@@ -25,6 +25,7 @@ struct DaemonOptions {
   double worker_timeout_s = 5;                // a worker silent this long is lost
   double worker_connect_s = 5;                // registration: the worker's device host must answer within it
   double grace_s = 30;                        // SIGTERM: time for running jobs to checkpoint
+  std::string tls_cert, tls_key;              // both set: the API is served over HTTPS (PEM files)
 };
 
 constexpr int kExitPreempted = 75;  // the daemon stopped on SIGTERM after preempting its jobs

@@ -226,8 +226,8 @@ Status DaemonImpl::ParseSubmission(const httplib::Request& req, JobRecord* rec, 
 }
 
 void DaemonImpl::Routes() {
-  http_.set_payload_max_length(opt_.max_body_bytes);
-  http_.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
+  http_->set_payload_max_length(opt_.max_body_bytes);
+  http_->set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
     if (req.method != "GET" && req.method != "HEAD" && !Authorized(req)) {
       Error(res, 401, "a bearer token is required (Authorization: Bearer <the token in " + opt_.state_dir + "/token>)");
       return httplib::Server::HandlerResponse::Handled;
@@ -236,7 +236,7 @@ void DaemonImpl::Routes() {
   });
   // A handler that throws is a defect (bad input gets a 400 naming its field): answered 500 with what was
   // thrown, and said on the daemon's stderr, instead of a bare "error".
-  http_.set_exception_handler([](const httplib::Request& req, httplib::Response& res, std::exception_ptr ep) {
+  http_->set_exception_handler([](const httplib::Request& req, httplib::Response& res, std::exception_ptr ep) {
     std::string what = "unknown exception";
     try {
       std::rethrow_exception(ep);
@@ -248,18 +248,18 @@ void DaemonImpl::Routes() {
                  what.c_str());
     Error(res, 500, "internal error: " + what);
   });
-  http_.set_error_handler([](const httplib::Request&, httplib::Response& res) {
+  http_->set_error_handler([](const httplib::Request&, httplib::Response& res) {
     if (!res.body.empty()) return;
     const char* what = res.status == 413 ? "request body too large" : res.status == 404 ? "no such resource" : "error";
     Error(res, res.status, what);
   });
-  http_.Get("/healthz", [this](const httplib::Request&, httplib::Response& res) {
+  http_->Get("/healthz", [this](const httplib::Request&, httplib::Response& res) {
     Reply(res, 200, json{{"ok", true}, {"cluster", opt_.cluster_id}, {"instance", instance_}});
   });
-  http_.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
+  http_->Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
     res.set_content(metrics_.Serialize(), "text/plain; version=0.0.4");
   });
-  http_.Post("/v1/jobs", [this](const httplib::Request& req, httplib::Response& res) {
+  http_->Post("/v1/jobs", [this](const httplib::Request& req, httplib::Response& res) {
     if (shutting_down_) return Error(res, 503, "the daemon is shutting down");
     JobRecord rec;
     std::string key;
@@ -280,14 +280,14 @@ void DaemonImpl::Routes() {
     }
     Reply(res, created ? 201 : 200, JobJson(out));
   });
-  http_.Get("/v1/jobs", [this](const httplib::Request&, httplib::Response& res) {
+  http_->Get("/v1/jobs", [this](const httplib::Request&, httplib::Response& res) {
     json list = json::array();
     const auto records = jobs_->List();
     std::lock_guard<std::mutex> lock(mu_);  // after the table's (the order of daemon_impl.h)
     for (const auto& r : records) list.push_back(WithWaitingLocked(JobJson(r), r));
     Reply(res, 200, json{{"jobs", list}});
   });
-  http_.Get(R"(/v1/jobs/([A-Za-z0-9_-]+))", [this](const httplib::Request& req, httplib::Response& res) {
+  http_->Get(R"(/v1/jobs/([A-Za-z0-9_-]+))", [this](const httplib::Request& req, httplib::Response& res) {
     JobRecord r;
     if (!jobs_->Get(req.matches[1], &r).ok()) return Error(res, 404, "job " + std::string(req.matches[1]) + ": no such job");
     json j;
@@ -321,11 +321,11 @@ void DaemonImpl::Routes() {
       Reply(res, 200, JobJson(r));
     };
   };
-  http_.Post(R"(/v1/jobs/([A-Za-z0-9_-]+)/cancel)",
+  http_->Post(R"(/v1/jobs/([A-Za-z0-9_-]+)/cancel)",
              change("cancel", JobState::kCancelled, {JobState::kQueued, JobState::kRunning, JobState::kPreempted}));
-  http_.Post(R"(/v1/jobs/([A-Za-z0-9_-]+)/resume)",
+  http_->Post(R"(/v1/jobs/([A-Za-z0-9_-]+)/resume)",
              change("resume", JobState::kQueued, {JobState::kPreempted, JobState::kFailed}));
-  http_.Get(R"(/v1/jobs/([A-Za-z0-9_-]+)/events)", [this](const httplib::Request& req, httplib::Response& res) {
+  http_->Get(R"(/v1/jobs/([A-Za-z0-9_-]+)/events)", [this](const httplib::Request& req, httplib::Response& res) {
     JobRecord r;
     const std::string id = req.matches[1];
     if (!jobs_->Get(id, &r).ok()) return Error(res, 404, "job " + id + ": no such job");
@@ -336,7 +336,7 @@ void DaemonImpl::Routes() {
     for (const auto& e : events) list.push_back(json{{"seq", e.seq}, {"from", e.from}, {"to", e.to}, {"message", e.message}});
     Reply(res, 200, json{{"job", id}, {"events", list}});
   });
-  http_.Get(R"(/v1/jobs/([A-Za-z0-9_-]+)/logs)", [this](const httplib::Request& req, httplib::Response& res) {
+  http_->Get(R"(/v1/jobs/([A-Za-z0-9_-]+)/logs)", [this](const httplib::Request& req, httplib::Response& res) {
     JobState state;
     const std::string id = req.matches[1];
     if (!jobs_->StateOf(id, &state)) return Error(res, 404, "job " + id + ": no such job");
@@ -347,14 +347,14 @@ void DaemonImpl::Routes() {
     res.set_header("X-Job-State", JobStateName(state));
     res.set_content(text, "text/plain");
   });
-  http_.Get("/v1/workers", [this](const httplib::Request&, httplib::Response& res) {
+  http_->Get("/v1/workers", [this](const httplib::Request&, httplib::Response& res) {
     std::lock_guard<std::mutex> lock(mu_);
     json list = json::array();
     for (const auto& [id, w] : workers_) list.push_back(WorkerJson(w));
     Reply(res, 200, json{{"workers", list}});
   });
-  http_.Post("/v1/workers", [this](const httplib::Request& req, httplib::Response& res) { Register(req, res); });
-  http_.Post(R"(/v1/workers/([A-Za-z0-9_.-]+)/heartbeat)",
+  http_->Post("/v1/workers", [this](const httplib::Request& req, httplib::Response& res) { Register(req, res); });
+  http_->Post(R"(/v1/workers/([A-Za-z0-9_.-]+)/heartbeat)",
              [this](const httplib::Request& req, httplib::Response& res) { Heartbeat(req, res); });
 }
 

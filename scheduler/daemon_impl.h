@@ -151,7 +151,7 @@ class DaemonImpl final : public Daemon {
   JobConfigs configs_;
   std::string token_, instance_, host_;
   int port_ = 0;
-  httplib::Server http_;
+  std::unique_ptr<httplib::Server> http_;  // an httplib::SSLServer with --tls-cert/--tls-key
   std::thread http_thread_;
   DaemonMetrics metrics_;
   std::atomic<bool> shutting_down_{false};

@@ -23,6 +23,7 @@
 
 #include "actors/channel_auth.h"
 #include "actors/device_host.h"
+#include "scheduler/api_client.h"
 #include "scheduler/daemon.h"
 
 namespace rw::scheduler {
@@ -418,6 +419,63 @@ TEST_F(Api, AJobIsParsedAtSubmissionAndAtStartNotOnEveryTick) {
     if (!back) std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
   EXPECT_TRUE(back) << client_->Get("/v1/jobs/" + id + "/logs")->body;
+}
+
+// --tls-cert/--tls-key serve the API over HTTPS: a client that checks the daemon's certificate against its
+// CA gets answers, one that trusts another CA and one speaking plain HTTP get none; ApiClient and api.addr
+// say https://.
+TEST_F(Api, TheApiOverTlsAnswersOnlyClientsThatTrustItsCertificate) {
+  if (std::system("command -v openssl > /dev/null 2>&1") != 0) GTEST_SKIP() << "no openssl command to make a certificate";
+  const std::string d = (root_ / "tls").string();
+  fs::create_directories(d);
+  for (const std::string who : {"daemon", "other"}) {
+    const std::string cmd = "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj "
+                            "/CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1 -keyout " + d + "/" + who +
+                            ".key -out " + d + "/" + who + ".pem > /dev/null 2>&1";
+    ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
+  }
+  StopDaemon();
+  opt_.tls_cert = d + "/daemon.pem";
+  opt_.tls_key = d + "/other.key";  // not its key
+  std::unique_ptr<Daemon> bad;
+  const Status st = Daemon::Open(opt_, &bad);
+  ASSERT_FALSE(st.ok());
+  std::printf("  a key that is not the certificate's: %s\n", st.message().c_str());
+  EXPECT_NE(st.message().find("--tls-cert, --tls-key: cannot load"), std::string::npos) << st.message();
+  opt_.tls_key = d + "/daemon.key";
+  std::unique_ptr<Daemon> dm;
+  ASSERT_TRUE(Daemon::Open(opt_, &dm).ok());
+  std::atomic<bool> stop{false};
+  std::thread run([&] { dm->Run(stop); });
+  std::string addr;
+  std::ifstream(opt_.state_dir + "/api.addr") >> addr;
+  EXPECT_EQ(addr.rfind("https://127.0.0.1:", 0), 0u) << addr;
+  std::ifstream(opt_.state_dir + "/token") >> token_;
+  const std::string url = "https://127.0.0.1:" + std::to_string(dm->port());
+
+  httplib::Client trusting(url);
+  trusting.set_ca_cert_path((d + "/daemon.pem").c_str());
+  trusting.enable_server_certificate_verification(true);
+  for (int i = 0; i < 100 && !trusting.Get("/healthz"); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  auto ok = trusting.Get("/healthz");
+  ASSERT_TRUE(ok) << httplib::to_string(ok.error());
+  EXPECT_EQ(ok->status, 200);
+  httplib::Client wary(url);
+  wary.set_ca_cert_path((d + "/other.pem").c_str());
+  wary.enable_server_certificate_verification(true);
+  auto refused = wary.Get("/healthz");
+  EXPECT_FALSE(refused) << "a client trusting another CA got an answer";
+  std::printf("  a client that trusts another CA: %s\n", refused ? "answered" : httplib::to_string(refused.error()).c_str());
+  httplib::Client plain("127.0.0.1", dm->port());
+  plain.set_read_timeout(3);
+  auto p = plain.Get("/healthz");
+  EXPECT_TRUE(!p || p->status != 200) << "plain HTTP was answered";
+  // The command-line client's path: ApiClient with an https:// address and the CA.
+  scheduler::ApiClient client({addr, opt_.state_dir + "/token", d + "/daemon.pem"});
+  json reply;
+  EXPECT_EQ(client.Call("POST", "/v1/jobs", json{{"job", kJob}}.dump(), "application/json", &reply), 201) << client.raw();
+  stop = true;
+  run.join();
 }
 
 // The control channel is authenticated by the cluster's token: a worker's devices answer only the daemon

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A worker whose registration the daemon refuses exits at once, non-zero, saying why: a wrong token (401)
 # and a bad registration (400: a name the daemon does not accept). Before, it lingered on its published
-# device host. A right token registers. Bounded: each worker must be gone within 15 s.
+# device host. A right token registers. The token shows in no log and no metric. Bounded: each worker must be gone within 15 s.
 # Usage: worker_refused.sh RINGWORLD_BINARY
 set -euo pipefail
 bin=$(readlink -f "$1")
@@ -44,6 +44,12 @@ expect_refused w-name.log "refused the registration (400: name:" --name 'bad nam
 ok=$!
 for _ in $(seq 100); do grep -q "registered with daemon" w-ok.log && break; sleep 0.1; done
 grep -q "registered with daemon" w-ok.log || fail "the worker with the right token did not register"
+# The token appears in no log, no job log, no reply of /metrics.
+curl -sf "http://$addr/metrics" > metrics.txt || fail "no /metrics"
+token=$(cat st/token)
+for f in daemon.log w*.log metrics.txt st/logs/*; do
+  [ -f "$f" ] && grep -qF "$token" "$f" && fail "$f holds the API token"
+done
 kill -TERM "$ok"
 wait "$ok" || true
 echo "PASS: refused workers exit with the reason; the right token registers"
