@@ -40,7 +40,7 @@ void PrintJobs(const json& jobs) {
     const std::string ck = std::to_string(j.value("checkpoint_step", 0)) + "/" + std::to_string(j.value("total_steps", 0));
     std::printf("%-12s %-20s %-10s %8lld %12s  %s\n", j.value("id", "").c_str(), j.value("name", "").substr(0, 20).c_str(),
                 j.value("state", "").c_str(), (long long)j.value("priority", 0), ck.c_str(),
-                j.value("message", "").c_str());
+                j.contains("waiting") ? ("waiting: " + j.value("waiting", "")).c_str() : j.value("message", "").c_str());
   }
 }
 

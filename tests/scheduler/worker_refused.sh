@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A worker whose registration the daemon refuses exits at once, non-zero, saying why: a wrong token (401)
 # and a bad registration (400: a name the daemon does not accept). Before, it lingered on its published
-# device host. A right token registers. The token shows in no log and no metric. Bounded: each worker must be gone within 15 s.
+# device host. A right token registers. `jobs` says why a job waits. The token shows in no log and
+# no metric. Bounded: each worker must be gone within 15 s.
 # Usage: worker_refused.sh RINGWORLD_BINARY
 set -euo pipefail
 bin=$(readlink -f "$1")
@@ -44,6 +45,23 @@ expect_refused w-name.log "refused the registration (400: name:" --name 'bad nam
 ok=$!
 for _ in $(seq 100); do grep -q "registered with daemon" w-ok.log && break; sleep 0.1; done
 grep -q "registered with daemon" w-ok.log || fail "the worker with the right token did not register"
+# A job that needs more devices than the cluster has: `jobs` says why it waits.
+cat > big.yaml <<'YAML'
+name: too-big
+model: {vocab_size: 259, hidden_size: 32, intermediate_size: 64, num_hidden_layers: 1,
+        num_attention_heads: 2, num_key_value_heads: 1}
+data: {task: copy}
+ring: {devices: 2, min_devices: 2}
+stages:
+  - {seq_len: 64, rope_theta: 10000, steps: 3, batch: 1}
+checkpoint: {dir: ck/big}
+YAML
+"$bin" submit big.yaml --daemon "$addr" --token-file st/token > /dev/null || fail "submit"
+for _ in $(seq 50); do "$bin" jobs --daemon "$addr" --token-file st/token | grep -q "waiting: no valid ring" && break; sleep 0.1; done
+"$bin" jobs --daemon "$addr" --token-file st/token > jobs.txt
+grep -q "waiting: no valid ring.*2 devices.*1 available" jobs.txt || { cat jobs.txt; fail "jobs does not say why the job waits"; }
+echo "  $(grep too-big jobs.txt)"
+
 # The token appears in no log, no job log, no reply of /metrics.
 curl -sf "http://$addr/metrics" > metrics.txt || fail "no /metrics"
 token=$(cat st/token)
