@@ -7,6 +7,9 @@
 #include "cli/commands.h"
 #include "runtime/job_config.h"
 
+// The most devices a ring of eval, generate or needle runs in this one process.
+constexpr int kMaxLocalRing = 256;
+
 int main(int argc, char** argv) {
   CLI::App app{"RingWorld: Blockwise RingAttention training"};
   app.require_subcommand(1);
@@ -31,9 +34,9 @@ int main(int argc, char** argv) {
   auto* eval = app.add_subcommand("eval", "mean loss and perplexity of a checkpoint on a prepared dataset");
   eval->add_option("--checkpoint", checkpoint, "checkpoint directory (ours or a Hugging Face LLaMA)")->required();
   eval->add_option("--data", data, "dataset directory made by ringworld data prepare")->required();
-  eval->add_option("--ring", ring, "devices in the ring (in this process)");
+  eval->add_option("--ring", ring, "devices in the ring (in this process)")->check(CLI::Range(1, kMaxLocalRing));
   eval->add_option("--layout", layout, "contiguous | zigzag | striped");
-  eval->add_option("--seq-len", seq_len, "tokens per sequence");
+  eval->add_option("--seq-len", seq_len, "tokens per sequence")->check(CLI::Range(int64_t(2), int64_t(1) << 24));
   std::string gen_ckpt, prompt;
   int64_t max_tokens = 64, top_k = 0;
   double temperature = 0, top_p = 1.0;
@@ -46,14 +49,15 @@ int main(int argc, char** argv) {
                                               "pre-tokenized data)")
       ->delimiter(',')
       ->excludes(prompt_opt);
-  gen->add_option("--max-tokens", max_tokens, "tokens to generate (stops at EOS)");
-  gen->add_option("--temperature", temperature, "0: greedy");
-  gen->add_option("--top-k", top_k, "keep the k most likely tokens (0: all)");
-  gen->add_option("--top-p", top_p, "nucleus sampling mass");
+  gen->add_option("--max-tokens", max_tokens, "tokens to generate (stops at EOS)")->check(CLI::Range(int64_t(1), int64_t(1) << 20));
+  gen->add_option("--temperature", temperature, "0: greedy")->check(CLI::Range(0.0, 100.0));
+  gen->add_option("--top-k", top_k, "keep the k most likely tokens (0: all)")->check(CLI::NonNegativeNumber);
+  gen->add_option("--top-p", top_p, "nucleus sampling mass")->check(CLI::Range(1e-6, 1.0));
   gen->add_option("--seed", gen_seed, "sampling seed");
   int gen_ring = 1;
   std::string gen_layout = "zigzag";
-  gen->add_option("--ring", gen_ring, "devices in the ring the prompt is prefilled over (in this process)");
+  gen->add_option("--ring", gen_ring, "devices in the ring the prompt is prefilled over (in this process)")
+      ->check(CLI::Range(1, kMaxLocalRing));
   gen->add_option("--layout", gen_layout, "contiguous | zigzag | striped");
   std::string needle_ckpt, needle_out = "needle", needle_layout = "zigzag";
   std::vector<int64_t> needle_lengths;
@@ -65,8 +69,8 @@ int main(int argc, char** argv) {
   needle->add_option("--checkpoint", needle_ckpt, "checkpoint directory")->required();
   needle->add_option("--lengths", needle_lengths, "context lengths in tokens, e.g. 256,512,1024")->required()->delimiter(',');
   needle->add_option("--depths", needle_depths, "needle depths in [0, 1]")->delimiter(',');
-  needle->add_option("--trials", needle_trials, "documents per cell");
-  needle->add_option("--ring", needle_ring, "devices in the ring (in this process)");
+  needle->add_option("--trials", needle_trials, "documents per cell")->check(CLI::Range(int64_t(1), int64_t(100000)));
+  needle->add_option("--ring", needle_ring, "devices in the ring (in this process)")->check(CLI::Range(1, kMaxLocalRing));
   needle->add_option("--layout", needle_layout, "contiguous | zigzag | striped");
   needle->add_option("--output", needle_out, "directory for needle.json and needle.png");
   needle->add_option("--seed", needle_seed, "seed of the documents");

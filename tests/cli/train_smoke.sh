@@ -38,6 +38,14 @@ grep -q '"vocab_size": 320' "$out/ds_sp/meta.json" || { echo "FAIL: SentencePiec
 grep -q '^tokenizer.model ' "$out/fs/ck/step-3/MANIFEST" || { echo "FAIL: checkpoint without tokenizer.model"; exit 1; }
 gs=$("$bin" generate --checkpoint "$out/fs/ck/step-3" --prompt "ring attention" --max-tokens 4)
 [ "${gs:0:14}" = "ring attention" ] || { echo "FAIL: generate with the checkpoint's tokenizer: '$gs'"; exit 1; }
+# Out-of-range sizes are refused by name before anything is loaded (they used to be taken as they came).
+for bad in "--ring 100000" "--ring 0" "--max-tokens 9999999999" "--top-p 0"; do
+  # shellcheck disable=SC2086
+  if msg=$("$bin" generate --checkpoint "$out/fs/ck/step-3" --prompt x $bad 2>&1); then
+    echo "FAIL: generate $bad was accepted"; exit 1
+  fi
+  grep -q -- "${bad%% *}: Value" <<< "$msg" || { echo "FAIL: generate $bad: '$msg' does not name the option"; exit 1; }
+done
 # The needle config (its own SentencePiece tokenizer, a 3-stage context curriculum), a few steps a stage,
 # then needle over a ring of 2 with the tokenizer the checkpoint carries.
 configs=$(dirname "$cfg")
