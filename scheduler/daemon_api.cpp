@@ -478,6 +478,7 @@ void DaemonImpl::Heartbeat(const httplib::Request& req, httplib::Response& res) 
     }
   }
   PersistWorkers({{id, left}});
+  if (leaving) metrics_.ForgetWorker(id);  // gone for good: its series go too (a lost worker's stay)
   Reply(res, 200, json{{"assigned", used}});
 }
 

@@ -68,6 +68,10 @@ token=$(cat st/token)
 for f in daemon.log w*.log metrics.txt st/logs/*; do
   [ -f "$f" ] && grep -qF "$token" "$f" && fail "$f holds the API token"
 done
+grep -q 'ringworld_heartbeats_missed_total{worker="w-ok"}' metrics.txt || fail "no series of the registered worker"
 kill -TERM "$ok"
 wait "$ok" || true
+# It drained and left: its series are gone from /metrics.
+curl -sf "http://$addr/metrics" | grep -q 'worker="w-ok"' && fail "the series of a worker that left are still served"
+echo "  a worker that left: its series are gone from /metrics"
 echo "PASS: refused workers exit with the reason; the right token registers"
