@@ -238,6 +238,11 @@ Status Dataset::Open(const std::string& dir, Dataset* out) {
   } catch (const nlohmann::json::exception& e) {
     return Status::Error("data: " + dir + "/meta.json: " + e.what());
   }
+  RW_REQUIRE(d.n_docs_ >= 0 && d.n_tokens_ >= 0 && d.n_docs_ < (int64_t(1) << 40) && d.n_tokens_ < (int64_t(1) << 44),
+             "data: " << dir << "/meta.json: documents " << d.n_docs_ << ", tokens " << d.n_tokens_
+                      << ": not counts of a dataset");
+  RW_REQUIRE(d.vocab_ > 0 && d.vocab_ <= (int64_t(1) << 31), "data: " << dir << "/meta.json: vocab_size " << d.vocab_
+                                                                        << " is not a vocabulary size");
   d.map_ = MapFile((fs::path(dir) / "tokens.bin").string(), &d.map_bytes_);
   d.mod_map_ = MapFile((fs::path(dir) / "modality.bin").string(), &d.mod_bytes_);
   d.idx_map_ = MapFile((fs::path(dir) / "index.bin").string(), &d.idx_bytes_);
@@ -248,7 +253,22 @@ Status Dataset::Open(const std::string& dir, Dataset* out) {
   d.tokens_ = static_cast<const int32_t*>(d.map_);
   d.modality_ = static_cast<const uint8_t*>(d.mod_map_);
   d.index_ = static_cast<const uint64_t*>(d.idx_map_);
+  // Every offset is read before any token is: the first 0, never decreasing, the last the token count. An
+  // offset past the end would read outside tokens.bin (SIGBUS); a decreasing one changes the token count.
+  RW_REQUIRE(d.index_[0] == 0, "data: " << dir << "/index.bin: the first offset is " << d.index_[0] << ", not 0");
+  for (int64_t i = 0; i < d.n_docs_; ++i)
+    RW_REQUIRE(d.index_[i + 1] >= d.index_[i] && d.index_[i + 1] <= uint64_t(d.n_tokens_),
+               "data: " << dir << "/index.bin: offset " << i + 1 << " is " << d.index_[i + 1] << " after "
+                        << d.index_[i] << " (offsets rise from 0 to the token count, " << d.n_tokens_ << ")");
   RW_REQUIRE(d.index_[d.n_docs_] == uint64_t(d.n_tokens_), "data: " << dir << "/index.bin: last offset is wrong");
+  // Token ids and modality bytes in range: an id past the vocabulary would index outside the embedding.
+  for (int64_t i = 0; i < d.n_tokens_; ++i) {
+    RW_REQUIRE(d.tokens_[i] >= 0 && d.tokens_[i] < d.vocab_, "data: " << dir << "/tokens.bin: token " << i << " has id "
+                                                                      << d.tokens_[i] << ", outside the vocabulary of "
+                                                                      << d.vocab_);
+    RW_REQUIRE(d.modality_[i] <= 1, "data: " << dir << "/modality.bin: token " << i << " has modality "
+                                             << int(d.modality_[i]) << " (0 text, 1 vision)");
+  }
   *out = std::move(d);
   return Status::Ok();
 }

@@ -165,6 +165,8 @@ Status DaemonImpl::ParseSubmission(const httplib::Request& req, JobRecord* rec, 
         spec = v.is_string() ? v.get<std::string>() : v.dump();  // JSON is YAML; never pretty-printed
       } else if (k == "priority") {
         RW_REQUIRE(v.is_number_integer(), "priority: expected an integer");
+        // 18446744073709551615 is an unsigned JSON integer that get<int64_t> makes -1: range first.
+        RW_REQUIRE(!v.is_number_unsigned() || v.get<uint64_t>() <= 1000000, "priority: must be within +-1000000");
         priority = v.get<int64_t>();
       } else if (k == "set") {
         RW_REQUIRE(v.is_array(), "set: expected a list of \"key=value\" strings");

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 
@@ -202,6 +203,66 @@ void CountTargets(const std::vector<PackedSequence>& seqs, int64_t seq_len, std:
 
 // Eval packing, for every document length mod L (and L itself small and large): terminates (it once looped
 // forever on a one-token last piece), and every (input, target) pair of the dataset is scored exactly once.
+// A prepared dataset whose files were damaged or forged is refused at open with the file and the field,
+// before any token is read: an offset past the end (it used to SIGBUS), offsets that go down (they
+// silently changed the token count), a first offset not 0, token ids outside the vocabulary, a modality
+// byte that is neither text nor vision, negative counts in meta.json.
+TEST(Dataset, DamagedIndexTokensAndMetaAreRefusedAtOpen) {
+  Tmp t;
+  const auto f = t.File("d.jsonl", "{\"text\": \"abcdef\"}\n{\"text\": \"ghij\"}\n{\"text\": \"klmnopq\"}\n");
+  const std::string good = (t.p / "good").string();
+  ASSERT_TRUE(PrepareDataset({{f}, good, "bytes", 0, false}, nullptr).ok());
+  Dataset ok;
+  ASSERT_TRUE(Dataset::Open(good, &ok).ok());
+  ASSERT_EQ(ok.documents(), 3);
+  auto read = [](const fs::path& p) {
+    std::ifstream in(p, std::ios::binary);
+    return std::string(std::istreambuf_iterator<char>(in), {});
+  };
+  const std::string index = read(fs::path(good) / "index.bin");
+  auto with_offset = [&](int k, uint64_t v) {
+    std::string s = index;
+    std::memcpy(s.data() + 8 * k, &v, 8);
+    return s;
+  };
+  int32_t big_id = 1 << 20;
+  std::string tokens = read(fs::path(good) / "tokens.bin");
+  std::string bad_tokens = tokens;
+  std::memcpy(bad_tokens.data() + 4 * 5, &big_id, 4);
+  std::string bad_modality = read(fs::path(good) / "modality.bin");
+  bad_modality[3] = 7;
+  std::string meta = read(fs::path(good) / "meta.json");
+  const auto docs = meta.find("\"documents\":");
+  ASSERT_NE(docs, std::string::npos) << meta;
+  std::string bad_meta = meta;
+  bad_meta.insert(meta.find_first_of("0123456789", docs), "-");
+  struct Case {
+    const char* what;
+    const char* file;
+    std::string bytes;
+    std::string needle;
+  };
+  const std::vector<Case> cases = {
+      {"an offset far past the end", "index.bin", with_offset(1, uint64_t(1) << 40), "index.bin: offset 1 is"},
+      {"offsets that go down", "index.bin", with_offset(2, 1), "index.bin: offset 2 is 1 after"},
+      {"a first offset not 0", "index.bin", with_offset(0, 2), "index.bin: the first offset is 2"},
+      {"a token id past the vocabulary", "tokens.bin", bad_tokens, "tokens.bin: token 5 has id 1048576"},
+      {"a modality byte of 7", "modality.bin", bad_modality, "modality.bin: token 3 has modality 7"},
+      {"a negative document count", "meta.json", bad_meta, "meta.json: documents -"},
+  };
+  for (const auto& c : cases) {
+    const fs::path dir = t.p / "bad";
+    fs::remove_all(dir);
+    fs::copy(good, dir);
+    std::ofstream(dir / c.file, std::ios::binary | std::ios::trunc) << c.bytes;
+    Dataset d;
+    const Status st = Dataset::Open(dir.string(), &d);
+    ASSERT_FALSE(st.ok()) << c.what;
+    std::printf("  %-32s %s\n", c.what, st.message().c_str());
+    EXPECT_NE(st.message().find(c.needle), std::string::npos) << c.what << ": " << st.message();
+  }
+}
+
 TEST(Dataset, PackAllScoresEveryPairOnceForEveryLengthModL) {
   Tmp t;
   std::vector<int64_t> lengths;
