@@ -1,5 +1,7 @@
 #include "runtime/job_config.h"
 
+#include <cmath>
+#include <charconv>
 #include <yaml-cpp/yaml.h>
 
 #include <set>
@@ -104,27 +106,53 @@ const std::vector<Setting<StageConfig>>& StageTable() {
   return table;
 }
 
+// The key of a mapping entry as text: keys are plain scalars ({a: 1}: 2 or [x]: 1 is refused, not aborted on).
+Status KeyText(const YAML::Node& key, const std::string& where, std::string* out) {
+  RW_REQUIRE(key.IsScalar(), where << ": a key must be a plain name, not a list or a mapping");
+  *out = key.Scalar();
+  return Status::Ok();
+}
+
+// An integer exactly as written ("128.7", "1e3", "12abc" are not integers; yaml-cpp's as<int> read 128.7
+// as 128) and within the type.
+template <class T>
+bool ParseInteger(const std::string& text, T* out) {
+  const char* b = text.data();
+  const char* e = b + text.size();
+  if (b != e && *b == '+') ++b;
+  const auto [end, ec] = std::from_chars(b, e, *out);
+  return ec == std::errc() && end == e && b != e;
+}
+
 template <class Root>
 Status Apply(const Setting<Root>& s, const YAML::Node& node, const std::string& key, Root& root) {
   RW_REQUIRE(node.IsScalar(), key << ": expected a single value");
   const std::string text = node.Scalar();
   try {
+    bool ok = true;
     std::visit(
         [&](auto& get) {
           using T = std::decay_t<decltype(get(root))>;
-          if constexpr (std::is_same_v<T, std::string>)
+          if constexpr (std::is_same_v<T, std::string>) {
             get(root) = text;
-          else
+          } else if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>) {
+            ok = ParseInteger(text, &get(root));
+          } else if constexpr (std::is_floating_point_v<T>) {
             get(root) = node.as<T>();
+            ok = std::isfinite(get(root));
+          } else {
+            get(root) = node.as<T>();
+          }
         },
         s.field);
+    if (!ok) throw YAML::Exception(YAML::Mark::null_mark(), "not a value of the type");
   } catch (const YAML::Exception&) {
     const char* want = std::visit(
         [&](auto& get) -> const char* {
           using T = std::decay_t<decltype(get(root))>;
           if constexpr (std::is_same_v<T, bool>) return "true or false";
           if constexpr (std::is_integral_v<T>) return "an integer";
-          return "a number";
+          return "a finite number";
         },
         s.field);
     return Status::Error(key + ": expected " + want + ", got '" + text + "'");
@@ -142,7 +170,8 @@ const Setting<Root>* Find(const std::vector<Setting<Root>>& table, const std::st
 Status ApplyStage(const YAML::Node& map, const std::string& where, StageConfig& st) {
   RW_REQUIRE(map.IsMap(), where << ": expected a mapping of seq_len, rope_theta, steps, batch");
   for (const auto& kv : map) {
-    const std::string k = kv.first.as<std::string>();
+    std::string k;
+    RW_RETURN_IF_ERROR(KeyText(kv.first, where, &k));
     const auto* s = Find(StageTable(), k);
     RW_REQUIRE(s, where << "." << k << ": unknown key (stage keys: seq_len, rope_theta, steps, batch)");
     RW_RETURN_IF_ERROR(Apply(*s, kv.second, where + "." + k, st));
@@ -155,7 +184,12 @@ Status ApplyOverride(const std::string& item, JobConfig* job) {
   RW_REQUIRE(eq != std::string::npos && eq > 0, "--set: '" << item << "' is not key=value");
   const std::string key = item.substr(0, eq);
   const std::string text = item.substr(eq + 1);
-  YAML::Node value = text.empty() ? YAML::Node(std::string()) : YAML::Load(text);  // key= clears a string
+  YAML::Node value;
+  try {
+    value = text.empty() ? YAML::Node(std::string()) : YAML::Load(text);  // key= clears a string
+  } catch (const YAML::Exception& e) {
+    return Status::Error("--set " + key + ": cannot read the value '" + text + "': " + e.what());
+  }
   if (key.rfind("stages.", 0) == 0) {  // stages.N.key
     const auto dot = key.find('.', 7);
     RW_REQUIRE(dot != std::string::npos, "--set " << key << ": stages are set as stages.N.key");
@@ -204,8 +238,28 @@ Status JobConfig::CheckStageRing(size_t i, int64_t devices) const {
   return Status::Ok();
 }
 
+namespace {
+
+// Well-formed UTF-8 without control characters: what a name in logs, metric labels and JSON must be.
+bool PrintableUtf8(const std::string& s) {
+  for (size_t i = 0; i < s.size();) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    int n = c < 0x80 ? 0 : (c >> 5) == 0x6 ? 1 : (c >> 4) == 0xE ? 2 : (c >> 3) == 0x1E ? 3 : -1;
+    if (n < 0 || (n == 0 && (c < 0x20 || c == 0x7F)) || (n == 1 && c < 0xC2) || i + n >= s.size() + (n == 0))
+      return false;
+    for (int k = 1; k <= n; ++k)
+      if ((static_cast<unsigned char>(s[i + k]) & 0xC0) != 0x80) return false;
+    i += size_t(n) + 1;
+  }
+  return true;
+}
+
+}  // namespace
+
 Status JobConfig::Validate() const {
   RW_REQUIRE(!name.empty(), "name: must not be empty");
+  RW_REQUIRE(name.size() <= 200 && PrintableUtf8(name),
+             "name: must be at most 200 bytes of UTF-8 text without control characters");
   RW_RETURN_IF_ERROR(model.Validate());
   int64_t data_vocab = 0;
   RW_RETURN_IF_ERROR(data.Validate(&data_vocab));
@@ -293,7 +347,8 @@ Status ParseFields(const std::string& yaml, const std::string& origin, const std
   RW_REQUIRE(root.IsMap(), origin << ": a job file is a mapping of settings");
   const std::vector<std::string> sections = {"model", "data", "loss", "optimizer", "ring", "checkpoint"};
   for (const auto& kv : root) {
-    const std::string k = kv.first.as<std::string>();
+    std::string k;
+    RW_RETURN_IF_ERROR(KeyText(kv.first, origin, &k));
     if (k == "stages") {
       RW_REQUIRE(kv.second.IsSequence(), origin << ": stages: expected a list of stages");
       for (size_t i = 0; i < kv.second.size(); ++i) {
@@ -305,7 +360,9 @@ Status ParseFields(const std::string& yaml, const std::string& origin, const std
     if (std::find(sections.begin(), sections.end(), k) != sections.end()) {
       RW_REQUIRE(kv.second.IsMap(), origin << ": " << k << ": expected a mapping");
       for (const auto& sub : kv.second) {
-        const std::string key = k + "." + sub.first.as<std::string>();
+        std::string sub_key;
+        RW_RETURN_IF_ERROR(KeyText(sub.first, origin + ": " + k, &sub_key));
+        const std::string key = k + "." + sub_key;
         const auto* s = Find(JobTable(), key);
         RW_REQUIRE(s, origin << ": " << key << ": unknown key");
         set_keys.insert(key);
