@@ -62,111 +62,144 @@ attention_report Run(Transport& t, runtime::ShardData& io, uint32_t epoch, uint3
   return rep;
 }
 
+// A lane's work that throws (a bad_alloc or length_error from a forged file, a defect) fails that task with
+// the reason instead of killing the lane and, linked to it, the device: the device stays for the next job.
+template <class Report, class F>
+Report Guarded(F&& work) {
+  try {
+    return work();
+  } catch (const std::exception& e) {
+    Report rep;
+    rep.ok = false;
+    rep.error = std::string("internal error: ") + e.what();
+    return rep;
+  } catch (...) {
+    Report rep;
+    rep.ok = false;
+    rep.error = "internal error: unknown exception";
+    return rep;
+  }
+}
+
 lane_actor::behavior_type Lane(lane_actor::pointer) {
   return {
       [](generate_atom, const generate_task& task, std::shared_ptr<Transport> t) {
-        generate_report rep;
-        rep.rank = t->rank();
-        const runtime::SamplingConfig s{task.temperature, task.top_k, task.top_p, task.seed};
-        const kernels::Status st =
-            runtime::GenerateRank(*t, task.checkpoint, task.prompt, s, task.max_tokens, task.eos, task.layout,
-                                  kernels::Exec{kernels::Device::kCpu, 1}, &rep.tokens);
-        rep.ok = st.ok();
-        rep.error = st.message();
-        return rep;
+        return Guarded<generate_report>([&] {
+          generate_report rep;
+          rep.rank = t->rank();
+          const runtime::SamplingConfig s{task.temperature, task.top_k, task.top_p, task.seed};
+          const kernels::Status st =
+              runtime::GenerateRank(*t, task.checkpoint, task.prompt, s, task.max_tokens, task.eos, task.layout,
+                                    kernels::Exec{kernels::Device::kCpu, 1}, &rep.tokens);
+          rep.ok = st.ok();
+          rep.error = st.message();
+          return rep;
+        });
       },
       [](needle_atom, const needle_task& task, std::shared_ptr<Transport> t) {
-        needle_report rep;
-        rep.rank = t->rank();
-        runtime::NeedleConfig cfg;
-        cfg.lengths = task.lengths;
-        cfg.depths = task.depths;
-        cfg.trials = task.trials;
-        cfg.seed = task.seed;
-        cfg.layout = task.layout;
-        runtime::NeedleResult res;
-        const kernels::Status st = runtime::NeedleRank(*t, task.checkpoint, cfg, &res);
-        rep.ok = st.ok();
-        rep.error = st.message();
-        if (st.ok() && t->rank() == 0) rep.json = res.ToJson();
-        return rep;
+        return Guarded<needle_report>([&] {
+          needle_report rep;
+          rep.rank = t->rank();
+          runtime::NeedleConfig cfg;
+          cfg.lengths = task.lengths;
+          cfg.depths = task.depths;
+          cfg.trials = task.trials;
+          cfg.seed = task.seed;
+          cfg.layout = task.layout;
+          runtime::NeedleResult res;
+          const kernels::Status st = runtime::NeedleRank(*t, task.checkpoint, cfg, &res);
+          rep.ok = st.ok();
+          rep.error = st.message();
+          if (st.ok() && t->rank() == 0) rep.json = res.ToJson();
+          return rep;
+        });
       },
       [](eval_atom, const eval_task& task, std::shared_ptr<Transport> t) {
-        eval_report rep;
-        runtime::EvalResult res;
-        const kernels::Status st =
-            runtime::EvalRank(*t, task.checkpoint, task.data, task.seq_len, task.layout, 1, &res);
-        rep.ok = st.ok();
-        rep.error = st.message();
-        rep.loss = res.loss;
-        rep.perplexity = res.perplexity;
-        rep.tokens = res.tokens;
-        return rep;
+        return Guarded<eval_report>([&] {
+          eval_report rep;
+          runtime::EvalResult res;
+          const kernels::Status st =
+              runtime::EvalRank(*t, task.checkpoint, task.data, task.seq_len, task.layout, 1, &res);
+          rep.ok = st.ok();
+          rep.error = st.message();
+          rep.loss = res.loss;
+          rep.perplexity = res.perplexity;
+          rep.tokens = res.tokens;
+          return rep;
+        });
       },
       [](train_atom, const train_task& task, const ring_spec& spec, std::shared_ptr<Transport> t,
          std::shared_ptr<std::atomic<bool>> stop) {
-        train_report rep;
-        rep.rank = spec.rank;
-        runtime::JobConfig job;
-        kernels::Status st = runtime::ParseJobConfig(task.job_yaml, task.origin, task.overrides, &job);
-        runtime::TrainResult res;
-        if (st.ok()) {
-          auto report = [&](const runtime::StepMetrics& m) {
-            if (task.reporter) caf::anon_send(task.reporter, m);
-          };
-          runtime::TrainControl control;
-          control.stop_at_step = task.stop_at_step;
-          control.stop_flags = {&PreemptFlag(), stop.get()};
-          control.resume_max_step = task.resume_max_step;
-          control.resume_checkpoint = task.resume_checkpoint;
-          control.on_checkpoint = [&](const runtime::CheckpointInfo& info) {
-            if (task.reporter) caf::anon_send(task.reporter, info);
-          };
-          st = runtime::TrainRank(*t, job, report, &res, control);
-        }
-        rep.ok = st.ok();
-        rep.error = st.message();
-        rep.stopped = res.stopped;
-        rep.process_stopping = PreemptFlag().load();
-        rep.resumed_from = res.resumed_from;
-        for (const auto& why : res.skipped_checkpoints)
-          std::fprintf(stderr, "rank %d: skipped a checkpoint: %s\n", spec.rank, why.c_str());
-        rep.first_loss = res.first_loss;
-        rep.last_loss = res.last_loss;
-        rep.steps = res.steps;
-        return rep;
-      },
-      [](connect_atom, std::shared_ptr<Transport> t, const std::string& prev, const std::string& next) {
-        attention_report rep;
-        auto* ucx = dynamic_cast<runtime::UcxTransport*>(t.get());
-        kernels::Status st = ucx ? ucx->ConnectRing(prev, next, std::chrono::seconds(30)) : kernels::Status::Ok();
-        rep.ok = st.ok();
-        rep.error = st.message();
-        return rep;
-      },
-      [](attend_atom, const attention_task& task, std::shared_ptr<Transport> t) {
-        return Run(*t, *task.io, task.epoch, task.step);
-      },
-      [](attend_atom, const selftest_task& task, const ring_spec& spec, std::shared_ptr<Transport> t) {
-        attention_report rep;
-        runtime::LayoutKind kind;
-        runtime::Layout layout;
-        runtime::ShardData io;
-        kernels::Status st = runtime::ParseLayout(task.layout, &kind);
-        if (st.ok()) st = runtime::Layout::Make(kind, task.L, spec.size, &layout);
-        runtime::SyntheticAttention problem{task.seed, task.L, task.hq, task.hkv, task.d, task.causal, task.doc_len};
-        if (st.ok()) st = runtime::MakeShard(problem, layout, spec.rank, &io);
-        if (!st.ok()) {
-          rep.error = st.message();
-          return rep;
-        }
-        rep = Run(*t, io, task.epoch, task.step);
-        if (rep.ok && !task.output_path.empty()) {
-          st = runtime::WriteOutputs(io, task.output_path);
+        return Guarded<train_report>([&] {
+          train_report rep;
+          rep.rank = spec.rank;
+          runtime::JobConfig job;
+          kernels::Status st = runtime::ParseJobConfig(task.job_yaml, task.origin, task.overrides, &job);
+          runtime::TrainResult res;
+          if (st.ok()) {
+            auto report = [&](const runtime::StepMetrics& m) {
+              if (task.reporter) caf::anon_send(task.reporter, m);
+            };
+            runtime::TrainControl control;
+            control.stop_at_step = task.stop_at_step;
+            control.stop_flags = {&PreemptFlag(), stop.get()};
+            control.resume_max_step = task.resume_max_step;
+            control.resume_checkpoint = task.resume_checkpoint;
+            control.on_checkpoint = [&](const runtime::CheckpointInfo& info) {
+              if (task.reporter) caf::anon_send(task.reporter, info);
+            };
+            st = runtime::TrainRank(*t, job, report, &res, control);
+          }
           rep.ok = st.ok();
           rep.error = st.message();
-        }
-        return rep;
+          rep.stopped = res.stopped;
+          rep.process_stopping = PreemptFlag().load();
+          rep.resumed_from = res.resumed_from;
+          for (const auto& why : res.skipped_checkpoints)
+            std::fprintf(stderr, "rank %d: skipped a checkpoint: %s\n", spec.rank, why.c_str());
+          rep.first_loss = res.first_loss;
+          rep.last_loss = res.last_loss;
+          rep.steps = res.steps;
+          return rep;
+        });
+      },
+      [](connect_atom, std::shared_ptr<Transport> t, const std::string& prev, const std::string& next) {
+        return Guarded<attention_report>([&] {
+          attention_report rep;
+          auto* ucx = dynamic_cast<runtime::UcxTransport*>(t.get());
+          kernels::Status st = ucx ? ucx->ConnectRing(prev, next, std::chrono::seconds(30)) : kernels::Status::Ok();
+          rep.ok = st.ok();
+          rep.error = st.message();
+          return rep;
+        });
+      },
+      [](attend_atom, const attention_task& task, std::shared_ptr<Transport> t) {
+        return Guarded<attention_report>([&] {
+          return Run(*t, *task.io, task.epoch, task.step);
+        });
+      },
+      [](attend_atom, const selftest_task& task, const ring_spec& spec, std::shared_ptr<Transport> t) {
+        return Guarded<attention_report>([&] {
+          attention_report rep;
+          runtime::LayoutKind kind;
+          runtime::Layout layout;
+          runtime::ShardData io;
+          kernels::Status st = runtime::ParseLayout(task.layout, &kind);
+          if (st.ok()) st = runtime::Layout::Make(kind, task.L, spec.size, &layout);
+          runtime::SyntheticAttention problem{task.seed, task.L, task.hq, task.hkv, task.d, task.causal, task.doc_len};
+          if (st.ok()) st = runtime::MakeShard(problem, layout, spec.rank, &io);
+          if (!st.ok()) {
+            rep.error = st.message();
+            return rep;
+          }
+          rep = Run(*t, io, task.epoch, task.step);
+          if (rep.ok && !task.output_path.empty()) {
+            st = runtime::WriteOutputs(io, task.output_path);
+            rep.ok = st.ok();
+            rep.error = st.message();
+          }
+          return rep;
+        });
       },
   };
 }

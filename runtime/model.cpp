@@ -23,6 +23,15 @@ Status ModelConfig::Validate() const {
   RW_REQUIRE(std::isfinite(rms_norm_eps) && rms_norm_eps > 0, "model.rms_norm_eps: must be > 0, got " << rms_norm_eps);
   RW_REQUIRE(max_position_embeddings >= 1,
              "model.max_position_embeddings: must be >= 1, got " << max_position_embeddings);
+  // Its size, counted in double before anything is allocated (the int64 products of a forged config.json
+  // could overflow): a model past a trillion parameters is refused by name instead of failing an allocation.
+  const double h = double(hidden_size), kv = double(num_key_value_heads) * double(head_dim());
+  const double per_layer = 2 * h * h + 2 * h * kv + 3 * h * double(intermediate_size) + 2 * h;
+  const double params = double(vocab_size) * h * (tie_word_embeddings ? 1 : 2) + double(num_hidden_layers) * per_layer + h;
+  RW_REQUIRE(params <= kMaxParameters, "model: " << params << " parameters (hidden_size " << hidden_size
+                                                 << ", intermediate_size " << intermediate_size << ", num_hidden_layers "
+                                                 << num_hidden_layers << ", vocab_size " << vocab_size
+                                                 << ") is past the limit of " << kMaxParameters);
   return Status::Ok();
 }
 

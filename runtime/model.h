@@ -27,6 +27,9 @@
 
 namespace rw::runtime {
 
+// The largest model a config may describe (parameters): 1e12, past anything a device holds today.
+constexpr double kMaxParameters = 1e12;
+
 struct ModelConfig {
   int64_t vocab_size = 259;
   int64_t hidden_size = 64;

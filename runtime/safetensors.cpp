@@ -85,9 +85,13 @@ Status ReadSafetensors(const std::string& path, std::map<std::string, LoadedTens
     }
     const int es = dtype == "F32" ? 4 : (dtype == "F16" || dtype == "BF16") ? 2 : 0;
     RW_REQUIRE(es, where << ": dtype " << dtype << " is not F32, F16 or BF16");
+    // The element count, checked against the bytes the file has as it grows: a shape such as
+    // [2^31, 2^31] overflowed numel * es to 0, matched empty data_offsets and then asked for 2^62 floats.
     uint64_t numel = 1;
     for (int64_t d : shape) {
       RW_REQUIRE(d >= 0, where << ": negative dimension");
+      RW_REQUIRE(d == 0 || numel <= data_size / uint64_t(es) / uint64_t(d),
+                 where << ": shape holds more elements than the file's " << data_size << " data bytes");
       numel *= uint64_t(d);
     }
     RW_REQUIRE(offs.size() == 2 && offs[0] <= offs[1] && offs[1] <= data_size && offs[1] - offs[0] == numel * es,

@@ -146,6 +146,34 @@ TEST(DeviceActor, TaskOfAnOlderEpochIsRefused) {
   caf::anon_send_exit(devices[0], caf::exit_reason::user_shutdown);
 }
 
+// A job whose files make its work throw (here a config.json of 5e11 parameters: 2 TB of weights, a
+// bad_alloc) fails with the reason, and the device stays: a second task on the same device is answered.
+// Before, the exception killed the device's lane and, linked to it, the device, and later jobs on the
+// worker timed out.
+TEST(DeviceActor, AWorkThatThrowsFailsItsTaskAndTheDeviceStays) {
+  Config cfg;
+  caf::actor_system sys{cfg};
+  std::vector<device_actor> devices = {SpawnDevice(sys, 0)};
+  ASSERT_TRUE(FormRing(sys, devices, 12, 1, "inproc").ok());
+  const auto dir = std::filesystem::temp_directory_path() / ("rw_poison_" + std::to_string(getpid()));
+  std::filesystem::create_directories(dir);
+  std::ofstream(dir / "config.json") << R"({"model_type": "llama", "hidden_size": 65536, "intermediate_size": 262144,
+      "num_hidden_layers": 8, "num_attention_heads": 512, "num_key_value_heads": 512, "vocab_size": 32000,
+      "max_position_embeddings": 4096, "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "hidden_act": "silu"})";
+  caf::scoped_actor self{sys};
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    std::string outcome;
+    self->request(devices[0], std::chrono::seconds(30), eval_atom::value,
+                  eval_task{1, dir.string(), (dir / "no-data").string(), 64, "zigzag"})
+        .receive([&](const eval_report& rep) { outcome = rep.ok ? "ok" : rep.error; },
+                 [&](caf::error& e) { outcome = "no answer: " + sys.render(e); });
+    std::printf("  task %d: %s\n", attempt + 1, outcome.c_str());
+    EXPECT_NE(outcome.find("internal error: "), std::string::npos) << outcome;
+  }
+  std::filesystem::remove_all(dir);
+  caf::anon_send_exit(devices[0], caf::exit_reason::user_shutdown);
+}
+
 // Device actors in two other processes (2 each), reached over the CAF middleman; the ring between them is
 // UCX. Each device builds its rows of a synthetic problem, and the outputs (written to files: tensors stay
 // out of CAF) must equal the single-device kernels on the whole problem.

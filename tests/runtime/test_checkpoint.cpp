@@ -319,6 +319,35 @@ TEST(Checkpoint, MissingOrMisShapedTensorsAndTruncatedFilesAreNamed) {
   std::printf("  %s\n", st.message().c_str());
 }
 
+// Forged files are refused by name before any allocation: a safetensors header whose shape overflows
+// the element count ([2^31, 2^31] x 4 bytes wrapped to 0 and matched empty data_offsets, then asked for
+// 2^62 floats), and a config.json of a model past kMaxParameters.
+TEST(Checkpoint, ForgedShapesAndHugeConfigsAreRefusedBeforeAllocating) {
+  const auto dir = std::filesystem::temp_directory_path() / ("rw_forged_" + std::to_string(getpid()));
+  std::filesystem::create_directories(dir);
+  const std::string header = R"({"w": {"dtype": "F32", "shape": [2147483648, 2147483648], "data_offsets": [0, 0]}})";
+  {
+    std::ofstream f(dir / "poison.safetensors", std::ios::binary);
+    const uint64_t n = header.size();
+    f.write(reinterpret_cast<const char*>(&n), 8);
+    f << header;
+  }
+  std::map<std::string, LoadedTensor> out;
+  Status st = ReadSafetensors((dir / "poison.safetensors").string(), &out);
+  ASSERT_FALSE(st.ok());
+  std::printf("  %s\n", st.message().c_str());
+  EXPECT_NE(st.message().find("tensor w: shape holds more elements than the file's 0 data bytes"), std::string::npos);
+  std::ofstream(dir / "config.json") << R"({"model_type": "llama", "hidden_size": 1048576, "intermediate_size": 4194304,
+      "num_hidden_layers": 10000, "num_attention_heads": 8192, "num_key_value_heads": 8192, "vocab_size": 32000,
+      "max_position_embeddings": 4096, "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "hidden_act": "silu"})";
+  ModelConfig model;
+  st = ReadHfConfig((dir / "config.json").string(), &model);
+  ASSERT_FALSE(st.ok());
+  std::printf("  %s\n", st.message().c_str());
+  EXPECT_NE(st.message().find("is past the limit of"), std::string::npos) << st.message();
+  std::filesystem::remove_all(dir);
+}
+
 TEST(Checkpoint, Bf16AndF16SafetensorsLoadAsFloat) {
   TempDir dir("half");
   // Hand-made file: one BF16 tensor [2] = {1.5, -2.0} and one F16 tensor [1] = {0.5}.
