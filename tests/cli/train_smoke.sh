@@ -38,6 +38,18 @@ grep -q '"vocab_size": 320' "$out/ds_sp/meta.json" || { echo "FAIL: SentencePiec
 grep -q '^tokenizer.model ' "$out/fs/ck/step-3/MANIFEST" || { echo "FAIL: checkpoint without tokenizer.model"; exit 1; }
 gs=$("$bin" generate --checkpoint "$out/fs/ck/step-3" --prompt "ring attention" --max-tokens 4)
 [ "${gs:0:14}" = "ring attention" ] || { echo "FAIL: generate with the checkpoint's tokenizer: '$gs'"; exit 1; }
+# A config.json of 5e11 parameters (2 TB of weights): generate fails with the reason instead of hanging
+# after an unhandled exception in its device actors.
+mkdir -p "$out/huge"
+cat > "$out/huge/config.json" <<'JSON'
+{"model_type": "llama", "hidden_size": 65536, "intermediate_size": 262144, "num_hidden_layers": 8,
+ "num_attention_heads": 512, "num_key_value_heads": 512, "vocab_size": 32000, "max_position_embeddings": 4096,
+ "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "hidden_act": "silu"}
+JSON
+rc=0
+msg=$(timeout 60 "$bin" generate --checkpoint "$out/huge" --prompt-ids 1,2 --max-tokens 2 2>&1) || rc=$?
+[ "$rc" -eq 1 ] && grep -q "internal error: std::bad_alloc" <<< "$msg" ||
+  { echo "FAIL: generate on a 2 TB model: exit $rc (124: it hung), '$msg'"; exit 1; }
 # Out-of-range sizes are refused by name before anything is loaded (they used to be taken as they came).
 for bad in "--ring 100000" "--ring 0" "--max-tokens 9999999999" "--top-p 0"; do
   # shellcheck disable=SC2086
