@@ -21,10 +21,9 @@ if [ ! -f "$asan_dir/build.ninja" ]; then
 fi
 targets=(rw_test_runtime rw_test_alloc rw_test_actors rw_test_scheduler rw_test_placement rw_test_api rw_test_storage)
 cmake --build "$asan_dir" -j "$(nproc)" --target "${targets[@]}"
-# detect_leaks: CAF's and OpenMP's threads keep what they hold until exit; allocator_may_return_null: a
-# test asks for 2 TB and must see std::bad_alloc, as without ASan. UBSan stops at its first report
+# detect_leaks: CAF's and OpenMP's threads keep what they hold until exit. UBSan stops at its first report
 # (halt_on_error), but for those in ops/sanitizers/ubsan.supp (third-party headers, each with its reason).
-export ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:allocator_may_return_null=1
+export ASAN_OPTIONS=detect_leaks=0:abort_on_error=1
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:suppressions=$PWD/ops/sanitizers/ubsan.supp
 ctest --test-dir "$asan_dir" --output-on-failure --timeout 900 -j "$(nproc)" -L 'runtime|actors|scheduler|storage' \
   -LE 'long|processes|ucx'
