@@ -1,17 +1,16 @@
 #include "actors/channel_auth.h"
 
-#include <fcntl.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
 #include <openssl/sha.h>
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include <caf/openssl/all.hpp>
 #include <filesystem>
 #include <memory>
+
+#include "runtime/private_file.h"
 
 namespace rw::actors {
 namespace {
@@ -32,17 +31,6 @@ std::string Pem(F write) {
   char* data = nullptr;
   const long n = BIO_get_mem_data(bio.get(), &data);
   return std::string(data, size_t(n));
-}
-
-// Writes `text` to `path` with mode 0600, atomically (a temporary file, fsync, rename).
-Status WritePrivate(const std::string& path, const std::string& text) {
-  const std::string tmp = path + ".tmp";
-  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
-  RW_REQUIRE(fd >= 0, path << ": cannot create");
-  const bool ok = ::write(fd, text.data(), text.size()) == ssize_t(text.size()) && ::fsync(fd) == 0;
-  ::close(fd);
-  RW_REQUIRE(ok && std::rename(tmp.c_str(), path.c_str()) == 0, path << ": cannot write");
-  return Status::Ok();
 }
 
 }  // namespace
@@ -86,8 +74,8 @@ Status WriteChannelCredentials(const std::string& token, const std::string& dir,
   RW_REQUIRE(!cert_pem.empty() && !key_pem.empty(), "channel: cannot encode the credentials");
   out->certificate = dir + "/channel.pem";
   out->key = dir + "/channel.key";
-  RW_RETURN_IF_ERROR(WritePrivate(out->certificate, cert_pem));
-  RW_RETURN_IF_ERROR(WritePrivate(out->key, key_pem));
+  RW_RETURN_IF_ERROR(runtime::WritePrivateFile(out->certificate, cert_pem));
+  RW_RETURN_IF_ERROR(runtime::WritePrivateFile(out->key, key_pem));
   return Status::Ok();
 }
 

@@ -13,6 +13,7 @@
 
 #include <caf/openssl/all.hpp>
 
+#include "runtime/private_file.h"
 #include "scheduler/daemon_impl.h"
 #include "scheduler/paths.h"
 
@@ -124,13 +125,7 @@ Status LoadOrCreateToken(const std::string& dir, std::string* token) {
   const char* given = std::getenv("RINGWORLD_TOKEN");
   if (given && *given) RW_REQUIRE(std::strlen(given) >= 32, "RINGWORLD_TOKEN: at least 32 characters");
   *token = given && *given ? std::string(given) : RandomHex(32);
-  const std::string tmp = path + ".tmp";
-  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
-  RW_REQUIRE(fd >= 0, path << ": cannot create the API token file");
-  const std::string line = *token + "\n";
-  const bool ok = ::write(fd, line.data(), line.size()) == ssize_t(line.size()) && ::fsync(fd) == 0;
-  ::close(fd);
-  RW_REQUIRE(ok && std::rename(tmp.c_str(), path.c_str()) == 0, path << ": cannot write the API token file");
+  RW_RETURN_IF_ERROR(runtime::WritePrivateFile(path, *token + "\n"));
   return Status::Ok();
 }
 
