@@ -49,22 +49,6 @@ Status PlanRing(const runtime::JobConfig& job, const std::vector<std::string>& o
                        std::to_string(available) + " available" + (why.empty() ? "" : " (" + why + ")"));
 }
 
-int64_t LatestCheckpointStep(const std::string& dir, int64_t max_step, std::vector<std::string>* skipped,
-                             std::string* found) {
-  if (found) found->clear();
-  if (dir.empty()) return 0;
-  for (const auto& [step, path] : runtime::ListCheckpoints(dir)) {
-    if (max_step >= 0 && step > max_step) continue;
-    const Status st = runtime::VerifyCheckpoint(path);
-    if (st.ok()) {
-      if (found) *found = path;
-      return step;
-    }
-    if (skipped) skipped->push_back(st.message());
-  }
-  return 0;
-}
-
 RingOutcome RunRing(caf::actor_system& sys, const std::vector<device_actor>& devices, uint64_t job, uint32_t epoch,
                     const std::string& transport, train_task task, const RingHooks& hooks) {
   RingOutcome out;

@@ -37,12 +37,6 @@ kernels::Status PlanRing(const std::string& yaml, const std::string& origin, con
 kernels::Status PlanRing(const runtime::JobConfig& job, const std::vector<std::string>& overrides, int64_t start_step,
                          int available, RingPlan* out);
 
-// The step of the newest checkpoint of `dir` that verifies, among those of step <= max_step (-1: any);
-// 0 when there is none. `skipped` gets the newer ones that failed verification, and why; `path` (may be
-// null) its directory, empty when there is none: what a ring's ranks load (train_task::resume_checkpoint).
-int64_t LatestCheckpointStep(const std::string& dir, int64_t max_step, std::vector<std::string>* skipped,
-                             std::string* path = nullptr);
-
 struct RingHooks {
   std::function<void(const runtime::StepMetrics&)> on_step;
   std::function<void(const runtime::CheckpointInfo&)> on_checkpoint;

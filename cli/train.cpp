@@ -16,6 +16,7 @@
 #include "actors/device_host.h"
 #include "actors/job_driver.h"
 #include "cli/signals.h"
+#include "runtime/checkpoint.h"
 #include "runtime/job_config.h"
 
 extern char** environ;
@@ -114,12 +115,19 @@ int Train(const std::string& job_path, std::vector<std::string> overrides, bool 
   std::error_code ec;
   std::filesystem::create_directories(job.output_dir, ec);
   const std::string metrics_path = (std::filesystem::path(job.output_dir) / "metrics.jsonl").string();
-  // A run that will resume continues its metrics file; a fresh run starts a new one.
-  bool resuming = false;
-  if (!job.checkpoint.dir.empty())
-    for (const auto& e : std::filesystem::directory_iterator(job.checkpoint.dir, ec))
-      resuming = resuming || e.path().filename().string().rfind("step-", 0) == 0;
-  std::ofstream metrics(metrics_path, resuming ? std::ios::app : std::ios::trunc);
+  // The checkpoint the first ring resumes from, verified here once for all its ranks. When every checkpoint of
+  // the run is corrupt this is an error before anything is written: a run from step 0 would overwrite them.
+  std::vector<std::string> skipped;
+  std::string resume;
+  int64_t start = 0;
+  st = runtime::FindResumeCheckpoint(job.checkpoint.dir, -1, &start, &resume, &skipped);
+  if (!st.ok()) {
+    std::fprintf(stderr, "ringworld train: %s\n", st.message().c_str());
+    return 1;
+  }
+  for (const auto& why : skipped) std::fprintf(stderr, "ringworld train: skipped a checkpoint: %s\n", why.c_str());
+  // A run that resumes continues its metrics file; a fresh run starts a new one.
+  std::ofstream metrics(metrics_path, start > 0 ? std::ios::app : std::ios::trunc);
   if (!metrics) {
     std::fprintf(stderr, "ringworld train: output_dir: cannot write %s\n", metrics_path.c_str());
     return 2;
@@ -176,10 +184,6 @@ int Train(const std::string& job_path, std::vector<std::string> overrides, bool 
   }
   const bool tty = isatty(STDOUT_FILENO);
   const auto t0 = std::chrono::steady_clock::now();
-  std::vector<std::string> skipped;
-  std::string resume;  // the checkpoint the next ring resumes from, verified here once for all its ranks
-  int64_t start = actors::LatestCheckpointStep(job.checkpoint.dir, -1, &skipped, &resume);
-  for (const auto& why : skipped) std::fprintf(stderr, "ringworld train: skipped a checkpoint: %s\n", why.c_str());
   const int64_t resumed_from = start;
   actors::RingHooks hooks;
   hooks.on_step = [&](const runtime::StepMetrics& m) {
@@ -196,8 +200,13 @@ int Train(const std::string& job_path, std::vector<std::string> overrides, bool 
   int64_t steps = 0;
   // The rings of the job, one after another: each resumes from the checkpoint the previous one committed.
   for (uint32_t epoch = 1;; ++epoch) {
-    if (epoch > 1 && !job.checkpoint.dir.empty())  // the checkpoint the previous ring committed at its stop
-      start = actors::LatestCheckpointStep(job.checkpoint.dir, start, nullptr, &resume);
+    if (epoch > 1 && !job.checkpoint.dir.empty()) {  // the checkpoint the previous ring committed at its stop
+      st = runtime::FindResumeCheckpoint(job.checkpoint.dir, start, &start, &resume, nullptr);
+      if (!st.ok()) {
+        std::fprintf(stderr, "ringworld train: %s\n", st.message().c_str());
+        return finish(1);
+      }
+    }
     actors::RingPlan plan;
     st = actors::PlanRing(yaml, job_path, overrides, start, max_devices, &plan);
     if (!st.ok()) {

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
@@ -256,23 +257,132 @@ std::vector<std::pair<int64_t, std::string>> ListCheckpoints(const std::string& 
   return out;
 }
 
+namespace {
+
+// MANIFEST: one line per file, "<name> <bytes> <CRC32C>".
+using Manifest = std::map<std::string, std::pair<uint64_t, uint32_t>>;
+
+Status ReadManifest(const fs::path& d, Manifest* out) {
+  const std::string where = (d / "MANIFEST").string();
+  std::ifstream f(d / "MANIFEST");
+  RW_REQUIRE(f.good(), d.string() << ": no MANIFEST (an incomplete checkpoint)");
+  out->clear();
+  std::string line;
+  for (int n = 1; std::getline(f, line); ++n) {
+    if (line.empty()) continue;
+    std::istringstream in(line);
+    std::string file, rest;
+    uint64_t size = 0;
+    uint32_t crc = 0;
+    RW_REQUIRE(in >> file >> size >> crc && !(in >> rest), where << ": line " << n << " is not \"<file> <bytes> <crc32c>\"");
+    // Only plain names: a manifest must not make a reader open files outside its checkpoint.
+    RW_REQUIRE(file.find('/') == std::string::npos && file != "." && file != "..",
+               where << ": line " << n << " names " << file << ", which is not a file of the checkpoint");
+    RW_REQUIRE(out->emplace(file, std::make_pair(size, crc)).second, where << ": lists " << file << " twice");
+  }
+  RW_REQUIRE(!out->empty(), d.string() << ": empty MANIFEST");
+  return Status::Ok();
+}
+
+// One file of a checkpoint against its MANIFEST line (a file it does not list was not written with it).
+Status CheckListed(const fs::path& d, const Manifest& m, const std::string& file) {
+  const auto it = m.find(file);
+  RW_REQUIRE(it != m.end(), d.string() << ": MANIFEST does not list " << file);
+  uint64_t got_size = 0;
+  uint32_t got_crc = 0;
+  RW_RETURN_IF_ERROR(FileCrc(d / file, &got_size, &got_crc));
+  RW_REQUIRE(got_size == it->second.first,
+             d.string() << "/" << file << ": " << got_size << " bytes, MANIFEST says " << it->second.first);
+  RW_REQUIRE(got_crc == it->second.second,
+             d.string() << "/" << file << ": CRC32C mismatch (corrupt, or edited since the checkpoint was written; "
+                           "one edited on purpose loads once its MANIFEST is removed)");
+  return Status::Ok();
+}
+
+// The weight files LoadWeights reads: model.safetensors, or the index and the shards it names.
+Status WeightFiles(const fs::path& dir, std::vector<std::string>* files) {
+  files->clear();
+  const fs::path index = dir / "model.safetensors.index.json";
+  if (fs::exists(dir / "model.safetensors") || !fs::exists(index)) {
+    files->push_back("model.safetensors");
+    return Status::Ok();
+  }
+  files->push_back("model.safetensors.index.json");
+  try {
+    std::ifstream f(index);
+    const auto j = nlohmann::json::parse(f);
+    std::set<std::string> shards;
+    for (const auto& [name, file] : j.at("weight_map").items()) shards.insert(file.get<std::string>());
+    for (const auto& s : shards) {
+      RW_REQUIRE(s.find('/') == std::string::npos && s != "." && s != "..",
+                 index.string() << ": weight_map names " << s << ", which is not a file of the checkpoint");
+      files->push_back(s);
+    }
+  } catch (const nlohmann::json::exception& e) {
+    return Status::Error(index.string() + ": " + e.what());
+  }
+  return Status::Ok();
+}
+
+Status LoadWeightsUnverified(const fs::path& dir, const ParamTable& t, float* params) {
+  std::vector<std::string> files;
+  RW_RETURN_IF_ERROR(WeightFiles(dir, &files));
+  if (files.size() == 1) return LoadInto((dir / files[0]).string(), t, "", params);
+  std::map<std::string, LoadedTensor> all;  // sharded: the index maps each tensor to its file
+  for (size_t i = 1; i < files.size(); ++i) {
+    std::map<std::string, LoadedTensor> part;
+    RW_RETURN_IF_ERROR(ReadSafetensors((dir / files[i]).string(), &part));
+    all.merge(part);
+  }
+  return Assign((dir / files[0]).string(), all, t, "", params);
+}
+
+}  // namespace
+
 Status VerifyCheckpoint(const std::string& ckpt_dir) {
   const fs::path d(ckpt_dir);
-  std::ifstream f(d / "MANIFEST");
-  RW_REQUIRE(f.good(), ckpt_dir << ": no MANIFEST (an incomplete checkpoint)");
-  std::string file;
-  uint64_t size = 0;
-  uint32_t crc = 0;
-  int files = 0;
-  while (f >> file >> size >> crc) {
-    uint64_t got_size = 0;
-    uint32_t got_crc = 0;
-    RW_RETURN_IF_ERROR(FileCrc(d / file, &got_size, &got_crc));
-    RW_REQUIRE(got_size == size, ckpt_dir << "/" << file << ": " << got_size << " bytes, MANIFEST says " << size);
-    RW_REQUIRE(got_crc == crc, ckpt_dir << "/" << file << ": CRC32C mismatch (corrupt)");
-    ++files;
+  Manifest m;
+  RW_RETURN_IF_ERROR(ReadManifest(d, &m));
+  for (const auto& [file, entry] : m) RW_RETURN_IF_ERROR(CheckListed(d, m, file));
+  // What a resume reads must be in it; the optional files too, when the checkpoint has them.
+  for (const char* f : {"model.safetensors", "config.json", "trainer_state.json"})
+    RW_REQUIRE(m.count(f), ckpt_dir << ": MANIFEST does not list " << f << " (not a checkpoint of ours, or damaged)");
+  for (const char* f : {"optimizer.safetensors", kTokenizerFile})
+    RW_REQUIRE(m.count(f) || !fs::exists(d / f), ckpt_dir << ": has " << f << ", which its MANIFEST does not list");
+  return Status::Ok();
+}
+
+Status NewestVerifiedCheckpoint(std::vector<std::pair<int64_t, std::string>> candidates, int64_t* step,
+                                std::string* path, std::vector<std::string>* skipped) {
+  *step = 0;
+  path->clear();
+  if (candidates.empty()) return Status::Ok();
+  std::sort(candidates.begin(), candidates.end(), [](auto& a, auto& b) { return a.first > b.first; });
+  std::string why;
+  for (const auto& [s, p] : candidates) {
+    const Status st = VerifyCheckpoint(p);
+    if (st.ok()) {
+      *step = s;
+      *path = p;
+      return Status::Ok();
+    }
+    if (skipped) skipped->push_back(st.message());
+    if (why.empty()) why = st.message();
   }
-  RW_REQUIRE(files > 0, ckpt_dir << ": empty MANIFEST");
+  return Status::Error("every checkpoint of the run (" + std::to_string(candidates.size()) +
+                       ", newest step " + std::to_string(candidates.front().first) + ") fails verification; newest: " +
+                       why + ". Nothing was resumed or overwritten: repair or move them, or train into a fresh "
+                             "checkpoint.dir");
+}
+
+Status FindResumeCheckpoint(const std::string& dir, int64_t max_step, int64_t* step, std::string* path,
+                            std::vector<std::string>* skipped) {
+  std::vector<std::pair<int64_t, std::string>> candidates;
+  if (!dir.empty())
+    for (const auto& [s, p] : Checkpoints(dir))
+      if (max_step < 0 || s <= max_step) candidates.push_back({s, p.string()});  // unrecorded: it does not exist
+  const Status st = NewestVerifiedCheckpoint(std::move(candidates), step, path, skipped);
+  RW_REQUIRE(st.ok(), "checkpoint.dir " << dir << ": " << st.message());
   return Status::Ok();
 }
 
@@ -398,30 +508,24 @@ Status ReadHfConfig(const std::string& path, ModelConfig* out) {
 }
 
 Status LoadWeights(const std::string& ckpt_dir, const ParamTable& t, float* params) {
-  const fs::path dir(ckpt_dir), single = dir / "model.safetensors", index = dir / "model.safetensors.index.json";
-  if (fs::exists(single) || !fs::exists(index)) return LoadInto(single.string(), t, "", params);
-  // Sharded: model.safetensors.index.json maps each tensor to its file.
-  std::map<std::string, LoadedTensor> all;
-  try {
-    std::ifstream f(index);
-    const auto j = nlohmann::json::parse(f);
-    std::set<std::string> files;
-    for (const auto& [name, file] : j.at("weight_map").items()) files.insert(file.get<std::string>());
-    for (const auto& file : files) {
-      std::map<std::string, LoadedTensor> part;
-      RW_RETURN_IF_ERROR(ReadSafetensors((dir / file).string(), &part));
-      all.merge(part);
-    }
-  } catch (const nlohmann::json::exception& e) {
-    return Status::Error(index.string() + ": " + e.what());
+  const fs::path dir(ckpt_dir);
+  // A checkpoint with a MANIFEST (ours) is read only when what is read matches it: a flipped bit in the
+  // weights is an error here, not a model that generates nonsense. Others (transformers' own) have none.
+  if (fs::exists(dir / "MANIFEST")) {
+    Manifest m;
+    RW_RETURN_IF_ERROR(ReadManifest(dir, &m));
+    std::vector<std::string> files;
+    RW_RETURN_IF_ERROR(WeightFiles(dir, &files));
+    files.push_back("config.json");
+    for (const auto& f : files) RW_RETURN_IF_ERROR(CheckListed(dir, m, f));
   }
-  return Assign(index.string(), all, t, "", params);
+  return LoadWeightsUnverified(dir, t, params);
 }
 
 Status LoadCheckpoint(const std::string& ckpt_dir, const ParamTable& t, float* params, float* m, float* v,
                       TrainerState* state) {
   const fs::path path(ckpt_dir);
-  RW_RETURN_IF_ERROR(LoadWeights(path.string(), t, params));
+  RW_RETURN_IF_ERROR(LoadWeightsUnverified(path, t, params));
   if (m && v) {
     RW_RETURN_IF_ERROR(LoadInto((path / "optimizer.safetensors").string(), t, "exp_avg.", m));
     RW_RETURN_IF_ERROR(LoadInto((path / "optimizer.safetensors").string(), t, "exp_avg_sq.", v));
@@ -445,16 +549,12 @@ Status LoadLatestCheckpoint(const std::string& dir, const ModelConfig&, const Pa
                             float* v, TrainerState* state, bool* found, std::vector<std::string>* skipped,
                             int64_t max_step) {
   *found = false;
-  for (const auto& [step, path] : Checkpoints(dir)) {
-    if (max_step >= 0 && step > max_step) continue;  // not recorded: it does not exist
-    Status st = VerifyCheckpoint(path.string());
-    if (st.ok()) st = LoadCheckpoint(path.string(), t, params, m, v, state);
-    if (st.ok()) {
-      *found = true;
-      return Status::Ok();
-    }
-    if (skipped) skipped->push_back(st.message());
-  }
+  int64_t step = 0;
+  std::string path;
+  RW_RETURN_IF_ERROR(FindResumeCheckpoint(dir, max_step, &step, &path, skipped));
+  if (path.empty()) return Status::Ok();
+  RW_RETURN_IF_ERROR(LoadCheckpoint(path, t, params, m, v, state));
+  *found = true;
   return Status::Ok();
 }
 

@@ -51,8 +51,22 @@ std::vector<std::pair<int64_t, std::string>> ListCheckpoints(const std::string& 
 // Returns how many it removed.
 int CollectCheckpointLeftovers(const std::string& dir);
 
-// Verifies a checkpoint directory's MANIFEST (every file's size and CRC32C).
+// Verifies a checkpoint directory's MANIFEST: every file's size and CRC32C, plain file names only, and
+// model.safetensors, config.json and trainer_state.json (and optimizer.safetensors and tokenizer.model where
+// the directory has them) listed.
 Status VerifyCheckpoint(const std::string& ckpt_dir);
+
+// The newest of `candidates` (step, directory; any order) that verifies: *step and *path; 0 and "" when there
+// are no candidates (a fresh run). Some candidates and none verifying is an error, not a fresh run: starting
+// at step 0 would overwrite the run's checkpoints. Nothing is removed. `skipped` gets one line per candidate
+// that failed verification, and why.
+Status NewestVerifiedCheckpoint(std::vector<std::pair<int64_t, std::string>> candidates, int64_t* step,
+                                std::string* path, std::vector<std::string>* skipped);
+
+// NewestVerifiedCheckpoint over the step-N directories of `dir` with N <= max_step (-1: any). `dir` empty:
+// none.
+Status FindResumeCheckpoint(const std::string& dir, int64_t max_step, int64_t* step, std::string* path,
+                            std::vector<std::string>* skipped);
 
 // Loads one checkpoint directory that the caller has verified (VerifyCheckpoint): weights, moments (m and v
 // may be null) and the trainer state. A driver verifies once per ring and hands the path to every rank.
@@ -61,7 +75,8 @@ Status LoadCheckpoint(const std::string& ckpt_dir, const ParamTable& t, float* p
 
 // Loads the newest checkpoint of `dir` that verifies, among those of step <= max_step (-1: any; the daemon
 // passes the newest one it has recorded: a checkpoint exists only once recorded). *found is false when there
-// is none; `skipped` gets one line per newer checkpoint that failed verification (and why).
+// is none; `skipped` gets one line per newer checkpoint that failed verification (and why). Checkpoints that
+// all fail verification are an error (FindResumeCheckpoint).
 Status LoadLatestCheckpoint(const std::string& dir, const ModelConfig& c, const ParamTable& t, float* params,
                             float* m, float* v, TrainerState* state, bool* found, std::vector<std::string>* skipped,
                             int64_t max_step = -1);
@@ -74,7 +89,8 @@ Status ReadHfConfig(const std::string& path, ModelConfig* out);
 
 // Loads the weights of one checkpoint directory (ours or a Hugging Face LLaMA in fp32/fp16/bf16: one
 // model.safetensors, or shards listed by model.safetensors.index.json); errors name any missing or
-// mis-shaped tensor.
+// mis-shaped tensor. A directory with a MANIFEST (ours) is verified first: the weight files and config.json
+// must be listed and match it.
 Status LoadWeights(const std::string& ckpt_dir, const ParamTable& t, float* params);
 
 }  // namespace rw::runtime

@@ -77,6 +77,10 @@ Status DataConfig::Validate(int64_t* vocab) const {
   if (vocab) *vocab = tok->vocab_size();
   RW_REQUIRE(min_len >= 1 && max_len >= min_len,
              "data.min_len/max_len: need 1 <= min_len <= max_len, got " << min_len << ", " << max_len);
+  // A synthetic document is made whole before it is packed: 16 Mi tokens is 16 times the longest sequence
+  // we train on, and a bound on what one job file can make a device allocate.
+  constexpr int64_t kMaxDocument = int64_t(1) << 24;
+  RW_REQUIRE(max_len <= kMaxDocument, "data.max_len: must be at most " << kMaxDocument << ", got " << max_len);
   RW_REQUIRE(std::isfinite(answer_weight) && answer_weight > 0 && answer_weight <= 1000,
              "data.answer_weight: must be in (0, 1000], got " << answer_weight);
   return Status::Ok();

@@ -31,10 +31,12 @@ std::string CheckpointRecords::Key(const std::string& job, int64_t step) {
   return job + buf;
 }
 
-int64_t CheckpointRecords::ResumeStep(const std::string& job, std::string* path_out) {
-  path_out->clear();
+kernels::Status CheckpointRecords::ResumeStep(const std::string& job, int64_t* step, std::string* path) {
+  *step = 0;
+  path->clear();
   std::vector<std::pair<std::string, std::string>> rows;
-  if (!store_->GetAll(Table::kCheckpoints, &rows).ok()) return 0;
+  const kernels::Status read = store_->GetAll(Table::kCheckpoints, &rows);
+  if (!read.ok()) return kernels::Status::Error("cannot read the checkpoint records: " + read.message());
   std::vector<std::pair<int64_t, std::string>> mine;  // (step, path)
   for (const auto& [key, value] : rows) {
     if (!OfJob(key, job)) continue;
@@ -44,20 +46,19 @@ int64_t CheckpointRecords::ResumeStep(const std::string& job, std::string* path_
     } catch (const std::exception&) {
     }
   }
+  std::vector<std::string> skipped;
+  const kernels::Status st = runtime::NewestVerifiedCheckpoint(mine, step, path, &skipped);
+  if (!st.ok()) return st;  // every record stays: an operator may repair the files and resume the job
+  // The newer records that failed verification go, now that an older checkpoint stands in for them.
   std::sort(mine.rbegin(), mine.rend());
-  for (const auto& [step, path] : mine) {
-    const kernels::Status st = runtime::VerifyCheckpoint(path);
-    if (st.ok()) {
-      *path_out = path;
-      return step;
-    }
+  for (size_t i = 0; i < skipped.size() && i < mine.size(); ++i) {
     metrics_->CheckpointFallback(job);
     storage::Batch b;
-    b.Delete(Table::kCheckpoints, Key(job, step));
-    log_->Note(job, "checkpoint of step " + std::to_string(step) + " is unusable (" + st.message() +
+    b.Delete(Table::kCheckpoints, Key(job, mine[i].first));
+    log_->Note(job, "checkpoint of step " + std::to_string(mine[i].first) + " is unusable (" + skipped[i] +
                         "); falling back to the previous one", b);
   }
-  return 0;
+  return kernels::Status::Ok();
 }
 
 void CheckpointRecords::Record(const std::string& job, const runtime::CheckpointInfo& c) {

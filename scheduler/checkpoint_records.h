@@ -21,10 +21,12 @@ class CheckpointRecords {
 
   static std::string Key(const std::string& job, int64_t step);
 
-  // The newest recorded checkpoint of `job` that verifies, its directory into *path (empty, and 0, when
-  // there is none). Newer ones that do not verify lose their record, with an event and a metric. Verified
-  // here once per ring: the ranks load it as it is. Reads checkpoint files: call it with no lock held.
-  int64_t ResumeStep(const std::string& job, std::string* path);
+  // The newest recorded checkpoint of `job` that verifies: its step into *step and its directory into *path
+  // (0 and empty when none is recorded). Newer ones that do not verify lose their record, with an event and
+  // a metric. Records that all fail verification (or a store that cannot be read) are an error, and every
+  // record stays: a ring from step 0 would overwrite the run. Verified here once per ring: the ranks load it
+  // as it is. Reads checkpoint files: call it with no lock held.
+  kernels::Status ResumeStep(const std::string& job, int64_t* step, std::string* path);
 
   // A checkpoint a ring of `job` reports: committed, it is recorded (and the job's checkpoint_step moves
   // on), records of checkpoints that retention has removed go, in one synced batch with an event; failed,

@@ -49,7 +49,9 @@ void DaemonImpl::Drive(Runner* r) {
     if (shutting_down_) return Finish(r, JobState::kPreempted, "daemon shutting down");
     if (r->preempt) return Finish(r, JobState::kPreempted, "preempted by " + r->preempted_by);
     std::string resume;
-    const int64_t start = checkpoints_->ResumeStep(id, &resume);
+    int64_t start = 0;
+    if (const Status found = checkpoints_->ResumeStep(id, &start, &resume); !found.ok())
+      return Finish(r, JobState::kFailed, "cannot resume: " + found.message());
     actors::RingPlan plan;
     std::vector<actors::device_actor> ring;
     std::set<std::string> ring_workers;

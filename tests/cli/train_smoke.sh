@@ -38,6 +38,40 @@ grep -q '"vocab_size": 320' "$out/ds_sp/meta.json" || { echo "FAIL: SentencePiec
 grep -q '^tokenizer.model ' "$out/fs/ck/step-3/MANIFEST" || { echo "FAIL: checkpoint without tokenizer.model"; exit 1; }
 gs=$("$bin" generate --checkpoint "$out/fs/ck/step-3" --prompt "ring attention" --max-tokens 4)
 [ "${gs:0:14}" = "ring attention" ] || { echo "FAIL: generate with the checkpoint's tokenizer: '$gs'"; exit 1; }
+# A flipped bit in a checkpoint's weights: generate, eval and init_from refuse it naming the file (they used
+# to load it), and a resume whose every checkpoint is corrupt fails instead of starting again at step 0 over
+# them; the files are left as they were.
+flip() {  # file offset: xor one byte with 0x10
+  local b
+  b=$(od -An -tu1 -j"$2" -N1 "$1" | tr -d ' ')
+  # shellcheck disable=SC2059
+  printf "\\$(printf %o $((b ^ 16)))" | dd of="$1" bs=1 seek="$2" conv=notrunc status=none
+}
+cp -r "$out/fs/ck" "$out/badck"
+for d in "$out"/badck/step-*; do flip "$d/model.safetensors" 3000; done
+sums=$(cat "$out"/badck/step-*/* | md5sum)
+for cmd in "generate --checkpoint $out/badck/step-3 --prompt x --max-tokens 2" \
+           "eval --checkpoint $out/badck/step-3 --data $out/ds_sp --seq-len 64"; do
+  rc=0
+  # shellcheck disable=SC2086
+  msg=$("$bin" $cmd 2>&1) || rc=$?
+  [ "$rc" -ne 0 ] && grep -q "step-3/model.safetensors: CRC32C mismatch" <<< "$msg" ||
+    { echo "FAIL: ${cmd%% *} on a corrupt checkpoint: exit $rc, '$msg'"; exit 1; }
+done
+rc=0
+"$bin" train "$cfg" --set output_dir="$out/fs2" --set init_from="$out/badck/step-3" --set model.vocab_size=320 --set data.source=files \
+  --set data.path="$out/ds_sp" --set stages.0.steps=1 --set stages.1.steps=1 > /dev/null 2> "$out/init_err" || rc=$?
+[ "$rc" -ne 0 ] && grep -q "CRC32C mismatch" "$out/init_err" ||
+  { echo "FAIL: init_from a corrupt checkpoint: exit $rc, $(cat "$out/init_err")"; exit 1; }
+rc=0
+"$bin" train "$cfg" --set output_dir="$out/fs3" --set checkpoint.dir="$out/badck" --set data.source=files \
+  --set data.path="$out/ds_sp" --set model.vocab_size=320 --set stages.0.steps=2 --set stages.1.steps=3 \
+  > /dev/null 2> "$out/resume_err" || rc=$?
+[ "$rc" -eq 1 ] && grep -q "every checkpoint of the run .* fails verification" "$out/resume_err" ||
+  { echo "FAIL: resume over corrupt checkpoints: exit $rc, $(cat "$out/resume_err")"; exit 1; }
+[ "$(cat "$out"/badck/step-*/* | md5sum)" = "$sums" ] && [ ! -e "$out/fs3/metrics.jsonl" ] ||
+  { echo "FAIL: a refused resume changed the checkpoints or trained"; exit 1; }
+echo "corrupt checkpoint: $(head -c 300 "$out/resume_err")"
 # A config.json of 5e11 parameters (2 TB of weights): generate fails with the reason instead of hanging
 # after an unhandled exception in its device actors.
 mkdir -p "$out/huge"

@@ -251,6 +251,144 @@ TEST(Checkpoint, CorruptLatestFallsBackToThePreviousOne) {
   std::printf("  skipped: %s\n", skipped[0].c_str());
 }
 
+void FlipByte(const fs::path& file, std::streamoff at) {
+  std::fstream f(file, std::ios::in | std::ios::out | std::ios::binary);
+  f.seekg(at);
+  const char c = char(f.get());
+  f.seekp(at);
+  f.put(char(c ^ 0x10));
+}
+
+// Every checkpoint corrupt is an error, not a fresh run from step 0 that would overwrite them; nothing is
+// removed, and a repaired one resumes.
+TEST(Checkpoint, EveryCheckpointCorruptIsAnErrorAndNothingIsRemoved) {
+  TempDir dir("allbad");
+  ModelConfig c;
+  const ParamTable t(c);
+  std::vector<float> p(t.total());
+  for (int64_t step : {2, 4}) {
+    std::fill(p.begin(), p.end(), float(step));
+    ASSERT_TRUE(SaveCheckpoint(dir.path.string(), c, t, p.data(), nullptr, nullptr, TrainerState{step, 0, step, 1, "c"},
+                               SaveOptions{5}, nullptr).ok());
+  }
+  const std::string good2 = Bytes(dir.path / "step-2" / "model.safetensors");
+  FlipByte(dir.path / "step-4" / "model.safetensors", 3000);
+  FlipByte(dir.path / "step-2" / "model.safetensors", 5000);
+  std::vector<float> q(t.total());
+  TrainerState st;
+  bool found = true;
+  std::vector<std::string> skipped;
+  Status s = LoadLatestCheckpoint(dir.path.string(), c, t, q.data(), nullptr, nullptr, &st, &found, &skipped);
+  ASSERT_FALSE(s.ok());
+  EXPECT_FALSE(found);
+  EXPECT_NE(s.message().find("every checkpoint of the run (2, newest step 4) fails verification"), std::string::npos)
+      << s.message();
+  EXPECT_NE(s.message().find("step-4/model.safetensors: CRC32C mismatch"), std::string::npos) << s.message();
+  EXPECT_EQ(skipped.size(), 2u);
+  std::printf("  %s\n", s.message().c_str());
+  EXPECT_TRUE(fs::exists(dir.path / "step-4") && fs::exists(dir.path / "step-2"));
+  int64_t step = -1;
+  std::string path = "x";
+  s = FindResumeCheckpoint(dir.path.string(), -1, &step, &path, nullptr);
+  EXPECT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("checkpoint.dir " + dir.path.string()), std::string::npos) << s.message();
+  // Bounded below every checkpoint, or an empty dir: a fresh run.
+  EXPECT_TRUE(FindResumeCheckpoint(dir.path.string(), 1, &step, &path, nullptr).ok());
+  EXPECT_EQ(step, 0);
+  EXPECT_EQ(path, "");
+  EXPECT_TRUE(FindResumeCheckpoint("", -1, &step, &path, nullptr).ok());
+  // Repaired, the older one resumes.
+  {
+    std::ofstream f(dir.path / "step-2" / "model.safetensors", std::ios::binary | std::ios::trunc);
+    f << good2;
+  }
+  ASSERT_TRUE(FindResumeCheckpoint(dir.path.string(), -1, &step, &path, nullptr).ok());
+  EXPECT_EQ(step, 2);
+  EXPECT_EQ(path, (dir.path / "step-2").string());
+}
+
+// What a MANIFEST must say: plain file names, every file a resume reads, the optional ones it has.
+TEST(Checkpoint, AManifestThatLeavesOutOrEscapesFilesIsRefused) {
+  TempDir dir("manifest");
+  ModelConfig c;
+  const ParamTable t(c);
+  std::vector<float> p(t.total(), 0.75f);
+  std::string path;
+  ASSERT_TRUE(SaveCheckpoint(dir.path.string(), c, t, p.data(), p.data(), p.data(), TrainerState{1, 0, 1, 1, "m"},
+                             SaveOptions{5}, &path).ok());
+  ASSERT_TRUE(VerifyCheckpoint(path).ok());
+  const std::string manifest = Bytes(fs::path(path) / "MANIFEST");
+  auto write = [&](const std::string& text) {
+    std::ofstream f(fs::path(path) / "MANIFEST", std::ios::trunc);
+    f << text;
+  };
+  auto without = [&](const std::string& file) {
+    std::istringstream in(manifest);
+    std::string line, out;
+    while (std::getline(in, line))
+      if (line.rfind(file + " ", 0) != 0) out += line + "\n";
+    return out;
+  };
+  struct Case {
+    std::string text, want;
+  };
+  const std::vector<Case> cases = {
+      {without("model.safetensors"), "MANIFEST does not list model.safetensors"},
+      {without("config.json"), "MANIFEST does not list config.json"},
+      {without("trainer_state.json"), "MANIFEST does not list trainer_state.json"},
+      {without("optimizer.safetensors"), "has optimizer.safetensors, which its MANIFEST does not list"},
+      {manifest + "../../etc/passwd 10 20\n", "names ../../etc/passwd, which is not a file of the checkpoint"},
+      {manifest + "..  1 2\n", "names .., which is not a file of the checkpoint"},
+      {manifest + "config.json 3\n", "line 6 is not \"<file> <bytes> <crc32c>\""},  // 5 files: no tokenizer
+      {manifest + "trainer_state.json 1 2\n", "lists trainer_state.json twice"},
+      {"", "empty MANIFEST"},
+  };
+  for (const auto& k : cases) {
+    write(k.text);
+    const Status s = VerifyCheckpoint(path);
+    ASSERT_FALSE(s.ok()) << k.want;
+    EXPECT_NE(s.message().find(k.want), std::string::npos) << s.message();
+  }
+  write(manifest);
+  EXPECT_TRUE(VerifyCheckpoint(path).ok());
+}
+
+// LoadWeights (eval, generate, needle, init_from) verifies what it reads against the MANIFEST: a flipped bit
+// in the weights is an error naming the file, not a model that generates nonsense. One without a MANIFEST
+// (transformers') loads as it is, and the optimizer's state is not read.
+TEST(Checkpoint, LoadWeightsVerifiesTheWeightsAgainstTheManifest) {
+  TempDir dir("weights");
+  ModelConfig c;
+  const ParamTable t(c);
+  std::vector<float> p(t.total());
+  for (size_t i = 0; i < p.size(); ++i) p[i] = float(int(i % 97) - 48) / 64.f;
+  std::string path;
+  ASSERT_TRUE(SaveCheckpoint(dir.path.string(), c, t, p.data(), p.data(), p.data(), TrainerState{1, 0, 1, 1, "w"},
+                             SaveOptions{5}, &path).ok());
+  std::vector<float> q(t.total());
+  ASSERT_TRUE(LoadWeights(path, t, q.data()).ok());
+  EXPECT_EQ(q, p);
+  FlipByte(fs::path(path) / "optimizer.safetensors", 4000);  // not read: not checked
+  EXPECT_TRUE(LoadWeights(path, t, q.data()).ok());
+  FlipByte(fs::path(path) / "model.safetensors", 4000);
+  Status s = LoadWeights(path, t, q.data());
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("model.safetensors: CRC32C mismatch"), std::string::npos) << s.message();
+  std::printf("  %s\n", s.message().c_str());
+  FlipByte(fs::path(path) / "model.safetensors", 4000);  // back
+  ASSERT_TRUE(LoadWeights(path, t, q.data()).ok());
+  {
+    std::ofstream f(fs::path(path) / "config.json", std::ios::app);
+    f << " ";
+  }
+  s = LoadWeights(path, t, q.data());
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("config.json: "), std::string::npos) << s.message();
+  fs::remove(fs::path(path) / "MANIFEST");  // edited on purpose: loads unverified
+  EXPECT_TRUE(LoadWeights(path, t, q.data()).ok());
+  EXPECT_EQ(q, p);
+}
+
 // Retention keeps the `keep` newest plus every multiple of keep_every; a resume bounded by max_step (the
 // daemon's newest recorded checkpoint) ignores newer, unrecorded ones.
 TEST(Checkpoint, RetentionKeepsTheNewestAndEveryKthAndResumeHonoursTheRecordedBound) {

@@ -86,6 +86,7 @@ TEST(JobConfig, EveryBadCaseNamesItsKey) {
       {base, {"data.tokenizer=" + std::string(RW_CONFIGS) + "/needle-cpu.yaml"}, "is not a SentencePiece model"},
       {base, {"data.tokenizer=" + std::string(RW_CONFIGS) + "/needle-tokenizer.model", "model.vocab_size=100"},
        "model.vocab_size: 100 is smaller than the vocabulary of data.tokenizer"},
+      {base, {"data.max_len=1000000000000"}, "data.max_len: must be at most 16777216"},  // one 4 TB document
   };
   for (const auto& c : cases) {
     JobConfig job;
