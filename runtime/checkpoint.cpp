@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -12,6 +13,7 @@
 #include <sstream>
 
 #include "runtime/crc32c.h"
+#include "runtime/crash_point.h"
 #include "runtime/safetensors.h"
 #include "runtime/tokenizer.h"
 
@@ -180,12 +182,15 @@ Status SaveCheckpoint(const std::string& dir, const ModelConfig& c, const ParamT
   fs::remove_all(tmp, ec);
   fs::create_directories(tmp, ec);
   RW_REQUIRE(!ec, "checkpoint.dir: cannot create " << tmp.string() << ": " << ec.message());
+  RW_CRASH_POINT("checkpoint.tmp_created");
   RW_RETURN_IF_ERROR(WriteSafetensors((tmp / "model.safetensors").string(), Refs(t, params, ""), {{"format", "pt"}}));
+  RW_CRASH_POINT("checkpoint.model_written");
   if (m && v) {
     auto refs = Refs(t, m, "exp_avg.");
     auto vs = Refs(t, v, "exp_avg_sq.");
     refs.insert(refs.end(), vs.begin(), vs.end());
     RW_RETURN_IF_ERROR(WriteSafetensors((tmp / "optimizer.safetensors").string(), refs));
+    RW_CRASH_POINT("checkpoint.optimizer_written");
   }
   std::unique_ptr<Tokenizer> byte_tok;
   const Tokenizer* tok = opt.tokenizer;
@@ -195,6 +200,7 @@ Status SaveCheckpoint(const std::string& dir, const ModelConfig& c, const ParamT
   }
   RW_RETURN_IF_ERROR(WriteText(tmp / "config.json", ConfigJson(c, *tok)));
   RW_RETURN_IF_ERROR(WriteText(tmp / "generation_config.json", GenerationConfigJson(c, *tok)));
+  RW_CRASH_POINT("checkpoint.config_written");
   nlohmann::ordered_json st = {{"step", state.step},
                                {"stage", state.stage},
                                {"data_cursor", state.data_cursor},
@@ -202,9 +208,11 @@ Status SaveCheckpoint(const std::string& dir, const ModelConfig& c, const ParamT
                                {"seed", state.seed},
                                {"job", state.job}};
   RW_RETURN_IF_ERROR(WriteText(tmp / "trainer_state.json", st.dump(2) + "\n"));
+  RW_CRASH_POINT("checkpoint.trainer_state_written");
   if (const std::string model = tok->Serialized(); !model.empty()) {
     RW_RETURN_IF_ERROR(WriteText(tmp / kTokenizerFile, model));
     RW_RETURN_IF_ERROR(WriteText(tmp / "tokenizer_config.json", TokenizerConfigJson(c, *tok)));
+    RW_CRASH_POINT("checkpoint.tokenizer_written");
   }
   std::ostringstream manifest;
   int64_t total_bytes = 0;
@@ -219,17 +227,34 @@ Status SaveCheckpoint(const std::string& dir, const ModelConfig& c, const ParamT
     total_bytes += int64_t(size);
   }
   RW_RETURN_IF_ERROR(WriteText(tmp / "MANIFEST", manifest.str()));
+  RW_CRASH_POINT("checkpoint.manifest_written");
   RW_RETURN_IF_ERROR(FsyncPath(tmp, true));
+  RW_CRASH_POINT("checkpoint.tmp_synced");
   const fs::path final_path = root / name;
-  fs::remove_all(final_path, ec);  // a checkpoint of the same step from an earlier, interrupted run
-  fs::rename(tmp, final_path, ec);
-  RW_REQUIRE(!ec, "checkpoint: cannot rename " << tmp.string() << " to " << final_path.string() << ": " << ec.message());
+  // The commit is one rename. A checkpoint of the same step from an earlier run (one that resumed from an
+  // older checkpoint reaches the step again) is swapped out atomically, so a crash leaves one or the other;
+  // the old one, now under the temporary name, goes with the leftovers. Where the file system cannot
+  // exchange, it is removed first, and a crash between the two leaves neither (the run resumes from an
+  // older checkpoint).
+  bool exchanged = false;
+  if (fs::exists(final_path, ec)) {
+    exchanged = ::renameat2(AT_FDCWD, tmp.c_str(), AT_FDCWD, final_path.c_str(), RENAME_EXCHANGE) == 0;
+    if (!exchanged) fs::remove_all(final_path, ec);
+  }
+  if (!exchanged) {
+    fs::rename(tmp, final_path, ec);
+    RW_REQUIRE(!ec, "checkpoint: cannot rename " << tmp.string() << " to " << final_path.string() << ": "
+                                                  << ec.message());
+  }
+  RW_CRASH_POINT("checkpoint.renamed");
   RW_RETURN_IF_ERROR(FsyncPath(root, true));
+  RW_CRASH_POINT("checkpoint.parent_synced");
   // Retention, and leftovers of interrupted writes.
   const auto all = Checkpoints(root);
   for (size_t i = size_t(std::max<int64_t>(opt.keep, 1)); i < all.size(); ++i)
     if (opt.keep_every <= 0 || all[i].first % opt.keep_every != 0) fs::remove_all(all[i].second, ec);
   CollectCheckpointLeftovers(dir);
+  RW_CRASH_POINT("checkpoint.retention_done");
   if (path) *path = final_path.string();
   if (bytes) *bytes = total_bytes;
   return Status::Ok();

@@ -4,6 +4,8 @@
 #include <cstdio>
 #include <nlohmann/json.hpp>
 
+#include "runtime/crash_point.h"
+
 namespace rw::scheduler {
 namespace {
 
@@ -166,7 +168,9 @@ Status JobTable::Submit(const JobRecord& fields, const std::string& idempotency_
   b.Put(Table::kJobs, r.id, Encode(r));
   b.Put(Table::kJobEvents, EventKey(r.id, next_event_),
         nlohmann::json{{"from", ""}, {"to", "QUEUED"}, {"message", "submitted"}}.dump());
+  RW_CRASH_POINT("jobs.submit.before_write");
   RW_RETURN_IF_ERROR(store_->Write(b));  // persisted (synced) before anyone is told
+  RW_CRASH_POINT("jobs.submit.after_write");
   ++next_job_;
   ++next_event_;
   if (!idempotency_key.empty()) by_key_[idempotency_key] = r.id;
@@ -191,7 +195,9 @@ Status JobTable::Update(const std::string& id, const std::function<void(JobRecor
   const char* state = JobStateName(next.state);
   b.Put(Table::kJobEvents, EventKey(id, next_event_),
         nlohmann::json{{"from", state}, {"to", state}, {"message", message}}.dump());
+  RW_CRASH_POINT("jobs.update.before_write");
   RW_RETURN_IF_ERROR(store_->Write(b));
+  RW_CRASH_POINT("jobs.update.after_write");
   ++next_event_;
   it->second = std::move(next);
   return Status::Ok();
@@ -212,7 +218,9 @@ Status JobTable::Transition(const std::string& id, JobState to, const std::strin
   b.Put(Table::kJobs, id, Encode(next));
   b.Put(Table::kJobEvents, EventKey(id, next_event_),
         nlohmann::json{{"from", JobStateName(from)}, {"to", JobStateName(to)}, {"message", message}}.dump());
+  RW_CRASH_POINT("jobs.transition.before_write");
   RW_RETURN_IF_ERROR(store_->Write(b));
+  RW_CRASH_POINT("jobs.transition.after_write");
   ++next_event_;
   it->second = std::move(next);
   return Status::Ok();
