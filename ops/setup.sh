@@ -15,6 +15,7 @@ packages=(
   prometheus pngcheck
   slurm-wlm munge   # tests/cli/slurm_drill.sh runs ops/slurm/ringworld.sbatch on a real Slurm on loopback
   python3-venv      # tests/cli/k8s_validate.sh: kubernetes-validate (PyPI) in a venv under the build directory
+  clang libclang-rt-14-dev  # ops/test.sh's fuzz stage: libFuzzer targets (tests/fuzz) with ASan + UBSan
 )
 
 missing=()

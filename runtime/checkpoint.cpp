@@ -14,6 +14,7 @@
 
 #include "runtime/crc32c.h"
 #include "runtime/crash_point.h"
+#include "runtime/json_fields.h"
 #include "runtime/safetensors.h"
 #include "runtime/tokenizer.h"
 
@@ -558,11 +559,12 @@ Status LoadCheckpoint(const std::string& ckpt_dir, const ParamTable& t, float* p
   try {
     std::ifstream f(path / "trainer_state.json");
     const auto j = nlohmann::json::parse(f);
-    state->step = j.at("step").get<int64_t>();
-    state->stage = j.at("stage").get<int64_t>();
-    state->data_cursor = j.at("data_cursor").get<int64_t>();
+    const std::string where = path.string() + "/trainer_state.json: ";
+    RW_RETURN_IF_ERROR(JsonInteger(j.at("step"), where + "step", 0, INT64_MAX, &state->step));
+    RW_RETURN_IF_ERROR(JsonInteger(j.at("stage"), where + "stage", 0, INT64_MAX, &state->stage));
+    RW_RETURN_IF_ERROR(JsonInteger(j.at("data_cursor"), where + "data_cursor", 0, INT64_MAX, &state->data_cursor));
     state->data_cursor_unit = j.value("data_cursor_unit", std::string("step"));
-    state->seed = j.at("seed").get<uint64_t>();
+    RW_RETURN_IF_ERROR(JsonUnsigned(j.at("seed"), where + "seed", &state->seed));
     state->job = j.at("job").get<std::string>();
   } catch (const std::exception& e) {
     return Status::Error(path.string() + "/trainer_state.json: " + e.what());

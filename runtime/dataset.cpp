@@ -11,6 +11,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "runtime/json_fields.h"
 #include "runtime/rng.h"
 #include "runtime/tokenizer.h"
 
@@ -232,17 +233,13 @@ Status Dataset::Open(const std::string& dir, Dataset* out) {
   try {
     const auto meta = nlohmann::json::parse(mf);
     RW_REQUIRE(meta.at("format") == "ringworld-tokens-v1", "data: " << dir << "/meta.json: unknown format");
-    d.n_docs_ = meta.at("documents").get<int64_t>();
-    d.n_tokens_ = meta.at("tokens").get<int64_t>();
-    d.vocab_ = meta.at("vocab_size").get<int64_t>();
+    const std::string where = "data: " + dir + "/meta.json: ";
+    RW_RETURN_IF_ERROR(JsonInteger(meta.at("documents"), where + "documents", 0, (int64_t(1) << 40) - 1, &d.n_docs_));
+    RW_RETURN_IF_ERROR(JsonInteger(meta.at("tokens"), where + "tokens", 0, (int64_t(1) << 44) - 1, &d.n_tokens_));
+    RW_RETURN_IF_ERROR(JsonInteger(meta.at("vocab_size"), where + "vocab_size", 1, int64_t(1) << 31, &d.vocab_));
   } catch (const nlohmann::json::exception& e) {
     return Status::Error("data: " + dir + "/meta.json: " + e.what());
   }
-  RW_REQUIRE(d.n_docs_ >= 0 && d.n_tokens_ >= 0 && d.n_docs_ < (int64_t(1) << 40) && d.n_tokens_ < (int64_t(1) << 44),
-             "data: " << dir << "/meta.json: documents " << d.n_docs_ << ", tokens " << d.n_tokens_
-                      << ": not counts of a dataset");
-  RW_REQUIRE(d.vocab_ > 0 && d.vocab_ <= (int64_t(1) << 31), "data: " << dir << "/meta.json: vocab_size " << d.vocab_
-                                                                        << " is not a vocabulary size");
   d.map_ = MapFile((fs::path(dir) / "tokens.bin").string(), &d.map_bytes_);
   d.mod_map_ = MapFile((fs::path(dir) / "modality.bin").string(), &d.mod_bytes_);
   d.idx_map_ = MapFile((fs::path(dir) / "index.bin").string(), &d.idx_bytes_);

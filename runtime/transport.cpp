@@ -1,6 +1,7 @@
 #include "runtime/transport.h"
 
 #include <algorithm>
+#include <cstring>
 #include <sstream>
 #include <vector>
 
@@ -21,6 +22,21 @@ void MsgHeader::Seal() {
 
 bool MsgHeader::Intact() const {
   return magic == kMagic && version == 1 && header_crc == Crc32c(this, offsetof(MsgHeader, header_crc));
+}
+
+HeaderAction ClassifyHeader(const void* data, size_t len, const MsgTag& expect, uint64_t bytes, MsgHeader* out) {
+  *out = MsgHeader{};
+  out->magic = 0;
+  if (len != sizeof(MsgHeader)) return HeaderAction::kCorrupt;
+  std::memcpy(out, data, sizeof(MsgHeader));
+  if (!out->Intact()) return HeaderAction::kCorrupt;
+  // A payload the receiver does not want is still received whole (UCX tag messages are): bounded, so a
+  // header cannot make it allocate without limit.
+  const uint64_t max_drop = std::max<uint64_t>(bytes > UINT64_MAX / 64 ? UINT64_MAX : 64 * bytes, uint64_t(64) << 20);
+  if (out->tag.epoch < expect.epoch) return out->bytes > max_drop ? HeaderAction::kCorrupt : HeaderAction::kStale;
+  if (!(out->tag == expect) || out->bytes != bytes)
+    return out->bytes > max_drop ? HeaderAction::kCorrupt : HeaderAction::kRefuse;
+  return HeaderAction::kAccept;
 }
 
 void detail::Op::Complete(Status st) {

@@ -50,6 +50,17 @@ struct MsgHeader {
   bool Intact() const;        // magic, version and header_crc agree
 };
 
+// What a receiver waiting for `expect` of `bytes` bytes does with the `len` bytes that arrived as a header
+// (the wire is untrusted: a peer of another build, a corrupted link, or a hostile process):
+//   kCorrupt  not a whole, intact header, or one that announces more than the receiver would ever drop
+//             (max(64 x bytes, 64 MiB)): the receive fails;
+//   kStale    an older epoch's message: drop it (its payload of header.bytes, when any) and wait again;
+//   kRefuse   this epoch but another tag or size: consume its payload, then fail naming both;
+//   kAccept   the expected message: receive its payload (when bytes > 0).
+// *out is the header (zeroed unless whole). One decision for every transport that reads headers off a wire.
+enum class HeaderAction { kCorrupt, kStale, kRefuse, kAccept };
+HeaderAction ClassifyHeader(const void* data, size_t len, const MsgTag& expect, uint64_t bytes, MsgHeader* out);
+
 namespace detail {
 // Completion state of one posted operation, shared by the poster and the progress engine.
 struct Op {

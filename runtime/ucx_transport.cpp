@@ -185,15 +185,17 @@ struct UcxTransport::Impl {
     }
     switch (ctx->stage) {
       case RecvCtx::kHeader: {
-        const MsgHeader& h = ctx->header;
-        if (info->length != sizeof(MsgHeader) || !h.Intact()) {
-          self->Finish(ctx, Status::Error(me + ": corrupt message header from rank " + std::to_string(self->PrevRank())));
+        MsgHeader h;
+        const HeaderAction action = ClassifyHeader(&ctx->header, info->length, ctx->expect, ctx->bytes, &h);
+        if (action == HeaderAction::kCorrupt) {
+          self->Finish(ctx, Status::Error(me + ": corrupt message header from rank " + std::to_string(self->PrevRank()) +
+                                          (h.Intact() ? " (announces " + std::to_string(h.bytes) + " bytes)" : "")));
           return;
         }
-        if (h.tag.epoch < ctx->expect.epoch) {  // an old ring's message: drop header and payload, wait again
+        if (action == HeaderAction::kStale) {  // an old ring's message: drop header and payload, wait again
           self->stale_dropped += 1;
           ctx->stage = h.bytes ? RecvCtx::kDiscard : RecvCtx::kHeader;
-        } else if (!(h.tag == ctx->expect) || h.bytes != ctx->bytes) {
+        } else if (action == HeaderAction::kRefuse) {
           ctx->refused = Status::Error(me + " expected " + ctx->expect.ToString() + " of " + std::to_string(ctx->bytes) +
                                        " bytes from rank " + std::to_string(self->PrevRank()) + ", got " +
                                        h.tag.ToString() + " of " + std::to_string(h.bytes) + " bytes");

@@ -27,7 +27,7 @@ Status DaemonImpl::Init() {
   RW_REQUIRE(!ec, "--state: cannot create " << opt_.state_dir << ": " << ec.message());
   // The state (job files, the token, logs) is the daemon user's alone: the directories are 0700, so what
   // RocksDB and the logs create inside (0644 by their defaults) cannot be reached by others.
-  for (const std::string d : {opt_.state_dir, opt_.state_dir + "/logs"}) {
+  for (const std::string& d : {opt_.state_dir, opt_.state_dir + "/logs"}) {
     const auto mode = fs::status(d, ec).permissions();
     RW_REQUIRE(!ec, "--state: " << d << ": " << ec.message());
     if ((mode & (fs::perms::group_all | fs::perms::others_all)) != fs::perms::none) {

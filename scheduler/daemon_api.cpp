@@ -14,6 +14,7 @@
 #include <caf/openssl/all.hpp>
 
 #include "runtime/private_file.h"
+#include "scheduler/api_requests.h"
 #include "scheduler/daemon_impl.h"
 #include "scheduler/paths.h"
 
@@ -28,41 +29,6 @@ bool SameSecret(const std::string& a, const std::string& b) {  // constant time 
   unsigned char d = 0;
   for (size_t i = 0; i < a.size(); ++i) d |= static_cast<unsigned char>(a[i] ^ b[i]);
   return d == 0;
-}
-
-// Request bodies are parsed only when nested at most this deep (a job file needs 4 levels): deeper ones
-// cost the parser memory and time out of proportion to their size and are refused before parsing.
-constexpr int kMaxJsonDepth = 32;
-
-// The deepest nesting of arrays and objects in `text`, strings skipped: one pass, no allocation.
-Status CheckJsonDepth(const std::string& text, const char* what) {
-  int depth = 0;
-  bool in_string = false;
-  for (size_t i = 0; i < text.size(); ++i) {
-    const char c = text[i];
-    if (in_string) {
-      if (c == '\\') ++i;
-      else if (c == '"') in_string = false;
-    } else if (c == '"') {
-      in_string = true;
-    } else if (c == '[' || c == '{') {
-      RW_REQUIRE(++depth <= kMaxJsonDepth, what << ": nested deeper than " << kMaxJsonDepth << " levels");
-    } else if (c == ']' || c == '}') {
-      --depth;
-    }
-  }
-  return Status::Ok();
-}
-
-// Parses an untrusted request body: bounded depth first, then nlohmann.
-Status ParseBody(const std::string& body, json* out) {
-  RW_RETURN_IF_ERROR(CheckJsonDepth(body, "body"));
-  try {
-    *out = json::parse(body);
-  } catch (const std::exception& e) {
-    return Status::Error(std::string("body: not JSON: ") + e.what());
-  }
-  return Status::Ok();
 }
 
 void Reply(httplib::Response& res, int status, const json& body) {
@@ -146,46 +112,13 @@ bool DaemonImpl::Authorized(const httplib::Request& req) const {
 // The error names the field; nothing is stored on error.
 Status DaemonImpl::ParseSubmission(const httplib::Request& req, JobRecord* rec, std::string* key,
                                    runtime::JobConfig* config) {
-  std::string spec;
-  std::vector<std::string> overrides;
-  int64_t priority = 0;
-  const std::string type = req.get_header_value("Content-Type");
-  if (type.rfind("application/json", 0) == 0) {
-    json j;
-    RW_RETURN_IF_ERROR(ParseBody(req.body, &j));
-    RW_REQUIRE(j.is_object(), "body: expected a JSON object {\"job\": ..., \"priority\": ..., \"set\": [...]}");
-    for (const auto& [k, v] : j.items()) {
-      if (k == "job") {
-        RW_REQUIRE(v.is_string() || v.is_object(), "job: expected the job file's text or a JSON object");
-        spec = v.is_string() ? v.get<std::string>() : v.dump();  // JSON is YAML; never pretty-printed
-      } else if (k == "priority") {
-        RW_REQUIRE(v.is_number_integer(), "priority: expected an integer");
-        // 18446744073709551615 is an unsigned JSON integer that get<int64_t> makes -1: range first.
-        RW_REQUIRE(!v.is_number_unsigned() || v.get<uint64_t>() <= 1000000, "priority: must be within +-1000000");
-        priority = v.get<int64_t>();
-      } else if (k == "set") {
-        RW_REQUIRE(v.is_array(), "set: expected a list of \"key=value\" strings");
-        for (const auto& s : v) {
-          RW_REQUIRE(s.is_string(), "set: expected a list of \"key=value\" strings");
-          overrides.push_back(s.get<std::string>());
-        }
-      } else {
-        return Status::Error(k + ": unknown field (job, priority, set)");
-      }
-    }
-    RW_REQUIRE(!spec.empty(), "job: missing");
-  } else {
-    spec = req.body;
-    if (req.has_param("priority")) {
-      const std::string p = req.get_param_value("priority");
-      char* end = nullptr;
-      priority = std::strtoll(p.c_str(), &end, 10);
-      RW_REQUIRE(!p.empty() && end && *end == '\0', "priority: expected an integer, got '" << p << "'");
-    }
-  }
-  RW_REQUIRE(priority >= -1000000 && priority <= 1000000, "priority: must be within +-1000000");
-  for (const auto& o : overrides)
-    RW_REQUIRE(o.rfind("ring.transport=", 0) != 0, "set: ring.transport is the daemon's choice");
+  Submission sub;
+  const std::string param = req.get_param_value("priority");
+  RW_RETURN_IF_ERROR(scheduler::ParseSubmission(req.get_header_value("Content-Type"), req.body,
+                                                req.has_param("priority") ? &param : nullptr, &sub));
+  const std::string& spec = sub.spec;
+  std::vector<std::string>& overrides = sub.overrides;
+  const int64_t priority = sub.priority;
   runtime::JobConfig job;
   // The fields only: no file of the job is opened before its paths are confined below.
   RW_RETURN_IF_ERROR(runtime::ParseJobFields(spec, "job", overrides, &job));
@@ -357,24 +290,15 @@ void DaemonImpl::Routes() {
 
 // A worker registers: the daemon connects to its device host over the CAF middleman and takes its devices.
 void DaemonImpl::Register(const httplib::Request& req, httplib::Response& res) {
+  Registration reg;
+  if (const Status st = ParseRegistration(req.body, &reg); !st.ok()) return Error(res, 400, st.message());
   Worker w;
-  json j;
-  if (const Status st = ParseBody(req.body, &j); !st.ok()) return Error(res, 400, st.message());
-  try {
-    w.name = j.at("name").get<std::string>();
-    w.host = j.at("host").get<std::string>();
-    w.port = j.at("port").get<int>();
-    w.pid = j.value("pid", int64_t(0));
-    w.kind = j.value("kind", std::string("cpu"));
-    for (const auto& d : j.at("devices")) w.memory.push_back(d.at("memory_bytes").get<int64_t>());
-  } catch (const std::exception& e) {
-    return Error(res, 400, std::string("body: expected {name, host, port, devices: [{memory_bytes}]}: ") + e.what());
-  }
-  if (w.name.empty() || w.name.size() > 64 ||
-      w.name.find_first_not_of("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-") != std::string::npos)
-    return Error(res, 400, "name: 1-64 characters of [A-Za-z0-9_.-]");
-  if (w.port <= 0 || w.port > 65535) return Error(res, 400, "port: not a TCP port");
-  if (w.memory.empty() || w.memory.size() > 1024) return Error(res, 400, "devices: 1 to 1024 devices");
+  w.name = reg.name;
+  w.host = reg.host;
+  w.port = reg.port;
+  w.pid = reg.pid;
+  w.kind = reg.kind;
+  w.memory = reg.memory;
   {
     std::lock_guard<std::mutex> lock(mu_);
     auto it = workers_.find(w.name);
@@ -443,17 +367,10 @@ void DaemonImpl::Register(const httplib::Request& req, httplib::Response& res) {
 
 void DaemonImpl::Heartbeat(const httplib::Request& req, httplib::Response& res) {
   const std::string id = req.matches[1];
-  std::string instance;
-  bool draining = false, leaving = false;
-  json j;
-  if (const Status st = ParseBody(req.body, &j); !st.ok()) return Error(res, 400, st.message());
-  try {
-    instance = j.at("instance").get<std::string>();
-    draining = j.value("draining", false);
-    leaving = j.value("leaving", false);
-  } catch (const std::exception& e) {
-    return Error(res, 400, std::string("body: expected {\"instance\": ..., \"draining\": ...}: ") + e.what());
-  }
+  HeartbeatBody hb;
+  if (const Status st = ParseHeartbeat(req.body, &hb); !st.ok()) return Error(res, 400, st.message());
+  const std::string& instance = hb.instance;
+  const bool draining = hb.draining, leaving = hb.leaving;
   std::string left;  // the row of a worker that leaves, stored once mu_ is released
   int used = 0;
   {

@@ -206,7 +206,7 @@ void CountTargets(const std::vector<PackedSequence>& seqs, int64_t seq_len, std:
 // A prepared dataset whose files were damaged or forged is refused at open with the file and the field,
 // before any token is read: an offset past the end (it used to SIGBUS), offsets that go down (they
 // silently changed the token count), a first offset not 0, token ids outside the vocabulary, a modality
-// byte that is neither text nor vision, negative counts in meta.json.
+// byte that is neither text nor vision, negative or float counts in meta.json.
 TEST(Dataset, DamagedIndexTokensAndMetaAreRefusedAtOpen) {
   Tmp t;
   const auto f = t.File("d.jsonl", "{\"text\": \"abcdef\"}\n{\"text\": \"ghij\"}\n{\"text\": \"klmnopq\"}\n");
@@ -236,6 +236,10 @@ TEST(Dataset, DamagedIndexTokensAndMetaAreRefusedAtOpen) {
   ASSERT_NE(docs, std::string::npos) << meta;
   std::string bad_meta = meta;
   bad_meta.insert(meta.find_first_of("0123456789", docs), "-");
+  // A float count (1e30 as a document count was undefined behaviour in the conversion; found by fuzz_dataset).
+  std::string float_meta = meta;
+  const size_t digits = meta.find_first_of("0123456789", docs);
+  float_meta.replace(digits, meta.find_first_not_of("0123456789", digits) - digits, "1e30");
   struct Case {
     const char* what;
     const char* file;
@@ -248,7 +252,8 @@ TEST(Dataset, DamagedIndexTokensAndMetaAreRefusedAtOpen) {
       {"a first offset not 0", "index.bin", with_offset(0, 2), "index.bin: the first offset is 2"},
       {"a token id past the vocabulary", "tokens.bin", bad_tokens, "tokens.bin: token 5 has id 1048576"},
       {"a modality byte of 7", "modality.bin", bad_modality, "modality.bin: token 3 has modality 7"},
-      {"a negative document count", "meta.json", bad_meta, "meta.json: documents -"},
+      {"a negative document count", "meta.json", bad_meta, "meta.json: documents: must be within [0, "},
+      {"a document count of 1e30", "meta.json", float_meta, "meta.json: documents: expected an integer, got 1e+30"},
   };
   for (const auto& c : cases) {
     const fs::path dir = t.p / "bad";

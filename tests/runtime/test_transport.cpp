@@ -24,6 +24,49 @@ MsgTag Tag(uint32_t step, uint32_t hop, uint32_t epoch = 0) {
   return t;
 }
 
+// The decision on a header read off the wire (UCX): untrusted bytes, so a short, corrupt or sealed-but-
+// hostile header is classified without trusting its size; a size beyond max(64 x expected, 64 MiB) is
+// corrupt even with a valid CRC (it would be allocated to be dropped). tests/fuzz/fuzz_msg_header.cpp
+// fuzzes the same function.
+TEST(MsgHeader, AHeaderOffTheWireIsClassifiedWithoutTrustingItsSize) {
+  MsgTag expect;
+  expect.job = 7, expect.epoch = 3, expect.step = 11, expect.layer = 2, expect.hop = 1;
+  auto sealed = [&](MsgTag tag, uint64_t bytes) {
+    MsgHeader h;
+    h.tag = tag;
+    h.bytes = bytes;
+    h.Seal();
+    return h;
+  };
+  MsgHeader out;
+  MsgHeader h = sealed(expect, 4096);
+  EXPECT_EQ(ClassifyHeader(&h, sizeof(h), expect, 4096, &out), HeaderAction::kAccept);
+  EXPECT_EQ(out.bytes, 4096u);
+  EXPECT_EQ(ClassifyHeader(&h, sizeof(h) - 1, expect, 4096, &out), HeaderAction::kCorrupt);  // short
+  MsgHeader flipped = h;
+  reinterpret_cast<unsigned char*>(&flipped)[20] ^= 1;
+  EXPECT_EQ(ClassifyHeader(&flipped, sizeof(h), expect, 4096, &out), HeaderAction::kCorrupt);  // CRC
+  MsgTag old = expect;
+  old.epoch = 2;
+  h = sealed(old, 8192);
+  EXPECT_EQ(ClassifyHeader(&h, sizeof(h), expect, 4096, &out), HeaderAction::kStale);
+  MsgTag other = expect;
+  other.step = 12;
+  h = sealed(other, 4096);
+  EXPECT_EQ(ClassifyHeader(&h, sizeof(h), expect, 4096, &out), HeaderAction::kRefuse);
+  h = sealed(expect, 4095);
+  EXPECT_EQ(ClassifyHeader(&h, sizeof(h), expect, 4096, &out), HeaderAction::kRefuse);
+  // A valid CRC over an absurd size: never allocated.
+  for (const MsgTag& tag : {old, other}) {
+    h = sealed(tag, uint64_t(1) << 60);
+    EXPECT_EQ(ClassifyHeader(&h, sizeof(h), expect, 4096, &out), HeaderAction::kCorrupt);
+    h = sealed(tag, uint64_t(64) << 20);  // the floor of the bound: still dropped
+    EXPECT_EQ(ClassifyHeader(&h, sizeof(h), expect, 4096, &out), tag.epoch == 3 ? HeaderAction::kRefuse : HeaderAction::kStale);
+  }
+  h = sealed(other, 64 * (uint64_t(1) << 30));  // 64 x a 1 GiB block
+  EXPECT_EQ(ClassifyHeader(&h, sizeof(h), expect, uint64_t(1) << 30, &out), HeaderAction::kRefuse);
+}
+
 TEST(InprocTransport, MessagesGoAroundTheRingInOrderIntoCallerBuffers) {
   for (int R : {1, 2, 3, 5}) {
     auto fabric = InprocFabric::Create(R);

@@ -163,7 +163,7 @@ TEST_F(Api, BadRequestsGetTheirStatusAndNameTheFieldAndChangeNothing) {
       {"no job", [&] { return Submit(json{{"priority", 1}}); }, 400, "job: missing"},
       {"priority 2^64-1 (was stored as -1)", [&] {
          return Post("/v1/jobs", json{{"job", kJob}}.dump().insert(1, "\"priority\": 18446744073709551615, "));
-       }, 400, "priority: must be within +-1000000"},
+       }, 400, "priority: must be within [-1000000, 1000000]"},
       {"priority 10^7", [&] { return Submit(json{{"job", kJob}, {"priority", 10000000}}); }, 400, "priority: must be"},
       {"set not a list", [&] { return Submit(json{{"job", kJob}, {"set", "a=b"}}); }, 400, "set: expected a list"},
       {"unknown job key", [&] { return Submit(json{{"job", job_with("hidden_size", "hiden_size")}}); }, 400,
