@@ -13,8 +13,9 @@
 // Tiles whose causal/segment mask is empty are skipped; tiles it leaves whole skip the element mask.
 //
 // Napkin math (H100 SXM, bf16 dense ~990 TFLOP/s peak): forward at S = 8K, D = 128 is 4 S^2 D = 34 GFLOP
-// per head, i.e. ~35 us per head at peak. This first version loads tiles synchronously (no cp.async
-// pipeline, no wgmma), so expect well under peak; ops/gpu-check.sh measures it against PyTorch.
+// per head, i.e. ~35 us per head at peak. Fragments come through ldmatrix; the forward double-buffers its
+// K/V tiles with cp.async; there is no wgmma/TMA path yet. ops/gpu-check.sh measures it against PyTorch's
+// flash SDPA in the same run (docs/BENCHMARKS.md).
 #include <cuda_runtime.h>
 
 #include <climits>
@@ -101,27 +102,46 @@ __device__ void LoadTile(T* dst, const View3& src, int64_t r0, int n, int64_t h)
   }
 }
 
+// As LoadTile, by cp.async: the copies land while the warps compute on the other stage.
 template <class T, int D>
+__device__ void LoadTileAsync(T* dst, const View3& src, int64_t r0, int n, int64_t h) {
+  constexpr int kPitch = D + 8, kChunks = D / 8;
+  const T* base = static_cast<const T*>(src.data);
+  for (int c = threadIdx.x; c < 64 * kChunks; c += kThreads) {
+    const int r = c / kChunks, col = (c % kChunks) * 8;
+    const bool ok = r < n;
+    CpAsync16(dst + r * kPitch + col, ok ? base + (r0 + r) * src.stride_s + h * src.stride_h + col : base, ok);
+  }
+}
+
+// kAffine: neither side has index or segment arrays (row s sits at offset + s, one document), the common
+// case: a tile's kind and its element mask are arithmetic, and a causal query tile walks only the key
+// tiles at or before its last row. Otherwise the tokens of each key tile go through shared memory.
+// K and V tiles are double-buffered: tile kt+1 is copied (cp.async) while tile kt is computed.
+template <class T, int D, bool kAffine>
 __global__ void __launch_bounds__(kThreads) ForwardKernel(AttentionParams p, float scale_log2) {
-  constexpr int kPitch = D + 8, kDT = D / 16, kNT = D / 8;
+  constexpr int kPitch = D + 8, kDT = D / 16, kNT = D / 8, kTile = 64 * kPitch;
   extern __shared__ __align__(16) unsigned char smem[];
   T* qs = reinterpret_cast<T*>(smem);
-  T* ks = qs + kBq * kPitch;
-  T* vs = ks + kBk * kPitch;
-  __shared__ long long qidx[kBq], kidx[kBk];
-  __shared__ int qseg[kBq], kseg[kBk];
+  T* kvs = qs + kTile;  // stage b: K at kvs + 2 b kTile, V after it
+  __shared__ long long qidx[kBq], kidx[2][kBk];
+  __shared__ int qseg[kBq], kseg[2][kBk];
   __shared__ Bounds qb, kb;
-  __shared__ int kind_s;
+  __shared__ int kind_s[2];
 
   const int h = blockIdx.y, hk = h / (p.hq / p.hkv);
-  const int64_t q0 = int64_t(blockIdx.x) * kBq;
+  // Causal: the last query tiles see the most keys; start them first so that the short ones fill in.
+  const int qt = p.causal ? int(gridDim.x - 1 - blockIdx.x) : int(blockIdx.x);
+  const int64_t q0 = int64_t(qt) * kBq;
   const int nq = TileRows(p.sq, q0, kBq);
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  const int r0 = warp * 16 + g, r1 = r0 + 8;
 
   LoadTile<T, D>(qs, p.q, q0, nq, h);
-  LoadTokens(p.q_tok, q0, nq, LLONG_MAX, -1, qidx, qseg);
+  if constexpr (!kAffine) LoadTokens(p.q_tok, q0, nq, LLONG_MAX, -1, qidx, qseg);
   __syncthreads();
-  if (warp == 0) TileBounds(qidx, qseg, nq, &qb);
+  if constexpr (!kAffine)
+    if (warp == 0) TileBounds(qidx, qseg, nq, &qb);
 
   // Q fragments stay in registers for the whole key loop.
   uint32_t qf[kDT][4];
@@ -132,97 +152,149 @@ __global__ void __launch_bounds__(kThreads) ForwardKernel(AttentionParams p, flo
 #pragma unroll
   for (int n = 0; n < kNT; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
   float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
-  const int r0 = warp * 16 + g, r1 = r0 + 8;
 
   const int nkt = int((p.sk + kBk - 1) / kBk);
-  for (int kt = 0; kt < nkt; ++kt) {
+  int kt_end = nkt;
+  // Affine: global q index - global k index of the tiles' first rows, per key tile.
+  const int64_t qk_base = p.q_tok.offset + q0 - p.k_tok.offset;
+  if (kAffine && p.causal) {
+    const int64_t last = qk_base + nq - 1;  // the last key row any query row of this tile sees
+    kt_end = last < 0 ? 0 : int(min(int64_t(nkt), last / kBk + 1));
+  }
+
+  // The kind of key tile kt (tokens into buffer b when not affine). Every thread calls it.
+  auto prepare = [&](int kt, int b) -> int {
     const int64_t k0 = int64_t(kt) * kBk;
     const int nk = TileRows(p.sk, k0, kBk);
-    __syncthreads();  // everyone is done with the previous tile's smem
-    LoadTokens(p.k_tok, k0, nk, LLONG_MAX, -2, kidx, kseg);
-    __syncthreads();
-    if (warp == 0) {
-      TileBounds(kidx, kseg, nk, &kb);
-      if (lane == 0) kind_s = Classify(p.causal, qb, kb, nk == kBk);
-    }
-    __syncthreads();
-    const int kind = kind_s;
-    if (kind == kEmpty) continue;
-    LoadTile<T, D>(ks, p.k, k0, nk, hk);
-    LoadTile<T, D>(vs, p.v, k0, nk, hk);
-    __syncthreads();
-
-    float s[8][4];
-#pragma unroll
-    for (int n = 0; n < 8; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
-#pragma unroll
-    for (int kk = 0; kk < kDT; ++kk)
-#pragma unroll
-      for (int n = 0; n < 8; ++n) {
-        uint32_t b[2];
-        LoadBT(b, ks, kPitch, n * 8, kk * 16);
-        Mma16816<T>(s[n], qf[kk], b);
+    if constexpr (kAffine) {
+      const int64_t diff = qk_base - k0;  // q row r sees key row c when c <= diff + r (causal)
+      if (p.causal && diff + nq - 1 < 0) return kEmpty;
+      return nk == kBk && (!p.causal || diff >= kBk - 1) ? kWhole : kMasked;
+    } else {
+      LoadTokens(p.k_tok, k0, nk, LLONG_MAX, -2, kidx[b], kseg[b]);
+      __syncthreads();
+      if (warp == 0) {
+        TileBounds(kidx[b], kseg[b], nk, &kb);
+        if (lane == 0) kind_s[b] = Classify(p.causal, qb, kb, nk == kBk);
       }
+      __syncthreads();
+      return kind_s[b];
+    }
+  };
+  auto issue = [&](int kt, int b) {
+    const int64_t k0 = int64_t(kt) * kBk;
+    const int nk = TileRows(p.sk, k0, kBk);
+    LoadTileAsync<T, D>(kvs + 2 * b * kTile, p.k, k0, nk, hk);
+    LoadTileAsync<T, D>(kvs + (2 * b + 1) * kTile, p.v, k0, nk, hk);
+  };
 
-    float mx0 = -INFINITY, mx1 = -INFINITY;
+  int kind = kEmpty;
+  if (kt_end > 0) {
+    kind = prepare(0, 0);
+    if (kind != kEmpty) issue(0, 0);
+  }
+  CpAsyncCommit();
+  for (int kt = 0; kt < kt_end; ++kt) {
+    const int cur = kt & 1;
+    int next_kind = kEmpty;
+    if (kt + 1 < kt_end) {
+      next_kind = prepare(kt + 1, cur ^ 1);
+      if (next_kind != kEmpty) issue(kt + 1, cur ^ 1);
+    }
+    CpAsyncCommit();
+    CpAsyncWait<1>();  // this thread's copies of tile kt have landed
+    __syncthreads();   // and everyone's
+    if (kind != kEmpty) {
+      const T* ks = kvs + 2 * cur * kTile;
+      const T* vs = ks + kTile;
+      const int64_t k0 = int64_t(kt) * kBk;
+      const int nk = TileRows(p.sk, k0, kBk);
+
+      float s[8][4];
 #pragma unroll
-    for (int n = 0; n < 8; ++n)
+      for (int n = 0; n < 8; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
 #pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const int c = n * 8 + 2 * t + e;
-        float v0 = s[n][e] * scale_log2, v1 = s[n][2 + e] * scale_log2;
-        if (kind == kMasked) {
-          const bool ok0 = qseg[r0] >= 0 && qseg[r0] == kseg[c] && (!p.causal || kidx[c] <= qidx[r0]);
-          const bool ok1 = qseg[r1] >= 0 && qseg[r1] == kseg[c] && (!p.causal || kidx[c] <= qidx[r1]);
-          v0 = ok0 ? v0 : -INFINITY;
-          v1 = ok1 ? v1 : -INFINITY;
+      for (int kk = 0; kk < kDT; ++kk)
+#pragma unroll
+        for (int n = 0; n < 8; n += 2) {
+          uint32_t b[4];
+          LoadBT2(b, ks, kPitch, n * 8, kk * 16);
+          Mma16816<T>(s[n], qf[kk], b);
+          Mma16816<T>(s[n + 1], qf[kk], b + 2);
         }
-        s[n][e] = v0;
-        s[n][2 + e] = v1;
-        mx0 = fmaxf(mx0, v0);
-        mx1 = fmaxf(mx1, v1);
+
+      float mx0 = -INFINITY, mx1 = -INFINITY;
+      const int64_t diff = qk_base - k0;
+#pragma unroll
+      for (int n = 0; n < 8; ++n)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int c = n * 8 + 2 * t + e;
+          float v0 = s[n][e] * scale_log2, v1 = s[n][2 + e] * scale_log2;
+          if (kind == kMasked) {
+            bool ok0, ok1;
+            if constexpr (kAffine) {
+              ok0 = c < nk && (!p.causal || c <= diff + r0);
+              ok1 = c < nk && (!p.causal || c <= diff + r1);
+            } else {
+              const long long* ki = kidx[cur];
+              const int* ksg = kseg[cur];
+              ok0 = qseg[r0] >= 0 && qseg[r0] == ksg[c] && (!p.causal || ki[c] <= qidx[r0]);
+              ok1 = qseg[r1] >= 0 && qseg[r1] == ksg[c] && (!p.causal || ki[c] <= qidx[r1]);
+            }
+            v0 = ok0 ? v0 : -INFINITY;
+            v1 = ok1 ? v1 : -INFINITY;
+          }
+          s[n][e] = v0;
+          s[n][2 + e] = v1;
+          mx0 = fmaxf(mx0, v0);
+          mx1 = fmaxf(mx1, v1);
+        }
+#pragma unroll
+      for (int off = 1; off <= 2; off <<= 1) {
+        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffff, mx0, off));
+        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffff, mx1, off));
       }
+      const float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
+      // A row with nothing visible yet subtracts 0 so that 2^(-inf - 0) = 0 instead of NaN.
+      const float mu0 = mn0 == -INFINITY ? 0.f : mn0, mu1 = mn1 == -INFINITY ? 0.f : mn1;
+      const float a0 = exp2f(m0 - mu0), a1 = exp2f(m1 - mu1);
+      float sum0 = 0.f, sum1 = 0.f;
 #pragma unroll
-    for (int off = 1; off <= 2; off <<= 1) {
-      mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffff, mx0, off));
-      mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffff, mx1, off));
-    }
-    const float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
-    // A row with nothing visible yet subtracts 0 so that 2^(-inf - 0) = 0 instead of NaN.
-    const float mu0 = mn0 == -INFINITY ? 0.f : mn0, mu1 = mn1 == -INFINITY ? 0.f : mn1;
-    const float a0 = exp2f(m0 - mu0), a1 = exp2f(m1 - mu1);
-    float sum0 = 0.f, sum1 = 0.f;
+      for (int n = 0; n < 8; ++n)
 #pragma unroll
-    for (int n = 0; n < 8; ++n)
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        s[n][e] = exp2f(s[n][e] - mu0);
-        s[n][2 + e] = exp2f(s[n][2 + e] - mu1);
-        sum0 += s[n][e];
-        sum1 += s[n][2 + e];
-      }
-    l0 = l0 * a0 + sum0;
-    l1 = l1 * a1 + sum1;
-    m0 = mn0;
-    m1 = mn1;
-#pragma unroll
-    for (int n = 0; n < kNT; ++n) {
-      o[n][0] *= a0;
-      o[n][1] *= a0;
-      o[n][2] *= a1;
-      o[n][3] *= a1;
-    }
-#pragma unroll
-    for (int kk = 0; kk < 4; ++kk) {
-      uint32_t a[4];
-      AccToA<T>(a, s[2 * kk], s[2 * kk + 1]);
+        for (int e = 0; e < 2; ++e) {
+          s[n][e] = exp2f(s[n][e] - mu0);
+          s[n][2 + e] = exp2f(s[n][2 + e] - mu1);
+          sum0 += s[n][e];
+          sum1 += s[n][2 + e];
+        }
+      l0 = l0 * a0 + sum0;
+      l1 = l1 * a1 + sum1;
+      m0 = mn0;
+      m1 = mn1;
 #pragma unroll
       for (int n = 0; n < kNT; ++n) {
-        uint32_t b[2];
-        LoadB(b, vs, kPitch, kk * 16, n * 8);
-        Mma16816<T>(o[n], a, b);
+        o[n][0] *= a0;
+        o[n][1] *= a0;
+        o[n][2] *= a1;
+        o[n][3] *= a1;
+      }
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk) {
+        uint32_t a[4];
+        AccToA<T>(a, s[2 * kk], s[2 * kk + 1]);
+#pragma unroll
+        for (int n = 0; n < kNT; n += 2) {
+          uint32_t b[4];
+          LoadB2(b, vs, kPitch, kk * 16, n * 8);
+          Mma16816<T>(o[n], a, b);
+          Mma16816<T>(o[n + 1], a, b + 2);
+        }
       }
     }
+    __syncthreads();  // stage cur (and its tokens) is free for tile kt + 2
+    kind = next_kind;
   }
 
   // l was summed per thread over its columns: add the 4 threads of the row group.
@@ -462,16 +534,20 @@ Status Launch(Kernel kernel, dim3 grid, size_t smem, cudaStream_t stream, const 
   return LastError(what);
 }
 
+template <class T, int D>
+Status ForwardD(const AttentionParams& p, dim3 grid, float scale_log2, cudaStream_t stream) {
+  const size_t smem = size_t(5) * 64 * (D + 8) * sizeof(T);  // Q, and K, V in two stages
+  const bool affine = !p.q_tok.index && !p.q_tok.segment && !p.k_tok.index && !p.k_tok.segment;
+  return affine ? Launch(ForwardKernel<T, D, true>, grid, smem, stream, p, scale_log2, "attention forward")
+                : Launch(ForwardKernel<T, D, false>, grid, smem, stream, p, scale_log2, "attention forward");
+}
+
 template <class T>
 Status ForwardT(const AttentionParams& p) {
   const dim3 grid(unsigned((p.sq + kBq - 1) / kBq), unsigned(p.hq));
   const float scale_log2 = p.Scale() * kLog2e;
   auto stream = static_cast<cudaStream_t>(p.stream);
-  if (p.d == 64)
-    return Launch(ForwardKernel<T, 64>, grid, size_t(3) * 64 * (64 + 8) * sizeof(T), stream, p, scale_log2,
-                  "attention forward");
-  return Launch(ForwardKernel<T, 128>, grid, size_t(3) * 64 * (128 + 8) * sizeof(T), stream, p, scale_log2,
-                "attention forward");
+  return p.d == 64 ? ForwardD<T, 64>(p, grid, scale_log2, stream) : ForwardD<T, 128>(p, grid, scale_log2, stream);
 }
 
 template <class T>
