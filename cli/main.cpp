@@ -106,6 +106,11 @@ int main(int argc, char** argv) {
   daemon->add_option("--grace", dopt.grace_s, "SIGTERM: seconds for running jobs to checkpoint");
   daemon->add_option("--tls-cert", dopt.tls_cert, "serve the API over HTTPS with this PEM certificate (with --tls-key)");
   daemon->add_option("--tls-key", dopt.tls_key, "the PEM private key of --tls-cert");
+  daemon->add_option("--api-threads", dopt.api_threads, "the API's threads");
+  daemon->add_option("--api-max-queued", dopt.api_max_queued,
+                     "connections waiting for an API thread beyond which requests get 503 with Retry-After");
+  daemon->add_option("--api-request-deadline", dopt.api_request_deadline_s,
+                     "seconds a connection has to deliver a whole request before it is cut");
   rw::cli::WorkerOptions wopt;
   auto* worker = app.add_subcommand("worker", "host devices for the daemon's rings");
   worker->add_option("--daemon", wopt.daemon, "the daemon's API address HOST:PORT")->required();

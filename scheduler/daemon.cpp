@@ -18,6 +18,7 @@ namespace fs = std::filesystem;
 DaemonImpl::~DaemonImpl() {
   if (http_) http_->stop();
   if (http_thread_.joinable()) http_thread_.join();
+  if (guard_) guard_->Stop();
 }
 
 Status DaemonImpl::Init() {
@@ -74,6 +75,22 @@ Status DaemonImpl::Init() {
                                                                         << " (PEM certificate and its private key)");
     http_ = std::move(https);
   }
+  RW_REQUIRE(opt_.api_threads >= 1 && opt_.api_threads <= 1024, "--api-threads: 1 to 1024");
+  RW_REQUIRE(opt_.api_max_queued >= 0, "--api-max-queued: must be >= 0");
+  RW_REQUIRE(opt_.api_request_deadline_s > 0 && opt_.api_request_deadline_s <= 3600,
+             "--api-request-deadline: seconds in (0, 3600]");
+  ApiGuardOptions g;
+  g.threads = opt_.api_threads;
+  g.max_queued = opt_.api_max_queued;
+  g.request_deadline = std::chrono::milliseconds(int64_t(opt_.api_request_deadline_s * 1000));
+  g.keep_alive = std::chrono::seconds(5);
+  g.on_cut = [this] { metrics_.ApiCut(); };
+  guard_ = std::make_unique<ApiGuard>(g);
+  http_->new_task_queue = [guard = guard_.get()] { return guard->NewTaskQueue(); };
+  http_->set_keep_alive_timeout(5);
+  http_->set_logger([guard = guard_.get()](const httplib::Request& req, const httplib::Response&) {
+    guard->Answered(req);
+  });
   Routes();
   // Debian's cpp-httplib is a shared library built to listen with a backlog of 5: a burst of clients would
   // see dropped and retried connects. The socket is seen as it is made, and listens again with a real one.
@@ -87,6 +104,7 @@ Status DaemonImpl::Init() {
   RW_REQUIRE(listen_fd >= 0 && ::listen(listen_fd, kListenBacklog) == 0,
              "--listen: cannot set the listen backlog on " << opt_.listen);
   http_->set_socket_options(httplib::default_socket_options);
+  guard_->Start(port_);
   std::ofstream(opt_.state_dir + "/api.addr.tmp") << (opt_.tls_cert.empty() ? "" : "https://") << host_ << ":" << port_
                                                   << "\n";
   fs::rename(opt_.state_dir + "/api.addr.tmp", opt_.state_dir + "/api.addr", ec);

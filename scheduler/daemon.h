@@ -26,6 +26,9 @@ struct DaemonOptions {
   double worker_connect_s = 5;                // registration: the worker's device host must answer within it
   double grace_s = 30;                        // SIGTERM: time for running jobs to checkpoint
   std::string tls_cert, tls_key;              // both set: the API is served over HTTPS (PEM files)
+  int api_threads = 32;                       // the API's thread pool
+  int api_max_queued = 64;                    // connections waiting for a thread beyond it: 503 + Retry-After
+  double api_request_deadline_s = 10;         // a connection's whole request must arrive within it, or it is cut
 };
 
 constexpr int kExitPreempted = 75;  // the daemon stopped on SIGTERM after preempting its jobs

@@ -158,6 +158,15 @@ Status DaemonImpl::ParseSubmission(const httplib::Request& req, JobRecord* rec, 
 void DaemonImpl::Routes() {
   http_->set_payload_max_length(opt_.max_body_bytes);
   http_->set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
+    guard_->RequestRead(req);
+    // Overload: more connections wait for a thread than allowed. Answered at once (the health and metrics
+    // endpoints still answer, so an overloaded daemon is not taken for a dead one).
+    if (guard_->Overloaded() && req.path != "/healthz" && req.path != "/metrics") {
+      metrics_.ApiShed();
+      res.set_header("Retry-After", "1");
+      Error(res, 503, "the daemon is busy (" + std::to_string(guard_->queued()) + " connections wait): retry");
+      return httplib::Server::HandlerResponse::Handled;
+    }
     if (req.method != "GET" && req.method != "HEAD" && !Authorized(req)) {
       Error(res, 401, "a bearer token is required (Authorization: Bearer <the token in " + opt_.state_dir + "/token>)");
       return httplib::Server::HandlerResponse::Handled;

@@ -31,6 +31,7 @@
 #include "actors/channel_auth.h"
 #include "actors/device_host.h"
 #include "actors/job_driver.h"
+#include "scheduler/api_guard.h"
 #include "scheduler/checkpoint_records.h"
 #include "scheduler/daemon.h"
 #include "scheduler/job_configs.h"
@@ -151,6 +152,7 @@ class DaemonImpl final : public Daemon {
   JobConfigs configs_;
   std::string token_, instance_, host_;
   int port_ = 0;
+  std::unique_ptr<ApiGuard> guard_;        // outlives http_: its pool counts into the guard
   std::unique_ptr<httplib::Server> http_;  // an httplib::SSLServer with --tls-cert/--tls-key
   std::thread http_thread_;
   DaemonMetrics metrics_;

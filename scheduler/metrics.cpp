@@ -47,7 +47,13 @@ DaemonMetrics::DaemonMetrics()
       ckpt_failures_(C(*registry_, "ringworld_checkpoint_failures_total", "Checkpoint writes that failed")),
       ckpt_fallbacks_(C(*registry_, "ringworld_checkpoint_fallbacks_total",
                         "Resumes that skipped a corrupt or missing newest checkpoint")),
-      resizes_(C(*registry_, "ringworld_elastic_resizes_total", "Ring re-formations after a device was lost")) {
+      resizes_(C(*registry_, "ringworld_elastic_resizes_total", "Ring re-formations after a device was lost")),
+      api_shed_(C(*registry_, "ringworld_api_requests_shed_total",
+                  "API requests answered 503 because too many connections waited for a thread")
+                    .Add({})),
+      api_cut_(C(*registry_, "ringworld_api_connections_cut_total",
+                 "API connections shut down for not delivering a whole request in time")
+                   .Add({})) {
   WorkersByState(0, 0);
 }
 
@@ -62,6 +68,9 @@ DaemonMetrics::JobSeries& DaemonMetrics::Job(const std::string& job) {
               &resizes_.Add(l), &ckpt_seconds_.Add(l, SecondsBuckets())};
   return job_series_.emplace(job, s).first->second;
 }
+
+void DaemonMetrics::ApiShed() { api_shed_.Increment(); }
+void DaemonMetrics::ApiCut() { api_cut_.Increment(); }
 
 void DaemonMetrics::JobsByState(const std::map<std::string, int>& counts) {
   std::lock_guard<std::mutex> lock(mu_);

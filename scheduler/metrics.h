@@ -27,6 +27,8 @@ class DaemonMetrics {
   void ElasticResize(const std::string& job);
   void WorkerKnown(const std::string& worker);  // its series exist from registration on (at 0)
   void HeartbeatMissed(const std::string& worker);
+  void ApiShed();  // a request answered 503 because too many connections waited for a thread
+  void ApiCut();   // a connection shut down for not delivering its request in time
   void ForgetJob(const std::string& job);
   void ForgetWorker(const std::string& worker);
   std::string Serialize() const;  // Prometheus text exposition format
@@ -59,6 +61,8 @@ class DaemonMetrics {
   prometheus::Family<prometheus::Counter>& ckpt_failures_;
   prometheus::Family<prometheus::Counter>& ckpt_fallbacks_;
   prometheus::Family<prometheus::Counter>& resizes_;
+  prometheus::Counter& api_shed_;
+  prometheus::Counter& api_cut_;
   mutable std::mutex mu_;
   std::map<std::string, JobSeries> job_series_;
   std::map<std::string, prometheus::Counter*> worker_series_;

@@ -11,7 +11,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
+#include <map>
+#include <mutex>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -286,6 +289,167 @@ TEST_F(Api, TheApiListensWithARealBacklog) {
   ASSERT_EQ(std::sscanf(line, "%31s %ld %ld", state, &recv_q, &send_q), 3) << line;
   std::printf("  %s", line);
   EXPECT_GE(send_q, 128) << "the listen backlog (ss's Send-Q of a listening socket)";
+}
+
+// The process's resident memory (the daemon and the test's clients share it).
+double RssMb() {
+  std::ifstream f("/proc/self/status");
+  for (std::string line; std::getline(f, line);)
+    if (line.rfind("VmRSS:", 0) == 0) return std::atof(line.c_str() + 6) / 1024.0;
+  return 0;
+}
+
+double Quantile(std::vector<double> v, double q) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  return v[std::min(v.size() - 1, size_t(q * double(v.size())))];
+}
+
+// 64 concurrent clients on loopback for a bounded time (8 s; 60 s with RW_LONG_TESTS=1) submit, poll, list
+// and cancel jobs: every request is answered, none with a server error; latency quantiles and the
+// process's memory before and after are printed (docs/RELIABILITY.md).
+TEST_F(Api, SixtyFourClientsUnderLoadGetNoServerErrors) {
+  const char* long_env = std::getenv("RW_LONG_TESTS");
+  const double seconds = long_env && std::string(long_env) == "1" ? 60 : 8;
+  const int clients = 64;
+  const double rss_before = RssMb();
+  std::atomic<bool> done{false};
+  std::mutex mu;
+  std::vector<double> latencies;
+  std::map<int, int64_t> statuses;
+  int64_t unanswered = 0;
+  std::vector<std::thread> threads;
+  const auto t0 = std::chrono::steady_clock::now();
+  for (int c = 0; c < clients; ++c)
+    threads.emplace_back([&, c] {
+      httplib::Client cl("127.0.0.1", daemon_->port());
+      cl.set_connection_timeout(10);
+      cl.set_read_timeout(30);
+      std::vector<double> mine;
+      std::map<int, int64_t> st;
+      int64_t lost = 0;
+      auto timed = [&](auto&& call) {
+        const auto a = std::chrono::steady_clock::now();
+        httplib::Result r = call();
+        mine.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - a).count());
+        if (!r) ++lost;
+        else ++st[r->status];
+        return r;
+      };
+      for (int n = 0; !done.load(); ++n) {
+        std::string job = kJob;
+        job.replace(job.find("ck/a"), 4, "ck/load-" + std::to_string(c) + "-" + std::to_string(n));
+        auto r = timed([&] { return cl.Post("/v1/jobs", Auth(token_), json{{"job", job}}.dump(), "application/json"); });
+        if (!r || r->status != 201) continue;
+        const std::string id = json::parse(r->body)["id"];
+        timed([&] { return cl.Get("/v1/jobs/" + id); });
+        if (n % 4 == 0) timed([&] { return cl.Get("/v1/jobs"); });
+        timed([&] { return cl.Get("/v1/jobs/" + id + "/events"); });
+        timed([&] { return cl.Post("/v1/jobs/" + id + "/cancel", Auth(token_), "{}", "application/json"); });
+      }
+      std::lock_guard<std::mutex> lock(mu);
+      latencies.insert(latencies.end(), mine.begin(), mine.end());
+      for (const auto& [k, v] : st) statuses[k] += v;
+      unanswered += lost;
+    });
+  std::this_thread::sleep_for(std::chrono::duration<double>(seconds));
+  done = true;
+  for (auto& t : threads) t.join();
+  const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const double rss_after = RssMb();
+  int64_t server_errors = 0, total = 0;
+  std::string counts;
+  for (const auto& [k, v] : statuses) {
+    total += v;
+    if (k >= 500) server_errors += v;
+    counts += " " + std::to_string(k) + "x" + std::to_string(v);
+  }
+  std::printf("  %d clients, %.1f s: %lld requests (%.0f/s), statuses%s, unanswered %lld; latency p50 %.1f ms, "
+              "p99 %.1f ms, max %.1f ms; RSS %.0f MB -> %.0f MB\n",
+              clients, wall, (long long)total, double(total) / wall, counts.c_str(), (long long)unanswered,
+              1e3 * Quantile(latencies, 0.5), 1e3 * Quantile(latencies, 0.99), 1e3 * Quantile(latencies, 1.0),
+              rss_before, rss_after);
+  EXPECT_EQ(unanswered, 0);
+  EXPECT_EQ(server_errors, 0);
+  EXPECT_GT(statuses[201], clients);  // every client got through more than once
+  EXPECT_EQ(statuses[200] + statuses[201], total) << "every request answered 200 or 201";
+}
+
+// Clients that send a request one byte at a time hold no thread for longer than the request deadline:
+// their connections are cut (the API answers again within it). With the threads held, connections beyond
+// --api-max-queued waiting for one get 503 with Retry-After at once when they are reached, never a hang.
+TEST_F(Api, SlowClientsAreCutAndConnectionsBeyondTheQueueGet503WithRetryAfter) {
+  StopDaemon();
+  opt_.api_threads = 4;
+  opt_.api_max_queued = 2;
+  opt_.api_request_deadline_s = 1.5;
+  StartDaemon();
+  const int port = daemon_->port();
+  const int slow = 6;
+  std::vector<double> cut_after(slow, -1);
+  std::vector<std::thread> threads;
+  const auto t0 = std::chrono::steady_clock::now();
+  auto since = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(); };
+  for (int i = 0; i < slow; ++i)
+    threads.emplace_back([&, i] {
+      const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+      sockaddr_in a{};
+      a.sin_family = AF_INET;
+      a.sin_port = htons(uint16_t(port));
+      a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+      if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0) return;
+      const std::string request = "GET /v1/jobs HTTP/1.1\r\nHost: x\r\nX-Padding: " + std::string(200, 'a');
+      timeval tv{0, 300000};
+      ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+      for (size_t k = 0; k < request.size() && since() < 10; ++k) {  // one byte every 300 ms
+        if (::send(fd, &request[k], 1, MSG_NOSIGNAL) != 1) break;
+        char c;
+        const ssize_t n = ::recv(fd, &c, 1, 0);
+        if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK)) break;  // closed by the server
+      }
+      cut_after[i] = since();
+      ::close(fd);
+    });
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  // Eight clients behind them, and /healthz.
+  std::atomic<int> ok{0}, shed{0}, other{0}, retry_after{0};
+  for (int i = 0; i < 8; ++i)
+    threads.emplace_back([&] {
+      httplib::Client cl("127.0.0.1", port);
+      cl.set_read_timeout(10);
+      auto r = cl.Get("/v1/jobs");
+      if (r && r->status == 200) ++ok;
+      else if (r && r->status == 503) {
+        ++shed;
+        retry_after += r->get_header_value("Retry-After") == "1";
+      } else {
+        ++other;
+      }
+    });
+  httplib::Client health("127.0.0.1", port);
+  health.set_read_timeout(10);
+  const double h0 = since();
+  auto h = health.Get("/healthz");
+  const double health_wait = since() - h0;
+  for (auto& t : threads) t.join();
+  std::printf("  slow clients cut after");
+  for (double t : cut_after) std::printf(" %.2f", t);
+  std::printf(" s (deadline 1.5 s); behind them: %d answered 200, %d 503 (%d with Retry-After), %d other; "
+              "/healthz answered in %.2f s\n", ok.load(), shed.load(), retry_after.load(), other.load(), health_wait);
+  for (double t : cut_after) {
+    EXPECT_GT(t, 1.0);
+    EXPECT_LT(t, 3.5) << "a slow client held its connection past the deadline";
+  }
+  EXPECT_EQ(other.load(), 0) << "a client behind the slow ones got no answer";
+  EXPECT_GE(shed.load(), 1);
+  EXPECT_EQ(retry_after.load(), shed.load());
+  ASSERT_TRUE(h);
+  EXPECT_EQ(h->status, 200);
+  EXPECT_LT(health_wait, 3.5);
+  auto m = client_->Get("/metrics");
+  ASSERT_TRUE(m);
+  EXPECT_NE(m->body.find("ringworld_api_connections_cut_total"), std::string::npos);
+  EXPECT_EQ(m->body.find("ringworld_api_connections_cut_total 0"), std::string::npos) << "no cut was counted";
 }
 
 // Twelve registrations naming a port that accepts and never answers: each ends within the connect deadline
