@@ -321,20 +321,22 @@ __global__ void __launch_bounds__(kThreads) ForwardKernel(AttentionParams p, flo
   }
 }
 
-template <class T, int D>
+// kAffine as in the forward: tile kinds and masks by arithmetic, and a causal key tile starts at the first
+// query tile that sees it. Q and dO tiles (with their lse, delta and tokens) are double-buffered: the
+// next (head, query tile) pair is copied by cp.async while this one is computed.
+template <class T, int D, bool kAffine>
 __global__ void __launch_bounds__(kThreads) BackwardKernel(AttentionParams p, float scale) {
-  constexpr int kPitch = D + 8, kDT = D / 16, kNT = D / 8, kDsPitch = kBk + 8;
+  constexpr int kPitch = D + 8, kDT = D / 16, kNT = D / 8, kDsPitch = kBk + 8, kTile = 64 * kPitch;
   extern __shared__ __align__(16) unsigned char smem[];
   T* ks = reinterpret_cast<T*>(smem);
-  T* vs = ks + kBk * kPitch;
-  T* qs = vs + kBk * kPitch;
-  T* dos = qs + kBq * kPitch;
-  T* dss = dos + kBq * kPitch;  // dS as [query][key]
-  __shared__ long long qidx[kBq], kidx[kBk];
-  __shared__ int qseg[kBq], kseg[kBk];
-  __shared__ float lse2[kBq], delta[kBq];
+  T* vs = ks + kTile;
+  T* qdo = vs + kTile;  // stage b: Q at qdo + 2 b kTile, dO after it
+  T* dss = qdo + 4 * kTile;  // dS as [query][key]
+  __shared__ long long qidx[2][kBq], kidx[kBk];
+  __shared__ int qseg[2][kBq], kseg[kBk];
+  __shared__ float lse2[2][kBq], delta[2][kBq];
   __shared__ Bounds qb, kb;
-  __shared__ int kind_s;
+  __shared__ int kind_s[2];
 
   const int hk = blockIdx.y, group = int(p.hq / p.hkv);
   const int64_t k0 = int64_t(blockIdx.x) * kBk;
@@ -345,9 +347,10 @@ __global__ void __launch_bounds__(kThreads) BackwardKernel(AttentionParams p, fl
 
   LoadTile<T, D>(ks, p.k, k0, nk, hk);
   LoadTile<T, D>(vs, p.v, k0, nk, hk);
-  LoadTokens(p.k_tok, k0, nk, LLONG_MAX, -2, kidx, kseg);
+  if constexpr (!kAffine) LoadTokens(p.k_tok, k0, nk, LLONG_MAX, -2, kidx, kseg);
   __syncthreads();
-  if (warp == 0) TileBounds(kidx, kseg, nk, &kb);
+  if constexpr (!kAffine)
+    if (warp == 0) TileBounds(kidx, kseg, nk, &kb);
 
   float dk[kNT][4], dv[kNT][4];
 #pragma unroll
@@ -356,31 +359,70 @@ __global__ void __launch_bounds__(kThreads) BackwardKernel(AttentionParams p, fl
     for (int e = 0; e < 4; ++e) dk[n][e] = dv[n][e] = 0.f;
 
   const int nqt = int((p.sq + kBq - 1) / kBq);
-  for (int gi = 0; gi < group; ++gi) {
-    const int h = hk * group + gi;
-    for (int qt = 0; qt < nqt; ++qt) {
-      const int64_t q0 = int64_t(qt) * kBq;
-      const int nq = TileRows(p.sq, q0, kBq);
-      __syncthreads();
-      LoadTokens(p.q_tok, q0, nq, LLONG_MIN, -1, qidx, qseg);
-      if (threadIdx.x < kBq) {
-        const int r = threadIdx.x;
-        const bool valid = r < nq;
-        const float l = valid ? p.lse[h * p.sq + q0 + r] : -INFINITY;
-        lse2[r] = l * kLog2e;
-        delta[r] = valid ? p.delta[h * p.sq + q0 + r] : 0.f;
-      }
+  // Affine: global k index - global q index of the tiles' first rows; local query row `kq_base` is the
+  // first that sees this tile's first key.
+  const int64_t kq_base = p.k_tok.offset + k0 - p.q_tok.offset;
+  int qt_begin = 0;
+  if (kAffine && p.causal && kq_base > 0) qt_begin = int(min(int64_t(nqt), kq_base / kBq));
+  const int per_head = nqt - qt_begin, count = group * per_head;
+
+  // The kind of work item i (head gi, query tile qt); tokens into buffer b when not affine.
+  auto prepare = [&](int i, int b) -> int {
+    const int64_t q0 = int64_t(qt_begin + i % per_head) * kBq;
+    const int nq = TileRows(p.sq, q0, kBq);
+    if constexpr (kAffine) {
+      const int64_t diff = q0 - kq_base;  // query row q sees key row c when c <= diff + q (causal)
+      if (p.causal && diff + nq - 1 < 0) return kEmpty;
+      return nq == kBq && nk == kBk && (!p.causal || diff >= kBk - 1) ? kWhole : kMasked;
+    } else {
+      LoadTokens(p.q_tok, q0, nq, LLONG_MIN, -1, qidx[b], qseg[b]);
       __syncthreads();
       if (warp == 0) {
-        TileBounds(qidx, qseg, nq, &qb);
-        if (lane == 0) kind_s = Classify(p.causal, qb, kb, nq == kBq && nk == kBk);
+        TileBounds(qidx[b], qseg[b], nq, &qb);
+        if (lane == 0) kind_s[b] = Classify(p.causal, qb, kb, nq == kBq && nk == kBk);
       }
       __syncthreads();
-      const int kind = kind_s;
-      if (kind == kEmpty) continue;
-      LoadTile<T, D>(qs, p.q, q0, nq, h);
-      LoadTile<T, D>(dos, p.dout, q0, nq, h);
-      __syncthreads();
+      return kind_s[b];
+    }
+  };
+  auto issue = [&](int i, int b) {
+    const int h = hk * group + i / per_head;
+    const int64_t q0 = int64_t(qt_begin + i % per_head) * kBq;
+    const int nq = TileRows(p.sq, q0, kBq);
+    LoadTileAsync<T, D>(qdo + 2 * b * kTile, p.q, q0, nq, h);
+    LoadTileAsync<T, D>(qdo + (2 * b + 1) * kTile, p.dout, q0, nq, h);
+    if (threadIdx.x < kBq) {
+      const int r = threadIdx.x;
+      const bool valid = r < nq;
+      lse2[b][r] = valid ? p.lse[h * p.sq + q0 + r] * kLog2e : -INFINITY;
+      delta[b][r] = valid ? p.delta[h * p.sq + q0 + r] : 0.f;
+    }
+  };
+
+  int kind = kEmpty;
+  if (count > 0) {
+    kind = prepare(0, 0);
+    if (kind != kEmpty) issue(0, 0);
+  }
+  CpAsyncCommit();
+  for (int i = 0; i < count; ++i) {
+    const int cur = i & 1;
+    int next_kind = kEmpty;
+    if (i + 1 < count) {
+      next_kind = prepare(i + 1, cur ^ 1);
+      if (next_kind != kEmpty) issue(i + 1, cur ^ 1);
+    }
+    CpAsyncCommit();
+    CpAsyncWait<1>();
+    __syncthreads();
+    if (kind != kEmpty) {
+      const int h = hk * group + i / per_head;
+      const int64_t q0 = int64_t(qt_begin + i % per_head) * kBq;
+      const int nq = TileRows(p.sq, q0, kBq);
+      const T* qs = qdo + 2 * cur * kTile;
+      const T* dos = qs + kTile;
+      const float* l2 = lse2[cur];
+      const float* dl = delta[cur];
 
       // P^T (keys x queries) = exp(c K Q^T - lse); masked entries and empty rows (lse = -inf) are 0.
       float pt[8][4], dpt[8][4];
@@ -394,78 +436,107 @@ __global__ void __launch_bounds__(kThreads) BackwardKernel(AttentionParams p, fl
         LoadA(a, ks, kPitch, warp * 16, kk * 16);
         LoadA(av, vs, kPitch, warp * 16, kk * 16);
 #pragma unroll
-        for (int n = 0; n < 8; ++n) {
-          uint32_t b[2], bo[2];
-          LoadBT(b, qs, kPitch, n * 8, kk * 16);
+        for (int n = 0; n < 8; n += 2) {
+          uint32_t b[4], bo[4];
+          LoadBT2(b, qs, kPitch, n * 8, kk * 16);
           Mma16816<T>(pt[n], a, b);
-          LoadBT(bo, dos, kPitch, n * 8, kk * 16);
+          Mma16816<T>(pt[n + 1], a, b + 2);
+          LoadBT2(bo, dos, kPitch, n * 8, kk * 16);
           Mma16816<T>(dpt[n], av, bo);  // dP^T = V dO^T
+          Mma16816<T>(dpt[n + 1], av, bo + 2);
         }
       }
+      const int64_t diff = q0 - kq_base;
 #pragma unroll
       for (int n = 0; n < 8; ++n)
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           const int q = n * 8 + 2 * t + (e & 1);
           const int kr = e < 2 ? kr0 : kr1;
-          bool ok = lse2[q] != -INFINITY;
-          if (kind == kMasked)
-            ok = ok && qseg[q] >= 0 && qseg[q] == kseg[kr] && (!p.causal || kidx[kr] <= qidx[q]);
-          const float pv = ok ? exp2f(pt[n][e] * scale_log2 - lse2[q]) : 0.f;
+          bool ok = l2[q] != -INFINITY;
+          if (kind == kMasked) {
+            if constexpr (kAffine) {
+              ok = ok && kr < nk && (!p.causal || kr <= diff + q);
+            } else {
+              ok = ok && qseg[cur][q] >= 0 && qseg[cur][q] == kseg[kr] && (!p.causal || kidx[kr] <= qidx[cur][q]);
+            }
+          }
+          const float pv = ok ? exp2f(pt[n][e] * scale_log2 - l2[q]) : 0.f;
           pt[n][e] = pv;
-          dpt[n][e] = pv * (dpt[n][e] - delta[q]);  // dS^T
+          dpt[n][e] = pv * (dpt[n][e] - dl[q]);  // dS^T
         }
+      // P^T and dS^T as bf16 A fragments from here on (half the registers of the fp32 accumulators).
+      uint32_t pa[4][4], da[4][4];
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk) {
+        AccToA<T>(pa[kk], pt[2 * kk], pt[2 * kk + 1]);
+        AccToA<T>(da[kk], dpt[2 * kk], dpt[2 * kk + 1]);
+      }
       // dV += P^T dO;  dK += dS^T Q (scale applied at the end)
 #pragma unroll
       for (int kk = 0; kk < 4; ++kk) {
-        uint32_t a[4], ad[4];
-        AccToA<T>(a, pt[2 * kk], pt[2 * kk + 1]);
-        AccToA<T>(ad, dpt[2 * kk], dpt[2 * kk + 1]);
 #pragma unroll
-        for (int n = 0; n < kNT; ++n) {
-          uint32_t b[2], bq[2];
-          LoadB(b, dos, kPitch, kk * 16, n * 8);
-          Mma16816<T>(dv[n], a, b);
-          LoadB(bq, qs, kPitch, kk * 16, n * 8);
-          Mma16816<T>(dk[n], ad, bq);
+        for (int n = 0; n < kNT; n += 2) {
+          uint32_t b[4], bq[4];
+          LoadB2(b, dos, kPitch, kk * 16, n * 8);
+          Mma16816<T>(dv[n], pa[kk], b);
+          Mma16816<T>(dv[n + 1], pa[kk], b + 2);
+          LoadB2(bq, qs, kPitch, kk * 16, n * 8);
+          Mma16816<T>(dk[n], da[kk], bq);
+          Mma16816<T>(dk[n + 1], da[kk], bq + 2);
         }
       }
-      // Stage dS as [query][key] for dQ = dS K.
+      // Stage dS as [query][key] for dQ = dS K: register j of da[kk] holds keys kr0 (j even) or kr1 (j odd)
+      // and queries 16 kk + 2t (+8 for j >= 2), the lower one in its low half.
+      uint16_t* d16 = reinterpret_cast<uint16_t*>(dss);
 #pragma unroll
-      for (int n = 0; n < 8; ++n)
+      for (int kk = 0; kk < 4; ++kk)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int q = n * 8 + 2 * t + (e & 1);
-          const int kr = e < 2 ? kr0 : kr1;
-          dss[q * kDsPitch + kr] = FromFloat<T>(dpt[n][e]);
+        for (int j = 0; j < 4; ++j) {
+          const int q = kk * 16 + 2 * t + (j >= 2 ? 8 : 0);
+          const int kr = (j & 1) ? kr1 : kr0;
+          d16[q * kDsPitch + kr] = uint16_t(da[kk][j] & 0xffff);
+          d16[(q + 1) * kDsPitch + kr] = uint16_t(da[kk][j] >> 16);
         }
       __syncthreads();
-      // dQ rows [16 warp, 16 warp + 16) of this query tile, one 8-column slice at a time.
+      // dQ rows [16 warp, 16 warp + 16) of this query tile, four 8-column slices at a time.
       float* dqb = static_cast<float*>(p.dq.data);
       const int qr0 = warp * 16 + g, qr1 = qr0 + 8;
 #pragma unroll
-      for (int n = 0; n < kNT; ++n) {
-        float acc[4] = {0.f, 0.f, 0.f, 0.f};
+      for (int n0 = 0; n0 < kNT; n0 += 4) {
+        float acc[4][4];
+#pragma unroll
+        for (int n = 0; n < 4; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.f;
 #pragma unroll
         for (int kk = 0; kk < 4; ++kk) {
-          uint32_t a[4], b[2];
+          uint32_t a[4];
           LoadA(a, dss, kDsPitch, warp * 16, kk * 16);
-          LoadB(b, ks, kPitch, kk * 16, n * 8);
-          Mma16816<T>(acc, a, b);
+#pragma unroll
+          for (int n = 0; n < 4; n += 2) {
+            uint32_t b[4];
+            LoadB2(b, ks, kPitch, kk * 16, (n0 + n) * 8);
+            Mma16816<T>(acc[n], a, b);
+            Mma16816<T>(acc[n + 1], a, b + 2);
+          }
         }
-        const int c = n * 8 + 2 * t;
-        if (qr0 < nq) {
-          float* dst = dqb + (q0 + qr0) * p.dq.stride_s + h * p.dq.stride_h + c;
-          atomicAdd(dst, acc[0] * scale);
-          atomicAdd(dst + 1, acc[1] * scale);
-        }
-        if (qr1 < nq) {
-          float* dst = dqb + (q0 + qr1) * p.dq.stride_s + h * p.dq.stride_h + c;
-          atomicAdd(dst, acc[2] * scale);
-          atomicAdd(dst + 1, acc[3] * scale);
+#pragma unroll
+        for (int n = 0; n < 4; ++n) {
+          const int c = (n0 + n) * 8 + 2 * t;
+          if (qr0 < nq) {
+            float* dst = dqb + (q0 + qr0) * p.dq.stride_s + h * p.dq.stride_h + c;
+            atomicAdd(dst, acc[n][0] * scale);
+            atomicAdd(dst + 1, acc[n][1] * scale);
+          }
+          if (qr1 < nq) {
+            float* dst = dqb + (q0 + qr1) * p.dq.stride_s + h * p.dq.stride_h + c;
+            atomicAdd(dst, acc[n][2] * scale);
+            atomicAdd(dst + 1, acc[n][3] * scale);
+          }
         }
       }
     }
+    __syncthreads();  // stage cur and dS are free for the next items
+    kind = next_kind;
   }
   // This block alone owns dK, dV of its key tile and kv head: plain read-modify-write.
   float* dkb = static_cast<float*>(p.dk.data);
@@ -550,16 +621,20 @@ Status ForwardT(const AttentionParams& p) {
   return p.d == 64 ? ForwardD<T, 64>(p, grid, scale_log2, stream) : ForwardD<T, 128>(p, grid, scale_log2, stream);
 }
 
+template <class T, int D>
+Status BackwardD(const AttentionParams& p, dim3 grid, cudaStream_t stream) {
+  // K, V, Q and dO in two stages, dS
+  const size_t smem = size_t(6) * 64 * (D + 8) * sizeof(T) + size_t(64) * (kBk + 8) * sizeof(T);
+  const bool affine = !p.q_tok.index && !p.q_tok.segment && !p.k_tok.index && !p.k_tok.segment;
+  return affine ? Launch(BackwardKernel<T, D, true>, grid, smem, stream, p, p.Scale(), "attention backward")
+                : Launch(BackwardKernel<T, D, false>, grid, smem, stream, p, p.Scale(), "attention backward");
+}
+
 template <class T>
 Status BackwardT(const AttentionParams& p) {
   const dim3 grid(unsigned((p.sk + kBk - 1) / kBk), unsigned(p.hkv));
   auto stream = static_cast<cudaStream_t>(p.stream);
-  const size_t ds = size_t(64) * (kBk + 8) * sizeof(T);
-  if (p.d == 64)
-    return Launch(BackwardKernel<T, 64>, grid, size_t(4) * 64 * (64 + 8) * sizeof(T) + ds, stream, p, p.Scale(),
-                  "attention backward");
-  return Launch(BackwardKernel<T, 128>, grid, size_t(4) * 64 * (128 + 8) * sizeof(T) + ds, stream, p, p.Scale(),
-                "attention backward");
+  return p.d == 64 ? BackwardD<T, 64>(p, grid, stream) : BackwardD<T, 128>(p, grid, stream);
 }
 
 }  // namespace
