@@ -114,6 +114,34 @@ __device__ void LoadTileAsync(T* dst, const View3& src, int64_t r0, int n, int64
   }
 }
 
+// The two-stage cp.async pipeline both kernels walk: over work items [0, count), item i+1's kind is found
+// (prepare(i, stage) -> kind; every thread calls it) and its tiles issued (issue(i, stage)) into stage
+// (i+1) & 1 while item i is computed (compute(i, stage, kind)) from stage i & 1. Empty items are found but
+// neither copied nor computed.
+template <class Prepare, class Issue, class Compute>
+__device__ __forceinline__ void RunPipeline(int count, Prepare&& prepare, Issue&& issue, Compute&& compute) {
+  int kind = kEmpty;
+  if (count > 0) {
+    kind = prepare(0, 0);
+    if (kind != kEmpty) issue(0, 0);
+  }
+  CpAsyncCommit();
+  for (int i = 0; i < count; ++i) {
+    const int cur = i & 1;
+    int next_kind = kEmpty;
+    if (i + 1 < count) {
+      next_kind = prepare(i + 1, cur ^ 1);
+      if (next_kind != kEmpty) issue(i + 1, cur ^ 1);
+    }
+    CpAsyncCommit();
+    CpAsyncWait<1>();  // this thread's copies of item i have landed
+    __syncthreads();   // and everyone's
+    if (kind != kEmpty) compute(i, cur, kind);
+    __syncthreads();  // stage cur is free for item i + 2
+    kind = next_kind;
+  }
+}
+
 // kAffine: neither side has index or segment arrays (row s sits at offset + s, one document), the common
 // case: a tile's kind and its element mask are arithmetic, and a causal query tile walks only the key
 // tiles at or before its last row. Otherwise the tokens of each key tile go through shared memory.
@@ -188,114 +216,95 @@ __global__ void __launch_bounds__(kThreads) ForwardKernel(AttentionParams p, flo
     LoadTileAsync<T, D>(kvs + (2 * b + 1) * kTile, p.v, k0, nk, hk);
   };
 
-  int kind = kEmpty;
-  if (kt_end > 0) {
-    kind = prepare(0, 0);
-    if (kind != kEmpty) issue(0, 0);
-  }
-  CpAsyncCommit();
-  for (int kt = 0; kt < kt_end; ++kt) {
-    const int cur = kt & 1;
-    int next_kind = kEmpty;
-    if (kt + 1 < kt_end) {
-      next_kind = prepare(kt + 1, cur ^ 1);
-      if (next_kind != kEmpty) issue(kt + 1, cur ^ 1);
-    }
-    CpAsyncCommit();
-    CpAsyncWait<1>();  // this thread's copies of tile kt have landed
-    __syncthreads();   // and everyone's
-    if (kind != kEmpty) {
-      const T* ks = kvs + 2 * cur * kTile;
-      const T* vs = ks + kTile;
-      const int64_t k0 = int64_t(kt) * kBk;
-      const int nk = TileRows(p.sk, k0, kBk);
+  RunPipeline(kt_end, prepare, issue, [&](int kt, int cur, int kind) {
+    const T* ks = kvs + 2 * cur * kTile;
+    const T* vs = ks + kTile;
+    const int64_t k0 = int64_t(kt) * kBk;
+    const int nk = TileRows(p.sk, k0, kBk);
 
-      float s[8][4];
+    float s[8][4];
 #pragma unroll
-      for (int n = 0; n < 8; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
+    for (int n = 0; n < 8; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
 #pragma unroll
-      for (int kk = 0; kk < kDT; ++kk)
+    for (int kk = 0; kk < kDT; ++kk)
 #pragma unroll
-        for (int n = 0; n < 8; n += 2) {
-          uint32_t b[4];
-          LoadBT2(b, ks, kPitch, n * 8, kk * 16);
-          Mma16816<T>(s[n], qf[kk], b);
-          Mma16816<T>(s[n + 1], qf[kk], b + 2);
-        }
+      for (int n = 0; n < 8; n += 2) {
+        uint32_t b[4];
+        LoadBT2(b, ks, kPitch, n * 8, kk * 16);
+        Mma16816<T>(s[n], qf[kk], b);
+        Mma16816<T>(s[n + 1], qf[kk], b + 2);
+      }
 
-      float mx0 = -INFINITY, mx1 = -INFINITY;
-      const int64_t diff = qk_base - k0;
+    float mx0 = -INFINITY, mx1 = -INFINITY;
+    const int64_t diff = qk_base - k0;
 #pragma unroll
-      for (int n = 0; n < 8; ++n)
+    for (int n = 0; n < 8; ++n)
 #pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          const int c = n * 8 + 2 * t + e;
-          float v0 = s[n][e] * scale_log2, v1 = s[n][2 + e] * scale_log2;
-          if (kind == kMasked) {
-            bool ok0, ok1;
-            if constexpr (kAffine) {
-              ok0 = c < nk && (!p.causal || c <= diff + r0);
-              ok1 = c < nk && (!p.causal || c <= diff + r1);
-            } else {
-              const long long* ki = kidx[cur];
-              const int* ksg = kseg[cur];
-              ok0 = qseg[r0] >= 0 && qseg[r0] == ksg[c] && (!p.causal || ki[c] <= qidx[r0]);
-              ok1 = qseg[r1] >= 0 && qseg[r1] == ksg[c] && (!p.causal || ki[c] <= qidx[r1]);
-            }
-            v0 = ok0 ? v0 : -INFINITY;
-            v1 = ok1 ? v1 : -INFINITY;
+      for (int e = 0; e < 2; ++e) {
+        const int c = n * 8 + 2 * t + e;
+        float v0 = s[n][e] * scale_log2, v1 = s[n][2 + e] * scale_log2;
+        if (kind == kMasked) {
+          bool ok0, ok1;
+          if constexpr (kAffine) {
+            ok0 = c < nk && (!p.causal || c <= diff + r0);
+            ok1 = c < nk && (!p.causal || c <= diff + r1);
+          } else {
+            const long long* ki = kidx[cur];
+            const int* ksg = kseg[cur];
+            ok0 = qseg[r0] >= 0 && qseg[r0] == ksg[c] && (!p.causal || ki[c] <= qidx[r0]);
+            ok1 = qseg[r1] >= 0 && qseg[r1] == ksg[c] && (!p.causal || ki[c] <= qidx[r1]);
           }
-          s[n][e] = v0;
-          s[n][2 + e] = v1;
-          mx0 = fmaxf(mx0, v0);
-          mx1 = fmaxf(mx1, v1);
+          v0 = ok0 ? v0 : -INFINITY;
+          v1 = ok1 ? v1 : -INFINITY;
         }
-#pragma unroll
-      for (int off = 1; off <= 2; off <<= 1) {
-        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffff, mx0, off));
-        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffff, mx1, off));
-      }
-      const float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
-      // A row with nothing visible yet subtracts 0 so that 2^(-inf - 0) = 0 instead of NaN.
-      const float mu0 = mn0 == -INFINITY ? 0.f : mn0, mu1 = mn1 == -INFINITY ? 0.f : mn1;
-      const float a0 = exp2f(m0 - mu0), a1 = exp2f(m1 - mu1);
-      float sum0 = 0.f, sum1 = 0.f;
-#pragma unroll
-      for (int n = 0; n < 8; ++n)
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          s[n][e] = exp2f(s[n][e] - mu0);
-          s[n][2 + e] = exp2f(s[n][2 + e] - mu1);
-          sum0 += s[n][e];
-          sum1 += s[n][2 + e];
-        }
-      l0 = l0 * a0 + sum0;
-      l1 = l1 * a1 + sum1;
-      m0 = mn0;
-      m1 = mn1;
-#pragma unroll
-      for (int n = 0; n < kNT; ++n) {
-        o[n][0] *= a0;
-        o[n][1] *= a0;
-        o[n][2] *= a1;
-        o[n][3] *= a1;
+        s[n][e] = v0;
+        s[n][2 + e] = v1;
+        mx0 = fmaxf(mx0, v0);
+        mx1 = fmaxf(mx1, v1);
       }
 #pragma unroll
-      for (int kk = 0; kk < 4; ++kk) {
-        uint32_t a[4];
-        AccToA<T>(a, s[2 * kk], s[2 * kk + 1]);
+    for (int off = 1; off <= 2; off <<= 1) {
+      mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffff, mx0, off));
+      mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffff, mx1, off));
+    }
+    const float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
+    // A row with nothing visible yet subtracts 0 so that 2^(-inf - 0) = 0 instead of NaN.
+    const float mu0 = mn0 == -INFINITY ? 0.f : mn0, mu1 = mn1 == -INFINITY ? 0.f : mn1;
+    const float a0 = exp2f(m0 - mu0), a1 = exp2f(m1 - mu1);
+    float sum0 = 0.f, sum1 = 0.f;
 #pragma unroll
-        for (int n = 0; n < kNT; n += 2) {
-          uint32_t b[4];
-          LoadB2(b, vs, kPitch, kk * 16, n * 8);
-          Mma16816<T>(o[n], a, b);
-          Mma16816<T>(o[n + 1], a, b + 2);
-        }
+    for (int n = 0; n < 8; ++n)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        s[n][e] = exp2f(s[n][e] - mu0);
+        s[n][2 + e] = exp2f(s[n][2 + e] - mu1);
+        sum0 += s[n][e];
+        sum1 += s[n][2 + e];
+      }
+    l0 = l0 * a0 + sum0;
+    l1 = l1 * a1 + sum1;
+    m0 = mn0;
+    m1 = mn1;
+#pragma unroll
+    for (int n = 0; n < kNT; ++n) {
+      o[n][0] *= a0;
+      o[n][1] *= a0;
+      o[n][2] *= a1;
+      o[n][3] *= a1;
+    }
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) {
+      uint32_t a[4];
+      AccToA<T>(a, s[2 * kk], s[2 * kk + 1]);
+#pragma unroll
+      for (int n = 0; n < kNT; n += 2) {
+        uint32_t b[4];
+        LoadB2(b, vs, kPitch, kk * 16, n * 8);
+        Mma16816<T>(o[n], a, b);
+        Mma16816<T>(o[n + 1], a, b + 2);
       }
     }
-    __syncthreads();  // stage cur (and its tokens) is free for tile kt + 2
-    kind = next_kind;
-  }
+  });
 
   // l was summed per thread over its columns: add the 4 threads of the row group.
 #pragma unroll
@@ -399,145 +408,126 @@ __global__ void __launch_bounds__(kThreads) BackwardKernel(AttentionParams p, fl
     }
   };
 
-  int kind = kEmpty;
-  if (count > 0) {
-    kind = prepare(0, 0);
-    if (kind != kEmpty) issue(0, 0);
-  }
-  CpAsyncCommit();
-  for (int i = 0; i < count; ++i) {
-    const int cur = i & 1;
-    int next_kind = kEmpty;
-    if (i + 1 < count) {
-      next_kind = prepare(i + 1, cur ^ 1);
-      if (next_kind != kEmpty) issue(i + 1, cur ^ 1);
-    }
-    CpAsyncCommit();
-    CpAsyncWait<1>();
-    __syncthreads();
-    if (kind != kEmpty) {
-      const int h = hk * group + i / per_head;
-      const int64_t q0 = int64_t(qt_begin + i % per_head) * kBq;
-      const int nq = TileRows(p.sq, q0, kBq);
-      const T* qs = qdo + 2 * cur * kTile;
-      const T* dos = qs + kTile;
-      const float* l2 = lse2[cur];
-      const float* dl = delta[cur];
+  RunPipeline(count, prepare, issue, [&](int i, int cur, int kind) {
+    const int h = hk * group + i / per_head;
+    const int64_t q0 = int64_t(qt_begin + i % per_head) * kBq;
+    const int nq = TileRows(p.sq, q0, kBq);
+    const T* qs = qdo + 2 * cur * kTile;
+    const T* dos = qs + kTile;
+    const float* l2 = lse2[cur];
+    const float* dl = delta[cur];
 
-      // P^T (keys x queries) = exp(c K Q^T - lse); masked entries and empty rows (lse = -inf) are 0.
-      float pt[8][4], dpt[8][4];
+    // P^T (keys x queries) = exp(c K Q^T - lse); masked entries and empty rows (lse = -inf) are 0.
+    float pt[8][4], dpt[8][4];
 #pragma unroll
-      for (int n = 0; n < 8; ++n)
+    for (int n = 0; n < 8; ++n)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) pt[n][e] = dpt[n][e] = 0.f;
+      for (int e = 0; e < 4; ++e) pt[n][e] = dpt[n][e] = 0.f;
 #pragma unroll
-      for (int kk = 0; kk < kDT; ++kk) {
-        uint32_t a[4], av[4];
-        LoadA(a, ks, kPitch, warp * 16, kk * 16);
-        LoadA(av, vs, kPitch, warp * 16, kk * 16);
+    for (int kk = 0; kk < kDT; ++kk) {
+      uint32_t a[4], av[4];
+      LoadA(a, ks, kPitch, warp * 16, kk * 16);
+      LoadA(av, vs, kPitch, warp * 16, kk * 16);
 #pragma unroll
-        for (int n = 0; n < 8; n += 2) {
-          uint32_t b[4], bo[4];
-          LoadBT2(b, qs, kPitch, n * 8, kk * 16);
-          Mma16816<T>(pt[n], a, b);
-          Mma16816<T>(pt[n + 1], a, b + 2);
-          LoadBT2(bo, dos, kPitch, n * 8, kk * 16);
-          Mma16816<T>(dpt[n], av, bo);  // dP^T = V dO^T
-          Mma16816<T>(dpt[n + 1], av, bo + 2);
-        }
+      for (int n = 0; n < 8; n += 2) {
+        uint32_t b[4], bo[4];
+        LoadBT2(b, qs, kPitch, n * 8, kk * 16);
+        Mma16816<T>(pt[n], a, b);
+        Mma16816<T>(pt[n + 1], a, b + 2);
+        LoadBT2(bo, dos, kPitch, n * 8, kk * 16);
+        Mma16816<T>(dpt[n], av, bo);  // dP^T = V dO^T
+        Mma16816<T>(dpt[n + 1], av, bo + 2);
       }
-      const int64_t diff = q0 - kq_base;
+    }
+    const int64_t diff = q0 - kq_base;
 #pragma unroll
-      for (int n = 0; n < 8; ++n)
+    for (int n = 0; n < 8; ++n)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int q = n * 8 + 2 * t + (e & 1);
-          const int kr = e < 2 ? kr0 : kr1;
-          bool ok = l2[q] != -INFINITY;
-          if (kind == kMasked) {
-            if constexpr (kAffine) {
-              ok = ok && kr < nk && (!p.causal || kr <= diff + q);
-            } else {
-              ok = ok && qseg[cur][q] >= 0 && qseg[cur][q] == kseg[kr] && (!p.causal || kidx[kr] <= qidx[cur][q]);
-            }
+      for (int e = 0; e < 4; ++e) {
+        const int q = n * 8 + 2 * t + (e & 1);
+        const int kr = e < 2 ? kr0 : kr1;
+        bool ok = l2[q] != -INFINITY;
+        if (kind == kMasked) {
+          if constexpr (kAffine) {
+            ok = ok && kr < nk && (!p.causal || kr <= diff + q);
+          } else {
+            ok = ok && qseg[cur][q] >= 0 && qseg[cur][q] == kseg[kr] && (!p.causal || kidx[kr] <= qidx[cur][q]);
           }
-          const float pv = ok ? exp2f(pt[n][e] * scale_log2 - l2[q]) : 0.f;
-          pt[n][e] = pv;
-          dpt[n][e] = pv * (dpt[n][e] - dl[q]);  // dS^T
         }
-      // P^T and dS^T as bf16 A fragments from here on (half the registers of the fp32 accumulators).
-      uint32_t pa[4][4], da[4][4];
+        const float pv = ok ? exp2f(pt[n][e] * scale_log2 - l2[q]) : 0.f;
+        pt[n][e] = pv;
+        dpt[n][e] = pv * (dpt[n][e] - dl[q]);  // dS^T
+      }
+    // P^T and dS^T as bf16 A fragments from here on (half the registers of the fp32 accumulators).
+    uint32_t pa[4][4], da[4][4];
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) {
+      AccToA<T>(pa[kk], pt[2 * kk], pt[2 * kk + 1]);
+      AccToA<T>(da[kk], dpt[2 * kk], dpt[2 * kk + 1]);
+    }
+    // dV += P^T dO;  dK += dS^T Q (scale applied at the end)
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) {
+#pragma unroll
+      for (int n = 0; n < kNT; n += 2) {
+        uint32_t b[4], bq[4];
+        LoadB2(b, dos, kPitch, kk * 16, n * 8);
+        Mma16816<T>(dv[n], pa[kk], b);
+        Mma16816<T>(dv[n + 1], pa[kk], b + 2);
+        LoadB2(bq, qs, kPitch, kk * 16, n * 8);
+        Mma16816<T>(dk[n], da[kk], bq);
+        Mma16816<T>(dk[n + 1], da[kk], bq + 2);
+      }
+    }
+    // Stage dS as [query][key] for dQ = dS K: register j of da[kk] holds keys kr0 (j even) or kr1 (j odd)
+    // and queries 16 kk + 2t (+8 for j >= 2), the lower one in its low half.
+    uint16_t* d16 = reinterpret_cast<uint16_t*>(dss);
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk)
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const int q = kk * 16 + 2 * t + (j >= 2 ? 8 : 0);
+        const int kr = (j & 1) ? kr1 : kr0;
+        d16[q * kDsPitch + kr] = uint16_t(da[kk][j] & 0xffff);
+        d16[(q + 1) * kDsPitch + kr] = uint16_t(da[kk][j] >> 16);
+      }
+    __syncthreads();
+    // dQ rows [16 warp, 16 warp + 16) of this query tile, four 8-column slices at a time.
+    float* dqb = static_cast<float*>(p.dq.data);
+    const int qr0 = warp * 16 + g, qr1 = qr0 + 8;
+#pragma unroll
+    for (int n0 = 0; n0 < kNT; n0 += 4) {
+      float acc[4][4];
+#pragma unroll
+      for (int n = 0; n < 4; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.f;
 #pragma unroll
       for (int kk = 0; kk < 4; ++kk) {
-        AccToA<T>(pa[kk], pt[2 * kk], pt[2 * kk + 1]);
-        AccToA<T>(da[kk], dpt[2 * kk], dpt[2 * kk + 1]);
-      }
-      // dV += P^T dO;  dK += dS^T Q (scale applied at the end)
+        uint32_t a[4];
+        LoadA(a, dss, kDsPitch, warp * 16, kk * 16);
 #pragma unroll
-      for (int kk = 0; kk < 4; ++kk) {
-#pragma unroll
-        for (int n = 0; n < kNT; n += 2) {
-          uint32_t b[4], bq[4];
-          LoadB2(b, dos, kPitch, kk * 16, n * 8);
-          Mma16816<T>(dv[n], pa[kk], b);
-          Mma16816<T>(dv[n + 1], pa[kk], b + 2);
-          LoadB2(bq, qs, kPitch, kk * 16, n * 8);
-          Mma16816<T>(dk[n], da[kk], bq);
-          Mma16816<T>(dk[n + 1], da[kk], bq + 2);
+        for (int n = 0; n < 4; n += 2) {
+          uint32_t b[4];
+          LoadB2(b, ks, kPitch, kk * 16, (n0 + n) * 8);
+          Mma16816<T>(acc[n], a, b);
+          Mma16816<T>(acc[n + 1], a, b + 2);
         }
       }
-      // Stage dS as [query][key] for dQ = dS K: register j of da[kk] holds keys kr0 (j even) or kr1 (j odd)
-      // and queries 16 kk + 2t (+8 for j >= 2), the lower one in its low half.
-      uint16_t* d16 = reinterpret_cast<uint16_t*>(dss);
 #pragma unroll
-      for (int kk = 0; kk < 4; ++kk)
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          const int q = kk * 16 + 2 * t + (j >= 2 ? 8 : 0);
-          const int kr = (j & 1) ? kr1 : kr0;
-          d16[q * kDsPitch + kr] = uint16_t(da[kk][j] & 0xffff);
-          d16[(q + 1) * kDsPitch + kr] = uint16_t(da[kk][j] >> 16);
+      for (int n = 0; n < 4; ++n) {
+        const int c = (n0 + n) * 8 + 2 * t;
+        if (qr0 < nq) {
+          float* dst = dqb + (q0 + qr0) * p.dq.stride_s + h * p.dq.stride_h + c;
+          atomicAdd(dst, acc[n][0] * scale);
+          atomicAdd(dst + 1, acc[n][1] * scale);
         }
-      __syncthreads();
-      // dQ rows [16 warp, 16 warp + 16) of this query tile, four 8-column slices at a time.
-      float* dqb = static_cast<float*>(p.dq.data);
-      const int qr0 = warp * 16 + g, qr1 = qr0 + 8;
-#pragma unroll
-      for (int n0 = 0; n0 < kNT; n0 += 4) {
-        float acc[4][4];
-#pragma unroll
-        for (int n = 0; n < 4; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.f;
-#pragma unroll
-        for (int kk = 0; kk < 4; ++kk) {
-          uint32_t a[4];
-          LoadA(a, dss, kDsPitch, warp * 16, kk * 16);
-#pragma unroll
-          for (int n = 0; n < 4; n += 2) {
-            uint32_t b[4];
-            LoadB2(b, ks, kPitch, kk * 16, (n0 + n) * 8);
-            Mma16816<T>(acc[n], a, b);
-            Mma16816<T>(acc[n + 1], a, b + 2);
-          }
-        }
-#pragma unroll
-        for (int n = 0; n < 4; ++n) {
-          const int c = (n0 + n) * 8 + 2 * t;
-          if (qr0 < nq) {
-            float* dst = dqb + (q0 + qr0) * p.dq.stride_s + h * p.dq.stride_h + c;
-            atomicAdd(dst, acc[n][0] * scale);
-            atomicAdd(dst + 1, acc[n][1] * scale);
-          }
-          if (qr1 < nq) {
-            float* dst = dqb + (q0 + qr1) * p.dq.stride_s + h * p.dq.stride_h + c;
-            atomicAdd(dst, acc[n][2] * scale);
-            atomicAdd(dst + 1, acc[n][3] * scale);
-          }
+        if (qr1 < nq) {
+          float* dst = dqb + (q0 + qr1) * p.dq.stride_s + h * p.dq.stride_h + c;
+          atomicAdd(dst, acc[n][2] * scale);
+          atomicAdd(dst + 1, acc[n][3] * scale);
         }
       }
     }
-    __syncthreads();  // stage cur and dS are free for the next items
-    kind = next_kind;
-  }
+  });
   // This block alone owns dK, dV of its key tile and kv head: plain read-modify-write.
   float* dkb = static_cast<float*>(p.dk.data);
   float* dvb = static_cast<float*>(p.dv.data);
