@@ -5,7 +5,10 @@
 # again in a build with AddressSanitizer and UndefinedBehaviorSanitizer (build-asan/, no CUDA); any
 # report fails the run. Then the fuzz stage (RW_FUZZ=0 skips it): the libFuzzer targets of tests/fuzz,
 # built by clang with ASan + UBSan (build-fuzz/), each replaying its corpus and fuzzing RW_FUZZ_SECONDS
-# (default 20) from it.
+# (default 20) from it. Then the TSan stage (RW_TSAN=0 skips it): the runtime tests (the rings over the
+# in-process transport, the model, training, decoding) in a ThreadSanitizer build (build-tsan/, without
+# OpenMP, whose runtime TSan cannot see into); any report fails the run. The actor tests are not in it:
+# Debian's CAF is built without TSan, and every message through its lock-free mailboxes reads as a race.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash ops/setup.sh
@@ -29,6 +32,25 @@ if [ "${RW_SANITIZERS:-1}" = 1 ]; then
   export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:suppressions=$PWD/ops/sanitizers/ubsan.supp
   ctest --test-dir "$asan_dir" --output-on-failure --timeout 900 -j "$(nproc)" -L 'runtime|actors|scheduler|storage' \
     -LE 'long|processes|ucx'
+fi
+
+if [ "${RW_TSAN:-1}" = 1 ]; then
+  tsan_dir=${TSAN_BUILD_DIR:-build-tsan}
+  san="-fsanitize=thread -fno-omit-frame-pointer"
+  # UCX's memory hooks (libucm) intercept the madvise of a thread's exit before TSan knows the thread.
+  export UCX_MEM_EVENTS=no
+  if [ ! -f "$tsan_dir/build.ninja" ]; then
+    cmake -S . -B "$tsan_dir" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DRINGWORLD_CUDA=OFF \
+      -DCMAKE_DISABLE_FIND_PACKAGE_OpenMP=ON \
+      -DCMAKE_CXX_FLAGS="$san" -DCMAKE_EXE_LINKER_FLAGS="$san" -DCMAKE_SHARED_LINKER_FLAGS="$san"
+  fi
+  cmake --build "$tsan_dir" -j "$(nproc)" --target rw_test_runtime
+  # One library thread each (oneDNN and OpenBLAS run their own, unseen by TSan); the crash-point sweep
+  # forks and SIGKILLs children, which it checks in the other stages.
+  OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 \
+    TSAN_OPTIONS="halt_on_error=1 exitcode=66 second_deadlock_stack=1 suppressions=$PWD/ops/sanitizers/tsan.supp" \
+    "$tsan_dir/tests/runtime/rw_test_runtime" --gtest_filter='-CrashPoints.*' --gtest_brief=1
+  unset UCX_MEM_EVENTS
 fi
 
 [ "${RW_FUZZ:-1}" = 1 ] || exit 0

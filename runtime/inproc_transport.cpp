@@ -88,7 +88,7 @@ InprocFabric::~InprocFabric() {
   for (auto& ch : channels_) {
     {
       std::lock_guard<std::mutex> lock(ch->mu);
-      stopping_ = true;
+      ch->stopping = true;  // under this channel's mutex, the one its mover reads it under
     }
     ch->cv.notify_all();
   }
@@ -128,17 +128,17 @@ void InprocFabric::MoverLoop(int rank) {
   std::unique_lock<std::mutex> lock(ch.mu);
   for (;;) {
     ch.cv.wait(lock, [&] {
-      if (stopping_) return true;
+      if (ch.stopping) return true;
       if (ch.aborted) return !ch.sends.empty() || !ch.recvs.empty();  // fail what is queued, then sleep
       return !ch.sends.empty() && !ch.recvs.empty();
     });
-    if (stopping_ || ch.aborted) {
+    if (ch.stopping || ch.aborted) {
       const Status err = Status::Error("transport: aborted: " + (ch.aborted ? ch.reason : std::string("shut down")));
       for (auto& s : ch.sends) s.op->Complete(err);
       for (auto& r : ch.recvs) r.op->Complete(err);
       ch.sends.clear();
       ch.recvs.clear();
-      if (stopping_) return;
+      if (ch.stopping) return;
       continue;  // an aborted channel keeps failing new posts (they check `aborted`)
     }
     SendOp s = std::move(ch.sends.front());

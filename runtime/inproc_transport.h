@@ -48,6 +48,7 @@ class InprocFabric : public std::enable_shared_from_this<InprocFabric> {
     bool aborted = false;
     std::string reason;
     bool corrupt_next = false;
+    bool stopping = false;  // the fabric is being destroyed: the mover fails what is queued and ends
     TransportStats stats;  // of the receiving side's channel
     std::thread mover;
   };
@@ -58,7 +59,6 @@ class InprocFabric : public std::enable_shared_from_this<InprocFabric> {
 
   TransportOptions options_;
   std::vector<std::unique_ptr<Channel>> channels_;
-  bool stopping_ = false;  // guarded by each channel's mutex when read by its mover
 };
 
 }  // namespace rw::runtime
