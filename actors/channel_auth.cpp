@@ -79,7 +79,10 @@ Status WriteChannelCredentials(const std::string& token, const std::string& dir,
   return Status::Ok();
 }
 
+bool OpenSslErrorQueueGuarded();  // openssl_error_queue.cpp: CAF's OpenSSL module needs it
+
 void EnableChannelAuth(SystemConfig& cfg, const ChannelCredentials& c) {
+  if (!OpenSslErrorQueueGuarded()) return;
   cfg.load<caf::openssl::manager>();
   cfg.openssl_certificate = c.certificate;
   cfg.openssl_key = c.key;

@@ -3,11 +3,13 @@
 #include "cli/cluster.h"
 
 #include <signal.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <httplib.h>
 
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -55,6 +57,30 @@ int64_t MemoryBytes() {
   return 0;
 }
 
+// A worker killed by SIGKILL leaves its channel directory (key material derived from the cluster token) in
+// the temporary directory. Each worker removes, at start, those of ours whose process (named in the
+// directory's name) is gone.
+void CollectStaleChannelDirs() {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  const fs::path tmp = fs::temp_directory_path(ec);
+  if (ec) return;
+  const std::string prefix = "ringworld-worker-";
+  for (fs::directory_iterator it(tmp, ec), end; !ec && it != end; it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    if (name.rfind(prefix, 0) != 0) continue;
+    char* rest = nullptr;
+    const long pid = std::strtol(name.c_str() + prefix.size(), &rest, 10);
+    if (pid <= 0 || !rest || *rest != '-') continue;  // not of this scheme (or an older one's: left alone)
+    struct stat st {};
+    if (::lstat(it->path().c_str(), &st) != 0 || !S_ISDIR(st.st_mode) || st.st_uid != ::geteuid()) continue;
+    if (::kill(pid_t(pid), 0) == 0 || errno != ESRCH) continue;  // alive (or not ours to ask about)
+    std::error_code rm;
+    if (fs::remove_all(it->path(), rm) > 0)
+      std::fprintf(stderr, "ringworld worker: removed %s (its worker, pid %ld, is gone)\n", it->path().c_str(), pid);
+  }
+}
+
 }  // namespace
 
 int RunDaemon(const scheduler::DaemonOptions& options) {
@@ -96,7 +122,9 @@ int RunWorker(const WorkerOptions& o) {
                          "ringworld-state/token): the devices are published for the daemon that holds it only\n");
     return 2;
   }
-  std::string channel_dir = (std::filesystem::temp_directory_path() / "ringworld-worker-XXXXXX").string();
+  CollectStaleChannelDirs();
+  std::string channel_dir =
+      (std::filesystem::temp_directory_path() / ("ringworld-worker-" + std::to_string(::getpid()) + "-XXXXXX")).string();
   if (!mkdtemp(channel_dir.data())) {
     std::fprintf(stderr, "ringworld worker: cannot make a private directory for the channel's credentials\n");
     return 2;
