@@ -81,7 +81,7 @@ Report Guarded(F&& work) {
   }
 }
 
-lane_actor::behavior_type Lane(lane_actor::pointer) {
+lane_actor::behavior_type Lane(lane_actor::pointer lane) {
   return {
       [](generate_atom, const generate_task& task, std::shared_ptr<Transport> t) {
         return Guarded<generate_report>([&] {
@@ -128,8 +128,8 @@ lane_actor::behavior_type Lane(lane_actor::pointer) {
           return rep;
         });
       },
-      [](train_atom, const train_task& task, const ring_spec& spec, std::shared_ptr<Transport> t,
-         std::shared_ptr<std::atomic<bool>> stop) {
+      [lane](train_atom, const train_task& task, const ring_spec& spec, std::shared_ptr<Transport> t,
+             std::shared_ptr<std::atomic<bool>> stop) {
         return Guarded<train_report>([&] {
           train_report rep;
           rep.rank = spec.rank;
@@ -148,6 +148,22 @@ lane_actor::behavior_type Lane(lane_actor::pointer) {
             control.on_checkpoint = [&](const runtime::CheckpointInfo& info) {
               if (task.reporter) caf::anon_send(task.reporter, info);
             };
+            // No commit without the driver's yes: a driver that gave this ring up (or is gone, or cannot
+            // be reached) refuses, and the ring stops instead of overwriting its successor's checkpoints.
+            if (task.reporter)
+              control.commit_gate = [&, sys = &lane->system()](int64_t step) -> kernels::Status {
+                caf::scoped_actor asker{*sys};
+                kernels::Status st = kernels::Status::Error("the ring's driver did not answer within 15 s");
+                asker->request(task.reporter, std::chrono::seconds(15), commit_atom::value, task.epoch, step)
+                    .receive(
+                        [&](bool yes) {
+                          st = yes ? kernels::Status::Ok()
+                                   : kernels::Status::Error("the ring's driver has given this ring (epoch " +
+                                                            std::to_string(task.epoch) + ") up");
+                        },
+                        [&](caf::error& e) { st = kernels::Status::Error("the ring's driver: " + sys->render(e)); });
+                return st;
+              };
             st = runtime::TrainRank(*t, job, report, &res, control);
           }
           rep.ok = st.ok();

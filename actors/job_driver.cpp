@@ -92,6 +92,9 @@ RingOutcome RunRing(caf::actor_system& sys, const std::vector<device_actor>& dev
         [&](const runtime::CheckpointInfo& c) {
           if (hooks.on_checkpoint) hooks.on_checkpoint(c);
         },
+        // Rank 0 asks before each commit: yes while this ring is the job's (not aborted, no rank failed or
+        // lost). Once RunRing has returned, this actor is gone and the question fails: also a no.
+        [&](commit_atom, uint32_t ep, int64_t) -> bool { return ep == epoch && !aborted && out.error.empty(); },
         [&](const train_report& rep) {
           if (rep.rank < 0 || rep.rank >= R || reported[rep.rank]) return;
           reported[rep.rank] = true;

@@ -24,6 +24,8 @@ using eval_atom = caf::atom_constant<caf::atom("eval")>;
 using stop_atom = caf::atom_constant<caf::atom("stop")>;
 using needle_atom = caf::atom_constant<caf::atom("needle")>;
 using generate_atom = caf::atom_constant<caf::atom("generate")>;
+// (commit_atom, epoch, step) -> bool: rank 0 asks its ring's driver before each checkpoint commit.
+using commit_atom = caf::atom_constant<caf::atom("commit")>;
 
 // What a device needs to join a ring: who it is in it, and how tensors travel.
 struct ring_spec {

@@ -231,6 +231,12 @@ Status SaveCheckpoint(const std::string& dir, const ModelConfig& c, const ParamT
   RW_CRASH_POINT("checkpoint.manifest_written");
   RW_RETURN_IF_ERROR(FsyncPath(tmp, true));
   RW_CRASH_POINT("checkpoint.tmp_synced");
+  if (opt.before_commit) {
+    if (const Status gate = opt.before_commit(state.step); !gate.ok()) {
+      fs::remove_all(tmp, ec);
+      return Status::Error("checkpoint of step " + std::to_string(state.step) + " not committed: " + gate.message());
+    }
+  }
   const fs::path final_path = root / name;
   // The commit is one rename. A checkpoint of the same step from an earlier run (one that resumed from an
   // older checkpoint reaches the step again) is swapped out atomically, so a crash leaves one or the other;

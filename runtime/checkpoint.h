@@ -6,6 +6,7 @@
 // manifest and falls back to the previous checkpoint on any mismatch.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -36,6 +37,11 @@ struct SaveOptions {
   // SentencePiece model is written as tokenizer.model with a tokenizer_config.json, so that transformers'
   // AutoTokenizer and generate take the directory as it is.
   const Tokenizer* tokenizer = nullptr;
+  // Asked after the checkpoint is written and synced under its temporary name, before the rename that
+  // commits it (and before retention): an error leaves it uncommitted (removed) and SaveCheckpoint fails
+  // with it. A ring's driver fences this way: a ring it has given up on (its worker hung, then woke) cannot
+  // commit over, or prune, the checkpoints of the ring that replaced it.
+  std::function<Status(int64_t step)> before_commit;
 };
 
 // Writes dir/step-<state.step> atomically, then applies retention and removes temporary leftovers. m and v

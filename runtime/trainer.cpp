@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <mutex>
 #include <sstream>
 #include <thread>
 
@@ -90,7 +91,26 @@ Status TrainRank(Transport& t, const JobConfig& job, const std::function<void(co
   } else {
     RW_RETURN_IF_ERROR(MakeTokenizer(job.data.tokenizer, &tok, "data.tokenizer"));  // its vocabulary: Validate
   }
-  const SaveOptions save_opt{job.checkpoint.keep, job.checkpoint.keep_every, tok.get()};
+  SaveOptions save_opt{job.checkpoint.keep, job.checkpoint.keep_every, tok.get(), {}};
+  // A refused commit (the writer may be the background thread) aborts the ring, so that every rank stops.
+  std::mutex fence_mu;
+  std::string fenced;
+  if (control.commit_gate)
+    save_opt.before_commit = [&](int64_t s) -> Status {
+      Status st = control.commit_gate(s);
+      if (!st.ok()) {
+        {
+          std::lock_guard<std::mutex> lock(fence_mu);
+          if (fenced.empty()) fenced = st.message();
+        }
+        t.Abort("the commit of step " + std::to_string(s) + " was refused: " + st.message());
+      }
+      return st;
+    };
+  auto fence_error = [&]() -> std::string {
+    std::lock_guard<std::mutex> lock(fence_mu);
+    return fenced;
+  };
   const int64_t total = job.total_steps();
   int64_t step = 0;
   TrainResult res;
@@ -215,6 +235,8 @@ Status TrainRank(Transport& t, const JobConfig& job, const std::function<void(co
     for (int64_t k = 0; k < stage.steps; ++k) {
       ++step;
       if (step <= res.resumed_from) continue;  // done before the checkpoint
+      if (const std::string why = fence_error(); !why.empty())
+        return Status::Error("checkpoint commit refused: " + why);
       const auto t0 = std::chrono::steady_clock::now();
       const uint64_t bytes0 = t.stats().bytes_sent;
       // The global batch, with its loss weights applied in place.

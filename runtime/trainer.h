@@ -50,6 +50,9 @@ struct TrainControl {
   // Called on rank 0 (from the writer thread when checkpoints are asynchronous) once a checkpoint is
   // committed or has failed. A failed periodic checkpoint does not stop training; a failed final one does.
   std::function<void(const CheckpointInfo&)> on_checkpoint;
+  // Rank 0 asks it before each commit (SaveOptions::before_commit). A refusal ends the run on every rank:
+  // the ring is aborted and TrainRank returns the refusal (a fenced ring must not compute on).
+  std::function<Status(int64_t step)> commit_gate;
   kernels::Device device = kernels::Device::kCpu;  // the rank's device: the model and optimizer run on its backend
 };
 

@@ -1,5 +1,6 @@
 // Checkpoints: Hugging Face layout, save -> load -> save byte-identical, resume equals a straight run bit
 // for bit, a corrupt latest checkpoint falls back to the previous one, bad files are named.
+#include <algorithm>
 #include <gtest/gtest.h>
 
 #include <filesystem>
@@ -506,4 +507,63 @@ TEST(Checkpoint, Bf16AndF16SafetensorsLoadAsFloat) {
 }
 
 }  // namespace
+
+// The commit gate fences a ring its driver gave up on: a refused commit leaves no checkpoint, no
+// temporary directory and no retention (the older checkpoints stay, whoever wrote them), and the whole
+// training run ends with the refusal on every rank instead of computing on. Found by the chaos soak: a
+// worker woken from SIGSTOP went on with its abandoned ring and pruned its successor's checkpoints.
+TEST(Checkpoint, ARefusedCommitLeavesTheCheckpointsAsTheyWereAndStopsTheRun) {
+  TempDir dir("fence");
+  ModelConfig c;
+  const ParamTable t(c);
+  std::vector<float> p(t.total(), 1.f);
+  for (int64_t step = 1; step <= 3; ++step)
+    ASSERT_TRUE(SaveCheckpoint(dir.path.string(), c, t, p.data(), nullptr, nullptr, TrainerState{step, 0, step, 1, "f"},
+                               SaveOptions{2}, nullptr).ok());
+  SaveOptions refuse{2};
+  int asked = 0;
+  refuse.before_commit = [&](int64_t step) {
+    ++asked;
+    EXPECT_EQ(step, 4);
+    return Status::Error("the driver has given this ring up");
+  };
+  const Status st = SaveCheckpoint(dir.path.string(), c, t, p.data(), nullptr, nullptr, TrainerState{4, 0, 4, 1, "f"},
+                                   refuse, nullptr);
+  ASSERT_FALSE(st.ok());
+  EXPECT_NE(st.message().find("checkpoint of step 4 not committed: the driver has given this ring up"), std::string::npos)
+      << st.message();
+  EXPECT_EQ(asked, 1);
+  std::vector<std::string> names;
+  for (const auto& e : fs::directory_iterator(dir.path)) names.push_back(e.path().filename().string());
+  std::sort(names.begin(), names.end());
+  EXPECT_EQ(names, (std::vector<std::string>{"step-2", "step-3"}));  // no step-4, no .tmp-*, nothing pruned
+
+  // A run whose gate refuses its second checkpoint: both ranks stop with the refusal, and the run does not
+  // go past the next step.
+  TempDir run_dir("fence_run");
+  JobConfig job = Job(run_dir.path.string(), 20);
+  job.checkpoint.every_steps = 5;
+  TrainControl control;
+  int commits = 0;
+  control.commit_gate = [&](int64_t step) {
+    return ++commits == 1 ? Status::Ok() : Status::Error("epoch 1 was given up at step " + std::to_string(step));
+  };
+  std::vector<TrainResult> results(2);
+  std::vector<int64_t> steps_seen;
+  auto fabric = InprocFabric::Create(2);
+  auto rank_status = RunRanks(fabric, [&](int r, Transport& tr) {
+    return TrainRank(tr, job, [&](const StepMetrics& m) { steps_seen.push_back(m.step); }, &results[r], control);
+  });
+  for (int r = 0; r < 2; ++r) {
+    ASSERT_FALSE(rank_status[r].ok()) << "rank " << r << " went on after the refusal";
+    std::printf("rank %d: %s\n", r, rank_status[r].message().c_str());
+  }
+  EXPECT_NE(rank_status[0].message().find("refused"), std::string::npos) << rank_status[0].message();
+  ASSERT_FALSE(steps_seen.empty());
+  EXPECT_LE(steps_seen.back(), 11) << "the run computed on after the refused commit of step 10";
+  std::vector<int64_t> committed;
+  for (const auto& [step, path] : ListCheckpoints(run_dir.path.string())) committed.push_back(step);
+  EXPECT_EQ(committed, (std::vector<int64_t>{5}));
+}
+
 }  // namespace rw::runtime
