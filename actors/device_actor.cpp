@@ -135,6 +135,7 @@ lane_actor::behavior_type Lane(lane_actor::pointer lane) {
           rep.rank = spec.rank;
           runtime::JobConfig job;
           kernels::Status st = runtime::ParseJobConfig(task.job_yaml, task.origin, task.overrides, &job);
+          if (st.ok()) st = runtime::ApplyRingSizes(task.stage_devices, &job);
           runtime::TrainResult res;
           if (st.ok()) {
             auto report = [&](const runtime::StepMetrics& m) {
@@ -151,18 +152,29 @@ lane_actor::behavior_type Lane(lane_actor::pointer lane) {
             // No commit without the driver's yes: a driver that gave this ring up (or is gone, or cannot
             // be reached) refuses, and the ring stops instead of overwriting its successor's checkpoints.
             if (task.reporter)
+              // Asked in half-second tries (the question is idempotent), so that a ring aborted meanwhile
+              // (its worker lost the daemon) stops at once instead of holding its devices for the deadline.
               control.commit_gate = [&, sys = &lane->system()](int64_t step) -> kernels::Status {
                 caf::scoped_actor asker{*sys};
-                kernels::Status st = kernels::Status::Error("the ring's driver did not answer within 15 s");
-                asker->request(task.reporter, std::chrono::seconds(15), commit_atom::value, task.epoch, step)
-                    .receive(
-                        [&](bool yes) {
-                          st = yes ? kernels::Status::Ok()
-                                   : kernels::Status::Error("the ring's driver has given this ring (epoch " +
-                                                            std::to_string(task.epoch) + ") up");
-                        },
-                        [&](caf::error& e) { st = kernels::Status::Error("the ring's driver: " + sys->render(e)); });
-                return st;
+                for (int tries = 0; tries < 30; ++tries) {
+                  if (t->aborted()) return kernels::Status::Error("the ring was aborted");
+                  bool answered = false, timed_out = false;
+                  kernels::Status st;
+                  asker->request(task.reporter, std::chrono::milliseconds(500), commit_atom::value, task.epoch, step)
+                      .receive(
+                          [&](bool yes) {
+                            answered = true;
+                            if (!yes)
+                              st = kernels::Status::Error("the ring's driver has given this ring (epoch " +
+                                                          std::to_string(task.epoch) + ") up");
+                          },
+                          [&](caf::error& e) {
+                            timed_out = e == caf::sec::request_timeout;
+                            if (!timed_out) st = kernels::Status::Error("the ring's driver: " + sys->render(e));
+                          });
+                  if (answered || !timed_out) return st;
+                }
+                return kernels::Status::Error("the ring's driver did not answer within 15 s");
               };
             st = runtime::TrainRank(*t, job, report, &res, control);
           }
