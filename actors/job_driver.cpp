@@ -9,15 +9,7 @@ namespace rw::actors {
 
 using kernels::Status;
 
-Status PlanRing(const std::string& yaml, const std::string& origin, const std::vector<std::string>& overrides,
-                int64_t start_step, int available, RingPlan* out) {
-  runtime::JobConfig job;
-  RW_RETURN_IF_ERROR(runtime::ParseJobConfig(yaml, origin, overrides, &job));
-  return PlanRing(job, overrides, start_step, available, out);
-}
-
-Status PlanRing(const runtime::JobConfig& job, const std::vector<std::string>& overrides, int64_t start_step,
-                int available, RingPlan* out) {
+Status PlanRing(const runtime::JobConfig& job, int64_t start_step, int available, RingPlan* out) {
   *out = RingPlan{};
   out->start_step = start_step;
   const size_t n = job.stages.size();
@@ -39,9 +31,8 @@ Status PlanRing(const runtime::JobConfig& job, const std::vector<std::string>& o
       continue;
     }
     out->devices = R;
-    out->overrides = overrides;
-    for (size_t i = s; i < e; ++i)
-      out->overrides.push_back("stages." + std::to_string(i) + ".devices=" + std::to_string(R));
+    out->stage_devices.assign(n, 0);
+    for (size_t i = s; i < e; ++i) out->stage_devices[i] = R;
     return Status::Ok();
   }
   return Status::Error("no valid ring: stage " + std::to_string(s) + " wants " + std::to_string(wanted) +
@@ -159,6 +150,91 @@ RingOutcome RunRing(caf::actor_system& sys, const std::vector<device_actor>& dev
   for (const auto& d : devices) self->demonitor(d.address());
   out.ok = out.error.empty();
   return out;
+}
+
+}  // namespace rw::actors
+
+namespace rw::actors {
+
+JobOutcome DriveJob(caf::actor_system& sys, const JobRun& run, DevicePool& pool, JobSink& sink) {
+  using State = JobOutcome::State;
+  JobOutcome res;
+  auto end = [&res](State s, std::string message) {
+    res.state = s;
+    res.message = std::move(message);
+    return res;
+  };
+  int failed_in_a_row = 0;
+  int last_ring_size = 0;
+  for (;;) {
+    if (const JobSink::Interrupt in = sink.Interrupted(); in.cancel || in.stop)
+      return end(in.cancel ? State::kCancelled : State::kPreempted, in.why);
+    int64_t start = 0;
+    std::string resume;
+    if (const Status found = sink.ResumePoint(&start, &resume); !found.ok())
+      return end(State::kFailed, "cannot resume: " + found.message());
+    RingPlan plan;
+    DevicePool::Ring ring;
+    const Status formed = pool.Form(
+        [&](int available, RingPlan* p) { return PlanRing(*run.config, start, available, p); }, &plan,
+        &ring);
+    if (!formed.ok()) return end(State::kWaiting, "waiting for devices: " + formed.message());
+    if (plan.devices == 0) return end(State::kSucceeded, "all steps done");
+    const bool resized = last_ring_size != 0 && last_ring_size != plan.devices;
+    last_ring_size = plan.devices;
+    const uint32_t epoch = sink.RingFormed(plan, ring, start, resized);
+
+    bool growing = false;
+    RingHooks hooks;
+    hooks.abort_answer_s = run.abort_answer_s;
+    hooks.on_step = [&](const runtime::StepMetrics& m) {
+      if (!res.ran) res.first_loss = m.loss;  // this driver's first step, whichever ring computed it
+      res.ran = true;
+      res.last_loss = m.loss;
+      sink.OnStep(m);
+    };
+    hooks.on_checkpoint = [&](const runtime::CheckpointInfo& c) { sink.OnCheckpoint(c); };
+    hooks.poll = [&]() -> std::string {
+      const JobSink::Interrupt in = sink.Interrupted();
+      if (in.cancel) return in.why.empty() ? "job cancelled" : in.why;
+      if (std::string gone = pool.Gone(); !gone.empty()) return gone;
+      if (!growing && plan.devices < plan.wanted && pool.Available() >= plan.wanted) {
+        growing = true;
+        sink.Note("devices are back: growing the ring at the next step's checkpoint");
+        return "stop";
+      }
+      return in.stop ? "stop" : "";
+    };
+    train_task task;
+    task.job_yaml = run.yaml;
+    task.origin = run.origin;
+    task.overrides = run.overrides;
+    task.stage_devices = plan.stage_devices;
+    task.stop_at_step = plan.stop_at_step;
+    task.resume_max_step = start;
+    task.resume_checkpoint = resume;
+    const RingOutcome out = RunRing(sys, ring.devices, run.number, epoch, ring.transport, task, hooks);
+    pool.Stopping(out.stopping_ranks);
+    res.steps = std::max(res.steps, out.steps);
+    const JobSink::Interrupt after = sink.Interrupted();
+    if (after.cancel) return end(State::kCancelled, after.why);
+    if (out.ok) {
+      failed_in_a_row = 0;
+      if (!out.stopped) return end(State::kSucceeded, "all steps done");
+      if (plan.stop_at_step && out.steps >= plan.stop_at_step) continue;  // the next stage's ring
+      if (growing) continue;
+      if (after.stop) return end(State::kPreempted, after.why);
+      return end(State::kPreempted,
+                 pool.Holder() + " stopped the ring (SIGTERM): resumes from step " + std::to_string(out.steps));
+    }
+    // A lost device (its process died or hung) or a transport failure: re-form without it.
+    const std::string lost = pool.Lost(out.lost_ranks);
+    const bool device_lost = out.lost || !pool.Gone().empty();
+    if (!device_lost || ++failed_in_a_row > run.max_failed_rings) return end(State::kFailed, out.error);
+    last_ring_size = -1;  // the next ring is a re-formation, whatever its size
+    sink.Note("ring failed: " + out.error + (lost.empty() ? "" : "; devices lost: " + lost) +
+              "; re-forming from the last checkpoint");
+  }
 }
 
 }  // namespace rw::actors

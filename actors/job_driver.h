@@ -23,19 +23,16 @@ struct RingPlan {
   int wanted = 0;            // the stage's own ring size (devices < wanted: an elastic, shrunk ring)
   int64_t start_step = 0;    // the checkpoint it resumes from
   int64_t stop_at_step = 0;  // 0: run to the end; else the last step of the ring's stages
-  std::vector<std::string> overrides;  // the job's overrides plus stages.N.devices of the stages it runs
+  // Per stage of the job: the ring size of the stages this ring runs (= devices), 0 for the others.
+  std::vector<int64_t> stage_devices;
 };
 
-// Plans the ring that continues `job` (its text, origin and overrides) from the checkpoint of
+// Plans the ring that continues `job` (parsed and validated once: ParseJobConfig) from the checkpoint of
 // `start_step` with at most `available` devices: the stage's own ring size when that many are available,
 // else the largest ring >= ring.min_devices that splits every stage it runs into equal valid shards.
-// An error says why no ring is possible (the caller waits for devices).
-kernels::Status PlanRing(const std::string& yaml, const std::string& origin, const std::vector<std::string>& overrides,
-                         int64_t start_step, int available, RingPlan* out);
-// The same for a job already parsed and validated (ParseJobConfig of its text with `overrides`): opens no
-// file, so a scheduler may plan under its lock and on every tick (the daemon parses each job once).
-kernels::Status PlanRing(const runtime::JobConfig& job, const std::vector<std::string>& overrides, int64_t start_step,
-                         int available, RingPlan* out);
+// An error says why no ring is possible (the caller waits for devices). Opens no file, so a scheduler may
+// plan under its lock.
+kernels::Status PlanRing(const runtime::JobConfig& job, int64_t start_step, int available, RingPlan* out);
 
 struct RingHooks {
   std::function<void(const runtime::StepMetrics&)> on_step;
@@ -65,5 +62,84 @@ struct RingOutcome {
 // ring. Blocking; uses a scoped actor of `sys`.
 RingOutcome RunRing(caf::actor_system& sys, const std::vector<device_actor>& devices, uint64_t job, uint32_t epoch,
                     const std::string& transport, train_task task, const RingHooks& hooks);
+
+// ---- A job's life over rings: the one driver of `ringworld train` and of the daemon ----
+//
+// DriveJob plans a ring over the devices its pool has for it now, resumes it from the job's newest good
+// checkpoint, runs it, and acts on how it ended: the job's end; a stage that wants another ring size (the
+// next ring); devices back for a shrunk ring (grow at the next checkpoint); a stop (preemption, SIGTERM of
+// a device's process, shutdown); a lost device (its process died or hung: the pool forgets it and the job
+// goes on from its last checkpoint on the largest valid ring of what is left, >= ring.min_devices). What
+// differs between `train` and the daemon is only where devices come from (DevicePool) and where the job's
+// life is written (JobSink).
+
+// The devices a job's rings are formed from: local device actors, the device hosts of `train --processes`,
+// or the daemon's workers.
+class DevicePool {
+ public:
+  struct Ring {
+    std::vector<device_actor> devices;  // rank = position
+    std::string transport;              // inproc | ucx
+    std::string where;                  // for the log: "2 local devices", "w1 (2), w2 (1)"
+  };
+  virtual ~DevicePool() = default;
+  // Gives back what the job holds, calls plan(available) with the number of devices the job could have
+  // now and, when it plans a ring (devices > 0), takes that many: one atomic step, so that no other job
+  // takes them between. An error: no ring can be formed now, and why (the job holds nothing then).
+  virtual kernels::Status Form(const std::function<kernels::Status(int available, RingPlan*)>& plan, RingPlan* out,
+                               Ring* ring) = 0;
+  // Polled while a ring runs: "" while its devices' hosts are there, else why not (the ring is aborted).
+  virtual std::string Gone() = 0;
+  // The devices the job could have now (its own included): a shrunk ring grows when the stage's are back.
+  virtual int Available() = 0;
+  // After a ring: its ranks whose device went away (not placed again until they come back; returns them
+  // for the log, "rank 1 on w2"), and those whose process was asked to stop (SIGTERM: place nothing there).
+  virtual std::string Lost(const std::vector<int>& ranks) = 0;
+  virtual void Stopping(const std::vector<int>& ranks) = 0;
+  // What holds a device, for the job's events: "a worker", "a device process".
+  virtual std::string Holder() const = 0;
+};
+
+// Where a job's life is written: the terminal and the metrics file, or the daemon's job table and logs.
+class JobSink {
+ public:
+  struct Interrupt {
+    bool cancel = false;  // the job was cancelled: abort its ring, end it CANCELLED
+    bool stop = false;    // preemption or shutdown: stop the ring at the next step with a checkpoint
+    std::string why;
+  };
+  virtual ~JobSink() = default;
+  virtual Interrupt Interrupted() = 0;  // polled between rings and while one runs
+  // The checkpoint the next ring resumes from (step 0 and "" for none), verified: asked once per ring.
+  virtual kernels::Status ResumePoint(int64_t* step, std::string* checkpoint) = 0;
+  // Records the ring about to run; returns its epoch (rings of a job are numbered 1, 2, ... for good).
+  // `resized`: it re-forms the job on another ring size, or after a failed ring.
+  virtual uint32_t RingFormed(const RingPlan& plan, const DevicePool::Ring& ring, int64_t start, bool resized) = 0;
+  virtual void OnStep(const runtime::StepMetrics& m) = 0;
+  virtual void OnCheckpoint(const runtime::CheckpointInfo& c) = 0;
+  virtual void Note(const std::string& line) = 0;  // an event of the job: growing, a failed ring re-formed
+};
+
+struct JobOutcome {
+  enum class State { kSucceeded, kPreempted, kWaiting, kFailed, kCancelled };
+  State state = State::kFailed;
+  // kPreempted: stopped with a checkpoint (why); kWaiting: no ring can be formed with the devices there are
+  // (why); kFailed: the error.
+  std::string message;
+  int64_t steps = 0;  // the last step done
+  double first_loss = 0, last_loss = 0;  // of the first and the last step reported to this driver
+  bool ran = false;                      // some ring reported a step
+};
+
+struct JobRun {
+  const runtime::JobConfig* config = nullptr;  // parsed and validated once (LoadJobConfig, ParseJobConfig)
+  std::string yaml, origin;                    // what each rank parses, and where its relative paths start
+  std::vector<std::string> overrides;
+  uint64_t number = 1;       // the job's number: ring fabrics and UCX ring ids
+  int max_failed_rings = 5;  // rings in a row that fail with a device lost before the job fails
+  double abort_answer_s = 5;
+};
+
+JobOutcome DriveJob(caf::actor_system& sys, const JobRun& run, DevicePool& pool, JobSink& sink);
 
 }  // namespace rw::actors

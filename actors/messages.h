@@ -89,7 +89,8 @@ struct train_task {
   uint32_t epoch = 0;
   std::string job_yaml;
   std::string origin;
-  std::vector<std::string> overrides;
+  std::vector<std::string> overrides;   // the job's own (--set, the API's), applied to its text
+  std::vector<int64_t> stage_devices;   // the ring's plan: per stage its ring size, 0 for stages it does not run
   caf::actor reporter;        // gets StepMetrics (rank 0, every step) and CheckpointInfo (rank 0, each commit)
   int64_t stop_at_step = 0;  // > 0: stop (with a checkpoint) after this step: the ring is re-formed then
   int64_t resume_max_step = -1;  // resume from a checkpoint of step <= this (-1: the newest that verifies)
@@ -98,7 +99,8 @@ struct train_task {
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, train_task& x) {
-  return f(caf::meta::type_name("train_task"), x.epoch, x.job_yaml, x.origin, x.overrides, x.reporter, x.stop_at_step,
+  return f(caf::meta::type_name("train_task"), x.epoch, x.job_yaml, x.origin, x.overrides, x.stage_devices, x.reporter,
+           x.stop_at_step,
            x.resume_max_step, x.resume_checkpoint);
 }
 

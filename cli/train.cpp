@@ -155,6 +155,7 @@ int Train(const std::string& job_path, std::vector<std::string> overrides, bool 
     caf::scoped_actor s{sys};
     for (auto& h : hosts) s->send(h, actors::quit_atom::value);
     for (pid_t pid : host_pids) {
+      if (pid <= 0) continue;  // lost, and reaped then
       int status = 0;
       for (int k = 0; k < 500 && waitpid(pid, &status, WNOHANG) == 0; ++k)
         std::this_thread::sleep_for(std::chrono::milliseconds(10));
@@ -185,59 +186,134 @@ int Train(const std::string& job_path, std::vector<std::string> overrides, bool 
   const bool tty = isatty(STDOUT_FILENO);
   const auto t0 = std::chrono::steady_clock::now();
   const int64_t resumed_from = start;
-  actors::RingHooks hooks;
-  hooks.on_step = [&](const runtime::StepMetrics& m) {
-    metrics << m.ToJson() << "\n";
-    metrics.flush();
-    const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    Progress(m, tty, elapsed / double(m.step - resumed_from) * double(m.total_steps - m.step));
-  };
-  hooks.on_checkpoint = [&](const runtime::CheckpointInfo& c) {
-    if (!c.ok) std::fprintf(stderr, "%sringworld train: checkpoint of step %lld failed: %s\n", tty ? "\n" : "",
-                            (long long)c.step, c.error.c_str());
-  };
-  double first_loss = 0, last_loss = 0;
-  int64_t steps = 0;
-  // The rings of the job, one after another: each resumes from the checkpoint the previous one committed.
-  for (uint32_t epoch = 1;; ++epoch) {
-    if (epoch > 1 && !job.checkpoint.dir.empty()) {  // the checkpoint the previous ring committed at its stop
-      st = runtime::FindResumeCheckpoint(job.checkpoint.dir, start, &start, &resume, nullptr);
-      if (!st.ok()) {
-        std::fprintf(stderr, "ringworld train: %s\n", st.message().c_str());
-        return finish(1);
+
+  // The devices of this process (or its device hosts). A lost one is forgotten (its host killed and
+  // reaped): the job goes on from its last checkpoint on a ring of those left, as a daemon job does.
+  class Pool final : public actors::DevicePool {
+   public:
+    Pool(std::vector<actors::device_actor> devices, std::vector<pid_t>& pids, std::string transport)
+        : devices_(std::move(devices)), pids_(pids), transport_(std::move(transport)), alive_(devices_.size(), true) {}
+    kernels::Status Form(const std::function<kernels::Status(int, actors::RingPlan*)>& plan, actors::RingPlan* out,
+                         Ring* ring) override {
+      RW_RETURN_IF_ERROR(plan(Available(), out));
+      ring_.clear();
+      for (size_t i = 0; i < devices_.size() && int(ring_.size()) < out->devices; ++i)
+        if (alive_[i]) {
+          ring_.push_back(i);
+          ring->devices.push_back(devices_[i]);
+        }
+      ring->transport = transport_;
+      ring->where = std::to_string(out->devices) + " devices";
+      return kernels::Status::Ok();
+    }
+    std::string Gone() override { return ""; }  // a dead host's connection drops: RunRing sees its device go
+    int Available() override { return int(std::count(alive_.begin(), alive_.end(), true)); }
+    std::string Lost(const std::vector<int>& ranks) override {
+      std::string list;
+      for (int rank : ranks) {
+        if (rank < 0 || rank >= int(ring_.size())) continue;
+        const size_t i = ring_[rank];
+        alive_[i] = false;
+        list += (list.empty() ? "" : ", ") + std::string("rank ") + std::to_string(rank);
+        if (i < pids_.size() && pids_[i] > 0) {  // gone or hung: make sure, and reap it
+          list += " (device process " + std::to_string(pids_[i]) + ")";
+          kill(pids_[i], SIGKILL);
+          waitpid(pids_[i], nullptr, 0);
+          pids_[i] = -1;
+        }
       }
+      return list;
     }
-    actors::RingPlan plan;
-    st = actors::PlanRing(yaml, job_path, overrides, start, max_devices, &plan);
-    if (!st.ok()) {
-      std::fprintf(stderr, "ringworld train: %s\n", st.message().c_str());
-      return finish(1);
+    void Stopping(const std::vector<int>&) override {}  // the whole process stops with them
+    std::string Holder() const override { return pids_.empty() ? "this process" : "a device process"; }
+
+   private:
+    std::vector<actors::device_actor> devices_;
+    std::vector<pid_t>& pids_;  // of --processes, one per device (-1 once reaped); empty in one process
+    std::string transport_;
+    std::vector<bool> alive_;
+    std::vector<size_t> ring_;  // the current ring's devices, by rank
+  } pool(devices, host_pids, job.ring.transport);
+
+  // The terminal and the metrics file.
+  class Sink final : public actors::JobSink {
+   public:
+    Sink(const runtime::JobConfig& job, std::ofstream& metrics, bool tty, int64_t start, std::string resume,
+         std::chrono::steady_clock::time_point t0)
+        : job_(job), metrics_(metrics), tty_(tty), resumed_from_(start), start_(start), resume_(std::move(resume)),
+          t0_(t0) {}
+    Interrupt Interrupted() override {
+      if (StopRequested()) return {false, true, "stopped by a signal"};
+      return {};
     }
-    if (plan.devices == 0) break;  // nothing left to run
-    if (plan.stop_at_step > 0 || epoch > 1)
-      std::printf("%sring of %d devices (epoch %u) from step %lld%s\n", tty && epoch > 1 ? "\n" : "", plan.devices,
-                  epoch, (long long)start,
-                  plan.stop_at_step ? (" until step " + std::to_string(plan.stop_at_step)).c_str() : "");
-    std::vector<actors::device_actor> ring(devices.begin(), devices.begin() + plan.devices);
-    actors::train_task task{epoch, yaml, job_path, plan.overrides, {}, plan.stop_at_step, start, resume};
-    const actors::RingOutcome out =
-        actors::RunRing(sys, ring, /*job=*/1, epoch, job.ring.transport, task, hooks);
-    if (!out.ok) {
-      std::fprintf(stderr, "%sringworld train: %s\n", tty ? "\n" : "", out.error.c_str());
-      return finish(1);
+    kernels::Status ResumePoint(int64_t* step, std::string* checkpoint) override {
+      if (epoch_ > 0) {  // the first ring's was verified before anything was written
+        std::vector<std::string> skipped;
+        RW_RETURN_IF_ERROR(runtime::FindResumeCheckpoint(job_.checkpoint.dir, -1, &start_, &resume_, &skipped));
+        for (const auto& why : skipped) Line("skipped a checkpoint: " + why);
+      }
+      *step = start_;
+      *checkpoint = resume_;
+      return kernels::Status::Ok();
     }
-    if (steps == 0) first_loss = out.first_loss;
-    if (out.steps > out.resumed_from) last_loss = out.last_loss;
-    steps = std::max(steps, out.steps);
-    if (out.stopped && (plan.stop_at_step == 0 || out.steps < plan.stop_at_step)) {  // preempted
-      std::printf("%spreempted after step %lld: checkpoint committed in %s; run the same command to resume\n",
-                  tty ? "\n" : "", (long long)out.steps,
-                  job.checkpoint.dir.empty() ? "(no checkpoint.dir)" : job.checkpoint.dir.c_str());
-      return finish(kExitPreempted);
+    uint32_t RingFormed(const actors::RingPlan& plan, const actors::DevicePool::Ring& ring, int64_t start,
+                        bool) override {
+      ++epoch_;
+      if (plan.stop_at_step > 0 || epoch_ > 1 || plan.devices < plan.wanted) {
+        std::string line = "ring of " + ring.where + " (epoch " + std::to_string(epoch_) + ") from step " +
+                           std::to_string(start);
+        if (plan.devices < plan.wanted) line += " (shrunk: the stage wants " + std::to_string(plan.wanted) + ")";
+        if (plan.stop_at_step) line += " until step " + std::to_string(plan.stop_at_step);
+        std::printf("%s%s\n", tty_ && epoch_ > 1 ? "\n" : "", line.c_str());
+        std::fflush(stdout);
+      }
+      return epoch_;
     }
-    if (plan.stop_at_step == 0) break;
-    start = out.steps;
+    void OnStep(const runtime::StepMetrics& m) override {
+      metrics_ << m.ToJson() << "\n";
+      metrics_.flush();
+      const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count();
+      Progress(m, tty_, elapsed / double(std::max<int64_t>(1, m.step - resumed_from_)) * double(m.total_steps - m.step));
+    }
+    void OnCheckpoint(const runtime::CheckpointInfo& c) override {
+      if (!c.ok) Line("checkpoint of step " + std::to_string(c.step) + " failed: " + c.error);
+    }
+    void Note(const std::string& line) override { Line(line); }
+
+   private:
+    void Line(const std::string& s) {
+      std::fprintf(stderr, "%sringworld train: %s\n", tty_ ? "\n" : "", s.c_str());
+    }
+    const runtime::JobConfig& job_;
+    std::ofstream& metrics_;
+    const bool tty_;
+    const int64_t resumed_from_;
+    int64_t start_;
+    std::string resume_;
+    std::chrono::steady_clock::time_point t0_;
+    uint32_t epoch_ = 0;
+  } sink(job, metrics, tty, start, resume, t0);
+
+  actors::JobRun run;
+  run.config = &job;
+  run.yaml = yaml;
+  run.origin = job_path;
+  run.overrides = overrides;
+  run.number = 1;
+  const actors::JobOutcome out = actors::DriveJob(sys, run, pool, sink);
+  using S = actors::JobOutcome::State;
+  if (out.state == S::kPreempted) {
+    std::printf("%spreempted after step %lld: checkpoint committed in %s; run the same command to resume\n",
+                tty ? "\n" : "", (long long)out.steps,
+                job.checkpoint.dir.empty() ? "(no checkpoint.dir)" : job.checkpoint.dir.c_str());
+    return finish(kExitPreempted);
   }
+  if (out.state != S::kSucceeded) {  // failed, or no valid ring with the devices left
+    std::fprintf(stderr, "%sringworld train: %s\n", tty ? "\n" : "", out.message.c_str());
+    return finish(1);
+  }
+  const int64_t steps = out.steps;
+  const double first_loss = out.first_loss, last_loss = out.last_loss;
   finish(0);
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   if (resumed_from >= job.total_steps()) {

@@ -419,6 +419,18 @@ Status LoadJobConfig(const std::string& path, const std::vector<std::string>& ov
   return ParseJobConfig(ss.str(), path, overrides, out);
 }
 
+Status ApplyRingSizes(const std::vector<int64_t>& stage_devices, JobConfig* job) {
+  if (stage_devices.empty()) return Status::Ok();
+  RW_REQUIRE(stage_devices.size() == job->stages.size(), "the ring's plan has " << stage_devices.size()
+                                                         << " stages, the job " << job->stages.size());
+  for (size_t i = 0; i < stage_devices.size(); ++i) {
+    if (stage_devices[i] == 0) continue;
+    RW_RETURN_IF_ERROR(job->CheckStageRing(i, stage_devices[i]));
+    job->stages[i].devices = stage_devices[i];
+  }
+  return Status::Ok();
+}
+
 std::string DescribeSettings() {
   std::ostringstream os;
   for (const auto& s : JobTable()) os << "  " << s.key << "  " << s.doc << "\n";

@@ -74,6 +74,9 @@ Status ParseJobConfig(const std::string& yaml, const std::string& origin, const 
 Status ParseJobFields(const std::string& yaml, const std::string& origin, const std::vector<std::string>& overrides,
                       JobConfig* out);
 Status LoadJobConfig(const std::string& path, const std::vector<std::string>& overrides, JobConfig* out);
+// A ring's plan applied to its job: stage i runs on a ring of stage_devices[i] (0: as the job says), each
+// checked as Validate checks the job's own (CheckStageRing). Empty: nothing changes.
+Status ApplyRingSizes(const std::vector<int64_t>& stage_devices, JobConfig* job);
 
 // Starting from a Hugging Face directory, the model is its config.json: each model setting is taken from
 // `theirs`, and one that `is_set` says the job set itself must equal it (max_position_embeddings and

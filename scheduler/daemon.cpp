@@ -224,7 +224,7 @@ void DaemonImpl::Schedule() {
       if (runners_.count(q.id)) return;
       const int free = FreeLocked();
       if (!head.empty() && free == 0) return;  // nothing left to backfill onto
-      st = actors::PlanRing(parsed->config, parsed->overrides, q.checkpoint_step, free, &plan);
+      st = actors::PlanRing(parsed->config, q.checkpoint_step, free, &plan);
       // Its devices are held from now on, so that the job after it is planned without them; its driver
       // re-places its ring over them and any freed since.
       if (st.ok() && plan.devices > 0) st = PlaceLocked(q.id, plan.devices, &slots);
@@ -237,7 +237,7 @@ void DaemonImpl::Schedule() {
         }
         const auto fits = [&](int available) {
           actors::RingPlan p;
-          return actors::PlanRing(parsed->config, parsed->overrides, q.checkpoint_step, available, &p).ok();
+          return actors::PlanRing(parsed->config, q.checkpoint_step, available, &p).ok();
         };
         const Preemption p = ChoosePreemption(running, {q.priority, q.submitted_seq}, free, fits);
         victim = p.victim;

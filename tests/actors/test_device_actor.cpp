@@ -313,20 +313,36 @@ ring: {devices: 4, min_devices: 2, layout: zigzag}
 stages: [{seq_len: 64, steps: 3}, {seq_len: 64, steps: 2}, {seq_len: 128, steps: 2, devices: 8}]
 )";
   RingPlan plan;
-  ASSERT_TRUE(PlanRing(yaml, "p", {}, 0, 16, &plan).ok());
+  runtime::JobConfig job;
+  ASSERT_TRUE(runtime::ParseJobConfig(yaml, "p", {}, &job).ok());
+  ASSERT_TRUE(PlanRing(job, 0, 16, &plan).ok());
   EXPECT_EQ(plan.devices, 4);
   EXPECT_EQ(plan.wanted, 4);
   EXPECT_EQ(plan.stop_at_step, 5) << "stages 0 and 1 share the ring; stage 2 wants 8";
-  EXPECT_EQ(plan.overrides, (std::vector<std::string>{"stages.0.devices=4", "stages.1.devices=4"}));
-  ASSERT_TRUE(PlanRing(yaml, "p", {"seed=3"}, 0, 3, &plan).ok());
+  EXPECT_EQ(plan.stage_devices, (std::vector<int64_t>{4, 4, 0}));
+  ASSERT_TRUE(PlanRing(job, 0, 3, &plan).ok());
   EXPECT_EQ(plan.devices, 2) << "3 devices: 64 tokens do not split into 2 x 3 zigzag chunks";
-  EXPECT_EQ(plan.overrides, (std::vector<std::string>{"seed=3", "stages.0.devices=2", "stages.1.devices=2"}));
-  ASSERT_TRUE(PlanRing(yaml, "p", {}, 5, 16, &plan).ok());
+  EXPECT_EQ(plan.stage_devices, (std::vector<int64_t>{2, 2, 0}));
+  // The plan, applied to the job as each rank parses it, sets those stages' rings and leaves the others.
+  runtime::JobConfig ranked = job;
+  ASSERT_TRUE(runtime::ApplyRingSizes(plan.stage_devices, &ranked).ok());
+  EXPECT_EQ(ranked.stage_devices(0), 2);
+  EXPECT_EQ(ranked.stage_devices(1), 2);
+  EXPECT_EQ(ranked.stage_devices(2), 8);
+  // A plan that does not fit the job is refused by stage, not applied.
+  runtime::JobConfig bad = job;
+  Status applied = runtime::ApplyRingSizes({3, 0, 0}, &bad);
+  EXPECT_FALSE(applied.ok());
+  EXPECT_NE(applied.message().find("stages[0]"), std::string::npos) << applied.message();
+  applied = runtime::ApplyRingSizes({2, 2}, &bad);
+  EXPECT_NE(applied.message().find("the ring's plan has 2 stages, the job 3"), std::string::npos) << applied.message();
+  ASSERT_TRUE(PlanRing(job, 5, 16, &plan).ok());
   EXPECT_EQ(plan.devices, 8);
   EXPECT_EQ(plan.stop_at_step, 0) << "the last stage runs to the end";
-  ASSERT_TRUE(PlanRing(yaml, "p", {}, 7, 16, &plan).ok());
+  EXPECT_EQ(plan.stage_devices, (std::vector<int64_t>{0, 0, 8}));
+  ASSERT_TRUE(PlanRing(job, 7, 16, &plan).ok());
   EXPECT_EQ(plan.devices, 0) << "nothing left to run";
-  const Status st = PlanRing(yaml, "p", {}, 0, 1, &plan);
+  const Status st = PlanRing(job, 0, 1, &plan);
   ASSERT_FALSE(st.ok());
   EXPECT_NE(st.message().find("min_devices is 2"), std::string::npos) << st.message();
 }

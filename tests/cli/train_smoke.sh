@@ -203,7 +203,7 @@ short=(--set checkpoint.dir= --set stages.0.steps=6 --set stages.1.steps=1)
 loss() { sed 's/.*"loss": \([0-9.]*\).*/\1/' "$1"; }
 [ "$(loss "$out/in/metrics.jsonl")" = "$(loss "$out/pr/metrics.jsonl")" ] || {
   echo "FAIL: --processes losses differ"; paste <(loss "$out/in/metrics.jsonl") <(loss "$out/pr/metrics.jsonl"); exit 1; }
-pgrep -f "ringworld device-host" > /dev/null && { echo "FAIL: device hosts left running"; exit 1; }
+pgrep -f "$out/pr/.hosts" > /dev/null && { echo "FAIL: device hosts left running"; exit 1; }
 echo "--processes: 7 steps over UCX between 2 processes, losses identical to in-process"
 # A stage that asks for a bigger ring: the ring is re-formed from 2 to 4 at the stage change, resuming from
 # the stage's checkpoint; the loss curve continues as with a constant ring (within 1e-5).

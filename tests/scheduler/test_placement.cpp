@@ -186,14 +186,14 @@ TEST(Schedule, AJobThatNoRingOfTheFreeDevicesRunsWaitsAndPreemptsTheLowest) {
   std::vector<WorkerDevices> cluster = {W("w1", 2), W("w2", 2)};
   cluster[1].used_by = {"job-000001", "job-000001"};
   actors::RingPlan plan;
-  const Status st = actors::PlanRing(Job(4, 4), {}, 0, CountFree(cluster), &plan);
+  const Status st = actors::PlanRing(Job(4, 4), 0, CountFree(cluster), &plan);
   ASSERT_FALSE(st.ok());
   EXPECT_NE(st.message().find("no valid ring"), std::string::npos) << st.message();
   EXPECT_NE(st.message().find("2 available"), std::string::npos) << st.message();
   EXPECT_EQ(VictimFor({{"job-000001", 1}}, 5), "job-000001");
   // Its devices back, the ring of 4 spans both workers.
   cluster[1].used_by = {"", ""};
-  ASSERT_TRUE(actors::PlanRing(Job(4, 4), {}, 0, CountFree(cluster), &plan).ok());
+  ASSERT_TRUE(actors::PlanRing(Job(4, 4), 0, CountFree(cluster), &plan).ok());
   EXPECT_EQ(plan.devices, 4);
   EXPECT_EQ(Place(cluster, plan.devices), Concat(On("w1", {0, 1}), On("w2", {0, 1})));
 }
@@ -201,14 +201,14 @@ TEST(Schedule, AJobThatNoRingOfTheFreeDevicesRunsWaitsAndPreemptsTheLowest) {
 TEST(Schedule, AJobThatMayShrinkRunsOnTheLargestValidRingOfTheFreeDevices) {
   const std::vector<WorkerDevices> cluster = {W("w1", 2), W("w2", 2, 1)};  // 3 free
   actors::RingPlan plan;
-  ASSERT_TRUE(actors::PlanRing(Job(4, 2), {"seed=3"}, 0, CountFree(cluster), &plan).ok());
+  ASSERT_TRUE(actors::PlanRing(Job(4, 2), 0, CountFree(cluster), &plan).ok());
   // 3 does not split seq_len 64 under zigzag (2 x 3 chunks): 2 does, on one worker.
   EXPECT_EQ(plan.devices, 2);
   EXPECT_EQ(plan.wanted, 4);
-  EXPECT_EQ(plan.overrides, (std::vector<std::string>{"seed=3", "stages.0.devices=2"}));
+  EXPECT_EQ(plan.stage_devices, (std::vector<int64_t>{2}));
   EXPECT_EQ(Place(cluster, plan.devices), On("w1", {0, 1}));
   // A job whose steps are all done needs no ring.
-  ASSERT_TRUE(actors::PlanRing(Job(4, 2), {}, 3, CountFree(cluster), &plan).ok());
+  ASSERT_TRUE(actors::PlanRing(Job(4, 2), 3, CountFree(cluster), &plan).ok());
   EXPECT_EQ(plan.devices, 0);
 }
 

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# An embedded run survives a lost device as a daemon job does (one job driver): `train --processes` on a
+# ring of 2 device processes, one of them killed with SIGKILL mid-run. The run must re-form on the device
+# left (ring.min_devices 1) from its last checkpoint, finish with exit 0, and its losses from the resume on
+# must equal an undisturbed run's (the batch of a step does not depend on the ring size; 1e-5 relative).
+set -euo pipefail
+bin=$1
+cfg=$2
+out=$(mktemp -d)
+pid=
+cleanup() {
+  [ -n "$pid" ] && kill -9 "$pid" 2> /dev/null || true
+  rm -rf "$out"
+}
+trap cleanup EXIT
+
+run=(--set stages.0.steps=40 --set stages.1.steps=2 --set checkpoint.every_steps=5 --set ring.min_devices=1)
+# The reference: undisturbed, in one process.
+"$bin" train "$cfg" --set output_dir="$out/ref" --set checkpoint.dir="$out/ref/ck" "${run[@]}" > /dev/null
+
+"$bin" train "$cfg" --processes --set output_dir="$out/pr" --set checkpoint.dir="$out/pr/ck" "${run[@]}" \
+  > "$out/pr.log" 2>&1 &
+pid=$!
+# Once step 12 is done (the checkpoint of step 10 committed or on its way), kill one device process.
+for _ in $(seq 600); do
+  [ -f "$out/pr/metrics.jsonl" ] && [ "$(wc -l < "$out/pr/metrics.jsonl")" -ge 12 ] && break
+  kill -0 "$pid" 2> /dev/null || break
+  sleep 0.1
+done
+victim=$(pgrep -P "$pid" -f "device-host" | tail -1 || true)
+[ -n "$victim" ] || { echo "FAIL: no device process to kill"; cat "$out/pr.log"; exit 1; }
+killed_at=$(wc -l < "$out/pr/metrics.jsonl")
+kill -9 "$victim"
+rc=0
+timeout 120 tail --pid="$pid" -f /dev/null || { echo "FAIL: the run did not end within 120 s"; cat "$out/pr.log"; exit 1; }
+wait "$pid" || rc=$?
+pid=
+cat "$out/pr.log"
+[ "$rc" -eq 0 ] || { echo "FAIL: exit $rc after a lost device"; exit 1; }
+grep -q "ring failed: .*devices lost: rank 1 (device process $victim); re-forming from the last checkpoint" "$out/pr.log" ||
+  { echo "FAIL: the lost device is not named"; exit 1; }
+from=$(grep -o "ring of 1 devices (epoch 2) from step [0-9]*" "$out/pr.log" | grep -o "[0-9]*$" || true)
+[ -n "$from" ] || { echo "FAIL: no ring of 1 formed after the loss"; exit 1; }
+[ $((from % 5)) -eq 0 ] && [ "$from" -gt 0 ] || { echo "FAIL: resumed from step $from, not a checkpoint"; exit 1; }
+[ -d "$out/pr/ck/step-42" ] || { echo "FAIL: no final checkpoint"; ls "$out/pr/ck"; exit 1; }
+pgrep -f "$out/pr/.hosts" > /dev/null && { echo "FAIL: device hosts left running"; exit 1; }
+# Every step from 1 to 42 was reported, the ones after the resume point twice at most; the last report of
+# each step matches the reference run.
+loss_by_step() { sed 's/.*"step": \([0-9]*\),.*"loss": \([0-9.e+-]*\).*/\1 \2/' "$1"; }
+join <(loss_by_step "$out/ref/metrics.jsonl" | sort -k1,1) \
+     <(loss_by_step "$out/pr/metrics.jsonl" | awk '{ last[$1] = $2 } END { for (s in last) print s, last[s] }' | sort -k1,1) |
+  awk -v from="$from" '{ n++; d = $2 - $3; if (d < 0) d = -d; if (d > 1e-5 * $2) { print "FAIL: step " $1 ": loss " $3 " vs " $2 " undisturbed"; bad = 1 }
+                         if ($1 > from && d > worst) worst = d }
+       END { if (n != 42) { print "FAIL: " n " of 42 steps reported"; bad = 1 }
+             printf "after the loss: %d steps on a ring of 1, max |loss diff| vs undisturbed %.2g\n", 42 - from, worst
+             exit bad }'
+echo "device process $victim killed after step $killed_at; re-formed on 1 device from the checkpoint of step $from"
+echo "1 passed, 0 failed"
