@@ -347,20 +347,24 @@ kernels::Status FormRing(caf::actor_system& sys, const std::vector<device_actor>
         .receive([&](const std::string& a) { addr[r] = a; }, [&](caf::error& e) { err = sys.render(e); });
     RW_REQUIRE(err.empty(), "rank " << r << ": prepare failed: " << err);
   }
-  // Connect all ranks at once: each waits on its neighbours.
+  // Connect all ranks at once (all requests out, then their answers): each waits on its neighbours. A rank
+  // whose lane is still busy (with the work of an older ring that has not returned from its abort)
+  // answers late or never: the error names it.
+  using connect_handle = decltype(self->request(devices[0], std::chrono::seconds(60), connect_atom::value,
+                                                std::string(), std::string()));
+  std::vector<connect_handle> pending;
   for (int r = 0; r < R; ++r)
-    self->send(devices[r], connect_atom::value, addr[(r + R - 1) % R], addr[(r + 1) % R]);
+    pending.push_back(self->request(devices[r], std::chrono::seconds(60), connect_atom::value, addr[(r + R - 1) % R],
+                                    addr[(r + 1) % R]));
   std::string err;
-  for (int i = 0; i < R; ++i)
-    self->receive([&](const attention_report& rep) {
-                    if (!rep.ok && err.empty()) err = rep.error;
-                  },
-                  [&](caf::error& e) {
-                    if (err.empty()) err = sys.render(e);
-                  },
-                  caf::after(std::chrono::seconds(60)) >> [&] {
-                    if (err.empty()) err = "timed out";
-                  });
+  for (int r = 0; r < R; ++r)
+    pending[r].receive(
+        [&](const attention_report& rep) {
+          if (!rep.ok && err.empty()) err = "rank " + std::to_string(r) + ": " + rep.error;
+        },
+        [&](caf::error& e) {
+          if (err.empty()) err = "rank " + std::to_string(r) + ": " + sys.render(e);
+        });
   RW_REQUIRE(err.empty(), "ring formation (" << transport << ", " << R << " ranks): " << err);
   return kernels::Status::Ok();
 }

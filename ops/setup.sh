@@ -14,6 +14,7 @@ packages=(
   libyaml-cpp-dev nlohmann-json3-dev libcpp-httplib-dev libcli11-dev libsentencepiece-dev zlib1g-dev
   prometheus pngcheck
   slurm-wlm munge   # tests/cli/slurm_drill.sh runs ops/slurm/ringworld.sbatch on a real Slurm on loopback
+  iproute2          # tests/scheduler/partition_drill.sh: workers in their own network namespaces (ip netns)
   python3-venv      # tests/cli/k8s_validate.sh: kubernetes-validate (PyPI) in a venv under the build directory
   clang libclang-rt-14-dev  # ops/test.sh's fuzz stage: libFuzzer targets (tests/fuzz) with ASan + UBSan
 )

@@ -45,7 +45,12 @@ WorkerAgentResult RunWorkerAgent(const WorkerAgentOptions& o, const json& hello,
                                      json{{"instance", instance}, {"draining", stop.load()}}.dump(),
                                      "application/json", &reply);
       if (status != 200) {
-        // The daemon is gone or restarted: whatever ring it drove here has no driver any more.
+        // The daemon is gone, restarted, or cut off by the network: whatever ring it drove here has no
+        // driver any more (it re-forms the job elsewhere), so this side stops computing it (self-fencing).
+        std::fprintf(stderr,
+                     "ringworld worker %s: heartbeat failed (%s): lost the daemon; aborting the ring on our devices "
+                     "and registering again\n",
+                     id.c_str(), status > 0 ? ("HTTP " + std::to_string(status)).c_str() : "no answer");
         abort_devices("lost the daemon");
         id.clear();
       } else if (stop && reply.value("assigned", 0) == 0) {
