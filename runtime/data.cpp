@@ -86,36 +86,71 @@ Status DataConfig::Validate(int64_t* vocab) const {
   return Status::Ok();
 }
 
+void PackedSequence::Row(int32_t token, int32_t target, int32_t segment, int64_t position, float weight,
+                         uint8_t mod) {
+  index.push_back(length_);
+  tokens.push_back(token);
+  targets.push_back(target);
+  segments.push_back(segment);
+  positions.push_back(position);
+  weights.push_back(weight);
+  modality.push_back(mod);
+}
+
 void PackedSequence::AppendWindow(const int32_t* ids, const uint8_t* mod, int64_t inputs, int32_t doc) {
-  for (int64_t i = 0; i < inputs; ++i) {
-    tokens.push_back(ids[i]);
-    segments.push_back(doc);
-    positions.push_back(i);
-    targets.push_back(ids[i + 1]);
-    weights.push_back(1.f);
-    modality.push_back(mod ? mod[i + 1] : 0);
+  const int64_t end = length_ + inputs, start = length_;
+  while (length_ < end) {
+    if (keep_) {  // jump to the next kept row
+      if (next_keep_ >= keep_->size() || (*keep_)[next_keep_] >= end) {
+        length_ = end;
+        break;
+      }
+      length_ = std::max(length_, (*keep_)[next_keep_++]);
+    }
+    const int64_t i = length_ - start;
+    Row(ids[i], ids[i + 1], doc, i, 1.f, mod ? mod[i + 1] : 0);
+    ++length_;
   }
+}
+
+void PackedSequence::SetWeights(int64_t from, int64_t to, float w) {
+  auto it = std::lower_bound(index.begin(), index.end(), from);
+  for (; it != index.end() && *it < to; ++it) weights[size_t(it - index.begin())] = w;
 }
 
 void PackedSequence::PadTo(int64_t seq_len) {
-  while (int64_t(tokens.size()) < seq_len) {
-    tokens.push_back(0);
-    segments.push_back(-1);
-    positions.push_back(0);
-    targets.push_back(-1);
-    weights.push_back(0.f);
-    modality.push_back(0);
+  while (length_ < seq_len) {
+    if (keep_) {
+      if (next_keep_ >= keep_->size() || (*keep_)[next_keep_] >= seq_len) {
+        length_ = seq_len;
+        break;
+      }
+      length_ = std::max(length_, (*keep_)[next_keep_++]);
+    }
+    Row(0, -1, -1, 0, 0.f, 0);
+    ++length_;
   }
 }
 
+ShardBatch PackedSequence::Rows() && {
+  ShardBatch b;
+  b.tokens = std::move(tokens);
+  b.targets = std::move(targets);
+  b.weights = std::move(weights);
+  b.positions = std::move(positions);
+  b.segments = std::move(segments);
+  b.index = std::move(index);
+  return b;
+}
+
 std::vector<PackedSequence> GlobalBatch(const DataConfig& d, const Tokenizer& tok, uint64_t seed, int64_t step,
-                                        int64_t seq_len, int64_t batch) {
-  std::vector<PackedSequence> out(batch);
+                                        int64_t seq_len, int64_t batch, const std::vector<int64_t>* keep) {
+  std::vector<PackedSequence> out(size_t(batch), PackedSequence{keep});
   for (int64_t b = 0; b < batch; ++b) {
     Stream s{Mix(seed ^ Mix(uint64_t(step) * 0x100000001b3ull + uint64_t(b)))};
     PackedSequence& p = out[b];
     int32_t doc = 0;
-    while (int64_t(p.tokens.size()) < seq_len) {
+    while (p.length() < seq_len) {
       std::vector<int32_t> ids;
       int64_t answer_from = 0, answer_to = 0;  // positions whose targets are the answer's tokens
       if (d.task == "needle") {  // a length (no longer than the stage's sequences) and a depth per document
@@ -131,12 +166,12 @@ std::vector<PackedSequence> GlobalBatch(const DataConfig& d, const Tokenizer& to
       } else {
         ids = CopyDocument(d, tok, s);
       }
-      const int64_t start = int64_t(p.tokens.size());
+      const int64_t start = p.length();
       const int64_t take = std::min<int64_t>(seq_len - start, int64_t(ids.size()) - 1);  // positions
       if (take < 1) break;
       p.AppendWindow(ids.data(), nullptr, take, doc++);
-      for (int64_t i = answer_from; i < std::min(answer_to, take); ++i)
-        p.weights[size_t(start + i)] = float(d.answer_weight);
+      if (answer_to > answer_from)
+        p.SetWeights(start + answer_from, start + std::min(answer_to, take), float(d.answer_weight));
     }
     p.PadTo(seq_len);
   }
@@ -164,10 +199,15 @@ Status LossConfig::Validate() const {
   return Status::Ok();
 }
 
-Status ApplyLossWeighting(const LossConfig& c, std::vector<PackedSequence>& batch, double* scale) {
-  double n[2] = {0, 0};
+void WeightSums(const std::vector<PackedSequence>& batch, double sums[2]) {
+  sums[0] = sums[1] = 0;
   for (const auto& p : batch)
-    for (size_t i = 0; i < p.weights.size(); ++i) n[p.modality[i] ? 1 : 0] += p.weights[i];
+    for (size_t i = 0; i < p.weights.size(); ++i) sums[p.modality[i] ? 1 : 0] += p.weights[i];
+}
+
+Status ApplyLossWeighting(const LossConfig& c, const double global_sums[2], std::vector<PackedSequence>& batch,
+                          double* scale) {
+  const double* n = global_sums;
   RW_REQUIRE(n[0] + n[1] > 0, "data: a global batch with no token to predict");
   if (c.weighting == "per_token") {
     *scale = 1.0 / (n[0] + n[1]);
@@ -184,6 +224,12 @@ Status ApplyLossWeighting(const LossConfig& c, std::vector<PackedSequence>& batc
       }
   *scale = 1.0;
   return Status::Ok();
+}
+
+Status ApplyLossWeighting(const LossConfig& c, std::vector<PackedSequence>& batch, double* scale) {
+  double n[2];
+  WeightSums(batch, n);
+  return ApplyLossWeighting(c, n, batch, scale);
 }
 
 

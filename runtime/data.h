@@ -44,19 +44,37 @@ struct NeedleDocument {
 };
 NeedleDocument MakeNeedle(const Tokenizer& tok, uint64_t seed, int64_t length, double depth);
 
-// One packed sequence of the global batch.
+// One packed sequence of the global batch, or the rows of it that one rank keeps. Packing is the same
+// either way (windows appended in order, each advancing the sequence's length); a sequence made with
+// `keep` (a rank's global indices, ascending: Layout::GlobalIndices) stores only those rows, so a rank
+// reads and holds 1/R of the tokens while its data stays what the whole sequence's would be.
 struct PackedSequence {
+  PackedSequence() = default;
+  explicit PackedSequence(const std::vector<int64_t>* keep) : keep_(keep) {}
+
   std::vector<int32_t> tokens, targets, segments;
   std::vector<int64_t> positions;
   std::vector<float> weights;    // 1 where a target exists (before loss weighting), else 0
   std::vector<uint8_t> modality;  // of each position's target: 0 text, 1 vision
+  std::vector<int64_t> index;     // each row's position in the whole sequence (ascending)
+  int64_t length() const { return length_; }  // positions packed so far, kept or not
 
   // Appends a window of `inputs` positions as segment `doc`: ids[0, inputs) are the inputs (positions from
   // 0) and ids[1, inputs] their targets, so ids holds inputs + 1 tokens; `modality`, of each id, may be
-  // null (text). A position's modality is its target's.
+  // null (text). A position's modality is its target's. Only kept rows are read.
   void AppendWindow(const int32_t* ids, const uint8_t* modality, int64_t inputs, int32_t doc);
-  // Pads to seq_len rows: id 0, segment -1 (no document), no target.
+  // Sets the weight of the positions [from, to) of the sequence that are kept.
+  void SetWeights(int64_t from, int64_t to, float w);
+  // Pads to seq_len positions: id 0, segment -1 (no document), no target.
   void PadTo(int64_t seq_len);
+  // Its rows as the model takes them (a whole sequence: every row).
+  ShardBatch Rows() &&;
+
+ private:
+  void Row(int32_t token, int32_t target, int32_t segment, int64_t position, float weight, uint8_t mod);
+  const std::vector<int64_t>* keep_ = nullptr;  // null: every row
+  size_t next_keep_ = 0;                        // the first kept index not yet reached
+  int64_t length_ = 0;
 };
 
 // How the loss averages over tokens (LWM: the text and vision means, weighted 0.5 each).
@@ -66,15 +84,23 @@ struct LossConfig {
   Status Validate() const;
 };
 
-// Turns a global batch's 0/1 weights into the loss weights, and returns the factor that makes
-// scale * sum_i w_i ce_i the loss: per_token, the mean over predicted tokens; per_modality,
-// text_weight * (text mean) + vision_weight * (vision mean), renormalized over the modalities present.
-// Every rank computes it from the whole global batch, so the normalization is global across the ring.
+// The sums of the weights of a batch's predicted tokens, per modality (text, vision), in double. Each
+// weight is a float and the sums stay far below 2^53 ulps, so they are exact: the sums of the ranks'
+// shards, added in any order, are the whole batch's to the bit.
+void WeightSums(const std::vector<PackedSequence>& batch, double sums[2]);
+// Turns a batch's weights into the loss weights, given the whole global batch's WeightSums, and returns the
+// factor that makes scale * sum_i w_i ce_i the loss: per_token, the mean over predicted tokens;
+// per_modality, text_weight * (text mean) + vision_weight * (vision mean), renormalized over the
+// modalities present. `batch` may be a rank's rows: the normalization is the global batch's.
+Status ApplyLossWeighting(const LossConfig& c, const double global_sums[2], std::vector<PackedSequence>& batch,
+                          double* scale);
+// The same for a whole global batch (its own sums).
 Status ApplyLossWeighting(const LossConfig& c, std::vector<PackedSequence>& batch, double* scale);
 
-// The synthetic global batch of `step`: `batch` sequences of `seq_len` tokens (tok: d.tokenizer's).
+// The synthetic global batch of `step`: `batch` sequences of `seq_len` tokens (tok: d.tokenizer's); with
+// `keep`, only those rows of each (a rank's shard).
 std::vector<PackedSequence> GlobalBatch(const DataConfig& d, const Tokenizer& tok, uint64_t seed, int64_t step,
-                                        int64_t seq_len, int64_t batch);
+                                        int64_t seq_len, int64_t batch, const std::vector<int64_t>* keep = nullptr);
 
 // This rank's rows of one sequence under the layout.
 ShardBatch ShardOf(const PackedSequence& seq, const Layout& layout, int rank);

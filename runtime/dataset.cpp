@@ -392,8 +392,9 @@ std::vector<PackedSequence> Dataset::PackAll(int64_t seq_len) const {
   return out;
 }
 
-std::vector<PackedSequence> NextBatch(const WindowIndex& w, int64_t batch, DataCursor* c) {
-  std::vector<PackedSequence> out(static_cast<size_t>(batch));
+std::vector<PackedSequence> NextBatch(const WindowIndex& w, int64_t batch, DataCursor* c,
+                                      const std::vector<int64_t>* keep) {
+  std::vector<PackedSequence> out(static_cast<size_t>(batch), PackedSequence{keep});
   Pack(w, batch, c, &out);  // a dataset without windows gives padding only, which the loss weighting refuses
   for (auto& p : out) p.PadTo(w.seq_len());
   return out;

@@ -112,8 +112,10 @@ struct DataCursor {
 int64_t ShuffledWindow(const WindowIndex& w, uint64_t seed, int64_t stage, int64_t p);
 
 // The global batch at the cursor: `batch` sequences, each packing windows in stream order while the next
-// one fits (the rest of a sequence is padding); advances the cursor past the windows it packed.
-std::vector<PackedSequence> NextBatch(const WindowIndex& w, int64_t batch, DataCursor* cursor);
+// one fits (the rest of a sequence is padding); advances the cursor past the windows it packed. With
+// `keep` (a rank's global indices), only those rows of each sequence are read and kept.
+std::vector<PackedSequence> NextBatch(const WindowIndex& w, int64_t batch, DataCursor* cursor,
+                                      const std::vector<int64_t>* keep = nullptr);
 // Advances the cursor as `steps` calls of NextBatch would, reading no token (the cursor of a checkpoint
 // that did not record one is found by replaying its stage).
 void SkipBatches(const WindowIndex& w, int64_t batch, int64_t steps, DataCursor* cursor);

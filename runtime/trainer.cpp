@@ -221,6 +221,7 @@ Status TrainRank(Transport& t, const JobConfig& job, const std::function<void(co
                                                      << ", this ring has " << R << " (re-form it at the stage change)");
     Layout layout;
     RW_RETURN_IF_ERROR(Layout::Make(kind, stage.seq_len, R, &layout));
+    const std::vector<int64_t> mine = layout.GlobalIndices(rank);  // this rank's rows of every sequence
     if (job.data.source == "files") {
       windows = std::make_unique<WindowIndex>(files, stage.seq_len);
       RW_REQUIRE(windows->size() > 0, "data.path: " << job.data.path << " has no document of 2 tokens or more");
@@ -239,11 +240,23 @@ Status TrainRank(Transport& t, const JobConfig& job, const std::function<void(co
         return Status::Error("checkpoint commit refused: " + why);
       const auto t0 = std::chrono::steady_clock::now();
       const uint64_t bytes0 = t.stats().bytes_sent;
-      // The global batch, with its loss weights applied in place.
-      auto weighted = windows ? NextBatch(*windows, stage.batch, &cursor)
-                              : GlobalBatch(job.data, *tok, job.seed, step, stage.seq_len, stage.batch);
+      // This rank's rows of the global batch (the batch is a function of (seed, stage, step), never of R),
+      // with the loss weights of the whole batch: its weight sums per modality are the ranks' sums, added
+      // exactly in rank order after a small all-gather.
+      auto weighted = windows ? NextBatch(*windows, stage.batch, &cursor, &mine)
+                              : GlobalBatch(job.data, *tok, job.seed, step, stage.seq_len, stage.batch, &mine);
+      double sums[2];
+      std::vector<double> all_sums(2 * size_t(R));
+      WeightSums(weighted, sums);
+      RW_RETURN_IF_ERROR(
+          t.AllGather(sums, sizeof(sums), all_sums.data(), MsgTag{job.seed, 0, uint32_t(step), kReduceLayer + 3, 0}));
+      double global_sums[2] = {0, 0};
+      for (int q = 0; q < R; ++q) {
+        global_sums[0] += all_sums[2 * q];
+        global_sums[1] += all_sums[2 * q + 1];
+      }
       double scale = 0;
-      RW_RETURN_IF_ERROR(ApplyLossWeighting(job.loss, weighted, &scale));
+      RW_RETURN_IF_ERROR(ApplyLossWeighting(job.loss, global_sums, weighted, &scale));
       std::fill(grads.begin(), grads.end(), 0.f);
       double loss = 0;
       RingStats rs;
@@ -259,7 +272,7 @@ Status TrainRank(Transport& t, const JobConfig& job, const std::function<void(co
         mx.remat_layers = job.remat == "layer";
         mx.precision = precision;
         mx.compute_params = compute.empty() ? nullptr : compute.data();
-        RW_RETURN_IF_ERROR(ForwardBackward(t, model, table, mx, params.data(), ShardOf(weighted[b], layout, rank),
+        RW_RETURN_IF_ERROR(ForwardBackward(t, model, table, mx, params.data(), std::move(weighted[b]).Rows(),
                                            float(scale), grads.data(), &loss));
       }
       MsgTag tag{job.seed, 0, uint32_t(step), kReduceLayer, 0};

@@ -92,6 +92,23 @@ Status Transport::AllReduceSum(float* data, size_t n, MsgTag tag) {
   return Status::Ok();
 }
 
+Status Transport::AllGather(const void* mine, size_t bytes, void* all, MsgTag tag) {
+  const int R = size(), r = rank();
+  RW_REQUIRE(!aborted(), "transport: aborted (rank " << r << " of " << R << ")");
+  auto* out = static_cast<uint8_t*>(all);
+  std::memcpy(out + size_t(r) * bytes, mine, bytes);
+  // At hop h, rank r passes on the block of rank r - h and receives that of rank r - h - 1.
+  for (int h = 0; h < R - 1; ++h) {
+    const int cs = ((r - h) % R + R) % R, cr = ((r - h - 1) % R + R) % R;
+    tag.hop = uint32_t(h);
+    Request rr = RecvPrev(tag, out + size_t(cr) * bytes, bytes);
+    Request sr = SendNext(tag, out + size_t(cs) * bytes, bytes);
+    RW_RETURN_IF_ERROR(Wait(rr));
+    RW_RETURN_IF_ERROR(Wait(sr));
+  }
+  return Status::Ok();
+}
+
 Status Transport::Barrier(MsgTag tag) {
   RW_REQUIRE(!aborted(), "transport: aborted (rank " << rank() << " of " << size() << ")");
   if (size() == 1) return Status::Ok();

@@ -117,6 +117,8 @@ class Transport {
   // Deterministic sum over the ring, in place: ring reduce-scatter then all-gather over R chunks. Chunk c
   // is summed in ring order starting at rank c, ((x_c + x_c+1) + x_c+2) + ..., whatever the timing, so equal inputs give equal bits.
   Status AllReduceSum(float* data, size_t n, MsgTag tag);
+  // Every rank's `bytes` at `mine`, in rank order, into `all` (size() * bytes) on every rank.
+  Status AllGather(const void* mine, size_t bytes, void* all, MsgTag tag);
   // Returns once every rank has entered it (a token goes twice around the ring).
   Status Barrier(MsgTag tag);
 

@@ -8,6 +8,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 
 #include "ring_harness.h"
 #include <nlohmann/json.hpp>
@@ -614,6 +615,120 @@ TEST(Needle, DocumentsFitTheirSequence) {
       EXPECT_EQ(answer_targets[0], int(tok->Encode("1234567").size())) << "step " << step;
       for (int k = 0; k + 1 < docs; ++k) EXPECT_GT(answer_targets[size_t(k)], 0) << "step " << step << " doc " << k;
     }
+}
+
+// Each rank builds only its rows of the global batch (issue 11, point 6): for synthetic copy and needle
+// data (answer weight 0.3, not a dyadic fraction) and a prepared dataset of text and vision documents, at
+// rings of 1 to 5 under every layout, a rank's rows are exactly the whole sequence's rows at its indices,
+// and the loss weights made from the ranks' weight sums (added in rank order, as after the all-gather) are
+// bitwise those of the whole batch: per_token and per_modality.
+TEST(Batch, EachRankBuildsOnlyItsRowsAndTheirLossWeightsAreTheWholeBatchs) {
+  Tmp t;
+  std::string jsonl;
+  for (int k = 0; k < 40; ++k) {
+    std::string ids;
+    for (int j = 0; j < 5 + (k * 7) % 31; ++j) ids += (j ? ", " : "") + std::to_string((k * 13 + j * 5) % 250 + 1);
+    jsonl += "{\"tokens\": [" + ids + "], \"modality\": \"" + (k % 3 == 1 ? "vision" : "text") + "\"}\n";
+    if (k % 4 == 0) jsonl += "{\"text\": \"document " + std::to_string(k) + " of the batch test\"}\n";
+  }
+  PrepareReport rep;
+  ASSERT_TRUE(PrepareDataset({{t.File("b.jsonl", jsonl)}, (t.p / "ds").string(), "bytes", 0, false}, &rep).ok());
+  Dataset ds;
+  ASSERT_TRUE(Dataset::Open((t.p / "ds").string(), &ds).ok());
+  std::unique_ptr<Tokenizer> bytes;
+  ASSERT_TRUE(MakeTokenizer("bytes", &bytes).ok());
+  const int64_t L = 240, B = 3;
+  const WindowIndex windows(ds, L);
+  DataConfig copy;
+  DataConfig needle = NeedleData(*bytes, 150, 220, 0.3);
+  struct Source {
+    const char* name;
+    std::function<std::vector<PackedSequence>(const std::vector<int64_t>*)> make;
+  };
+  const std::vector<Source> sources = {
+      {"copy", [&](const std::vector<int64_t>* keep) { return GlobalBatch(copy, *bytes, 11, 5, L, B, keep); }},
+      {"needle", [&](const std::vector<int64_t>* keep) { return GlobalBatch(needle, *bytes, 11, 5, L, B, keep); }},
+      {"files", [&](const std::vector<int64_t>* keep) {
+         DataCursor c{3, 0, 17};
+         return NextBatch(windows, B, &c, keep);
+       }},
+  };
+  int cases = 0;
+  for (const auto& src : sources) {
+    const std::vector<PackedSequence> whole = src.make(nullptr);
+    double whole_sums[2];
+    WeightSums(whole, whole_sums);
+    EXPECT_GT(whole_sums[0], 0) << src.name;
+    if (std::string(src.name) == "files") EXPECT_GT(whole_sums[1], 0) << "the dataset's vision targets";
+    if (std::string(src.name) == "needle") {
+      int64_t answers = 0;
+      for (const auto& p : whole) answers += std::count(p.weights.begin(), p.weights.end(), 0.3f);
+      EXPECT_GT(answers, 0) << "no answer target weighs 0.3";
+    }
+    for (const char* weighting : {"per_token", "per_modality"}) {
+      LossConfig lc;
+      lc.weighting = weighting;
+      std::vector<PackedSequence> whole_w = whole;
+      double whole_scale = 0;
+      ASSERT_TRUE(ApplyLossWeighting(lc, whole_w, &whole_scale).ok());
+      for (LayoutKind kind : {LayoutKind::kContiguous, LayoutKind::kZigzag, LayoutKind::kStriped})
+        for (int R : {1, 2, 3, 4, 5}) {
+          Layout lay;
+          ASSERT_TRUE(Layout::Make(kind, L, R, &lay).ok());
+          std::vector<std::vector<PackedSequence>> ranks(R);
+          std::vector<double> gathered;
+          for (int r = 0; r < R; ++r) {
+            const std::vector<int64_t> mine = lay.GlobalIndices(r);
+            ranks[r] = src.make(&mine);
+            double sums[2];
+            WeightSums(ranks[r], sums);
+            gathered.insert(gathered.end(), sums, sums + 2);
+          }
+          double global[2] = {0, 0};
+          for (int r = 0; r < R; ++r) global[0] += gathered[2 * r], global[1] += gathered[2 * r + 1];
+          ASSERT_EQ(global[0], whole_sums[0]) << src.name << " R " << R;
+          ASSERT_EQ(global[1], whole_sums[1]) << src.name << " R " << R;
+          for (int r = 0; r < R; ++r) {
+            double scale = 0;
+            ASSERT_TRUE(ApplyLossWeighting(lc, global, ranks[r], &scale).ok());
+            ASSERT_EQ(scale, whole_scale);
+            for (int64_t b = 0; b < B; ++b) {
+              const ShardBatch want = ShardOf(whole_w[b], lay, r);
+              const ShardBatch got = std::move(ranks[r][b]).Rows();
+              ASSERT_EQ(got.index, want.index) << src.name << " R " << R << " rank " << r;
+              ASSERT_EQ(got.tokens, want.tokens) << src.name << " R " << R << " rank " << r << " seq " << b;
+              ASSERT_EQ(got.targets, want.targets) << src.name << " R " << R << " rank " << r;
+              ASSERT_EQ(got.positions, want.positions) << src.name << " R " << R << " rank " << r;
+              ASSERT_EQ(got.segments, want.segments) << src.name << " R " << R << " rank " << r;
+              ASSERT_EQ(got.weights, want.weights) << src.name << " " << weighting << " R " << R << " rank " << r;
+            }
+          }
+          ++cases;
+        }
+    }
+  }
+  std::printf("  %d cases (3 sources x 2 weightings x layouts x rings of 1-5): rows and loss weights equal the whole batch's\n",
+              cases);
+  EXPECT_GE(cases, 60);
+}
+
+// The all-gather the loss weighting rides on: every rank gets every rank's block, in rank order.
+TEST(Batch, AllGatherGivesEveryRankEveryBlockInRankOrder) {
+  for (int R : {1, 2, 3, 5}) {
+    std::vector<std::vector<double>> got(R);
+    auto st = RunRanks(InprocFabric::Create(R), [&](int r, Transport& tr) {
+      const double mine[2] = {r + 0.25, -1.0 * r * r};
+      got[r].resize(2 * size_t(R));
+      return tr.AllGather(mine, sizeof(mine), got[r].data(), MsgTag{1, 0, 1, 7, 0});
+    });
+    for (int r = 0; r < R; ++r) {
+      ASSERT_TRUE(st[r].ok()) << st[r].message();
+      for (int q = 0; q < R; ++q) {
+        EXPECT_EQ(got[r][2 * q], q + 0.25) << "R " << R << " rank " << r << " block " << q;
+        EXPECT_EQ(got[r][2 * q + 1], -1.0 * q * q);
+      }
+    }
+  }
 }
 
 }  // namespace

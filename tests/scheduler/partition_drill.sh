@@ -27,6 +27,8 @@ cd "$work"
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill -9 "$p" 2> /dev/null || true; done
+  # Whatever still runs in the test's namespaces (a namespace lives on while a process holds it).
+  for n in d w1 w2 sw; do ip netns pids "$ns-$n" 2> /dev/null | xargs -r kill -9 2> /dev/null || true; done
   wait 2> /dev/null || true
   for n in d w1 w2 sw; do ip netns del "$ns-$n" 2> /dev/null || true; done
   [ -n "${RW_KEEP_DRILL:-}" ] && echo "kept $work" || rm -rf "$work"
@@ -64,7 +66,7 @@ for h in d w1 w2; do
   ip -n "$ns-$h" addr add "${addr[$h]}/24" dev rw0
   ip -n "$ns-$h" link set rw0 up
 done
-on() { local h=$1; shift; ip netns exec "$ns-$h" "$@"; }
+on() { local h=$1; shift; ip netns exec "$ns-$h" "$@"; }  # not for background processes: $! must be theirs
 cut_link() { ip -n "$ns-sw" link set "v-$1" down; }
 heal_link() { ip -n "$ns-sw" link set "v-$1" up; }
 
@@ -78,7 +80,7 @@ healthy() { on d curl -sf "http://$ADDR/healthz"; }
 worker_alive() { rw workers | grep -q "^$1 .*alive"; }
 registrations() { grep -c 'registered with daemon instance' "$1.log" || true; }
 
-on d "$bin" daemon --state st --listen "$ADDR" --data-root . --checkpoint-root . --worker-timeout 3 --grace 20 \
+ip netns exec "$ns-d" "$bin" daemon --state st --listen "$ADDR" --data-root . --checkpoint-root . --worker-timeout 3 --grace 20 \
   >> daemon.log 2>&1 &
 pids+=("$!")
 wait_for 10 "daemon api.addr" test -s st/api.addr
@@ -86,7 +88,7 @@ ADDR=$(cat st/api.addr)
 wait_for 10 "daemon /healthz" healthy
 # UCX over TCP on the hosts' own interface (no shared memory between them: they stand for machines).
 for w in w1 w2; do
-  on "$w" env UCX_TLS=tcp,self UCX_NET_DEVICES=rw0 "$bin" worker --daemon "$ADDR" --listen "${addr[$w]}" \
+  ip netns exec "$ns-$w" env UCX_TLS=tcp,self UCX_NET_DEVICES=rw0 "$bin" worker --daemon "$ADDR" --listen "${addr[$w]}" \
     --devices cpu:2 --name "$w" --token-file st/token --grace 20 >> "$w.log" 2>&1 &
   pids+=("$!")
   wait_for 15 "worker $w registered" worker_alive "$w"
