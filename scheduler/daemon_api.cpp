@@ -95,12 +95,24 @@ Status LoadOrCreateToken(const std::string& dir, std::string* token) {
   return Status::Ok();
 }
 
-nlohmann::json DaemonImpl::WithWaitingLocked(nlohmann::json j, const JobRecord& r) const {
-  if (r.state != JobState::kQueued) return j;
-  const auto it = waiting_.find(r.id);
-  if (it != waiting_.end()) j["waiting"] = it->second;
+std::map<std::string, std::string> DaemonImpl::WaitingReasons() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return waiting_;
+}
+
+std::string DaemonImpl::WaitingReason(const std::string& job) {
+  std::lock_guard<std::mutex> lock(mu_);
+  const auto it = waiting_.find(job);
+  return it == waiting_.end() ? "" : it->second;
+}
+
+namespace {
+// A job's record as the API shows it: a queued job says why it waits ("waiting") when the scheduler said so.
+json WithWaiting(json j, const JobRecord& r, const std::string& why) {
+  if (r.state == JobState::kQueued && !why.empty()) j["waiting"] = why;
   return j;
 }
+}  // namespace
 
 bool DaemonImpl::Authorized(const httplib::Request& req) const {
   const std::string h = req.get_header_value("Authorization");
@@ -222,18 +234,17 @@ void DaemonImpl::Routes() {
   http_->Get("/v1/jobs", [this](const httplib::Request&, httplib::Response& res) {
     json list = json::array();
     const auto records = jobs_->List();
-    std::lock_guard<std::mutex> lock(mu_);  // after the table's (the order of daemon_impl.h)
-    for (const auto& r : records) list.push_back(WithWaitingLocked(JobJson(r), r));
+    const auto waiting = WaitingReasons();  // mu_ after the table's (the order of daemon_impl.h), held briefly
+    for (const auto& r : records) {
+      const auto it = waiting.find(r.id);
+      list.push_back(WithWaiting(JobJson(r), r, it == waiting.end() ? "" : it->second));
+    }
     Reply(res, 200, json{{"jobs", list}});
   });
   http_->Get(R"(/v1/jobs/([A-Za-z0-9_-]+))", [this](const httplib::Request& req, httplib::Response& res) {
     JobRecord r;
     if (!jobs_->Get(req.matches[1], &r).ok()) return Error(res, 404, "job " + std::string(req.matches[1]) + ": no such job");
-    json j;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      j = WithWaitingLocked(JobJson(r), r);
-    }
+    json j = WithWaiting(JobJson(r), r, WaitingReason(r.id));
     j["spec"] = r.spec;
     j["overrides"] = r.overrides;
     Reply(res, 200, j);

@@ -130,8 +130,10 @@ class DaemonImpl final : public Daemon {
   void Heartbeat(const httplib::Request& req, httplib::Response& res);
   Status ParseSubmission(const httplib::Request& req, JobRecord* rec, std::string* key, runtime::JobConfig* config);
   bool Authorized(const httplib::Request& req) const;
-  // A queued job's record as the API shows it, with why it waits ("waiting") when the scheduler said so.
-  nlohmann::json WithWaitingLocked(nlohmann::json j, const JobRecord& r) const;
+  // Why queued jobs wait, as the scheduler last said: copied under mu_, so that the API builds its replies
+  // (2,000 records for a list) without holding the lock the scheduler and the heartbeats need.
+  std::map<std::string, std::string> WaitingReasons();
+  std::string WaitingReason(const std::string& job);
 
   static constexpr std::chrono::milliseconds kTickFallback{100};
   static constexpr int kListenBacklog = 1024;

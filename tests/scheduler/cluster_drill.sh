@@ -15,6 +15,7 @@
 set -eEuo pipefail
 bin=$(readlink -f "$1")
 repo=$(readlink -f "$2")
+source "$(dirname "$(readlink -f "$0")")/loss_curve.sh"
 work=$(mktemp -d)
 cd "$work"
 pids=()
@@ -110,13 +111,7 @@ grep -q "ring of 4 devices on w1 (2), w2 (2), ucx" A.events || fail "$A never ra
 grep -q "devices lost: rank [23] on w2" A.events || fail "$A: the lost device is not in the events"
 grep -q "ring of 2 devices on w1 (2), inproc.*shrunk" A.events || fail "$A did not shrink to 2"
 # The loss curve continues: every step's loss (its last run) equals the undisturbed run's.
-awk 'FNR == 1 { f++ } { match($0, /"step": [0-9]+/); s = substr($0, RSTART + 8, RLENGTH - 8);
-     match($0, /"loss": [0-9.]+/); l = substr($0, RSTART + 8, RLENGTH - 8);
-     if (f == 1) ref[s] = l; else got[s] = l }
-     END { n = 0; worst = 0; for (s in ref) { if (!(s in got)) { print "FAIL: step " s " missing"; exit 1 }
-           d = (got[s] - ref[s]) / ref[s]; if (d < 0) d = -d; if (d > worst) worst = d; n++ }
-           printf "elastic: %d steps, worst relative loss difference to the undisturbed run %.2e\n", n, worst;
-           if (n != 60 || worst > 1e-4) exit 1 }' ref/metrics.jsonl out/elastic/metrics.jsonl ||
+loss_curve_matches ref/metrics.jsonl out/elastic/metrics.jsonl 60 elastic ||
   fail "$A: the loss curve after the shrink departs from the undisturbed run"
 rw logs "$A" > A.log
 grep -q "step 60/60" A.log || fail "ringworld logs $A lacks the last step"

@@ -16,6 +16,7 @@
 set -eEuo pipefail
 bin=$(readlink -f "$1")
 repo=$(readlink -f "$2")
+source "$(dirname "$(readlink -f "$0")")/loss_curve.sh"
 ns=rwp$$
 if [ "$(id -u)" -ne 0 ] || ! command -v ip > /dev/null || ! ip netns add "$ns-probe" 2> /dev/null; then
   echo "SKIP: network namespaces are not available here (needs root and 'ip netns')"
@@ -148,13 +149,7 @@ for d in $(ls ck/partition | grep '^step-' | sort -t- -k2 -n); do
 done
 [ "$prev" -eq 150 ] || fail "the last checkpoint is of step $prev, not 150"
 ls -a ck/partition | grep -q '^\.tmp' && fail "temporary checkpoint directories left: $(ls -a ck/partition)"
-awk 'FNR == 1 { f++ } { match($0, /"step": [0-9]+/); s = substr($0, RSTART + 8, RLENGTH - 8);
-     match($0, /"loss": [0-9.]+/); l = substr($0, RSTART + 8, RLENGTH - 8);
-     if (f == 1) ref[s] = l; else got[s] = l }
-     END { n = 0; worst = 0; for (s in ref) { if (!(s in got)) { print "FAIL: step " s " missing"; exit 1 }
-           d = (got[s] - ref[s]) / ref[s]; if (d < 0) d = -d; if (d > worst) worst = d; n++ }
-           printf "4. no split brain: %d steps, worst relative loss difference to the undisturbed run %.2e; ", n, worst;
-           if (n != 150 || worst > 1e-4) exit 1 }' ref/metrics.jsonl out/partition/metrics.jsonl ||
+loss_curve_matches ref/metrics.jsonl out/partition/metrics.jsonl 150 "4. no split brain" ||
   fail "$P: the loss curve departs from the undisturbed run"
 echo "checkpoints $(ls ck/partition | grep -c '^step-'), each committed by the daemon's ring, steps growing"
 echo "partition drill passed in $((SECONDS - t_start)) s: re-formed in $re_form_s s after the cut, w1 back in $rejoin_s s after the heal"
