@@ -62,6 +62,13 @@ class Bench:
             time.sleep(0.1)
         raise RuntimeError(what + " (not within %d s)" % limit)
 
+    def rss_mb(self, pid):
+        with open("/proc/%d/status" % pid) as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024.0
+        return 0.0
+
     def cpu_seconds(self, pid):
         with open("/proc/%d/stat" % pid) as f:
             fields = f.read().rsplit(")", 1)[1].split()
@@ -83,6 +90,7 @@ class Bench:
         self.wait("4 workers alive", lambda: sum(1 for x in self.api("GET", "/v1/workers")[1]["workers"]
                                                   if x["state"] == "alive") == 4, 30)
         spec = open(os.path.join(self.repo, "configs", "tiny-cpu.yaml")).read()
+        rss0 = self.rss_mb(self.daemon.pid)
 
         # N jobs that wait: each wants a ring of 16.
         lat = []
@@ -109,8 +117,9 @@ class Bench:
         for th in threads:
             th.join()
         submit_s = time.time() - t0
-        print("submitted %d jobs in %.1f s: p50 %.1f ms, p99 %.1f ms" %
-              (a.jobs, submit_s, 1e3 * pct(lat, 50), 1e3 * pct(lat, 99)), flush=True)
+        rss1 = self.rss_mb(self.daemon.pid)
+        print("submitted %d jobs in %.1f s: p50 %.1f ms, p99 %.1f ms; daemon RSS %.0f -> %.0f MB" %
+              (a.jobs, submit_s, 1e3 * pct(lat, 50), 1e3 * pct(lat, 99), rss0, rss1), flush=True)
 
         # The daemon idle with N waiting jobs.
         time.sleep(2)
@@ -148,6 +157,7 @@ class Bench:
               "p50 %.1f ms p99 %.1f ms; errors %d; daemon CPU %.2f s/s" %
               (a.seconds, len(reads), 1e3 * pct(reads, 50), 1e3 * pct(reads, 99), a.jobs, len(lists),
                1e3 * pct(lists, 50), 1e3 * pct(lists, 99), len(errors), load_cpu), flush=True)
+        print("daemon RSS after the load: %.0f MB" % self.rss_mb(self.daemon.pid), flush=True)
         if errors:
             print("  first error: " + errors[0])
 
