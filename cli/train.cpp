@@ -188,11 +188,15 @@ int Train(const std::string& job_path, std::vector<std::string> overrides, bool 
   const int64_t resumed_from = start;
 
   // The devices of this process (or its device hosts). A lost one is forgotten (its host killed and
-  // reaped): the job goes on from its last checkpoint on a ring of those left, as a daemon job does.
+  // reaped): the job goes on from its last checkpoint on a ring of those left, as a daemon job does. A
+  // device host that dies drops its connection (RunRing sees its device go); one that hangs (SIGSTOP, a
+  // deadlock) is found by a probe every second, as the daemon finds a hung worker by its heartbeats.
   class Pool final : public actors::DevicePool {
    public:
-    Pool(std::vector<actors::device_actor> devices, std::vector<pid_t>& pids, std::string transport)
-        : devices_(std::move(devices)), pids_(pids), transport_(std::move(transport)), alive_(devices_.size(), true) {}
+    Pool(caf::actor_system& sys, std::vector<actors::device_actor> devices, std::vector<actors::host_actor> hosts,
+         std::vector<pid_t>& pids, std::string transport)
+        : sys_(sys), devices_(std::move(devices)), hosts_(std::move(hosts)), pids_(pids),
+          transport_(std::move(transport)), alive_(devices_.size(), true) {}
     kernels::Status Form(const std::function<kernels::Status(int, actors::RingPlan*)>& plan, actors::RingPlan* out,
                          Ring* ring) override {
       RW_RETURN_IF_ERROR(plan(Available(), out));
@@ -206,7 +210,23 @@ int Train(const std::string& job_path, std::vector<std::string> overrides, bool 
       ring->where = std::to_string(out->devices) + " devices";
       return kernels::Status::Ok();
     }
-    std::string Gone() override { return ""; }  // a dead host's connection drops: RunRing sees its device go
+    std::string Gone() override {
+      const auto now = std::chrono::steady_clock::now();
+      if (hosts_.empty() || now - last_probe_ < std::chrono::seconds(1)) return "";
+      last_probe_ = now;
+      caf::scoped_actor self{sys_};
+      for (size_t rank = 0; rank < ring_.size(); ++rank) {
+        const size_t i = ring_[rank];
+        if (i >= hosts_.size()) continue;
+        bool answered = false;
+        self->request(hosts_[i], kProbeTimeout, actors::devices_atom::value)
+            .receive([&](const std::vector<actors::device_actor>&) { answered = true; }, [](caf::error&) {});
+        if (!answered)
+          return "device process " + std::to_string(pids_[i]) + " (rank " + std::to_string(rank) +
+                 ") did not answer within " + std::to_string(kProbeTimeout.count()) + " s";
+      }
+      return "";
+    }
     int Available() override { return int(std::count(alive_.begin(), alive_.end(), true)); }
     std::string Lost(const std::vector<int>& ranks) override {
       std::string list;
@@ -228,12 +248,16 @@ int Train(const std::string& job_path, std::vector<std::string> overrides, bool 
     std::string Holder() const override { return pids_.empty() ? "this process" : "a device process"; }
 
    private:
+    const std::chrono::seconds kProbeTimeout{2};
+    caf::actor_system& sys_;
     std::vector<actors::device_actor> devices_;
+    std::vector<actors::host_actor> hosts_;  // of --processes, one per device; empty in one process
     std::vector<pid_t>& pids_;  // of --processes, one per device (-1 once reaped); empty in one process
+    std::chrono::steady_clock::time_point last_probe_{};
     std::string transport_;
     std::vector<bool> alive_;
     std::vector<size_t> ring_;  // the current ring's devices, by rank
-  } pool(devices, host_pids, job.ring.transport);
+  } pool(sys, devices, hosts, host_pids, job.ring.transport);
 
   // The terminal and the metrics file.
   class Sink final : public actors::JobSink {

@@ -3,6 +3,8 @@
 # ring of 2 device processes, one of them killed with SIGKILL mid-run. The run must re-form on the device
 # left (ring.min_devices 1) from its last checkpoint, finish with exit 0, and its losses from the resume on
 # must equal an undisturbed run's (the batch of a step does not depend on the ring size; 1e-5 relative).
+# Then a hung device process (SIGSTOP): found by the driver's probe (2 s) and its abort deadline (5 s),
+# killed, and the run re-forms within 15 s (without the probe: the transport's 120 s timeout).
 set -euo pipefail
 bin=$1
 cfg=$2
@@ -55,4 +57,32 @@ join <(loss_by_step "$out/ref/metrics.jsonl" | sort -k1,1) \
              printf "after the loss: %d steps on a ring of 1, max |loss diff| vs undisturbed %.2g\n", 42 - from, worst
              exit bad }'
 echo "device process $victim killed after step $killed_at; re-formed on 1 device from the checkpoint of step $from"
+
+# A hung device process.
+"$bin" train "$cfg" --processes --set output_dir="$out/st" --set checkpoint.dir="$out/st/ck" "${run[@]}" \
+  > "$out/st.log" 2>&1 &
+pid=$!
+for _ in $(seq 600); do
+  [ -f "$out/st/metrics.jsonl" ] && [ "$(wc -l < "$out/st/metrics.jsonl")" -ge 12 ] && break
+  kill -0 "$pid" 2> /dev/null || break
+  sleep 0.1
+done
+victim=$(pgrep -P "$pid" -f "device-host" | head -1 || true)
+[ -n "$victim" ] || { echo "FAIL: no device process to stop"; cat "$out/st.log"; exit 1; }
+kill -STOP "$victim"
+t0=$SECONDS
+until grep -q "ring of 1 devices (epoch 2)" "$out/st.log"; do
+  [ $((SECONDS - t0)) -le 15 ] || { echo "FAIL: no ring re-formed within 15 s of the SIGSTOP"; cat "$out/st.log"; exit 1; }
+  sleep 0.2
+done
+reformed=$((SECONDS - t0))
+rc=0
+timeout 120 tail --pid="$pid" -f /dev/null || { echo "FAIL: the run did not end within 120 s"; exit 1; }
+wait "$pid" || rc=$?
+pid=
+[ "$rc" -eq 0 ] || { echo "FAIL: exit $rc after a hung device"; cat "$out/st.log"; exit 1; }
+grep -q "device process $victim (rank [01]) did not answer within 2 s" "$out/st.log" ||
+  { echo "FAIL: the hung device is not named"; cat "$out/st.log"; exit 1; }
+kill -0 "$victim" 2> /dev/null && { echo "FAIL: the hung device process was left behind"; exit 1; }
+echo "device process $victim stopped (SIGSTOP): found, killed, and the ring re-formed within $reformed s"
 echo "1 passed, 0 failed"
