@@ -178,6 +178,11 @@ lane_actor::behavior_type Lane(lane_actor::pointer lane) {
               };
             st = runtime::TrainRank(*t, job, report, &res, control);
           }
+          // In this process's log too: the driver may be out of reach (a partition), and a worker's operator
+          // should see why its devices stopped.
+          if (!st.ok())
+            std::fprintf(stderr, "ringworld device: rank %d of job %llu (epoch %u): training stopped: %s\n", spec.rank,
+                         static_cast<unsigned long long>(spec.job), unsigned(task.epoch), st.message().c_str());
           rep.ok = st.ok();
           rep.error = st.message();
           rep.stopped = res.stopped;
@@ -356,16 +361,23 @@ kernels::Status FormRing(caf::actor_system& sys, const std::vector<device_actor>
   for (int r = 0; r < R; ++r)
     pending.push_back(self->request(devices[r], std::chrono::seconds(60), connect_atom::value, addr[(r + R - 1) % R],
                                     addr[(r + 1) % R]));
-  std::string err;
+  // A rank that did not answer is the cause; its neighbours' timeouts waiting for it are the symptom.
+  std::string silent, failed;
   for (int r = 0; r < R; ++r)
     pending[r].receive(
         [&](const attention_report& rep) {
-          if (!rep.ok && err.empty()) err = "rank " + std::to_string(r) + ": " + rep.error;
+          if (!rep.ok && failed.empty()) failed = "rank " + std::to_string(r) + ": " + rep.error;
         },
         [&](caf::error& e) {
-          if (err.empty()) err = "rank " + std::to_string(r) + ": " + sys.render(e);
+          if (e == caf::sec::request_timeout)
+            silent += (silent.empty() ? "" : ", ") + std::to_string(r);
+          else if (failed.empty())
+            failed = "rank " + std::to_string(r) + ": " + sys.render(e);
         });
-  RW_REQUIRE(err.empty(), "ring formation (" << transport << ", " << R << " ranks): " << err);
+  RW_REQUIRE(silent.empty(), "ring formation (" << transport << ", " << R << " ranks): no answer from rank " << silent
+                                                << " within 60 s (its device still busy?)"
+                                                << (failed.empty() ? "" : "; " + failed));
+  RW_REQUIRE(failed.empty(), "ring formation (" << transport << ", " << R << " ranks): " << failed);
   return kernels::Status::Ok();
 }
 

@@ -227,8 +227,10 @@ JobOutcome DriveJob(caf::actor_system& sys, const JobRun& run, DevicePool& pool,
       return end(State::kPreempted,
                  pool.Holder() + " stopped the ring (SIGTERM): resumes from step " + std::to_string(out.steps));
     }
-    // A lost device (its process died or hung) or a transport failure: re-form without it.
+    // A lost device (its process died or hung) or a transport failure: re-form without it. A stop
+    // (preemption, shutdown) decides first: the job resumes later, its failed ring not counted.
     const std::string lost = pool.Lost(out.lost_ranks);
+    if (after.stop) return end(State::kPreempted, after.why);
     const bool device_lost = out.lost || !pool.Gone().empty();
     if (!device_lost || ++failed_in_a_row > run.max_failed_rings) return end(State::kFailed, out.error);
     last_ring_size = -1;  // the next ring is a re-formation, whatever its size

@@ -21,5 +21,7 @@ void InstallStopSignals();
 const std::atomic<bool>& StopRequested();
 // A child process that gets the first signal passed on (the device hosts of `train --processes`).
 void ForwardStopTo(pid_t child);
+// Forgets a child before it is reaped (its pid may be reused by an unrelated process afterwards).
+void StopForwardingTo(pid_t child);
 
 }  // namespace rw::cli

@@ -5,6 +5,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <thread>
 
 #include <cstdio>
@@ -208,9 +209,13 @@ int Train(const std::string& job_path, std::vector<std::string> overrides, bool 
         }
       ring->transport = transport_;
       ring->where = std::to_string(out->devices) + " devices";
+      unanswered_.clear();
       return kernels::Status::Ok();
     }
+    // A host that missed a probe stays gone for this ring (a slow answer later does not take it back): the
+    // ring is aborted and the device forgotten, as a daemon forgets a worker that missed its heartbeats.
     std::string Gone() override {
+      if (!unanswered_.empty()) return gone_;
       const auto now = std::chrono::steady_clock::now();
       if (hosts_.empty() || now - last_probe_ < std::chrono::seconds(1)) return "";
       last_probe_ = now;
@@ -221,22 +226,30 @@ int Train(const std::string& job_path, std::vector<std::string> overrides, bool 
         bool answered = false;
         self->request(hosts_[i], kProbeTimeout, actors::devices_atom::value)
             .receive([&](const std::vector<actors::device_actor>&) { answered = true; }, [](caf::error&) {});
-        if (!answered)
-          return "device process " + std::to_string(pids_[i]) + " (rank " + std::to_string(rank) +
-                 ") did not answer within " + std::to_string(kProbeTimeout.count()) + " s";
+        if (!answered) {
+          unanswered_.push_back(int(rank));
+          gone_ = "device process " + std::to_string(pids_[i]) + " (rank " + std::to_string(rank) +
+                  ") did not answer within " + std::to_string(kProbeTimeout.count()) + " s";
+          return gone_;
+        }
       }
       return "";
     }
     int Available() override { return int(std::count(alive_.begin(), alive_.end(), true)); }
-    std::string Lost(const std::vector<int>& ranks) override {
+    std::string Lost(const std::vector<int>& lost) override {
+      std::vector<int> ranks = lost;  // and those that missed a probe, though they answered the abort
+      for (int r : unanswered_)
+        if (std::find(ranks.begin(), ranks.end(), r) == ranks.end()) ranks.push_back(r);
       std::string list;
       for (int rank : ranks) {
         if (rank < 0 || rank >= int(ring_.size())) continue;
         const size_t i = ring_[rank];
+        if (!alive_[i]) continue;
         alive_[i] = false;
         list += (list.empty() ? "" : ", ") + std::string("rank ") + std::to_string(rank);
         if (i < pids_.size() && pids_[i] > 0) {  // gone or hung: make sure, and reap it
           list += " (device process " + std::to_string(pids_[i]) + ")";
+          StopForwardingTo(pids_[i]);
           kill(pids_[i], SIGKILL);
           waitpid(pids_[i], nullptr, 0);
           pids_[i] = -1;
@@ -254,6 +267,8 @@ int Train(const std::string& job_path, std::vector<std::string> overrides, bool 
     std::vector<actors::host_actor> hosts_;  // of --processes, one per device; empty in one process
     std::vector<pid_t>& pids_;  // of --processes, one per device (-1 once reaped); empty in one process
     std::chrono::steady_clock::time_point last_probe_{};
+    std::vector<int> unanswered_;  // ranks of the current ring that missed a probe
+    std::string gone_;
     std::string transport_;
     std::vector<bool> alive_;
     std::vector<size_t> ring_;  // the current ring's devices, by rank

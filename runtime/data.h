@@ -85,8 +85,10 @@ struct LossConfig {
 };
 
 // The sums of the weights of a batch's predicted tokens, per modality (text, vision), in double. Each
-// weight is a float and the sums stay far below 2^53 ulps, so they are exact: the sums of the ranks'
-// shards, added in any order, are the whole batch's to the bit.
+// weight is a float (24 significant bits), so a sum is exact while it stays below 2^30 times the smallest
+// weight in it: always for weights of 1 and data.answer_weight >= 1 (a billion tokens a batch), and for an
+// answer weight of 2^-k up to 2^(30-k) tokens. Exact sums make the ranks' shard sums, added in any order,
+// the whole batch's to the bit, so the loss weights do not depend on the ring size.
 void WeightSums(const std::vector<PackedSequence>& batch, double sums[2]);
 // Turns a batch's weights into the loss weights, given the whole global batch's WeightSums, and returns the
 // factor that makes scale * sum_i w_i ce_i the loss: per_token, the mean over predicted tokens;

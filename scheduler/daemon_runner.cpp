@@ -189,8 +189,6 @@ void DaemonImpl::Drive(Runner* r) {
     case S::kWaiting:  // requeued: it waits in the queue for devices
       return Finish(r, JobState::kPreempted, out.message);
     case S::kFailed:
-      // At shutdown the workers go too: a ring that failed then resumes later.
-      if (shutting_down_) return Finish(r, JobState::kPreempted, "daemon shutting down");
       return Finish(r, JobState::kFailed, out.message);
   }
 }

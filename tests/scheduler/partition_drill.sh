@@ -23,6 +23,14 @@ if [ "$(id -u)" -ne 0 ] || ! command -v ip > /dev/null || ! ip netns add "$ns-pr
   exit 77
 fi
 ip netns del "$ns-probe"
+# Namespaces of an earlier run that was killed before its cleanup (rwp<its pid>-*): their processes and them.
+for n in $(ip netns list | awk '{ print $1 }' | grep '^rwp[0-9]*-' || true); do
+  owner=${n#rwp}
+  owner=${owner%%-*}
+  kill -0 "$owner" 2> /dev/null && continue
+  ip netns pids "$n" | xargs -r kill -9 2> /dev/null || true
+  ip netns del "$n" 2> /dev/null || true
+done
 work=$(mktemp -d)
 cd "$work"
 pids=()
@@ -123,7 +131,7 @@ echo "1. link of w1 cut after step $cut_step: ring aborted, re-formed on w2 from
 # ---- 2: the cut-off worker fences itself ------------------------------------------------------------------------
 wait_for 40 "w1 aborts its stale ring (heartbeats fail)" grep -q "lost the daemon" w1.log
 step_before_heal=$(last_step out/partition)
-wait_for 60 "$P progressing on w2 while w1 is cut off" step_at_least out/partition $((step_before_heal + 5))
+wait_for 40 "$P progressing on w2 while w1 is cut off" step_at_least out/partition $((step_before_heal + 5))
 echo "2. w1 fenced itself (its heartbeats failed: devices aborted); $P went on on w2 ($((SECONDS - t_start)) s)"
 
 # ---- 3: heal; w1 comes back and the job grows back to 4 ---------------------------------------------------------
@@ -134,8 +142,8 @@ back() { [ "$(registrations w1)" -gt "$regs" ]; }
 wait_for 30 "w1 registered again after the heal" back
 t_back=$(now_ms)
 grown() { grep -q "ring of 4 devices on w1 (2), w2 (2), ucx, epoch [3-9]" "$log"; }
-wait_for 60 "$P grown back to a ring of 4" grown
-wait_for 180 "$P SUCCEEDED" is_state "$P" SUCCEEDED
+wait_for 40 "$P grown back to a ring of 4" grown
+wait_for 120 "$P SUCCEEDED" is_state "$P" SUCCEEDED
 rejoin_s=$(awk -v a="$t_heal" -v b="$t_back" 'BEGIN { printf "%.1f", (b - a) / 1000 }')
 echo "3. healed: w1 registered again in $rejoin_s s, the job grew back to 4 and SUCCEEDED ($((SECONDS - t_start)) s)"
 
@@ -152,5 +160,30 @@ ls -a ck/partition | grep -q '^\.tmp' && fail "temporary checkpoint directories 
 loss_curve_matches ref/metrics.jsonl out/partition/metrics.jsonl 150 "4. no split brain" ||
   fail "$P: the loss curve departs from the undisturbed run"
 echo "checkpoints $(ls ck/partition | grep -c '^step-'), each committed by the daemon's ring, steps growing"
+
+# ---- 5: a whole ring on the cut-off host ------------------------------------------------------------------------
+# A ring of 2 on one worker needs no network: cut off, it could compute on beside the ring that replaces it
+# (split brain). It must stop by itself: its commits are asked of a driver it cannot reach (refused), and its
+# worker aborts it when its heartbeats fail.
+Q=$(rw submit "$cfg" "${job[@]}" --set ring.devices=2 --set stages.0.steps=2000 --set name=island \
+    --set checkpoint.dir=ck/island --set output_dir=out/island --json | grep -m1 '"id"' | sed 's/.*"id": "\([^"]*\)".*/\1/')
+qlog=st/logs/$Q.log
+wait_for 60 "$Q past step 12" step_at_least out/island 12
+host=$(grep -o "ring of 2 devices on w[12] (2), inproc, epoch 1" "$qlog" | grep -o "w[12]" || true)
+[ -n "$host" ] || fail "$Q did not start on a ring of 2 on one worker"
+other=w1
+[ "$host" = w1 ] && other=w2
+t_cut=$(now_ms)
+cut_link "$host"
+wait_for 30 "$Q re-formed on $other" grep -q "ring of 2 devices on $other (2), inproc, epoch 2" "$qlog"
+island_stopped() { grep -q "of job [0-9]* (epoch 1): training stopped" "$host.log"; }
+wait_for 40 "the island ring on $host stops by itself" island_stopped
+stop_s=$(awk -v a="$t_cut" -v b="$(now_ms)" 'BEGIN { printf "%.1f", (b - a) / 1000 }')
+why=$(grep -m1 "(epoch 1): training stopped" "$host.log" | sed 's/.*training stopped: //')
+grep -Eq "commit .*refused|lost the daemon|aborted" <<< "$why" || fail "the island ring stopped for another reason: $why"
+heal_link "$host"
+rw cancel "$Q" > /dev/null
+wait_for 30 "$Q cancelled" is_state "$Q" CANCELLED
+echo "5. a ring of 2 cut off on $host stopped by itself within $stop_s s ($why) while $Q went on on $other ($((SECONDS - t_start)) s)"
 echo "partition drill passed in $((SECONDS - t_start)) s: re-formed in $re_form_s s after the cut, w1 back in $rejoin_s s after the heal"
 echo "1 passed, 0 failed"
