@@ -21,15 +21,20 @@ run=(--set stages.0.steps=40 --set stages.1.steps=2 --set checkpoint.every_steps
 # The reference: undisturbed, in one process.
 "$bin" train "$cfg" --set output_dir="$out/ref" --set checkpoint.dir="$out/ref/ck" "${run[@]}" > /dev/null
 
-"$bin" train "$cfg" --processes --set output_dir="$out/pr" --set checkpoint.dir="$out/pr/ck" "${run[@]}" \
-  > "$out/pr.log" 2>&1 &
-pid=$!
-# Once step 12 is done (the checkpoint of step 10 committed or on its way), kill one device process.
-for _ in $(seq 600); do
-  [ -f "$out/pr/metrics.jsonl" ] && [ "$(wc -l < "$out/pr/metrics.jsonl")" -ge 12 ] && break
-  kill -0 "$pid" 2> /dev/null || break
-  sleep 0.1
-done
+# start_past_step_12 NAME: `train --processes` into $out/NAME in the background (pid), back once step 12 is
+# done (the checkpoint of step 10 committed or on its way).
+start_past_step_12() {
+  "$bin" train "$cfg" --processes --set output_dir="$out/$1" --set checkpoint.dir="$out/$1/ck" "${run[@]}" \
+    > "$out/$1.log" 2>&1 &
+  pid=$!
+  for _ in $(seq 600); do
+    [ -f "$out/$1/metrics.jsonl" ] && [ "$(wc -l < "$out/$1/metrics.jsonl")" -ge 12 ] && break
+    kill -0 "$pid" 2> /dev/null || break
+    sleep 0.1
+  done
+}
+
+start_past_step_12 pr
 victim=$(pgrep -f "$out/pr/.hosts/port.1" || true)  # rank 1's device host
 [ -n "$victim" ] || { echo "FAIL: no device process to kill"; cat "$out/pr.log"; exit 1; }
 killed_at=$(wc -l < "$out/pr/metrics.jsonl")
@@ -60,14 +65,7 @@ join <(loss_by_step "$out/ref/metrics.jsonl" | sort -k1,1) \
 echo "device process $victim killed after step $killed_at; re-formed on 1 device from the checkpoint of step $from"
 
 # A hung device process.
-"$bin" train "$cfg" --processes --set output_dir="$out/st" --set checkpoint.dir="$out/st/ck" "${run[@]}" \
-  > "$out/st.log" 2>&1 &
-pid=$!
-for _ in $(seq 600); do
-  [ -f "$out/st/metrics.jsonl" ] && [ "$(wc -l < "$out/st/metrics.jsonl")" -ge 12 ] && break
-  kill -0 "$pid" 2> /dev/null || break
-  sleep 0.1
-done
+start_past_step_12 st
 victim=$(pgrep -f "$out/st/.hosts/port.0" || true)  # rank 0's device host
 [ -n "$victim" ] || { echo "FAIL: no device process to stop"; cat "$out/st.log"; exit 1; }
 kill -STOP "$victim"

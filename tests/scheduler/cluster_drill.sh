@@ -15,7 +15,7 @@
 set -eEuo pipefail
 bin=$(readlink -f "$1")
 repo=$(readlink -f "$2")
-source "$(dirname "$(readlink -f "$0")")/loss_curve.sh"
+source "$(dirname "$(readlink -f "$0")")/drill_lib.sh"  # wait_for, loss_curve_matches
 work=$(mktemp -d)
 cd "$work"
 pids=()
@@ -31,16 +31,6 @@ fail() {
   echo "FAIL: $*"
   for f in daemon.log w1.log w2.log *.events st/logs/*.log; do [ -f "$f" ] && { echo "--- $f"; tail -30 "$f"; }; done
   exit 1
-}
-# wait_for SECONDS DESCRIPTION COMMAND...: polls every 0.2 s.
-wait_for() {
-  local limit=$1 what=$2
-  shift 2
-  local end=$((SECONDS + limit))
-  until "$@" > /dev/null 2>&1; do
-    [ $SECONDS -lt $end ] || fail "$what (not within ${limit} s)"
-    sleep 0.2
-  done
 }
 rw() { "$bin" "$@" --daemon "$ADDR" --token-file st/token; }
 state_of() { rw status "$1" --json | grep -m1 '"state"' | sed 's/.*"state": "\([A-Z]*\)".*/\1/'; }

@@ -16,7 +16,7 @@
 set -eEuo pipefail
 bin=$(readlink -f "$1")
 repo=$(readlink -f "$2")
-source "$(dirname "$(readlink -f "$0")")/loss_curve.sh"
+source "$(dirname "$(readlink -f "$0")")/drill_lib.sh"  # wait_for, loss_curve_matches
 ns=rwp$$
 if [ "$(id -u)" -ne 0 ] || ! command -v ip > /dev/null || ! ip netns add "$ns-probe" 2> /dev/null; then
   echo "SKIP: network namespaces are not available here (needs root and 'ip netns')"
@@ -49,15 +49,6 @@ fail() {
   echo "FAIL: $*"
   for f in daemon.log w1.log w2.log st/logs/*.log; do [ -f "$f" ] && { echo "--- $f"; tail -40 "$f"; }; done
   exit 1
-}
-wait_for() {  # wait_for SECONDS DESCRIPTION COMMAND...: polls every 0.2 s
-  local limit=$1 what=$2
-  shift 2
-  local end=$((SECONDS + limit))
-  until "$@" > /dev/null 2>&1; do
-    [ $SECONDS -lt $end ] || fail "$what (not within ${limit} s)"
-    sleep 0.2
-  done
 }
 now_ms() { echo $(($(date +%s%N) / 1000000)); }
 
@@ -126,7 +117,7 @@ wait_for 30 "$P computing on w2" step_at_least out/partition $((resumed + 1))
 grep -q "worker w1 lost" "$log" || fail "$P: the abort does not name the lost worker"
 re_form_s=$(awk -v a="$t_cut" -v b="$t_ring" 'BEGIN { printf "%.1f", (b - a) / 1000 }')
 awk -v s="$re_form_s" 'BEGIN { exit !(s <= 15) }' || fail "re-forming took $re_form_s s (bound 15 s)"
-echo "1. link of w1 cut after step $cut_step: ring aborted, re-formed on w2 from step $resumed in $re_form_s s ($((SECONDS - t_start)) s)"
+echo "1. link of w1 cut at about step $cut_step: ring aborted, re-formed on w2 from step $resumed in $re_form_s s ($((SECONDS - t_start)) s)"
 
 # ---- 2: the cut-off worker fences itself ------------------------------------------------------------------------
 wait_for 40 "w1 aborts its stale ring (heartbeats fail)" grep -q "lost the daemon" w1.log
@@ -142,7 +133,9 @@ back() { [ "$(registrations w1)" -gt "$regs" ]; }
 wait_for 30 "w1 registered again after the heal" back
 t_back=$(now_ms)
 grown() { grep -q "ring of 4 devices on w1 (2), w2 (2), ucx, epoch [3-9]" "$log"; }
-wait_for 40 "$P grown back to a ring of 4" grown
+# The first ring of 4 after the heal may fail to form (30 s): w1's neighbour entry for w2 failed during the
+# partition and connects get "No route to host" until the kernel probes again; the driver forms it anew.
+wait_for 100 "$P grown back to a ring of 4" grown
 wait_for 120 "$P SUCCEEDED" is_state "$P" SUCCEEDED
 rejoin_s=$(awk -v a="$t_heal" -v b="$t_back" 'BEGIN { printf "%.1f", (b - a) / 1000 }')
 echo "3. healed: w1 registered again in $rejoin_s s, the job grew back to 4 and SUCCEEDED ($((SECONDS - t_start)) s)"

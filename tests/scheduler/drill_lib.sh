@@ -1,4 +1,18 @@
-# Sourced by the drills: loss_curve_matches REF GOT STEPS LABEL compares two metrics.jsonl files step by
+# Sourced by the drills (cluster_drill.sh, partition_drill.sh), which define fail().
+#
+# wait_for SECONDS DESCRIPTION COMMAND...: polls COMMAND every 0.2 s; fail()s with DESCRIPTION when it has
+# not succeeded within SECONDS.
+wait_for() {
+  local limit=$1 what=$2
+  shift 2
+  local end=$((SECONDS + limit))
+  until "$@" > /dev/null 2>&1; do
+    [ $SECONDS -lt $end ] || fail "$what (not within ${limit} s)"
+    sleep 0.2
+  done
+}
+
+# loss_curve_matches REF GOT STEPS LABEL compares two metrics.jsonl files step by
 # step (the last line of each step in GOT: a step recomputed after a fault counts once, as last computed).
 # It prints "LABEL: N steps, worst relative loss difference to the undisturbed run X" and fails unless
 # every one of the STEPS steps of REF is in GOT within 1e-4 relative.
