@@ -3,7 +3,9 @@
 #include <ucp/api/ucp.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <condition_variable>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <deque>
@@ -335,7 +337,9 @@ struct UcxTransport::Impl {
     SendAbort(reason);
     FailAll(st);
     // Force-closing the endpoints cancels sends in flight (their callbacks run with an error) and tells the
-    // peers' error handlers.
+    // peers' error handlers. Bounded: over TCP to a peer cut off by the network the close can stay in
+    // progress for minutes, and this thread must go on (the lane waits on it, and so does the destructor
+    // that the next ring's formation runs); a close still in progress is left to finish on its own.
     for (ucp_ep_h* ep : {&ep_next, &ep_prev}) {
       if (!*ep) continue;
       ucp_request_param_t p{};
@@ -343,7 +347,12 @@ struct UcxTransport::Impl {
       p.flags = UCP_EP_CLOSE_FLAG_FORCE;
       ucs_status_ptr_t r = ucp_ep_close_nbx(*ep, &p);
       if (UCS_PTR_IS_PTR(r)) {
-        while (ucp_request_check_status(r) == UCS_INPROGRESS) ucp_worker_progress(worker);
+        const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(2);
+        while (ucp_request_check_status(r) == UCS_INPROGRESS && std::chrono::steady_clock::now() < until)
+          ucp_worker_progress(worker);
+        if (ucp_request_check_status(r) == UCS_INPROGRESS)
+          std::fprintf(stderr, "ucx: rank %d: closing the endpoint to its %s rank did not finish within 2 s (%s)\n",
+                       opt.rank, ep == &ep_next ? "next" : "previous", reason.c_str());
         ucp_request_free(r);
       }
       *ep = nullptr;
