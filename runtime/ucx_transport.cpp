@@ -292,9 +292,46 @@ struct UcxTransport::Impl {
     fail_status = st;
     if (recv_posted && recv_request) {
       ucp_request_cancel(worker, recv_request);  // its callback runs with UCS_ERR_CANCELED
+      // A receive already matched to a transfer under way is not cancelled: it ends when its data comes
+      // or its endpoint fails, and a peer cut off by the network does neither (the partition drill's
+      // hang). Force-closing the endpoint fails it. UCX may write into the receive's buffer until its
+      // callback has run, so that is still waited for, with a line saying so.
+      ProgressFor(std::chrono::seconds(1), [this] { return !recv_posted; });
+      if (recv_posted && ep_prev) {
+        ForceClose(&ep_prev, "previous", "a receive from it did not end when cancelled");
+        prev_lost = true;
+        ProgressFor(std::chrono::seconds(2), [this] { return !recv_posted; });
+      }
+      if (recv_posted)
+        std::fprintf(stderr, "ucx: rank %d: a receive from the previous rank has not ended 3 s after its cancel; "
+                             "waiting on\n", opt.rank);
       while (recv_posted) ucp_worker_progress(worker);
     }
     PostFrontRecv();
+  }
+
+  // Drives the worker until done() or `limit` has passed.
+  template <class Done>
+  void ProgressFor(std::chrono::steady_clock::duration limit, const Done& done) {
+    const auto until = std::chrono::steady_clock::now() + limit;
+    while (!done() && std::chrono::steady_clock::now() < until) ucp_worker_progress(worker);
+  }
+
+  // Force-closes an endpoint: operations on it are cancelled (their callbacks run with an error) and the
+  // peer's error handler is told where it can be. Bounded: over TCP to a peer cut off by the network the
+  // close can stay in progress for minutes; one still in progress after 2 s is left to finish on its own.
+  void ForceClose(ucp_ep_h* ep, const char* which, const std::string& why) {
+    ucp_request_param_t p{};
+    p.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
+    p.flags = UCP_EP_CLOSE_FLAG_FORCE;
+    ucs_status_ptr_t r = ucp_ep_close_nbx(*ep, &p);
+    *ep = nullptr;
+    if (!UCS_PTR_IS_PTR(r)) return;
+    ProgressFor(std::chrono::seconds(2), [r] { return ucp_request_check_status(r) != UCS_INPROGRESS; });
+    if (ucp_request_check_status(r) == UCS_INPROGRESS)
+      std::fprintf(stderr, "ucx: rank %d: closing the endpoint to its %s rank did not finish within 2 s (%s)\n",
+                   opt.rank, which, why.c_str());
+    ucp_request_free(r);
   }
 
   // A neighbour's endpoint failed: it crashed, or it finished and closed. That alone is no error (a rank
@@ -336,27 +373,10 @@ struct UcxTransport::Impl {
     const Status st = AbortStatus();
     SendAbort(reason);
     FailAll(st);
-    // Force-closing the endpoints cancels sends in flight (their callbacks run with an error) and tells the
-    // peers' error handlers. Bounded: over TCP to a peer cut off by the network the close can stay in
-    // progress for minutes, and this thread must go on (the lane waits on it, and so does the destructor
-    // that the next ring's formation runs); a close still in progress is left to finish on its own.
-    for (ucp_ep_h* ep : {&ep_next, &ep_prev}) {
-      if (!*ep) continue;
-      ucp_request_param_t p{};
-      p.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
-      p.flags = UCP_EP_CLOSE_FLAG_FORCE;
-      ucs_status_ptr_t r = ucp_ep_close_nbx(*ep, &p);
-      if (UCS_PTR_IS_PTR(r)) {
-        const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(2);
-        while (ucp_request_check_status(r) == UCS_INPROGRESS && std::chrono::steady_clock::now() < until)
-          ucp_worker_progress(worker);
-        if (ucp_request_check_status(r) == UCS_INPROGRESS)
-          std::fprintf(stderr, "ucx: rank %d: closing the endpoint to its %s rank did not finish within 2 s (%s)\n",
-                       opt.rank, ep == &ep_next ? "next" : "previous", reason.c_str());
-        ucp_request_free(r);
-      }
-      *ep = nullptr;
-    }
+    // Force-closing the endpoints cancels sends in flight and tells the peers' error handlers; this thread
+    // must go on (the lane waits on it, and so does the destructor that the next ring's formation runs).
+    if (ep_next) ForceClose(&ep_next, "next", reason);
+    if (ep_prev) ForceClose(&ep_prev, "previous", reason);
     for (SendCtx* ctx : sends_in_flight) ctx->op->Complete(st);
   }
 

@@ -355,11 +355,23 @@ void DaemonImpl::Register(const httplib::Request& req, httplib::Response& res) {
   if (!err.empty())
     return Error(res, 400, "port: cannot reach the worker's device host at " + where + " within " +
                                std::to_string(int(opt_.worker_connect_s)) + " s: " + err);
+  bool timed_out = false;
   {
     caf::scoped_actor self{*sys_};
     self->request(host, deadline_ms, actors::devices_atom::value)
         .receive([&](const std::vector<actors::device_actor>& d) { w.devices = d; },
-                 [&](caf::error& e) { err = sys_->render(e); });
+                 [&](caf::error& e) {
+                   err = sys_->render(e);
+                   timed_out = e == caf::sec::request_timeout;
+                 });
+  }
+  // Reached but slow to answer is transient: right after a partition heals, the daemon's old connection to
+  // the worker's node can hold messages back for a while. The worker tries again (503); it exited on a 400
+  // (the partition drill found it).
+  if (timed_out) {
+    res.set_header("Retry-After", "1");
+    return Error(res, 503, "port: the worker's device host did not answer within " +
+                               std::to_string(int(opt_.worker_connect_s)) + " s; try again");
   }
   if (!err.empty()) return Error(res, 400, "port: the worker's device host did not answer: " + err);
   if (w.devices.size() != w.memory.size())
