@@ -4,6 +4,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <mutex>
 #include <nlohmann/json.hpp>
 
 
@@ -56,9 +57,18 @@ class Ids final : public Tokenizer {
 class SentencePiece final : public Tokenizer {
  public:
   explicit SentencePiece(std::string path) : path_(std::move(path)) {}
+  // The special ids are read once, here, under one lock for the process: the first look-up of each
+  // initializes a default string shared by every model in libsentencepiece (protobuf's lazy defaults),
+  // which ranks loading their tokenizers in parallel threads would otherwise do at once (CI's TSan stage
+  // saw it in eos_id()). After Load nothing here touches those defaults.
   Status Load(const std::string& field) {
+    static std::mutex load_mu;
+    std::lock_guard<std::mutex> lock(load_mu);
     const auto st = sp_.Load(path_);
     RW_REQUIRE(st.ok(), field << ": " << path_ << " is not a SentencePiece model: " << st.ToString());
+    bos_ = sp_.bos_id();
+    eos_ = sp_.eos_id();
+    unk_ = sp_.unk_id();
     return Status::Ok();
   }
   std::vector<int32_t> Encode(const std::string& text) const override {
@@ -71,9 +81,9 @@ class SentencePiece final : public Tokenizer {
     sp_.Decode(std::vector<int>(ids.begin(), ids.end()), &out).IgnoreError();
     return out;
   }
-  int32_t bos() const override { return sp_.bos_id(); }
-  int32_t eos() const override { return sp_.eos_id(); }
-  int32_t unk() const override { return sp_.unk_id(); }
+  int32_t bos() const override { return bos_; }
+  int32_t eos() const override { return eos_; }
+  int32_t unk() const override { return unk_; }
   std::string Piece(int32_t id) const override { return id >= 0 && id < vocab_size() ? sp_.IdToPiece(id) : ""; }
   int64_t vocab_size() const override { return sp_.GetPieceSize(); }
   std::string name() const override { return path_; }
@@ -82,6 +92,7 @@ class SentencePiece final : public Tokenizer {
  private:
   std::string path_;
   sentencepiece::SentencePieceProcessor sp_;
+  int32_t bos_ = -1, eos_ = -1, unk_ = -1;  // read in Load
 };
 
 }  // namespace
