@@ -165,7 +165,8 @@ JobOutcome DriveJob(caf::actor_system& sys, const JobRun& run, DevicePool& pool,
     return res;
   };
   int failed_in_a_row = 0;
-  int last_ring_size = 0;
+  int last_ring_size = 0;     // 0: no ring yet
+  bool after_failure = false;  // the previous ring failed: the next one is a re-formation, whatever its size
   for (;;) {
     if (const JobSink::Interrupt in = sink.Interrupted(); in.cancel || in.stop)
       return end(in.cancel ? State::kCancelled : State::kPreempted, in.why);
@@ -180,8 +181,9 @@ JobOutcome DriveJob(caf::actor_system& sys, const JobRun& run, DevicePool& pool,
         &ring);
     if (!formed.ok()) return end(State::kWaiting, "waiting for devices: " + formed.message());
     if (plan.devices == 0) return end(State::kSucceeded, "all steps done");
-    const bool resized = last_ring_size != 0 && last_ring_size != plan.devices;
+    const bool resized = after_failure || (last_ring_size != 0 && last_ring_size != plan.devices);
     last_ring_size = plan.devices;
+    after_failure = false;
     const uint32_t epoch = sink.RingFormed(plan, ring, start, resized);
 
     bool growing = false;
@@ -233,7 +235,7 @@ JobOutcome DriveJob(caf::actor_system& sys, const JobRun& run, DevicePool& pool,
     if (after.stop) return end(State::kPreempted, after.why);
     const bool device_lost = out.lost || !pool.Gone().empty();
     if (!device_lost || ++failed_in_a_row > run.max_failed_rings) return end(State::kFailed, out.error);
-    last_ring_size = -1;  // the next ring is a re-formation, whatever its size
+    after_failure = true;
     sink.Note("ring failed: " + out.error + (lost.empty() ? "" : "; devices lost: " + lost) +
               "; re-forming from the last checkpoint");
   }

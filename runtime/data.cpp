@@ -97,19 +97,21 @@ void PackedSequence::Row(int32_t token, int32_t target, int32_t segment, int64_t
   modality.push_back(mod);
 }
 
+bool PackedSequence::NextRow(int64_t end) {
+  if (!keep_) return length_ < end;
+  if (next_keep_ >= keep_->size() || (*keep_)[next_keep_] >= end) {
+    length_ = std::max(length_, end);  // the rest up to end belongs to other ranks
+    return false;
+  }
+  length_ = std::max(length_, (*keep_)[next_keep_++]);
+  return true;
+}
+
 void PackedSequence::AppendWindow(const int32_t* ids, const uint8_t* mod, int64_t inputs, int32_t doc) {
-  const int64_t end = length_ + inputs, start = length_;
-  while (length_ < end) {
-    if (keep_) {  // jump to the next kept row
-      if (next_keep_ >= keep_->size() || (*keep_)[next_keep_] >= end) {
-        length_ = end;
-        break;
-      }
-      length_ = std::max(length_, (*keep_)[next_keep_++]);
-    }
+  const int64_t start = length_, end = length_ + inputs;
+  for (; NextRow(end); ++length_) {
     const int64_t i = length_ - start;
     Row(ids[i], ids[i + 1], doc, i, 1.f, mod ? mod[i + 1] : 0);
-    ++length_;
   }
 }
 
@@ -119,17 +121,7 @@ void PackedSequence::SetWeights(int64_t from, int64_t to, float w) {
 }
 
 void PackedSequence::PadTo(int64_t seq_len) {
-  while (length_ < seq_len) {
-    if (keep_) {
-      if (next_keep_ >= keep_->size() || (*keep_)[next_keep_] >= seq_len) {
-        length_ = seq_len;
-        break;
-      }
-      length_ = std::max(length_, (*keep_)[next_keep_++]);
-    }
-    Row(0, -1, -1, 0, 0.f, 0);
-    ++length_;
-  }
+  for (; NextRow(seq_len); ++length_) Row(0, -1, -1, 0, 0.f, 0);
 }
 
 ShardBatch PackedSequence::Rows() && {

@@ -72,6 +72,9 @@ struct PackedSequence {
 
  private:
   void Row(int32_t token, int32_t target, int32_t segment, int64_t position, float weight, uint8_t mod);
+  // Moves length() to the next row to store below `end` and says whether there is one (else length()
+  // becomes end: the positions up to it are other ranks').
+  bool NextRow(int64_t end);
   const std::vector<int64_t>* keep_ = nullptr;  // null: every row
   size_t next_keep_ = 0;                        // the first kept index not yet reached
   int64_t length_ = 0;

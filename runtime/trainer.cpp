@@ -210,6 +210,7 @@ Status TrainRank(Transport& t, const JobConfig& job, const std::function<void(co
     }
   } join_at_exit{writer};
   ModelWorkspace workspace;  // the rank's buffers, reused by every step
+  std::vector<double> all_sums(2 * size_t(R));  // every rank's loss-weight sums, gathered each step
   for (size_t si = 0; si < job.stages.size(); ++si) {
     const StageConfig& stage = job.stages[si];
     model.rope_theta = stage.theta(job.model);
@@ -246,7 +247,6 @@ Status TrainRank(Transport& t, const JobConfig& job, const std::function<void(co
       auto weighted = windows ? NextBatch(*windows, stage.batch, &cursor, &mine)
                               : GlobalBatch(job.data, *tok, job.seed, step, stage.seq_len, stage.batch, &mine);
       double sums[2];
-      std::vector<double> all_sums(2 * size_t(R));
       WeightSums(weighted, sums);
       RW_RETURN_IF_ERROR(
           t.AllGather(sums, sizeof(sums), all_sums.data(), MsgTag{job.seed, 0, uint32_t(step), kReduceLayer + 3, 0}));

@@ -316,6 +316,11 @@ struct UcxTransport::Impl {
     const auto until = std::chrono::steady_clock::now() + limit;
     while (!done() && std::chrono::steady_clock::now() < until) ucp_worker_progress(worker);
   }
+  // Drives the worker until the request `r` completes or `limit` has passed; true when it completed.
+  bool Settle(ucs_status_ptr_t r, std::chrono::steady_clock::duration limit) {
+    ProgressFor(limit, [r] { return ucp_request_check_status(r) != UCS_INPROGRESS; });
+    return ucp_request_check_status(r) != UCS_INPROGRESS;
+  }
 
   // Force-closes an endpoint: operations on it are cancelled (their callbacks run with an error) and the
   // peer's error handler is told where it can be. Bounded: over TCP to a peer cut off by the network the
@@ -327,8 +332,7 @@ struct UcxTransport::Impl {
     ucs_status_ptr_t r = ucp_ep_close_nbx(*ep, &p);
     *ep = nullptr;
     if (!UCS_PTR_IS_PTR(r)) return;
-    ProgressFor(std::chrono::seconds(2), [r] { return ucp_request_check_status(r) != UCS_INPROGRESS; });
-    if (ucp_request_check_status(r) == UCS_INPROGRESS)
+    if (!Settle(r, std::chrono::seconds(2)))
       std::fprintf(stderr, "ucx: rank %d: closing the endpoint to its %s rank did not finish within 2 s (%s)\n",
                    opt.rank, which, why.c_str());
     ucp_request_free(r);
@@ -406,10 +410,7 @@ struct UcxTransport::Impl {
     ucp_request_param_t p{};
     ucs_status_ptr_t r = ucp_tag_send_nbx(ep_next, msg, sizeof(msg), AbortTag(), &p);
     if (!UCS_PTR_IS_PTR(r)) return;
-    const auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(200);
-    while (ucp_request_check_status(r) == UCS_INPROGRESS && std::chrono::steady_clock::now() < until)
-      ucp_worker_progress(worker);
-    if (ucp_request_check_status(r) == UCS_INPROGRESS) ucp_request_cancel(worker, r);
+    if (!Settle(r, std::chrono::milliseconds(200))) ucp_request_cancel(worker, r);
     ucp_request_free(r);
   }
 
@@ -484,10 +485,7 @@ UcxTransport::~UcxTransport() {
         }
         ucs_status_ptr_t r = ucp_ep_close_nbx(*ep, &p);
         if (UCS_PTR_IS_PTR(r)) {
-          const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(2);
-          while (ucp_request_check_status(r) == UCS_INPROGRESS && std::chrono::steady_clock::now() < until)
-            ucp_worker_progress(im->worker);
-          if (ucp_request_check_status(r) == UCS_INPROGRESS) ucp_request_cancel(im->worker, r);
+          if (!im->Settle(r, std::chrono::seconds(2))) ucp_request_cancel(im->worker, r);
           ucp_request_free(r);
         }
         *ep = nullptr;
