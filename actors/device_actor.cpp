@@ -18,15 +18,15 @@ namespace {
 
 using runtime::Transport;
 
-// In-process rings: the ranks of (job, epoch) share one fabric. Held weakly: it lives as long as an
-// endpoint of it does.
-std::shared_ptr<runtime::InprocFabric> FabricFor(uint64_t job, uint32_t epoch, int size) {
+// In-process rings: the ranks of one formation (its ring id) share one fabric. Held weakly: it lives as
+// long as an endpoint of it does.
+std::shared_ptr<runtime::InprocFabric> FabricFor(uint64_t ring_id, int size) {
   static std::mutex mu;
-  static std::map<std::pair<uint64_t, uint32_t>, std::weak_ptr<runtime::InprocFabric>> fabrics;
+  static std::map<uint64_t, std::weak_ptr<runtime::InprocFabric>> fabrics;
   std::lock_guard<std::mutex> lock(mu);
   for (auto it = fabrics.begin(); it != fabrics.end();)  // forget rings nobody holds any more
     it = it->second.expired() ? fabrics.erase(it) : std::next(it);
-  auto& slot = fabrics[{job, epoch}];
+  auto& slot = fabrics[ring_id];
   auto f = slot.lock();
   if (!f || f->size() != size) {
     f = runtime::InprocFabric::Create(size);
@@ -276,17 +276,20 @@ device_actor::behavior_type Device(device_actor::stateful_pointer<DeviceState> s
         if (spec.size < 1 || spec.rank < 0 || spec.rank >= spec.size)
           return caf::make_error(caf::sec::invalid_argument, "ring_spec: rank " + std::to_string(spec.rank) +
                                                                  " is not a rank of a ring of " + std::to_string(spec.size));
+        if (spec.ring_id == 0 || spec.ring_id >> 63)
+          return caf::make_error(caf::sec::invalid_argument, "ring_spec.ring_id: " + std::to_string(spec.ring_id) +
+                                                                 " is not an id FormRing allocates (1 .. 2^63-1)");
         if (st.transport) st.transport->Abort("re-formed into epoch " + std::to_string(spec.epoch));
         st.spec = spec;
         if (spec.transport == "inproc") {
-          st.transport = FabricFor(spec.job, spec.epoch, spec.size)->Endpoint(spec.rank);
+          st.transport = FabricFor(spec.ring_id, spec.size)->Endpoint(spec.rank);
           return std::string();
         }
         if (spec.transport == "ucx") {
           runtime::UcxOptions opt;
           opt.rank = spec.rank;
           opt.size = spec.size;
-          opt.ring_id = spec.job * 4096 + spec.epoch + 1;
+          opt.ring_id = spec.ring_id;
           std::unique_ptr<runtime::UcxTransport> t;
           auto s = runtime::UcxTransport::Create(opt, &t);
           if (!s.ok()) return caf::make_error(caf::sec::runtime_error, s.message());
@@ -344,9 +347,11 @@ kernels::Status FormRing(caf::actor_system& sys, const std::vector<device_actor>
                          uint32_t epoch, const std::string& transport) {
   caf::scoped_actor self{sys};
   const int R = int(devices.size());
+  static std::atomic<uint64_t> last_ring_id{0};
+  const uint64_t ring_id = ++last_ring_id;
   std::vector<std::string> addr(R);
   for (int r = 0; r < R; ++r) {
-    ring_spec spec{job, epoch, r, R, transport};
+    ring_spec spec{job, epoch, r, R, transport, ring_id};
     std::string err;
     self->request(devices[r], std::chrono::seconds(30), prepare_atom::value, spec)
         .receive([&](const std::string& a) { addr[r] = a; }, [&](caf::error& e) { err = sys.render(e); });

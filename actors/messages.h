@@ -34,11 +34,14 @@ struct ring_spec {
   int32_t rank = 0;
   int32_t size = 1;
   std::string transport = "inproc";  // inproc | ucx
+  // Allocated by FormRing, one per formation, never reused in its process: the key of an in-process ring's
+  // fabric and the UCP tag of a UCX ring's messages (below 2^63: the top bit marks the abort message).
+  uint64_t ring_id = 0;
 };
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, ring_spec& x) {
-  return f(caf::meta::type_name("ring_spec"), x.job, x.epoch, x.rank, x.size, x.transport);
+  return f(caf::meta::type_name("ring_spec"), x.job, x.epoch, x.rank, x.size, x.transport, x.ring_id);
 }
 
 // One rank's attention problem, in host memory owned by the caller (local messages only: a shared_ptr

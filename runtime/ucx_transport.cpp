@@ -290,24 +290,33 @@ struct UcxTransport::Impl {
   void FailAll(const Status& st) {
     failing = true;
     fail_status = st;
-    if (recv_posted && recv_request) {
-      ucp_request_cancel(worker, recv_request);  // its callback runs with UCS_ERR_CANCELED
-      // A receive already matched to a transfer under way is not cancelled: it ends when its data comes
-      // or its endpoint fails, and a peer cut off by the network does neither (the partition drill's
-      // hang). Force-closing the endpoint fails it. UCX may write into the receive's buffer until its
-      // callback has run, so that is still waited for, with a line saying so.
-      ProgressFor(std::chrono::seconds(1), [this] { return !recv_posted; });
-      if (recv_posted && ep_prev) {
-        ForceClose(&ep_prev, "previous", "a receive from it did not end when cancelled");
-        prev_lost = true;
-        ProgressFor(std::chrono::seconds(2), [this] { return !recv_posted; });
-      }
-      if (recv_posted)
-        std::fprintf(stderr, "ucx: rank %d: a receive from the previous rank has not ended 3 s after its cancel; "
-                             "waiting on\n", opt.rank);
-      while (recv_posted) ucp_worker_progress(worker);
-    }
+    EndPostedRecv();
     PostFrontRecv();
+  }
+
+  // Ends the posted receive. A cancel ends a receive not yet matched (at once). One matched to a rendezvous
+  // transfer under way is not cancelled: it ends when its data comes or its endpoint fails, and a peer cut
+  // off by the network (or stopped) does neither. Force-closing the endpoint the transfer runs on ends it
+  // (UCX purges that endpoint's requests). Which of ours that is depends on UCX's pairing of the two sides'
+  // endpoints (it pairs the n-th endpoint each worker made to the other): ep_prev in a ring of 3 or more, but
+  // in a ring of 2, where both of a rank's endpoints lead to the same peer, the peer's sends arrive on our
+  // ep_next. Only a failing transport gets here, so both are closed; the test `AbortEndsAReceiveMatchedTo...`
+  // stops a sender mid-transfer for rings of 2 and 3. UCX may write into the caller's buffer until the
+  // receive's callback has run, so a receive that still has not ended is waited for, with a line saying so.
+  void EndPostedRecv() {
+    if (!recv_posted || !recv_request) return;
+    ucp_request_cancel(worker, recv_request);  // its callback runs with UCS_ERR_CANCELED
+    ProgressFor(std::chrono::milliseconds(200), [this] { return !recv_posted; });
+    if (!recv_posted) return;
+    const std::string why = "a receive from the previous rank did not end when cancelled";
+    if (ep_prev) ForceClose(&ep_prev, "previous", why);
+    if (ep_next) ForceClose(&ep_next, "next", why);
+    prev_lost = next_lost = true;
+    ProgressFor(std::chrono::seconds(2), [this] { return !recv_posted; });
+    if (!recv_posted) return;
+    std::fprintf(stderr, "ucx: rank %d: a receive from the previous rank has not ended after its cancel and the "
+                         "close of both endpoints; waiting on (UCX may still write into its buffer)\n", opt.rank);
+    while (recv_posted) ucp_worker_progress(worker);
   }
 
   // Drives the worker until done() or `limit` has passed.
@@ -356,7 +365,9 @@ struct UcxTransport::Impl {
       prev_lost = true;
       if (recv_posted && recv_request) {  // posted and unmatched: its message can no longer come
         ucp_request_cancel(worker, recv_request);
-        while (recv_posted) ucp_worker_progress(worker);
+        ProgressFor(std::chrono::milliseconds(200), [this] { return !recv_posted; });
+        // Matched to a transfer the lost peer will never finish: the ring is over.
+        if (recv_posted) DoAbort("the previous rank is gone (" + lost_reason + ") in the middle of a transfer");
       }
     }
   }
@@ -424,6 +435,7 @@ struct UcxTransport::Impl {
 Status UcxTransport::Create(const UcxOptions& opt, std::unique_ptr<UcxTransport>* out) {
   RW_REQUIRE(opt.size >= 1 && opt.rank >= 0 && opt.rank < opt.size,
              "rank: " << opt.rank << " is not a rank of a ring of " << opt.size);
+  RW_REQUIRE(opt.ring_id >> 63 == 0, "ring_id: " << opt.ring_id << " has its top bit set (it marks the abort message)");
   auto impl = std::make_unique<Impl>();
   impl->opt = opt;
   ucp_config_t* config = nullptr;
@@ -475,6 +487,9 @@ UcxTransport::~UcxTransport() {
   std::promise<void> closed;
   auto done = closed.get_future();
   im->Run([im, &closed] {
+    // Receives first: a posted one that cannot end (its sender cut off mid-transfer) is ended by closing
+    // the endpoints with force, which a graceful close would otherwise wait on.
+    im->FailAll(Status::Error("transport: shut down"));
     if (!im->aborted) {
       for (ucp_ep_h* ep : {&im->ep_next, &im->ep_prev}) {
         if (!*ep) continue;
@@ -491,7 +506,6 @@ UcxTransport::~UcxTransport() {
         *ep = nullptr;
       }
     }
-    im->FailAll(Status::Error("transport: shut down"));
     im->CancelAbortRecv();
     closed.set_value();
   });

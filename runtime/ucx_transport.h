@@ -28,7 +28,7 @@ struct UcxOptions {
   // offers it on TCP/RDMA but not on shared memory, so it costs same-host rings their fastest path; off by
   // default, where the control plane's heartbeats detect a lost rank and call Abort().
   bool detect_peer_failure = false;
-  uint64_t ring_id = 1;  // the UCP tag of this ring's messages
+  uint64_t ring_id = 1;  // the UCP tag of this ring's messages, below 2^63 (FormRing allocates one per ring)
   TransportOptions transport;
 };
 

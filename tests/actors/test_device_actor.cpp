@@ -58,18 +58,12 @@ double RelErr(const std::vector<float>& got, const std::vector<float>& want) {
   return std::sqrt(num / den);
 }
 
-class DeviceRing : public ::testing::TestWithParam<std::string> {};
-
-TEST_P(DeviceRing, FormedByMessagesComputesRingAttentionEqualToOneDevice) {
-  Config cfg;
-  caf::actor_system sys{cfg};
-  const int R = 4;
-  std::vector<device_actor> devices;
-  for (int r = 0; r < R; ++r) devices.push_back(SpawnDevice(sys, r));
-  auto st = FormRing(sys, devices, /*job=*/9, /*epoch=*/1, GetParam());
-  ASSERT_TRUE(st.ok()) << st.message();
-
-  const auto G = runtime::test::MakeGlobal(2 * R * 13, true, 77);
+// Sends each rank of a formed ring its shard of a fresh problem and returns once all have reported; the
+// outputs, gathered, are compared with the single-device kernels.
+void ExpectRingAttentionEqualsOneDevice(caf::actor_system& sys, const std::vector<device_actor>& devices,
+                                        uint64_t seed, const std::string& what) {
+  const int R = int(devices.size());
+  const auto G = runtime::test::MakeGlobal(2 * R * 13, true, seed);
   runtime::Layout lay;
   ASSERT_TRUE(runtime::Layout::Make(runtime::LayoutKind::kZigzag, G.L, R, &lay).ok());
   auto shards = Shards(G, lay);
@@ -87,13 +81,46 @@ TEST_P(DeviceRing, FormedByMessagesComputesRingAttentionEqualToOneDevice) {
     runtime::test::Scatter(shards[r]->dk, shards[r]->index, G.hkv * G.d, dk);
     runtime::test::Scatter(shards[r]->dv, shards[r]->index, G.hkv * G.d, dv);
   }
-  std::printf("  %s: rel err o=%.2e dq=%.2e dk=%.2e dv=%.2e\n", GetParam().c_str(), RelErr(o, want.o),
-              RelErr(dq, want.dq), RelErr(dk, want.dk), RelErr(dv, want.dv));
-  EXPECT_LE(RelErr(o, want.o), 1e-5);
-  EXPECT_LE(RelErr(dq, want.dq), 1e-5);
-  EXPECT_LE(RelErr(dk, want.dk), 1e-5);
-  EXPECT_LE(RelErr(dv, want.dv), 1e-5);
+  std::printf("  %s: rel err o=%.2e dq=%.2e dk=%.2e dv=%.2e\n", what.c_str(), RelErr(o, want.o), RelErr(dq, want.dq),
+              RelErr(dk, want.dk), RelErr(dv, want.dv));
+  EXPECT_LE(RelErr(o, want.o), 1e-5) << what;
+  EXPECT_LE(RelErr(dq, want.dq), 1e-5) << what;
+  EXPECT_LE(RelErr(dk, want.dk), 1e-5) << what;
+  EXPECT_LE(RelErr(dv, want.dv), 1e-5) << what;
+}
+
+class DeviceRing : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(DeviceRing, FormedByMessagesComputesRingAttentionEqualToOneDevice) {
+  Config cfg;
+  caf::actor_system sys{cfg};
+  const int R = 4;
+  std::vector<device_actor> devices;
+  for (int r = 0; r < R; ++r) devices.push_back(SpawnDevice(sys, r));
+  auto st = FormRing(sys, devices, /*job=*/9, /*epoch=*/1, GetParam());
+  ASSERT_TRUE(st.ok()) << st.message();
+  ExpectRingAttentionEqualsOneDevice(sys, devices, 77, GetParam());
   for (auto& d : devices) caf::anon_send_exit(d, caf::exit_reason::user_shutdown);
+}
+
+// Each formation gets a ring id of its own: two rings formed with the same job and epoch (two drivers of one
+// process, or a test harness) do not share an in-process fabric or a UCP tag. Before ring ids were allocated,
+// the second ring's ranks took the first ring's endpoints.
+TEST_P(DeviceRing, TwoRingsOfTheSameJobAndEpochStayApart) {
+  Config cfg;
+  caf::actor_system sys{cfg};
+  std::vector<device_actor> a, b;
+  for (int r = 0; r < 2; ++r) {
+    a.push_back(SpawnDevice(sys, r));
+    b.push_back(SpawnDevice(sys, 2 + r));
+  }
+  ASSERT_TRUE(FormRing(sys, a, /*job=*/9, /*epoch=*/1, GetParam()).ok());
+  ASSERT_TRUE(FormRing(sys, b, /*job=*/9, /*epoch=*/1, GetParam()).ok());
+  std::thread other([&] { ExpectRingAttentionEqualsOneDevice(sys, b, 78, GetParam() + " ring b"); });
+  ExpectRingAttentionEqualsOneDevice(sys, a, 79, GetParam() + " ring a");
+  other.join();
+  for (auto* ring : {&a, &b})
+    for (auto& d : *ring) caf::anon_send_exit(d, caf::exit_reason::user_shutdown);
 }
 
 INSTANTIATE_TEST_SUITE_P(Transports, DeviceRing, ::testing::Values("inproc", "ucx"));

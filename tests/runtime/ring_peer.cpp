@@ -6,8 +6,13 @@
 //   crash     (peer-failure detection on) rank 0 is killed with SIGKILL while rank 1 waits on it; rank 1
 //             must fail, naming the lost peer, within 5 s (exit 5)
 //   bandwidth rank 0 sends blocks to rank 1 and prints the transfer rate beside a memcpy of the same size
+//   stall     (TCP only) rank 0 starts a large send, then stops itself (SIGSTOP) as a host cut off by the
+//             network would; rank 1's receive matches the transfer and can never end. Rank 1 aborts: its wait
+//             must fail within 5 s and its transport must close within 5 s more (exit 6); it then kills rank 0.
+//             Further ranks idle (exit 6)
 // Exit code 0 on success of the scenario, 1 on an unexpected error, 2 on bad arguments.
 #include <signal.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <cstdio>
@@ -91,6 +96,42 @@ int RunBandwidth(UcxTransport& t) {
   return 0;
 }
 
+// See the header. The receive is posted only after rank 0 has stopped, so UCX matches it to a rendezvous
+// announcement already waiting and asks a process that will never answer for the data.
+int RunStall(std::unique_ptr<UcxTransport>& t, const std::string& dir) {
+  const char* env = std::getenv("RW_STALL_BYTES");
+  const size_t bytes = env ? size_t(std::atoll(env)) : size_t(32) << 20;
+  std::vector<unsigned char> buf(bytes, 7);
+  MsgTag tag;
+  tag.job = 6;
+  if (t->rank() == 0) {
+    std::ofstream(dir + "/pid.0") << getpid() << "\n";
+    Request send = t->SendNext(tag, buf.data(), bytes);
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));  // the announcement is out
+    raise(SIGSTOP);
+    return t->Wait(send).ok() ? 0 : 1;  // not reached: rank 1 kills this process
+  }
+  if (t->rank() != 1) {  // the rest of a ring larger than 2 stays alive and idle
+    std::this_thread::sleep_for(std::chrono::milliseconds(7000));
+    return 6;
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(900));
+  const std::string pid0 = ReadWhenThere(dir + "/pid.0", std::chrono::seconds(5));
+  Request recv = t->RecvPrev(tag, buf.data(), bytes);
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  const auto t0 = Clock::now();
+  t->Abort("rank 1 gives up on a stalled peer");
+  const Status st = t->Wait(recv);
+  const double waited = std::chrono::duration<double>(Clock::now() - t0).count();
+  const auto c0 = Clock::now();
+  t.reset();
+  const double closed = std::chrono::duration<double>(Clock::now() - c0).count();
+  if (!pid0.empty()) kill(std::stoi(pid0), SIGKILL);
+  std::printf("rank 1: %s after %.3f s; transport closed in %.3f s\n", st.ok() ? "ok" : st.message().c_str(), waited,
+              closed);
+  return !st.ok() && waited < 5.0 && closed < 5.0 ? 6 : 1;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -105,7 +146,8 @@ int main(int argc, char** argv) {
   opt.rank = rank;
   opt.size = size;
   opt.transport.check_payload = mode == "corrupt" || mode == "ring";
-  opt.detect_peer_failure = mode == "crash";
+  opt.detect_peer_failure = mode == "crash" || mode == "stall";
+  if (mode == "stall") setenv("UCX_TLS", "tcp", 1);  // shared memory would let rank 1 read a stopped rank's data
   opt.transport.wait_timeout = std::chrono::milliseconds(mode == "abort" ? 5000 : 60000);
   std::unique_ptr<UcxTransport> t;
   if (auto st = UcxTransport::Create(opt, &t); !st.ok()) return Fail(st);
@@ -148,6 +190,7 @@ int main(int argc, char** argv) {
     std::printf("rank %d: %s after %.3f s\n", rank, st.ok() ? "ok" : st.message().c_str(), waited);
     return !st.ok() && st.message().find("gone") != std::string::npos && waited < 5.0 ? 5 : 1;
   }
+  if (mode == "stall") return RunStall(t, dir);
   if (mode == "abort") {
     if (rank == 0) {
       std::this_thread::sleep_for(std::chrono::milliseconds(300));

@@ -138,5 +138,19 @@ TEST(UcxTransport, KilledPeerIsDetectedWithinFiveSecondsWhenPeerFailureDetection
   fs::remove_all(p.dir);
 }
 
+// A peer cut off mid-transfer (the partition drill's hang): a receive matched to a rendezvous transfer from a
+// stopped process does not end on cancel; the abort must still end the wait, and the transport must close,
+// in bounded time. In a ring of 2 the transfer runs on the receiver's endpoint to its next rank (UCX pairs
+// the endpoints by creation order), in a ring of 3 on the one to its previous rank: both are covered.
+TEST(UcxTransport, AbortEndsAReceiveMatchedToATransferFromAStoppedPeer) {
+  for (int R : {2, 3}) {
+    Peers p = RunPeers(R, "stall", "contiguous", "causal", 30s);
+    EXPECT_EQ(p.exit_codes[1], 6) << "R=" << R << ": rank 1's wait and close should end within 5 s each";
+    EXPECT_EQ(p.exit_codes[0], 128 + SIGKILL) << "R=" << R << ": rank 1 kills the stopped rank 0";
+    for (int r = 2; r < R; ++r) EXPECT_EQ(p.exit_codes[r], 6) << "R=" << R << ": rank " << r;
+    fs::remove_all(p.dir);
+  }
+}
+
 }  // namespace
 }  // namespace rw::runtime
