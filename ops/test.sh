@@ -7,8 +7,10 @@
 # built by clang with ASan + UBSan (build-fuzz/), each replaying its corpus and fuzzing RW_FUZZ_SECONDS
 # (default 20) from it. Then the TSan stage (RW_TSAN=0 skips it): the runtime tests (the rings over the
 # in-process transport, the model, training, decoding) in a ThreadSanitizer build (build-tsan/, without
-# OpenMP, whose runtime TSan cannot see into); any report fails the run. The actor tests are not in it:
-# Debian's CAF is built without TSan, and every message through its lock-free mailboxes reads as a race.
+# OpenMP, whose runtime TSan cannot see into); any report fails the run. The actor tests need a CAF built
+# with TSan (Debian's is not: every message through its lock-free mailboxes would read as a race), which
+# ops/tsan-actors.sh builds; that takes about 8 minutes, so it runs with RW_LONG_TESTS=1 or
+# RW_TSAN_ACTORS=1 only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash ops/setup.sh
@@ -52,6 +54,7 @@ if [ "${RW_TSAN:-1}" = 1 ]; then
     "$tsan_dir/tests/runtime/rw_test_runtime" --gtest_filter='-CrashPoints.*' --gtest_brief=1
   unset UCX_MEM_EVENTS
 fi
+[ "${RW_TSAN_ACTORS:-${RW_LONG_TESTS:-0}}" = 1 ] && bash ops/tsan-actors.sh
 
 [ "${RW_FUZZ:-1}" = 1 ] || exit 0
 # Leaks count here (an input that leaks fails); UBSan stops at its first report.

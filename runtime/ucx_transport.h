@@ -55,6 +55,9 @@ class UcxTransport final : public Transport {
 
   // Test hook: flip one payload byte of the next message this rank sends (after its checksum).
   void CorruptNextSend();
+  // Test hook: a receive that its cancel does not end is abandoned at once, without closing the endpoints
+  // first (the last resort of an abort, which the partition drill reaches and no loopback case does).
+  void AbandonStuckReceivesForTest();
 
   struct Impl;
 

@@ -172,8 +172,9 @@ void ApiGuard::Scan() {
       }
   }
   for (const auto& [fd, peer] : late) {
-    int remote = 0;
-    if (Endpoint(fd, true, &remote) != peer) continue;  // closed meanwhile
+    // Closed meanwhile, or the descriptor reused: act only on the same connection (API port and peer).
+    int local = 0, remote = 0;
+    if (Endpoint(fd, false, &local).empty() || local != port_ || Endpoint(fd, true, &remote) != peer) continue;
     ::shutdown(fd, SHUT_RDWR);  // its thread's read fails and it closes the socket
     ++cut_;
     if (opt_.on_cut) opt_.on_cut();

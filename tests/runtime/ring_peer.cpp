@@ -9,7 +9,8 @@
 //   stall     (TCP only) rank 0 starts a large send, then stops itself (SIGSTOP) as a host cut off by the
 //             network would; rank 1's receive matches the transfer and can never end. Rank 1 aborts: its wait
 //             must fail within 5 s and its transport must close within 5 s more (exit 6); it then kills rank 0.
-//             Further ranks idle (exit 6)
+//             Further ranks idle (exit 6). stall-abandon: the same, with the receive abandoned at once (the
+//             abort's last resort) instead of ended by closing the endpoints
 // Exit code 0 on success of the scenario, 1 on an unexpected error, 2 on bad arguments.
 #include <signal.h>
 #include <unistd.h>
@@ -146,8 +147,9 @@ int main(int argc, char** argv) {
   opt.rank = rank;
   opt.size = size;
   opt.transport.check_payload = mode == "corrupt" || mode == "ring";
-  opt.detect_peer_failure = mode == "crash" || mode == "stall";
-  if (mode == "stall") setenv("UCX_TLS", "tcp", 1);  // shared memory would let rank 1 read a stopped rank's data
+  const bool stall = mode == "stall" || mode == "stall-abandon";
+  opt.detect_peer_failure = mode == "crash" || stall;
+  if (stall) setenv("UCX_TLS", "tcp", 1);  // shared memory would let rank 1 read a stopped rank's data
   opt.transport.wait_timeout = std::chrono::milliseconds(mode == "abort" ? 5000 : 60000);
   std::unique_ptr<UcxTransport> t;
   if (auto st = UcxTransport::Create(opt, &t); !st.ok()) return Fail(st);
@@ -190,7 +192,10 @@ int main(int argc, char** argv) {
     std::printf("rank %d: %s after %.3f s\n", rank, st.ok() ? "ok" : st.message().c_str(), waited);
     return !st.ok() && st.message().find("gone") != std::string::npos && waited < 5.0 ? 5 : 1;
   }
-  if (mode == "stall") return RunStall(t, dir);
+  if (mode == "stall" || mode == "stall-abandon") {
+    if (mode == "stall-abandon") t->AbandonStuckReceivesForTest();
+    return RunStall(t, dir);
+  }
   if (mode == "abort") {
     if (rank == 0) {
       std::this_thread::sleep_for(std::chrono::milliseconds(300));

@@ -150,6 +150,12 @@ TEST(UcxTransport, AbortEndsAReceiveMatchedToATransferFromAStoppedPeer) {
     for (int r = 2; r < R; ++r) EXPECT_EQ(p.exit_codes[r], 6) << "R=" << R << ": rank " << r;
     fs::remove_all(p.dir);
   }
+  // The last resort, for a receive that not even the endpoints' close ends (the drill has met such): the
+  // receive is abandoned, its worker left unprogressed, and the wait and the close still end in time.
+  Peers p = RunPeers(2, "stall-abandon", "contiguous", "causal", 30s);
+  EXPECT_EQ(p.exit_codes[1], 6) << "abandoned: rank 1's wait and close should end within 5 s each";
+  EXPECT_EQ(p.exit_codes[0], 128 + SIGKILL);
+  fs::remove_all(p.dir);
 }
 
 }  // namespace
