@@ -124,6 +124,16 @@ RingOutcome RunRing(caf::actor_system& sys, const std::vector<device_actor>& dev
             }
         },
         caf::after(std::chrono::milliseconds(100)) >> [] {});
+    if (aborted && hooks.gone_ranks)  // on a host known gone: no answer can come
+      for (int r : hooks.gone_ranks())
+        if (r >= 0 && r < R && !reported[r]) {
+          reported[r] = true;
+          ++reports;
+          out.lost = true;
+          out.lost_ranks.push_back(r);
+          fail("rank " + std::to_string(r) + ": its host is gone");
+        }
+    if (reports >= R) break;
     const auto now = clock::now();
     if (aborted && abort_deadline == clock::time_point::max())
       abort_deadline = now + std::chrono::milliseconds(int64_t(hooks.abort_answer_s * 1000));
@@ -196,6 +206,11 @@ JobOutcome DriveJob(caf::actor_system& sys, const JobRun& run, DevicePool& pool,
       sink.OnStep(m);
     };
     hooks.on_checkpoint = [&](const runtime::CheckpointInfo& c) { sink.OnCheckpoint(c); };
+    hooks.gone_ranks = [&]() {
+      std::vector<int> ranks;
+      pool.Gone(&ranks);
+      return ranks;
+    };
     hooks.poll = [&]() -> std::string {
       const JobSink::Interrupt in = sink.Interrupted();
       if (in.cancel) return in.why.empty() ? "job cancelled" : in.why;

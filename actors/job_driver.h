@@ -40,8 +40,11 @@ struct RingHooks {
   // Polled about every 100 ms while the ring runs: "" goes on; "stop" asks the ranks to stop after the
   // current step with a checkpoint; anything else aborts the ring with that reason.
   std::function<std::string()> poll;
-  // After an abort, ranks that have not answered within this time are taken as lost (their process is
-  // gone or hung: a stopped worker keeps its connections open, so no CAF down message comes).
+  // The ranks whose host is known gone (a worker that missed its heartbeats, a device process that missed
+  // its probe): after an abort they are taken as lost at once, not waited for. May be empty.
+  std::function<std::vector<int>()> gone_ranks;
+  // After an abort, other ranks that have not answered within this time are taken as lost (their process
+  // is gone or hung: a stopped worker keeps its connections open, so no CAF down message comes).
   double abort_answer_s = 5;
 };
 
@@ -88,8 +91,9 @@ class DevicePool {
   // takes them between. An error: no ring can be formed now, and why (the job holds nothing then).
   virtual kernels::Status Form(const std::function<kernels::Status(int available, RingPlan*)>& plan, RingPlan* out,
                                Ring* ring) = 0;
-  // Polled while a ring runs: "" while its devices' hosts are there, else why not (the ring is aborted).
-  virtual std::string Gone() = 0;
+  // Polled while a ring runs: "" while its devices' hosts are there, else why not (the ring is aborted);
+  // `ranks`, when given, gets the ring's ranks on the hosts that are gone.
+  virtual std::string Gone(std::vector<int>* ranks = nullptr) = 0;
   // The devices the job could have now (its own included): a shrunk ring grows when the stage's are back.
   virtual int Available() = 0;
   // After a ring: its ranks whose device went away (not placed again until they come back; returns them

@@ -210,11 +210,16 @@ int Train(const std::string& job_path, std::vector<std::string> overrides, bool 
       ring->transport = transport_;
       ring->where = std::to_string(out->devices) + " devices";
       unanswered_.clear();
+      gone_.clear();
       return kernels::Status::Ok();
     }
     // A host that missed a probe stays gone for this ring (a slow answer later does not take it back): the
     // ring is aborted and the device forgotten, as a daemon forgets a worker that missed its heartbeats.
-    std::string Gone() override {
+    std::string Gone(std::vector<int>* ranks) override {
+      if (ranks) {  // what the probes found so far (asked after an abort, often: no probe here)
+        ranks->insert(ranks->end(), unanswered_.begin(), unanswered_.end());
+        return gone_;
+      }
       if (!unanswered_.empty()) return gone_;
       const auto now = std::chrono::steady_clock::now();
       if (hosts_.empty() || now - last_probe_ < std::chrono::seconds(1)) return "";

@@ -66,13 +66,17 @@ void DaemonImpl::Drive(Runner* r) {
       ring->transport = ring_workers_.size() == 1 ? "inproc" : "ucx";
       return Status::Ok();
     }
-    std::string Gone() override {
+    std::string Gone(std::vector<int>* ranks) override {
       std::lock_guard<std::mutex> lock(d_.mu_);
+      std::string why;
       for (const auto& w : ring_workers_) {
         const Worker& wk = d_.workers_.at(w);
-        if (!wk.alive) return "worker " + w + " lost: " + wk.lost_reason;
+        if (!wk.alive && why.empty()) why = "worker " + w + " lost: " + wk.lost_reason;
       }
-      return "";
+      if (ranks && !why.empty())
+        for (size_t rank = 0; rank < r_.slots.size(); ++rank)
+          if (!d_.workers_.at(r_.slots[rank].worker).alive) ranks->push_back(int(rank));
+      return why;
     }
     int Available() override {
       std::lock_guard<std::mutex> lock(d_.mu_);

@@ -3,8 +3,9 @@
 # ring of 2 device processes, one of them killed with SIGKILL mid-run. The run must re-form on the device
 # left (ring.min_devices 1) from its last checkpoint, finish with exit 0, and its losses from the resume on
 # must equal an undisturbed run's (the batch of a step does not depend on the ring size; 1e-5 relative).
-# Then a hung device process (SIGSTOP): found by the driver's probe (2 s) and its abort deadline (5 s),
-# killed, and the run re-forms within 15 s (without the probe: the transport's 120 s timeout).
+# Then a hung device process (SIGSTOP): found by the driver's probe (2 s), its rank taken as lost at once
+# (not waited for after the abort), the process killed, and the run re-forms within 15 s (without the
+# probe: the transport's 120 s timeout).
 set -euo pipefail
 bin=$1
 cfg=$2

@@ -5,7 +5,7 @@
 # is cut (its end of the bridge set down): its process keeps running and computing, only the network is
 # gone. Then:
 #   1. the ring ends in an abort and the job re-forms on the other worker, bounded in time (heartbeat
-#      timeout 3 s, then 5 s for ranks to answer the abort);
+#      timeout 3 s, then the healthy ranks' answers to the abort; the cut-off ranks are not waited for);
 #   2. the cut-off worker fences itself: its heartbeats fail and it aborts its devices' stale ring;
 #   3. the link is healed: the worker registers again, the job grows back to a ring of 4 and SUCCEEDS;
 #   4. no split brain: every checkpoint on disk was committed by the ring the daemon drove (its log says
