@@ -5,6 +5,7 @@
 #include <chrono>
 #include <map>
 #include <mutex>
+#include <random>
 
 #include "runtime/inproc_transport.h"
 #include "runtime/generate.h"
@@ -343,12 +344,22 @@ std::atomic<bool>& PreemptFlag() {
 
 device_actor SpawnDevice(caf::actor_system& sys, int device_index) { return sys.spawn(Device, device_index); }
 
+uint64_t AllocateRingId() {
+  // A counter from a random start: a process's ids never repeat, and a restarted daemon does not take up
+  // where the last one began (a worker may still hold an aborted ring of the old daemon's under that id).
+  static std::atomic<uint64_t> next{[] {
+    std::random_device rd;
+    const uint64_t r = (uint64_t(rd()) << 32) ^ uint64_t(rd());
+    return (r & ((uint64_t(1) << 62) - 1)) | 1;  // leaves 2^62 ids before the top bit (the abort tag's)
+  }()};
+  return next++;
+}
+
 kernels::Status FormRing(caf::actor_system& sys, const std::vector<device_actor>& devices, uint64_t job,
                          uint32_t epoch, const std::string& transport) {
   caf::scoped_actor self{sys};
   const int R = int(devices.size());
-  static std::atomic<uint64_t> last_ring_id{0};
-  const uint64_t ring_id = ++last_ring_id;
+  const uint64_t ring_id = AllocateRingId();
   std::vector<std::string> addr(R);
   for (int r = 0; r < R; ++r) {
     ring_spec spec{job, epoch, r, R, transport, ring_id};

@@ -38,6 +38,11 @@ using device_actor = caf::typed_actor<
 
 device_actor SpawnDevice(caf::actor_system& sys, int device_index);
 
+// A ring id for a formation (ring_spec::ring_id): unique in this process, and drawn from a random start so
+// that a restarted process does not repeat its predecessor's (in-process fabrics of the old rings may still
+// be held by workers under those ids).
+uint64_t AllocateRingId();
+
 // Forms a ring over `devices` (rank = position): prepare on each, then connect each to its neighbours.
 // Blocking (a scoped actor); the error names the rank that failed.
 kernels::Status FormRing(caf::actor_system& sys, const std::vector<device_actor>& devices, uint64_t job,

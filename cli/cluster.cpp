@@ -116,7 +116,10 @@ int RunWorker(const WorkerOptions& o) {
   }
   // The devices are published over the authenticated channel: only a holder of the cluster's token (its
   // daemon) can reach them. The credentials live in a private directory for this process's life.
-  const std::string token = scheduler::ReadToken({o.daemon, o.token_file});
+  scheduler::ApiClientOptions api;
+  api.daemon = o.daemon;
+  api.token_file = o.token_file;
+  const std::string token = scheduler::ReadToken(api);
   if (token.size() < 32) {
     std::fprintf(stderr, "ringworld worker: no cluster token (--token-file, $RINGWORLD_TOKEN_FILE, $RINGWORLD_TOKEN or "
                          "ringworld-state/token): the devices are published for the daemon that holds it only\n");

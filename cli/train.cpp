@@ -79,6 +79,156 @@ void Progress(const runtime::StepMetrics& m, bool tty, double eta_s) {
   }
 }
 
+// The devices of this process (or its device hosts). A lost one is forgotten (its host killed and
+// reaped): the job goes on from its last checkpoint on a ring of those left, as a daemon job does. A
+// device host that dies drops its connection (RunRing sees its device go); one that hangs (SIGSTOP, a
+// deadlock) is found by a probe every second, as the daemon finds a hung worker by its heartbeats.
+class LocalPool final : public actors::DevicePool {
+ public:
+  LocalPool(caf::actor_system& sys, std::vector<actors::device_actor> devices,
+            std::vector<actors::host_actor> hosts, std::vector<pid_t>& pids, std::string transport)
+      : sys_(sys), devices_(std::move(devices)), hosts_(std::move(hosts)), pids_(pids),
+        transport_(std::move(transport)), alive_(devices_.size(), true) {}
+  kernels::Status Form(const std::function<kernels::Status(int, actors::RingPlan*)>& plan, actors::RingPlan* out,
+                       Ring* ring) override {
+    RW_RETURN_IF_ERROR(plan(Available(), out));
+    ring_.clear();
+    for (size_t i = 0; i < devices_.size() && int(ring_.size()) < out->devices; ++i)
+      if (alive_[i]) {
+        ring_.push_back(i);
+        ring->devices.push_back(devices_[i]);
+      }
+    ring->transport = transport_;
+    ring->where = std::to_string(out->devices) + " devices";
+    unanswered_.clear();
+    gone_.clear();
+    return kernels::Status::Ok();
+  }
+  // A host that missed a probe stays gone for this ring (a slow answer later does not take it back): the
+  // ring is aborted and the device forgotten, as a daemon forgets a worker that missed its heartbeats.
+  std::string Gone(std::vector<int>* ranks) override {
+    if (ranks) {  // what the probes found so far (asked after an abort, often: no probe here)
+      ranks->insert(ranks->end(), unanswered_.begin(), unanswered_.end());
+      return gone_;
+    }
+    if (!unanswered_.empty()) return gone_;
+    const auto now = std::chrono::steady_clock::now();
+    if (hosts_.empty() || now - last_probe_ < std::chrono::seconds(1)) return "";
+    last_probe_ = now;
+    caf::scoped_actor self{sys_};
+    for (size_t rank = 0; rank < ring_.size(); ++rank) {
+      const size_t i = ring_[rank];
+      if (i >= hosts_.size()) continue;
+      bool answered = false;
+      self->request(hosts_[i], kProbeTimeout, actors::devices_atom::value)
+          .receive([&](const std::vector<actors::device_actor>&) { answered = true; }, [](caf::error&) {});
+      if (!answered) {
+        unanswered_.push_back(int(rank));
+        gone_ = "device process " + std::to_string(pids_[i]) + " (rank " + std::to_string(rank) +
+                ") did not answer within " + std::to_string(kProbeTimeout.count()) + " s";
+        return gone_;
+      }
+    }
+    return "";
+  }
+  int Available() override { return int(std::count(alive_.begin(), alive_.end(), true)); }
+  std::string Lost(const std::vector<int>& lost) override {
+    std::vector<int> ranks = lost;  // and those that missed a probe, though they answered the abort
+    for (int r : unanswered_)
+      if (std::find(ranks.begin(), ranks.end(), r) == ranks.end()) ranks.push_back(r);
+    std::string list;
+    for (int rank : ranks) {
+      if (rank < 0 || rank >= int(ring_.size())) continue;
+      const size_t i = ring_[rank];
+      if (!alive_[i]) continue;
+      alive_[i] = false;
+      list += (list.empty() ? "" : ", ") + std::string("rank ") + std::to_string(rank);
+      if (i < pids_.size() && pids_[i] > 0) {  // gone or hung: make sure, and reap it
+        list += " (device process " + std::to_string(pids_[i]) + ")";
+        StopForwardingTo(pids_[i]);
+        kill(pids_[i], SIGKILL);
+        waitpid(pids_[i], nullptr, 0);
+        pids_[i] = -1;
+      }
+    }
+    return list;
+  }
+  void Stopping(const std::vector<int>&) override {}  // the whole process stops with them
+  std::string Holder() const override { return pids_.empty() ? "this process" : "a device process"; }
+
+ private:
+  const std::chrono::seconds kProbeTimeout{2};
+  caf::actor_system& sys_;
+  std::vector<actors::device_actor> devices_;
+  std::vector<actors::host_actor> hosts_;  // of --processes, one per device; empty in one process
+  std::vector<pid_t>& pids_;  // of --processes, one per device (-1 once reaped); empty in one process
+  std::chrono::steady_clock::time_point last_probe_{};
+  std::vector<int> unanswered_;  // ranks of the current ring that missed a probe
+  std::string gone_;
+  std::string transport_;
+  std::vector<bool> alive_;
+  std::vector<size_t> ring_;  // the current ring's devices, by rank
+};
+
+// The terminal and the metrics file.
+class TerminalSink final : public actors::JobSink {
+ public:
+  TerminalSink(const runtime::JobConfig& job, std::ofstream& metrics, bool tty, int64_t start, std::string resume,
+               std::chrono::steady_clock::time_point t0)
+      : job_(job), metrics_(metrics), tty_(tty), resumed_from_(start), start_(start), resume_(std::move(resume)),
+        t0_(t0) {}
+  Interrupt Interrupted() override {
+    if (StopRequested()) return {false, true, "stopped by a signal"};
+    return {};
+  }
+  kernels::Status ResumePoint(int64_t* step, std::string* checkpoint) override {
+    if (epoch_ > 0) {  // the first ring's was verified before anything was written
+      std::vector<std::string> skipped;
+      RW_RETURN_IF_ERROR(runtime::FindResumeCheckpoint(job_.checkpoint.dir, -1, &start_, &resume_, &skipped));
+      for (const auto& why : skipped) Line("skipped a checkpoint: " + why);
+    }
+    *step = start_;
+    *checkpoint = resume_;
+    return kernels::Status::Ok();
+  }
+  uint32_t RingFormed(const actors::RingPlan& plan, const actors::DevicePool::Ring& ring, int64_t start,
+                      bool) override {
+    ++epoch_;
+    if (plan.stop_at_step > 0 || epoch_ > 1 || plan.devices < plan.wanted) {
+      std::string line = "ring of " + ring.where + " (epoch " + std::to_string(epoch_) + ") from step " +
+                         std::to_string(start);
+      if (plan.devices < plan.wanted) line += " (shrunk: the stage wants " + std::to_string(plan.wanted) + ")";
+      if (plan.stop_at_step) line += " until step " + std::to_string(plan.stop_at_step);
+      std::printf("%s%s\n", tty_ && epoch_ > 1 ? "\n" : "", line.c_str());
+      std::fflush(stdout);
+    }
+    return epoch_;
+  }
+  void OnStep(const runtime::StepMetrics& m) override {
+    metrics_ << m.ToJson() << "\n";
+    metrics_.flush();
+    const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count();
+    Progress(m, tty_, elapsed / double(std::max<int64_t>(1, m.step - resumed_from_)) * double(m.total_steps - m.step));
+  }
+  void OnCheckpoint(const runtime::CheckpointInfo& c) override {
+    if (!c.ok) Line("checkpoint of step " + std::to_string(c.step) + " failed: " + c.error);
+  }
+  void Note(const std::string& line) override { Line(line); }
+
+ private:
+  void Line(const std::string& s) {
+    std::fprintf(stderr, "%sringworld train: %s\n", tty_ ? "\n" : "", s.c_str());
+  }
+  const runtime::JobConfig& job_;
+  std::ofstream& metrics_;
+  const bool tty_;
+  const int64_t resumed_from_;
+  int64_t start_;
+  std::string resume_;
+  std::chrono::steady_clock::time_point t0_;
+  uint32_t epoch_ = 0;
+};
+
 }  // namespace
 
 int DeviceHost(int n, const std::string& port_file) {
@@ -188,155 +338,8 @@ int Train(const std::string& job_path, std::vector<std::string> overrides, bool 
   const auto t0 = std::chrono::steady_clock::now();
   const int64_t resumed_from = start;
 
-  // The devices of this process (or its device hosts). A lost one is forgotten (its host killed and
-  // reaped): the job goes on from its last checkpoint on a ring of those left, as a daemon job does. A
-  // device host that dies drops its connection (RunRing sees its device go); one that hangs (SIGSTOP, a
-  // deadlock) is found by a probe every second, as the daemon finds a hung worker by its heartbeats.
-  class Pool final : public actors::DevicePool {
-   public:
-    Pool(caf::actor_system& sys, std::vector<actors::device_actor> devices, std::vector<actors::host_actor> hosts,
-         std::vector<pid_t>& pids, std::string transport)
-        : sys_(sys), devices_(std::move(devices)), hosts_(std::move(hosts)), pids_(pids),
-          transport_(std::move(transport)), alive_(devices_.size(), true) {}
-    kernels::Status Form(const std::function<kernels::Status(int, actors::RingPlan*)>& plan, actors::RingPlan* out,
-                         Ring* ring) override {
-      RW_RETURN_IF_ERROR(plan(Available(), out));
-      ring_.clear();
-      for (size_t i = 0; i < devices_.size() && int(ring_.size()) < out->devices; ++i)
-        if (alive_[i]) {
-          ring_.push_back(i);
-          ring->devices.push_back(devices_[i]);
-        }
-      ring->transport = transport_;
-      ring->where = std::to_string(out->devices) + " devices";
-      unanswered_.clear();
-      gone_.clear();
-      return kernels::Status::Ok();
-    }
-    // A host that missed a probe stays gone for this ring (a slow answer later does not take it back): the
-    // ring is aborted and the device forgotten, as a daemon forgets a worker that missed its heartbeats.
-    std::string Gone(std::vector<int>* ranks) override {
-      if (ranks) {  // what the probes found so far (asked after an abort, often: no probe here)
-        ranks->insert(ranks->end(), unanswered_.begin(), unanswered_.end());
-        return gone_;
-      }
-      if (!unanswered_.empty()) return gone_;
-      const auto now = std::chrono::steady_clock::now();
-      if (hosts_.empty() || now - last_probe_ < std::chrono::seconds(1)) return "";
-      last_probe_ = now;
-      caf::scoped_actor self{sys_};
-      for (size_t rank = 0; rank < ring_.size(); ++rank) {
-        const size_t i = ring_[rank];
-        if (i >= hosts_.size()) continue;
-        bool answered = false;
-        self->request(hosts_[i], kProbeTimeout, actors::devices_atom::value)
-            .receive([&](const std::vector<actors::device_actor>&) { answered = true; }, [](caf::error&) {});
-        if (!answered) {
-          unanswered_.push_back(int(rank));
-          gone_ = "device process " + std::to_string(pids_[i]) + " (rank " + std::to_string(rank) +
-                  ") did not answer within " + std::to_string(kProbeTimeout.count()) + " s";
-          return gone_;
-        }
-      }
-      return "";
-    }
-    int Available() override { return int(std::count(alive_.begin(), alive_.end(), true)); }
-    std::string Lost(const std::vector<int>& lost) override {
-      std::vector<int> ranks = lost;  // and those that missed a probe, though they answered the abort
-      for (int r : unanswered_)
-        if (std::find(ranks.begin(), ranks.end(), r) == ranks.end()) ranks.push_back(r);
-      std::string list;
-      for (int rank : ranks) {
-        if (rank < 0 || rank >= int(ring_.size())) continue;
-        const size_t i = ring_[rank];
-        if (!alive_[i]) continue;
-        alive_[i] = false;
-        list += (list.empty() ? "" : ", ") + std::string("rank ") + std::to_string(rank);
-        if (i < pids_.size() && pids_[i] > 0) {  // gone or hung: make sure, and reap it
-          list += " (device process " + std::to_string(pids_[i]) + ")";
-          StopForwardingTo(pids_[i]);
-          kill(pids_[i], SIGKILL);
-          waitpid(pids_[i], nullptr, 0);
-          pids_[i] = -1;
-        }
-      }
-      return list;
-    }
-    void Stopping(const std::vector<int>&) override {}  // the whole process stops with them
-    std::string Holder() const override { return pids_.empty() ? "this process" : "a device process"; }
-
-   private:
-    const std::chrono::seconds kProbeTimeout{2};
-    caf::actor_system& sys_;
-    std::vector<actors::device_actor> devices_;
-    std::vector<actors::host_actor> hosts_;  // of --processes, one per device; empty in one process
-    std::vector<pid_t>& pids_;  // of --processes, one per device (-1 once reaped); empty in one process
-    std::chrono::steady_clock::time_point last_probe_{};
-    std::vector<int> unanswered_;  // ranks of the current ring that missed a probe
-    std::string gone_;
-    std::string transport_;
-    std::vector<bool> alive_;
-    std::vector<size_t> ring_;  // the current ring's devices, by rank
-  } pool(sys, devices, hosts, host_pids, job.ring.transport);
-
-  // The terminal and the metrics file.
-  class Sink final : public actors::JobSink {
-   public:
-    Sink(const runtime::JobConfig& job, std::ofstream& metrics, bool tty, int64_t start, std::string resume,
-         std::chrono::steady_clock::time_point t0)
-        : job_(job), metrics_(metrics), tty_(tty), resumed_from_(start), start_(start), resume_(std::move(resume)),
-          t0_(t0) {}
-    Interrupt Interrupted() override {
-      if (StopRequested()) return {false, true, "stopped by a signal"};
-      return {};
-    }
-    kernels::Status ResumePoint(int64_t* step, std::string* checkpoint) override {
-      if (epoch_ > 0) {  // the first ring's was verified before anything was written
-        std::vector<std::string> skipped;
-        RW_RETURN_IF_ERROR(runtime::FindResumeCheckpoint(job_.checkpoint.dir, -1, &start_, &resume_, &skipped));
-        for (const auto& why : skipped) Line("skipped a checkpoint: " + why);
-      }
-      *step = start_;
-      *checkpoint = resume_;
-      return kernels::Status::Ok();
-    }
-    uint32_t RingFormed(const actors::RingPlan& plan, const actors::DevicePool::Ring& ring, int64_t start,
-                        bool) override {
-      ++epoch_;
-      if (plan.stop_at_step > 0 || epoch_ > 1 || plan.devices < plan.wanted) {
-        std::string line = "ring of " + ring.where + " (epoch " + std::to_string(epoch_) + ") from step " +
-                           std::to_string(start);
-        if (plan.devices < plan.wanted) line += " (shrunk: the stage wants " + std::to_string(plan.wanted) + ")";
-        if (plan.stop_at_step) line += " until step " + std::to_string(plan.stop_at_step);
-        std::printf("%s%s\n", tty_ && epoch_ > 1 ? "\n" : "", line.c_str());
-        std::fflush(stdout);
-      }
-      return epoch_;
-    }
-    void OnStep(const runtime::StepMetrics& m) override {
-      metrics_ << m.ToJson() << "\n";
-      metrics_.flush();
-      const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count();
-      Progress(m, tty_, elapsed / double(std::max<int64_t>(1, m.step - resumed_from_)) * double(m.total_steps - m.step));
-    }
-    void OnCheckpoint(const runtime::CheckpointInfo& c) override {
-      if (!c.ok) Line("checkpoint of step " + std::to_string(c.step) + " failed: " + c.error);
-    }
-    void Note(const std::string& line) override { Line(line); }
-
-   private:
-    void Line(const std::string& s) {
-      std::fprintf(stderr, "%sringworld train: %s\n", tty_ ? "\n" : "", s.c_str());
-    }
-    const runtime::JobConfig& job_;
-    std::ofstream& metrics_;
-    const bool tty_;
-    const int64_t resumed_from_;
-    int64_t start_;
-    std::string resume_;
-    std::chrono::steady_clock::time_point t0_;
-    uint32_t epoch_ = 0;
-  } sink(job, metrics, tty, start, resume, t0);
+  LocalPool pool(sys, devices, hosts, host_pids, job.ring.transport);
+  TerminalSink sink(job, metrics, tty, start, resume, t0);
 
   actors::JobRun run;
   run.config = &job;

@@ -123,6 +123,8 @@ class DaemonImpl final : public Daemon {
   // ---- one job (daemon_runner.cpp) ----
   void Drive(Runner* r);
   void Finish(Runner* r, JobState to, const std::string& message);
+  class WorkerPool;    // the job driver's devices: the workers'
+  class JobTableSink;  // where the job driver writes a job's life: the job table, its log, Prometheus
 
   // ---- the API (daemon_api.cpp) ----
   void Routes();
