@@ -90,14 +90,19 @@ void ExpectRingAttentionEqualsOneDevice(caf::actor_system& sys, const std::vecto
   EXPECT_LE(RelErr(dv, want.dv), 1e-5) << what;
 }
 
+std::vector<device_actor> SpawnDevices(caf::actor_system& sys, int n) {
+  std::vector<device_actor> devices;
+  for (int r = 0; r < n; ++r) devices.push_back(SpawnDevice(sys, r));
+  return devices;
+}
+
 class DeviceRing : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(DeviceRing, FormedByMessagesComputesRingAttentionEqualToOneDevice) {
   Config cfg;
   caf::actor_system sys{cfg};
   const int R = 4;
-  std::vector<device_actor> devices;
-  for (int r = 0; r < R; ++r) devices.push_back(SpawnDevice(sys, r));
+  std::vector<device_actor> devices = SpawnDevices(sys, R);
   auto st = FormRing(sys, devices, /*job=*/9, /*epoch=*/1, GetParam());
   ASSERT_TRUE(st.ok()) << st.message();
   ExpectRingAttentionEqualsOneDevice(sys, devices, 77, GetParam());
@@ -130,8 +135,7 @@ TEST(DeviceActor, AbortReachesEveryRankWhileTheirLanesAreBlocked) {
   Config cfg;
   caf::actor_system sys{cfg};
   const int R = 4;
-  std::vector<device_actor> devices;
-  for (int r = 0; r < R; ++r) devices.push_back(SpawnDevice(sys, r));
+  std::vector<device_actor> devices = SpawnDevices(sys, R);
   ASSERT_TRUE(FormRing(sys, devices, 10, 1, "inproc").ok());
   const auto G = runtime::test::MakeGlobal(2 * R * 13, false, 5);
   runtime::Layout lay;
