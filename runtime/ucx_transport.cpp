@@ -303,8 +303,8 @@ struct UcxTransport::Impl {
   // endpoints (it pairs the n-th endpoint each worker made to the other): ep_prev in a ring of 3 or more, but
   // in a ring of 2, where both of a rank's endpoints lead to the same peer, the peer's sends arrive on our
   // ep_next. Only a failing transport gets here, so both are closed. In the partition drill a receive can
-  // outlive even that (about 1 run in 3 under load: on an endpoint UCX made internally, we suppose); it is
-  // then abandoned (Abandon). The test `AbortEndsAReceiveMatchedToATransferFromAStoppedPeer` covers each way.
+  // outlive even that (2 runs of 8, on an endpoint UCX made internally, we suppose); it is then abandoned
+  // (Abandon). The test `AbortEndsAReceiveMatchedToATransferFromAStoppedPeer` covers each way.
   void EndPostedRecv() {
     if (!recv_posted || !recv_request || abandoned) return;
     ucp_request_cancel(worker, recv_request);  // its callback runs with UCS_ERR_CANCELED
