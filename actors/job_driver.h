@@ -139,7 +139,7 @@ struct JobRun {
   const runtime::JobConfig* config = nullptr;  // parsed and validated once (LoadJobConfig, ParseJobConfig)
   std::string yaml, origin;                    // what each rank parses, and where its relative paths start
   std::vector<std::string> overrides;
-  uint64_t number = 1;       // the job's number: ring fabrics and UCX ring ids
+  uint64_t number = 1;       // the job's number, named in the device actors' logs (ring ids come from FormRing)
   int max_failed_rings = 5;  // rings in a row that fail with a device lost before the job fails
   double abort_answer_s = 5;
 };

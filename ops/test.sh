@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
 # Sets up (ops/setup.sh) and runs every test with CTest. Tests labelled `long` are the full forms of
 # slow tests; they run when RW_LONG_TESTS=1 and are left out otherwise (CI runs their short forms).
-# Then the sanitizer stage (RW_SANITIZERS=0 skips it): the unit, ring, actor, scheduler and storage tests
-# again in a build with AddressSanitizer and UndefinedBehaviorSanitizer (build-asan/, no CUDA); any
-# report fails the run. Then the fuzz stage (RW_FUZZ=0 skips it): the libFuzzer targets of tests/fuzz,
-# built by clang with ASan + UBSan (build-fuzz/), each replaying its corpus and fuzzing RW_FUZZ_SECONDS
-# (default 20) from it. Then the TSan stage (RW_TSAN=0 skips it): the runtime tests (the rings over the
-# in-process transport, the model, training, decoding) in a ThreadSanitizer build (build-tsan/, without
-# OpenMP, whose runtime TSan cannot see into); any report fails the run. The actor tests need a CAF built
-# with TSan (Debian's is not: every message through its lock-free mailboxes would read as a race), which
-# ops/tsan-actors.sh builds; that takes about 8 minutes, so it runs with RW_LONG_TESTS=1 or
-# RW_TSAN_ACTORS=1 only.
+# Then, in this order:
+# - the sanitizer stage (RW_SANITIZERS=0 skips it): the unit, ring, actor, scheduler and storage tests
+#   again in a build with AddressSanitizer and UndefinedBehaviorSanitizer (build-asan/, no CUDA); any
+#   report fails the run;
+# - the TSan stage (RW_TSAN=0 skips it): the runtime tests (the rings over the in-process transport, the
+#   model, training, decoding) in a ThreadSanitizer build (build-tsan/, without OpenMP, whose runtime TSan
+#   cannot see into); any report fails the run. The actor and API tests need a CAF built with TSan
+#   (Debian's is not: every message through its lock-free mailboxes would read as a race), which
+#   ops/tsan-actors.sh builds; that takes about 8 minutes, so that part runs only with RW_LONG_TESTS=1 or
+#   RW_TSAN_ACTORS=1 (and not with RW_TSAN=0);
+# - the fuzz stage (RW_FUZZ=0 skips it): the libFuzzer targets of tests/fuzz, built by clang with ASan +
+#   UBSan (build-fuzz/), each replaying its corpus and fuzzing RW_FUZZ_SECONDS (default 20) from it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash ops/setup.sh
@@ -54,7 +56,9 @@ if [ "${RW_TSAN:-1}" = 1 ]; then
     "$tsan_dir/tests/runtime/rw_test_runtime" --gtest_filter='-CrashPoints.*' --gtest_brief=1
   unset UCX_MEM_EVENTS
 fi
-[ "${RW_TSAN_ACTORS:-${RW_LONG_TESTS:-0}}" = 1 ] && bash ops/tsan-actors.sh
+if [ "${RW_TSAN:-1}" = 1 ] && [ "${RW_TSAN_ACTORS:-${RW_LONG_TESTS:-0}}" = 1 ]; then
+  bash ops/tsan-actors.sh
+fi
 
 [ "${RW_FUZZ:-1}" = 1 ] || exit 0
 # Leaks count here (an input that leaks fails); UBSan stops at its first report.

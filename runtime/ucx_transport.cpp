@@ -73,6 +73,7 @@ struct UcxTransport::Impl {
   bool failing = false;  // shutting down or aborted: queued receives fail instead of being posted
   Status fail_status;
   bool abandoned = false;       // a receive was abandoned: UCX is not called again (Abandon)
+  bool tcp_only = false;        // every lane of both endpoints is TCP (ConnectRing): Abandon is safe
   bool abandon_at_once = false;  // test hook (AbandonStuckReceivesForTest)
 
   // An abort travels around the ring as a message of its own tag, always awaited by one posted receive,
@@ -185,6 +186,10 @@ struct UcxTransport::Impl {
                                       self->lost_reason + ")")
                       : Status::Error(UcsError("transport: receive failed", status));
       self->Finish(ctx, std::move(st));
+      return;
+    }
+    if (self->failing) {  // aborted or shutting down: no next stage is posted
+      self->Finish(ctx, self->fail_status);
       return;
     }
     switch (ctx->stage) {
@@ -312,22 +317,55 @@ struct UcxTransport::Impl {
     if (!recv_posted) return;
     if (!abandon_at_once) {
       const std::string why = "a receive from the previous rank did not end when cancelled";
-      if (ep_prev) ForceClose(&ep_prev, "previous", why);
-      if (ep_next) ForceClose(&ep_next, "next", why);
-      prev_lost = next_lost = true;
+      if (ep_prev) ForceClose(&ep_prev, "previous", why);  // its close purges the transfers on it
+      prev_lost = true;
+      if (recv_posted && ep_next) {  // only if needed: a healthy next rank keeps its sends
+        ForceClose(&ep_next, "next", why);
+        next_lost = true;
+      }
       ProgressFor(std::chrono::seconds(2), [this] { return !recv_posted; });
       if (!recv_posted) return;
+    }
+    if (!tcp_only && !abandon_at_once) {
+      // Over RDMA or shared memory a peer may still write into the buffer without our progress: no abandon.
+      std::fprintf(stderr, "ucx: rank %d: a receive from the previous rank has not ended after its cancel and the "
+                           "close of both endpoints, and its lanes are not all TCP (so it cannot be abandoned "
+                           "safely); waiting on\n", opt.rank);
+      while (recv_posted) ucp_worker_progress(worker);
+      return;
     }
     Abandon();
   }
 
-  // The last resort for a receive nothing ends. UCX may write into the caller's buffer until the receive's
-  // callback has run, and over TCP it writes only inside ucp_worker_progress: so this worker is never
-  // progressed again, nor destroyed (destroying it with the transfer pending trips an assertion in UCX),
-  // and the caller's buffers are safe. The receive and the sends in flight fail now; the worker, its
+  // True when every lane of `ep` is TCP. UCX 1.13 has no query for an endpoint's transports; its printed
+  // configuration lists each lane as "lane[i]:  n:<transport>/<device>...".
+  static bool LanesAreTcp(ucp_ep_h ep) {
+    char* text = nullptr;
+    size_t len = 0;
+    FILE* f = open_memstream(&text, &len);
+    if (!f) return false;
+    ucp_ep_print_info(ep, f);
+    std::fclose(f);
+    const std::string s(text, len);
+    std::free(text);
+    bool any = false;
+    for (size_t at = s.find("lane["); at != std::string::npos; at = s.find("lane[", at + 1)) {
+      const size_t colon = s.find(':', at), index_end = s.find(':', colon + 1);
+      const size_t slash = s.find('/', index_end);
+      if (colon == std::string::npos || index_end == std::string::npos || slash == std::string::npos) return false;
+      if (s.compare(index_end + 1, slash - index_end - 1, "tcp") != 0) return false;
+      any = true;
+    }
+    return any;
+  }
+
+  // The last resort for a receive nothing ends, taken only when every lane is TCP (tcp_only). UCX may write
+  // into the caller's buffer until the receive's callback has run, and over TCP it writes only inside
+  // ucp_worker_progress (it reads the socket there): so this worker is never progressed again, nor
+  // destroyed (destroying it with the transfer pending trips an assertion in UCX), and the caller's
+  // buffers are safe. Over RDMA or shared memory (CMA) a peer could write without our progress, so there
+  // the receive is waited for instead. The receive and the sends in flight fail now; the worker, its
   // sockets and this transport's state are left to the process's end (a few MB, said in the log).
-  // (A peer on the same host could still write by CMA after the abandon, if UCX chose its put protocol;
-  // a cut-off or stopped peer on the same host does not, and on TCP there is no such path.)
   void Abandon() {
     std::fprintf(stderr, "ucx: rank %d: a receive from the previous rank has not ended after its cancel%s; "
                          "abandoning it: this ring's UCX worker is no longer progressed and is left until the "
@@ -611,6 +649,13 @@ Status UcxTransport::ConnectRing(const std::string& prev_address, const std::str
   RW_RETURN_IF_ERROR(a);
   RW_RETURN_IF_ERROR(b);
   RW_REQUIRE(in == uint32_t(prev()), "ucx: hello from rank " << in << ", expected the previous rank " << prev());
+  // The lanes are known once the hello went round (wire-up done): may a stuck receive be abandoned?
+  std::promise<void> known;
+  im->Run([im, &known] {
+    im->tcp_only = im->ep_next && Impl::LanesAreTcp(im->ep_next) && (!im->ep_prev || Impl::LanesAreTcp(im->ep_prev));
+    known.set_value();
+  });
+  known.get_future().wait();
   return Status::Ok();
 }
 

@@ -130,6 +130,14 @@ void ApiGuard::Watch() {
   }
 }
 
+std::string ApiGuard::PeerOnPort(int fd, int port) {
+  struct stat st;
+  if (::fstat(fd, &st) != 0 || !S_ISSOCK(st.st_mode)) return "";
+  int local = 0, remote = 0;
+  if (Endpoint(fd, false, &local).empty() || local != port) return "";
+  return Endpoint(fd, true, &remote);
+}
+
 void ApiGuard::Scan() {
   // The process's connected sockets whose local end is the API port (the listening one has no peer).
   std::map<int, std::string> seen;
@@ -138,11 +146,7 @@ void ApiGuard::Scan() {
       char* end = nullptr;
       const long fd = std::strtol(e->d_name, &end, 10);
       if (end == e->d_name || *end != '\0' || fd == ::dirfd(d)) continue;
-      struct stat st;
-      if (::fstat(int(fd), &st) != 0 || !S_ISSOCK(st.st_mode)) continue;
-      int local = 0, remote = 0;
-      if (Endpoint(int(fd), false, &local).empty() || local != port_) continue;
-      const std::string peer = Endpoint(int(fd), true, &remote);
+      const std::string peer = PeerOnPort(int(fd), port_);
       if (!peer.empty()) seen[int(fd)] = peer;
     }
     ::closedir(d);
@@ -173,8 +177,7 @@ void ApiGuard::Scan() {
   }
   for (const auto& [fd, peer] : late) {
     // Closed meanwhile, or the descriptor reused: act only on the same connection (API port and peer).
-    int local = 0, remote = 0;
-    if (Endpoint(fd, false, &local).empty() || local != port_ || Endpoint(fd, true, &remote) != peer) continue;
+    if (PeerOnPort(fd, port_) != peer) continue;
     ::shutdown(fd, SHUT_RDWR);  // its thread's read fails and it closes the socket
     ++cut_;
     if (opt_.on_cut) opt_.on_cut();

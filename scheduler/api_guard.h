@@ -66,6 +66,9 @@ class ApiGuard {
   };
   void Watch();
   void Scan();
+  // The peer ("addr:port") of descriptor `fd` when it is a connected IP socket whose local end is `port`,
+  // else "". It reads descriptors httplib may close meanwhile (by design; see ops/sanitizers/tsan.supp).
+  static std::string PeerOnPort(int fd, int port);
 
   const ApiGuardOptions opt_;
   int port_ = 0;

@@ -15,7 +15,7 @@ namespace {
 
 namespace fs = std::filesystem;
 
-uint64_t JobNumber(const std::string& id) {  // job-000042 -> 42 (ring fabrics and UCX ring ids)
+uint64_t JobNumber(const std::string& id) {  // job-000042 -> 42: names the job in the device actors' logs
   return std::strtoull(id.c_str() + (id.rfind('-') + 1), nullptr, 10);
 }
 
