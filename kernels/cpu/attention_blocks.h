@@ -89,7 +89,10 @@ void ApplyMask(const AttentionParams& p, int64_t q0, int64_t nq, int64_t k0, int
   }
 }
 
-int Threads(const AttentionParams& p) { return p.num_threads > 0 ? p.num_threads : DefaultThreads(); }
+// The team size (unused in a build without OpenMP).
+[[maybe_unused]] int Threads(const AttentionParams& p) {
+  return p.num_threads > 0 ? p.num_threads : DefaultThreads();
+}
 
 // Copies the g query heads of kv head hk for rows [q0, q0+nq) into a (g*nq x D) tile, row gi*nq + i,
 // times `mul` (fp32 only: a bf16 tile is copied as it is).
