@@ -5,11 +5,13 @@
 //
 // Model FLOPs per token (forward + backward, the usual 6N rule plus causal attention):
 //   6 * N_matmul_params + 6 * layers * seq_len * hidden       (12 L E per layer, halved by the causal mask)
-// Usage: rw_bench_train [--quick] [--steps 3] [--model tiny|small] [--seq L] [--ring R] [--precision fp32|bf16]
+// Usage: rw_bench_train [--quick] [--steps 3] [--model tiny|small] [--seq L] [--ring R] [--precision fp32|bf16] [--remat none|layer]
 // Two ceilings measured in the run: the fp32 sgemm rate (OpenBLAS) and the bf16 GEMM rate (oneDNN, or the
 // widened fallback); fp32 rows report MFU against the first, bf16 rows against the second.
 // The peak column is the process's peak resident memory, which only grows: it belongs to the row only when
 // the process runs one row (--model, --seq and --ring given).
+// Beside it, `ringworld plan`'s figure for the row (runtime/memory_plan.h: R ranks in this one process) plus
+// the process's resident memory before the first row (libraries, the ceilings' leftovers), and their ratio.
 // --steps N: N steps per row, the first a warm-up that is not timed; --steps 1 times that one step (for
 // 64K rows, minutes a step on 2 cores, where a warm-up would double the run for little).
 #include <algorithm>
@@ -22,11 +24,23 @@
 #include "bench/ceilings.h"
 #include "kernels/cpu/gemm.h"
 #include "runtime/inproc_transport.h"
+#include "runtime/memory_plan.h"
 #include "runtime/trainer.h"
 
 using namespace rw::runtime;
 
 namespace {
+
+int64_t ResidentBytes() {  // VmRSS of this process
+  FILE* f = std::fopen("/proc/self/status", "r");
+  if (!f) return 0;
+  char line[256];
+  long long kb = 0;
+  while (std::fgets(line, sizeof(line), f))
+    if (std::sscanf(line, "VmRSS: %lld kB", &kb) == 1) break;
+  std::fclose(f);
+  return int64_t(kb) * 1024;
+}
 
 struct Shape {
   const char* name;
@@ -42,6 +56,7 @@ int main(int argc, char** argv) {
   int64_t only_seq = 0;    // --seq L: only that sequence length
   int only_ring = 0;       // --ring R: only that ring size
   std::string only_precision;  // --precision fp32|bf16: only that precision
+  std::string remat = "none";  // --remat none|layer
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--quick") quick = true;
@@ -50,14 +65,17 @@ int main(int argc, char** argv) {
     if (a == "--seq" && i + 1 < argc) only_seq = std::atoll(argv[++i]);
     if (a == "--ring" && i + 1 < argc) only_ring = std::atoi(argv[++i]);
     if (a == "--precision" && i + 1 < argc) only_precision = argv[++i];
+    if (a == "--remat" && i + 1 < argc) remat = argv[++i];
   }
   const int cores = rw::kernels::cpu::DefaultThreads();
   const double sgemm = rw::bench::SgemmCeiling(cores), bgemm = rw::bench::Bf16Ceiling(cores);
   std::printf("machine: %d cores; ceilings 2048^3: fp32 sgemm (%s) %.1f GFLOP/s, bf16 GEMM (%s) %.1f GFLOP/s\n",
               cores, rw::kernels::cpu::BlasName(), sgemm, rw::kernels::cpu::Bf16GemmPath(), bgemm);
   std::printf("bf16 attention: %s\n", rw::kernels::cpu::Bf16AttentionPath().c_str());
-  std::printf("%-6s %-6s %-3s %-5s | %-10s %-10s %-12s %-8s %-8s\n", "model", "seq", "R", "prec", "step s",
-              "tokens/s", "model GF/s", "MFU", "peak GiB");
+  const int64_t base = ResidentBytes();
+  std::printf("process before the rows: %.3f GiB resident\n", double(base) / double(1 << 30));
+  std::printf("%-6s %-6s %-3s %-5s | %-10s %-10s %-12s %-8s %-8s %-9s %-9s\n", "model", "seq", "R", "prec", "step s",
+              "tokens/s", "model GF/s", "MFU", "peak GiB", "plan+base", "peak/plan");
   const std::vector<Shape> shapes = {{"tiny", 128, 352, 4, 8, 4}, {"small", 512, 1408, 4, 8, 4}};
   std::vector<int64_t> seqs = quick ? std::vector<int64_t>{256} : std::vector<int64_t>{4096, 16384};
   if (only_seq > 0) seqs = {only_seq};
@@ -82,6 +100,7 @@ int main(int argc, char** argv) {
         job.ring.devices = R;
         job.ring.layout = "zigzag";
         job.precision = prec;
+        job.remat = remat;
         job.stages = {StageConfig{L, 10000, steps, 1}};
         const ParamTable table(job.model);
         double matmul_params = 0;
@@ -110,8 +129,11 @@ int main(int argc, char** argv) {
         if (secs.size() > 1) secs.erase(secs.begin());  // the first step warms up
         std::sort(secs.begin(), secs.end());
         const double step = secs[secs.size() / 2], tps = double(L) / step, gf = tps * flops_per_token / 1e9;
-        std::printf("%-6s %-6ld %-3d %-5s | %10.3f %10.0f %12.1f %8.3f %8.2f\n", sh.name, long(L), R, prec.c_str(),
-                    step, tps, gf, gf / (prec == "bf16" ? bgemm : sgemm), double(peak) / double(1 << 30));
+        const int64_t planned =
+            R * RankMemoryOf(job, L / R, R, 1, std::max(1, cores / R), 1).total() + base;
+        std::printf("%-6s %-6ld %-3d %-5s | %10.3f %10.0f %12.1f %8.3f %8.2f %9.2f %9.3f\n", sh.name, long(L), R,
+                    prec.c_str(), step, tps, gf, gf / (prec == "bf16" ? bgemm : sgemm), double(peak) / double(1 << 30),
+                    double(planned) / double(1 << 30), double(peak) / double(planned));
         std::fflush(stdout);
       }
   return 0;

@@ -1,5 +1,5 @@
 // The commands of `ringworld` that run in this process, one function each (main.cpp parses the arguments):
-// train.cpp (train, device-host), eval.cpp, generate.cpp, needle.cpp, data_prepare.cpp. The cluster's
+// train.cpp (train, device-host), plan.cpp, eval.cpp, generate.cpp, needle.cpp, data_prepare.cpp. The cluster's
 // commands (daemon, worker, the API clients) are in cluster.h.
 //
 // `ringworld train` is the embedded mode: one process holds the device actors of the ring (in-process
@@ -27,6 +27,10 @@ int Generate(const std::string& checkpoint, const std::string& prompt, const std
 // Needle retrieval over a ring of `ring` devices in this process; writes OUTPUT/needle.json and needle.png.
 int Needle(const std::string& checkpoint, const std::vector<int64_t>& lengths, const std::vector<double>& depths,
            int64_t trials, int ring, const std::string& layout, const std::string& output, uint64_t seed);
+// The per-device memory of each stage of a job (runtime/memory_plan.h); exit 1 when a stage does not fit in
+// device_memory ("80GiB"; empty: no budget), 2 on a bad job or option.
+int Plan(const std::string& job_path, const std::vector<std::string>& overrides, int64_t devices,
+         const std::string& device_memory, int64_t threads, const std::string& device);
 int DataPrepare(const std::vector<std::string>& inputs, const std::string& output, const std::string& tokenizer,
                 int64_t vision_codes, bool skip_bad, int64_t vocab_size);
 

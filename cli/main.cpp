@@ -22,6 +22,20 @@ int main(int argc, char** argv) {
   train->add_flag("--help-config", describe, "list every setting of a job file");
   bool processes = false;
   train->add_flag("--processes", processes, "each device in its own process, the ring over UCX");
+  std::string plan_job, plan_memory, plan_device = "cpu";
+  std::vector<std::string> plan_overrides;
+  int64_t plan_devices = 0, plan_threads = 0;
+  auto* plan = app.add_subcommand("plan", "bytes per device of each stage of a job, and whether it fits");
+  plan->add_option("job", plan_job, "job file (YAML)")->required();
+  plan->add_option("--set", plan_overrides, "override a setting: key=value (stages as stages.N.key)");
+  plan->add_option("--devices", plan_devices, "devices the job gets (stages asking more shrink their ring)")
+      ->check(CLI::Range(int64_t(1), int64_t(1) << 20));
+  plan->add_option("--device-memory", plan_memory, "memory of one device, e.g. 80GiB: say whether each stage fits, "
+                                                   "and if not the smallest mesh that does");
+  plan->add_option("--device", plan_device, "cpu | cuda: on cuda the checkpoint snapshot is host memory, apart")
+      ->check(CLI::IsMember({"cpu", "cuda"}));
+  plan->add_option("--threads", plan_threads, "kernel threads per rank (default: as the trainer picks)")
+      ->check(CLI::Range(int64_t(1), int64_t(4096)));
   int host_devices = 1;
   std::string port_file;
   auto* host = app.add_subcommand("device-host", "(internal) host device actors for a train --processes run");
@@ -165,6 +179,8 @@ int main(int argc, char** argv) {
   if (*needle)
     return rw::cli::Needle(needle_ckpt, needle_lengths, needle_depths, needle_trials, needle_ring, needle_layout,
                            needle_out, needle_seed);
+  if (*plan) return rw::cli::Plan(plan_job, plan_overrides, plan_devices, plan_memory, plan_threads,
+                                  plan_device);
   if (*eval) return rw::cli::Eval(checkpoint, data, ring, layout, seq_len);
   if (*prepare) return rw::cli::DataPrepare(inputs, output, tokenizer, vision_codes, skip_bad, vocab_size);
   if (*train) {

@@ -132,6 +132,34 @@ ModelWorkspace::~ModelWorkspace() = default;
 
 namespace {
 
+template <class T>
+size_t Cap(const std::vector<T>& v) {
+  return v.capacity() * sizeof(T);
+}
+size_t Cap(const Act& a) { return Cap(a.f) + Cap(a.b); }
+size_t Cap(const LayerActs& a) {
+  return Cap(a.x_in) + Cap(a.rstd1) + Cap(a.attn) + Cap(a.lse) + Cap(a.x_mid) + Cap(a.rstd2) + Cap(a.h1) + Cap(a.q) +
+         Cap(a.k) + Cap(a.v) + Cap(a.h2);
+}
+
+}  // namespace
+
+ModelWorkspace::Held ModelWorkspace::Bytes() const {
+  const Impl& w = *impl_;
+  Held h;
+  for (const auto& a : w.acts) h.activations += Cap(a);
+  h.activations += Cap(w.scratch) + Cap(w.x_again);
+  for (const auto* v : {&w.x, &w.o, &w.rot, &w.rstd, &w.loss, &w.dhf, &w.dx, &w.dh, &w.tmp, &w.dq, &w.dk, &w.dv})
+    h.workspace += Cap(*v);
+  h.workspace += Cap(w.hf) + Cap(w.d_attn_op);
+  const RingBuffers& r = w.ring;
+  h.ring = Cap(r.block[0]) + Cap(r.block[1]) + Cap(r.o_part) + Cap(r.lse_part) + Cap(r.delta) + Cap(r.dkv[0]) +
+           Cap(r.dkv[1]) + Cap(r.incoming);
+  return h;
+}
+
+namespace {
+
 using Work = ModelWorkspace::Impl;
 
 // The caller's workspace, or one for this call.

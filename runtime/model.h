@@ -99,6 +99,12 @@ class ModelWorkspace {
   ModelWorkspace& operator=(const ModelWorkspace&) = delete;
   struct Impl;
   Impl& impl() { return *impl_; }
+  // Bytes held now (capacities), by part: the layers' kept activations (and the recomputed layer's), the
+  // step's other buffers, the ring's (runtime/memory_plan.h predicts each from the shapes).
+  struct Held {
+    size_t activations = 0, workspace = 0, ring = 0;
+  };
+  Held Bytes() const;
 
  private:
   std::unique_ptr<Impl> impl_;

@@ -6,11 +6,13 @@
 #include <cstring>
 #include <memory>
 #include <random>
+#include <tuple>
 
 #include "ring_harness.h"
 #include "runtime/layout.h"
 #include "kernels/ref/attention_ref.h"
 #include "kernels/ref/layers_ref.h"
+#include "runtime/memory_plan.h"
 #include "runtime/model.h"
 
 namespace rw::runtime {
@@ -285,6 +287,53 @@ TEST(Model, AWorkspaceKeptAcrossStepsGivesBitwiseTheSameGradients) {
       ++step;
     }
   }
+}
+
+// runtime/memory_plan.h predicts, from the shapes alone, every byte the model's workspace holds after a
+// step: the kept activations, the step's buffers and the ring's. Checked on fresh workspaces at ragged
+// shapes (odd head counts, rows not a power of two), both precisions, with and without remat, rings of 1-3.
+TEST(Model, TheMemoryPlanPredictsEveryByteOfTheWorkspace) {
+  const ModelConfig c = test::SmallModel(37, 24, 40, 3, 6, 2);  // head_dim 4, GQA 3:1
+  const ParamTable tb(c);
+  const std::vector<float> params = InitParams(c, 8);
+  std::vector<kernels::bf16> compute(tb.total());
+  ASSERT_TRUE(kernels::Cast(kernels::Exec{kernels::Device::kCpu, 1}, int64_t(tb.total()), params.data(),
+                            compute.data()).ok());
+  int checked = 0;
+  for (bool bf16 : {false, true})
+    for (bool remat : {false, true})
+      for (auto [kind, R, L] : {std::tuple{LayoutKind::kContiguous, 1, 37}, std::tuple{LayoutKind::kZigzag, 2, 52},
+                                std::tuple{LayoutKind::kContiguous, 3, 63}}) {
+        const GlobalSeq g = MakeSeq(L, c.vocab_size, 40 + uint64_t(L));
+        Layout lay;
+        ASSERT_TRUE(Layout::Make(kind, L, R, &lay).ok());
+        std::vector<std::unique_ptr<ModelWorkspace>> ws;
+        for (int r = 0; r < R; ++r) ws.push_back(std::make_unique<ModelWorkspace>());
+        auto fabric = InprocFabric::Create(R);
+        auto st = RunRanks(fabric, [&](int r, Transport& t) -> Status {
+          std::vector<float> grads(tb.total(), 0.f);
+          ModelExec mx;
+          mx.tag.job = 1;
+          mx.remat_layers = remat;
+          mx.workspace = ws[size_t(r)].get();
+          mx.precision = bf16 ? kernels::DType::kBF16 : kernels::DType::kF32;
+          mx.compute_params = bf16 ? compute.data() : nullptr;
+          double loss = 0;
+          return ForwardBackward(t, c, tb, mx, params.data(), ShardOf(g, lay, r), 0.01f, grads.data(), &loss);
+        });
+        for (int r = 0; r < R; ++r) ASSERT_TRUE(st[r].ok()) << st[r].message();
+        const WorkspaceBytes want = ModelWorkspaceBytes(c, L / R, bf16, remat);
+        for (int r = 0; r < R; ++r) {
+          const ModelWorkspace::Held got = ws[size_t(r)]->Bytes();
+          const std::string at = std::string(bf16 ? "bf16" : "fp32") + (remat ? " remat" : "") + " R=" +
+                                 std::to_string(R) + " rank " + std::to_string(r);
+          EXPECT_EQ(int64_t(got.activations), want.activations) << at;
+          EXPECT_EQ(int64_t(got.workspace), want.workspace) << at;
+          EXPECT_EQ(int64_t(got.ring), want.ring) << at;
+          ++checked;
+        }
+      }
+  std::printf("  workspace bytes as planned on %d ranks (2 precisions x remat on/off x rings of 1, 2, 3)\n", checked);
 }
 
 TEST(Model, ATokenNeverAttendsAcrossDocuments) {

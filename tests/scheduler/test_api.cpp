@@ -808,7 +808,10 @@ TEST_F(Api, LaterJobsThatFitBackfillAndYieldToTheJobTheyJumped) {
   const std::string b = submit("b", 1, 1000000, 1);
   ASSERT_TRUE(wait_until([&] { return get(b)["state"] == "RUNNING"; }, 30)) << logs(b);
   EXPECT_EQ(get(c)["state"], "RUNNING") << "C ended before B was backfilled: make C longer";
-  EXPECT_NE(logs(b).find("backfilled while " + a + " waits for devices"), std::string::npos) << logs(b);
+  // The log line follows the transition to RUNNING (the job table first): wait for it, briefly.
+  EXPECT_TRUE(wait_until([&] { return logs(b).find("backfilled while " + a + " waits for devices") != std::string::npos; },
+                         5))
+      << logs(b);
   const json waiting = get(a);
   EXPECT_EQ(waiting["state"], "QUEUED");
   ASSERT_TRUE(waiting.contains("waiting")) << waiting.dump();

@@ -1,0 +1,269 @@
+#include "runtime/memory_plan.h"
+
+#include <algorithm>
+#include <cctype>
+#include <cmath>
+#include <cstdio>
+#include <sstream>
+#include <thread>
+
+#include "kernels/cpu/amx.h"
+#include "runtime/layout.h"
+
+namespace rw::runtime {
+namespace {
+
+int64_t Up64(int64_t x) { return (x + 63) / 64 * 64; }
+
+// The kernels' token-block size for a (rows x width) scratch of about 4M floats (kernels/layers.cpp).
+int64_t Block(int64_t width) { return std::clamp<int64_t>((int64_t(1) << 22) / std::max<int64_t>(width, 1), 16, 1024); }
+
+struct Shape {
+  int64_t E, F, V, L, H, HKV, D, HQ, HK;
+};
+
+Shape ShapeOf(const ModelConfig& m) {
+  const int64_t D = m.head_dim();
+  return {m.hidden_size,         m.intermediate_size,       m.vocab_size, m.num_hidden_layers, m.num_attention_heads,
+          m.num_key_value_heads, D, m.num_attention_heads * D, m.num_key_value_heads * D};
+}
+
+// Bytes a token holds in one layer's kept activations (LayerActs in runtime/model.cpp): x_in, rstd1, attn,
+// lse, x_mid, rstd2 in fp32; h1, q, k, v, h2 in the activation dtype (b bytes).
+int64_t LayerBytesPerToken(const Shape& s, int64_t b) {
+  return 4 * (2 * s.E + s.HQ + s.H + 2) + b * (2 * s.E + s.HQ + 2 * s.HK);
+}
+
+}  // namespace
+
+WorkspaceBytes ModelWorkspaceBytes(const ModelConfig& m, int64_t S, bool bf16, bool remat) {
+  const Shape s = ShapeOf(m);
+  const int64_t b = bf16 ? 2 : 4;
+  WorkspaceBytes w;
+  const int64_t layer = LayerBytesPerToken(s, b) * S;
+  // Kept: every layer whole; under remat each layer's input, one layer recomputed in `scratch` and the
+  // input it is recomputed from (x_again).
+  w.activations = remat ? s.L * 4 * s.E * S + layer + 4 * s.E * S : s.L * layer;
+  // x, o, dhf, dx, dh, tmp (fp32, S x E); rstd, loss; dq, dk, dv (fp32); hf and the attention's dout in the
+  // activation dtype; under bf16 the fp32 rotation buffer of q/k before they are rounded.
+  w.workspace = S * (4 * 6 * s.E + 4 * 2 + 4 * (s.HQ + 2 * s.HK) + b * (s.E + s.HQ) + (bf16 ? 4 * s.HQ : 0));
+  // RingBuffers: two K/V blocks [meta | K | V | index | segment] (64-byte aligned parts), the forward's
+  // partial (O, lse), the backward's delta and its two outgoing and one incoming dK|dV (fp32).
+  const int64_t kv = S * s.HK;
+  const int64_t block = 64 + 2 * Up64(kv * b) + Up64(8 * S) + Up64(4 * S);
+  w.ring = 2 * block + 4 * S * s.HQ + 4 * S * s.H + 4 * S * s.H + 3 * 2 * kv * 4;
+  return w;
+}
+
+RankMemory RankMemoryOf(const JobConfig& job, int64_t S, int64_t ring, int64_t fsdp, int64_t threads, int64_t batch) {
+  const ModelConfig& m = job.model;
+  const Shape s = ShapeOf(m);
+  const bool bf16 = job.precision == "bf16";
+  const int64_t b = bf16 ? 2 : 4;
+  const ParamTable table(m);
+  const int64_t P = int64_t(table.total());
+  RankMemory r;
+  if (fsdp <= 1) {
+    r.weights = 4 * P + (bf16 ? 2 * P : 0);
+    r.gradients = 4 * P;
+    r.optimizer = 8 * P;
+    r.comm = ring > 1 ? 4 * (P / ring + 1) : 0;
+    r.snapshot = job.checkpoint.dir.empty() ? 0 : 12 * P;
+  } else {
+    // ZeRO-3 over fsdp: 1/fsdp of master, gradients and moments; the compute weights of two layers gathered
+    // (the one in use, the next in flight), or of the embedding / lm_head when those run; one unit's full
+    // fp32 gradient before its reduce-scatter.
+    const int64_t layer = 2 * s.E + 2 * s.E * s.HQ + 2 * s.E * s.HK + 3 * s.E * s.F;  // a layer's parameters
+    const int64_t head = s.V * s.E;
+    const int64_t unit = std::max(layer, head);
+    const int64_t shard = (P + fsdp - 1) / fsdp;
+    r.weights = 4 * shard + (bf16 ? 2 * shard : 0) + std::max(2 * layer, head) * b;
+    r.gradients = 4 * shard + 4 * unit;
+    r.optimizer = 8 * shard;
+    r.comm = 4 * (unit / fsdp + 1) + (ring > 1 ? 4 * (shard / ring + 1) : 0);
+    r.snapshot = job.checkpoint.dir.empty() ? 0 : 12 * shard;
+  }
+  const WorkspaceBytes none = ModelWorkspaceBytes(m, S, bf16, false), layer = ModelWorkspaceBytes(m, S, bf16, true);
+  r.activations_no_remat = none.activations;
+  r.activations_remat = layer.activations;
+  r.activations = job.remat == "layer" ? layer.activations : none.activations;
+  r.workspace = (job.remat == "layer" ? layer : none).workspace;
+  r.ring = none.ring;
+  // Kernel scratch, per rank (kernels/cpu/layers_cpu.cpp, attention_cpu.cpp): the FFN's blocks (gate, up in
+  // the forward; gate, up, act, dact in the backward; their bf16 copies), the loss head's logits blocks,
+  // the bf16 operand copies of fp32 inputs, the RMSNorm dw partials, RoPE's cos/sin tables (kept below
+  // 64 MiB), the attention's turn table, AMX's packed operands; per kernel thread the attention's tiles.
+  const int64_t bf = Block(s.F), bc = Block(s.V);
+  int64_t k = (bf16 ? 32 : 24) * bf * s.F + (bf16 ? 10 : 8) * bc * s.V + 4 * threads * s.E;
+  if (bf16) k += S * (8 * s.HQ + 4 * s.HK + 2 * std::max(s.E, s.HQ) + 2 * s.E);
+  if (4 * S * s.D <= (int64_t(64) << 20)) k += 2 * (8 * S + 4 * S * s.D);
+  const int64_t tiles = (S + 127) / 128;
+  k += 4 * tiles * tiles;
+  if (bf16 && kernels::cpu::amx::Available()) k += S * (10 * s.HK + 8 * s.HQ);
+  const int64_t g = std::max<int64_t>(1, s.H / std::max<int64_t>(1, s.HKV));
+  k += threads * (512 * g * (2 * s.D + 258) + 512 * g * (3 * s.D + 258) + 1024 * s.D + 3072);
+  r.kernels = k;
+  // The step's sequences (33 bytes a row each, all of the step's at once), the ShardBatch each is moved
+  // into (32 bytes a row) and the rank's layout indices.
+  r.data = S * (33 * batch + 32 + 8);
+  return r;
+}
+
+Status PlanMemory(const JobConfig& job, const MemoryPlanOptions& opt, MemoryPlan* out) {
+  RW_RETURN_IF_ERROR(job.model.Validate());
+  RW_REQUIRE(job.precision == "fp32" || job.precision == "bf16",
+             "precision: fp32 or bf16, got '" << job.precision << "'");
+  RW_REQUIRE(job.remat == "none" || job.remat == "layer", "remat: none or layer, got '" << job.remat << "'");
+  RW_REQUIRE(!job.stages.empty(), "stages: the job has none");
+  RW_REQUIRE(opt.devices >= 0, "--devices: must be >= 0, got " << opt.devices);
+  RW_REQUIRE(opt.device_memory >= 0, "--device-memory: must be >= 0, got " << opt.device_memory);
+  RW_REQUIRE(opt.max_devices >= 1, "max_devices: must be >= 1, got " << opt.max_devices);
+  RW_REQUIRE(opt.device == "cpu" || opt.device == "cuda", "--device: cpu or cuda, got '" << opt.device << "'");
+  const bool on_device = opt.device == "cpu";
+  MemoryPlan plan;
+  plan.parameters = double(ParamTable(job.model).total());
+  plan.precision = job.precision;
+  plan.remat = job.remat;
+  // A mesh search ignores ring.min_devices (it asks what the model needs, not what the job allows).
+  JobConfig any = job;
+  any.ring.min_devices = 1;
+  for (size_t i = 0; i < job.stages.size(); ++i) {
+    StagePlan sp;
+    sp.stage = int64_t(i);
+    sp.seq_len = job.stages[i].seq_len;
+    RW_REQUIRE(sp.seq_len >= 2, "stages[" << i << "].seq_len: must be >= 2, got " << sp.seq_len);
+    RW_REQUIRE(job.stages[i].batch >= 1, "stages[" << i << "].batch: must be >= 1, got " << job.stages[i].batch);
+    RW_REQUIRE(job.stage_devices(i) >= 1, "stages[" << i << "].devices: must be >= 1, got " << job.stage_devices(i));
+    int64_t R = job.stage_devices(i);
+    if (opt.devices > 0 && R > opt.devices) {  // the largest valid ring the devices allow
+      R = 0;
+      for (int64_t r = opt.devices; r >= 1 && R == 0; --r)
+        if (any.CheckStageRing(i, r).ok()) R = r;
+      RW_REQUIRE(R > 0, "stages[" << i << "]: no ring of at most " << opt.devices << " devices splits seq_len "
+                                  << sp.seq_len << " (ring.layout = " << job.ring.layout << ")");
+    }
+    {
+      Status st = any.CheckStageRing(i, R);
+      RW_REQUIRE(st.ok(), st.message());
+    }
+    sp.devices = R;
+    sp.rows = sp.seq_len / R;
+    auto threads_for = [&](int64_t ring) {
+      if (opt.threads > 0) return opt.threads;
+      if (job.ring.threads_per_device > 0) return job.ring.threads_per_device;
+      return std::max<int64_t>(1, int64_t(std::thread::hardware_concurrency()) / ring);
+    };
+    const int64_t batch = job.stages[i].batch;
+    sp.rank = RankMemoryOf(job, sp.rows, R, 1, threads_for(R), batch);
+    sp.rank.snapshot_on_device = on_device;
+    if (opt.device_memory > 0 && sp.rank.total() > opt.device_memory) {
+      sp.fits = false;
+      // The fewest devices n = fsdp * sp whose rank fits; among meshes of n devices, the least memory.
+      for (int64_t n = 1; n <= opt.max_devices && sp.fit_sp == 0; ++n) {
+        int64_t best = -1;
+        for (int64_t ring = 1; ring <= n; ++ring) {
+          if (n % ring != 0 || !any.CheckStageRing(i, ring).ok()) continue;
+          RankMemory rm = RankMemoryOf(job, sp.seq_len / ring, ring, n / ring, threads_for(ring), batch);
+          rm.snapshot_on_device = on_device;
+          if (rm.total() <= opt.device_memory && (best < 0 || rm.total() < best)) {
+            best = rm.total();
+            sp.fit_fsdp = n / ring;
+            sp.fit_sp = ring;
+            sp.fit_rank = rm;
+          }
+        }
+      }
+    }
+    plan.stages.push_back(sp);
+  }
+  *out = std::move(plan);
+  return Status::Ok();
+}
+
+bool ParseByteSize(const std::string& text, int64_t* bytes) {
+  size_t end = 0;
+  double v = 0;
+  try {
+    v = std::stod(text, &end);
+  } catch (...) {
+    return false;
+  }
+  std::string unit = text.substr(end);
+  unit.erase(std::remove_if(unit.begin(), unit.end(), [](unsigned char c) { return std::isspace(c); }), unit.end());
+  std::transform(unit.begin(), unit.end(), unit.begin(), [](unsigned char c) { return char(std::tolower(c)); });
+  static const std::pair<const char*, double> kUnits[] = {
+      {"", 1},           {"b", 1},       {"k", 1e3},     {"kb", 1e3},    {"m", 1e6},         {"mb", 1e6},
+      {"g", 1e9},        {"gb", 1e9},    {"t", 1e12},    {"tb", 1e12},   {"kib", 1024.0},    {"mib", 1048576.0},
+      {"gib", 1073741824.0}, {"tib", 1099511627776.0}};
+  for (const auto& [name, mul] : kUnits)
+    if (unit == name) {
+      const double b = v * mul;
+      if (!std::isfinite(b) || b < 1 || b > 9e18) return false;
+      *bytes = int64_t(b);
+      return true;
+    }
+  return false;
+}
+
+std::string FormatBytes(double b) {
+  static const char* kUnit[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB"};
+  int u = 0;
+  while (std::fabs(b) >= 1024 && u < 5) {
+    b /= 1024;
+    ++u;
+  }
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), u == 0 ? "%.0f %s" : "%.2f %s", b, kUnit[u]);
+  return buf;
+}
+
+std::string FormatMemoryPlan(const MemoryPlan& plan, const MemoryPlanOptions& opt) {
+  std::ostringstream os;
+  char line[512];
+  auto gib = [](int64_t b) { return double(b) / double(int64_t(1) << 30); };
+  std::snprintf(line, sizeof(line),
+                "%.3g parameters, precision %s, remat %s, %s devices; GiB a device (rank 0, the largest):\n",
+                plan.parameters, plan.precision.c_str(), plan.remat.c_str(), opt.device.c_str());
+  os << line;
+  std::snprintf(line, sizeof(line), "%-5s %9s %5s %8s | %8s %8s %8s %8s %9s %9s %8s %8s %6s %9s | %8s %s\n", "stage",
+                "seq_len", "ring", "rows", "weights", "grads", "optim", "acts", "acts alt", "workspace", "ring buf",
+                "kernels", "other", "snapshot", "total", opt.device_memory > 0 ? "fits" : "");
+  os << line;
+  for (const auto& s : plan.stages) {
+    const RankMemory& r = s.rank;
+    const int64_t alt = plan.remat == "layer" ? r.activations_no_remat : r.activations_remat;
+    std::snprintf(line, sizeof(line),
+                  "%-5lld %9lld %5lld %8lld | %8.2f %8.2f %8.2f %8.2f %9.2f %9.2f %8.2f %8.2f %6.2f %8.2f%s | %8.2f %s\n",
+                  (long long)s.stage, (long long)s.seq_len, (long long)s.devices, (long long)s.rows, gib(r.weights),
+                  gib(r.gradients), gib(r.optimizer), gib(r.activations), gib(alt), gib(r.workspace), gib(r.ring),
+                  gib(r.kernels), gib(r.data + r.comm), gib(r.snapshot), r.snapshot_on_device ? " " : "*",
+                  gib(r.total()), opt.device_memory > 0 ? (s.fits ? "yes" : "NO") : "");
+    os << line;
+  }
+  os << "acts alt: the activations under remat " << (plan.remat == "layer" ? "none" : "layer")
+     << "; other: the rows of the step's sequences and the all-reduce's chunk; snapshot: rank 0's copy for a "
+        "checkpoint write"
+     << (opt.device == "cpu" ? "" : " (*: host memory, not in the total)") << ".\n";
+  if (opt.device_memory > 0) {
+    os << "budget: " << FormatBytes(double(opt.device_memory)) << " a device.\n";
+    for (const auto& s : plan.stages) {
+      if (s.fits) continue;
+      if (s.fit_sp == 0) {
+        os << "stage " << s.stage << " does not fit on any mesh of up to " << opt.max_devices << " devices.\n";
+        continue;
+      }
+      std::snprintf(line, sizeof(line),
+                    "stage %lld does not fit (%.2f GiB > %.2f GiB); the smallest mesh that does: dp 1, fsdp %lld, "
+                    "sp %lld (%lld devices, %.2f GiB a device)%s\n",
+                    (long long)s.stage, gib(s.rank.total()), gib(opt.device_memory), (long long)s.fit_fsdp,
+                    (long long)s.fit_sp, (long long)(s.fit_fsdp * s.fit_sp), gib(s.fit_rank.total()),
+                    s.fit_fsdp > 1 ? ": weights sharded over fsdp (ZeRO-3), which RingWorld does not run yet" : "");
+      os << line;
+    }
+  }
+  os << "Not counted: the process's code, libraries and thread stacks (about 0.15-0.25 GiB of a CPU process), "
+        "oneDNN's own scratch.\n";
+  return os.str();
+}
+
+}  // namespace rw::runtime

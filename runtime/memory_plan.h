@@ -1,0 +1,113 @@
+// The memory a job needs on each device, stage by stage, before it runs (`ringworld plan`).
+//
+// The figures are this code's own buffers, computed from the same shapes the model, the ring and the
+// trainer allocate (runtime/model.cpp, runtime/ring_attention.cpp, runtime/trainer.cpp), not a textbook
+// estimate:
+//   state        fp32 master weights and gradients (4 + 4 bytes a parameter), AdamW's m and v (8), the
+//                bf16 compute copy under mixed precision (2), the ring all-reduce's receive chunk;
+//   activations  what each layer keeps for its backward (all of it, or under remat: each layer's input
+//                and one layer's worth that is recomputed), in the precision each buffer has;
+//   workspace    the step's buffers outside the layers (residual stream, gradients of the activations,
+//                the loss head's) — ModelWorkspace's, the same for every layer;
+//   ring         the travelling K/V blocks (double buffer), the partial (O, lse), the backward's delta and
+//                its three dK/dV buffers (RingBuffers);
+//   kernels      the CPU kernels' scratch: per rank (FFN and loss-head blocks, bf16 operand copies, RoPE
+//                tables, the attention's turn table) and per kernel thread (attention tiles). An estimate
+//                from the kernels' block sizes; oneDNN's own scratch is not in it;
+//   data         the rank's rows of the step's sequences;
+//   snapshot     rank 0's copy of weights and moments for a background checkpoint write (12 bytes a
+//                parameter, host memory), when the job writes checkpoints.
+// Nothing else of the process is counted (code, libraries, threads' stacks, the allocator's slack): on a
+// CPU the process's resident peak is these figures plus a baseline of about 0.15-0.25 GiB
+// (docs/BENCHMARKS.md compares the two).
+//
+// Meshes. Today every rank holds the whole model (mesh dp = 1, fsdp = 1, sp = ring size). When a stage does
+// not fit, the plan also says which (fsdp, sp) mesh would, with the weights, gradients and moments sharded
+// over fsdp as ZeRO-3 does (each rank 1/fsdp of them; a layer's compute weights gathered before use, the
+// next layer's gather in flight), so the user sees what the model needs; fsdp > 1 does not run yet.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "runtime/job_config.h"
+
+namespace rw::runtime {
+
+// Bytes of one rank's buffers, by what they hold.
+struct RankMemory {
+  int64_t weights = 0;      // fp32 master (+ bf16 compute copy); sharded: 1/fsdp + the gathered layers
+  int64_t gradients = 0;    // fp32
+  int64_t optimizer = 0;    // AdamW m and v, fp32
+  int64_t activations = 0;  // kept for the backward, under the job's remat setting
+  int64_t activations_no_remat = 0, activations_remat = 0;  // both settings, for comparison
+  int64_t workspace = 0;    // the step's buffers outside the layers
+  int64_t ring = 0;         // RingBuffers
+  int64_t kernels = 0;      // CPU kernel scratch (estimate)
+  int64_t data = 0;         // the rank's rows of the step's sequences
+  int64_t comm = 0;         // the all-reduce's receive chunk (rings of 2 or more)
+  int64_t snapshot = 0;     // rank 0, when checkpoints are written: host memory
+  bool snapshot_on_device = true;  // a CPU device's memory is the host's; a GPU's is not
+  int64_t total() const {  // the device's bytes
+    return weights + gradients + optimizer + activations + workspace + ring + kernels + data + comm +
+           (snapshot_on_device ? snapshot : 0);
+  }
+};
+
+struct StagePlan {
+  int64_t stage = 0;
+  int64_t seq_len = 0;
+  int64_t devices = 0;  // the ring (sp); with fsdp, devices = fsdp * sp
+  int64_t fsdp = 1;
+  int64_t rows = 0;     // tokens a rank holds (seq_len / sp)
+  RankMemory rank;      // the largest rank (rank 0: it keeps the checkpoint snapshot)
+  bool fits = true;     // within the budget (when one was given)
+  // When it does not fit: the smallest mesh (fewest devices) that does, 0 when none up to the search limit.
+  int64_t fit_fsdp = 0, fit_sp = 0;
+  RankMemory fit_rank;
+};
+
+struct MemoryPlanOptions {
+  int64_t devices = 0;        // > 0: the devices the job gets; stages that ask for more run on the largest
+                              // valid ring <= this (as a daemon with these devices would place them)
+  int64_t device_memory = 0;  // > 0: bytes a device has; each stage is checked against it
+  int64_t threads = 0;        // kernel threads per rank; 0: as the trainer picks (ring.threads_per_device, or
+                              // this machine's cores / ring size)
+  int64_t max_devices = 4096;  // the search for a mesh that fits stops here
+  // The devices' kind: "cpu" (the device's memory is the host's: the checkpoint snapshot counts) or "cuda"
+  // (the snapshot is in host memory, apart). The buffers are the same on both; the kernel scratch is the CPU
+  // kernels' estimate.
+  std::string device = "cpu";
+};
+
+struct MemoryPlan {
+  double parameters = 0;
+  std::string precision, remat;
+  std::vector<StagePlan> stages;
+};
+
+// The per-device memory of every stage of `job` (which need not name files that exist here: only the model,
+// precision, remat, ring and stages are read). Errors name the stage or setting.
+Status PlanMemory(const JobConfig& job, const MemoryPlanOptions& opt, MemoryPlan* out);
+
+// One rank's memory for `job` at `rows` tokens a rank, a ring of `ring` ranks (sp) and `fsdp` shards, with
+// `threads` kernel threads; rank 0's (with the checkpoint snapshot when the job writes checkpoints).
+RankMemory RankMemoryOf(const JobConfig& job, int64_t rows, int64_t ring, int64_t fsdp, int64_t threads,
+                        int64_t batch);
+
+// The parts that ModelWorkspace and RingBuffers allocate for one step at `rows` tokens (what the model test
+// checks against ModelWorkspace::Bytes of a real step).
+struct WorkspaceBytes {
+  int64_t activations = 0, workspace = 0, ring = 0;
+};
+WorkspaceBytes ModelWorkspaceBytes(const ModelConfig& m, int64_t rows, bool bf16, bool remat);
+
+// "80GiB", "512MiB", "1.5TB", "4096" (bytes) -> bytes; false when it is not a size.
+bool ParseByteSize(const std::string& text, int64_t* bytes);
+// 1536 -> "1.50 KiB".
+std::string FormatBytes(double bytes);
+// The plan as the command prints it.
+std::string FormatMemoryPlan(const MemoryPlan& plan, const MemoryPlanOptions& opt);
+
+}  // namespace rw::runtime
