@@ -5,7 +5,7 @@
 //
 // Model FLOPs per token (forward + backward, the usual 6N rule plus causal attention):
 //   6 * N_matmul_params + 6 * layers * seq_len * hidden       (12 L E per layer, halved by the causal mask)
-// Usage: rw_bench_train [--quick] [--steps 3] [--model tiny|small] [--seq L] [--ring R] [--precision fp32|bf16] [--remat none|layer]
+// Usage: rw_bench_train [--quick] [--steps 3] [--model tiny|small] [--seq L] [--ring R] [--precision fp32|bf16] [--remat none|layer] [--optimizer-shard]
 // Two ceilings measured in the run: the fp32 sgemm rate (OpenBLAS) and the bf16 GEMM rate (oneDNN, or the
 // widened fallback); fp32 rows report MFU against the first, bf16 rows against the second.
 // The peak column is the process's peak resident memory, which only grows: it belongs to the row only when
@@ -57,6 +57,7 @@ int main(int argc, char** argv) {
   int only_ring = 0;       // --ring R: only that ring size
   std::string only_precision;  // --precision fp32|bf16: only that precision
   std::string remat = "none";  // --remat none|layer
+  bool shard = false;          // --optimizer-shard: optimizer.shard (ZeRO-1 over the ring)
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--quick") quick = true;
@@ -66,6 +67,7 @@ int main(int argc, char** argv) {
     if (a == "--ring" && i + 1 < argc) only_ring = std::atoi(argv[++i]);
     if (a == "--precision" && i + 1 < argc) only_precision = argv[++i];
     if (a == "--remat" && i + 1 < argc) remat = argv[++i];
+    if (a == "--optimizer-shard") shard = true;
   }
   const int cores = rw::kernels::cpu::DefaultThreads();
   const double sgemm = rw::bench::SgemmCeiling(cores), bgemm = rw::bench::Bf16Ceiling(cores);
@@ -101,6 +103,7 @@ int main(int argc, char** argv) {
         job.ring.layout = "zigzag";
         job.precision = prec;
         job.remat = remat;
+        job.optimizer.shard = shard;
         job.stages = {StageConfig{L, 10000, steps, 1}};
         const ParamTable table(job.model);
         double matmul_params = 0;

@@ -76,6 +76,10 @@ const std::vector<Setting<JobConfig>>& JobTable() {
       {"optimizer.eps", "AdamW epsilon", RW_FIELD(JobConfig, double, j.optimizer.eps)},
       {"optimizer.weight_decay", "decoupled weight decay on matrices", RW_FIELD(JobConfig, double, j.optimizer.weight_decay)},
       {"optimizer.grad_clip", "max global gradient norm (0: off)", RW_FIELD(JobConfig, double, j.optimizer.grad_clip)},
+      {"optimizer.shard",
+       "each ring member keeps AdamW's moments for 1/R of the parameters (ZeRO-1 over the ring): gradients are "
+       "reduce-scattered, each rank updates its share, the weights all-gathered; checkpoints are unchanged",
+       RW_FIELD(JobConfig, bool, j.optimizer.shard)},
       {"ring.devices", "ranks in the ring", RW_FIELD(JobConfig, int64_t, j.ring.devices)},
       {"ring.min_devices", "smallest ring the job may shrink to", RW_FIELD(JobConfig, int64_t, j.ring.min_devices)},
       {"ring.layout", "contiguous | zigzag | striped", RW_FIELD(JobConfig, std::string, j.ring.layout)},

@@ -66,7 +66,7 @@ RankMemory RankMemoryOf(const JobConfig& job, int64_t S, int64_t ring, int64_t f
   if (fsdp <= 1) {
     r.weights = 4 * P + (bf16 ? 2 * P : 0);
     r.gradients = 4 * P;
-    r.optimizer = 8 * P;
+    r.optimizer = job.optimizer.shard && ring > 1 ? 8 * (P / ring + 1) : 8 * P;  // optimizer.shard: its chunk
     r.comm = ring > 1 ? 4 * (P / ring + 1) : 0;
     r.snapshot = job.checkpoint.dir.empty() ? 0 : 12 * P;
   } else {

@@ -21,7 +21,8 @@
 // CPU the process's resident peak is these figures plus a baseline of about 0.15-0.25 GiB
 // (docs/BENCHMARKS.md compares the two).
 //
-// Meshes. Today every rank holds the whole model (mesh dp = 1, fsdp = 1, sp = ring size). When a stage does
+// Meshes. Today every rank holds the whole model (mesh dp = 1, fsdp = 1, sp = ring size), its AdamW moments
+// whole or, under optimizer.shard, 1/R of them (ZeRO-1 over the ring). When a stage does
 // not fit, the plan also says which (fsdp, sp) mesh would, with the weights, gradients and moments sharded
 // over fsdp as ZeRO-3 does (each rank 1/fsdp of them; a layer's compute weights gathered before use, the
 // next layer's gather in flight), so the user sees what the model needs; fsdp > 1 does not run yet.

@@ -1,5 +1,6 @@
 #include "runtime/optimizer.h"
 
+#include <algorithm>
 #include <cmath>
 
 namespace rw::runtime {
@@ -27,26 +28,45 @@ double LearningRate(const OptimizerConfig& c, int64_t step, int64_t total) {
   return floor + 0.5 * (c.lr - floor) * (1.0 + std::cos(M_PI * std::min(1.0, t)));
 }
 
-AdamW::AdamW(const OptimizerConfig& c, const ParamTable& table, int num_threads, kernels::Device device)
-    : c_(c), table_(table), ex_{device, num_threads}, m_(table.total(), 0.f), v_(table.total(), 0.f) {}
+AdamW::AdamW(const OptimizerConfig& c, const ParamTable& table, int num_threads, kernels::Device device, size_t lo,
+             size_t hi)
+    : c_(c),
+      table_(table),
+      ex_{device, num_threads},
+      lo_(std::min(lo, table.total())),
+      hi_(std::max(lo_, std::min(hi, table.total()))),
+      m_(hi_ - lo_, 0.f),
+      v_(hi_ - lo_, 0.f) {}
+
+double AdamW::SquaredNorm(const float* grads) const {
+  double ss = 0;  // fp64, in a fixed order: every rank computes the same norm from the same gradients
+  for (size_t i = lo_; i < hi_; ++i) ss += double(grads[i]) * double(grads[i]);
+  return ss;
+}
 
 Status AdamW::Step(float* params, float* grads, int64_t step, int64_t total, double* grad_norm, double* lr_out) {
-  double ss = 0;  // fp64, in a fixed order: every rank computes the same norm from the same gradients
-  for (size_t i = 0; i < table_.total(); ++i) ss += double(grads[i]) * double(grads[i]);
-  const double norm = std::sqrt(ss);
+  RW_REQUIRE(lo_ == 0 && hi_ == table_.total(), "optimizer: Step updates the whole vector; a shard uses Apply");
+  const double norm = std::sqrt(SquaredNorm(grads));
+  RW_RETURN_IF_ERROR(Apply(params, grads, norm, step, total, lr_out));
+  *grad_norm = norm;
+  return Status::Ok();
+}
+
+Status AdamW::Apply(float* params, float* grads, double norm, int64_t step, int64_t total, double* lr_out) {
   RW_REQUIRE(std::isfinite(norm), "optimizer: gradient norm is not finite at step " << step);
   if (c_.grad_clip > 0 && norm > c_.grad_clip) {
     const float s = float(c_.grad_clip / norm);
-    for (size_t i = 0; i < table_.total(); ++i) grads[i] *= s;
+    for (size_t i = lo_; i < hi_; ++i) grads[i] *= s;
   }
   const double lr = LearningRate(c_, step, total);
-  for (const auto& t : table_.tensors()) {
+  for (const auto& t : table_.tensors()) {  // each tensor's part inside [lo, hi), with its own decay
+    const size_t b = std::max(lo_, t.offset), e = std::min(hi_, t.offset + t.numel);
+    if (b >= e) continue;
     kernels::AdamWHyper hp{float(lr), float(c_.beta1), float(c_.beta2), float(c_.eps),
                            t.shape.size() >= 2 ? float(c_.weight_decay) : 0.f};
-    RW_RETURN_IF_ERROR(kernels::AdamWStep(ex_, int64_t(t.numel), params + t.offset, grads + t.offset,
-                                          m_.data() + t.offset, v_.data() + t.offset, hp, step));
+    RW_RETURN_IF_ERROR(kernels::AdamWStep(ex_, int64_t(e - b), params + b, grads + b, m_.data() + (b - lo_),
+                                          v_.data() + (b - lo_), hp, step));
   }
-  *grad_norm = norm;
   *lr_out = lr;
   return Status::Ok();
 }

@@ -69,7 +69,13 @@ Status TrainRank(Transport& t, const JobConfig& job, const std::function<void(co
       int(job.ring.threads_per_device > 0
               ? job.ring.threads_per_device
               : std::max<int64_t>(1, int64_t(std::thread::hardware_concurrency()) / R));
-  AdamW opt(job.optimizer, table, threads, control.device);
+  // optimizer.shard (ZeRO-1 over the ring): this rank keeps the moments of the chunk of the parameters that
+  // the gradients' reduce-scatter sums here, updates that chunk, and the weights are all-gathered.
+  const bool sharded = job.optimizer.shard && R > 1;
+  const size_t n = table.total();
+  const size_t lo = sharded ? Transport::ChunkBegin(n, R, t.OwnedChunk()) : 0,
+               hi = sharded ? Transport::ChunkBegin(n, R, t.OwnedChunk() + 1) : n;
+  AdamW opt(job.optimizer, table, threads, control.device, lo, hi);
   // Mixed precision: GEMMs read a bf16 copy of the fp32 master weights, made again after every update.
   const kernels::DType precision = job.precision == "bf16" ? kernels::DType::kBF16 : kernels::DType::kF32;
   std::vector<kernels::bf16> compute(precision == kernels::DType::kBF16 ? table.total() : 0);
@@ -114,18 +120,25 @@ Status TrainRank(Transport& t, const JobConfig& job, const std::function<void(co
   const int64_t total = job.total_steps();
   int64_t step = 0;
   TrainResult res;
+  res.optimizer_bytes = int64_t(8 * (hi - lo));
   TrainerState resumed;  // of the checkpoint resumed from
   if (!job.checkpoint.dir.empty()) {
     if (rank == 0) CollectCheckpointLeftovers(job.checkpoint.dir);  // of writes a crash interrupted
     bool found = false;
+    // A sharded optimizer reads the moments whole (checkpoints hold them whole), then keeps its chunk.
+    std::vector<float> whole_m(sharded ? n : 0), whole_v(sharded ? n : 0);
+    float* const load_m = sharded ? whole_m.data() : opt.m().data();
+    float* const load_v = sharded ? whole_v.data() : opt.v().data();
     if (!control.resume_checkpoint.empty()) {
-      RW_RETURN_IF_ERROR(LoadCheckpoint(control.resume_checkpoint, table, params.data(), opt.m().data(), opt.v().data(),
-                                        &resumed));
+      RW_RETURN_IF_ERROR(LoadCheckpoint(control.resume_checkpoint, table, params.data(), load_m, load_v, &resumed));
       found = true;
     } else {
-      RW_RETURN_IF_ERROR(LoadLatestCheckpoint(job.checkpoint.dir, model, table, params.data(), opt.m().data(),
-                                              opt.v().data(), &resumed, &found, &res.skipped_checkpoints,
-                                              control.resume_max_step));
+      RW_RETURN_IF_ERROR(LoadLatestCheckpoint(job.checkpoint.dir, model, table, params.data(), load_m, load_v,
+                                              &resumed, &found, &res.skipped_checkpoints, control.resume_max_step));
+    }
+    if (found && sharded) {
+      std::copy(whole_m.begin() + std::ptrdiff_t(lo), whole_m.begin() + std::ptrdiff_t(hi), opt.m().begin());
+      std::copy(whole_v.begin() + std::ptrdiff_t(lo), whole_v.begin() + std::ptrdiff_t(hi), opt.v().begin());
     }
     if (found) {
       RW_REQUIRE(resumed.seed == job.seed, "checkpoint.dir: holds a run of seed " << resumed.seed << ", the job has seed "
@@ -173,14 +186,29 @@ Status TrainRank(Transport& t, const JobConfig& job, const std::function<void(co
   std::unique_ptr<WindowIndex> windows;
   DataCursor cursor;
   auto save = [&](int64_t stage_index, bool final) -> Status {
-    if (rank != 0 || job.checkpoint.dir.empty()) return Status::Ok();
-    Status prev = join_writer();  // a failed background write was reported by on_checkpoint already
-    (void)prev;
+    if (job.checkpoint.dir.empty()) return Status::Ok();
+    if (rank == 0) {
+      Status prev = join_writer();  // a failed background write was reported by on_checkpoint already
+      (void)prev;
+    }
+    if (sharded) {  // every rank's chunk of the moments into rank 0's snapshot (all ranks take part)
+      if (rank == 0) {
+        snap_m.resize(n);
+        snap_v.resize(n);
+      }
+      MsgTag g{job.seed, 0, uint32_t(step), kReduceLayer + 6, 0};
+      RW_RETURN_IF_ERROR(t.GatherChunksToFirst(opt.m().data(), n, rank == 0 ? snap_m.data() : nullptr, g));
+      g.layer = kReduceLayer + 7;
+      RW_RETURN_IF_ERROR(t.GatherChunksToFirst(opt.v().data(), n, rank == 0 ? snap_v.data() : nullptr, g));
+    }
+    if (rank != 0) return Status::Ok();
     const TrainerState state{step, stage_index, windows ? cursor.next : step, job.seed, job.name,
                              windows ? "windows" : "step"};
     snap_p.assign(params.begin(), params.end());
-    snap_m.assign(opt.m().begin(), opt.m().end());
-    snap_v.assign(opt.v().begin(), opt.v().end());
+    if (!sharded) {
+      snap_m.assign(opt.m().begin(), opt.m().end());
+      snap_v.assign(opt.v().begin(), opt.v().end());
+    }
     auto write = [&, state, model_now = model]() {
       const auto t0 = std::chrono::steady_clock::now();
       CheckpointInfo info;
@@ -211,6 +239,7 @@ Status TrainRank(Transport& t, const JobConfig& job, const std::function<void(co
   } join_at_exit{writer};
   ModelWorkspace workspace;  // the rank's buffers, reused by every step
   std::vector<double> all_sums(2 * size_t(R));  // every rank's loss-weight sums, gathered each step
+  std::vector<double> norm_parts(static_cast<size_t>(R));  // optimizer.shard: every chunk's sum of squares
   for (size_t si = 0; si < job.stages.size(); ++si) {
     const StageConfig& stage = job.stages[si];
     model.rope_theta = stage.theta(job.model);
@@ -276,12 +305,29 @@ Status TrainRank(Transport& t, const JobConfig& job, const std::function<void(co
                                            float(scale), grads.data(), &loss));
       }
       MsgTag tag{job.seed, 0, uint32_t(step), kReduceLayer, 0};
-      RW_RETURN_IF_ERROR(t.AllReduceSum(grads.data(), grads.size(), tag));
+      if (sharded)  // only this rank's chunk is summed: it is all its optimizer updates
+        RW_RETURN_IF_ERROR(t.ReduceScatterSum(grads.data(), grads.size(), tag));
+      else
+        RW_RETURN_IF_ERROR(t.AllReduceSum(grads.data(), grads.size(), tag));
       float loss_f = float(loss);
       tag.layer = kReduceLayer + 1;
       RW_RETURN_IF_ERROR(t.AllReduceSum(&loss_f, 1, tag));
       double grad_norm = 0, lr = 0;
-      RW_RETURN_IF_ERROR(opt.Step(params.data(), grads.data(), step, total, &grad_norm, &lr));
+      if (sharded) {
+        // The global norm from each chunk's fp64 sum of squares, added in chunk order (rank q owns chunk
+        // q + 1): the same on every rank and in every run of this ring size.
+        const double mine = opt.SquaredNorm(grads.data());
+        RW_RETURN_IF_ERROR(t.AllGather(&mine, sizeof(mine), norm_parts.data(),
+                                       MsgTag{job.seed, 0, uint32_t(step), kReduceLayer + 4, 0}));
+        double ss = 0;
+        for (int c = 0; c < R; ++c) ss += norm_parts[size_t((c + R - 1) % R)];
+        grad_norm = std::sqrt(ss);
+        RW_RETURN_IF_ERROR(opt.Apply(params.data(), grads.data(), grad_norm, step, total, &lr));
+        tag.layer = kReduceLayer + 5;
+        RW_RETURN_IF_ERROR(t.AllGatherChunks(params.data(), params.size(), tag));
+      } else {
+        RW_RETURN_IF_ERROR(opt.Step(params.data(), grads.data(), step, total, &grad_norm, &lr));
+      }
       RW_RETURN_IF_ERROR(refresh_compute());
       const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       const double mean_loss = double(loss_f) * scale;

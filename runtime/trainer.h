@@ -63,6 +63,7 @@ struct TrainResult {
   int64_t resumed_from = 0;              // step of the checkpoint the run started from (0: fresh)
   std::vector<std::string> skipped_checkpoints;  // newer checkpoints that failed verification, and why
   std::string last_checkpoint;
+  int64_t optimizer_bytes = 0;  // AdamW moments this rank holds (8 a parameter; its chunk's under optimizer.shard)
 };
 
 // Runs the whole job on this rank, resuming from the newest valid checkpoint of checkpoint.dir if there

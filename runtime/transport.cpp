@@ -60,16 +60,20 @@ Status Transport::Wait(const Request& req) {
 }
 
 Status Transport::AllReduceSum(float* data, size_t n, MsgTag tag) {
+  RW_RETURN_IF_ERROR(ReduceScatterSum(data, n, tag));
+  return AllGatherChunks(data, n, tag);
+}
+
+Status Transport::ReduceScatterSum(float* data, size_t n, MsgTag tag) {
   const int R = size(), r = rank();
   // An aborted ring fails here at every size: a ring of 1 sends nothing, so without this check a cancelled
   // job of one device would train on to its end.
   RW_REQUIRE(!aborted(), "transport: aborted (rank " << r << " of " << R << ")");
   if (R == 1 || n == 0) return Status::Ok();
-  // Chunk c covers [begin(c), begin(c + 1)).
-  auto begin = [&](int c) { return n * size_t(c) / size_t(R); };
+  auto begin = [&](int c) { return ChunkBegin(n, R, c); };
   std::vector<float> incoming(n / R + 1);
-  // Reduce-scatter: at hop h, rank r sends chunk (r - h) and adds the received chunk (r - h - 1).
-  // After R-1 hops rank r holds the full sum of chunk (r + 1) mod R, accumulated in ring order.
+  // At hop h, rank r sends chunk (r - h) and adds the received chunk (r - h - 1). After R-1 hops rank r
+  // holds the full sum of chunk (r + 1) mod R, accumulated in ring order.
   for (int h = 0; h < R - 1; ++h) {
     const int cs = ((r - h) % R + R) % R, cr = ((r - h - 1) % R + R) % R;
     tag.hop = uint32_t(h);
@@ -80,7 +84,15 @@ Status Transport::AllReduceSum(float* data, size_t n, MsgTag tag) {
     float* dst = data + begin(cr);
     for (size_t i = 0; i < begin(cr + 1) - begin(cr); ++i) dst[i] = incoming[i] + dst[i];
   }
-  // All-gather: pass the finished chunks around.
+  return Status::Ok();
+}
+
+Status Transport::AllGatherChunks(float* data, size_t n, MsgTag tag) {
+  const int R = size(), r = rank();
+  RW_REQUIRE(!aborted(), "transport: aborted (rank " << r << " of " << R << ")");
+  if (R == 1 || n == 0) return Status::Ok();
+  auto begin = [&](int c) { return ChunkBegin(n, R, c); };
+  // At hop h, rank r passes on chunk (r + 1 - h), its own first, and receives chunk (r - h).
   for (int h = 0; h < R - 1; ++h) {
     const int cs = ((r + 1 - h) % R + R) % R, cr = ((r - h) % R + R) % R;
     tag.hop = uint32_t(R - 1 + h);
@@ -88,6 +100,42 @@ Status Transport::AllReduceSum(float* data, size_t n, MsgTag tag) {
     Request sr = SendNext(tag, data + begin(cs), (begin(cs + 1) - begin(cs)) * sizeof(float));
     RW_RETURN_IF_ERROR(Wait(rr));
     RW_RETURN_IF_ERROR(Wait(sr));
+  }
+  return Status::Ok();
+}
+
+Status Transport::GatherChunksToFirst(const float* owned, size_t n, float* all, MsgTag tag) {
+  const int R = size(), r = rank();
+  RW_REQUIRE(!aborted(), "transport: aborted (rank " << r << " of " << R << ")");
+  auto begin = [&](int c) { return ChunkBegin(n, R, c); };
+  auto len = [&](int c) { return begin(c + 1) - begin(c); };
+  auto chunk_of = [&](int owner) { return (owner + 1) % R; };
+  if (r == 0) {
+    RW_REQUIRE(all != nullptr || n == 0, "transport: GatherChunksToFirst needs rank 0's buffer");
+    std::copy(owned, owned + len(chunk_of(0)), all + begin(chunk_of(0)));
+    // Rank R-1 passes on, at hop h, the chunk of rank R-1-h (its own first).
+    for (int h = 0; h < R - 1; ++h) {
+      const int c = chunk_of(R - 1 - h);
+      tag.hop = uint32_t(h);
+      RW_RETURN_IF_ERROR(Wait(RecvPrev(tag, all + begin(c), len(c) * sizeof(float))));
+    }
+    return Status::Ok();
+  }
+  // Rank r sends at hop h (h < r) the chunk of rank r - h: its own, then those rank r - 1 relays to it.
+  std::vector<float> relay[2];
+  const float* cur = owned;
+  for (int h = 0; h < r; ++h) {
+    tag.hop = uint32_t(h);
+    Request rr;
+    if (r - 1 - h >= 1) {
+      const int c = chunk_of(r - 1 - h);
+      relay[h % 2].resize(len(c));
+      rr = RecvPrev(tag, relay[h % 2].data(), len(c) * sizeof(float));
+    }
+    Request sr = SendNext(tag, cur, len(chunk_of(r - h)) * sizeof(float));
+    if (rr.valid()) RW_RETURN_IF_ERROR(Wait(rr));
+    RW_RETURN_IF_ERROR(Wait(sr));
+    cur = relay[h % 2].data();
   }
   return Status::Ok();
 }

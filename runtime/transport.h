@@ -114,9 +114,23 @@ class Transport {
   virtual bool aborted() const = 0;
   virtual TransportStats stats() const = 0;
 
-  // Deterministic sum over the ring, in place: ring reduce-scatter then all-gather over R chunks. Chunk c
-  // is summed in ring order starting at rank c, ((x_c + x_c+1) + x_c+2) + ..., whatever the timing, so equal inputs give equal bits.
+  // Deterministic sum over the ring, in place: ReduceScatterSum then AllGatherChunks. Chunk c is summed in
+  // ring order starting at rank c, ((x_c + x_c+1) + x_c+2) + ..., whatever the timing, so equal inputs give
+  // equal bits.
   Status AllReduceSum(float* data, size_t n, MsgTag tag);
+
+  // The R chunks of an n-element vector: chunk c is [ChunkBegin(n, R, c), ChunkBegin(n, R, c + 1)).
+  static size_t ChunkBegin(size_t n, int R, int c) { return n * size_t(c) / size_t(R); }
+  // The chunk this rank holds summed after ReduceScatterSum (and contributes to AllGatherChunks).
+  int OwnedChunk() const { return (rank() + 1) % size(); }
+  // The first half of AllReduceSum (hops 0 .. R-2): afterwards this rank's OwnedChunk of `data` holds the
+  // ring's sum; the rest of `data` holds partial sums.
+  Status ReduceScatterSum(float* data, size_t n, MsgTag tag);
+  // The second half (hops R-1 .. 2R-3): every rank's OwnedChunk of `data` to every rank.
+  Status AllGatherChunks(float* data, size_t n, MsgTag tag);
+  // Every rank's OwnedChunk (`owned`, its length) into `all` (n elements) on rank 0 only, relayed around the
+  // ring; other ranks need no n-sized buffer (two chunk-sized relay buffers). `all` is ignored off rank 0.
+  Status GatherChunksToFirst(const float* owned, size_t n, float* all, MsgTag tag);
   // Every rank's `bytes` at `mine`, in rank order, into `all` (size() * bytes) on every rank.
   Status AllGather(const void* mine, size_t bytes, void* all, MsgTag tag);
   // Returns once every rank has entered it (a token goes twice around the ring).

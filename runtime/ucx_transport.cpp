@@ -73,7 +73,7 @@ struct UcxTransport::Impl {
   bool failing = false;  // shutting down or aborted: queued receives fail instead of being posted
   Status fail_status;
   bool abandoned = false;       // a receive was abandoned: UCX is not called again (Abandon)
-  bool tcp_only = false;        // every lane of both endpoints is TCP (ConnectRing): Abandon is safe
+  bool own_progress_lanes = false;  // no lane of either endpoint writes without our progress: Abandon is safe
   bool abandon_at_once = false;  // test hook (AbandonStuckReceivesForTest)
 
   // An abort travels around the ring as a message of its own tag, always awaited by one posted receive,
@@ -326,20 +326,22 @@ struct UcxTransport::Impl {
       ProgressFor(std::chrono::seconds(2), [this] { return !recv_posted; });
       if (!recv_posted) return;
     }
-    if (!tcp_only && !abandon_at_once) {
-      // Over RDMA or shared memory a peer may still write into the buffer without our progress: no abandon.
+    if (!own_progress_lanes && !abandon_at_once) {
+      // Over RDMA, CMA or a mapped segment a peer may still write into the buffer without our progress.
       std::fprintf(stderr, "ucx: rank %d: a receive from the previous rank has not ended after its cancel and the "
-                           "close of both endpoints, and its lanes are not all TCP (so it cannot be abandoned "
-                           "safely); waiting on\n", opt.rank);
+                           "close of both endpoints, and a lane may write into its buffer without this process "
+                           "(RDMA, CMA, XPMEM), so it cannot be abandoned safely; waiting on\n", opt.rank);
       while (recv_posted) ucp_worker_progress(worker);
       return;
     }
     Abandon();
   }
 
-  // True when every lane of `ep` is TCP. UCX 1.13 has no query for an endpoint's transports; its printed
-  // configuration lists each lane as "lane[i]:  n:<transport>/<device>...".
-  static bool LanesAreTcp(ucp_ep_h ep) {
+  // True when every lane of `ep` moves data into our buffers only inside our own ucp_worker_progress: TCP
+  // (we read the socket), shared-memory FIFOs (posix, sysv: we copy out of the segment), self. Not RDMA,
+  // CMA, KNEM or XPMEM, where the peer (or its NIC) writes into our memory. UCX 1.13 has no query for an
+  // endpoint's transports; its printed configuration lists each lane as "lane[i]:  n:<transport>/<device>".
+  static bool LanesWrittenOnlyInOurProgress(ucp_ep_h ep) {
     char* text = nullptr;
     size_t len = 0;
     FILE* f = open_memstream(&text, &len);
@@ -353,18 +355,19 @@ struct UcxTransport::Impl {
       const size_t colon = s.find(':', at), index_end = s.find(':', colon + 1);
       const size_t slash = s.find('/', index_end);
       if (colon == std::string::npos || index_end == std::string::npos || slash == std::string::npos) return false;
-      if (s.compare(index_end + 1, slash - index_end - 1, "tcp") != 0) return false;
+      const std::string tl = s.substr(index_end + 1, slash - index_end - 1);
+      if (tl != "tcp" && tl != "posix" && tl != "sysv" && tl != "self") return false;
       any = true;
     }
     return any;
   }
 
-  // The last resort for a receive nothing ends, taken only when every lane is TCP (tcp_only). UCX may write
-  // into the caller's buffer until the receive's callback has run, and over TCP it writes only inside
-  // ucp_worker_progress (it reads the socket there): so this worker is never progressed again, nor
-  // destroyed (destroying it with the transfer pending trips an assertion in UCX), and the caller's
-  // buffers are safe. Over RDMA or shared memory (CMA) a peer could write without our progress, so there
-  // the receive is waited for instead. The receive and the sends in flight fail now; the worker, its
+  // The last resort for a receive nothing ends, taken only when no lane writes without our progress
+  // (own_progress_lanes). UCX may write into the caller's buffer until the receive's callback has run, and
+  // over those lanes it writes only inside ucp_worker_progress: so this worker is never progressed again,
+  // nor destroyed (destroying it with the transfer pending trips an assertion in UCX), and the caller's
+  // buffers are safe. Over RDMA, CMA or XPMEM a peer could write without our progress, so there the
+  // receive is waited for instead. The receive and the sends in flight fail now; the worker, its
   // sockets and this transport's state are left to the process's end (a few MB, said in the log).
   void Abandon() {
     std::fprintf(stderr, "ucx: rank %d: a receive from the previous rank has not ended after its cancel%s; "
@@ -510,6 +513,17 @@ Status UcxTransport::Create(const UcxOptions& opt, std::unique_ptr<UcxTransport>
       return Status::Error(UcsError("net_devices: UCX refused '" + opt.net_devices + "'", st));
     }
   }
+  // No CMA (process_vm_readv/writev) unless the user's UCX_TLS asks for it: UCX 1.13 ends the whole process
+  // (ucs_fatal) when a CMA transfer finds its peer gone, so one device process killed mid-transfer took the
+  // healthy one on its host with it (train_device_lost, under load). Shared memory stays; large host
+  // transfers between processes run at 0.46 instead of 0.61 of memcpy (docs/BENCHMARKS.md).
+  if (std::getenv("UCX_TLS") == nullptr) {
+    st = ucp_config_modify(config, "TLS", "^cma");
+    if (st != UCS_OK) {
+      ucp_config_release(config);
+      return Status::Error(UcsError("ucx: UCX refused TLS=^cma", st));
+    }
+  }
   ucp_params_t params{};
   params.field_mask = UCP_PARAM_FIELD_FEATURES;
   params.features = UCP_FEATURE_TAG;  // no WAKEUP: it would rule out the shared-memory transports
@@ -652,7 +666,8 @@ Status UcxTransport::ConnectRing(const std::string& prev_address, const std::str
   // The lanes are known once the hello went round (wire-up done): may a stuck receive be abandoned?
   std::promise<void> known;
   im->Run([im, &known] {
-    im->tcp_only = im->ep_next && Impl::LanesAreTcp(im->ep_next) && (!im->ep_prev || Impl::LanesAreTcp(im->ep_prev));
+    im->own_progress_lanes = im->ep_next && Impl::LanesWrittenOnlyInOurProgress(im->ep_next) &&
+                             (!im->ep_prev || Impl::LanesWrittenOnlyInOurProgress(im->ep_prev));
     known.set_value();
   });
   known.get_future().wait();

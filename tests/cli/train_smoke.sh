@@ -205,6 +205,12 @@ loss() { sed 's/.*"loss": \([0-9.]*\).*/\1/' "$1"; }
   echo "FAIL: --processes losses differ"; paste <(loss "$out/in/metrics.jsonl") <(loss "$out/pr/metrics.jsonl"); exit 1; }
 pgrep -f "$out/pr/.hosts" > /dev/null && { echo "FAIL: device hosts left running"; exit 1; }
 echo "--processes: 7 steps over UCX between 2 processes, losses identical to in-process"
+# The optimizer sharded over the ring (ZeRO-1) between processes: the replicated run's losses.
+"$bin" train "$cfg" --processes --set output_dir="$out/zs" --set optimizer.shard=true "${short[@]}" > "$out/zs.log" 2>&1 ||
+  { cat "$out/zs.log"; exit 1; }
+[ "$(loss "$out/in/metrics.jsonl")" = "$(loss "$out/zs/metrics.jsonl")" ] || {
+  echo "FAIL: optimizer.shard over UCX: losses differ"; paste <(loss "$out/in/metrics.jsonl") <(loss "$out/zs/metrics.jsonl"); exit 1; }
+echo "optimizer.shard=true over UCX: losses identical to the replicated in-process run"
 # A stage that asks for a bigger ring: the ring is re-formed from 2 to 4 at the stage change, resuming from
 # the stage's checkpoint; the loss curve continues as with a constant ring (within 1e-5).
 seg=(--set stages.0.steps=6 --set stages.1.steps=3)
@@ -215,6 +221,12 @@ grep -q "ring of 4 devices (epoch 2) from step 6" "$out/s4.log" || { echo "FAIL:
 paste <(loss "$out/s2/metrics.jsonl") <(loss "$out/s4/metrics.jsonl") |
   awk '{ d = $1 - $2; if (d < 0) d = -d; if (d > 1e-5 * $1) { print "FAIL: loss " $1 " vs " $2; bad = 1 } } END { exit bad }'
 echo "stage ring sizes: 2 -> 4 at step 6, losses equal to the constant ring"
+# The same with the optimizer sharded: the ring of 4 takes its chunks of the moments the ring of 2 wrote.
+"$bin" train "$cfg" --set output_dir="$out/z4" --set checkpoint.dir="$out/z4/ck" "${seg[@]}" --set stages.1.devices=4 \
+  --set optimizer.shard=true > "$out/z4.log"
+paste <(loss "$out/s2/metrics.jsonl") <(loss "$out/z4/metrics.jsonl") |
+  awk '{ d = $1 - $2; if (d < 0) d = -d; if (d > 1e-5 * $1) { print "FAIL: sharded loss " $1 " vs " $2; bad = 1 } } END { exit bad }'
+echo "optimizer.shard: the same across the re-formation from 2 to 4"
 # Mixed precision: the log names the bf16 GEMM path; a bf16 run over UCX between processes gives the same
 # losses as in one process; its checkpoint is fp32 safetensors (HF-compatible), as an fp32 run's.
 b16=(--set precision=bf16 --set stages.0.steps=4 --set stages.1.steps=1)
@@ -228,14 +240,18 @@ head -c 20000 "$out/b1/ck/step-5/model.safetensors" > "$out/b1.hdr"  # the JSON 
 grep -q '"dtype":"F32"' "$out/b1.hdr" && ! grep -q 'BF16' "$out/b1.hdr" ||
   { echo "FAIL: a bf16 run's checkpoint is not fp32 safetensors"; exit 1; }
 echo "bf16: $(grep -o 'precision bf16: GEMMs by .*' "$out/b1.log"); --processes losses identical; checkpoint F32"
-# plan: bytes per device before a run. The main job fits in 1 GiB a device (exit 0); the 7B recipe on 80 GiB
-# GPUs does not (exit 1), and the plan names the smallest mesh that would; a size that is not one is refused.
+# plan: bytes per device before a run. The main job fits in 1 GiB a device (exit 0); so does the 7B recipe on
+# 80 GiB GPUs, with its optimizer sharded over the ring; without that it does not (exit 1), and the plan
+# names the smallest mesh that would; a size that is not one is refused.
 "$bin" plan "$cfg" --device-memory 1GiB > "$out/plan" || { echo "FAIL: plan of the main job"; cat "$out/plan"; exit 1; }
 grep -q '^1  *512  *2  *256 |.* yes$' "$out/plan" || { echo "FAIL: plan's stage 1 row"; cat "$out/plan"; exit 1; }
 set +e
-"$bin" plan "$(dirname "$cfg")/lwm-text-1m.yaml" --device cuda --device-memory 80GiB > "$out/plan7b"; rc=$?
+"$bin" plan "$(dirname "$cfg")/lwm-text-1m.yaml" --device cuda --device-memory 80GiB > "$out/plan7b_fits"; rc_fits=$?
+"$bin" plan "$(dirname "$cfg")/lwm-text-1m.yaml" --device cuda --device-memory 80GiB --set optimizer.shard=false \
+  > "$out/plan7b"; rc=$?
 "$bin" plan "$cfg" --device-memory 80parsecs 2> "$out/plan_err"; rc_bad=$?
 set -e
+[ "$rc_fits" -eq 0 ] || { echo "FAIL: the 7B recipe does not plan to fit 80 GiB (exit $rc_fits)"; cat "$out/plan7b_fits"; exit 1; }
 [ "$rc" -eq 1 ] && grep -q 'smallest mesh that does: dp 1, fsdp' "$out/plan7b" || { echo "FAIL: 7B plan (exit $rc)"; cat "$out/plan7b"; exit 1; }
 [ "$rc_bad" -eq 2 ] && grep -q -- "--device-memory: '80parsecs' is not a size" "$out/plan_err" || { echo "FAIL: bad size (exit $rc_bad)"; exit 1; }
 echo "plan: $(grep -c '^[0-9]' "$out/plan") stages fit in 1 GiB; 7B: $(grep -m1 'smallest mesh' "$out/plan7b")"

@@ -12,6 +12,9 @@
 //             (exit 6); it then kills rank 0.
 //             Further ranks idle (exit 6). stall-abandon: the same, with the receive abandoned at once (the
 //             abort's last resort) instead of ended by closing the endpoints (its wait: within 5 s)
+//   sender-killed rank 0 sends 1 GiB and kills itself (SIGKILL) 0.1 s later, while rank 1 is receiving it;
+//             rank 1 aborts 0.3 s after the death (as the control plane would): its wait must fail within
+//             5 s (exit 5) and its process live (over UCX's CMA it ended: ucs_fatal, SIGABRT)
 // Exit code 0 on success of the scenario, 1 on an unexpected error, 2 on bad arguments.
 #include <signal.h>
 #include <unistd.h>
@@ -194,6 +197,35 @@ int main(int argc, char** argv) {
     const double waited = std::chrono::duration<double>(Clock::now() - t0).count();
     std::printf("rank %d: %s after %.3f s\n", rank, st.ok() ? "ok" : st.message().c_str(), waited);
     return !st.ok() && st.message().find("gone") != std::string::npos && waited < 5.0 ? 5 : 1;
+  }
+  if (mode == "sender-killed") {
+    // 1 GiB: long enough (about 0.3 s over shared memory here) that the sender dies mid-transfer.
+    std::vector<unsigned char> big(size_t(1) << 30, 3);
+    if (rank == 0) {
+      std::ofstream(dir + "/pid.0") << getpid() << "\n";
+      Request send = t->SendNext(tag, big.data(), big.size());
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));  // the receiver is copying by now
+      raise(SIGKILL);
+      return t->Wait(send).ok() ? 0 : 1;  // not reached
+    }
+    if (rank != 1) return 0;
+    const std::string pid0 = ReadWhenThere(dir + "/pid.0", std::chrono::seconds(10));
+    Request recv = t->RecvPrev(tag, big.data(), big.size());
+    // As in production (no UCX peer-failure handling on same-host rings), nothing fails the receive by
+    // itself: the control plane notices the dead process and aborts the ring, here 0.3 s after its death.
+    for (int i = 0; i < 5000 && !pid0.empty(); ++i) {
+      std::ifstream st("/proc/" + pid0 + "/stat");
+      std::string pid, comm, state;
+      if (!(st >> pid >> comm >> state) || state == "Z" || state == "X") break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    const auto t0 = Clock::now();
+    t->Abort("rank 1's peer died mid-transfer");
+    const Status st = t->Wait(recv);
+    const double waited = std::chrono::duration<double>(Clock::now() - t0).count();
+    std::printf("rank 1: %s after %.3f s\n", st.ok() ? "ok" : st.message().c_str(), waited);
+    return !st.ok() && waited < 5.0 ? 5 : 1;
   }
   if (stall) {
     if (mode == "stall-abandon") t->AbandonStuckReceivesForTest();

@@ -62,6 +62,10 @@ TEST(MemoryPlan, AReplicatedRankHoldsSixteenOrEighteenBytesAParameterOfState) {
   ASSERT_TRUE(PlanMemory(job, gpu, &plan).ok());
   EXPECT_EQ(plan.stages[0].rank.total(), on_cpu - 12 * P);
   EXPECT_EQ(plan.stages[1].rows, (1 << 20) / 128);
+  // optimizer.shard: each ring member's moments are its chunk's (8 bytes a parameter over the ring of 128).
+  job.optimizer.shard = true;
+  ASSERT_TRUE(PlanMemory(job, {}, &plan).ok());
+  EXPECT_EQ(plan.stages[1].rank.optimizer, 8 * (P / 128 + 1));
   // Remat keeps each layer's input and one layer: far less than every layer's activations.
   EXPECT_LT(plan.stages[1].rank.activations_remat * 4, plan.stages[1].rank.activations_no_remat);
 }

@@ -227,6 +227,52 @@ TEST(InprocTransport, AllReduceSumIsDeterministicAndEqualOnEveryRank) {
   }
 }
 
+// The halves of the all-reduce, on their own: after ReduceScatterSum a rank's owned chunk is the ring-order
+// float sum (the scalar reference below, bit for bit); AllGatherChunks then gives AllReduceSum's bits; and
+// GatherChunksToFirst brings every rank's owned chunk to rank 0 alone. Ragged n (chunks of unequal length,
+// n < R too), fresh random inputs.
+TEST(InprocTransport, ReduceScatterAllGatherAndGatherToTheFirstRank) {
+  for (int R : {1, 2, 3, 5}) {
+    for (size_t n : {size_t(3), size_t(1003), size_t(4099)}) {
+      std::vector<std::vector<float>> in(R);
+      for (int r = 0; r < R; ++r) {
+        std::mt19937 g(uint32_t(100 * R + r + n));
+        std::uniform_real_distribution<float> d(-2, 2);
+        in[r].resize(n);
+        for (auto& x : in[r]) x = d(g);
+      }
+      // The reference: chunk c summed in ring order from rank c, in float.
+      std::vector<float> want(n);
+      for (int c = 0; c < R; ++c)
+        for (size_t i = Transport::ChunkBegin(n, R, c); i < Transport::ChunkBegin(n, R, c + 1); ++i) {
+          float acc = in[c][i];
+          for (int k = 1; k < R; ++k) acc = in[(c + k) % R][i] + acc;
+          want[i] = acc;
+        }
+      auto rs = in, ar = in;
+      std::vector<float> gathered(n, -7.f);
+      auto fabric = InprocFabric::Create(R);
+      auto st = RunRanks(fabric, [&](int r, Transport& t) -> Status {
+        RW_RETURN_IF_ERROR(t.ReduceScatterSum(rs[r].data(), n, Tag(3, 0)));
+        const int c = t.OwnedChunk();
+        const size_t b = Transport::ChunkBegin(n, R, c), e = Transport::ChunkBegin(n, R, c + 1);
+        RW_REQUIRE(std::memcmp(rs[r].data() + b, want.data() + b, (e - b) * 4) == 0,
+                   "rank " << r << ": owned chunk " << c << " is not the ring-order sum");
+        std::vector<float> mine(rs[r].begin() + std::ptrdiff_t(b), rs[r].begin() + std::ptrdiff_t(e));
+        RW_RETURN_IF_ERROR(t.GatherChunksToFirst(mine.data(), n, r == 0 ? gathered.data() : nullptr, Tag(4, 0)));
+        RW_RETURN_IF_ERROR(t.AllGatherChunks(rs[r].data(), n, Tag(3, 0)));
+        return t.AllReduceSum(ar[r].data(), n, Tag(5, 0));
+      });
+      for (int r = 0; r < R; ++r) ASSERT_TRUE(st[r].ok()) << "R=" << R << " n=" << n << ": " << st[r].message();
+      for (int r = 0; r < R; ++r) {
+        EXPECT_EQ(std::memcmp(rs[r].data(), want.data(), n * 4), 0) << "R=" << R << " n=" << n << " rank " << r;
+        EXPECT_EQ(std::memcmp(ar[r].data(), want.data(), n * 4), 0) << "R=" << R << " n=" << n << " rank " << r;
+      }
+      EXPECT_EQ(std::memcmp(gathered.data(), want.data(), n * 4), 0) << "R=" << R << " n=" << n;
+    }
+  }
+}
+
 TEST(InprocTransport, BarrierReturnsOnlyAfterEveryRankEntered) {
   auto fabric = InprocFabric::Create(4);
   std::atomic<int> entered{0};

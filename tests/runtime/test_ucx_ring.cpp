@@ -138,6 +138,17 @@ TEST(UcxTransport, KilledPeerIsDetectedWithinFiveSecondsWhenPeerFailureDetection
   fs::remove_all(p.dir);
 }
 
+// A device process killed with a large transfer announced (train_device_lost met it under load): the
+// receiver's wait fails and its process lives. Over UCX's CMA transport the receiver's read of the dead
+// process's memory ended the receiver too (ucs_fatal in UCX 1.13), so the transport leaves CMA out unless
+// UCX_TLS names it; with UCX_TLS=all this test fails that way (rank 1 ends with SIGABRT).
+TEST(UcxTransport, APeerKilledWithATransferAnnouncedFailsTheWaitAndNotTheProcess) {
+  Peers p = RunPeers(2, "sender-killed", "contiguous", "causal", 30s);
+  EXPECT_EQ(p.exit_codes[0], 128 + SIGKILL);
+  EXPECT_EQ(p.exit_codes[1], 5) << "rank 1 should live and fail its receive within 5 s";
+  fs::remove_all(p.dir);
+}
+
 // A peer cut off mid-transfer (the partition drill's hang): a receive matched to a rendezvous transfer from a
 // stopped process does not end on cancel; the abort must still end the wait, and the transport must close,
 // in bounded time. In a ring of 2 the transfer runs on the receiver's endpoint to its next rank (UCX pairs
