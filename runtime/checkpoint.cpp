@@ -138,15 +138,19 @@ std::vector<std::pair<int64_t, fs::path>> Checkpoints(const fs::path& dir) {
   return out;
 }
 
-Status Assign(const std::string& where, const std::map<std::string, LoadedTensor>& tensors, const ParamTable& t,
-              const std::string& prefix, float* dst) {
+// The tensor of the file each parameter is read from (name -> shape in `tensors`), in the table's order; a
+// missing or mis-shaped tensor is named, and so is one we would not read.
+template <class T>
+Status MatchTensors(const std::string& where, const std::map<std::string, T>& tensors, const ParamTable& t,
+                    const std::string& prefix, std::vector<typename std::map<std::string, T>::const_iterator>* src) {
   std::set<std::string> used;
+  src->clear();
   for (const auto& p : t.tensors()) {
     auto it = tensors.find(prefix + p.name);
     if (it == tensors.end() && p.name == "lm_head.weight") it = tensors.find(prefix + "model.embed_tokens.weight");
     RW_REQUIRE(it != tensors.end(), where << ": tensor " << prefix + p.name << " is missing");
     RW_REQUIRE(it->second.shape == p.shape, where << ": tensor " << prefix + p.name << " has the wrong shape");
-    std::copy(it->second.data.begin(), it->second.data.end(), dst + p.offset);
+    src->push_back(it);
     used.insert(it->first);
   }
   // A tensor we would not read is a model we do not implement (biases, extra norms): refused, not ignored.
@@ -163,11 +167,32 @@ Status Assign(const std::string& where, const std::map<std::string, LoadedTensor
   return Status::Ok();
 }
 
-Status LoadInto(const std::string& file, const ParamTable& t, const std::string& prefix, float* dst) {
-  std::map<std::string, LoadedTensor> tensors;
-  RW_RETURN_IF_ERROR(ReadSafetensors(file, &tensors));
-  return Assign(file, tensors, t, prefix, dst);
+Status Assign(const std::string& where, const std::map<std::string, LoadedTensor>& tensors, const ParamTable& t,
+              const std::string& prefix, float* dst) {
+  std::vector<std::map<std::string, LoadedTensor>::const_iterator> src;
+  RW_RETURN_IF_ERROR(MatchTensors(where, tensors, t, prefix, &src));
+  for (size_t i = 0; i < src.size(); ++i)
+    std::copy(src[i]->second.data.begin(), src[i]->second.data.end(), dst + t.tensors()[i].offset);
+  return Status::Ok();
 }
+
+// [lo, hi) of the flat vector into dst (hi - lo entries), reading only those bytes of `file`, with the
+// checks of Assign over its whole header.
+Status LoadRangeInto(const std::string& file, const ParamTable& t, const std::string& prefix, size_t lo, size_t hi,
+                     float* dst) {
+  std::map<std::string, TensorInfo> header;
+  RW_RETURN_IF_ERROR(ReadSafetensorsHeader(file, &header));
+  std::vector<std::map<std::string, TensorInfo>::const_iterator> src;
+  RW_RETURN_IF_ERROR(MatchTensors(file, header, t, prefix, &src));
+  for (size_t i = 0; i < src.size(); ++i) {
+    const ParamInfo& p = t.tensors()[i];
+    const size_t b = std::max(lo, p.offset), e = std::min(hi, p.offset + p.numel);
+    if (b >= e) continue;
+    RW_RETURN_IF_ERROR(ReadTensorRange(file, src[i]->first, src[i]->second, b - p.offset, e - b, dst + (b - lo)));
+  }
+  return Status::Ok();
+}
+
 
 }  // namespace
 
@@ -359,7 +384,7 @@ Status WeightFiles(const fs::path& dir, std::vector<std::string>* files) {
 Status LoadWeightsUnverified(const fs::path& dir, const ParamTable& t, float* params) {
   std::vector<std::string> files;
   RW_RETURN_IF_ERROR(WeightFiles(dir, &files));
-  if (files.size() == 1) return LoadInto((dir / files[0]).string(), t, "", params);
+  if (files.size() == 1) return LoadRangeInto((dir / files[0]).string(), t, "", 0, t.total(), params);
   std::map<std::string, LoadedTensor> all;  // sharded: the index maps each tensor to its file
   for (size_t i = 1; i < files.size(); ++i) {
     std::map<std::string, LoadedTensor> part;
@@ -555,12 +580,14 @@ Status LoadWeights(const std::string& ckpt_dir, const ParamTable& t, float* para
 }
 
 Status LoadCheckpoint(const std::string& ckpt_dir, const ParamTable& t, float* params, float* m, float* v,
-                      TrainerState* state) {
+                      TrainerState* state, MomentRange range) {
   const fs::path path(ckpt_dir);
   RW_RETURN_IF_ERROR(LoadWeightsUnverified(path, t, params));
-  if (m && v) {
-    RW_RETURN_IF_ERROR(LoadInto((path / "optimizer.safetensors").string(), t, "exp_avg.", m));
-    RW_RETURN_IF_ERROR(LoadInto((path / "optimizer.safetensors").string(), t, "exp_avg_sq.", v));
+  if (m && v) {  // read tensor by tensor, only the range's bytes (never the whole file at once)
+    const size_t lo = std::min(range.lo, t.total()), hi = std::max(lo, std::min(range.hi, t.total()));
+    const std::string file = (path / "optimizer.safetensors").string();
+    RW_RETURN_IF_ERROR(LoadRangeInto(file, t, "exp_avg.", lo, hi, m));
+    RW_RETURN_IF_ERROR(LoadRangeInto(file, t, "exp_avg_sq.", lo, hi, v));
   }
   try {
     std::ifstream f(path / "trainer_state.json");
@@ -580,13 +607,13 @@ Status LoadCheckpoint(const std::string& ckpt_dir, const ParamTable& t, float* p
 
 Status LoadLatestCheckpoint(const std::string& dir, const ModelConfig&, const ParamTable& t, float* params, float* m,
                             float* v, TrainerState* state, bool* found, std::vector<std::string>* skipped,
-                            int64_t max_step) {
+                            int64_t max_step, MomentRange range) {
   *found = false;
   int64_t step = 0;
   std::string path;
   RW_RETURN_IF_ERROR(FindResumeCheckpoint(dir, max_step, &step, &path, skipped));
   if (path.empty()) return Status::Ok();
-  RW_RETURN_IF_ERROR(LoadCheckpoint(path, t, params, m, v, state));
+  RW_RETURN_IF_ERROR(LoadCheckpoint(path, t, params, m, v, state, range));
   *found = true;
   return Status::Ok();
 }

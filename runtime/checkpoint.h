@@ -74,10 +74,16 @@ Status NewestVerifiedCheckpoint(std::vector<std::pair<int64_t, std::string>> can
 Status FindResumeCheckpoint(const std::string& dir, int64_t max_step, int64_t* step, std::string* path,
                             std::vector<std::string>* skipped);
 
+// Which part of AdamW's moments a rank loads: [lo, hi) of the flat vector (all of it by default), into m
+// and v of hi - lo entries. A rank of a sharded optimizer reads only the bytes of its chunk.
+struct MomentRange {
+  size_t lo = 0, hi = SIZE_MAX;
+};
+
 // Loads one checkpoint directory that the caller has verified (VerifyCheckpoint): weights, moments (m and v
 // may be null) and the trainer state. A driver verifies once per ring and hands the path to every rank.
 Status LoadCheckpoint(const std::string& ckpt_dir, const ParamTable& t, float* params, float* m, float* v,
-                      TrainerState* state);
+                      TrainerState* state, MomentRange range = {});
 
 // Loads the newest checkpoint of `dir` that verifies, among those of step <= max_step (-1: any; the daemon
 // passes the newest one it has recorded: a checkpoint exists only once recorded). *found is false when there
@@ -85,7 +91,7 @@ Status LoadCheckpoint(const std::string& ckpt_dir, const ParamTable& t, float* p
 // all fail verification are an error (FindResumeCheckpoint).
 Status LoadLatestCheckpoint(const std::string& dir, const ModelConfig& c, const ParamTable& t, float* params,
                             float* m, float* v, TrainerState* state, bool* found, std::vector<std::string>* skipped,
-                            int64_t max_step = -1);
+                            int64_t max_step = -1, MomentRange range = {});
 
 // The tokenizer a checkpoint carries (tokenizer.model; none: bytes), checked against its model's vocabulary.
 Status CheckpointTokenizer(const std::string& ckpt_dir, const ModelConfig& c, std::unique_ptr<Tokenizer>* out);

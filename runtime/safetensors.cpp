@@ -49,7 +49,7 @@ Status WriteSafetensors(const std::string& path, const std::vector<TensorRef>& t
   return Status::Ok();
 }
 
-Status ReadSafetensors(const std::string& path, std::map<std::string, LoadedTensor>* out) {
+Status ReadSafetensorsHeader(const std::string& path, std::map<std::string, TensorInfo>* out) {
   std::ifstream f(path, std::ios::binary);
   RW_REQUIRE(f.good(), path << ": cannot open");
   f.seekg(0, std::ios::end);
@@ -60,6 +60,7 @@ Status ReadSafetensors(const std::string& path, std::map<std::string, LoadedTens
   RW_REQUIRE(hlen <= size - 8 && hlen <= (uint64_t(100) << 20), path << ": header length " << hlen << " is impossible");
   std::string text(hlen, '\0');
   f.read(text.data(), std::streamsize(hlen));
+  RW_REQUIRE(f.good(), path << ": short read of the header");
   nlohmann::json header;
   try {
     header = nlohmann::json::parse(text);
@@ -68,27 +69,26 @@ Status ReadSafetensors(const std::string& path, std::map<std::string, LoadedTens
   }
   RW_REQUIRE(header.is_object(), path << ": header is not a JSON object");
   const uint64_t data_size = size - 8 - hlen;
-  std::map<std::string, LoadedTensor> result;
+  std::map<std::string, TensorInfo> result;
   for (auto it = header.begin(); it != header.end(); ++it) {
     if (it.key() == "__metadata__") continue;
     const auto& t = it.value();
     const std::string where = path + ": tensor " + it.key();
-    std::string dtype;
-    std::vector<int64_t> shape;
+    TensorInfo info;
     std::vector<uint64_t> offs;
     try {
-      dtype = t.at("dtype").get<std::string>();
-      shape = t.at("shape").get<std::vector<int64_t>>();
+      info.dtype = t.at("dtype").get<std::string>();
+      info.shape = t.at("shape").get<std::vector<int64_t>>();
       offs = t.at("data_offsets").get<std::vector<uint64_t>>();
     } catch (const std::exception&) {
       return Status::Error(where + ": needs dtype, shape and data_offsets");
     }
-    const int es = dtype == "F32" ? 4 : (dtype == "F16" || dtype == "BF16") ? 2 : 0;
-    RW_REQUIRE(es, where << ": dtype " << dtype << " is not F32, F16 or BF16");
+    const int es = info.dtype == "F32" ? 4 : (info.dtype == "F16" || info.dtype == "BF16") ? 2 : 0;
+    RW_REQUIRE(es, where << ": dtype " << info.dtype << " is not F32, F16 or BF16");
     // The element count, checked against the bytes the file has as it grows: a shape such as
     // [2^31, 2^31] overflowed numel * es to 0, matched empty data_offsets and then asked for 2^62 floats.
     uint64_t numel = 1;
-    for (int64_t d : shape) {
+    for (int64_t d : info.shape) {
       RW_REQUIRE(d >= 0, where << ": negative dimension");
       RW_REQUIRE(d == 0 || numel <= data_size / uint64_t(es) / uint64_t(d),
                  where << ": shape holds more elements than the file's " << data_size << " data bytes");
@@ -96,20 +96,45 @@ Status ReadSafetensors(const std::string& path, std::map<std::string, LoadedTens
     }
     RW_REQUIRE(offs.size() == 2 && offs[0] <= offs[1] && offs[1] <= data_size && offs[1] - offs[0] == numel * es,
                where << ": data_offsets do not match its shape or the file size (truncated file?)");
+    info.numel = numel;
+    info.file_offset = 8 + hlen + offs[0];
+    result[it.key()] = std::move(info);
+  }
+  *out = std::move(result);
+  return Status::Ok();
+}
+
+Status ReadTensorRange(const std::string& path, const std::string& name, const TensorInfo& t, uint64_t first,
+                       uint64_t count, float* dst) {
+  const std::string where = path + ": tensor " + name;
+  RW_REQUIRE(first <= t.numel && count <= t.numel - first,
+             where << ": elements [" << first << ", " << first + count << ") are outside its " << t.numel);
+  const int es = t.dtype == "F32" ? 4 : 2;
+  std::ifstream f(path, std::ios::binary);
+  RW_REQUIRE(f.good(), path << ": cannot open");
+  f.seekg(std::streamoff(t.file_offset + first * uint64_t(es)));
+  if (es == 4) {
+    f.read(reinterpret_cast<char*>(dst), std::streamsize(count * 4));
+  } else {
+    std::vector<uint16_t> half(count);
+    f.read(reinterpret_cast<char*>(half.data()), std::streamsize(count * 2));
+    const auto dt = t.dtype == "BF16" ? kernels::DType::kBF16 : kernels::DType::kF16;
+    for (uint64_t i = 0; i < count; ++i) dst[i] = kernels::BitsToFloat(dt, half[i]);
+  }
+  RW_REQUIRE(f.good(), where << ": short read");
+  return Status::Ok();
+}
+
+Status ReadSafetensors(const std::string& path, std::map<std::string, LoadedTensor>* out) {
+  std::map<std::string, TensorInfo> header;
+  RW_RETURN_IF_ERROR(ReadSafetensorsHeader(path, &header));
+  std::map<std::string, LoadedTensor> result;
+  for (const auto& [name, info] : header) {
     LoadedTensor lt;
-    lt.shape = shape;
-    lt.data.resize(numel);
-    f.seekg(std::streamoff(8 + hlen + offs[0]));
-    if (es == 4) {
-      f.read(reinterpret_cast<char*>(lt.data.data()), std::streamsize(numel * 4));
-    } else {
-      std::vector<uint16_t> half(numel);
-      f.read(reinterpret_cast<char*>(half.data()), std::streamsize(numel * 2));
-      const auto dt = dtype == "BF16" ? kernels::DType::kBF16 : kernels::DType::kF16;
-      for (uint64_t i = 0; i < numel; ++i) lt.data[i] = kernels::BitsToFloat(dt, half[i]);
-    }
-    RW_REQUIRE(f.good(), where << ": short read");
-    result[it.key()] = std::move(lt);
+    lt.shape = info.shape;
+    lt.data.resize(info.numel);
+    RW_RETURN_IF_ERROR(ReadTensorRange(path, name, info, 0, info.numel, lt.data.data()));
+    result[name] = std::move(lt);
   }
   *out = std::move(result);
   return Status::Ok();

@@ -32,4 +32,17 @@ struct LoadedTensor {
 // Reads every tensor of `path`. Errors name the file and, where it applies, the tensor.
 Status ReadSafetensors(const std::string& path, std::map<std::string, LoadedTensor>* out);
 
+// One tensor as the header describes it, checked against the file's size (as ReadSafetensors checks).
+struct TensorInfo {
+  std::string dtype;  // F32, F16 or BF16
+  std::vector<int64_t> shape;
+  uint64_t numel = 0;
+  uint64_t file_offset = 0;  // of its first byte, from the start of the file
+};
+// The header only: no tensor data is read.
+Status ReadSafetensorsHeader(const std::string& path, std::map<std::string, TensorInfo>* out);
+// Elements [first, first + count) of `t` (from that file's header), converted to fp32, into dst.
+Status ReadTensorRange(const std::string& path, const std::string& name, const TensorInfo& t, uint64_t first,
+                       uint64_t count, float* dst);
+
 }  // namespace rw::runtime

@@ -125,20 +125,16 @@ Status TrainRank(Transport& t, const JobConfig& job, const std::function<void(co
   if (!job.checkpoint.dir.empty()) {
     if (rank == 0) CollectCheckpointLeftovers(job.checkpoint.dir);  // of writes a crash interrupted
     bool found = false;
-    // A sharded optimizer reads the moments whole (checkpoints hold them whole), then keeps its chunk.
-    std::vector<float> whole_m(sharded ? n : 0), whole_v(sharded ? n : 0);
-    float* const load_m = sharded ? whole_m.data() : opt.m().data();
-    float* const load_v = sharded ? whole_v.data() : opt.v().data();
+    // The moments of this rank's range only (all of them unless the optimizer is sharded).
+    const MomentRange range{lo, hi};
     if (!control.resume_checkpoint.empty()) {
-      RW_RETURN_IF_ERROR(LoadCheckpoint(control.resume_checkpoint, table, params.data(), load_m, load_v, &resumed));
+      RW_RETURN_IF_ERROR(LoadCheckpoint(control.resume_checkpoint, table, params.data(), opt.m().data(),
+                                        opt.v().data(), &resumed, range));
       found = true;
     } else {
-      RW_RETURN_IF_ERROR(LoadLatestCheckpoint(job.checkpoint.dir, model, table, params.data(), load_m, load_v,
-                                              &resumed, &found, &res.skipped_checkpoints, control.resume_max_step));
-    }
-    if (found && sharded) {
-      std::copy(whole_m.begin() + std::ptrdiff_t(lo), whole_m.begin() + std::ptrdiff_t(hi), opt.m().begin());
-      std::copy(whole_v.begin() + std::ptrdiff_t(lo), whole_v.begin() + std::ptrdiff_t(hi), opt.v().begin());
+      RW_RETURN_IF_ERROR(LoadLatestCheckpoint(job.checkpoint.dir, model, table, params.data(), opt.m().data(),
+                                              opt.v().data(), &resumed, &found, &res.skipped_checkpoints,
+                                              control.resume_max_step, range));
     }
     if (found) {
       RW_REQUIRE(resumed.seed == job.seed, "checkpoint.dir: holds a run of seed " << resumed.seed << ", the job has seed "
