@@ -133,7 +133,7 @@ int main(int argc, char** argv) {
         std::sort(secs.begin(), secs.end());
         const double step = secs[secs.size() / 2], tps = double(L) / step, gf = tps * flops_per_token / 1e9;
         const int64_t planned =
-            R * RankMemoryOf(job, L / R, R, 1, std::max(1, cores / R), 1).total() + base;
+            R * RankMemoryOf(job, L / R, R, 1, RankThreads(job, R), 1).total() + base;
         std::printf("%-6s %-6ld %-3d %-5s | %10.3f %10.0f %12.1f %8.3f %8.2f %9.2f %9.3f\n", sh.name, long(L), R,
                     prec.c_str(), step, tps, gf, gf / (prec == "bf16" ? bgemm : sgemm), double(peak) / double(1 << 30),
                     double(planned) / double(1 << 30), double(peak) / double(planned));

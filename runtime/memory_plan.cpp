@@ -5,10 +5,10 @@
 #include <cmath>
 #include <cstdio>
 #include <sstream>
-#include <thread>
 
 #include "kernels/cpu/amx.h"
 #include "runtime/layout.h"
+#include "runtime/trainer.h"
 
 namespace rw::runtime {
 namespace {
@@ -86,7 +86,7 @@ RankMemory RankMemoryOf(const JobConfig& job, int64_t S, int64_t ring, int64_t f
   const WorkspaceBytes none = ModelWorkspaceBytes(m, S, bf16, false), layer = ModelWorkspaceBytes(m, S, bf16, true);
   r.activations_no_remat = none.activations;
   r.activations_remat = layer.activations;
-  r.activations = job.remat == "layer" ? layer.activations : none.activations;
+  r.remat = job.remat == "layer";
   r.workspace = (job.remat == "layer" ? layer : none).workspace;
   r.ring = none.ring;
   // Kernel scratch, per rank (kernels/cpu/layers_cpu.cpp, attention_cpu.cpp): the FFN's blocks (gate, up in
@@ -141,18 +141,13 @@ Status PlanMemory(const JobConfig& job, const MemoryPlanOptions& opt, MemoryPlan
         if (any.CheckStageRing(i, r).ok()) R = r;
       RW_REQUIRE(R > 0, "stages[" << i << "]: no ring of at most " << opt.devices << " devices splits seq_len "
                                   << sp.seq_len << " (ring.layout = " << job.ring.layout << ")");
-    }
-    {
+    } else {
       Status st = any.CheckStageRing(i, R);
       RW_REQUIRE(st.ok(), st.message());
     }
     sp.devices = R;
     sp.rows = sp.seq_len / R;
-    auto threads_for = [&](int64_t ring) {
-      if (opt.threads > 0) return opt.threads;
-      if (job.ring.threads_per_device > 0) return job.ring.threads_per_device;
-      return std::max<int64_t>(1, int64_t(std::thread::hardware_concurrency()) / ring);
-    };
+    auto threads_for = [&](int64_t ring) { return opt.threads > 0 ? opt.threads : int64_t(RankThreads(job, ring)); };
     const int64_t batch = job.stages[i].batch;
     sp.rank = RankMemoryOf(job, sp.rows, R, 1, threads_for(R), batch);
     sp.rank.snapshot_on_device = on_device;
@@ -235,7 +230,7 @@ std::string FormatMemoryPlan(const MemoryPlan& plan, const MemoryPlanOptions& op
     std::snprintf(line, sizeof(line),
                   "%-5lld %9lld %5lld %8lld | %8.2f %8.2f %8.2f %8.2f %9.2f %9.2f %8.2f %8.2f %6.2f %8.2f%s | %8.2f %s\n",
                   (long long)s.stage, (long long)s.seq_len, (long long)s.devices, (long long)s.rows, gib(r.weights),
-                  gib(r.gradients), gib(r.optimizer), gib(r.activations), gib(alt), gib(r.workspace), gib(r.ring),
+                  gib(r.gradients), gib(r.optimizer), gib(r.activations()), gib(alt), gib(r.workspace), gib(r.ring),
                   gib(r.kernels), gib(r.data + r.comm), gib(r.snapshot), r.snapshot_on_device ? " " : "*",
                   gib(r.total()), opt.device_memory > 0 ? (s.fits ? "yes" : "NO") : "");
     os << line;

@@ -41,8 +41,9 @@ struct RankMemory {
   int64_t weights = 0;      // fp32 master (+ bf16 compute copy); sharded: 1/fsdp + the gathered layers
   int64_t gradients = 0;    // fp32
   int64_t optimizer = 0;    // AdamW m and v, fp32
-  int64_t activations = 0;  // kept for the backward, under the job's remat setting
-  int64_t activations_no_remat = 0, activations_remat = 0;  // both settings, for comparison
+  int64_t activations_no_remat = 0, activations_remat = 0;  // kept for the backward, under either remat
+  bool remat = false;                                         // the job's setting
+  int64_t activations() const { return remat ? activations_remat : activations_no_remat; }
   int64_t workspace = 0;    // the step's buffers outside the layers
   int64_t ring = 0;         // RingBuffers
   int64_t kernels = 0;      // CPU kernel scratch (estimate)
@@ -51,7 +52,7 @@ struct RankMemory {
   int64_t snapshot = 0;     // rank 0, when checkpoints are written: host memory
   bool snapshot_on_device = true;  // a CPU device's memory is the host's; a GPU's is not
   int64_t total() const {  // the device's bytes
-    return weights + gradients + optimizer + activations + workspace + ring + kernels + data + comm +
+    return weights + gradients + optimizer + activations() + workspace + ring + kernels + data + comm +
            (snapshot_on_device ? snapshot : 0);
   }
 };

@@ -56,6 +56,12 @@ std::string ComputePath(const JobConfig& job) {
   return std::string("precision fp32: GEMMs by ") + kernels::cpu::BlasName();
 }
 
+int RankThreads(const JobConfig& job, int64_t ring) {
+  return int(job.ring.threads_per_device > 0
+                 ? job.ring.threads_per_device
+                 : std::max<int64_t>(1, int64_t(std::thread::hardware_concurrency()) / std::max<int64_t>(1, ring)));
+}
+
 Status TrainRank(Transport& t, const JobConfig& job, const std::function<void(const StepMetrics&)>& on_step,
                  TrainResult* result, const TrainControl& control) {
   RW_RETURN_IF_ERROR(job.Validate());
@@ -65,10 +71,7 @@ Status TrainRank(Transport& t, const JobConfig& job, const std::function<void(co
   const ParamTable table(model);
   std::vector<float> params(table.total()), grads(table.total());
   InitParameters(model, table, job.seed, params.data());
-  const int threads =
-      int(job.ring.threads_per_device > 0
-              ? job.ring.threads_per_device
-              : std::max<int64_t>(1, int64_t(std::thread::hardware_concurrency()) / R));
+  const int threads = RankThreads(job, R);
   // optimizer.shard (ZeRO-1 over the ring): this rank keeps the moments of the chunk of the parameters that
   // the gradients' reduce-scatter sums here, updates that chunk, and the weights are all-gathered.
   const bool sharded = job.optimizer.shard && R > 1;
@@ -120,7 +123,7 @@ Status TrainRank(Transport& t, const JobConfig& job, const std::function<void(co
   const int64_t total = job.total_steps();
   int64_t step = 0;
   TrainResult res;
-  res.optimizer_bytes = int64_t(8 * (hi - lo));
+  res.optimizer_bytes = int64_t(sizeof(float) * (opt.m().size() + opt.v().size()));
   TrainerState resumed;  // of the checkpoint resumed from
   if (!job.checkpoint.dir.empty()) {
     if (rank == 0) CollectCheckpointLeftovers(job.checkpoint.dir);  // of writes a crash interrupted

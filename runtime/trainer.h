@@ -66,6 +66,10 @@ struct TrainResult {
   int64_t optimizer_bytes = 0;  // AdamW moments this rank holds (8 a parameter; its chunk's under optimizer.shard)
 };
 
+// The kernel threads a rank of a ring of `ring` gets: ring.threads_per_device, or this machine's cores / ring
+// (at least 1). The trainer and `ringworld plan` both ask here.
+int RankThreads(const JobConfig& job, int64_t ring);
+
 // Runs the whole job on this rank, resuming from the newest valid checkpoint of checkpoint.dir if there
 // is one; rank 0 writes checkpoints every checkpoint.every_steps, at each stage's end and at the end. `on_step` (may be empty) is called on rank 0 after every step.
 Status TrainRank(Transport& t, const JobConfig& job, const std::function<void(const StepMetrics&)>& on_step,

@@ -201,15 +201,22 @@ short=(--set checkpoint.dir= --set stages.0.steps=6 --set stages.1.steps=1)
 "$bin" train "$cfg" --set output_dir="$out/in" "${short[@]}" > /dev/null
 "$bin" train "$cfg" --processes --set output_dir="$out/pr" "${short[@]}" > "$out/pr.log" 2>&1 || { cat "$out/pr.log"; exit 1; }
 loss() { sed 's/.*"loss": \([0-9.]*\).*/\1/' "$1"; }
-[ "$(loss "$out/in/metrics.jsonl")" = "$(loss "$out/pr/metrics.jsonl")" ] || {
-  echo "FAIL: --processes losses differ"; paste <(loss "$out/in/metrics.jsonl") <(loss "$out/pr/metrics.jsonl"); exit 1; }
+# same_losses A B WHAT: the two runs printed the same losses.
+same_losses() {
+  [ "$(loss "$1")" = "$(loss "$2")" ] || { echo "FAIL: $3: losses differ"; paste <(loss "$1") <(loss "$2"); exit 1; }
+}
+# near_losses A B WHAT: within 1e-5 relative, step by step.
+near_losses() {
+  paste <(loss "$1") <(loss "$2") | awk -v what="$3" '{ d = $1 - $2; if (d < 0) d = -d;
+    if (d > 1e-5 * $1) { print "FAIL: " what ": loss " $1 " vs " $2; bad = 1 } } END { exit bad }'
+}
+same_losses "$out/in/metrics.jsonl" "$out/pr/metrics.jsonl" "--processes"
 pgrep -f "$out/pr/.hosts" > /dev/null && { echo "FAIL: device hosts left running"; exit 1; }
 echo "--processes: 7 steps over UCX between 2 processes, losses identical to in-process"
 # The optimizer sharded over the ring (ZeRO-1) between processes: the replicated run's losses.
 "$bin" train "$cfg" --processes --set output_dir="$out/zs" --set optimizer.shard=true "${short[@]}" > "$out/zs.log" 2>&1 ||
   { cat "$out/zs.log"; exit 1; }
-[ "$(loss "$out/in/metrics.jsonl")" = "$(loss "$out/zs/metrics.jsonl")" ] || {
-  echo "FAIL: optimizer.shard over UCX: losses differ"; paste <(loss "$out/in/metrics.jsonl") <(loss "$out/zs/metrics.jsonl"); exit 1; }
+same_losses "$out/in/metrics.jsonl" "$out/zs/metrics.jsonl" "optimizer.shard over UCX"
 echo "optimizer.shard=true over UCX: losses identical to the replicated in-process run"
 # A stage that asks for a bigger ring: the ring is re-formed from 2 to 4 at the stage change, resuming from
 # the stage's checkpoint; the loss curve continues as with a constant ring (within 1e-5).
@@ -218,14 +225,12 @@ seg=(--set stages.0.steps=6 --set stages.1.steps=3)
 "$bin" train "$cfg" --set output_dir="$out/s4" --set checkpoint.dir="$out/s4/ck" "${seg[@]}" --set stages.1.devices=4 \
   > "$out/s4.log"
 grep -q "ring of 4 devices (epoch 2) from step 6" "$out/s4.log" || { echo "FAIL: no re-formed ring"; cat "$out/s4.log"; exit 1; }
-paste <(loss "$out/s2/metrics.jsonl") <(loss "$out/s4/metrics.jsonl") |
-  awk '{ d = $1 - $2; if (d < 0) d = -d; if (d > 1e-5 * $1) { print "FAIL: loss " $1 " vs " $2; bad = 1 } } END { exit bad }'
+near_losses "$out/s2/metrics.jsonl" "$out/s4/metrics.jsonl" "ring 2 -> 4"
 echo "stage ring sizes: 2 -> 4 at step 6, losses equal to the constant ring"
 # The same with the optimizer sharded: the ring of 4 takes its chunks of the moments the ring of 2 wrote.
 "$bin" train "$cfg" --set output_dir="$out/z4" --set checkpoint.dir="$out/z4/ck" "${seg[@]}" --set stages.1.devices=4 \
   --set optimizer.shard=true > "$out/z4.log"
-paste <(loss "$out/s2/metrics.jsonl") <(loss "$out/z4/metrics.jsonl") |
-  awk '{ d = $1 - $2; if (d < 0) d = -d; if (d > 1e-5 * $1) { print "FAIL: sharded loss " $1 " vs " $2; bad = 1 } } END { exit bad }'
+near_losses "$out/s2/metrics.jsonl" "$out/z4/metrics.jsonl" "optimizer.shard, ring 2 -> 4"
 echo "optimizer.shard: the same across the re-formation from 2 to 4"
 # Mixed precision: the log names the bf16 GEMM path; a bf16 run over UCX between processes gives the same
 # losses as in one process; its checkpoint is fp32 safetensors (HF-compatible), as an fp32 run's.
@@ -234,8 +239,7 @@ b16=(--set precision=bf16 --set stages.0.steps=4 --set stages.1.steps=1)
 grep -q "precision bf16: GEMMs by " "$out/b1.log" || { echo "FAIL: no bf16 GEMM path in the log"; cat "$out/b1.log"; exit 1; }
 "$bin" train "$cfg" --processes --set output_dir="$out/b2" --set checkpoint.dir= "${b16[@]}" > "$out/b2.log" 2>&1 ||
   { cat "$out/b2.log"; exit 1; }
-[ "$(loss "$out/b1/metrics.jsonl")" = "$(loss "$out/b2/metrics.jsonl")" ] || {
-  echo "FAIL: bf16 --processes losses differ"; paste <(loss "$out/b1/metrics.jsonl") <(loss "$out/b2/metrics.jsonl"); exit 1; }
+same_losses "$out/b1/metrics.jsonl" "$out/b2/metrics.jsonl" "bf16 --processes"
 head -c 20000 "$out/b1/ck/step-5/model.safetensors" > "$out/b1.hdr"  # the JSON header, and then some
 grep -q '"dtype":"F32"' "$out/b1.hdr" && ! grep -q 'BF16' "$out/b1.hdr" ||
   { echo "FAIL: a bf16 run's checkpoint is not fp32 safetensors"; exit 1; }
