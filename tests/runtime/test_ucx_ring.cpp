@@ -143,7 +143,9 @@ TEST(UcxTransport, KilledPeerIsDetectedWithinFiveSecondsWhenPeerFailureDetection
 // process's memory ended the receiver too (ucs_fatal in UCX 1.13), so the transport leaves CMA out unless
 // UCX_TLS names it; with UCX_TLS=all this test fails that way (rank 1 ends with SIGABRT).
 TEST(UcxTransport, APeerKilledWithATransferAnnouncedFailsTheWaitAndNotTheProcess) {
+  setenv("RW_UCX_NO_CMA", "1", 1);  // the fix is opt-in until the cluster drill's assertion is understood
   Peers p = RunPeers(2, "sender-killed", "contiguous", "causal", 30s);
+  unsetenv("RW_UCX_NO_CMA");
   EXPECT_EQ(p.exit_codes[0], 128 + SIGKILL);
   EXPECT_EQ(p.exit_codes[1], 5) << "rank 1 should live and fail its receive within 5 s";
   fs::remove_all(p.dir);
