@@ -41,7 +41,7 @@ using lane_actor = caf::typed_actor<
     caf::replies_to<connect_atom, std::shared_ptr<Transport>, std::string, std::string>::with<attention_report>,
     caf::replies_to<attend_atom, attention_task, std::shared_ptr<Transport>>::with<attention_report>,
     caf::replies_to<attend_atom, selftest_task, ring_spec, std::shared_ptr<Transport>>::with<attention_report>,
-    caf::replies_to<train_atom, train_task, ring_spec, std::shared_ptr<Transport>,
+    caf::replies_to<train_atom, train_task, ring_spec, runtime::RankRings,
                     std::shared_ptr<std::atomic<bool>>>::with<train_report>,
     caf::replies_to<eval_atom, eval_task, std::shared_ptr<Transport>>::with<eval_report>,
     caf::replies_to<needle_atom, needle_task, std::shared_ptr<Transport>>::with<needle_report>,
@@ -129,7 +129,7 @@ lane_actor::behavior_type Lane(lane_actor::pointer lane) {
           return rep;
         });
       },
-      [lane](train_atom, const train_task& task, const ring_spec& spec, std::shared_ptr<Transport> t,
+      [lane](train_atom, const train_task& task, const ring_spec& spec, const runtime::RankRings& rings,
              std::shared_ptr<std::atomic<bool>> stop) {
         return Guarded<train_report>([&] {
           train_report rep;
@@ -158,7 +158,7 @@ lane_actor::behavior_type Lane(lane_actor::pointer lane) {
               control.commit_gate = [&, sys = &lane->system()](int64_t step) -> kernels::Status {
                 caf::scoped_actor asker{*sys};
                 for (int tries = 0; tries < 30; ++tries) {
-                  if (t->aborted()) return kernels::Status::Error("the ring was aborted");
+                  if (rings.aborted()) return kernels::Status::Error("the ring was aborted");
                   bool answered = false, timed_out = false;
                   kernels::Status st;
                   asker->request(task.reporter, std::chrono::milliseconds(500), commit_atom::value, task.epoch, step)
@@ -177,7 +177,7 @@ lane_actor::behavior_type Lane(lane_actor::pointer lane) {
                 }
                 return kernels::Status::Error("the ring's driver did not answer within 15 s");
               };
-            st = runtime::TrainRank(*t, job, report, &res, control);
+            st = runtime::TrainRank(rings, job, report, &res, control);
           }
           // In this process's log too: the driver may be out of reach (a partition), and a worker's operator
           // should see why its devices stopped.
@@ -240,8 +240,8 @@ lane_actor::behavior_type Lane(lane_actor::pointer lane) {
 
 struct DeviceState {
   int index = 0;
-  ring_spec spec;
-  std::shared_ptr<Transport> transport;
+  ring_spec spec;             // of the world ring
+  runtime::RankRings rings;   // the world ring and, in a mesh of several data groups, the rank's sp ring
   std::shared_ptr<std::atomic<bool>> stop;  // the running training job's stop request
   lane_actor lane;
   static inline const char* name = "device_actor";
@@ -250,7 +250,7 @@ struct DeviceState {
 // Work for another epoch than the ring's is refused: after a re-formation, late messages of the old ring
 // must not run on the new one. Returns the refusal, or an empty string.
 std::string StaleEpoch(const DeviceState& st, uint32_t epoch, const char* what) {
-  if (st.transport && epoch == st.spec.epoch) return "";
+  if (st.rings && epoch == st.spec.epoch) return "";
   return "device " + std::to_string(st.index) + ": " + what + " of epoch " + std::to_string(epoch) +
          " but the ring is at epoch " + std::to_string(st.spec.epoch);
 }
@@ -280,13 +280,20 @@ device_actor::behavior_type Device(device_actor::stateful_pointer<DeviceState> s
         if (spec.ring_id == 0 || spec.ring_id >> 63)
           return caf::make_error(caf::sec::invalid_argument, "ring_spec.ring_id: " + std::to_string(spec.ring_id) +
                                                                  " is not an id FormRing allocates (1 .. 2^63-1)");
-        if (st.transport) st.transport->Abort("re-formed into epoch " + std::to_string(spec.epoch));
-        st.spec = spec;
+        if (spec.axis != "" && spec.axis != "sp")
+          return caf::make_error(caf::sec::invalid_argument, "ring_spec.axis: unknown ring '" + spec.axis + "' (\"\" | sp)");
+        if (spec.axis == "sp" && (!st.rings || spec.job != st.spec.job || spec.epoch != st.spec.epoch))
+          return caf::make_error(caf::sec::invalid_argument,
+                                 "ring_spec: an sp ring of job " + std::to_string(spec.job) + " epoch " +
+                                     std::to_string(spec.epoch) + " before its world ring");
+        if (spec.transport != "inproc" && spec.transport != "ucx")
+          return caf::make_error(caf::sec::invalid_argument,
+                                 "ring_spec.transport: unknown transport '" + spec.transport + "' (inproc | ucx)");
+        std::shared_ptr<Transport> made;
+        std::string addr;
         if (spec.transport == "inproc") {
-          st.transport = FabricFor(spec.ring_id, spec.size)->Endpoint(spec.rank);
-          return std::string();
-        }
-        if (spec.transport == "ucx") {
+          made = FabricFor(spec.ring_id, spec.size)->Endpoint(spec.rank);
+        } else {
           runtime::UcxOptions opt;
           opt.rank = spec.rank;
           opt.size = spec.size;
@@ -294,40 +301,50 @@ device_actor::behavior_type Device(device_actor::stateful_pointer<DeviceState> s
           std::unique_ptr<runtime::UcxTransport> t;
           auto s = runtime::UcxTransport::Create(opt, &t);
           if (!s.ok()) return caf::make_error(caf::sec::runtime_error, s.message());
-          std::string addr = t->address();
-          st.transport = std::move(t);
+          addr = t->address();
+          made = std::move(t);
+        }
+        if (spec.axis == "sp") {
+          if (st.rings.sp) st.rings.sp->Abort("re-formed into epoch " + std::to_string(spec.epoch));
+          st.rings.sp = std::move(made);
           return addr;
         }
-        return caf::make_error(caf::sec::invalid_argument,
-                               "ring_spec.transport: unknown transport '" + spec.transport + "' (inproc | ucx)");
+        if (st.rings) st.rings.Abort("re-formed into epoch " + std::to_string(spec.epoch));
+        st.spec = spec;
+        st.rings = runtime::RankRings{};
+        st.rings.world = std::move(made);
+        return addr;
       },
-      [=](connect_atom, const std::string& prev, const std::string& next) -> caf::result<attention_report> {
-        if (!self->state.transport) return caf::make_error(caf::sec::runtime_error, "connect before prepare");
-        return self->delegate(self->state.lane, connect_atom::value, self->state.transport, prev, next);
+      [=](connect_atom, const std::string& axis, const std::string& prev,
+          const std::string& next) -> caf::result<attention_report> {
+        auto& st = self->state;
+        const std::shared_ptr<Transport>& t = axis == "sp" ? st.rings.sp : st.rings.world;
+        if (!t) return caf::make_error(caf::sec::runtime_error, "connect of ring '" + axis + "' before its prepare");
+        return self->delegate(st.lane, connect_atom::value, t, prev, next);
       },
       [=](attend_atom, const attention_task& task) -> caf::result<attention_report> {
-        return ToLane<attention_report>(self, task.epoch, "task", attend_atom::value, task, self->state.transport);
+        return ToLane<attention_report>(self, task.epoch, "task", attend_atom::value, task, self->state.rings.world);
       },
       [=](attend_atom, const selftest_task& task) -> caf::result<attention_report> {
         return ToLane<attention_report>(self, task.epoch, "task", attend_atom::value, task, self->state.spec,
-                                        self->state.transport);
+                                        self->state.rings.world);
       },
       [=](train_atom, const train_task& task) -> caf::result<train_report> {
         auto& st = self->state;
         if (StaleEpoch(st, task.epoch, "job").empty()) st.stop = std::make_shared<std::atomic<bool>>(false);
-        return ToLane<train_report>(self, task.epoch, "job", train_atom::value, task, st.spec, st.transport, st.stop);
+        return ToLane<train_report>(self, task.epoch, "job", train_atom::value, task, st.spec, st.rings, st.stop);
       },
       [=](eval_atom, const eval_task& task) -> caf::result<eval_report> {
-        return ToLane<eval_report>(self, task.epoch, "eval", eval_atom::value, task, self->state.transport);
+        return ToLane<eval_report>(self, task.epoch, "eval", eval_atom::value, task, self->state.rings.world);
       },
       [=](generate_atom, const generate_task& task) -> caf::result<generate_report> {
-        return ToLane<generate_report>(self, task.epoch, "generate", generate_atom::value, task, self->state.transport);
+        return ToLane<generate_report>(self, task.epoch, "generate", generate_atom::value, task, self->state.rings.world);
       },
       [=](needle_atom, const needle_task& task) -> caf::result<needle_report> {
-        return ToLane<needle_report>(self, task.epoch, "needle", needle_atom::value, task, self->state.transport);
+        return ToLane<needle_report>(self, task.epoch, "needle", needle_atom::value, task, self->state.rings.world);
       },
       [=](abort_atom, const std::string& reason) {
-        if (self->state.transport) self->state.transport->Abort(reason);
+        self->state.rings.Abort(reason);
       },
       [=](stop_atom) {
         if (self->state.stop) self->state.stop->store(true);
@@ -355,45 +372,70 @@ uint64_t AllocateRingId() {
   return next++;
 }
 
-kernels::Status FormRing(caf::actor_system& sys, const std::vector<device_actor>& devices, uint64_t job,
-                         uint32_t epoch, const std::string& transport) {
+namespace {
+
+// Prepares and connects one ring over `members` (positions in `devices`, in ring order) of the given axis.
+kernels::Status FormOneRing(caf::actor_system& sys, const std::vector<device_actor>& devices,
+                            const std::vector<int>& members, uint64_t job, uint32_t epoch, const std::string& transport,
+                            const std::string& axis) {
   caf::scoped_actor self{sys};
-  const int R = int(devices.size());
+  const int R = int(members.size());
   const uint64_t ring_id = AllocateRingId();
+  const std::string what = axis.empty() ? std::string("ring") : "sp ring of ranks " + std::to_string(members.front()) +
+                                                                   ".." + std::to_string(members.back());
   std::vector<std::string> addr(R);
   for (int r = 0; r < R; ++r) {
-    ring_spec spec{job, epoch, r, R, transport, ring_id};
+    ring_spec spec{job, epoch, r, R, transport, ring_id, axis};
     std::string err;
-    self->request(devices[r], std::chrono::seconds(30), prepare_atom::value, spec)
+    self->request(devices[members[r]], std::chrono::seconds(30), prepare_atom::value, spec)
         .receive([&](const std::string& a) { addr[r] = a; }, [&](caf::error& e) { err = sys.render(e); });
-    RW_REQUIRE(err.empty(), "rank " << r << ": prepare failed: " << err);
+    RW_REQUIRE(err.empty(), "rank " << members[r] << ": prepare failed: " << err);
   }
   // Connect all ranks at once (all requests out, then their answers): each waits on its neighbours. A rank
   // whose lane is still busy (with the work of an older ring that has not returned from its abort)
   // answers late or never: the error names it.
   using connect_handle = decltype(self->request(devices[0], std::chrono::seconds(60), connect_atom::value,
-                                                std::string(), std::string()));
+                                                std::string(), std::string(), std::string()));
   std::vector<connect_handle> pending;
   for (int r = 0; r < R; ++r)
-    pending.push_back(self->request(devices[r], std::chrono::seconds(60), connect_atom::value, addr[(r + R - 1) % R],
-                                    addr[(r + 1) % R]));
+    pending.push_back(self->request(devices[members[r]], std::chrono::seconds(60), connect_atom::value, axis,
+                                    addr[(r + R - 1) % R], addr[(r + 1) % R]));
   // A rank that did not answer is the cause; its neighbours' timeouts waiting for it are the symptom.
   std::string silent, failed;
   for (int r = 0; r < R; ++r)
     pending[r].receive(
         [&](const attention_report& rep) {
-          if (!rep.ok && failed.empty()) failed = "rank " + std::to_string(r) + ": " + rep.error;
+          if (!rep.ok && failed.empty()) failed = "rank " + std::to_string(members[r]) + ": " + rep.error;
         },
         [&](caf::error& e) {
           if (e == caf::sec::request_timeout)
-            silent += (silent.empty() ? "" : ", ") + std::to_string(r);
+            silent += (silent.empty() ? "" : ", ") + std::to_string(members[r]);
           else if (failed.empty())
-            failed = "rank " + std::to_string(r) + ": " + sys.render(e);
+            failed = "rank " + std::to_string(members[r]) + ": " + sys.render(e);
         });
-  RW_REQUIRE(silent.empty(), "ring formation (" << transport << ", " << R << " ranks): no answer from rank " << silent
-                                                << " within 60 s (its device still busy?)"
-                                                << (failed.empty() ? "" : "; " + failed));
-  RW_REQUIRE(failed.empty(), "ring formation (" << transport << ", " << R << " ranks): " << failed);
+  RW_REQUIRE(silent.empty(), what << " formation (" << transport << ", " << R << " ranks): no answer from rank "
+                                  << silent << " within 60 s (its device still busy?)"
+                                  << (failed.empty() ? "" : "; " + failed));
+  RW_REQUIRE(failed.empty(), what << " formation (" << transport << ", " << R << " ranks): " << failed);
+  return kernels::Status::Ok();
+}
+
+}  // namespace
+
+kernels::Status FormRing(caf::actor_system& sys, const std::vector<device_actor>& devices, uint64_t job,
+                         uint32_t epoch, const std::string& transport, int64_t sp) {
+  const int R = int(devices.size());
+  std::vector<int> all(R);
+  for (int r = 0; r < R; ++r) all[r] = r;
+  RW_RETURN_IF_ERROR(FormOneRing(sys, devices, all, job, epoch, transport, ""));
+  if (sp <= 0 || sp >= R) return kernels::Status::Ok();
+  RW_REQUIRE(R % sp == 0, "mesh: " << R << " devices do not divide into sp rings of " << sp);
+  // The groups' sp rings one after another (a group's ranks only wait on each other).
+  for (int g = 0; g < R / sp; ++g) {
+    std::vector<int> members(static_cast<size_t>(sp));
+    for (int i = 0; i < sp; ++i) members[i] = g * int(sp) + i;
+    RW_RETURN_IF_ERROR(FormOneRing(sys, devices, members, job, epoch, transport, "sp"));
+  }
   return kernels::Status::Ok();
 }
 

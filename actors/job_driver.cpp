@@ -30,9 +30,20 @@ Status PlanRing(const runtime::JobConfig& job, int64_t start_step, int available
       if (why.empty()) why = st.message();
       continue;
     }
+    runtime::Mesh mesh;
+    RW_RETURN_IF_ERROR(job.StageMesh(s, R, &mesh));
+    size_t last = s + 1;  // the stages after s that make the same mesh of R (a ring has one mesh)
+    while (last < e) {
+      runtime::Mesh m;
+      RW_RETURN_IF_ERROR(job.StageMesh(last, R, &m));
+      if (m != mesh) break;
+      ++last;
+    }
     out->devices = R;
+    out->mesh = mesh;
+    out->stop_at_step = last < n ? job.stage_end_step(last - 1) : 0;
     out->stage_devices.assign(n, 0);
-    for (size_t i = s; i < e; ++i) out->stage_devices[i] = R;
+    for (size_t i = s; i < last; ++i) out->stage_devices[i] = R;
     return Status::Ok();
   }
   return Status::Error("no valid ring: stage " + std::to_string(s) + " wants " + std::to_string(wanted) +
@@ -41,10 +52,10 @@ Status PlanRing(const runtime::JobConfig& job, int64_t start_step, int available
 }
 
 RingOutcome RunRing(caf::actor_system& sys, const std::vector<device_actor>& devices, uint64_t job, uint32_t epoch,
-                    const std::string& transport, train_task task, const RingHooks& hooks) {
+                    const std::string& transport, train_task task, const RingHooks& hooks, int64_t sp) {
   RingOutcome out;
   const int R = int(devices.size());
-  Status st = FormRing(sys, devices, job, epoch, transport);
+  Status st = FormRing(sys, devices, job, epoch, transport, sp);
   if (!st.ok()) {
     out.error = st.message();
     out.lost = true;  // a device that cannot join is as good as lost: the caller re-plans without it
@@ -230,7 +241,7 @@ JobOutcome DriveJob(caf::actor_system& sys, const JobRun& run, DevicePool& pool,
     task.stop_at_step = plan.stop_at_step;
     task.resume_max_step = start;
     task.resume_checkpoint = resume;
-    const RingOutcome out = RunRing(sys, ring.devices, run.number, epoch, ring.transport, task, hooks);
+    const RingOutcome out = RunRing(sys, ring.devices, run.number, epoch, ring.transport, task, hooks, plan.mesh.sp);
     pool.Stopping(out.stopping_ranks);
     res.steps = std::max(res.steps, out.steps);
     const JobSink::Interrupt after = sink.Interrupted();

@@ -19,17 +19,19 @@
 namespace rw::actors {
 
 struct RingPlan {
-  int devices = 0;           // ring size
+  int devices = 0;           // ring size (every rank of the mesh)
   int wanted = 0;            // the stage's own ring size (devices < wanted: an elastic, shrunk ring)
   int64_t start_step = 0;    // the checkpoint it resumes from
   int64_t stop_at_step = 0;  // 0: run to the end; else the last step of the ring's stages
   // Per stage of the job: the ring size of the stages this ring runs (= devices), 0 for the others.
   std::vector<int64_t> stage_devices;
+  runtime::Mesh mesh;        // of those stages on `devices` (JobConfig::StageMesh): dp shrinks first
 };
 
 // Plans the ring that continues `job` (parsed and validated once: ParseJobConfig) from the checkpoint of
 // `start_step` with at most `available` devices: the stage's own ring size when that many are available,
-// else the largest ring >= ring.min_devices that splits every stage it runs into equal valid shards.
+// else the largest ring >= ring.min_devices that splits every stage it runs into equal valid shards. The
+// ring runs the stages that want its size and make the same mesh of it.
 // An error says why no ring is possible (the caller waits for devices). Opens no file, so a scheduler may
 // plan under its lock.
 kernels::Status PlanRing(const runtime::JobConfig& job, int64_t start_step, int available, RingPlan* out);
@@ -63,8 +65,9 @@ struct RingOutcome {
 // Forms a ring over `devices` (rank = position) with a new epoch and runs `task` on it (its reporter is
 // replaced by this driver) until every rank has reported. Devices are monitored: a lost one aborts the
 // ring. Blocking; uses a scoped actor of `sys`.
+// `sp`: the mesh's sp ring size (0 or devices.size(): one ring).
 RingOutcome RunRing(caf::actor_system& sys, const std::vector<device_actor>& devices, uint64_t job, uint32_t epoch,
-                    const std::string& transport, train_task task, const RingHooks& hooks);
+                    const std::string& transport, train_task task, const RingHooks& hooks, int64_t sp = 0);
 
 // ---- A job's life over rings: the one driver of `ringworld train` and of the daemon ----
 //

@@ -37,11 +37,14 @@ struct ring_spec {
   // Allocated by FormRing, one per formation, never reused in its process: the key of an in-process ring's
   // fabric and the UCP tag of a UCX ring's messages (below 2^63: the top bit marks the abort message).
   uint64_t ring_id = 0;
+  // Which of the rank's rings (runtime/mesh.h): "" the world ring (preparing it drops the rank's old rings),
+  // "sp" the sequence ring of its data group (rank and size within that ring), formed after the world.
+  std::string axis;
 };
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, ring_spec& x) {
-  return f(caf::meta::type_name("ring_spec"), x.job, x.epoch, x.rank, x.size, x.transport, x.ring_id);
+  return f(caf::meta::type_name("ring_spec"), x.job, x.epoch, x.rank, x.size, x.transport, x.ring_id, x.axis);
 }
 
 // One rank's attention problem, in host memory owned by the caller (local messages only: a shared_ptr
@@ -224,3 +227,4 @@ typename Inspector::result_type inspect(Inspector& f, CheckpointInfo& x) {
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(rw::actors::attention_task)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(std::shared_ptr<rw::runtime::Transport>)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(std::shared_ptr<std::atomic<bool>>)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(rw::runtime::RankRings)  // a rank's rings, handed to its own lane only

@@ -194,9 +194,10 @@ class TerminalSink final : public actors::JobSink {
   uint32_t RingFormed(const actors::RingPlan& plan, const actors::DevicePool::Ring& ring, int64_t start,
                       bool) override {
     ++epoch_;
-    if (plan.stop_at_step > 0 || epoch_ > 1 || plan.devices < plan.wanted) {
+    if (plan.stop_at_step > 0 || epoch_ > 1 || plan.devices < plan.wanted || plan.mesh.data_groups() > 1) {
       std::string line = "ring of " + ring.where + " (epoch " + std::to_string(epoch_) + ") from step " +
                          std::to_string(start);
+      if (plan.mesh.data_groups() > 1) line += ", mesh " + plan.mesh.ToString();
       if (plan.devices < plan.wanted) line += " (shrunk: the stage wants " + std::to_string(plan.wanted) + ")";
       if (plan.stop_at_step) line += " until step " + std::to_string(plan.stop_at_step);
       std::printf("%s%s\n", tty_ && epoch_ > 1 ? "\n" : "", line.c_str());

@@ -80,12 +80,17 @@ const std::vector<Setting<JobConfig>>& JobTable() {
        "each ring member keeps AdamW's moments for 1/R of the parameters (ZeRO-1 over the ring): gradients are "
        "reduce-scattered, each rank updates its share, the weights all-gathered; checkpoints are unchanged",
        RW_FIELD(JobConfig, bool, j.optimizer.shard)},
-      {"ring.devices", "ranks in the ring", RW_FIELD(JobConfig, int64_t, j.ring.devices)},
-      {"ring.min_devices", "smallest ring the job may shrink to", RW_FIELD(JobConfig, int64_t, j.ring.min_devices)},
+      {"ring.devices", "devices of the job: dp x fsdp x sp ranks (see mesh.*); one ring of them by default", RW_FIELD(JobConfig, int64_t, j.ring.devices)},
+      {"ring.min_devices", "fewest devices the job may shrink to", RW_FIELD(JobConfig, int64_t, j.ring.min_devices)},
       {"ring.layout", "contiguous | zigzag | striped", RW_FIELD(JobConfig, std::string, j.ring.layout)},
       {"ring.transport", "inproc | ucx", RW_FIELD(JobConfig, std::string, j.ring.transport)},
       {"ring.threads_per_device", "kernel threads per rank (0: cores / devices)",
        RW_FIELD(JobConfig, int64_t, j.ring.threads_per_device)},
+      {"mesh.dp", "data-parallel replicas (each runs its share of the batch's sequences on its own sp ring)",
+       RW_FIELD(JobConfig, int64_t, j.mesh.dp)},
+      {"mesh.fsdp", "data-parallel ranks that will shard the weights (ZeRO-3, not yet: today replicas like dp)",
+       RW_FIELD(JobConfig, int64_t, j.mesh.fsdp)},
+      {"mesh.sp", "ranks in a sequence ring (0: the stage's devices / (dp x fsdp))", RW_FIELD(JobConfig, int64_t, j.mesh.sp)},
       {"checkpoint.dir", "checkpoint directory (empty: none)", RW_FIELD(JobConfig, std::string, j.checkpoint.dir)},
       {"checkpoint.every_steps", "checkpoint period in steps (0: end and stage changes)",
        RW_FIELD(JobConfig, int64_t, j.checkpoint.every_steps)},
@@ -177,7 +182,7 @@ Status ApplyStage(const YAML::Node& map, const std::string& where, StageConfig& 
     std::string k;
     RW_RETURN_IF_ERROR(KeyText(kv.first, where, &k));
     const auto* s = Find(StageTable(), k);
-    RW_REQUIRE(s, where << "." << k << ": unknown key (stage keys: seq_len, rope_theta, steps, batch)");
+    RW_REQUIRE(s, where << "." << k << ": unknown key (stage keys: seq_len, rope_theta, steps, batch, devices)");
     RW_RETURN_IF_ERROR(Apply(*s, kv.second, where + "." + k, st));
   }
   return Status::Ok();
@@ -230,16 +235,49 @@ int64_t JobConfig::total_steps() const {
 
 Status JobConfig::CheckStageRing(size_t i, int64_t devices) const {
   const std::string at = "stages[" + std::to_string(i) + "]";
+  RW_REQUIRE(devices >= ring.min_devices, at << ".devices: " << devices << " is below ring.min_devices " << ring.min_devices);
+  Mesh mesh;
+  return StageMesh(i, devices, &mesh);
+}
+
+Status JobConfig::StageMesh(size_t i, int64_t devices, Mesh* out) const {
+  const std::string at = "stages[" + std::to_string(i) + "]";
   LayoutKind kind;
   {
     Status st = ParseLayout(ring.layout, &kind);
     RW_REQUIRE(st.ok(), "ring." << st.message());
   }
-  RW_REQUIRE(devices >= ring.min_devices, at << ".devices: " << devices << " is below ring.min_devices " << ring.min_devices);
-  Layout lay;
-  Status st = Layout::Make(kind, stages[i].seq_len, int(devices), &lay);
-  RW_REQUIRE(st.ok(), at << "." << st.message() << " (ring of " << devices << ", ring.layout = " << ring.layout << ")");
-  return Status::Ok();
+  RW_REQUIRE(mesh.dp >= 1 && mesh.fsdp >= 1, "mesh: dp and fsdp must be >= 1, got dp " << mesh.dp << ", fsdp " << mesh.fsdp);
+  RW_REQUIRE(devices >= 1 && devices % mesh.fsdp == 0,
+             at << ".devices: " << devices << " devices do not divide into mesh.fsdp = " << mesh.fsdp << " shards");
+  // The sp ring the stage has on its own devices; on fewer, dp gives way before sp does: the largest dp
+  // that keeps an sp ring at least that long, else the longest sp ring there is.
+  const int64_t sp_wanted = std::max<int64_t>(1, configured_devices(i) / (mesh.dp * mesh.fsdp));
+  std::string why;
+  auto valid = [&](int64_t dp) {
+    if (devices % (dp * mesh.fsdp) != 0) return false;
+    const Mesh m{dp, mesh.fsdp, devices / (dp * mesh.fsdp)};
+    Layout lay;
+    Status st = Layout::Make(kind, stages[i].seq_len, int(m.sp), &lay);
+    if (!st.ok() && why.empty())
+      why = at + "." + st.message() + " (sp ring of " + std::to_string(m.sp) + " in mesh " + m.ToString() +
+            ", ring.layout = " + ring.layout + ")";
+    return st.ok();
+  };
+  const int64_t top = std::min(mesh.dp, devices / mesh.fsdp);
+  for (int64_t dp = top; dp >= 1; --dp)
+    if (devices / (dp * mesh.fsdp) >= sp_wanted && valid(dp)) {
+      *out = Mesh{dp, mesh.fsdp, devices / (dp * mesh.fsdp)};
+      return Status::Ok();
+    }
+  for (int64_t dp = 1; dp <= top; ++dp)
+    if (valid(dp)) {
+      *out = Mesh{dp, mesh.fsdp, devices / (dp * mesh.fsdp)};
+      return Status::Ok();
+    }
+  return Status::Error(why.empty() ? at + ".devices: " + std::to_string(devices) + " devices make no mesh of fsdp " +
+                                         std::to_string(mesh.fsdp)
+                                   : why);
 }
 
 namespace {
@@ -288,6 +326,14 @@ Status JobConfig::Validate() const {
   RW_REQUIRE(ring.transport == "inproc" || ring.transport == "ucx",
              "ring.transport: '" << ring.transport << "' is not inproc or ucx");
   RW_REQUIRE(ring.threads_per_device >= 0, "ring.threads_per_device: must be >= 0, got " << ring.threads_per_device);
+  RW_REQUIRE(mesh.dp >= 1 && mesh.dp <= 1024, "mesh.dp: must be in [1, 1024], got " << mesh.dp);
+  RW_REQUIRE(mesh.fsdp >= 1 && mesh.fsdp <= 1024, "mesh.fsdp: must be in [1, 1024], got " << mesh.fsdp);
+  RW_REQUIRE(mesh.sp >= 0 && mesh.sp <= 1024, "mesh.sp: must be in [0, 1024] (0: the rest), got " << mesh.sp);
+  RW_REQUIRE(ring.devices % (mesh.dp * mesh.fsdp) == 0,
+             "mesh: dp " << mesh.dp << " x fsdp " << mesh.fsdp << " does not divide ring.devices = " << ring.devices);
+  RW_REQUIRE(mesh.sp == 0 || mesh.dp * mesh.fsdp * mesh.sp == ring.devices,
+             "mesh.sp: dp " << mesh.dp << " x fsdp " << mesh.fsdp << " x sp " << mesh.sp << " = "
+                            << mesh.dp * mesh.fsdp * mesh.sp << ", not ring.devices = " << ring.devices);
   RW_REQUIRE(!stages.empty(), "stages: a job needs at least one stage");
   for (size_t i = 0; i < stages.size(); ++i) {
     const auto& s = stages[i];
@@ -295,12 +341,21 @@ Status JobConfig::Validate() const {
     RW_REQUIRE(s.seq_len >= 2, at << ".seq_len: must be >= 2, got " << s.seq_len);
     RW_REQUIRE(s.devices >= 0 && s.devices <= 1024, at << ".devices: must be in [0, 1024], got " << s.devices);
     RW_RETURN_IF_ERROR(CheckStageRing(i, stage_devices(i)));
+    {  // the stage's own devices run on the mesh as configured (only a shrunk ring gives up dp)
+      Mesh m;
+      RW_RETURN_IF_ERROR(StageMesh(i, configured_devices(i), &m));
+      RW_REQUIRE(m.dp == mesh.dp, at << ".devices: " << configured_devices(i) << " devices do not divide into mesh.dp "
+                                     << mesh.dp << " x mesh.fsdp " << mesh.fsdp << " x an sp ring the layout splits "
+                                     << s.seq_len << " tokens over");
+    }
     RW_REQUIRE(s.seq_len <= model.max_position_embeddings,
                at << ".seq_len: " << s.seq_len << " exceeds model.max_position_embeddings " << model.max_position_embeddings);
     RW_REQUIRE(s.rope_theta == 0 || (std::isfinite(s.rope_theta) && s.rope_theta > 1),
                at << ".rope_theta: must be > 1 (or 0: model.rope_theta), got " << s.rope_theta);
     RW_REQUIRE(s.steps >= 1, at << ".steps: must be >= 1, got " << s.steps);
     RW_REQUIRE(s.batch >= 1, at << ".batch: must be >= 1, got " << s.batch);
+    RW_REQUIRE(s.batch >= mesh.dp * mesh.fsdp, at << ".batch: " << s.batch << " sequences leave some of the mesh's "
+                                                 << mesh.dp * mesh.fsdp << " data groups (dp x fsdp) without one");
   }
   RW_REQUIRE(checkpoint.every_steps >= 0, "checkpoint.every_steps: must be >= 0, got " << checkpoint.every_steps);
   RW_REQUIRE(checkpoint.keep >= 1, "checkpoint.keep: must be >= 1, got " << checkpoint.keep);
@@ -349,7 +404,7 @@ Status ParseFields(const std::string& yaml, const std::string& origin, const std
     return Status::Error(origin + ": not valid YAML: " + e.what());
   }
   RW_REQUIRE(root.IsMap(), origin << ": a job file is a mapping of settings");
-  const std::vector<std::string> sections = {"model", "data", "loss", "optimizer", "ring", "checkpoint"};
+  const std::vector<std::string> sections = {"model", "data", "loss", "optimizer", "ring", "mesh", "checkpoint"};
   for (const auto& kv : root) {
     std::string k;
     RW_RETURN_IF_ERROR(KeyText(kv.first, origin, &k));
@@ -430,7 +485,8 @@ Status ApplyRingSizes(const std::vector<int64_t>& stage_devices, JobConfig* job)
   for (size_t i = 0; i < stage_devices.size(); ++i) {
     if (stage_devices[i] == 0) continue;
     RW_RETURN_IF_ERROR(job->CheckStageRing(i, stage_devices[i]));
-    job->stages[i].devices = stage_devices[i];
+    job->planned_devices.resize(job->stages.size(), 0);
+    job->planned_devices[i] = stage_devices[i];
   }
   return Status::Ok();
 }

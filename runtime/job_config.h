@@ -10,6 +10,7 @@
 
 #include "runtime/checkpoint.h"
 #include "runtime/data.h"
+#include "runtime/mesh.h"
 #include "runtime/model.h"
 #include "runtime/optimizer.h"
 
@@ -30,6 +31,14 @@ struct RingConfig {
   std::string layout = "zigzag";      // contiguous | zigzag | striped
   std::string transport = "inproc";   // inproc (threads) | ucx (processes)
   int64_t threads_per_device = 0;     // kernel threads per rank; 0: cores / devices, at least 1
+};
+
+// The job's device mesh (runtime/mesh.h): dp x fsdp x sp = the devices of each stage. sp 0: the devices
+// left over (a stage's own `devices` changes sp, never dp or fsdp).
+struct MeshConfig {
+  int64_t dp = 1;
+  int64_t fsdp = 1;
+  int64_t sp = 0;
 };
 
 struct CheckpointConfig {
@@ -55,14 +64,28 @@ struct JobConfig {
   std::string precision = "fp32";
   OptimizerConfig optimizer;
   RingConfig ring;
+  MeshConfig mesh;
   std::vector<StageConfig> stages;
   CheckpointConfig checkpoint;
+  // Not a setting: the devices a ring's plan gives each stage (ApplyRingSizes; 0 or empty: as configured).
+  std::vector<int64_t> planned_devices;
   int64_t total_steps() const;
-  int64_t stage_devices(size_t i) const { return stages[i].devices > 0 ? stages[i].devices : ring.devices; }
+  // The devices stage i runs on: the ring's plan, else as configured.
+  int64_t stage_devices(size_t i) const {
+    return i < planned_devices.size() && planned_devices[i] > 0 ? planned_devices[i] : configured_devices(i);
+  }
+  int64_t configured_devices(size_t i) const { return stages[i].devices > 0 ? stages[i].devices : ring.devices; }
   int64_t stage_end_step(size_t i) const;  // global step number of stage i's last step
   // Whether stage i can run on a ring of `devices` (ring.min_devices, the layout's split of seq_len): what
   // Validate checks of each stage's ring, and what a planner asks of a smaller one.
+  // `devices` counts every rank of the mesh; its sp ring is what the layout splits seq_len over.
   Status CheckStageRing(size_t i, int64_t devices) const;
+  // The mesh stage i runs on with `devices` ranks: mesh.dp and mesh.fsdp as configured and sp the rest when
+  // that divides and the layout splits seq_len over sp. On fewer devices, dp shrinks first (fewer replicas:
+  // the global batch and so the loss curve stay the same) while the sp ring stays as long as the stage's
+  // own; only when no dp allows that does sp shrink (a shard of the sequence per device grows: memory).
+  // fsdp never shrinks (it is what makes the weights fit). An error says why no mesh fits.
+  Status StageMesh(size_t i, int64_t devices, Mesh* out) const;
   Status Validate() const;
 };
 

@@ -64,7 +64,16 @@ int RankThreads(const JobConfig& job, int64_t ring) {
 
 Status TrainRank(Transport& t, const JobConfig& job, const std::function<void(const StepMetrics&)>& on_step,
                  TrainResult* result, const TrainControl& control) {
+  RankRings rings;
+  rings.world = std::shared_ptr<Transport>(std::shared_ptr<Transport>(), &t);  // not owned
+  return TrainRank(rings, job, on_step, result, control);
+}
+
+Status TrainRank(const RankRings& rings, const JobConfig& job, const std::function<void(const StepMetrics&)>& on_step,
+                 TrainResult* result, const TrainControl& control) {
   RW_RETURN_IF_ERROR(job.Validate());
+  Transport& t = rings.world_ring();   // every rank: gradients, loss, optimizer, checkpoints, stop votes
+  Transport& sp = rings.sp_ring();     // this rank's data group: attention
   const int R = t.size(), rank = t.rank();
   // The ring must be the size of the stage it resumes into (a driver re-forms it at stage changes).
   ModelConfig model = job.model;
@@ -112,7 +121,7 @@ Status TrainRank(Transport& t, const JobConfig& job, const std::function<void(co
           std::lock_guard<std::mutex> lock(fence_mu);
           if (fenced.empty()) fenced = st.message();
         }
-        t.Abort("the commit of step " + std::to_string(s) + " was refused: " + st.message());
+        rings.Abort("the commit of step " + std::to_string(s) + " was refused: " + st.message());
       }
       return st;
     };
@@ -246,11 +255,20 @@ Status TrainRank(Transport& t, const JobConfig& job, const std::function<void(co
       step += stage.steps;
       continue;
     }
-    RW_REQUIRE(R == job.stage_devices(si), "stages[" << si << "]: the stage runs on a ring of " << job.stage_devices(si)
-                                                     << ", this ring has " << R << " (re-form it at the stage change)");
+    RW_REQUIRE(R == job.stage_devices(si), "stages[" << si << "]: the stage runs on " << job.stage_devices(si)
+                                                     << " devices, this ring has " << R << " (re-form it at the stage change)");
+    Mesh mesh;
+    RW_RETURN_IF_ERROR(job.StageMesh(si, R, &mesh));
+    RW_REQUIRE(sp.size() == mesh.sp && sp.rank() == mesh.sp_rank(rank),
+               "stages[" << si << "]: mesh " << mesh.ToString() << " puts rank " << rank << " at position "
+                         << mesh.sp_rank(rank) << " of an sp ring of " << mesh.sp << ", the rank's sp ring is position "
+                         << sp.rank() << " of " << sp.size());
+    // This data group's sequences of every global batch, and this rank's positions of each.
+    int64_t seq_lo = 0, seq_hi = 0;
+    mesh.GroupSequences(stage.batch, mesh.group_of(rank), &seq_lo, &seq_hi);
     Layout layout;
-    RW_RETURN_IF_ERROR(Layout::Make(kind, stage.seq_len, R, &layout));
-    const std::vector<int64_t> mine = layout.GlobalIndices(rank);  // this rank's rows of every sequence
+    RW_RETURN_IF_ERROR(Layout::Make(kind, stage.seq_len, int(mesh.sp), &layout));
+    const std::vector<int64_t> mine = layout.GlobalIndices(sp.rank());  // this rank's rows of every sequence
     if (job.data.source == "files") {
       windows = std::make_unique<WindowIndex>(files, stage.seq_len);
       RW_REQUIRE(windows->size() > 0, "data.path: " << job.data.path << " has no document of 2 tokens or more");
@@ -268,12 +286,16 @@ Status TrainRank(Transport& t, const JobConfig& job, const std::function<void(co
       if (const std::string why = fence_error(); !why.empty())
         return Status::Error("checkpoint commit refused: " + why);
       const auto t0 = std::chrono::steady_clock::now();
-      const uint64_t bytes0 = t.stats().bytes_sent;
+      const uint64_t bytes0 = rings.stats().bytes_sent;
       // This rank's rows of the global batch (the batch is a function of (seed, stage, step), never of R),
       // with the loss weights of the whole batch: its weight sums per modality are the ranks' sums, added
       // exactly in rank order after a small all-gather.
       auto weighted = windows ? NextBatch(*windows, stage.batch, &cursor, &mine)
                               : GlobalBatch(job.data, *tok, job.seed, step, stage.seq_len, stage.batch, &mine);
+      if (mesh.data_groups() > 1) {  // the other groups' sequences (the batch is made whole, then cut)
+        weighted.erase(weighted.begin() + seq_hi, weighted.end());
+        weighted.erase(weighted.begin(), weighted.begin() + seq_lo);
+      }
       double sums[2];
       WeightSums(weighted, sums);
       RW_RETURN_IF_ERROR(
@@ -300,7 +322,7 @@ Status TrainRank(Transport& t, const JobConfig& job, const std::function<void(co
         mx.remat_layers = job.remat == "layer";
         mx.precision = precision;
         mx.compute_params = compute.empty() ? nullptr : compute.data();
-        RW_RETURN_IF_ERROR(ForwardBackward(t, model, table, mx, params.data(), std::move(weighted[b]).Rows(),
+        RW_RETURN_IF_ERROR(ForwardBackward(sp, model, table, mx, params.data(), std::move(weighted[b]).Rows(),
                                            float(scale), grads.data(), &loss));
       }
       MsgTag tag{job.seed, 0, uint32_t(step), kReduceLayer, 0};
@@ -347,7 +369,7 @@ Status TrainRank(Transport& t, const JobConfig& job, const std::function<void(co
         m.tokens_per_s = double(m.tokens) / secs;
         m.ring_overlap_ratio = rs.overlap_ratio();
         m.peak_bytes = PeakRssBytes();
-        m.ring_bytes = int64_t(t.stats().bytes_sent - bytes0);
+        m.ring_bytes = int64_t(rings.stats().bytes_sent - bytes0);
         on_step(m);
       }
       // Stop together: any rank's request stops every rank after this same step.

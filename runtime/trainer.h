@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "runtime/job_config.h"
+#include "runtime/mesh.h"
 #include "runtime/transport.h"
 
 namespace rw::runtime {
@@ -22,7 +23,7 @@ struct StepMetrics {
   double tokens_per_s = 0, step_seconds = 0;
   double ring_overlap_ratio = 1;  // this rank's attention compute / ring wall time in the step
   int64_t peak_bytes = 0;         // peak resident memory of the process
-  int64_t ring_bytes = 0;         // bytes this rank sent to its ring neighbour in the step
+  int64_t ring_bytes = 0;         // bytes rank 0 sent over its rings (world and sp) in the step
   std::string ToJson() const;     // one line of metrics.jsonl
   std::string ToLogLine() const;  // the step's line in `train`'s output and the daemon's job log
 };
@@ -72,6 +73,11 @@ int RankThreads(const JobConfig& job, int64_t ring);
 
 // Runs the whole job on this rank, resuming from the newest valid checkpoint of checkpoint.dir if there
 // is one; rank 0 writes checkpoints every checkpoint.every_steps, at each stage's end and at the end. `on_step` (may be empty) is called on rank 0 after every step.
+// `rings`: the world ring and this rank's sp ring of the stage's mesh (JobConfig::StageMesh of the world's
+// size): each data group runs its share of the batch's sequences on its sp ring, and the gradients, the loss
+// and the optimizer go over the world ring. The Transport form is the mesh of one ring (sp = world).
+Status TrainRank(const RankRings& rings, const JobConfig& job, const std::function<void(const StepMetrics&)>& on_step,
+                 TrainResult* result, const TrainControl& control = {});
 Status TrainRank(Transport& t, const JobConfig& job, const std::function<void(const StepMetrics&)>& on_step,
                  TrainResult* result, const TrainControl& control = {});
 

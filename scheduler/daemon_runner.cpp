@@ -137,6 +137,7 @@ class DaemonImpl::JobTableSink final : public actors::JobSink {
     const int64_t epoch = d_.jobs_->Get(r_.job, &rec).ok() ? rec.epoch + 1 : 1;
     std::string msg = "ring of " + std::to_string(plan.devices) + " devices on " + ring.where + ", " +
                       ring.transport + ", epoch " + std::to_string(epoch) + ", from step " + std::to_string(start);
+    if (plan.mesh.data_groups() > 1) msg += ", mesh " + plan.mesh.ToString();
     if (plan.devices < plan.wanted) msg += " (shrunk: the stage wants " + std::to_string(plan.wanted) + ")";
     if (plan.stop_at_step) msg += ", until step " + std::to_string(plan.stop_at_step);
     const Status recorded = d_.jobs_->Update(r_.job, [epoch](JobRecord& x) { x.epoch = epoch; }, msg);

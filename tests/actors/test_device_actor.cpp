@@ -19,6 +19,7 @@ extern char** environ;
 #include "../runtime/ring_fixture.h"
 #include "actors/device_actor.h"
 #include "actors/device_host.h"
+#include "actors/job_driver.h"
 #include "runtime/inproc_transport.h"
 #include "runtime/layout.h"
 
@@ -127,6 +128,47 @@ TEST_P(DeviceRing, TwoRingsOfTheSameJobAndEpochStayApart) {
   other.join();
   for (auto* ring : {&a, &b})
     for (auto& d : *ring) caf::anon_send_exit(d, caf::exit_reason::user_shutdown);
+}
+
+// A mesh of device actors (issue 13): 2 replicas of rings of 2, formed by FormRing (the world ring and the
+// two sp rings, each its own fabric or UCX worker) and trained by RunRing, follows a one-device run of the
+// same job step by step.
+TEST_P(DeviceRing, TrainsOnAMeshOfTwoRingsOfTwoAsOneDeviceDoes) {
+  Config cfg;
+  caf::actor_system sys{cfg};
+  const std::string yaml = R"(
+name: mesh
+model: {hidden_size: 32, intermediate_size: 64, num_hidden_layers: 2, num_attention_heads: 4,
+        num_key_value_heads: 2, max_position_embeddings: 512}
+optimizer: {lr: 0.003, warmup_steps: 2}
+ring: {layout: zigzag, threads_per_device: 1}
+stages: [{seq_len: 64, steps: 4, batch: 3}]
+)";
+  auto run = [&](int devices, int dp, std::vector<runtime::StepMetrics>* steps) {
+    std::vector<device_actor> ring = SpawnDevices(sys, devices);
+    train_task task;
+    task.job_yaml = yaml;
+    task.origin = ".";
+    task.overrides = {"ring.devices=" + std::to_string(devices), "mesh.dp=" + std::to_string(dp)};
+    task.stage_devices = {devices};
+    RingHooks hooks;
+    hooks.on_step = [&](const runtime::StepMetrics& m) { steps->push_back(m); };
+    const RingOutcome out = RunRing(sys, ring, /*job=*/5, /*epoch=*/1, GetParam(), task, hooks, devices / dp);
+    EXPECT_TRUE(out.ok) << out.error;
+    for (auto& d : ring) caf::anon_send_exit(d, caf::exit_reason::user_shutdown);
+  };
+  std::vector<runtime::StepMetrics> one, mesh;
+  run(1, 1, &one);
+  run(4, 2, &mesh);
+  ASSERT_EQ(one.size(), 4u);
+  ASSERT_EQ(mesh.size(), one.size());
+  for (size_t i = 0; i < one.size(); ++i) {
+    std::printf("  %s step %zu loss: one device %.7f, mesh dp 2 x sp 2 %.7f\n", GetParam().c_str(), i + 1, one[i].loss,
+                mesh[i].loss);
+    EXPECT_NEAR(mesh[i].loss, one[i].loss, 1e-5 * one[i].loss);
+    EXPECT_NEAR(mesh[i].grad_norm, one[i].grad_norm, 1e-5 * one[i].grad_norm);
+    EXPECT_GT(mesh[i].ring_bytes, 0);
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Transports, DeviceRing, ::testing::Values("inproc", "ucx"));
@@ -379,6 +421,30 @@ stages: [{seq_len: 64, steps: 3}, {seq_len: 64, steps: 2}, {seq_len: 128, steps:
   EXPECT_NE(st.message().find("min_devices is 2"), std::string::npos) << st.message();
 }
 
+// With a mesh the plan carries it: dp gives way first on fewer devices, and a ring runs only the stages
+// that make the same mesh of its devices.
+TEST(PlanRing, AMeshShrinksItsReplicasFirst) {
+  const std::string yaml = R"(
+name: p
+model: {hidden_size: 32, intermediate_size: 64, num_hidden_layers: 1, num_attention_heads: 4,
+        num_key_value_heads: 2, max_position_embeddings: 512}
+ring: {devices: 4, min_devices: 2, layout: zigzag}
+mesh: {dp: 2}
+stages: [{seq_len: 64, steps: 3, batch: 2}, {seq_len: 64, steps: 2, batch: 2}]
+)";
+  RingPlan plan;
+  runtime::JobConfig job;
+  const Status parsed = runtime::ParseJobConfig(yaml, "p", {}, &job);
+  ASSERT_TRUE(parsed.ok()) << parsed.message();
+  ASSERT_TRUE(PlanRing(job, 0, 16, &plan).ok());
+  EXPECT_EQ(plan.devices, 4);
+  EXPECT_EQ(plan.mesh, (runtime::Mesh{2, 1, 2}));
+  EXPECT_EQ(plan.stop_at_step, 0);
+  ASSERT_TRUE(PlanRing(job, 0, 3, &plan).ok());
+  EXPECT_EQ(plan.devices, 2);
+  EXPECT_EQ(plan.mesh, (runtime::Mesh{1, 1, 2})) << "the replicas go, the ring of 2 stays";
+}
+
 }  // namespace
 }  // namespace rw::actors
 
@@ -390,7 +456,7 @@ namespace {
 device_actor::behavior_type SilentDevice() {
   return {
       [](prepare_atom, const ring_spec&) -> caf::result<std::string> { return std::string(); },
-      [](connect_atom, const std::string&, const std::string&) -> caf::result<attention_report> {
+      [](connect_atom, const std::string&, const std::string&, const std::string&) -> caf::result<attention_report> {
         attention_report rep;
         rep.ok = true;
         return rep;

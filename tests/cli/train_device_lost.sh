@@ -6,6 +6,8 @@
 # Then a hung device process (SIGSTOP): found by the driver's probe (2 s), its rank taken as lost at once
 # (not waited for after the abort), the process killed, and the run re-forms within 15 s (without the
 # probe: the transport's 120 s timeout).
+# Then a mesh (issue 13): 2 replicas of rings of 2 over 4 device processes, one killed: the replicas give
+# way first (2 devices: one ring of 2), and the losses again equal the undisturbed run's.
 set -euo pipefail
 bin=$1
 cfg=$2
@@ -25,11 +27,13 @@ run=(--set stages.0.steps=40 --set stages.1.steps=2 --set checkpoint.every_steps
 # start_past_step_12 NAME: `train --processes` into $out/NAME in the background (pid), back once step 12 is
 # done (the checkpoint of step 10 committed or on its way).
 start_past_step_12() {
-  "$bin" train "$cfg" --processes --set output_dir="$out/$1" --set checkpoint.dir="$out/$1/ck" "${run[@]}" \
-    > "$out/$1.log" 2>&1 &
+  local name=$1
+  shift
+  "$bin" train "$cfg" --processes --set output_dir="$out/$name" --set checkpoint.dir="$out/$name/ck" "${run[@]}" "$@" \
+    > "$out/$name.log" 2>&1 &
   pid=$!
   for _ in $(seq 600); do
-    [ -f "$out/$1/metrics.jsonl" ] && [ "$(wc -l < "$out/$1/metrics.jsonl")" -ge 12 ] && break
+    [ -f "$out/$name/metrics.jsonl" ] && [ "$(wc -l < "$out/$name/metrics.jsonl")" -ge 12 ] && break
     kill -0 "$pid" 2> /dev/null || break
     sleep 0.1
   done
@@ -56,13 +60,17 @@ pgrep -f "$out/pr/.hosts" > /dev/null && { echo "FAIL: device hosts left running
 # Every step from 1 to 42 was reported, the ones after the resume point twice at most; the last report of
 # each step matches the reference run.
 loss_by_step() { sed 's/.*"step": \([0-9]*\),.*"loss": \([0-9.e+-]*\).*/\1 \2/' "$1"; }
-join <(loss_by_step "$out/ref/metrics.jsonl" | sort -k1,1) \
-     <(loss_by_step "$out/pr/metrics.jsonl" | awk '{ last[$1] = $2 } END { for (s in last) print s, last[s] }' | sort -k1,1) |
-  awk -v from="$from" '{ n++; d = $2 - $3; if (d < 0) d = -d; if (d > 1e-5 * $2) { print "FAIL: step " $1 ": loss " $3 " vs " $2 " undisturbed"; bad = 1 }
-                         if ($1 > from && d > worst) worst = d }
-       END { if (n != 42) { print "FAIL: " n " of 42 steps reported"; bad = 1 }
-             printf "after the loss: %d steps on a ring of 1, max |loss diff| vs undisturbed %.2g\n", 42 - from, worst
-             exit bad }'
+# matches_reference RUN FROM WHAT: RUN's last loss of every step equals the reference's (1e-5 relative).
+matches_reference() {
+  join <(loss_by_step "$out/ref/metrics.jsonl" | sort -k1,1) \
+       <(loss_by_step "$out/$1/metrics.jsonl" | awk '{ last[$1] = $2 } END { for (s in last) print s, last[s] }' | sort -k1,1) |
+    awk -v from="$2" -v what="$3" '{ n++; d = $2 - $3; if (d < 0) d = -d; if (d > 1e-5 * $2) { print "FAIL: step " $1 ": loss " $3 " vs " $2 " undisturbed"; bad = 1 }
+                           if ($1 > from && d > worst) worst = d }
+         END { if (n != 42) { print "FAIL: " n " of 42 steps reported"; bad = 1 }
+               printf "after the loss: %d steps on %s, max |loss diff| vs undisturbed %.2g\n", 42 - from, what, worst
+               exit bad }'
+}
+matches_reference pr "$from" "a ring of 1"
 echo "device process $victim killed after step $killed_at; re-formed on 1 device from the checkpoint of step $from"
 
 # A hung device process.
@@ -85,4 +93,21 @@ grep -q "device process $victim (rank 0) did not answer within 2 s" "$out/st.log
   { echo "FAIL: the hung device is not named"; cat "$out/st.log"; exit 1; }
 kill -0 "$victim" 2> /dev/null && { echo "FAIL: the hung device process was left behind"; exit 1; }
 echo "device process $victim stopped (SIGSTOP): found, killed, and the ring re-formed within $reformed s"
+
+# A mesh of 2 replicas of rings of 2 (4 device processes); rank 3's process killed.
+start_past_step_12 mesh --set ring.devices=4 --set mesh.dp=2
+grep -q "mesh dp 2 x fsdp 1 x sp 2" "$out/mesh.log" || { echo "FAIL: the mesh is not said"; cat "$out/mesh.log"; exit 1; }
+victim=$(pgrep -f "$out/mesh/.hosts/port.3" || true)
+[ -n "$victim" ] || { echo "FAIL: no device process to kill"; cat "$out/mesh.log"; exit 1; }
+kill -9 "$victim"
+rc=0
+timeout 120 tail --pid="$pid" -f /dev/null || { echo "FAIL: the run did not end within 120 s"; cat "$out/mesh.log"; exit 1; }
+wait "$pid" || rc=$?
+pid=
+[ "$rc" -eq 0 ] || { echo "FAIL: exit $rc after a lost device of a mesh"; cat "$out/mesh.log"; exit 1; }
+from=$(grep -o "ring of 2 devices (epoch 2) from step [0-9]* (shrunk: the stage wants 4)" "$out/mesh.log" |
+  grep -o "step [0-9]*" | grep -o "[0-9]*" || true)
+[ -n "$from" ] || { echo "FAIL: no ring of 2 (the replicas given up) after the loss"; cat "$out/mesh.log"; exit 1; }
+matches_reference mesh "$from" "one ring of 2 (mesh dp 2 x sp 2 before)"
+echo "mesh dp 2 x sp 2: device process $victim killed; re-formed as one ring of 2 from the checkpoint of step $from"
 echo "1 passed, 0 failed"

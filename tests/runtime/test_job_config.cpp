@@ -87,6 +87,15 @@ TEST(JobConfig, EveryBadCaseNamesItsKey) {
       {base, {"data.tokenizer=" + std::string(RW_CONFIGS) + "/needle-tokenizer.model", "model.vocab_size=100"},
        "model.vocab_size: 100 is smaller than the vocabulary of data.tokenizer"},
       {base, {"data.max_len=1000000000000"}, "data.max_len: must be at most 16777216"},  // one 4 TB document
+      // The mesh: each axis named, and what does not multiply to the devices.
+      {base, {"mesh.dp=3"}, "mesh: dp 3 x fsdp 1 does not divide ring.devices = 2"},
+      {base, {"mesh.fsdp=0"}, "mesh.fsdp: must be in [1, 1024], got 0"},
+      {base, {"mesh.sp=-1"}, "mesh.sp: must be in [0, 1024]"},
+      {base, {"mesh.sp=4"}, "mesh.sp: dp 1 x fsdp 1 x sp 4 = 4, not ring.devices = 2"},
+      {base, {"mesh.dp=2"}, "stages[1].batch: 1 sequences leave some of the mesh's 2 data groups"},
+      {base, {"mesh.fsdp=2", "stages.1.batch=2", "stages.0.devices=3"}, "stages[0].devices: 3 devices do not divide into mesh.fsdp = 2"},
+      {base, {"mesh.dp=2", "stages.1.batch=2", "stages.1.devices=6"}, "stages[1].seq_len"},  // sp 3: 128 in 6 chunks
+      {base, {"mesh.nope=1"}, "--set mesh.nope: unknown key"},
   };
   for (const auto& c : cases) {
     JobConfig job;
@@ -104,6 +113,56 @@ TEST(JobConfig, AMissingFileIsNamed) {
   const auto st = LoadJobConfig("/nonexistent/job.yaml", {}, &job);
   ASSERT_FALSE(st.ok());
   EXPECT_NE(st.message().find("/nonexistent/job.yaml"), std::string::npos);
+}
+
+// The mesh of each stage on the devices it gets: as configured on the stage's own devices; on fewer, dp
+// gives way first while the sp ring keeps its length, then sp; fsdp never.
+TEST(JobConfig, TheMeshOfAStageAndWhatShrinksFirst) {
+  JobConfig job;
+  auto st = ParseJobConfig(kGood, "good.yaml",
+                           {"ring.devices=8", "mesh.dp=2", "mesh.fsdp=2", "stages.0.batch=4", "stages.1.batch=4",
+                            "stages.1.devices=16"},
+                           &job);
+  ASSERT_TRUE(st.ok()) << st.message();
+  struct Case {
+    size_t stage;
+    int64_t devices;
+    Mesh want;  // dp 0: no mesh
+  };
+  // Stage 0: 64 tokens, zigzag: an sp ring of s needs 64 % 2s == 0. Stage 1: 128 tokens, its own 16 devices.
+  for (const Case& c : {Case{0, 8, {2, 2, 2}}, Case{0, 4, {1, 2, 2}}, Case{0, 2, {1, 2, 1}}, Case{0, 6, {0, 0, 0}},
+                        Case{0, 3, {0, 0, 0}}, Case{1, 16, {2, 2, 4}}, Case{1, 8, {1, 2, 4}}, Case{1, 12, {0, 0, 0}},
+                        Case{1, 4, {1, 2, 2}}}) {
+    Mesh m;
+    st = job.StageMesh(c.stage, c.devices, &m);
+    std::printf("  stage %zu on %2lld devices: %s\n", c.stage, (long long)c.devices,
+                st.ok() ? m.ToString().c_str() : st.message().c_str());
+    if (c.want.dp == 0) {
+      EXPECT_FALSE(st.ok()) << "stage " << c.stage << " on " << c.devices << ": " << m.ToString();
+      continue;
+    }
+    ASSERT_TRUE(st.ok()) << st.message();
+    EXPECT_EQ(m, c.want) << "stage " << c.stage << " on " << c.devices << ": " << m.ToString();
+    EXPECT_EQ(m.world(), c.devices);
+  }
+  // A rank's copy of the job with the ring's plan applied makes the same mesh of it as the driver did (it
+  // once took the planned devices for the stage's own and made dp 2 x sp 1 of a planned ring of 2).
+  JobConfig ranked = job;
+  ASSERT_TRUE(ApplyRingSizes({4, 0}, &ranked).ok());
+  Mesh planned;
+  ASSERT_TRUE(ranked.StageMesh(0, ranked.stage_devices(0), &planned).ok());
+  EXPECT_EQ(planned, (Mesh{1, 2, 2}));
+  EXPECT_TRUE(ranked.Validate().ok()) << ranked.Validate().message();
+  // The data groups' sequences: contiguous, ragged batches give the first groups one more.
+  const Mesh m{2, 2, 1};
+  int64_t lo, hi, next = 0;
+  for (int64_t g = 0; g < 4; ++g) {
+    m.GroupSequences(7, g, &lo, &hi);
+    EXPECT_EQ(lo, next);
+    EXPECT_EQ(hi - lo, g < 3 ? 2 : 1);
+    next = hi;
+  }
+  EXPECT_EQ(next, 7);
 }
 
 }  // namespace
