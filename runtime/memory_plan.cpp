@@ -127,6 +127,8 @@ Status PlanMemory(const JobConfig& job, const MemoryPlanOptions& opt, MemoryPlan
   // A mesh search ignores ring.min_devices (it asks what the model needs, not what the job allows).
   JobConfig any = job;
   any.ring.min_devices = 1;
+  JobConfig ring_only = any;  // the mesh search's sp rings: whether the layout splits a sequence over them
+  ring_only.mesh = MeshConfig{};
   for (size_t i = 0; i < job.stages.size(); ++i) {
     StagePlan sp;
     sp.stage = int64_t(i);
@@ -146,7 +148,8 @@ Status PlanMemory(const JobConfig& job, const MemoryPlanOptions& opt, MemoryPlan
       RW_REQUIRE(st.ok(), st.message());
     }
     sp.devices = R;
-    sp.rows = sp.seq_len / R;
+    RW_RETURN_IF_ERROR(any.StageMesh(i, R, &sp.mesh));
+    sp.rows = sp.seq_len / sp.mesh.sp;
     auto threads_for = [&](int64_t ring) { return opt.threads > 0 ? opt.threads : int64_t(RankThreads(job, ring)); };
     const int64_t batch = job.stages[i].batch;
     sp.rank = RankMemoryOf(job, sp.rows, R, 1, threads_for(R), batch);
@@ -157,7 +160,7 @@ Status PlanMemory(const JobConfig& job, const MemoryPlanOptions& opt, MemoryPlan
       for (int64_t n = 1; n <= opt.max_devices && sp.fit_sp == 0; ++n) {
         int64_t best = -1;
         for (int64_t ring = 1; ring <= n; ++ring) {
-          if (n % ring != 0 || !any.CheckStageRing(i, ring).ok()) continue;
+          if (n % ring != 0 || !ring_only.CheckStageRing(i, ring).ok()) continue;
           RankMemory rm = RankMemoryOf(job, sp.seq_len / ring, ring, n / ring, threads_for(ring), batch);
           rm.snapshot_on_device = on_device;
           if (rm.total() <= opt.device_memory && (best < 0 || rm.total() < best)) {
@@ -221,7 +224,7 @@ std::string FormatMemoryPlan(const MemoryPlan& plan, const MemoryPlanOptions& op
                 plan.parameters, plan.precision.c_str(), plan.remat.c_str(), opt.device.c_str());
   os << line;
   std::snprintf(line, sizeof(line), "%-5s %9s %5s %8s | %8s %8s %8s %8s %9s %9s %8s %8s %6s %9s | %8s %s\n", "stage",
-                "seq_len", "ring", "rows", "weights", "grads", "optim", "acts", "acts alt", "workspace", "ring buf",
+                "seq_len", "devs", "rows", "weights", "grads", "optim", "acts", "acts alt", "workspace", "ring buf",
                 "kernels", "other", "snapshot", "total", opt.device_memory > 0 ? "fits" : "");
   os << line;
   for (const auto& s : plan.stages) {
@@ -235,6 +238,13 @@ std::string FormatMemoryPlan(const MemoryPlan& plan, const MemoryPlanOptions& op
                   gib(r.total()), opt.device_memory > 0 ? (s.fits ? "yes" : "NO") : "");
     os << line;
   }
+  for (const auto& s : plan.stages)
+    if (s.mesh.data_groups() > 1) {
+      os << "mesh (dp x fsdp x sp) of each stage:";
+      for (const auto& t : plan.stages) os << " " << t.stage << ": " << t.mesh.ToString() << (&t == &plan.stages.back() ? "" : ";");
+      os << " (fsdp holds replicas until ZeRO-3 runs).\n";
+      break;
+    }
   os << "acts alt: the activations under remat " << (plan.remat == "layer" ? "none" : "layer")
      << "; other: the rows of the step's sequences and the all-reduce's chunk; snapshot: rank 0's copy for a "
         "checkpoint write"

@@ -21,8 +21,9 @@
 // CPU the process's resident peak is these figures plus a baseline of about 0.15-0.25 GiB
 // (docs/BENCHMARKS.md compares the two).
 //
-// Meshes. Today every rank holds the whole model (mesh dp = 1, fsdp = 1, sp = ring size), its AdamW moments
-// whole or, under optimizer.shard, 1/R of them (ZeRO-1 over the ring). When a stage does
+// Meshes. Today every rank holds the whole model (dp and fsdp members alike), a data group's sp ring splits
+// its sequences, and AdamW's moments are whole or, under optimizer.shard, 1/devices of them (ZeRO-1 over the
+// world ring). When a stage does
 // not fit, the plan also says which (fsdp, sp) mesh would, with the weights, gradients and moments sharded
 // over fsdp as ZeRO-3 does (each rank 1/fsdp of them; a layer's compute weights gathered before use, the
 // next layer's gather in flight), so the user sees what the model needs; fsdp > 1 does not run yet.
@@ -60,9 +61,9 @@ struct RankMemory {
 struct StagePlan {
   int64_t stage = 0;
   int64_t seq_len = 0;
-  int64_t devices = 0;  // the ring (sp); with fsdp, devices = fsdp * sp
-  int64_t fsdp = 1;
-  int64_t rows = 0;     // tokens a rank holds (seq_len / sp)
+  int64_t devices = 0;  // every rank of the stage's mesh
+  Mesh mesh;            // the job's mesh of those devices (JobConfig::StageMesh)
+  int64_t rows = 0;     // tokens a rank holds (seq_len / mesh.sp)
   RankMemory rank;      // the largest rank (rank 0: it keeps the checkpoint snapshot)
   bool fits = true;     // within the budget (when one was given)
   // When it does not fit: the smallest mesh (fewest devices) that does, 0 when none up to the search limit.

@@ -181,6 +181,52 @@ TEST(Checkpoint, AShardedOptimizerWritesWholeMomentsAndResumesEitherWay) {
               worst);
 }
 
+// Issue 13, point 5: a checkpoint of a mesh resumes on another mesh (checkpoints hold whole tensors, rank
+// 0's), and the loss curve goes on as the straight run's: (1,2,2) stopped at step 5, resumed on (1,1,4) and
+// on (2,1,1), to 1e-5 relative.
+TEST(Checkpoint, AMeshCheckpointResumesOnAnotherMesh) {
+  TempDir straight("mesh_straight"), stopped("mesh_stopped"), other("mesh_other");
+  auto on = [](JobConfig job, const Mesh& m) {
+    job.ring.devices = m.world();
+    job.ring.min_devices = 1;
+    job.mesh.dp = m.dp;
+    job.mesh.fsdp = m.fsdp;
+    job.mesh.sp = m.sp;
+    for (auto& st : job.stages) st.batch = 2;
+    return job;
+  };
+  auto train = [](const JobConfig& job, const Mesh& m, TrainControl control, TrainResult* res) {
+    std::vector<StepMetrics> steps;
+    std::vector<TrainResult> results(size_t(m.world()));
+    auto st = test::RunMesh(m, [&](int r, const RankRings& rings) {
+      return TrainRank(rings, job, [&](const StepMetrics& s) { steps.push_back(s); }, &results[size_t(r)], control);
+    });
+    for (auto& s : st) EXPECT_TRUE(s.ok()) << m.ToString() << ": " << s.message();
+    *res = results[0];
+    return steps;
+  };
+  const Mesh from{1, 2, 2};
+  TrainResult r;
+  const auto all = train(on(Job(straight.path.string(), 6), from), from, {}, &r);
+  ASSERT_EQ(all.size(), 10u);
+  train(on(Job(stopped.path.string(), 6), from), from, TrainControl{5, {}}, &r);
+  ASSERT_TRUE(r.stopped);
+  for (const Mesh& to : {Mesh{1, 1, 4}, Mesh{2, 1, 1}}) {
+    fs::remove_all(other.path);
+    fs::copy(stopped.path, other.path, fs::copy_options::recursive);
+    const auto rest = train(on(Job(other.path.string(), 6), to), to, {}, &r);
+    EXPECT_EQ(r.resumed_from, 5);
+    ASSERT_EQ(rest.size(), 5u);
+    double worst = 0;
+    for (size_t i = 0; i < rest.size(); ++i) {
+      EXPECT_NEAR(rest[i].loss, all[5 + i].loss, 1e-5 * all[5 + i].loss) << to.ToString() << " step " << 6 + i;
+      worst = std::max(worst, std::fabs(rest[i].loss - all[5 + i].loss) / all[5 + i].loss);
+    }
+    std::printf("  %s checkpoint of step 5 resumed on %s: steps 6-10 within %.1e of the straight run\n",
+                from.ToString().c_str(), to.ToString().c_str(), worst);
+  }
+}
+
 // A rank of a sharded optimizer loads only its range of the moments: equal to that slice of a whole load,
 // for ranges that cut tensors anywhere (and empty ones), read tensor by tensor from the file's header.
 TEST(Checkpoint, ARangeOfTheMomentsLoadsAsThatSliceOfTheWhole) {

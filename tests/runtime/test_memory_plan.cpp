@@ -70,6 +70,31 @@ TEST(MemoryPlan, AReplicatedRankHoldsSixteenOrEighteenBytesAParameterOfState) {
   EXPECT_LT(plan.stages[1].rank.activations_remat * 4, plan.stages[1].rank.activations_no_remat);
 }
 
+// A mesh: each data group's sp ring splits the sequence (rows = seq_len / sp), the sharded optimizer's chunk
+// is 1/devices (ZeRO-1 over the world ring), and the plan names each stage's mesh.
+TEST(MemoryPlan, AMeshSplitsTheSequenceOverItsSpRingAndTheMomentsOverEveryDevice) {
+  JobConfig job = SevenB();
+  job.mesh.dp = 2;
+  job.optimizer.shard = true;
+  job.stages[0].batch = 8;
+  job.stages[1].batch = 2;
+  MemoryPlan plan;
+  ASSERT_TRUE(PlanMemory(job, {}, &plan).ok());
+  const int64_t P = int64_t(ParamTable(job.model).total());
+  EXPECT_EQ(plan.stages[0].mesh, (Mesh{2, 1, 2}));
+  EXPECT_EQ(plan.stages[0].rows, 32768 / 2);
+  EXPECT_EQ(plan.stages[0].rank.optimizer, 8 * (P / 4 + 1));
+  EXPECT_EQ(plan.stages[1].mesh, (Mesh{2, 1, 64}));
+  EXPECT_EQ(plan.stages[1].rows, (1 << 20) / 64);
+  const std::string text = FormatMemoryPlan(plan, {});
+  EXPECT_NE(text.find("0: dp 2 x fsdp 1 x sp 2; 1: dp 2 x fsdp 1 x sp 64"), std::string::npos) << text;
+  // On fewer devices the replicas go first: stage 1 on 64 devices is one ring of 64.
+  MemoryPlanOptions few;
+  few.devices = 64;
+  ASSERT_TRUE(PlanMemory(job, few, &plan).ok());
+  EXPECT_EQ(plan.stages[1].mesh, (Mesh{1, 1, 64}));
+}
+
 TEST(MemoryPlan, BadStagesAndOptionsAreNamed) {
   JobConfig job = SevenB();
   MemoryPlan plan;
