@@ -247,6 +247,14 @@ struct DeviceState {
   static inline const char* name = "device_actor";
 };
 
+// The slot of a rank's ring named by ring_spec::axis other than the world's; null for an unknown name.
+std::shared_ptr<Transport>* SubRing(runtime::RankRings& rings, const std::string& axis) {
+  if (axis == "sp") return &rings.sp;
+  if (axis == "fsdp") return &rings.fsdp;
+  if (axis == "replica") return &rings.replica;
+  return nullptr;
+}
+
 // Work for another epoch than the ring's is refused: after a re-formation, late messages of the old ring
 // must not run on the new one. Returns the refusal, or an empty string.
 std::string StaleEpoch(const DeviceState& st, uint32_t epoch, const char* what) {
@@ -280,11 +288,12 @@ device_actor::behavior_type Device(device_actor::stateful_pointer<DeviceState> s
         if (spec.ring_id == 0 || spec.ring_id >> 63)
           return caf::make_error(caf::sec::invalid_argument, "ring_spec.ring_id: " + std::to_string(spec.ring_id) +
                                                                  " is not an id FormRing allocates (1 .. 2^63-1)");
-        if (spec.axis != "" && spec.axis != "sp")
-          return caf::make_error(caf::sec::invalid_argument, "ring_spec.axis: unknown ring '" + spec.axis + "' (\"\" | sp)");
-        if (spec.axis == "sp" && (!st.rings || spec.job != st.spec.job || spec.epoch != st.spec.epoch))
+        if (spec.axis != "" && !SubRing(st.rings, spec.axis))
           return caf::make_error(caf::sec::invalid_argument,
-                                 "ring_spec: an sp ring of job " + std::to_string(spec.job) + " epoch " +
+                                 "ring_spec.axis: unknown ring '" + spec.axis + "' (\"\" | sp | fsdp | replica)");
+        if (spec.axis != "" && (!st.rings || spec.job != st.spec.job || spec.epoch != st.spec.epoch))
+          return caf::make_error(caf::sec::invalid_argument,
+                                 "ring_spec: an " + spec.axis + " ring of job " + std::to_string(spec.job) + " epoch " +
                                      std::to_string(spec.epoch) + " before its world ring");
         if (spec.transport != "inproc" && spec.transport != "ucx")
           return caf::make_error(caf::sec::invalid_argument,
@@ -304,9 +313,9 @@ device_actor::behavior_type Device(device_actor::stateful_pointer<DeviceState> s
           addr = t->address();
           made = std::move(t);
         }
-        if (spec.axis == "sp") {
-          if (st.rings.sp) st.rings.sp->Abort("re-formed into epoch " + std::to_string(spec.epoch));
-          st.rings.sp = std::move(made);
+        if (auto* slot = SubRing(st.rings, spec.axis)) {
+          if (*slot) (*slot)->Abort("re-formed into epoch " + std::to_string(spec.epoch));
+          *slot = std::move(made);
           return addr;
         }
         if (st.rings) st.rings.Abort("re-formed into epoch " + std::to_string(spec.epoch));
@@ -318,7 +327,8 @@ device_actor::behavior_type Device(device_actor::stateful_pointer<DeviceState> s
       [=](connect_atom, const std::string& axis, const std::string& prev,
           const std::string& next) -> caf::result<attention_report> {
         auto& st = self->state;
-        const std::shared_ptr<Transport>& t = axis == "sp" ? st.rings.sp : st.rings.world;
+        auto* slot = axis.empty() ? &st.rings.world : SubRing(st.rings, axis);
+        const std::shared_ptr<Transport> t = slot ? *slot : nullptr;
         if (!t) return caf::make_error(caf::sec::runtime_error, "connect of ring '" + axis + "' before its prepare");
         return self->delegate(st.lane, connect_atom::value, t, prev, next);
       },
@@ -381,8 +391,9 @@ kernels::Status FormOneRing(caf::actor_system& sys, const std::vector<device_act
   caf::scoped_actor self{sys};
   const int R = int(members.size());
   const uint64_t ring_id = AllocateRingId();
-  const std::string what = axis.empty() ? std::string("ring") : "sp ring of ranks " + std::to_string(members.front()) +
-                                                                   ".." + std::to_string(members.back());
+  std::string what = axis.empty() ? std::string("ring") : axis + " ring of ranks";
+  if (!axis.empty())
+    for (int m : members) what += " " + std::to_string(m);
   std::vector<std::string> addr(R);
   for (int r = 0; r < R; ++r) {
     ring_spec spec{job, epoch, r, R, transport, ring_id, axis};
@@ -423,19 +434,25 @@ kernels::Status FormOneRing(caf::actor_system& sys, const std::vector<device_act
 }  // namespace
 
 kernels::Status FormRing(caf::actor_system& sys, const std::vector<device_actor>& devices, uint64_t job,
-                         uint32_t epoch, const std::string& transport, int64_t sp) {
+                         uint32_t epoch, const std::string& transport, const runtime::Mesh& mesh) {
   const int R = int(devices.size());
   std::vector<int> all(R);
   for (int r = 0; r < R; ++r) all[r] = r;
   RW_RETURN_IF_ERROR(FormOneRing(sys, devices, all, job, epoch, transport, ""));
-  if (sp <= 0 || sp >= R) return kernels::Status::Ok();
-  RW_REQUIRE(R % sp == 0, "mesh: " << R << " devices do not divide into sp rings of " << sp);
-  // The groups' sp rings one after another (a group's ranks only wait on each other).
-  for (int g = 0; g < R / sp; ++g) {
-    std::vector<int> members(static_cast<size_t>(sp));
-    for (int i = 0; i < sp; ++i) members[i] = g * int(sp) + i;
-    RW_RETURN_IF_ERROR(FormOneRing(sys, devices, members, job, epoch, transport, "sp"));
-  }
+  if (mesh.world() != R) return kernels::Status::Ok();  // one ring of every device
+  // The sub-rings one after another (a ring's ranks only wait on each other).
+  if (mesh.sp < R)
+    for (int g = 0; g < mesh.data_groups(); ++g) {
+      std::vector<int> members(static_cast<size_t>(mesh.sp));
+      for (int i = 0; i < mesh.sp; ++i) members[i] = g * int(mesh.sp) + i;
+      RW_RETURN_IF_ERROR(FormOneRing(sys, devices, members, job, epoch, transport, "sp"));
+    }
+  if (mesh.fsdp > 1)
+    for (int r = 0; r < R; ++r) {  // each ring formed by its first member
+      if (mesh.fsdp_rank(r) == 0) RW_RETURN_IF_ERROR(FormOneRing(sys, devices, mesh.FsdpRing(r), job, epoch, transport, "fsdp"));
+      if (mesh.dp * mesh.sp > 1 && mesh.replica_rank(r) == 0)
+        RW_RETURN_IF_ERROR(FormOneRing(sys, devices, mesh.ReplicaRing(r), job, epoch, transport, "replica"));
+    }
   return kernels::Status::Ok();
 }
 

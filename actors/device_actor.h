@@ -11,6 +11,7 @@
 
 #include "actors/messages.h"
 #include "kernels/common.h"
+#include "runtime/mesh.h"
 
 namespace rw::actors {
 
@@ -18,7 +19,7 @@ using device_actor = caf::typed_actor<
     // Join a ring (the world ring, or a sub-ring of the mesh: ring_spec::axis): creates this rank's transport
     // endpoint; replies its address ("" for inproc).
     caf::replies_to<prepare_atom, ring_spec>::with<std::string>,
-    // Connect the ring of `axis` ("" or "sp") to the neighbours' addresses (ucx; a no-op for inproc);
+    // Connect the ring of `axis` ("", sp, fsdp or replica) to the neighbours' addresses (ucx; a no-op for inproc);
     // replies once the links work.
     caf::replies_to<connect_atom, std::string, std::string, std::string>::with<attention_report>,
     // Ring attention forward + backward over this rank's shard (local callers: memory they own).
@@ -46,10 +47,11 @@ device_actor SpawnDevice(caf::actor_system& sys, int device_index);
 uint64_t AllocateRingId();
 
 // Forms a ring over `devices` (rank = position): prepare on each, then connect each to its neighbours.
-// With `sp` below the device count (a mesh of several data groups), then also each group's sp ring over
-// ranks [g * sp, (g + 1) * sp). Blocking (a scoped actor); the error names the rank that failed.
+// With a mesh of these devices (mesh.world() == devices.size()), then also its sub-rings: each data
+// group's sp ring over ranks [g * sp, (g + 1) * sp) when there are several groups, and with fsdp > 1 the
+// fsdp and replica rings (runtime/mesh.h). Blocking (a scoped actor); the error names the rank that failed.
 kernels::Status FormRing(caf::actor_system& sys, const std::vector<device_actor>& devices, uint64_t job,
-                         uint32_t epoch, const std::string& transport, int64_t sp = 0);
+                         uint32_t epoch, const std::string& transport, const runtime::Mesh& mesh = {});
 
 // Set (e.g. by a SIGTERM handler) to preempt the training runs of this process's devices: they agree on a
 // step, commit a checkpoint and report stopped.

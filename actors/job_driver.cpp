@@ -52,10 +52,11 @@ Status PlanRing(const runtime::JobConfig& job, int64_t start_step, int available
 }
 
 RingOutcome RunRing(caf::actor_system& sys, const std::vector<device_actor>& devices, uint64_t job, uint32_t epoch,
-                    const std::string& transport, train_task task, const RingHooks& hooks, int64_t sp) {
+                    const std::string& transport, train_task task, const RingHooks& hooks,
+                    const runtime::Mesh& mesh) {
   RingOutcome out;
   const int R = int(devices.size());
-  Status st = FormRing(sys, devices, job, epoch, transport, sp);
+  Status st = FormRing(sys, devices, job, epoch, transport, mesh);
   if (!st.ok()) {
     out.error = st.message();
     out.lost = true;  // a device that cannot join is as good as lost: the caller re-plans without it
@@ -241,7 +242,7 @@ JobOutcome DriveJob(caf::actor_system& sys, const JobRun& run, DevicePool& pool,
     task.stop_at_step = plan.stop_at_step;
     task.resume_max_step = start;
     task.resume_checkpoint = resume;
-    const RingOutcome out = RunRing(sys, ring.devices, run.number, epoch, ring.transport, task, hooks, plan.mesh.sp);
+    const RingOutcome out = RunRing(sys, ring.devices, run.number, epoch, ring.transport, task, hooks, plan.mesh);
     pool.Stopping(out.stopping_ranks);
     res.steps = std::max(res.steps, out.steps);
     const JobSink::Interrupt after = sink.Interrupted();

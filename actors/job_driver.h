@@ -65,9 +65,10 @@ struct RingOutcome {
 // Forms a ring over `devices` (rank = position) with a new epoch and runs `task` on it (its reporter is
 // replaced by this driver) until every rank has reported. Devices are monitored: a lost one aborts the
 // ring. Blocking; uses a scoped actor of `sys`.
-// `sp`: the mesh's sp ring size (0 or devices.size(): one ring).
+// `mesh`: of the devices (its sub-rings are formed too); another world size: one ring of every device.
 RingOutcome RunRing(caf::actor_system& sys, const std::vector<device_actor>& devices, uint64_t job, uint32_t epoch,
-                    const std::string& transport, train_task task, const RingHooks& hooks, int64_t sp = 0);
+                    const std::string& transport, train_task task, const RingHooks& hooks,
+                    const runtime::Mesh& mesh = {});
 
 // ---- A job's life over rings: the one driver of `ringworld train` and of the daemon ----
 //

@@ -1,6 +1,7 @@
 #include "runtime/inproc_transport.h"
 
 #include <cstring>
+#include <map>
 
 #include "runtime/crc32c.h"
 
@@ -120,6 +121,30 @@ void InprocFabric::Abort(int rank, const std::string& reason) {
 void InprocFabric::CorruptNextMessageTo(int rank) {
   std::lock_guard<std::mutex> lock(channels_[rank]->mu);
   channels_[rank]->corrupt_next = true;
+}
+
+std::vector<RankRings> InprocMesh(const Mesh& mesh, TransportOptions options) {
+  const int W = int(mesh.world());
+  auto world = InprocFabric::Create(W, options);
+  std::vector<RankRings> rings(static_cast<size_t>(W));
+  // A sub-ring's fabric is made by its first member and found by the others through it.
+  std::map<int, std::shared_ptr<InprocFabric>> sp, fsdp, replica;
+  auto endpoint = [&](std::map<int, std::shared_ptr<InprocFabric>>& fabrics, int first, int size, int at) {
+    auto& f = fabrics[first];
+    if (!f) f = InprocFabric::Create(size, options);
+    return f->Endpoint(at);
+  };
+  for (int r = 0; r < W; ++r) {
+    RankRings& x = rings[size_t(r)];
+    x.world = world->Endpoint(r);
+    if (mesh.sp < W) x.sp = endpoint(sp, int(mesh.group_of(r) * mesh.sp), int(mesh.sp), int(mesh.sp_rank(r)));
+    if (mesh.fsdp > 1) {
+      x.fsdp = endpoint(fsdp, mesh.FsdpRing(r).front(), int(mesh.fsdp), int(mesh.fsdp_rank(r)));
+      if (mesh.dp * mesh.sp > 1)
+        x.replica = endpoint(replica, mesh.ReplicaRing(r).front(), int(mesh.dp * mesh.sp), int(mesh.replica_rank(r)));
+    }
+  }
+  return rings;
 }
 
 void InprocFabric::MoverLoop(int rank) {

@@ -10,6 +10,7 @@
 #include <thread>
 #include <vector>
 
+#include "runtime/mesh.h"
 #include "runtime/transport.h"
 
 namespace rw::runtime {
@@ -60,5 +61,10 @@ class InprocFabric : public std::enable_shared_from_this<InprocFabric> {
   TransportOptions options_;
   std::vector<std::unique_ptr<Channel>> channels_;
 };
+
+// Every rank's rings of a mesh whose ranks are threads of this process: a fabric for the world ring and one
+// for each sub-ring the mesh has (runtime/mesh.h: sp rings when there are several data groups, fsdp and
+// replica rings when fsdp > 1). Aborting any rank's rings aborts those fabrics for every member.
+std::vector<RankRings> InprocMesh(const Mesh& mesh, TransportOptions options = {});
 
 }  // namespace rw::runtime

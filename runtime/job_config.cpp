@@ -88,7 +88,8 @@ const std::vector<Setting<JobConfig>>& JobTable() {
        RW_FIELD(JobConfig, int64_t, j.ring.threads_per_device)},
       {"mesh.dp", "data-parallel replicas (each runs its share of the batch's sequences on its own sp ring)",
        RW_FIELD(JobConfig, int64_t, j.mesh.dp)},
-      {"mesh.fsdp", "data-parallel ranks that will shard the weights (ZeRO-3, not yet: today replicas like dp)",
+      {"mesh.fsdp", "data-parallel ranks that shard the weights, their gradients and AdamW's moments (ZeRO-3; "
+                    "optimizer.shard is then implied); every stage's batch a multiple of dp x fsdp",
        RW_FIELD(JobConfig, int64_t, j.mesh.fsdp)},
       {"mesh.sp", "ranks in a sequence ring (0: the stage's devices / (dp x fsdp))", RW_FIELD(JobConfig, int64_t, j.mesh.sp)},
       {"checkpoint.dir", "checkpoint directory (empty: none)", RW_FIELD(JobConfig, std::string, j.checkpoint.dir)},
@@ -256,6 +257,13 @@ Status JobConfig::StageMesh(size_t i, int64_t devices, Mesh* out) const {
   std::string why;
   auto valid = [&](int64_t dp) {
     if (devices % (dp * mesh.fsdp) != 0) return false;
+    if (mesh.fsdp > 1 && stages[i].batch % (dp * mesh.fsdp) != 0) {  // the shards' collectives pair up per sequence
+      if (why.empty())
+        why = at + ".batch: " + std::to_string(stages[i].batch) + " sequences do not split evenly over " +
+              std::to_string(dp * mesh.fsdp) + " data groups (dp " + std::to_string(dp) + " x fsdp " +
+              std::to_string(mesh.fsdp) + "; with weights sharded every group runs as many)";
+      return false;
+    }
     const Mesh m{dp, mesh.fsdp, devices / (dp * mesh.fsdp)};
     Layout lay;
     Status st = Layout::Make(kind, stages[i].seq_len, int(m.sp), &lay);
@@ -334,6 +342,8 @@ Status JobConfig::Validate() const {
   RW_REQUIRE(mesh.sp == 0 || mesh.dp * mesh.fsdp * mesh.sp == ring.devices,
              "mesh.sp: dp " << mesh.dp << " x fsdp " << mesh.fsdp << " x sp " << mesh.sp << " = "
                             << mesh.dp * mesh.fsdp * mesh.sp << ", not ring.devices = " << ring.devices);
+  RW_REQUIRE(mesh.fsdp == 1 || !model.tie_word_embeddings,
+             "mesh.fsdp: tied embeddings (model.tie_word_embeddings) are not sharded yet; use mesh.fsdp 1");
   RW_REQUIRE(!stages.empty(), "stages: a job needs at least one stage");
   for (size_t i = 0; i < stages.size(); ++i) {
     const auto& s = stages[i];
@@ -356,6 +366,9 @@ Status JobConfig::Validate() const {
     RW_REQUIRE(s.batch >= 1, at << ".batch: must be >= 1, got " << s.batch);
     RW_REQUIRE(s.batch >= mesh.dp * mesh.fsdp, at << ".batch: " << s.batch << " sequences leave some of the mesh's "
                                                  << mesh.dp * mesh.fsdp << " data groups (dp x fsdp) without one");
+    RW_REQUIRE(mesh.fsdp == 1 || s.batch % (mesh.dp * mesh.fsdp) == 0,
+               at << ".batch: " << s.batch << " sequences do not split evenly over the mesh's " << mesh.dp * mesh.fsdp
+                  << " data groups (with mesh.fsdp > 1 every group runs as many: the shards' collectives pair up)");
   }
   RW_REQUIRE(checkpoint.every_steps >= 0, "checkpoint.every_steps: must be >= 0, got " << checkpoint.every_steps);
   RW_REQUIRE(checkpoint.keep >= 1, "checkpoint.keep: must be >= 1, got " << checkpoint.keep);

@@ -70,18 +70,19 @@ RankMemory RankMemoryOf(const JobConfig& job, int64_t S, int64_t ring, int64_t f
     r.comm = ring > 1 ? 4 * (P / ring + 1) : 0;
     r.snapshot = job.checkpoint.dir.empty() ? 0 : 12 * P;
   } else {
-    // ZeRO-3 over fsdp: 1/fsdp of master, gradients and moments; the compute weights of two layers gathered
-    // (the one in use, the next in flight), or of the embedding / lm_head when those run; one unit's full
-    // fp32 gradient before its reduce-scatter.
+    // ZeRO-3 over fsdp (runtime/fsdp.h): 1/fsdp of every unit's master weights, gradients and moments; the
+    // unit in use gathered whole in fp32 (and its bf16 copy), its whole fp32 gradient before the
+    // reduce-scatter; the reduce-scatter's receive chunk, and the replica ring's (`ring` ranks hold the same
+    // shard) all-reduce chunk. Rank 0 gathers the whole model for a checkpoint.
     const int64_t layer = 2 * s.E + 2 * s.E * s.HQ + 2 * s.E * s.HK + 3 * s.E * s.F;  // a layer's parameters
-    const int64_t head = s.V * s.E;
+    const int64_t head = s.V * s.E + s.E;
     const int64_t unit = std::max(layer, head);
-    const int64_t shard = (P + fsdp - 1) / fsdp;
-    r.weights = 4 * shard + (bf16 ? 2 * shard : 0) + std::max(2 * layer, head) * b;
+    const int64_t shard = P / fsdp + int64_t(table.Units().size());  // each unit's chunk, rounded up
+    r.weights = 4 * shard + 4 * unit + (bf16 ? 2 * unit : 0);
     r.gradients = 4 * shard + 4 * unit;
     r.optimizer = 8 * shard;
     r.comm = 4 * (unit / fsdp + 1) + (ring > 1 ? 4 * (shard / ring + 1) : 0);
-    r.snapshot = job.checkpoint.dir.empty() ? 0 : 12 * shard;
+    r.snapshot = job.checkpoint.dir.empty() ? 0 : 12 * P;
   }
   const WorkspaceBytes none = ModelWorkspaceBytes(m, S, bf16, false), layer = ModelWorkspaceBytes(m, S, bf16, true);
   r.activations_no_remat = none.activations;
@@ -152,7 +153,10 @@ Status PlanMemory(const JobConfig& job, const MemoryPlanOptions& opt, MemoryPlan
     sp.rows = sp.seq_len / sp.mesh.sp;
     auto threads_for = [&](int64_t ring) { return opt.threads > 0 ? opt.threads : int64_t(RankThreads(job, ring)); };
     const int64_t batch = job.stages[i].batch;
-    sp.rank = RankMemoryOf(job, sp.rows, R, 1, threads_for(R), batch);
+    // Under fsdp the replica ring (dp x sp ranks holding the same shard) is the all-reduce's.
+    sp.rank = job.mesh.fsdp > 1
+                  ? RankMemoryOf(job, sp.rows, sp.mesh.dp * sp.mesh.sp, sp.mesh.fsdp, threads_for(R), batch)
+                  : RankMemoryOf(job, sp.rows, R, 1, threads_for(R), batch);
     sp.rank.snapshot_on_device = on_device;
     if (opt.device_memory > 0 && sp.rank.total() > opt.device_memory) {
       sp.fits = false;
@@ -242,7 +246,7 @@ std::string FormatMemoryPlan(const MemoryPlan& plan, const MemoryPlanOptions& op
     if (s.mesh.data_groups() > 1) {
       os << "mesh (dp x fsdp x sp) of each stage:";
       for (const auto& t : plan.stages) os << " " << t.stage << ": " << t.mesh.ToString() << (&t == &plan.stages.back() ? "" : ";");
-      os << " (fsdp holds replicas until ZeRO-3 runs).\n";
+      os << ".\n";
       break;
     }
   os << "acts alt: the activations under remat " << (plan.remat == "layer" ? "none" : "layer")
@@ -262,7 +266,7 @@ std::string FormatMemoryPlan(const MemoryPlan& plan, const MemoryPlanOptions& op
                     "sp %lld (%lld devices, %.2f GiB a device)%s\n",
                     (long long)s.stage, gib(s.rank.total()), gib(opt.device_memory), (long long)s.fit_fsdp,
                     (long long)s.fit_sp, (long long)(s.fit_fsdp * s.fit_sp), gib(s.fit_rank.total()),
-                    s.fit_fsdp > 1 ? ": weights sharded over fsdp (ZeRO-3), which RingWorld does not run yet" : "");
+                    s.fit_fsdp > 1 ? ": weights sharded over fsdp (ZeRO-3): set mesh.fsdp" : "");
       os << line;
     }
   }

@@ -21,12 +21,12 @@
 // CPU the process's resident peak is these figures plus a baseline of about 0.15-0.25 GiB
 // (docs/BENCHMARKS.md compares the two).
 //
-// Meshes. Today every rank holds the whole model (dp and fsdp members alike), a data group's sp ring splits
-// its sequences, and AdamW's moments are whole or, under optimizer.shard, 1/devices of them (ZeRO-1 over the
-// world ring). When a stage does
-// not fit, the plan also says which (fsdp, sp) mesh would, with the weights, gradients and moments sharded
-// over fsdp as ZeRO-3 does (each rank 1/fsdp of them; a layer's compute weights gathered before use, the
-// next layer's gather in flight), so the user sees what the model needs; fsdp > 1 does not run yet.
+// Meshes. A data group's sp ring splits its sequences. With mesh.fsdp 1 every rank holds the whole model
+// and AdamW's moments whole or, under optimizer.shard, 1/devices of them (ZeRO-1 over the world ring); with
+// fsdp > 1 the weights, gradients and moments are sharded over fsdp (ZeRO-3, runtime/fsdp.h: each rank
+// 1/fsdp of them and one unit gathered whole at a time). When a stage does not fit, the plan also says
+// which (fsdp, sp) mesh would. Not counted under fsdp: initialization and a resume read the whole model
+// into host memory before each rank keeps its shard (4 bytes a parameter; 12 on a resume).
 #pragma once
 
 #include <cstdint>

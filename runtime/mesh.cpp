@@ -14,17 +14,35 @@ void Mesh::GroupSequences(int64_t batch, int64_t g, int64_t* lo, int64_t* hi) co
   *hi = *lo + base + (g < extra ? 1 : 0);
 }
 
-void RankRings::Abort(const std::string& reason) const {
-  if (world) world->Abort(reason);
-  if (sp) sp->Abort(reason);
+std::vector<int> Mesh::FsdpRing(int64_t rank) const {
+  std::vector<int> r;
+  for (int64_t f = 0; f < fsdp; ++f) r.push_back(int((dp_rank(rank) * fsdp + f) * sp + sp_rank(rank)));
+  return r;
 }
 
-bool RankRings::aborted() const { return (world && world->aborted()) || (sp && sp->aborted()); }
+std::vector<int> Mesh::ReplicaRing(int64_t rank) const {
+  std::vector<int> r;
+  for (int64_t d = 0; d < dp; ++d)
+    for (int64_t s = 0; s < sp; ++s) r.push_back(int((d * fsdp + fsdp_rank(rank)) * sp + s));
+  return r;
+}
+
+void RankRings::Abort(const std::string& reason) const {
+  for (const auto* t : {&world, &sp, &fsdp, &replica})
+    if (*t) (*t)->Abort(reason);
+}
+
+bool RankRings::aborted() const {
+  for (const auto* t : {&world, &sp, &fsdp, &replica})
+    if (*t && (*t)->aborted()) return true;
+  return false;
+}
 
 TransportStats RankRings::stats() const {
-  TransportStats s = world ? world->stats() : TransportStats{};
-  if (sp) {
-    const TransportStats o = sp->stats();
+  TransportStats s;
+  for (const auto* t : {&world, &sp, &fsdp, &replica}) {
+    if (!*t) continue;
+    const TransportStats o = (*t)->stats();
     s.bytes_sent += o.bytes_sent;
     s.messages_sent += o.messages_sent;
     s.stale_dropped += o.stale_dropped;

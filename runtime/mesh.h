@@ -25,6 +25,13 @@ struct Mesh {
   int64_t data_groups() const { return dp * fsdp; }
   int64_t group_of(int64_t rank) const { return rank / sp; }  // the data group (dp-major, then fsdp)
   int64_t sp_rank(int64_t rank) const { return rank % sp; }
+  int64_t fsdp_rank(int64_t rank) const { return group_of(rank) % fsdp; }
+  int64_t dp_rank(int64_t rank) const { return group_of(rank) / fsdp; }
+  // The world ranks of `rank`'s fsdp ring (same dp and sp position, fsdp 0 .. fsdp-1; it is at fsdp_rank)
+  // and of its replica ring (same fsdp position: dp-major, then sp; it is at replica_rank).
+  std::vector<int> FsdpRing(int64_t rank) const;
+  std::vector<int> ReplicaRing(int64_t rank) const;
+  int64_t replica_rank(int64_t rank) const { return dp_rank(rank) * sp + sp_rank(rank); }
   bool operator==(const Mesh& o) const { return dp == o.dp && fsdp == o.fsdp && sp == o.sp; }
   bool operator!=(const Mesh& o) const { return !(*this == o); }
   std::string ToString() const;  // "dp 2 x fsdp 1 x sp 4"
@@ -34,10 +41,13 @@ struct Mesh {
 };
 
 // The rings one rank talks over. `sp` is null when the mesh is one ring (sp = world): then every use of
-// the sp ring goes to `world`.
+// the sp ring goes to `world`. With fsdp > 1 (sharded weights): the rank's fsdp ring (the shards of every
+// weight: gathers and reduce-scatters) and its replica ring (the ranks holding the same shard: the shard's
+// gradient sum).
 struct RankRings {
   std::shared_ptr<Transport> world;
   std::shared_ptr<Transport> sp;
+  std::shared_ptr<Transport> fsdp, replica;
   Transport& world_ring() const { return *world; }
   Transport& sp_ring() const { return sp ? *sp : *world; }
   explicit operator bool() const { return world != nullptr; }

@@ -69,6 +69,14 @@ ParamTable::ParamTable(const ModelConfig& c) {
   lm_head = c.tie_word_embeddings ? embed : Add("lm_head.weight", {c.vocab_size, E});
 }
 
+std::vector<ParamTable::Range> ParamTable::Units() const {
+  std::vector<Range> u;
+  u.push_back({embed, layers.empty() ? final_norm : layers[0].in_norm});
+  for (size_t l = 0; l < layers.size(); ++l) u.push_back({layers[l].in_norm, l + 1 < layers.size() ? layers[l + 1].in_norm : final_norm});
+  u.push_back({final_norm, total_});
+  return u;
+}
+
 const ParamInfo* ParamTable::Find(const std::string& name) const {
   for (const auto& t : tensors_)
     if (t.name == name) return &t;
@@ -184,7 +192,7 @@ Dims DimsOf(const ModelConfig& c, int64_t S) {
 Status CheckExec(const ModelExec& mx) {
   RW_REQUIRE(mx.precision == DType::kF32 || mx.precision == DType::kBF16,
              "precision: the model runs in f32 or bf16, got " << kernels::DTypeName(mx.precision));
-  RW_REQUIRE(mx.precision == DType::kF32 || mx.compute_params,
+  RW_REQUIRE(mx.precision == DType::kF32 || mx.compute_params || mx.units,
              "precision: bf16 needs the bf16 copy of the parameters (ModelExec::compute_params)");
   return Status::Ok();
 }
@@ -192,9 +200,34 @@ Status CheckExec(const ModelExec& mx) {
 // The rank's device and threads: every op of the model runs on its backend.
 Exec ExecOf(const ModelExec& mx) { return Exec{mx.device, mx.num_threads}; }
 
+// A unit's weights (and gradients) by table offset: the whole vectors when they are replicated, the unit's
+// gathered buffers when they are sharded (ModelExec::units).
+struct Wts {
+  const float* p = nullptr;
+  const kernels::bf16* c = nullptr;
+  float* g = nullptr;
+  size_t begin = 0;
+  const float* P(size_t off) const { return p + (off - begin); }
+  float* G(size_t off) const { return g + (off - begin); }
+};
+
+// Unit u's weights (with a gradient buffer when `grads`): asked of the unit source, or the whole vectors.
+Status UnitOf(const ModelExec& mx, const float* P, float* G, int u, bool grads, Wts* out) {
+  if (!mx.units) {
+    *out = Wts{P, mx.compute_params, G, 0};
+    return Status::Ok();
+  }
+  UnitSource::Unit x;
+  RW_RETURN_IF_ERROR(mx.units->Acquire(u, grads, &x));
+  *out = Wts{x.params, x.compute, x.grads, x.begin};
+  return Status::Ok();
+}
+
+Status UnitDone(const ModelExec& mx, int u) { return mx.units ? mx.units->GradReady(u) : Status::Ok(); }
+
 // The weights a GEMM reads: the bf16 compute copy under mixed precision, the fp32 master otherwise.
-View Gemm(const ModelExec& mx, const float* P, size_t offset) {
-  return mx.precision == DType::kBF16 ? View(mx.compute_params + offset) : View(P + offset);
+View Gemm(const ModelExec& mx, const Wts& w, size_t offset) {
+  return mx.precision == DType::kBF16 ? View(w.c + (offset - w.begin)) : View(w.P(offset));
 }
 
 Status CheckBatch(const ModelConfig& c, const ShardBatch& b) {
@@ -250,7 +283,7 @@ Status ProjectRotate(const Exec& ex, const ModelExec& mx, const ModelConfig& c, 
 }
 
 // One layer's forward: x (S, E) in, x out; fills a's activations (the backward's inputs).
-Status LayerForward(Transport& t, const ModelConfig& c, const ParamTable& tb, const ModelExec& mx, const float* P,
+Status LayerForward(Transport& t, const ModelConfig& c, const ParamTable& tb, const ModelExec& mx, const Wts& P,
                     const ShardBatch& b, int64_t l, std::vector<float>& x, LayerActs& a, Work& w) {
   const Dims d = DimsOf(c, int64_t(b.tokens.size()));
   const Exec ex = ExecOf(mx);
@@ -258,7 +291,7 @@ Status LayerForward(Transport& t, const ModelConfig& c, const ParamTable& tb, co
   a.x_in = x;
   a.rstd1.resize(d.S);
   a.h1.Resize(d.S * d.E, mx.precision);
-  RW_RETURN_IF_ERROR(kernels::RmsNormForward(ex, d.S, d.E, x.data(), P + L.in_norm, c.rms_norm_eps, a.h1.view(),
+  RW_RETURN_IF_ERROR(kernels::RmsNormForward(ex, d.S, d.E, x.data(), P.P(L.in_norm), c.rms_norm_eps, a.h1.view(),
                                              a.rstd1.data()));
   RW_RETURN_IF_ERROR(ProjectRotate(ex, mx, c, b, d.S, d.E, d.H, d.D, a.h1.view(), Gemm(mx, P, L.q), a.q, w.rot));
   RW_RETURN_IF_ERROR(ProjectRotate(ex, mx, c, b, d.S, d.E, d.HKV, d.D, a.h1.view(), Gemm(mx, P, L.k), a.k, w.rot));
@@ -276,7 +309,7 @@ Status LayerForward(Transport& t, const ModelConfig& c, const ParamTable& tb, co
   a.x_mid = x;
   a.rstd2.resize(d.S);
   a.h2.Resize(d.S * d.E, mx.precision);
-  RW_RETURN_IF_ERROR(kernels::RmsNormForward(ex, d.S, d.E, x.data(), P + L.post_norm, c.rms_norm_eps, a.h2.view(),
+  RW_RETURN_IF_ERROR(kernels::RmsNormForward(ex, d.S, d.E, x.data(), P.P(L.post_norm), c.rms_norm_eps, a.h2.view(),
                                              a.rstd2.data()));
   RW_RETURN_IF_ERROR(kernels::FfnForward(ex, d.S, d.E, d.F, a.h2.view(),
                                          {Gemm(mx, P, L.gate), Gemm(mx, P, L.up), Gemm(mx, P, L.down)}, w.o.data()));
@@ -290,13 +323,19 @@ Status RunForward(Transport& t, const ModelConfig& c, const ParamTable& tb, cons
   RW_RETURN_IF_ERROR(CheckExec(mx));
   const Dims d = DimsOf(c, int64_t(b.tokens.size()));
   w.x.assign(d.S * d.E, 0.f);
-  RW_RETURN_IF_ERROR(kernels::EmbeddingForward(ExecOf(mx), d.S, d.E, d.V, b.tokens.data(), P + tb.embed, w.x.data()));
+  {
+    Wts E;
+    RW_RETURN_IF_ERROR(UnitOf(mx, P, nullptr, 0, false, &E));
+    RW_RETURN_IF_ERROR(kernels::EmbeddingForward(ExecOf(mx), d.S, d.E, d.V, b.tokens.data(), E.P(tb.embed), w.x.data()));
+  }
   if (keep && w.acts.size() != size_t(c.num_hidden_layers)) w.acts.resize(size_t(c.num_hidden_layers));
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
     const bool whole = keep && !mx.remat_layers;
     LayerActs& a = whole ? w.acts[l] : w.scratch;
     if (keep && mx.remat_layers) w.acts[l].x_in = w.x;  // what the backward recomputes the layer from
-    RW_RETURN_IF_ERROR(LayerForward(t, c, tb, mx, P, b, l, w.x, a, w));
+    Wts W;
+    RW_RETURN_IF_ERROR(UnitOf(mx, P, nullptr, int(1 + l), false, &W));
+    RW_RETURN_IF_ERROR(LayerForward(t, c, tb, mx, W, b, l, w.x, a, w));
     if (kv) {
       kv->k[l] = a.k.f;
       kv->v[l] = a.v.f;
@@ -318,10 +357,12 @@ Status Forward(Transport& t, const ModelConfig& c, const ParamTable& tb, const M
   w.hf.Resize(d.S * d.E, mx.precision);
   w.rstd.resize(d.S);
   w.loss.resize(d.S);
-  RW_RETURN_IF_ERROR(kernels::RmsNormForward(ex, d.S, d.E, w.x.data(), P + tb.final_norm, c.rms_norm_eps, w.hf.view(),
+  Wts H;
+  RW_RETURN_IF_ERROR(UnitOf(mx, P, nullptr, int(c.num_hidden_layers + 1), false, &H));
+  RW_RETURN_IF_ERROR(kernels::RmsNormForward(ex, d.S, d.E, w.x.data(), H.P(tb.final_norm), c.rms_norm_eps, w.hf.view(),
                                              w.rstd.data()));
   double sum = 0;
-  RW_RETURN_IF_ERROR(kernels::CrossEntropyForward(ex, d.S, d.E, d.V, w.hf.view(), Gemm(mx, P, tb.lm_head),
+  RW_RETURN_IF_ERROR(kernels::CrossEntropyForward(ex, d.S, d.E, d.V, w.hf.view(), Gemm(mx, H, tb.lm_head),
                                                   b.targets.data(), b.weights.data(), w.loss.data(), &sum));
   *loss_sum += sum;
   return Status::Ok();
@@ -341,18 +382,20 @@ Status Prefill(Transport& t, const ModelConfig& c, const ParamTable& tb, const M
   RW_RETURN_IF_ERROR(RunForward(t, c, tb, mx, P, b, w, false, cache));
   hidden->resize(d.S * d.E);
   w.rstd.resize(d.S);
-  return kernels::RmsNormForward(ExecOf(mx), d.S, d.E, w.x.data(), P + tb.final_norm, c.rms_norm_eps, hidden->data(),
+  Wts H;
+  RW_RETURN_IF_ERROR(UnitOf(mx, P, nullptr, int(c.num_hidden_layers + 1), false, &H));
+  return kernels::RmsNormForward(ExecOf(mx), d.S, d.E, w.x.data(), H.P(tb.final_norm), c.rms_norm_eps, hidden->data(),
                                  w.rstd.data());
 }
 
-Status ForwardBackward(Transport& t, const ModelConfig& c, const ParamTable& tb, const ModelExec& mx, const float* P,
-                       const ShardBatch& b, float loss_scale, float* G, double* loss_sum) {
+Status ForwardBackward(Transport& t, const ModelConfig& c, const ParamTable& tb, const ModelExec& mx, const float* P0,
+                       const ShardBatch& b, float loss_scale, float* G0, double* loss_sum) {
   RW_RETURN_IF_ERROR(CheckBatch(c, b));
   const Dims d = DimsOf(c, int64_t(b.tokens.size()));
   const Exec ex = ExecOf(mx);
   WorkOf wo(mx);
   Work& w = *wo.w;
-  RW_RETURN_IF_ERROR(RunForward(t, c, tb, mx, P, b, w, true));
+  RW_RETURN_IF_ERROR(RunForward(t, c, tb, mx, P0, b, w, true));
 
   // Loss head: final norm, lm_head, cross-entropy (blockwise inside the kernel).
   w.hf.Resize(d.S * d.E, mx.precision);
@@ -363,21 +406,27 @@ Status ForwardBackward(Transport& t, const ModelConfig& c, const ParamTable& tb,
   w.dk.resize(d.S * d.HKD);
   w.dv.resize(d.S * d.HKD);
   float *const dhf = w.dhf.data(), *const dx = w.dx.data(), *const dh = w.dh.data(), *const tmp = w.tmp.data();
-  RW_RETURN_IF_ERROR(kernels::RmsNormForward(ex, d.S, d.E, w.x.data(), P + tb.final_norm, c.rms_norm_eps, w.hf.view(),
+  const int head = int(c.num_hidden_layers + 1);
+  Wts H;
+  RW_RETURN_IF_ERROR(UnitOf(mx, P0, G0, head, true, &H));
+  RW_RETURN_IF_ERROR(kernels::RmsNormForward(ex, d.S, d.E, w.x.data(), H.P(tb.final_norm), c.rms_norm_eps, w.hf.view(),
                                              w.rstd.data()));
   double sum = 0;
-  RW_RETURN_IF_ERROR(kernels::CrossEntropyForward(ex, d.S, d.E, d.V, w.hf.view(), Gemm(mx, P, tb.lm_head),
+  RW_RETURN_IF_ERROR(kernels::CrossEntropyForward(ex, d.S, d.E, d.V, w.hf.view(), Gemm(mx, H, tb.lm_head),
                                                   b.targets.data(), b.weights.data(), w.loss.data(), &sum));
   *loss_sum += sum;
-  RW_RETURN_IF_ERROR(kernels::CrossEntropyBackward(ex, d.S, d.E, d.V, w.hf.view(), Gemm(mx, P, tb.lm_head),
+  RW_RETURN_IF_ERROR(kernels::CrossEntropyBackward(ex, d.S, d.E, d.V, w.hf.view(), Gemm(mx, H, tb.lm_head),
                                                    b.targets.data(), b.weights.data(), loss_scale, dhf,
-                                                   G + tb.lm_head));
-  RW_RETURN_IF_ERROR(kernels::RmsNormBackward(ex, d.S, d.E, w.x.data(), P + tb.final_norm, w.rstd.data(), dhf, dx,
-                                              G + tb.final_norm));
+                                                   H.G(tb.lm_head)));
+  RW_RETURN_IF_ERROR(kernels::RmsNormBackward(ex, d.S, d.E, w.x.data(), H.P(tb.final_norm), w.rstd.data(), dhf, dx,
+                                              H.G(tb.final_norm)));
+  RW_RETURN_IF_ERROR(UnitDone(mx, head));
 
   for (int64_t l = c.num_hidden_layers - 1; l >= 0; --l) {
     const auto& L = tb.layers[l];
     LayerActs& a = mx.remat_layers ? w.scratch : w.acts[l];
+    Wts P;
+    RW_RETURN_IF_ERROR(UnitOf(mx, P0, G0, int(1 + l), true, &P));
     if (mx.remat_layers) {  // recompute this layer's activations from its input (same ops, same bits)
       w.x_again = w.acts[l].x_in;
       RW_RETURN_IF_ERROR(LayerForward(t, c, tb, mx, P, b, l, w.x_again, a, w));
@@ -385,15 +434,15 @@ Status ForwardBackward(Transport& t, const ModelConfig& c, const ParamTable& tb,
     // x_out = x_mid + mlp(norm2(x_mid))
     RW_RETURN_IF_ERROR(kernels::FfnBackward(ex, d.S, d.E, d.F, a.h2.view(),
                                             {Gemm(mx, P, L.gate), Gemm(mx, P, L.up), Gemm(mx, P, L.down)}, dx, dh,
-                                            {G + L.gate, G + L.up, G + L.down}));
-    RW_RETURN_IF_ERROR(kernels::RmsNormBackward(ex, d.S, d.E, a.x_mid.data(), P + L.post_norm, a.rstd2.data(), dh,
-                                                tmp, G + L.post_norm));
+                                            {P.G(L.gate), P.G(L.up), P.G(L.down)}));
+    RW_RETURN_IF_ERROR(kernels::RmsNormBackward(ex, d.S, d.E, a.x_mid.data(), P.P(L.post_norm), a.rstd2.data(), dh,
+                                                tmp, P.G(L.post_norm)));
     RW_RETURN_IF_ERROR(kernels::AddInto(ex, d.S * d.E, tmp, dx));  // dx is now d x_mid
     // x_mid = x_in + o_proj(attention(rope(q), rope(k), v))
     // The attention's dout, written straight in the activation dtype.
     w.d_attn_op.Resize(size_t(d.S * d.HQD), mx.precision);
     RW_RETURN_IF_ERROR(kernels::LinearBackward(ex, d.S, d.HQD, d.E, a.attn.data(), Gemm(mx, P, L.o), dx,
-                                               w.d_attn_op.view(), G + L.o));
+                                               w.d_attn_op.view(), P.G(L.o)));
     RingShard sh{a.q.data(), a.k.data(), a.v.data(), b.index.data(), b.segments.data()};
     RingStats rs;
     RW_RETURN_IF_ERROR(RingAttentionBackward(t, AttnConfig(c, mx, d.S, l, w), sh, a.attn.data(), a.lse.data(),
@@ -404,20 +453,24 @@ Status ForwardBackward(Transport& t, const ModelConfig& c, const ParamTable& tb,
     RW_RETURN_IF_ERROR(kernels::Rope(ex, d.S, d.HKV, d.D, kernels::Dense3(w.dk.data(), d.HKV, d.D),
                                      kernels::Dense3(w.dk.data(), d.HKV, d.D), b.positions.data(), c.rope_theta, true));
     RW_RETURN_IF_ERROR(kernels::LinearBackward(ex, d.S, d.E, d.HQD, a.h1.view(), Gemm(mx, P, L.q), w.dq.data(), dh,
-                                               G + L.q));
+                                               P.G(L.q)));
     RW_RETURN_IF_ERROR(kernels::LinearBackward(ex, d.S, d.E, d.HKD, a.h1.view(), Gemm(mx, P, L.k), w.dk.data(), tmp,
-                                               G + L.k));
+                                               P.G(L.k)));
     RW_RETURN_IF_ERROR(kernels::AddInto(ex, d.S * d.E, tmp, dh));
     RW_RETURN_IF_ERROR(kernels::LinearBackward(ex, d.S, d.E, d.HKD, a.h1.view(), Gemm(mx, P, L.v), w.dv.data(), tmp,
-                                               G + L.v));
+                                               P.G(L.v)));
     RW_RETURN_IF_ERROR(kernels::AddInto(ex, d.S * d.E, tmp, dh));
     const std::vector<float>& x_in = mx.remat_layers ? w.acts[l].x_in : a.x_in;
-    RW_RETURN_IF_ERROR(kernels::RmsNormBackward(ex, d.S, d.E, x_in.data(), P + L.in_norm, a.rstd1.data(), dh, tmp,
-                                                G + L.in_norm));
+    RW_RETURN_IF_ERROR(kernels::RmsNormBackward(ex, d.S, d.E, x_in.data(), P.P(L.in_norm), a.rstd1.data(), dh, tmp,
+                                                P.G(L.in_norm)));
     RW_RETURN_IF_ERROR(kernels::AddInto(ex, d.S * d.E, tmp, dx));  // dx is now d x_in
+    RW_RETURN_IF_ERROR(UnitDone(mx, int(1 + l)));
   }
   // Embedding rows: a scatter-add in token order (deterministic).
-  return kernels::EmbeddingBackward(ex, d.S, d.E, d.V, b.tokens.data(), dx, G + tb.embed);
+  Wts E;
+  RW_RETURN_IF_ERROR(UnitOf(mx, P0, G0, 0, true, &E));
+  RW_RETURN_IF_ERROR(kernels::EmbeddingBackward(ex, d.S, d.E, d.V, b.tokens.data(), dx, E.G(tb.embed)));
+  return UnitDone(mx, 0);
 }
 
 }  // namespace rw::runtime

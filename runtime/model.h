@@ -66,6 +66,13 @@ class ParamTable {
   };
   size_t embed = 0, final_norm = 0, lm_head = 0;  // lm_head == embed when tied
   std::vector<Layer> layers;
+  // The units weights are sharded and gathered by (ZeRO-3), each a contiguous range of the flat vector:
+  // 0 the embedding, 1 + l layer l, L + 1 the head (final norm and, untied, lm_head).
+  struct Range {
+    size_t begin = 0, end = 0;
+    size_t size() const { return end - begin; }
+  };
+  std::vector<Range> Units() const;
 
  private:
   size_t Add(const std::string& name, std::vector<int64_t> shape);
@@ -110,6 +117,23 @@ class ModelWorkspace {
   std::unique_ptr<Impl> impl_;
 };
 
+// Where the model reads a unit's weights and writes its gradients when the weights are sharded (ZeRO-3
+// over fsdp; runtime/fsdp.h): the model asks for each unit (ParamTable::Units) just before it uses it, and
+// says when the unit's gradient is complete. Offsets inside a unit are the table's minus unit.begin.
+class UnitSource {
+ public:
+  struct Unit {
+    const float* params = nullptr;            // the unit's fp32 weights, whole
+    const kernels::bf16* compute = nullptr;   // their bf16 copy under mixed precision
+    float* grads = nullptr;                   // a zeroed gradient buffer for the unit (when asked for)
+    size_t begin = 0;                         // the unit's first table offset
+  };
+  virtual ~UnitSource() = default;
+  virtual Status Acquire(int unit, bool with_grads, Unit* out) = 0;
+  // The backward of `unit` is done: its gradient buffer holds this rank's contribution (added).
+  virtual Status GradReady(int unit) = 0;
+};
+
 struct ModelExec {
   kernels::Device device = kernels::Device::kCpu;  // the rank's device: every op runs on its backend
   ModelWorkspace* workspace = nullptr;  // the rank's buffers, kept across steps; null: each call makes its own
@@ -122,6 +146,8 @@ struct ModelExec {
   // activations; norms, softmax statistics, the loss, the residual stream and every gradient stay fp32.
   kernels::DType precision = kernels::DType::kF32;
   const kernels::bf16* compute_params = nullptr;
+  // Sharded weights: when set, `params`, `grads` and compute_params are not read; each unit comes from here.
+  UnitSource* units = nullptr;
 };
 
 // Forward and backward over this rank's shard. Adds loss_scale * d(sum_i w_i ce_i)/dparams to `grads`

@@ -38,9 +38,11 @@ AdamW::AdamW(const OptimizerConfig& c, const ParamTable& table, int num_threads,
       m_(hi_ - lo_, 0.f),
       v_(hi_ - lo_, 0.f) {}
 
-double AdamW::SquaredNorm(const float* grads) const {
+double AdamW::SquaredNorm(const float* grads) const { return SquaredNormAt(grads + lo_); }
+
+double AdamW::SquaredNormAt(const float* g) const {
   double ss = 0;  // fp64, in a fixed order: every rank computes the same norm from the same gradients
-  for (size_t i = lo_; i < hi_; ++i) ss += double(grads[i]) * double(grads[i]);
+  for (size_t i = 0; i < hi_ - lo_; ++i) ss += double(g[i]) * double(g[i]);
   return ss;
 }
 
@@ -53,10 +55,14 @@ Status AdamW::Step(float* params, float* grads, int64_t step, int64_t total, dou
 }
 
 Status AdamW::Apply(float* params, float* grads, double norm, int64_t step, int64_t total, double* lr_out) {
+  return ApplyAt(params + lo_, grads + lo_, norm, step, total, lr_out);
+}
+
+Status AdamW::ApplyAt(float* params, float* grads, double norm, int64_t step, int64_t total, double* lr_out) {
   RW_REQUIRE(std::isfinite(norm), "optimizer: gradient norm is not finite at step " << step);
   if (c_.grad_clip > 0 && norm > c_.grad_clip) {
     const float s = float(c_.grad_clip / norm);
-    for (size_t i = lo_; i < hi_; ++i) grads[i] *= s;
+    for (size_t i = 0; i < hi_ - lo_; ++i) grads[i] *= s;
   }
   const double lr = LearningRate(c_, step, total);
   for (const auto& t : table_.tensors()) {  // each tensor's part inside [lo, hi), with its own decay
@@ -64,8 +70,8 @@ Status AdamW::Apply(float* params, float* grads, double norm, int64_t step, int6
     if (b >= e) continue;
     kernels::AdamWHyper hp{float(lr), float(c_.beta1), float(c_.beta2), float(c_.eps),
                            t.shape.size() >= 2 ? float(c_.weight_decay) : 0.f};
-    RW_RETURN_IF_ERROR(kernels::AdamWStep(ex_, int64_t(e - b), params + b, grads + b, m_.data() + (b - lo_),
-                                          v_.data() + (b - lo_), hp, step));
+    RW_RETURN_IF_ERROR(kernels::AdamWStep(ex_, int64_t(e - b), params + (b - lo_), grads + (b - lo_),
+                                          m_.data() + (b - lo_), v_.data() + (b - lo_), hp, step));
   }
   *lr_out = lr;
   return Status::Ok();

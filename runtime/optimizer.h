@@ -43,6 +43,9 @@ class AdamW {
   double SquaredNorm(const float* grads) const;
   // Clips [lo, hi) of grads to the global `norm` (finite) and updates [lo, hi) of params.
   Status Apply(float* params, float* grads, double norm, int64_t step, int64_t total_steps, double* lr);
+  // The same on storage of [lo, hi) only (a shard's): p_lo[i - lo] and g_lo[i - lo] are parameter i's.
+  double SquaredNormAt(const float* g_lo) const;
+  Status ApplyAt(float* p_lo, float* g_lo, double norm, int64_t step, int64_t total_steps, double* lr);
   size_t lo() const { return lo_; }
   size_t hi() const { return hi_; }
   std::vector<float>& m() { return m_; }  // hi - lo entries: m[i - lo] belongs to parameter i

@@ -12,6 +12,7 @@
 #include "kernels/cpu/gemm.h"
 #include "runtime/checkpoint.h"
 #include "runtime/dataset.h"
+#include "runtime/fsdp.h"
 #include "runtime/ring_attention.h"
 
 namespace rw::runtime {
@@ -78,19 +79,29 @@ Status TrainRank(const RankRings& rings, const JobConfig& job, const std::functi
   // The ring must be the size of the stage it resumes into (a driver re-forms it at stage changes).
   ModelConfig model = job.model;
   const ParamTable table(model);
-  std::vector<float> params(table.total()), grads(table.total());
+  std::vector<float> params(table.total()), grads(job.mesh.fsdp > 1 ? 0 : table.total());
   InitParameters(model, table, job.seed, params.data());
   const int threads = RankThreads(job, R);
   // optimizer.shard (ZeRO-1 over the ring): this rank keeps the moments of the chunk of the parameters that
   // the gradients' reduce-scatter sums here, updates that chunk, and the weights are all-gathered.
-  const bool sharded = job.optimizer.shard && R > 1;
+  // mesh.fsdp > 1 (ZeRO-3): the weights, their gradients and the moments are sharded over the fsdp ring
+  // (runtime/fsdp.h); the whole vectors below exist only until the shard has taken its chunks.
+  const bool zero3 = job.mesh.fsdp > 1;
+  RW_REQUIRE(!zero3 || (rings.fsdp && rings.fsdp->size() == job.mesh.fsdp),
+             "mesh.fsdp: " << job.mesh.fsdp << " shards, but this rank's fsdp ring has "
+                           << (rings.fsdp ? rings.fsdp->size() : 0) << " ranks");
+  const bool sharded = !zero3 && job.optimizer.shard && R > 1;
   const size_t n = table.total();
   const size_t lo = sharded ? Transport::ChunkBegin(n, R, t.OwnedChunk()) : 0,
-               hi = sharded ? Transport::ChunkBegin(n, R, t.OwnedChunk() + 1) : n;
+               hi = zero3 ? 0 : sharded ? Transport::ChunkBegin(n, R, t.OwnedChunk() + 1) : n;
   AdamW opt(job.optimizer, table, threads, control.device, lo, hi);
   // Mixed precision: GEMMs read a bf16 copy of the fp32 master weights, made again after every update.
   const kernels::DType precision = job.precision == "bf16" ? kernels::DType::kBF16 : kernels::DType::kF32;
-  std::vector<kernels::bf16> compute(precision == kernels::DType::kBF16 ? table.total() : 0);
+  std::unique_ptr<ShardedWeights> shards;
+  if (zero3)
+    shards = std::make_unique<ShardedWeights>(table, job.optimizer, *rings.fsdp, rings.replica.get(), precision,
+                                              kernels::Exec{control.device, threads}, job.seed);
+  std::vector<kernels::bf16> compute(precision == kernels::DType::kBF16 && !zero3 ? table.total() : 0);
   auto refresh_compute = [&]() -> Status {
     if (compute.empty()) return Status::Ok();
     return kernels::Cast(kernels::Exec{control.device, threads}, int64_t(table.total()), params.data(),
@@ -132,22 +143,26 @@ Status TrainRank(const RankRings& rings, const JobConfig& job, const std::functi
   const int64_t total = job.total_steps();
   int64_t step = 0;
   TrainResult res;
-  res.optimizer_bytes = int64_t(sizeof(float) * (opt.m().size() + opt.v().size()));
+  res.optimizer_bytes =
+      zero3 ? shards->optimizer_bytes() : int64_t(sizeof(float) * (opt.m().size() + opt.v().size()));
   TrainerState resumed;  // of the checkpoint resumed from
   if (!job.checkpoint.dir.empty()) {
     if (rank == 0) CollectCheckpointLeftovers(job.checkpoint.dir);  // of writes a crash interrupted
     bool found = false;
-    // The moments of this rank's range only (all of them unless the optimizer is sharded).
-    const MomentRange range{lo, hi};
+    // The moments of this rank's range only (all of them unless the optimizer is sharded; under fsdp all of
+    // them, until the shard takes its chunks).
+    std::vector<float> whole_m(zero3 ? n : 0), whole_v(zero3 ? n : 0);
+    float* m = zero3 ? whole_m.data() : opt.m().data();
+    float* v = zero3 ? whole_v.data() : opt.v().data();
+    const MomentRange range = zero3 ? MomentRange{0, n} : MomentRange{lo, hi};
     if (!control.resume_checkpoint.empty()) {
-      RW_RETURN_IF_ERROR(LoadCheckpoint(control.resume_checkpoint, table, params.data(), opt.m().data(),
-                                        opt.v().data(), &resumed, range));
+      RW_RETURN_IF_ERROR(LoadCheckpoint(control.resume_checkpoint, table, params.data(), m, v, &resumed, range));
       found = true;
     } else {
-      RW_RETURN_IF_ERROR(LoadLatestCheckpoint(job.checkpoint.dir, model, table, params.data(), opt.m().data(),
-                                              opt.v().data(), &resumed, &found, &res.skipped_checkpoints,
-                                              control.resume_max_step, range));
+      RW_RETURN_IF_ERROR(LoadLatestCheckpoint(job.checkpoint.dir, model, table, params.data(), m, v, &resumed,
+                                              &found, &res.skipped_checkpoints, control.resume_max_step, range));
     }
+    if (found && zero3) shards->TakeMoments(m, v);
     if (found) {
       RW_REQUIRE(resumed.seed == job.seed, "checkpoint.dir: holds a run of seed " << resumed.seed << ", the job has seed "
                                                                                << job.seed);
@@ -177,6 +192,10 @@ Status TrainRank(const RankRings& rings, const JobConfig& job, const std::functi
                   params.begin() + std::ptrdiff_t(table.Find(p.name)->offset));  // (V, E) rows come first
     }
   }
+  if (zero3) {  // the shard keeps its chunks; the whole vector goes
+    shards->TakeShard(params.data());
+    std::vector<float>().swap(params);
+  }
   RW_RETURN_IF_ERROR(refresh_compute());
   // Checkpoints (rank 0): a snapshot of parameters and moments at the step boundary, written by a
   // background thread while training goes on (one write in flight; the next snapshot waits for it).
@@ -193,11 +212,21 @@ Status TrainRank(const RankRings& rings, const JobConfig& job, const std::functi
   // The loader of files data: the stage's windows, read in shuffled epochs from the cursor.
   std::unique_ptr<WindowIndex> windows;
   DataCursor cursor;
+  Mesh mesh;  // of the stage running
   auto save = [&](int64_t stage_index, bool final) -> Status {
     if (job.checkpoint.dir.empty()) return Status::Ok();
     if (rank == 0) {
       Status prev = join_writer();  // a failed background write was reported by on_checkpoint already
       (void)prev;
+    }
+    if (zero3 && mesh.dp_rank(rank) == 0 && mesh.sp_rank(rank) == 0) {  // rank 0's fsdp ring: every shard
+      if (rank == 0) {
+        snap_p.resize(n);
+        snap_m.resize(n);
+        snap_v.resize(n);
+      }
+      RW_RETURN_IF_ERROR(shards->GatherToFirst(rank == 0 ? snap_p.data() : nullptr, rank == 0 ? snap_m.data() : nullptr,
+                                               rank == 0 ? snap_v.data() : nullptr));
     }
     if (sharded) {  // every rank's chunk of the moments into rank 0's snapshot (all ranks take part)
       if (rank == 0) {
@@ -212,8 +241,8 @@ Status TrainRank(const RankRings& rings, const JobConfig& job, const std::functi
     if (rank != 0) return Status::Ok();
     const TrainerState state{step, stage_index, windows ? cursor.next : step, job.seed, job.name,
                              windows ? "windows" : "step"};
-    snap_p.assign(params.begin(), params.end());
-    if (!sharded) {
+    if (!zero3) snap_p.assign(params.begin(), params.end());
+    if (!sharded && !zero3) {
       snap_m.assign(opt.m().begin(), opt.m().end());
       snap_v.assign(opt.v().begin(), opt.v().end());
     }
@@ -257,12 +286,15 @@ Status TrainRank(const RankRings& rings, const JobConfig& job, const std::functi
     }
     RW_REQUIRE(R == job.stage_devices(si), "stages[" << si << "]: the stage runs on " << job.stage_devices(si)
                                                      << " devices, this ring has " << R << " (re-form it at the stage change)");
-    Mesh mesh;
     RW_RETURN_IF_ERROR(job.StageMesh(si, R, &mesh));
     RW_REQUIRE(sp.size() == mesh.sp && sp.rank() == mesh.sp_rank(rank),
                "stages[" << si << "]: mesh " << mesh.ToString() << " puts rank " << rank << " at position "
                          << mesh.sp_rank(rank) << " of an sp ring of " << mesh.sp << ", the rank's sp ring is position "
                          << sp.rank() << " of " << sp.size());
+    RW_REQUIRE(!zero3 || (rings.fsdp->rank() == mesh.fsdp_rank(rank) &&
+                          (rings.replica ? rings.replica->size() : 1) == mesh.dp * mesh.sp),
+               "stages[" << si << "]: mesh " << mesh.ToString() << " does not match rank " << rank
+                         << "'s fsdp and replica rings");
     // This data group's sequences of every global batch, and this rank's positions of each.
     int64_t seq_lo = 0, seq_hi = 0;
     mesh.GroupSequences(stage.batch, mesh.group_of(rank), &seq_lo, &seq_hi);
@@ -307,7 +339,10 @@ Status TrainRank(const RankRings& rings, const JobConfig& job, const std::functi
       }
       double scale = 0;
       RW_RETURN_IF_ERROR(ApplyLossWeighting(job.loss, global_sums, weighted, &scale));
-      std::fill(grads.begin(), grads.end(), 0.f);
+      if (zero3)
+        shards->BeginStep(uint32_t(step));
+      else
+        std::fill(grads.begin(), grads.end(), 0.f);
       double loss = 0;
       RingStats rs;
       for (size_t b = 0; b < weighted.size(); ++b) {
@@ -322,19 +357,24 @@ Status TrainRank(const RankRings& rings, const JobConfig& job, const std::functi
         mx.remat_layers = job.remat == "layer";
         mx.precision = precision;
         mx.compute_params = compute.empty() ? nullptr : compute.data();
-        RW_RETURN_IF_ERROR(ForwardBackward(sp, model, table, mx, params.data(), std::move(weighted[b]).Rows(),
-                                           float(scale), grads.data(), &loss));
+        mx.units = shards.get();
+        RW_RETURN_IF_ERROR(ForwardBackward(sp, model, table, mx, zero3 ? nullptr : params.data(),
+                                           std::move(weighted[b]).Rows(), float(scale),
+                                           zero3 ? nullptr : grads.data(), &loss));
       }
       MsgTag tag{job.seed, 0, uint32_t(step), kReduceLayer, 0};
+      // (zero3: the shards' gradients were reduce-scattered unit by unit; FinishStep sums the replicas.)
       if (sharded)  // only this rank's chunk is summed: it is all its optimizer updates
         RW_RETURN_IF_ERROR(t.ReduceScatterSum(grads.data(), grads.size(), tag));
-      else
+      else if (!zero3)
         RW_RETURN_IF_ERROR(t.AllReduceSum(grads.data(), grads.size(), tag));
       float loss_f = float(loss);
       tag.layer = kReduceLayer + 1;
       RW_RETURN_IF_ERROR(t.AllReduceSum(&loss_f, 1, tag));
       double grad_norm = 0, lr = 0;
-      if (sharded) {
+      if (zero3) {
+        RW_RETURN_IF_ERROR(shards->FinishStep(step, total, &grad_norm, &lr));
+      } else if (sharded) {
         // The global norm from each chunk's fp64 sum of squares, added in chunk order (rank q owns chunk
         // q + 1): the same on every rank and in every run of this ring size.
         const double mine = opt.SquaredNorm(grads.data());

@@ -130,10 +130,10 @@ TEST_P(DeviceRing, TwoRingsOfTheSameJobAndEpochStayApart) {
     for (auto& d : *ring) caf::anon_send_exit(d, caf::exit_reason::user_shutdown);
 }
 
-// A mesh of device actors (issue 13): 2 replicas of rings of 2, formed by FormRing (the world ring and the
-// two sp rings, each its own fabric or UCX worker) and trained by RunRing, follows a one-device run of the
-// same job step by step.
-TEST_P(DeviceRing, TrainsOnAMeshOfTwoRingsOfTwoAsOneDeviceDoes) {
+// Meshes of device actors (issue 13), formed by FormRing (the world ring and the sub-rings, each its own
+// fabric or UCX worker) and trained by RunRing, follow a one-device run of the same job step by step: 2
+// replicas of rings of 2, and 2 weight shards (ZeRO-3: fsdp and replica rings too) of rings of 2.
+TEST_P(DeviceRing, TrainsOnMeshesOfFourAsOneDeviceDoes) {
   Config cfg;
   caf::actor_system sys{cfg};
   const std::string yaml = R"(
@@ -142,32 +142,37 @@ model: {hidden_size: 32, intermediate_size: 64, num_hidden_layers: 2, num_attent
         num_key_value_heads: 2, max_position_embeddings: 512}
 optimizer: {lr: 0.003, warmup_steps: 2}
 ring: {layout: zigzag, threads_per_device: 1}
-stages: [{seq_len: 64, steps: 4, batch: 3}]
+stages: [{seq_len: 64, steps: 4, batch: 4}]
 )";
-  auto run = [&](int devices, int dp, std::vector<runtime::StepMetrics>* steps) {
+  auto run = [&](const runtime::Mesh& mesh, std::vector<runtime::StepMetrics>* steps) {
+    const int devices = int(mesh.world());
     std::vector<device_actor> ring = SpawnDevices(sys, devices);
     train_task task;
     task.job_yaml = yaml;
     task.origin = ".";
-    task.overrides = {"ring.devices=" + std::to_string(devices), "mesh.dp=" + std::to_string(dp)};
+    task.overrides = {"ring.devices=" + std::to_string(devices), "mesh.dp=" + std::to_string(mesh.dp),
+                      "mesh.fsdp=" + std::to_string(mesh.fsdp)};
     task.stage_devices = {devices};
     RingHooks hooks;
     hooks.on_step = [&](const runtime::StepMetrics& m) { steps->push_back(m); };
-    const RingOutcome out = RunRing(sys, ring, /*job=*/5, /*epoch=*/1, GetParam(), task, hooks, devices / dp);
+    const RingOutcome out = RunRing(sys, ring, /*job=*/5, /*epoch=*/1, GetParam(), task, hooks, mesh);
     EXPECT_TRUE(out.ok) << out.error;
     for (auto& d : ring) caf::anon_send_exit(d, caf::exit_reason::user_shutdown);
   };
-  std::vector<runtime::StepMetrics> one, mesh;
-  run(1, 1, &one);
-  run(4, 2, &mesh);
+  std::vector<runtime::StepMetrics> one;
+  run(runtime::Mesh{1, 1, 1}, &one);
   ASSERT_EQ(one.size(), 4u);
-  ASSERT_EQ(mesh.size(), one.size());
-  for (size_t i = 0; i < one.size(); ++i) {
-    std::printf("  %s step %zu loss: one device %.7f, mesh dp 2 x sp 2 %.7f\n", GetParam().c_str(), i + 1, one[i].loss,
-                mesh[i].loss);
-    EXPECT_NEAR(mesh[i].loss, one[i].loss, 1e-5 * one[i].loss);
-    EXPECT_NEAR(mesh[i].grad_norm, one[i].grad_norm, 1e-5 * one[i].grad_norm);
-    EXPECT_GT(mesh[i].ring_bytes, 0);
+  for (const runtime::Mesh& m : {runtime::Mesh{2, 1, 2}, runtime::Mesh{1, 2, 2}}) {
+    std::vector<runtime::StepMetrics> mesh;
+    run(m, &mesh);
+    ASSERT_EQ(mesh.size(), one.size());
+    for (size_t i = 0; i < one.size(); ++i) {
+      std::printf("  %s step %zu loss: one device %.7f, mesh %s %.7f\n", GetParam().c_str(), i + 1, one[i].loss,
+                  m.ToString().c_str(), mesh[i].loss);
+      EXPECT_NEAR(mesh[i].loss, one[i].loss, 1e-5 * one[i].loss) << m.ToString();
+      EXPECT_NEAR(mesh[i].grad_norm, one[i].grad_norm, 1e-5 * one[i].grad_norm) << m.ToString();
+      EXPECT_GT(mesh[i].ring_bytes, 0);
+    }
   }
 }
 

@@ -45,26 +45,17 @@ inline std::vector<Status> RunRanks(const std::shared_ptr<InprocFabric>& fabric,
   return out;
 }
 
-// The same over a mesh: a world fabric of mesh.world() ranks and, when the mesh has more than one data
-// group, one fabric per group's sp ring (ranks g * sp .. g * sp + sp - 1); the watchdog aborts them all.
+// The same over a mesh (InprocMesh: the world ring and the mesh's sub-rings); the watchdog aborts them all.
 inline std::vector<Status> RunMesh(const Mesh& mesh, const std::function<Status(int, const RankRings&)>& fn,
                                    std::chrono::milliseconds deadline = std::chrono::milliseconds(120000)) {
   const int W = int(mesh.world());
-  auto world = InprocFabric::Create(W);
-  std::vector<std::shared_ptr<InprocFabric>> groups;
-  if (mesh.sp < W)
-    for (int64_t g = 0; g < mesh.data_groups(); ++g) groups.push_back(InprocFabric::Create(int(mesh.sp)));
+  const std::vector<RankRings> rings = InprocMesh(mesh);
   std::vector<std::promise<Status>> done(W);
   std::vector<std::future<Status>> results;
   std::vector<std::thread> threads;
   for (int r = 0; r < W; ++r) {
     results.push_back(done[r].get_future());
-    threads.emplace_back([&, r] {
-      RankRings rings;
-      rings.world = world->Endpoint(r);
-      if (!groups.empty()) rings.sp = groups[size_t(mesh.group_of(r))]->Endpoint(int(mesh.sp_rank(r)));
-      done[r].set_value(fn(r, rings));
-    });
+    threads.emplace_back([&, r] { done[r].set_value(fn(r, rings[size_t(r)])); });
   }
   const auto until = std::chrono::steady_clock::now() + deadline;
   bool timed_out = false;
@@ -72,8 +63,7 @@ inline std::vector<Status> RunMesh(const Mesh& mesh, const std::function<Status(
     if (f.wait_until(until) != std::future_status::ready) timed_out = true;
   if (timed_out) {
     ADD_FAILURE() << "watchdog: ranks still running after " << deadline.count() << " ms; aborting the mesh";
-    world->AbortAll("watchdog");
-    for (auto& g : groups) g->AbortAll("watchdog");
+    for (const auto& r : rings) r.Abort("watchdog");
   }
   for (auto& t : threads) t.join();
   std::vector<Status> out;

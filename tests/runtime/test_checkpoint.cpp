@@ -181,9 +181,9 @@ TEST(Checkpoint, AShardedOptimizerWritesWholeMomentsAndResumesEitherWay) {
               worst);
 }
 
-// Issue 13, point 5: a checkpoint of a mesh resumes on another mesh (checkpoints hold whole tensors, rank
-// 0's), and the loss curve goes on as the straight run's: (1,2,2) stopped at step 5, resumed on (1,1,4) and
-// on (2,1,1), to 1e-5 relative.
+// Issue 13, point 5: a checkpoint of a mesh resumes on another mesh (checkpoints hold whole tensors, the
+// shards gathered to rank 0), and the loss curve goes on as the straight run's: (1,2,2) (weights sharded
+// over fsdp 2) stopped at step 5, resumed on (1,1,4), (2,1,1) and (1,4,1) (resharded 4 ways), to 1e-5.
 TEST(Checkpoint, AMeshCheckpointResumesOnAnotherMesh) {
   TempDir straight("mesh_straight"), stopped("mesh_stopped"), other("mesh_other");
   auto on = [](JobConfig job, const Mesh& m) {
@@ -192,7 +192,7 @@ TEST(Checkpoint, AMeshCheckpointResumesOnAnotherMesh) {
     job.mesh.dp = m.dp;
     job.mesh.fsdp = m.fsdp;
     job.mesh.sp = m.sp;
-    for (auto& st : job.stages) st.batch = 2;
+    for (auto& st : job.stages) st.batch = 4;
     return job;
   };
   auto train = [](const JobConfig& job, const Mesh& m, TrainControl control, TrainResult* res) {
@@ -211,7 +211,7 @@ TEST(Checkpoint, AMeshCheckpointResumesOnAnotherMesh) {
   ASSERT_EQ(all.size(), 10u);
   train(on(Job(stopped.path.string(), 6), from), from, TrainControl{5, {}}, &r);
   ASSERT_TRUE(r.stopped);
-  for (const Mesh& to : {Mesh{1, 1, 4}, Mesh{2, 1, 1}}) {
+  for (const Mesh& to : {Mesh{1, 1, 4}, Mesh{2, 1, 1}, Mesh{1, 4, 1}}) {
     fs::remove_all(other.path);
     fs::copy(stopped.path, other.path, fs::copy_options::recursive);
     const auto rest = train(on(Job(other.path.string(), 6), to), to, {}, &r);

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <map>
 
 #include "ring_harness.h"
 #include "runtime/checkpoint.h"
@@ -70,8 +71,10 @@ TEST(Trainer, RingSizeDoesNotChangeTheLossCurve) {
 
 // The tiny job on a mesh, 5 steps of stage 0 and the 2 of stage 1 (4 sequences a step: every data group
 // has one).
-JobConfig TinyOnMesh(const Mesh& m, bool shard = false) {
+JobConfig TinyOnMesh(const Mesh& m, bool shard = false, const char* precision = "fp32", const char* remat = "none") {
   JobConfig job = Tiny(int(m.world()), 5);
+  job.precision = precision;
+  job.remat = remat;
   job.mesh.dp = m.dp;
   job.mesh.fsdp = m.fsdp;
   job.mesh.sp = m.sp;
@@ -82,49 +85,77 @@ JobConfig TinyOnMesh(const Mesh& m, bool shard = false) {
   return job;
 }
 
-std::vector<StepMetrics> TrainOnMesh(const Mesh& m, bool shard = false) {
-  const JobConfig job = TinyOnMesh(m, shard);
+std::vector<StepMetrics> TrainOnMesh(const Mesh& m, bool shard = false, const char* precision = "fp32",
+                                     const char* remat = "none", std::vector<TrainResult>* results = nullptr) {
+  const JobConfig job = TinyOnMesh(m, shard, precision, remat);
   std::vector<StepMetrics> steps;
-  auto st = test::RunMesh(m, [&](int, const RankRings& rings) {
-    return TrainRank(rings, job, [&](const StepMetrics& s) { steps.push_back(s); }, nullptr);
+  std::vector<TrainResult> res(size_t(m.world()));
+  auto st = test::RunMesh(m, [&](int r, const RankRings& rings) {
+    return TrainRank(rings, job, [&](const StepMetrics& s) { steps.push_back(s); }, &res[size_t(r)]);
   });
   for (auto& s : st) EXPECT_TRUE(s.ok()) << m.ToString() << ": " << s.message();
+  if (results) *results = res;
   return steps;
 }
 
-// Issue 13, point 5: every mesh of 4 devices (and one of 2 x 2 replicas of rings of 2, optimizer sharded
-// over the world) follows the one-rank run: loss and gradient norm to 1e-5 relative at every step.
+// Issue 13, point 5: every mesh of 4 devices follows the one-rank run, loss and gradient norm to 1e-5
+// relative at every step: fsdp > 1 shards the weights, gradients and moments (ZeRO-3, each rank holds
+// 1/fsdp of the moments), dp and sp do not; also under bf16 and remat, and a replicated mesh with the
+// optimizer sharded over the world.
 TEST(Trainer, EveryMeshFollowsTheOneRankLossCurve) {
-  const auto one = TrainOnMesh(Mesh{1, 1, 1});
-  ASSERT_EQ(one.size(), 7u);
   struct Case {
     Mesh mesh;
     bool shard;
+    const char* precision;
+    const char* remat;
   };
-  for (const Case& c : {Case{{1, 1, 4}, false}, Case{{1, 2, 2}, false}, Case{{2, 2, 1}, false}, Case{{1, 4, 1}, false},
-                        Case{{2, 1, 2}, true}}) {
-    const auto got = TrainOnMesh(c.mesh, c.shard);
-    ASSERT_EQ(got.size(), one.size()) << c.mesh.ToString();
+  std::map<std::string, std::vector<StepMetrics>> one;
+  for (const char* p : {"fp32", "bf16"}) one[p] = TrainOnMesh(Mesh{1, 1, 1}, false, p);
+  ASSERT_EQ(one["fp32"].size(), 7u);
+  const size_t P = ParamTable(TinyOnMesh(Mesh{1, 1, 1}).model).total(), units = ParamTable(TinyOnMesh(Mesh{1, 1, 1}).model).Units().size();
+  for (const Case& c : {Case{{1, 1, 4}, false, "fp32", "none"}, Case{{1, 2, 2}, false, "fp32", "none"},
+                        Case{{2, 2, 1}, false, "fp32", "none"}, Case{{1, 4, 1}, false, "fp32", "none"},
+                        Case{{2, 1, 2}, true, "fp32", "none"}, Case{{2, 1, 2}, false, "bf16", "layer"},
+                        Case{{1, 2, 2}, false, "bf16", "layer"},
+                        Case{{1, 4, 1}, false, "fp32", "layer"}}) {
+    std::vector<TrainResult> res;
+    const auto got = TrainOnMesh(c.mesh, c.shard, c.precision, c.remat, &res);
+    const auto& ref = one[c.precision];
+    const std::string what = c.mesh.ToString() + " " + c.precision + " remat " + c.remat;
+    ASSERT_EQ(got.size(), ref.size()) << what;
+    // bf16: a gradient summed in another order moves the master weights by an fp32 last bit, enough to flip
+    // some bf16 roundings of the compute copy; the replicated dp 2 x sp 2 mesh differs from one rank as much
+    // as the sharded one (4e-4 in the gradient norm, 2e-5 in the loss), so bf16 gets 1e-3 and 1e-4.
+    const bool bf16 = std::string(c.precision) == "bf16";
+    const double tol = bf16 ? 1e-4 : 1e-5, norm_tol = bf16 ? 1e-3 : 1e-5;
     double worst_loss = 0, worst_norm = 0;
-    for (size_t i = 0; i < one.size(); ++i) {
-      worst_loss = std::max(worst_loss, std::abs(got[i].loss - one[i].loss) / one[i].loss);
-      worst_norm = std::max(worst_norm, std::abs(got[i].grad_norm - one[i].grad_norm) / one[i].grad_norm);
-      EXPECT_NEAR(got[i].loss, one[i].loss, 1e-5 * one[i].loss) << c.mesh.ToString() << " step " << i + 1;
-      EXPECT_NEAR(got[i].grad_norm, one[i].grad_norm, 1e-5 * one[i].grad_norm) << c.mesh.ToString() << " step " << i + 1;
-      EXPECT_EQ(got[i].tokens, one[i].tokens);
+    for (size_t i = 0; i < ref.size(); ++i) {
+      worst_loss = std::max(worst_loss, std::abs(got[i].loss - ref[i].loss) / ref[i].loss);
+      worst_norm = std::max(worst_norm, std::abs(got[i].grad_norm - ref[i].grad_norm) / ref[i].grad_norm);
+      EXPECT_NEAR(got[i].loss, ref[i].loss, tol * ref[i].loss) << what << " step " << i + 1;
+      EXPECT_NEAR(got[i].grad_norm, ref[i].grad_norm, norm_tol * ref[i].grad_norm) << what << " step " << i + 1;
+      EXPECT_EQ(got[i].tokens, ref[i].tokens);
     }
-    std::printf("  mesh %-24s%s 7 steps: max relative difference loss %.2e, grad norm %.2e\n",
-                c.mesh.ToString().c_str(), c.shard ? " (optimizer sharded)" : "", worst_loss, worst_norm);
+    // Each rank's moments: its 1/fsdp share (every unit cut into fsdp chunks), or 1/4 sharded over the world.
+    const double shards = c.mesh.fsdp > 1 ? double(c.mesh.fsdp) : c.shard ? 4.0 : 1.0;
+    for (const auto& r : res)
+      EXPECT_NEAR(double(r.optimizer_bytes), 8.0 * double(P) / shards, 8.0 * double(units) + 8) << what;
+    std::printf("  mesh %-24s %s remat %-5s%s: max relative difference loss %.2e, grad norm %.2e; moments %.0f%% of "
+                "the whole on each rank\n",
+                c.mesh.ToString().c_str(), c.precision, c.remat, c.shard ? " (optimizer sharded)" : "", worst_loss,
+                worst_norm, 100.0 * double(res[0].optimizer_bytes) / (8.0 * double(P)));
   }
 }
 
-// A fixed mesh and seed repeat bit for bit (the reductions' order is fixed by the mesh).
+// A fixed mesh and seed repeat bit for bit (the reductions' order is fixed by the mesh), sharded or not.
 TEST(Trainer, AMeshRepeatsItsRunBitForBit) {
-  const auto a = TrainOnMesh(Mesh{2, 1, 2}), b = TrainOnMesh(Mesh{2, 1, 2});
-  ASSERT_EQ(a.size(), b.size());
-  for (size_t i = 0; i < a.size(); ++i) {
-    EXPECT_EQ(a[i].loss, b[i].loss) << "step " << i + 1;
-    EXPECT_EQ(a[i].grad_norm, b[i].grad_norm) << "step " << i + 1;
+  for (const Mesh& m : {Mesh{2, 1, 2}, Mesh{1, 2, 2}}) {
+    const auto a = TrainOnMesh(m), b = TrainOnMesh(m);
+    ASSERT_EQ(a.size(), b.size());
+    for (size_t i = 0; i < a.size(); ++i) {
+      EXPECT_EQ(a[i].loss, b[i].loss) << m.ToString() << " step " << i + 1;
+      EXPECT_EQ(a[i].grad_norm, b[i].grad_norm) << m.ToString() << " step " << i + 1;
+    }
   }
 }
 
