@@ -6,6 +6,10 @@
 // Model FLOPs per token (forward + backward, the usual 6N rule plus causal attention):
 //   6 * N_matmul_params + 6 * layers * seq_len * hidden       (12 L E per layer, halved by the causal mask)
 // Usage: rw_bench_train [--quick] [--steps 3] [--model tiny|small] [--seq L] [--ring R] [--precision fp32|bf16] [--remat none|layer] [--optimizer-shard]
+//                       [--dp D] [--fsdp F]
+// --dp/--fsdp: the R devices as a mesh of dp x fsdp data groups of sp = R / (dp x fsdp) ranks, one sequence
+// per group (a step's tokens: seq x dp x fsdp); fsdp > 1 shards the weights (ZeRO-3). Peak memory per device
+// is then the process's peak / R.
 // Two ceilings measured in the run: the fp32 sgemm rate (OpenBLAS) and the bf16 GEMM rate (oneDNN, or the
 // widened fallback); fp32 rows report MFU against the first, bf16 rows against the second.
 // The peak column is the process's peak resident memory, which only grows: it belongs to the row only when
@@ -58,6 +62,7 @@ int main(int argc, char** argv) {
   std::string only_precision;  // --precision fp32|bf16: only that precision
   std::string remat = "none";  // --remat none|layer
   bool shard = false;          // --optimizer-shard: optimizer.shard (ZeRO-1 over the ring)
+  int64_t dp = 1, fsdp = 1;    // --dp, --fsdp: the mesh
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--quick") quick = true;
@@ -68,6 +73,8 @@ int main(int argc, char** argv) {
     if (a == "--precision" && i + 1 < argc) only_precision = argv[++i];
     if (a == "--remat" && i + 1 < argc) remat = argv[++i];
     if (a == "--optimizer-shard") shard = true;
+    if (a == "--dp" && i + 1 < argc) dp = std::max(1, std::atoi(argv[++i]));
+    if (a == "--fsdp" && i + 1 < argc) fsdp = std::max(1, std::atoi(argv[++i]));
   }
   const int cores = rw::kernels::cpu::DefaultThreads();
   const double sgemm = rw::bench::SgemmCeiling(cores), bgemm = rw::bench::Bf16Ceiling(cores);
@@ -76,8 +83,8 @@ int main(int argc, char** argv) {
   std::printf("bf16 attention: %s\n", rw::kernels::cpu::Bf16AttentionPath().c_str());
   const int64_t base = ResidentBytes();
   std::printf("process before the rows: %.3f GiB resident\n", double(base) / double(1 << 30));
-  std::printf("%-6s %-6s %-3s %-5s | %-10s %-10s %-12s %-8s %-8s %-9s %-9s\n", "model", "seq", "R", "prec", "step s",
-              "tokens/s", "model GF/s", "MFU", "peak GiB", "plan+base", "peak/plan");
+  std::printf("%-6s %-6s %-3s %-10s %-5s | %-10s %-10s %-12s %-8s %-8s %-9s %-9s\n", "model", "seq", "R", "dp,fsdp,sp",
+              "prec", "step s", "tokens/s", "model GF/s", "MFU", "peak GiB", "plan+base", "peak/plan");
   const std::vector<Shape> shapes = {{"tiny", 128, 352, 4, 8, 4}, {"small", 512, 1408, 4, 8, 4}};
   std::vector<int64_t> seqs = quick ? std::vector<int64_t>{256} : std::vector<int64_t>{4096, 16384};
   if (only_seq > 0) seqs = {only_seq};
@@ -88,6 +95,8 @@ int main(int argc, char** argv) {
         if (!only_model.empty() && only_model != sh.name) continue;
         if (only_ring > 0 && only_ring != R) continue;
         if (!only_precision.empty() && only_precision != prec) continue;
+        if (R % (dp * fsdp) != 0) continue;  // no such mesh of R devices
+        const Mesh mesh{dp, fsdp, R / (dp * fsdp)};
         JobConfig job;
         job.model.hidden_size = sh.hidden;
         job.model.intermediate_size = sh.inter;
@@ -104,7 +113,9 @@ int main(int argc, char** argv) {
         job.precision = prec;
         job.remat = remat;
         job.optimizer.shard = shard;
-        job.stages = {StageConfig{L, 10000, steps, 1}};
+        job.mesh.dp = mesh.dp;
+        job.mesh.fsdp = mesh.fsdp;
+        job.stages = {StageConfig{L, 10000, steps, mesh.data_groups()}};
         const ParamTable table(job.model);
         double matmul_params = 0;
         for (const auto& t : table.tensors())
@@ -112,13 +123,12 @@ int main(int argc, char** argv) {
         const double flops_per_token = 6 * matmul_params + 6.0 * double(sh.layers * L * sh.hidden);
         std::vector<double> secs;
         int64_t peak = 0;  // the process's peak resident bytes (every rank is in this process)
-        auto fabric = InprocFabric::Create(R);
+        const std::vector<RankRings> rings = InprocMesh(mesh);
         std::vector<std::thread> th;
         std::vector<Status> st(R);
         for (int r = 0; r < R; ++r)
           th.emplace_back([&, r] {
-            auto ep = fabric->Endpoint(r);
-            st[r] = TrainRank(*ep, job, [&](const StepMetrics& m) {
+            st[r] = TrainRank(rings[size_t(r)], job, [&](const StepMetrics& m) {
               secs.push_back(m.step_seconds);
               peak = std::max(peak, m.peak_bytes);
             }, nullptr);
@@ -131,12 +141,16 @@ int main(int argc, char** argv) {
           }
         if (secs.size() > 1) secs.erase(secs.begin());  // the first step warms up
         std::sort(secs.begin(), secs.end());
-        const double step = secs[secs.size() / 2], tps = double(L) / step, gf = tps * flops_per_token / 1e9;
+        const double step = secs[secs.size() / 2], tps = double(L * mesh.data_groups()) / step,
+                     gf = tps * flops_per_token / 1e9;
+        // The plan's rank (PlanMemory's choice of ring for each mesh) times R, plus the process baseline.
         const int64_t planned =
-            R * RankMemoryOf(job, L / R, R, 1, RankThreads(job, R), 1).total() + base;
-        std::printf("%-6s %-6ld %-3d %-5s | %10.3f %10.0f %12.1f %8.3f %8.2f %9.2f %9.3f\n", sh.name, long(L), R,
-                    prec.c_str(), step, tps, gf, gf / (prec == "bf16" ? bgemm : sgemm), double(peak) / double(1 << 30),
-                    double(planned) / double(1 << 30), double(peak) / double(planned));
+            R * RankMemoryOnMesh(job, L, mesh, RankThreads(job, R), mesh.data_groups()).total() + base;
+        char m[32];
+        std::snprintf(m, sizeof(m), "%lld,%lld,%lld", (long long)mesh.dp, (long long)mesh.fsdp, (long long)mesh.sp);
+        std::printf("%-6s %-6ld %-3d %-10s %-5s | %10.3f %10.0f %12.1f %8.3f %8.2f %9.2f %9.3f\n", sh.name, long(L), R,
+                    m, prec.c_str(), step, tps, gf, gf / (prec == "bf16" ? bgemm : sgemm),
+                    double(peak) / double(1 << 30), double(planned) / double(1 << 30), double(peak) / double(planned));
         std::fflush(stdout);
       }
   return 0;

@@ -110,6 +110,12 @@ RankMemory RankMemoryOf(const JobConfig& job, int64_t S, int64_t ring, int64_t f
   return r;
 }
 
+RankMemory RankMemoryOnMesh(const JobConfig& job, int64_t seq_len, const Mesh& mesh, int64_t threads, int64_t batch) {
+  // Under fsdp the replica ring (dp x sp ranks holding the same shard) is the all-reduce's.
+  return mesh.fsdp > 1 ? RankMemoryOf(job, seq_len / mesh.sp, mesh.dp * mesh.sp, mesh.fsdp, threads, batch)
+                       : RankMemoryOf(job, seq_len / mesh.sp, mesh.world(), 1, threads, batch);
+}
+
 Status PlanMemory(const JobConfig& job, const MemoryPlanOptions& opt, MemoryPlan* out) {
   RW_RETURN_IF_ERROR(job.model.Validate());
   RW_REQUIRE(job.precision == "fp32" || job.precision == "bf16",
@@ -153,10 +159,7 @@ Status PlanMemory(const JobConfig& job, const MemoryPlanOptions& opt, MemoryPlan
     sp.rows = sp.seq_len / sp.mesh.sp;
     auto threads_for = [&](int64_t ring) { return opt.threads > 0 ? opt.threads : int64_t(RankThreads(job, ring)); };
     const int64_t batch = job.stages[i].batch;
-    // Under fsdp the replica ring (dp x sp ranks holding the same shard) is the all-reduce's.
-    sp.rank = job.mesh.fsdp > 1
-                  ? RankMemoryOf(job, sp.rows, sp.mesh.dp * sp.mesh.sp, sp.mesh.fsdp, threads_for(R), batch)
-                  : RankMemoryOf(job, sp.rows, R, 1, threads_for(R), batch);
+    sp.rank = RankMemoryOnMesh(job, sp.seq_len, sp.mesh, threads_for(R), batch);
     sp.rank.snapshot_on_device = on_device;
     if (opt.device_memory > 0 && sp.rank.total() > opt.device_memory) {
       sp.fits = false;
@@ -271,7 +274,14 @@ std::string FormatMemoryPlan(const MemoryPlan& plan, const MemoryPlanOptions& op
     }
   }
   os << "Not counted: the process's code, libraries and thread stacks (about 0.15-0.25 GiB of a CPU process), "
-        "oneDNN's own scratch.\n";
+        "oneDNN's own scratch";
+  for (const auto& s : plan.stages)
+    if (s.mesh.fsdp > 1) {
+      os << "; with the weights sharded, initialization and a resume read the whole model into host memory (4 "
+            "bytes a parameter; 12 on a resume) before each rank keeps its shard";
+      break;
+    }
+  os << ".\n";
   return os.str();
 }
 

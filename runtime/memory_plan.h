@@ -99,6 +99,10 @@ Status PlanMemory(const JobConfig& job, const MemoryPlanOptions& opt, MemoryPlan
 RankMemory RankMemoryOf(const JobConfig& job, int64_t rows, int64_t ring, int64_t fsdp, int64_t threads,
                         int64_t batch);
 
+// The same for a stage of `seq_len` tokens on `mesh`: its sp ring splits the sequence; with fsdp > 1 the
+// model is sharded (the replica ring, dp x sp, sums the shards), else the world ring is the all-reduce's.
+RankMemory RankMemoryOnMesh(const JobConfig& job, int64_t seq_len, const Mesh& mesh, int64_t threads, int64_t batch);
+
 // The parts that ModelWorkspace and RingBuffers allocate for one step at `rows` tokens (what the model test
 // checks against ModelWorkspace::Bytes of a real step).
 struct WorkspaceBytes {

@@ -244,18 +244,22 @@ head -c 20000 "$out/b1/ck/step-5/model.safetensors" > "$out/b1.hdr"  # the JSON 
 grep -q '"dtype":"F32"' "$out/b1.hdr" && ! grep -q 'BF16' "$out/b1.hdr" ||
   { echo "FAIL: a bf16 run's checkpoint is not fp32 safetensors"; exit 1; }
 echo "bf16: $(grep -o 'precision bf16: GEMMs by .*' "$out/b1.log"); --processes losses identical; checkpoint F32"
-# plan: bytes per device before a run. The main job fits in 1 GiB a device (exit 0); so does the 7B recipe on
-# 80 GiB GPUs, with its optimizer sharded over the ring; without that it does not (exit 1), and the plan
-# names the smallest mesh that would; a size that is not one is refused.
+# plan: bytes per device before a run. The main job fits in 1 GiB a device (exit 0); so do the 7B recipes on
+# 80 GiB GPUs, their weights sharded 4 ways (mesh.fsdp); replicated, with whole moments, they do not (exit
+# 1), and the plan names the smallest mesh that would; a size that is not one is refused.
 "$bin" plan "$cfg" --device-memory 1GiB > "$out/plan" || { echo "FAIL: plan of the main job"; cat "$out/plan"; exit 1; }
 grep -q '^1  *512  *2  *256 |.* yes$' "$out/plan" || { echo "FAIL: plan's stage 1 row"; cat "$out/plan"; exit 1; }
 set +e
 "$bin" plan "$(dirname "$cfg")/lwm-text-1m.yaml" --device cuda --device-memory 80GiB > "$out/plan7b_fits"; rc_fits=$?
-"$bin" plan "$(dirname "$cfg")/lwm-text-1m.yaml" --device cuda --device-memory 80GiB --set optimizer.shard=false \
-  > "$out/plan7b"; rc=$?
+"$bin" plan "$(dirname "$cfg")/lwm-vision.yaml" --device cuda --device-memory 80GiB > "$out/plan7bv_fits"; rc_vfits=$?
+"$bin" plan "$(dirname "$cfg")/lwm-text-1m.yaml" --device cuda --device-memory 80GiB --set mesh.fsdp=1 \
+  --set optimizer.shard=false > "$out/plan7b"; rc=$?
 "$bin" plan "$cfg" --device-memory 80parsecs 2> "$out/plan_err"; rc_bad=$?
 set -e
 [ "$rc_fits" -eq 0 ] || { echo "FAIL: the 7B recipe does not plan to fit 80 GiB (exit $rc_fits)"; cat "$out/plan7b_fits"; exit 1; }
+[ "$rc_vfits" -eq 0 ] || { echo "FAIL: the 7B vision recipe does not plan to fit 80 GiB (exit $rc_vfits)"; cat "$out/plan7bv_fits"; exit 1; }
+grep -q "mesh (dp x fsdp x sp) of each stage: 0: dp 1 x fsdp 4 x sp 4;" "$out/plan7b_fits" ||
+  { echo "FAIL: the 7B recipe's plan does not name its mesh"; cat "$out/plan7b_fits"; exit 1; }
 [ "$rc" -eq 1 ] && grep -q 'smallest mesh that does: dp 1, fsdp' "$out/plan7b" || { echo "FAIL: 7B plan (exit $rc)"; cat "$out/plan7b"; exit 1; }
 [ "$rc_bad" -eq 2 ] && grep -q -- "--device-memory: '80parsecs' is not a size" "$out/plan_err" || { echo "FAIL: bad size (exit $rc_bad)"; exit 1; }
 echo "plan: $(grep -c '^[0-9]' "$out/plan") stages fit in 1 GiB; 7B: $(grep -m1 'smallest mesh' "$out/plan7b")"
