@@ -589,6 +589,11 @@ Status LoadCheckpoint(const std::string& ckpt_dir, const ParamTable& t, float* p
     RW_RETURN_IF_ERROR(LoadRangeInto(file, t, "exp_avg.", lo, hi, m));
     RW_RETURN_IF_ERROR(LoadRangeInto(file, t, "exp_avg_sq.", lo, hi, v));
   }
+  return ReadTrainerState(ckpt_dir, state);
+}
+
+Status ReadTrainerState(const std::string& ckpt_dir, TrainerState* state) {
+  const fs::path path(ckpt_dir);
   try {
     std::ifstream f(path / "trainer_state.json");
     const auto j = nlohmann::json::parse(f);
@@ -603,6 +608,15 @@ Status LoadCheckpoint(const std::string& ckpt_dir, const ParamTable& t, float* p
     return Status::Error(path.string() + "/trainer_state.json: " + e.what());
   }
   return Status::Ok();
+}
+
+Status LoadCheckpointRange(const std::string& ckpt_dir, const ParamTable& t, const std::string& set, size_t lo,
+                           size_t hi, float* dst) {
+  RW_REQUIRE(set.empty() || set == "exp_avg." || set == "exp_avg_sq.", "checkpoint: no tensor set '" << set << "'");
+  RW_REQUIRE(lo <= hi && hi <= t.total(), "checkpoint: range [" << lo << ", " << hi << ") of " << t.total());
+  const fs::path path(ckpt_dir);
+  return LoadRangeInto((path / (set.empty() ? "model.safetensors" : "optimizer.safetensors")).string(), t, set, lo,
+                       hi, dst);
 }
 
 Status LoadLatestCheckpoint(const std::string& dir, const ModelConfig&, const ParamTable& t, float* params, float* m,

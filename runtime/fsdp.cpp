@@ -4,6 +4,8 @@
 #include <cmath>
 #include <cstring>
 
+#include "runtime/checkpoint.h"
+
 namespace rw::runtime {
 namespace {
 // Tags of the fsdp and replica rings' collectives: their own layer range (the model's layers and the
@@ -47,11 +49,21 @@ void ShardedWeights::TakeShard(const float* params) {
     std::memcpy(shard_p_.data() + u.at, params + u.begin + u.lo, sizeof(float) * (u.hi - u.lo));
 }
 
-void ShardedWeights::TakeMoments(const float* m, const float* v) {
-  for (const auto& u : units_) {
-    std::memcpy(u.opt->m().data(), m + u.begin + u.lo, sizeof(float) * (u.hi - u.lo));
-    std::memcpy(u.opt->v().data(), v + u.begin + u.lo, sizeof(float) * (u.hi - u.lo));
+void ShardedWeights::InitShard(const ModelConfig& c, uint64_t seed) {
+  std::vector<ParamTable::Range> mine;
+  for (const auto& u : units_)
+    if (u.hi > u.lo) mine.push_back({u.begin + u.lo, u.begin + u.hi});
+  InitParameterRanges(c, table_, seed, mine, shard_p_.data());  // the chunks, in unit order: the shard's layout
+}
+
+Status ShardedWeights::LoadShard(const std::string& dir) {
+  for (auto& u : units_) {
+    const size_t lo = u.begin + u.lo, hi = u.begin + u.hi;
+    RW_RETURN_IF_ERROR(LoadCheckpointRange(dir, table_, "", lo, hi, shard_p_.data() + u.at));
+    RW_RETURN_IF_ERROR(LoadCheckpointRange(dir, table_, "exp_avg.", lo, hi, u.opt->m().data()));
+    RW_RETURN_IF_ERROR(LoadCheckpointRange(dir, table_, "exp_avg_sq.", lo, hi, u.opt->v().data()));
   }
+  return Status::Ok();
 }
 
 MsgTag ShardedWeights::NextTag() { return MsgTag{job_, 0, step_, kFsdpLayer + ops_++, 0}; }

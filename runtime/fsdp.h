@@ -9,9 +9,10 @@
 // shard order, and each rank updates its shard. Every reduction runs in a fixed order: the same mesh and
 // seed repeat bit for bit.
 //
+// Initialization and a resume make or read only the rank's chunks (the whole model is never held; an
+// init_from of a Hugging Face directory is read whole, once, before the shard takes its chunks).
 // Not yet: the next unit's gather in flight while the current one computes (each gather and
-// reduce-scatter blocks the rank's compute), a gather in bf16 (half the traffic), and initialization or a
-// resume that never holds the whole model (both read it whole into host memory, then keep their shard).
+// reduce-scatter blocks the rank's compute), and a gather in bf16 (half the traffic).
 #pragma once
 
 #include <cstdint>
@@ -31,9 +32,12 @@ class ShardedWeights final : public UnitSource {
   ShardedWeights(const ParamTable& table, const OptimizerConfig& opt, Transport& fsdp, Transport* replica,
                  kernels::DType precision, kernels::Exec ex, uint64_t job);
 
-  // This rank's chunks of a whole parameter vector (initialization, a resume), and of whole moments.
+  // This rank's chunks of a whole parameter vector (a Hugging Face init_from).
   void TakeShard(const float* params);
-  void TakeMoments(const float* m, const float* v);
+  // Initialization (InitParameters' values) of this rank's chunks only: the whole vector is never held.
+  void InitShard(const ModelConfig& c, uint64_t seed);
+  // This rank's chunks of a verified checkpoint of ours (weights and moments), reading only their bytes.
+  Status LoadShard(const std::string& ckpt_dir);
 
   // Before a step's sequences: the shard gradients zeroed, the collective tags restarted.
   void BeginStep(uint32_t step);

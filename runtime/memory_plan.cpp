@@ -277,8 +277,8 @@ std::string FormatMemoryPlan(const MemoryPlan& plan, const MemoryPlanOptions& op
         "oneDNN's own scratch";
   for (const auto& s : plan.stages)
     if (s.mesh.fsdp > 1) {
-      os << "; with the weights sharded, initialization and a resume read the whole model into host memory (4 "
-            "bytes a parameter; 12 on a resume) before each rank keeps its shard";
+      os << "; with the weights sharded, an init_from reads the whole model into host memory (4 bytes a "
+            "parameter) before each rank keeps its shard";
       break;
     }
   os << ".\n";

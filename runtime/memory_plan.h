@@ -25,8 +25,8 @@
 // and AdamW's moments whole or, under optimizer.shard, 1/devices of them (ZeRO-1 over the world ring); with
 // fsdp > 1 the weights, gradients and moments are sharded over fsdp (ZeRO-3, runtime/fsdp.h: each rank
 // 1/fsdp of them and one unit gathered whole at a time). When a stage does not fit, the plan also says
-// which (fsdp, sp) mesh would. Not counted under fsdp: initialization and a resume read the whole model
-// into host memory before each rank keeps its shard (4 bytes a parameter; 12 on a resume).
+// which (fsdp, sp) mesh would. Not counted under fsdp: an init_from of a Hugging Face directory reads the
+// whole model into host memory (4 bytes a parameter) before each rank keeps its shard.
 #pragma once
 
 #include <cstdint>

@@ -83,12 +83,23 @@ const ParamInfo* ParamTable::Find(const std::string& name) const {
   return nullptr;
 }
 
-void InitParameters(const ModelConfig&, const ParamTable& t, uint64_t seed, float* params) {
+void InitParameters(const ModelConfig& c, const ParamTable& t, uint64_t seed, float* params) {
+  InitParameterRanges(c, t, seed, {ParamTable::Range{0, t.total()}}, params);
+}
+
+void InitParameterRanges(const ModelConfig&, const ParamTable& t, uint64_t seed,
+                         const std::vector<ParamTable::Range>& ranges, float* out) {
   std::mt19937_64 gen(seed);
   std::normal_distribution<float> normal(0.f, 0.02f);
+  size_t r = 0;  // the first range not yet passed
   for (const auto& p : t.tensors()) {
     const bool norm = p.shape.size() == 1;
-    for (size_t i = 0; i < p.numel; ++i) params[p.offset + i] = norm ? 1.f : normal(gen);
+    for (size_t i = 0; i < p.numel; ++i) {
+      const size_t at = p.offset + i;
+      const float x = norm ? 1.f : normal(gen);  // every value drawn, kept or not: the stream stays the same
+      while (r < ranges.size() && ranges[r].end <= at) out += ranges[r++].size();
+      if (r < ranges.size() && at >= ranges[r].begin) out[at - ranges[r].begin] = x;
+    }
   }
 }
 

@@ -82,6 +82,10 @@ class ParamTable {
 
 // Hugging Face's initialization: weights ~ N(0, 0.02), norm weights 1. Deterministic in `seed`.
 void InitParameters(const ModelConfig& c, const ParamTable& t, uint64_t seed, float* params);
+// The same values, of the given ranges of the flat vector only (ascending, disjoint), one after another in
+// `out`: the generator runs over the whole vector, the memory is the ranges' (a shard's initialization).
+void InitParameterRanges(const ModelConfig& c, const ParamTable& t, uint64_t seed,
+                         const std::vector<ParamTable::Range>& ranges, float* out);
 
 // One rank's share of one packed sequence (all arrays of length S, in the layout's local order).
 struct ShardBatch {

@@ -79,14 +79,14 @@ Status TrainRank(const RankRings& rings, const JobConfig& job, const std::functi
   // The ring must be the size of the stage it resumes into (a driver re-forms it at stage changes).
   ModelConfig model = job.model;
   const ParamTable table(model);
-  std::vector<float> params(table.total()), grads(job.mesh.fsdp > 1 ? 0 : table.total());
-  InitParameters(model, table, job.seed, params.data());
+  // mesh.fsdp > 1 (ZeRO-3): the weights, their gradients and the moments are sharded over the fsdp ring
+  // (runtime/fsdp.h) and the whole vectors are not held (an init_from reads them whole, once).
+  const bool zero3 = job.mesh.fsdp > 1;
+  std::vector<float> params(zero3 ? 0 : table.total()), grads(zero3 ? 0 : table.total());
+  if (!zero3) InitParameters(model, table, job.seed, params.data());
   const int threads = RankThreads(job, R);
   // optimizer.shard (ZeRO-1 over the ring): this rank keeps the moments of the chunk of the parameters that
   // the gradients' reduce-scatter sums here, updates that chunk, and the weights are all-gathered.
-  // mesh.fsdp > 1 (ZeRO-3): the weights, their gradients and the moments are sharded over the fsdp ring
-  // (runtime/fsdp.h); the whole vectors below exist only until the shard has taken its chunks.
-  const bool zero3 = job.mesh.fsdp > 1;
   RW_REQUIRE(!zero3 || (rings.fsdp && rings.fsdp->size() == job.mesh.fsdp),
              "mesh.fsdp: " << job.mesh.fsdp << " shards, but this rank's fsdp ring has "
                            << (rings.fsdp ? rings.fsdp->size() : 0) << " ranks");
@@ -98,9 +98,11 @@ Status TrainRank(const RankRings& rings, const JobConfig& job, const std::functi
   // Mixed precision: GEMMs read a bf16 copy of the fp32 master weights, made again after every update.
   const kernels::DType precision = job.precision == "bf16" ? kernels::DType::kBF16 : kernels::DType::kF32;
   std::unique_ptr<ShardedWeights> shards;
-  if (zero3)
+  if (zero3) {
     shards = std::make_unique<ShardedWeights>(table, job.optimizer, *rings.fsdp, rings.replica.get(), precision,
                                               kernels::Exec{control.device, threads}, job.seed);
+    shards->InitShard(model, job.seed);
+  }
   std::vector<kernels::bf16> compute(precision == kernels::DType::kBF16 && !zero3 ? table.total() : 0);
   auto refresh_compute = [&]() -> Status {
     if (compute.empty()) return Status::Ok();
@@ -149,20 +151,29 @@ Status TrainRank(const RankRings& rings, const JobConfig& job, const std::functi
   if (!job.checkpoint.dir.empty()) {
     if (rank == 0) CollectCheckpointLeftovers(job.checkpoint.dir);  // of writes a crash interrupted
     bool found = false;
-    // The moments of this rank's range only (all of them unless the optimizer is sharded; under fsdp all of
-    // them, until the shard takes its chunks).
-    std::vector<float> whole_m(zero3 ? n : 0), whole_v(zero3 ? n : 0);
-    float* m = zero3 ? whole_m.data() : opt.m().data();
-    float* v = zero3 ? whole_v.data() : opt.v().data();
-    const MomentRange range = zero3 ? MomentRange{0, n} : MomentRange{lo, hi};
-    if (!control.resume_checkpoint.empty()) {
-      RW_RETURN_IF_ERROR(LoadCheckpoint(control.resume_checkpoint, table, params.data(), m, v, &resumed, range));
+    // The moments of this rank's range only (all of them unless the optimizer is sharded); under fsdp the
+    // shard's chunks of weights and moments only.
+    const MomentRange range{lo, hi};
+    if (zero3) {
+      std::string path = control.resume_checkpoint;
+      int64_t at = 0;
+      if (path.empty())
+        RW_RETURN_IF_ERROR(
+            FindResumeCheckpoint(job.checkpoint.dir, control.resume_max_step, &at, &path, &res.skipped_checkpoints));
+      if (!path.empty()) {
+        RW_RETURN_IF_ERROR(shards->LoadShard(path));
+        RW_RETURN_IF_ERROR(ReadTrainerState(path, &resumed));
+        found = true;
+      }
+    } else if (!control.resume_checkpoint.empty()) {
+      RW_RETURN_IF_ERROR(LoadCheckpoint(control.resume_checkpoint, table, params.data(), opt.m().data(),
+                                        opt.v().data(), &resumed, range));
       found = true;
     } else {
-      RW_RETURN_IF_ERROR(LoadLatestCheckpoint(job.checkpoint.dir, model, table, params.data(), m, v, &resumed,
-                                              &found, &res.skipped_checkpoints, control.resume_max_step, range));
+      RW_RETURN_IF_ERROR(LoadLatestCheckpoint(job.checkpoint.dir, model, table, params.data(), opt.m().data(),
+                                              opt.v().data(), &resumed, &found, &res.skipped_checkpoints,
+                                              control.resume_max_step, range));
     }
-    if (found && zero3) shards->TakeMoments(m, v);
     if (found) {
       RW_REQUIRE(resumed.seed == job.seed, "checkpoint.dir: holds a run of seed " << resumed.seed << ", the job has seed "
                                                                                << job.seed);
@@ -179,6 +190,10 @@ Status TrainRank(const RankRings& rings, const JobConfig& job, const std::functi
     RW_RETURN_IF_ERROR(AdoptModel(theirs, job.init_from, [](const std::string& k) {
       return k != "model.max_position_embeddings" && k != "model.rope_theta";
     }, &mine));
+    if (zero3) {  // read whole, once; the shard keeps its chunks below
+      params.assign(n, 0.f);
+      InitParameters(model, table, job.seed, params.data());
+    }
     if (theirs.vocab_size == model.vocab_size) {
       RW_RETURN_IF_ERROR(LoadWeights(job.init_from, table, params.data()));
     } else {  // a vocabulary extended past theirs: their rows of embed_tokens and lm_head, the rest as initialized
@@ -191,10 +206,10 @@ Status TrainRank(const RankRings& rings, const JobConfig& job, const std::functi
         std::copy(loaded.begin() + std::ptrdiff_t(p.offset), loaded.begin() + std::ptrdiff_t(p.offset + p.numel),
                   params.begin() + std::ptrdiff_t(table.Find(p.name)->offset));  // (V, E) rows come first
     }
-  }
-  if (zero3) {  // the shard keeps its chunks; the whole vector goes
-    shards->TakeShard(params.data());
-    std::vector<float>().swap(params);
+    if (zero3) {
+      shards->TakeShard(params.data());
+      std::vector<float>().swap(params);
+    }
   }
   RW_RETURN_IF_ERROR(refresh_compute());
   // Checkpoints (rank 0): a snapshot of parameters and moments at the step boundary, written by a

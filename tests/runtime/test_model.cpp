@@ -391,4 +391,26 @@ TEST(Model, BadConfigsAndBatchesNameTheField) {
 }
 
 }  // namespace
+// A shard's initialization (InitParameterRanges) makes exactly the whole vector's values of its ranges:
+// ragged ranges cutting tensors anywhere, an empty one, and the whole.
+TEST(Model, InitializingRangesGivesTheWholeVectorsValuesOfThem) {
+  const ModelConfig c = test::SmallModel(61, 24, 40, 2, 4, 2);
+  const ParamTable t(c);
+  std::vector<float> whole(t.total());
+  InitParameters(c, t, 7, whole.data());
+  const size_t n = t.total();
+  for (const std::vector<ParamTable::Range>& ranges :
+       {std::vector<ParamTable::Range>{{0, n}}, std::vector<ParamTable::Range>{{3, 3}, {5, 97}, {98, 1001}, {n - 13, n}},
+        std::vector<ParamTable::Range>{{n / 3, n / 3 + 1}, {n / 2, n / 2 + 577}}}) {
+    size_t total = 0;
+    for (const auto& r : ranges) total += r.size();
+    std::vector<float> got(total, -99.f);
+    InitParameterRanges(c, t, 7, ranges, got.data());
+    size_t at = 0, diffs = 0;
+    for (const auto& r : ranges)
+      for (size_t i = r.begin; i < r.end; ++i) diffs += got[at++] != whole[i];
+    EXPECT_EQ(diffs, 0u) << ranges.size() << " ranges";
+  }
+}
+
 }  // namespace rw::runtime

@@ -321,6 +321,22 @@ TEST(Trainer, InitFromLoadsWeightsAndRefusesAModelOfAnotherShape) {
   const auto fresh = TrainSteps(Tiny(2, 2));
   ASSERT_FALSE(from_init.empty());
   EXPECT_NE(from_init[0].loss, fresh[0].loss) << "init_from must change the starting weights";
+  {  // with the weights sharded (fsdp 2): the same start, read whole once and kept as shards
+    JobConfig sharded = job;
+    sharded.ring.devices = 2;
+    sharded.mesh.fsdp = 2;
+    for (auto& st : sharded.stages) st.batch = 2;
+    JobConfig replicated = job;
+    for (auto& st : replicated.stages) st.batch = 2;
+    const auto a = TrainSteps(replicated);
+    std::vector<StepMetrics> b;
+    auto st = test::RunMesh(Mesh{1, 2, 1}, [&](int, const RankRings& rings) {
+      return TrainRank(rings, sharded, [&](const StepMetrics& m) { b.push_back(m); }, nullptr);
+    });
+    for (auto& x : st) EXPECT_TRUE(x.ok()) << x.message();
+    ASSERT_EQ(a.size(), b.size());
+    for (size_t i = 0; i < a.size(); ++i) EXPECT_NEAR(b[i].loss, a[i].loss, 1e-5 * a[i].loss) << "fsdp 2, step " << i + 1;
+  }
   JobConfig other = Tiny(2, 2);
   other.init_from = path;
   other.model.hidden_size = 64;
