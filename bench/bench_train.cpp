@@ -83,8 +83,9 @@ int main(int argc, char** argv) {
   std::printf("bf16 attention: %s\n", rw::kernels::cpu::Bf16AttentionPath().c_str());
   const int64_t base = ResidentBytes();
   std::printf("process before the rows: %.3f GiB resident\n", double(base) / double(1 << 30));
-  std::printf("%-6s %-6s %-3s %-10s %-5s | %-10s %-10s %-12s %-8s %-8s %-9s %-9s\n", "model", "seq", "R", "dp,fsdp,sp",
-              "prec", "step s", "tokens/s", "model GF/s", "MFU", "peak GiB", "plan+base", "peak/plan");
+  std::printf("%-6s %-6s %-3s %-10s %-5s | %-10s %-10s %-12s %-8s %-8s %-9s %-9s %-7s\n", "model", "seq", "R",
+              "dp,fsdp,sp", "prec", "step s", "tokens/s", "model GF/s", "MFU", "peak GiB", "plan+base", "peak/plan",
+              "hidden");
   const std::vector<Shape> shapes = {{"tiny", 128, 352, 4, 8, 4}, {"small", 512, 1408, 4, 8, 4}};
   std::vector<int64_t> seqs = quick ? std::vector<int64_t>{256} : std::vector<int64_t>{4096, 16384};
   if (only_seq > 0) seqs = {only_seq};
@@ -126,12 +127,13 @@ int main(int argc, char** argv) {
         const std::vector<RankRings> rings = InprocMesh(mesh);
         std::vector<std::thread> th;
         std::vector<Status> st(R);
+        TrainResult first;  // rank 0's: the weight shards' collective time, and the compute's wait for it
         for (int r = 0; r < R; ++r)
           th.emplace_back([&, r] {
             st[r] = TrainRank(rings[size_t(r)], job, [&](const StepMetrics& m) {
               secs.push_back(m.step_seconds);
               peak = std::max(peak, m.peak_bytes);
-            }, nullptr);
+            }, r == 0 ? &first : nullptr);
           });
         for (auto& x : th) x.join();
         for (auto& s : st)
@@ -148,9 +150,14 @@ int main(int argc, char** argv) {
             R * RankMemoryOnMesh(job, L, mesh, RankThreads(job, R), mesh.data_groups()).total() + base;
         char m[32];
         std::snprintf(m, sizeof(m), "%lld,%lld,%lld", (long long)mesh.dp, (long long)mesh.fsdp, (long long)mesh.sp);
-        std::printf("%-6s %-6ld %-3d %-10s %-5s | %10.3f %10.0f %12.1f %8.3f %8.2f %9.2f %9.3f\n", sh.name, long(L), R,
+        // hidden: the share of the shards' gather and reduce-scatter time the compute did not wait for.
+        char hidden[16] = "-";
+        if (first.shard_comm_seconds > 0)
+          std::snprintf(hidden, sizeof(hidden), "%.2f", 1.0 - first.shard_wait_seconds / first.shard_comm_seconds);
+        std::printf("%-6s %-6ld %-3d %-10s %-5s | %10.3f %10.0f %12.1f %8.3f %8.2f %9.2f %9.3f %7s\n", sh.name, long(L), R,
                     m, prec.c_str(), step, tps, gf, gf / (prec == "bf16" ? bgemm : sgemm),
-                    double(peak) / double(1 << 30), double(planned) / double(1 << 30), double(peak) / double(planned));
+                    double(peak) / double(1 << 30), double(planned) / double(1 << 30), double(peak) / double(planned),
+                    hidden);
         std::fflush(stdout);
       }
   return 0;

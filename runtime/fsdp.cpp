@@ -1,6 +1,7 @@
 #include "runtime/fsdp.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstring>
 
@@ -33,15 +34,85 @@ ShardedWeights::ShardedWeights(const ParamTable& table, const OptimizerConfig& o
   }
   shard_p_.assign(at, 0.f);
   shard_g_.assign(at, 0.f);
-  unit_p_.reserve(largest);
-  unit_g_.reserve(largest);
-  if (precision == kernels::DType::kBF16) unit_c_.reserve(largest);
+  for (int i = 0; i < 2; ++i) {
+    gathered_[i].p.reserve(largest);
+    gradient_[i].g.reserve(largest);
+    if (precision == kernels::DType::kBF16) gathered_[i].c.reserve(largest);
+  }
+  thread_ = std::thread([this] { Loop(); });
+}
+
+ShardedWeights::~ShardedWeights() {
+  bool busy;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    busy = pending_ > 0;
+  }
+  if (busy) fsdp_.Abort("a rank left its step with collectives of its weight shards posted");
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stopping_ = true;
+  }
+  cv_.notify_all();
+  thread_.join();
+}
+
+void ShardedWeights::Loop() {
+  for (;;) {
+    std::packaged_task<Status()> job;
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      cv_.wait(lock, [&] { return stopping_ || !jobs_.empty(); });
+      if (jobs_.empty()) return;  // stopping, and nothing left
+      job = std::move(jobs_.front());
+      jobs_.pop_front();
+    }
+    const auto t0 = std::chrono::steady_clock::now();
+    job();
+    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    std::lock_guard<std::mutex> lock(mu_);
+    comm_seconds_ += secs;
+    --pending_;
+  }
+}
+
+std::future<Status> ShardedWeights::Post(std::function<Status()> job) {
+  std::packaged_task<Status()> task(std::move(job));
+  std::future<Status> f = task.get_future();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    jobs_.push_back(std::move(task));
+    ++pending_;
+  }
+  cv_.notify_all();
+  return f;
+}
+
+Status ShardedWeights::Await(std::future<Status>& f) {
+  if (!f.valid()) return error_;
+  const auto t0 = std::chrono::steady_clock::now();
+  const Status st = f.get();
+  wait_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  if (!st.ok() && error_.ok()) error_ = st;
+  return error_;
+}
+
+Status ShardedWeights::Drain() {
+  for (auto& g : gathered_) (void)Await(g.ready);
+  for (auto& g : gradient_) (void)Await(g.done);
+  return error_;
+}
+
+ShardedWeights::Overlap ShardedWeights::overlap() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return Overlap{comm_seconds_, wait_seconds_};
 }
 
 int64_t ShardedWeights::bytes() const {
-  return int64_t(sizeof(float) * (shard_p_.capacity() + shard_g_.capacity() + 2 * shard_p_.size() +
-                                  unit_p_.capacity() + unit_g_.capacity()) +
-                 sizeof(kernels::bf16) * unit_c_.capacity());
+  int64_t b = int64_t(sizeof(float) * (shard_p_.capacity() + shard_g_.capacity() + 2 * shard_p_.size()));
+  for (const auto& g : gathered_) b += int64_t(sizeof(float) * g.p.capacity() + sizeof(kernels::bf16) * g.c.capacity());
+  for (const auto& g : gradient_) b += int64_t(sizeof(float) * g.g.capacity());
+  return b;
 }
 
 void ShardedWeights::TakeShard(const float* params) {
@@ -71,28 +142,57 @@ MsgTag ShardedWeights::NextTag() { return MsgTag{job_, 0, step_, kFsdpLayer + op
 void ShardedWeights::BeginStep(uint32_t step) {
   step_ = step;
   ops_ = 0;
-  std::fill(shard_g_.begin(), shard_g_.end(), 0.f);
+  std::fill(shard_g_.begin(), shard_g_.end(), 0.f);  // nothing is posted between steps (FinishStep drained)
+  for (auto& g : gathered_) g.unit = -1;               // the weights changed
+  in_use_ = -1;
+}
+
+void ShardedWeights::PostGather(int slot, int unit) {
+  Gathered& g = gathered_[slot];
+  (void)Await(g.ready);  // a gather still writing this buffer (one the model did not ask for)
+  const UnitShard& u = units_[size_t(unit)];
+  g.unit = unit;
+  g.p.resize(u.n);
+  std::memcpy(g.p.data() + u.lo, shard_p_.data() + u.at, sizeof(float) * (u.hi - u.lo));
+  if (precision_ == kernels::DType::kBF16) g.c.resize(u.n);
+  const MsgTag tag = NextTag();
+  g.ready = Post([this, &g, n = u.n, tag]() -> Status {
+    RW_RETURN_IF_ERROR(fsdp_.AllGatherChunks(g.p.data(), n, tag));
+    if (precision_ != kernels::DType::kBF16) return Status::Ok();
+    // One thread: the compute's threads are busy with the current unit.
+    return kernels::Cast(kernels::Exec{ex_.device, 1}, int64_t(n), g.p.data(), g.c.data());
+  });
 }
 
 Status ShardedWeights::Acquire(int unit, bool with_grads, Unit* out) {
   RW_REQUIRE(unit >= 0 && size_t(unit) < units_.size(), "fsdp: no unit " << unit << " of " << units_.size());
   RW_REQUIRE(grads_of_ < 0 || !with_grads, "fsdp: unit " << unit << "'s gradients asked for before unit "
                                                         << grads_of_ << "'s were handed back");
-  const UnitShard& u = units_[size_t(unit)];
-  unit_p_.resize(u.n);
-  std::memcpy(unit_p_.data() + u.lo, shard_p_.data() + u.at, sizeof(float) * (u.hi - u.lo));
-  RW_RETURN_IF_ERROR(fsdp_.AllGatherChunks(unit_p_.data(), u.n, NextTag()));
-  out->params = unit_p_.data();
-  out->compute = nullptr;
-  if (precision_ == kernels::DType::kBF16) {
-    unit_c_.resize(u.n);
-    RW_RETURN_IF_ERROR(kernels::Cast(ex_, int64_t(u.n), unit_p_.data(), unit_c_.data()));
-    out->compute = unit_c_.data();
+  RW_RETURN_IF_ERROR(error_);
+  // The buffer that holds the unit or has its gather posted; else gather it now into the other one.
+  int s = -1;
+  for (int i = 0; i < 2; ++i)
+    if (gathered_[i].unit == unit) s = i;
+  if (s < 0) {
+    s = in_use_ == 0 ? 1 : 0;
+    PostGather(s, unit);
   }
+  RW_RETURN_IF_ERROR(Await(gathered_[s].ready));
+  in_use_ = s;
+  // The unit the model asks for next, in flight while this one computes.
+  const int next = with_grads ? unit - 1 : unit + 1;
+  if (next >= 0 && size_t(next) < units_.size() && gathered_[1 - s].unit != next) PostGather(1 - s, next);
+  const UnitShard& u = units_[size_t(unit)];
+  out->params = gathered_[s].p.data();
+  out->compute = precision_ == kernels::DType::kBF16 ? gathered_[s].c.data() : nullptr;
   out->grads = nullptr;
-  if (with_grads) {
-    unit_g_.assign(u.n, 0.f);
-    out->grads = unit_g_.data();
+  if (with_grads) {  // the gradient buffer not handed out last: its reduce-scatter (two units ago) done
+    const int g = grad_in_use_ == 0 ? 1 : 0;
+    RW_RETURN_IF_ERROR(Await(gradient_[g].done));
+    gradient_[g].unit = unit;
+    gradient_[g].g.assign(u.n, 0.f);
+    out->grads = gradient_[g].g.data();
+    grad_in_use_ = g;
     grads_of_ = unit;
   }
   out->begin = u.begin;
@@ -102,13 +202,24 @@ Status ShardedWeights::Acquire(int unit, bool with_grads, Unit* out) {
 Status ShardedWeights::GradReady(int unit) {
   RW_REQUIRE(unit == grads_of_, "fsdp: unit " << unit << "'s gradient handed back, unit " << grads_of_ << "'s is out");
   grads_of_ = -1;
+  RW_RETURN_IF_ERROR(error_);
+  Gradient& g = gradient_[grad_in_use_];
   const UnitShard& u = units_[size_t(unit)];
-  RW_RETURN_IF_ERROR(fsdp_.ReduceScatterSum(unit_g_.data(), u.n, NextTag()));
-  return kernels::AddInto(ex_, int64_t(u.hi - u.lo), unit_g_.data() + u.lo, shard_g_.data() + u.at);
+  const MsgTag tag = NextTag();
+  // shard_g_ is written only here, on the collectives' thread, in posting order, until FinishStep drains.
+  g.done = Post([this, &g, &u, tag]() -> Status {
+    RW_RETURN_IF_ERROR(fsdp_.ReduceScatterSum(g.g.data(), u.n, tag));
+    return kernels::AddInto(kernels::Exec{ex_.device, 1}, int64_t(u.hi - u.lo), g.g.data() + u.lo,
+                            shard_g_.data() + u.at);
+  });
+  return Status::Ok();
 }
 
 Status ShardedWeights::FinishStep(int64_t step, int64_t total, double* grad_norm, double* lr) {
   RW_REQUIRE(grads_of_ < 0, "fsdp: the step ends with unit " << grads_of_ << "'s gradient still out");
+  RW_RETURN_IF_ERROR(Drain());
+  for (auto& g : gathered_) g.unit = -1;  // the update below changes the weights
+  in_use_ = -1;
   if (replica_ && replica_->size() > 1)
     RW_RETURN_IF_ERROR(replica_->AllReduceSum(shard_g_.data(), shard_g_.size(), NextTag()));
   // The global norm: each shard's fp64 sum of squares (units in order), the shards' added in chunk order.
@@ -126,6 +237,7 @@ Status ShardedWeights::FinishStep(int64_t step, int64_t total, double* grad_norm
 }
 
 Status ShardedWeights::GatherToFirst(float* params, float* m, float* v) {
+  RW_RETURN_IF_ERROR(Drain());  // the ring is this thread's now
   const bool first = fsdp_.rank() == 0;
   RW_REQUIRE(!first || (params && m && v), "fsdp: position 0 gathers into whole vectors");
   for (auto& u : units_) {

@@ -1,9 +1,17 @@
 // ZeRO-3 over the mesh's fsdp axis: each rank of an fsdp ring stores 1/fsdp of every unit of the model
 // (ParamTable::Units: the embedding, each layer, the head) — its fp32 master weights, their gradients and
 // AdamW's moments — and nothing of the whole model. The model asks for each unit just before it uses it
-// (UnitSource): the unit's chunks are all-gathered around the fsdp ring into a unit buffer (fp32; cast to
-// bf16 there under mixed precision) and the buffer is reused by the next unit. After a unit's backward its
-// gradient is reduce-scattered around the fsdp ring and the rank's chunk added to its shard's gradient.
+// (UnitSource): the unit's chunks are all-gathered around the fsdp ring into one of two unit buffers (fp32;
+// cast to bf16 there under mixed precision). After a unit's backward its gradient is reduce-scattered
+// around the fsdp ring and the rank's chunk added to its shard's gradient.
+//
+// Overlap: the fsdp ring's collectives run on a thread of their own, in the order the rank posts them
+// (every rank posts the same sequence, so the ring's messages pair up). When the model takes a unit, the
+// gather of the one it will want next (the following layer in the forward, the preceding one in the
+// backward) is posted into the other buffer, and runs while the current unit computes; a unit's
+// reduce-scatter runs while the next unit's backward computes (two gradient buffers). A unit still in a
+// buffer from earlier in the step (the last layer, between its forward and its backward) is not gathered
+// again. overlap() says how much of the collectives' time the compute waited for.
 // After the step's sequences the shard gradients are summed over the replica ring (the ranks of every data
 // group holding the same shard), the global norm is the fsdp ring's per-shard sums of squares added in
 // shard order, and each rank updates its shard. Every reduction runs in a fixed order: the same mesh and
@@ -11,12 +19,17 @@
 //
 // Initialization and a resume make or read only the rank's chunks (the whole model is never held; an
 // init_from of a Hugging Face directory is read whole, once, before the shard takes its chunks).
-// Not yet: the next unit's gather in flight while the current one computes (each gather and
-// reduce-scatter blocks the rank's compute), and a gather in bf16 (half the traffic).
+// Not yet: a gather in bf16 (half the traffic).
 #pragma once
 
+#include <condition_variable>
 #include <cstdint>
+#include <deque>
+#include <functional>
+#include <future>
 #include <memory>
+#include <mutex>
+#include <thread>
 #include <vector>
 
 #include "runtime/model.h"
@@ -31,6 +44,9 @@ class ShardedWeights final : public UnitSource {
   // (null or of size 1: none). `job`: the tags' job id.
   ShardedWeights(const ParamTable& table, const OptimizerConfig& opt, Transport& fsdp, Transport* replica,
                  kernels::DType precision, kernels::Exec ex, uint64_t job);
+  // A rank leaving with collectives still posted (an error mid-step) aborts its fsdp ring first, so that
+  // neither its collective thread nor its peers wait on it.
+  ~ShardedWeights() override;
 
   // This rank's chunks of a whole parameter vector (a Hugging Face init_from).
   void TakeShard(const float* params);
@@ -55,6 +71,11 @@ class ShardedWeights final : public UnitSource {
   int64_t optimizer_bytes() const { return int64_t(8 * shard_p_.size()); }
   // Bytes this rank holds for the model: the shard's weights, gradients and moments, the unit buffers.
   int64_t bytes() const;
+  // Seconds the fsdp ring's collectives took on their thread, and seconds the compute waited for them.
+  struct Overlap {
+    double comm_seconds = 0, wait_seconds = 0;
+  };
+  Overlap overlap() const;
 
  private:
   struct UnitShard {
@@ -63,7 +84,23 @@ class ShardedWeights final : public UnitSource {
     size_t at = 0;             // where the chunk starts in the shard's storage
     std::unique_ptr<AdamW> opt;  // the chunk's moments
   };
+  struct Gathered {  // a unit gathered (or being gathered) whole
+    int unit = -1;
+    std::vector<float> p;
+    std::vector<kernels::bf16> c;
+    std::future<Status> ready;  // valid until waited for
+  };
+  struct Gradient {  // a unit's whole gradient, then its reduce-scatter
+    int unit = -1;
+    std::vector<float> g;
+    std::future<Status> done;
+  };
   MsgTag NextTag();
+  std::future<Status> Post(std::function<Status()> job);  // to the collectives' thread, in order
+  void PostGather(int slot, int unit);
+  Status Await(std::future<Status>& f);  // waits (timed as the compute's wait); the first error sticks
+  Status Drain();                        // every posted collective done
+  void Loop();
 
   const ParamTable& table_;
   Transport& fsdp_;
@@ -74,9 +111,21 @@ class ShardedWeights final : public UnitSource {
   uint32_t step_ = 0, ops_ = 0;
   std::vector<UnitShard> units_;
   std::vector<float> shard_p_, shard_g_;
-  std::vector<float> unit_p_, unit_g_;  // the unit in use, whole
-  std::vector<kernels::bf16> unit_c_;
-  int grads_of_ = -1;  // the unit whose gradient buffer is out (GradReady not yet called)
+  Gathered gathered_[2];
+  Gradient gradient_[2];
+  int in_use_ = -1;      // the buffer of the unit the model holds
+  int grad_in_use_ = -1; // the gradient buffer handed out last
+  int grads_of_ = -1;    // the unit whose gradient buffer is out (GradReady not yet called)
+  Status error_;         // the first failed collective: every later call returns it
+  // The collectives' thread.
+  std::thread thread_;
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::packaged_task<Status()>> jobs_;
+  bool stopping_ = false;
+  int64_t pending_ = 0;  // posted and not yet finished (mu_)
+  double comm_seconds_ = 0;  // (mu_)
+  double wait_seconds_ = 0;  // the compute's thread only
 };
 
 }  // namespace rw::runtime

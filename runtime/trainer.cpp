@@ -289,6 +289,14 @@ Status TrainRank(const RankRings& rings, const JobConfig& job, const std::functi
       if (w.joinable()) w.join();
     }
   } join_at_exit{writer};
+  auto report = [&] {  // the run's result, when it ends well
+    if (shards) {
+      const ShardedWeights::Overlap o = shards->overlap();
+      res.shard_comm_seconds = o.comm_seconds;
+      res.shard_wait_seconds = o.wait_seconds;
+    }
+    if (result) *result = res;
+  };
   ModelWorkspace workspace;  // the rank's buffers, reused by every step
   std::vector<double> all_sums(2 * size_t(R));  // every rank's loss-weight sums, gathered each step
   std::vector<double> norm_parts(static_cast<size_t>(R));  // optimizer.shard: every chunk's sum of squares
@@ -440,13 +448,13 @@ Status TrainRank(const RankRings& rings, const JobConfig& job, const std::functi
       if (stage_end || periodic || stop > 0) RW_RETURN_IF_ERROR(save(int64_t(si), stop > 0 || step == total));
       if (stop > 0 && step < total) {
         res.stopped = true;
-        if (result) *result = res;
+        report();
         return Status::Ok();
       }
     }
   }
   RW_RETURN_IF_ERROR(join_writer());
-  if (result) *result = res;
+  report();
   return Status::Ok();
 }
 

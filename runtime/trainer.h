@@ -65,6 +65,9 @@ struct TrainResult {
   std::vector<std::string> skipped_checkpoints;  // newer checkpoints that failed verification, and why
   std::string last_checkpoint;
   int64_t optimizer_bytes = 0;  // AdamW moments this rank holds (8 a parameter; its chunk's under optimizer.shard)
+  // mesh.fsdp > 1: seconds this rank's weight-shard collectives took (on their own thread) and seconds its
+  // compute waited for them; 1 - wait / comm is the share hidden behind compute.
+  double shard_comm_seconds = 0, shard_wait_seconds = 0;
 };
 
 // The kernel threads a rank of a ring of `ring` gets: ring.threads_per_device, or this machine's cores / ring

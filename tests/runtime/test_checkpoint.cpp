@@ -227,6 +227,39 @@ TEST(Checkpoint, AMeshCheckpointResumesOnAnotherMesh) {
   }
 }
 
+// The same refusal with the weights sharded (mesh 1 x 2 x 2): rank 0 aborts its rings while the others
+// may be inside a unit's gather or reduce-scatter on their collectives' thread; every rank stops with an
+// error, none hangs (the watchdog would fail the test), and nothing past the refused step is committed.
+TEST(Checkpoint, ARefusedCommitStopsEveryRankOfAShardedMesh) {
+  TempDir run_dir("fence_mesh");
+  JobConfig job = Job(run_dir.path.string(), 20);
+  job.checkpoint.every_steps = 5;
+  job.ring.devices = 4;
+  job.mesh.fsdp = 2;
+  for (auto& st : job.stages) st.batch = 2;
+  TrainControl control;
+  int commits = 0;
+  control.commit_gate = [&](int64_t step) {
+    if (++commits == 1) return Status::Ok();
+    return Status::Error("epoch 1 was given up at step " + std::to_string(step));
+  };
+  std::atomic<int64_t> last{0};
+  const auto t0 = std::chrono::steady_clock::now();
+  auto rank_status = test::RunMesh(Mesh{1, 2, 2}, [&](int, const RankRings& rings) {
+    return TrainRank(rings, job, [&](const StepMetrics& m) { last = m.step; }, nullptr, control);
+  }, std::chrono::milliseconds(60000));
+  const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  for (int r = 0; r < 4; ++r) {
+    EXPECT_FALSE(rank_status[r].ok()) << "rank " << r << " went on after the refusal";
+    std::printf("  rank %d: %s\n", r, rank_status[r].message().c_str());
+  }
+  EXPECT_LT(last.load(), 20);
+  std::vector<int64_t> committed;
+  for (const auto& [step, path] : ListCheckpoints(run_dir.path.string())) committed.push_back(step);
+  EXPECT_EQ(committed, (std::vector<int64_t>{5}));
+  std::printf("  every rank stopped %.2f s in, after step %lld\n", took, static_cast<long long>(last.load()));
+}
+
 // A rank of a sharded optimizer loads only its range of the moments: equal to that slice of a whole load,
 // for ranges that cut tensors anywhere (and empty ones), read tensor by tensor from the file's header.
 TEST(Checkpoint, ARangeOfTheMomentsLoadsAsThatSliceOfTheWhole) {
