@@ -70,8 +70,26 @@ Status TrainRank(Transport& t, const JobConfig& job, const std::function<void(co
   return TrainRank(rings, job, on_step, result, control);
 }
 
+namespace {
+Status TrainRankOnRings(const RankRings& rings, const JobConfig& job,
+                        const std::function<void(const StepMetrics&)>& on_step, TrainResult* result,
+                        const TrainControl& control);
+}  // namespace
+
 Status TrainRank(const RankRings& rings, const JobConfig& job, const std::function<void(const StepMetrics&)>& on_step,
                  TrainResult* result, const TrainControl& control) {
+  const Status st = TrainRankOnRings(rings, job, on_step, result, control);
+  // A rank that fails leaves none of its peers waiting on it: in a mesh they meet it on rings the failure
+  // did not come through (its sp ring, its fsdp ring), which nothing else would abort.
+  // (An aborted ring keeps its first reason.)
+  if (!st.ok() && rings.world) rings.Abort("rank " + std::to_string(rings.world->rank()) + " failed: " + st.message());
+  return st;
+}
+
+namespace {
+Status TrainRankOnRings(const RankRings& rings, const JobConfig& job,
+                        const std::function<void(const StepMetrics&)>& on_step, TrainResult* result,
+                        const TrainControl& control) {
   RW_RETURN_IF_ERROR(job.Validate());
   Transport& t = rings.world_ring();   // every rank: gradients, loss, optimizer, checkpoints, stop votes
   Transport& sp = rings.sp_ring();     // this rank's data group: attention
@@ -457,6 +475,8 @@ Status TrainRank(const RankRings& rings, const JobConfig& job, const std::functi
   report();
   return Status::Ok();
 }
+
+}  // namespace
 
 Status EvalRank(Transport& t, const std::string& checkpoint_dir, const std::string& data_dir, int64_t seq_len,
                 const std::string& layout_name, int num_threads, EvalResult* out) {

@@ -381,16 +381,21 @@ TEST(DeviceActor, DevicesInTwoProcessesFormAUcxRingDrivenOverTheMiddleman) {
 namespace rw::actors {
 namespace {
 
-// The planner: the stage's own ring when there are devices enough, else the largest ring >= min_devices
-// whose layout splits every stage it runs (zigzag: seq_len a multiple of 2R), and a refusal naming why.
-TEST(PlanRing, TheLargestValidRingAtOrAboveMinDevicesAndTheStagesItRuns) {
-  const std::string yaml = R"(
+// A planner's job: a one-layer model on a ring of 4 that may shrink to 2, with `rest` (a mesh, stages).
+std::string PlanJob(const std::string& rest) {
+  return R"(
 name: p
 model: {hidden_size: 32, intermediate_size: 64, num_hidden_layers: 1, num_attention_heads: 4,
         num_key_value_heads: 2, max_position_embeddings: 512}
 ring: {devices: 4, min_devices: 2, layout: zigzag}
-stages: [{seq_len: 64, steps: 3}, {seq_len: 64, steps: 2}, {seq_len: 128, steps: 2, devices: 8}]
-)";
+)" + rest;
+}
+
+// The planner: the stage's own ring when there are devices enough, else the largest ring >= min_devices
+// whose layout splits every stage it runs (zigzag: seq_len a multiple of 2R), and a refusal naming why.
+TEST(PlanRing, TheLargestValidRingAtOrAboveMinDevicesAndTheStagesItRuns) {
+  const std::string yaml =
+      PlanJob("stages: [{seq_len: 64, steps: 3}, {seq_len: 64, steps: 2}, {seq_len: 128, steps: 2, devices: 8}]\n");
   RingPlan plan;
   runtime::JobConfig job;
   ASSERT_TRUE(runtime::ParseJobConfig(yaml, "p", {}, &job).ok());
@@ -429,14 +434,8 @@ stages: [{seq_len: 64, steps: 3}, {seq_len: 64, steps: 2}, {seq_len: 128, steps:
 // With a mesh the plan carries it: dp gives way first on fewer devices, and a ring runs only the stages
 // that make the same mesh of its devices.
 TEST(PlanRing, AMeshShrinksItsReplicasFirst) {
-  const std::string yaml = R"(
-name: p
-model: {hidden_size: 32, intermediate_size: 64, num_hidden_layers: 1, num_attention_heads: 4,
-        num_key_value_heads: 2, max_position_embeddings: 512}
-ring: {devices: 4, min_devices: 2, layout: zigzag}
-mesh: {dp: 2}
-stages: [{seq_len: 64, steps: 3, batch: 2}, {seq_len: 64, steps: 2, batch: 2}]
-)";
+  const std::string yaml =
+      PlanJob("mesh: {dp: 2}\nstages: [{seq_len: 64, steps: 3, batch: 2}, {seq_len: 64, steps: 2, batch: 2}]\n");
   RingPlan plan;
   runtime::JobConfig job;
   const Status parsed = runtime::ParseJobConfig(yaml, "p", {}, &job);
