@@ -17,27 +17,24 @@
 
 namespace rw::runtime::test {
 
-inline std::vector<Status> RunRanks(const std::shared_ptr<InprocFabric>& fabric,
-                                    const std::function<Status(int, Transport&)>& fn,
-                                    std::chrono::milliseconds deadline = std::chrono::milliseconds(60000)) {
-  const int R = fabric->size();
-  std::vector<std::promise<Status>> done(R);
+// Runs fn(r) for r in [0, n) on threads of their own; past the deadline, fails the test and calls abort()
+// (which must make every rank's waits fail), then joins them all.
+inline std::vector<Status> RunThreads(int n, const std::function<Status(int)>& fn, std::chrono::milliseconds deadline,
+                                      const std::function<void()>& abort) {
+  std::vector<std::promise<Status>> done(n);
   std::vector<std::future<Status>> results;
   std::vector<std::thread> threads;
-  for (int r = 0; r < R; ++r) {
+  for (int r = 0; r < n; ++r) {
     results.push_back(done[r].get_future());
-    threads.emplace_back([&, r] {
-      auto ep = fabric->Endpoint(r);
-      done[r].set_value(fn(r, *ep));
-    });
+    threads.emplace_back([&, r] { done[r].set_value(fn(r)); });
   }
   const auto until = std::chrono::steady_clock::now() + deadline;
   bool timed_out = false;
   for (auto& f : results)
     if (f.wait_until(until) != std::future_status::ready) timed_out = true;
   if (timed_out) {
-    ADD_FAILURE() << "watchdog: ranks still running after " << deadline.count() << " ms; aborting the ring";
-    fabric->AbortAll("watchdog");
+    ADD_FAILURE() << "watchdog: ranks still running after " << deadline.count() << " ms; aborting their rings";
+    abort();
   }
   for (auto& t : threads) t.join();
   std::vector<Status> out;
@@ -45,30 +42,23 @@ inline std::vector<Status> RunRanks(const std::shared_ptr<InprocFabric>& fabric,
   return out;
 }
 
+inline std::vector<Status> RunRanks(const std::shared_ptr<InprocFabric>& fabric,
+                                    const std::function<Status(int, Transport&)>& fn,
+                                    std::chrono::milliseconds deadline = std::chrono::milliseconds(60000)) {
+  return RunThreads(
+      fabric->size(), [&](int r) { return fn(r, *fabric->Endpoint(r)); }, deadline,
+      [&] { fabric->AbortAll("watchdog"); });
+}
+
 // The same over a mesh (InprocMesh: the world ring and the mesh's sub-rings); the watchdog aborts them all.
 inline std::vector<Status> RunMesh(const Mesh& mesh, const std::function<Status(int, const RankRings&)>& fn,
                                    std::chrono::milliseconds deadline = std::chrono::milliseconds(120000)) {
-  const int W = int(mesh.world());
   const std::vector<RankRings> rings = InprocMesh(mesh);
-  std::vector<std::promise<Status>> done(W);
-  std::vector<std::future<Status>> results;
-  std::vector<std::thread> threads;
-  for (int r = 0; r < W; ++r) {
-    results.push_back(done[r].get_future());
-    threads.emplace_back([&, r] { done[r].set_value(fn(r, rings[size_t(r)])); });
-  }
-  const auto until = std::chrono::steady_clock::now() + deadline;
-  bool timed_out = false;
-  for (auto& f : results)
-    if (f.wait_until(until) != std::future_status::ready) timed_out = true;
-  if (timed_out) {
-    ADD_FAILURE() << "watchdog: ranks still running after " << deadline.count() << " ms; aborting the mesh";
-    for (const auto& r : rings) r.Abort("watchdog");
-  }
-  for (auto& t : threads) t.join();
-  std::vector<Status> out;
-  for (auto& f : results) out.push_back(f.get());
-  return out;
+  return RunThreads(
+      int(mesh.world()), [&](int r) { return fn(r, rings[size_t(r)]); }, deadline,
+      [&] {
+        for (const auto& x : rings) x.Abort("watchdog");
+      });
 }
 
 // A small random LLaMA for model tests: the given shape, HF initialization scaled by `scale` (sharper
