@@ -96,6 +96,9 @@ TEST(JobConfig, EveryBadCaseNamesItsKey) {
       {base, {"mesh.fsdp=2", "stages.1.batch=2", "stages.0.devices=3"}, "stages[0].devices: 3 devices do not divide into mesh.fsdp = 2"},
       {base, {"mesh.dp=2", "stages.1.batch=2", "stages.1.devices=6"}, "stages[1].seq_len"},  // sp 3: 128 in 6 chunks
       {base, {"mesh.nope=1"}, "--set mesh.nope: unknown key"},
+      {base, {"mesh.fsdp=2", "stages.1.batch=2", "model.tie_word_embeddings=true"}, "mesh.fsdp: tied embeddings"},
+      {base, {"ring.devices=4", "mesh.fsdp=2", "stages.0.batch=3", "stages.1.batch=2"},
+       "stages[0].batch: 3 sequences do not split evenly over"},
   };
   for (const auto& c : cases) {
     JobConfig job;
