@@ -136,11 +136,14 @@ ShardBatch PackedSequence::Rows() && {
 }
 
 std::vector<PackedSequence> GlobalBatch(const DataConfig& d, const Tokenizer& tok, uint64_t seed, int64_t step,
-                                        int64_t seq_len, int64_t batch, const std::vector<int64_t>* keep) {
-  std::vector<PackedSequence> out(size_t(batch), PackedSequence{keep});
-  for (int64_t b = 0; b < batch; ++b) {
+                                        int64_t seq_len, int64_t batch, const std::vector<int64_t>* keep,
+                                        int64_t first, int64_t last) {
+  last = last < 0 ? batch : std::min(last, batch);
+  first = std::clamp<int64_t>(first, 0, last);
+  std::vector<PackedSequence> out(size_t(last - first), PackedSequence{keep});
+  for (int64_t b = first; b < last; ++b) {
     Stream s{Mix(seed ^ Mix(uint64_t(step) * 0x100000001b3ull + uint64_t(b)))};
-    PackedSequence& p = out[b];
+    PackedSequence& p = out[size_t(b - first)];
     int32_t doc = 0;
     while (p.length() < seq_len) {
       std::vector<int32_t> ids;

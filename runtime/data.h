@@ -103,9 +103,11 @@ Status ApplyLossWeighting(const LossConfig& c, const double global_sums[2], std:
 Status ApplyLossWeighting(const LossConfig& c, std::vector<PackedSequence>& batch, double* scale);
 
 // The synthetic global batch of `step`: `batch` sequences of `seq_len` tokens (tok: d.tokenizer's); with
-// `keep`, only those rows of each (a rank's shard).
+// `keep`, only those rows of each (a rank's shard). Sequences [first, last) only (last -1: to the end): a
+// mesh's data group makes its own share, each sequence the same as in the whole batch.
 std::vector<PackedSequence> GlobalBatch(const DataConfig& d, const Tokenizer& tok, uint64_t seed, int64_t step,
-                                        int64_t seq_len, int64_t batch, const std::vector<int64_t>* keep = nullptr);
+                                        int64_t seq_len, int64_t batch, const std::vector<int64_t>* keep = nullptr,
+                                        int64_t first = 0, int64_t last = -1);
 
 // This rank's rows of one sequence under the layout.
 ShardBatch ShardOf(const PackedSequence& seq, const Layout& layout, int rank);

@@ -108,13 +108,6 @@ ShardedWeights::Overlap ShardedWeights::overlap() const {
   return Overlap{comm_seconds_, wait_seconds_};
 }
 
-int64_t ShardedWeights::bytes() const {
-  int64_t b = int64_t(sizeof(float) * (shard_p_.capacity() + shard_g_.capacity() + 2 * shard_p_.size()));
-  for (const auto& g : gathered_) b += int64_t(sizeof(float) * g.p.capacity() + sizeof(kernels::bf16) * g.c.capacity());
-  for (const auto& g : gradient_) b += int64_t(sizeof(float) * g.g.capacity());
-  return b;
-}
-
 void ShardedWeights::TakeShard(const float* params) {
   for (const auto& u : units_)
     std::memcpy(shard_p_.data() + u.at, params + u.begin + u.lo, sizeof(float) * (u.hi - u.lo));

@@ -67,10 +67,7 @@ class ShardedWeights final : public UnitSource {
   // ring takes part. What a checkpoint writes.
   Status GatherToFirst(float* params, float* m, float* v);
 
-  size_t shard_size() const { return shard_p_.size(); }      // parameters this rank stores
   int64_t optimizer_bytes() const { return int64_t(8 * shard_p_.size()); }
-  // Bytes this rank holds for the model: the shard's weights, gradients and moments, the unit buffers.
-  int64_t bytes() const;
   // Seconds the fsdp ring's collectives took on their thread, and seconds the compute waited for them.
   struct Overlap {
     double comm_seconds = 0, wait_seconds = 0;

@@ -364,8 +364,9 @@ Status TrainRankOnRings(const RankRings& rings, const JobConfig& job,
       // with the loss weights of the whole batch: its weight sums per modality are the ranks' sums, added
       // exactly in rank order after a small all-gather.
       auto weighted = windows ? NextBatch(*windows, stage.batch, &cursor, &mine)
-                              : GlobalBatch(job.data, *tok, job.seed, step, stage.seq_len, stage.batch, &mine);
-      if (mesh.data_groups() > 1) {  // the other groups' sequences (the batch is made whole, then cut)
+                              : GlobalBatch(job.data, *tok, job.seed, step, stage.seq_len, stage.batch, &mine, seq_lo,
+                                            seq_hi);
+      if (windows && mesh.data_groups() > 1) {  // the loader reads in order: the batch is made whole, then cut
         weighted.erase(weighted.begin() + seq_hi, weighted.end());
         weighted.erase(weighted.begin(), weighted.begin() + seq_lo);
       }

@@ -597,6 +597,24 @@ TEST(Needle, AnswerWeightLandsOnTheAnswer) {
   EXPECT_NE(d.Validate().message().find("data.tokenizer"), std::string::npos);
 }
 
+// A data group's share of a synthetic batch (sequences [first, last)) is those sequences of the whole batch,
+// element for element: a mesh's groups make only theirs.
+TEST(Needle, AShareOfTheBatchIsThoseSequencesOfTheWholeBatch) {
+  std::unique_ptr<Tokenizer> tok;
+  ASSERT_TRUE(MakeTokenizer(std::string(RW_CONFIGS) + "/needle-tokenizer.model", &tok).ok());
+  const DataConfig d = NeedleData(*tok, 60, 4000, 3);
+  const auto whole = GlobalBatch(d, *tok, 5, 3, 256, 5);
+  for (const auto& [first, last] : std::vector<std::pair<int64_t, int64_t>>{{0, 5}, {1, 3}, {4, 5}, {2, 2}}) {
+    const auto part = GlobalBatch(d, *tok, 5, 3, 256, 5, nullptr, first, last);
+    ASSERT_EQ(int64_t(part.size()), last - first);
+    for (int64_t b = first; b < last; ++b) {
+      EXPECT_EQ(part[size_t(b - first)].tokens, whole[size_t(b)].tokens) << "sequence " << b;
+      EXPECT_EQ(part[size_t(b - first)].weights, whole[size_t(b)].weights) << "sequence " << b;
+      EXPECT_EQ(part[size_t(b - first)].segments, whole[size_t(b)].segments) << "sequence " << b;
+    }
+  }
+}
+
 // A needle document is never longer than its sequence: lengths are capped at seq_len, so the first document
 // of every sequence is whole (answer included); only the last may be cut by the sequence's end.
 TEST(Needle, DocumentsFitTheirSequence) {
