@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -167,57 +168,29 @@ Status MatchTensors(const std::string& where, const std::map<std::string, T>& te
   return Status::Ok();
 }
 
-Status Assign(const std::string& where, const std::map<std::string, LoadedTensor>& tensors, const ParamTable& t,
-              const std::string& prefix, float* dst) {
-  std::vector<std::map<std::string, LoadedTensor>::const_iterator> src;
-  RW_RETURN_IF_ERROR(MatchTensors(where, tensors, t, prefix, &src));
-  for (size_t i = 0; i < src.size(); ++i)
-    std::copy(src[i]->second.data.begin(), src[i]->second.data.end(), dst + t.tensors()[i].offset);
-  return Status::Ok();
-}
-
-// [lo, hi) of the flat vector into dst (hi - lo entries), reading only those bytes of `file`, with the
-// checks of Assign over its whole header.
-Status LoadRangeInto(const std::string& file, const ParamTable& t, const std::string& prefix, size_t lo, size_t hi,
-                     float* dst) {
-  std::map<std::string, TensorInfo> header;
-  RW_RETURN_IF_ERROR(ReadSafetensorsHeader(file, &header));
-  std::vector<std::map<std::string, TensorInfo>::const_iterator> src;
-  RW_RETURN_IF_ERROR(MatchTensors(file, header, t, prefix, &src));
-  for (size_t i = 0; i < src.size(); ++i) {
-    const ParamInfo& p = t.tensors()[i];
-    const size_t b = std::max(lo, p.offset), e = std::min(hi, p.offset + p.numel);
-    if (b >= e) continue;
-    RW_RETURN_IF_ERROR(ReadTensorRange(file, src[i]->first, src[i]->second, b - p.offset, e - b, dst + (b - lo)));
-  }
-  return Status::Ok();
-}
-
-
 }  // namespace
 
-Status SaveCheckpoint(const std::string& dir, const ModelConfig& c, const ParamTable& t, const float* params,
-                      const float* m, const float* v, const TrainerState& state, const SaveOptions& opt,
-                      std::string* path, int64_t* bytes) {
-  const fs::path root(dir);
+namespace {
+
+// The checkpoint's temporary directory (fresh) for step `step`.
+Status MakeTempDir(const fs::path& root, int64_t step, fs::path* tmp) {
   std::error_code ec;
   fs::create_directories(root, ec);
-  RW_REQUIRE(!ec, "checkpoint.dir: cannot create " << dir << ": " << ec.message());
-  const std::string name = "step-" + std::to_string(state.step);
-  const fs::path tmp = root / (".tmp-" + name + "-" + std::to_string(::getpid()));
-  fs::remove_all(tmp, ec);
-  fs::create_directories(tmp, ec);
-  RW_REQUIRE(!ec, "checkpoint.dir: cannot create " << tmp.string() << ": " << ec.message());
-  RW_CRASH_POINT("checkpoint.tmp_created");
-  RW_RETURN_IF_ERROR(WriteSafetensors((tmp / "model.safetensors").string(), Refs(t, params, ""), {{"format", "pt"}}));
-  RW_CRASH_POINT("checkpoint.model_written");
-  if (m && v) {
-    auto refs = Refs(t, m, "exp_avg.");
-    auto vs = Refs(t, v, "exp_avg_sq.");
-    refs.insert(refs.end(), vs.begin(), vs.end());
-    RW_RETURN_IF_ERROR(WriteSafetensors((tmp / "optimizer.safetensors").string(), refs));
-    RW_CRASH_POINT("checkpoint.optimizer_written");
-  }
+  RW_REQUIRE(!ec, "checkpoint.dir: cannot create " << root.string() << ": " << ec.message());
+  *tmp = root / (".tmp-step-" + std::to_string(step) + "-" + std::to_string(::getpid()));
+  fs::remove_all(*tmp, ec);
+  fs::create_directories(*tmp, ec);
+  RW_REQUIRE(!ec, "checkpoint.dir: cannot create " << tmp->string() << ": " << ec.message());
+  return Status::Ok();
+}
+
+// Everything after the weight files (which `tmp` holds, synced; `known` gives the size and CRC32C of those
+// whose writers computed them): config, generation config, trainer state and tokenizer, the MANIFEST, the
+// directory synced, the fence, the rename that commits, retention and leftovers.
+Status CommitTempDir(const fs::path& root, const fs::path& tmp, const ModelConfig& c, const TrainerState& state,
+                     const SaveOptions& opt, const std::map<std::string, std::pair<uint64_t, uint32_t>>& known,
+                     std::string* path, int64_t* bytes) {
+  std::error_code ec;
   std::unique_ptr<Tokenizer> byte_tok;
   const Tokenizer* tok = opt.tokenizer;
   if (!tok) {
@@ -242,10 +215,14 @@ Status SaveCheckpoint(const std::string& dir, const ModelConfig& c, const ParamT
   }
   std::ostringstream manifest;
   int64_t total_bytes = 0;
+  for (const auto& [f, entry] : known) {
+    manifest << f << " " << entry.first << " " << entry.second << "\n";
+    total_bytes += int64_t(entry.first);
+  }
   for (const char* f :
        {"model.safetensors", "optimizer.safetensors", "config.json", "generation_config.json", "trainer_state.json",
         kTokenizerFile, "tokenizer_config.json"}) {
-    if (!fs::exists(tmp / f)) continue;
+    if (known.count(f) || !fs::exists(tmp / f)) continue;
     uint64_t size = 0;
     uint32_t crc = 0;
     RW_RETURN_IF_ERROR(FileCrc(tmp / f, &size, &crc));
@@ -262,7 +239,7 @@ Status SaveCheckpoint(const std::string& dir, const ModelConfig& c, const ParamT
       return Status::Error("checkpoint of step " + std::to_string(state.step) + " not committed: " + gate.message());
     }
   }
-  const fs::path final_path = root / name;
+  const fs::path final_path = root / ("step-" + std::to_string(state.step));
   // The commit is one rename. A checkpoint of the same step from an earlier run (one that resumed from an
   // older checkpoint reaches the step again) is swapped out atomically, so a crash leaves one or the other;
   // the old one, now under the temporary name, goes with the leftovers. Where the file system cannot
@@ -281,15 +258,113 @@ Status SaveCheckpoint(const std::string& dir, const ModelConfig& c, const ParamT
   RW_CRASH_POINT("checkpoint.renamed");
   RW_RETURN_IF_ERROR(FsyncPath(root, true));
   RW_CRASH_POINT("checkpoint.parent_synced");
-  // Retention, and leftovers of interrupted writes.
+  // Retention, and leftovers of interrupted writes (of this step or earlier: a later step's shards may be
+  // being written by their ranks now).
   const auto all = Checkpoints(root);
   for (size_t i = size_t(std::max<int64_t>(opt.keep, 1)); i < all.size(); ++i)
     if (opt.keep_every <= 0 || all[i].first % opt.keep_every != 0) fs::remove_all(all[i].second, ec);
-  CollectCheckpointLeftovers(dir);
+  CollectCheckpointLeftovers(root.string(), state.step);
   RW_CRASH_POINT("checkpoint.retention_done");
   if (path) *path = final_path.string();
   if (bytes) *bytes = total_bytes;
   return Status::Ok();
+}
+
+std::string ShardName(int k, int of) {
+  char buf[64];
+  std::snprintf(buf, sizeof(buf), "shard-%05d-of-%05d.safetensors", k, of);
+  return buf;
+}
+
+// shard-KKKKK-of-FFFFF.safetensors -> k, of (false for any other name).
+bool ParseShardName(const std::string& name, int* k, int* of) {
+  int a = -1, b = -1, used = 0;
+  if (std::sscanf(name.c_str(), "shard-%5d-of-%5d.safetensors%n", &a, &b, &used) != 2 ||
+      used != int(name.size()) || a < 0 || b <= 0 || a >= b || name != ShardName(a, b))
+    return false;
+  *k = a;
+  *of = b;
+  return true;
+}
+
+}  // namespace
+
+Status SaveCheckpoint(const std::string& dir, const ModelConfig& c, const ParamTable& t, const float* params,
+                      const float* m, const float* v, const TrainerState& state, const SaveOptions& opt,
+                      std::string* path, int64_t* bytes) {
+  const fs::path root(dir);
+  fs::path tmp;
+  RW_RETURN_IF_ERROR(MakeTempDir(root, state.step, &tmp));
+  RW_CRASH_POINT("checkpoint.tmp_created");
+  RW_RETURN_IF_ERROR(WriteSafetensors((tmp / "model.safetensors").string(), Refs(t, params, ""), {{"format", "pt"}}));
+  RW_CRASH_POINT("checkpoint.model_written");
+  if (m && v) {
+    auto refs = Refs(t, m, "exp_avg.");
+    auto vs = Refs(t, v, "exp_avg_sq.");
+    refs.insert(refs.end(), vs.begin(), vs.end());
+    RW_RETURN_IF_ERROR(WriteSafetensors((tmp / "optimizer.safetensors").string(), refs));
+    RW_CRASH_POINT("checkpoint.optimizer_written");
+  }
+  return CommitTempDir(root, tmp, c, state, opt, {}, path, bytes);
+}
+
+Status WriteCheckpointShard(const std::string& dir, int64_t step, int shard, int shards, size_t total,
+                            const std::vector<ShardPiece>& pieces, ShardFile* out) {
+  RW_REQUIRE(shard >= 0 && shard < shards && shards <= 99999, "checkpoint: shard " << shard << " of " << shards);
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  RW_REQUIRE(!ec, "checkpoint.dir: cannot create " << dir << ": " << ec.message());
+  std::vector<TensorRef> refs;
+  for (const auto& [set, which] : {std::pair<const char*, int>{"weights@", 0}, {"exp_avg@", 1}, {"exp_avg_sq@", 2}})
+    for (const ShardPiece& p : pieces) {
+      RW_REQUIRE(p.lo + p.n <= total, "checkpoint: shard piece [" << p.lo << ", " << p.lo + p.n << ") of " << total);
+      if (p.n == 0) continue;
+      const float* data = which == 0 ? p.params : which == 1 ? p.m : p.v;
+      RW_REQUIRE(data, "checkpoint: shard piece at " << p.lo << " has no " << set << " data");
+      refs.push_back({set + std::to_string(p.lo), {int64_t(p.n)}, data});
+    }
+  // The name carries the step (leftovers are collected by step) and the writer, so that a ring that was
+  // given up on and one that replaced it never write one file.
+  std::ostringstream name;
+  name << ".tmp-shard-" << step << "-" << shard << "-of-" << shards << "-" << ::getpid() << "-"
+       << std::hex << (uint64_t(std::chrono::steady_clock::now().time_since_epoch().count()) & 0xffffffffu);
+  const fs::path file = fs::path(dir) / name.str();
+  RW_RETURN_IF_ERROR(WriteSafetensors(file.string(), refs,
+                                      {{"format", "ringworld-shard"}, {"shard", std::to_string(shard)},
+                                       {"shards", std::to_string(shards)}, {"parameters", std::to_string(total)}}));
+  RW_CRASH_POINT("sharded_checkpoint.shard_written");
+  out->file = name.str();
+  return FileCrc(file, &out->bytes, &out->crc);
+}
+
+Status CommitShardedCheckpoint(const std::string& dir, const ModelConfig& c, const std::vector<ShardFile>& files,
+                               const TrainerState& state, const SaveOptions& opt, std::string* path, int64_t* bytes) {
+  const fs::path root(dir);
+  std::error_code ec;
+  auto drop_shards = [&] {
+    for (const auto& f : files) fs::remove(root / f.file, ec);
+  };
+  fs::path tmp;
+  if (Status st = MakeTempDir(root, state.step, &tmp); !st.ok()) {
+    drop_shards();
+    return st;
+  }
+  RW_CRASH_POINT("checkpoint.tmp_created");
+  std::map<std::string, std::pair<uint64_t, uint32_t>> known;
+  for (size_t k = 0; k < files.size(); ++k) {
+    const std::string name = ShardName(int(k), int(files.size()));
+    fs::rename(root / files[k].file, tmp / name, ec);
+    if (ec) {
+      const std::string why = ec.message();
+      drop_shards();
+      fs::remove_all(tmp, ec);
+      return Status::Error("checkpoint: cannot move " + (root / files[k].file).string() + " into " + tmp.string() +
+                           ": " + why);
+    }
+    known[name] = {files[k].bytes, files[k].crc};
+  }
+  RW_CRASH_POINT("sharded_checkpoint.shards_moved");
+  return CommitTempDir(root, tmp, c, state, opt, known, path, bytes);
 }
 
 Status CheckpointTokenizer(const std::string& ckpt_dir, const ModelConfig& c, std::unique_ptr<Tokenizer>* out) {
@@ -300,11 +375,19 @@ Status CheckpointTokenizer(const std::string& ckpt_dir, const ModelConfig& c, st
   return Status::Ok();
 }
 
-int CollectCheckpointLeftovers(const std::string& dir) {
+int CollectCheckpointLeftovers(const std::string& dir, int64_t max_step) {
   std::error_code ec;
   int n = 0;
-  for (const auto& e : fs::directory_iterator(dir, ec))
-    if (e.path().filename().string().rfind(".tmp-", 0) == 0) n += fs::remove_all(e.path(), ec) > 0;
+  for (const auto& e : fs::directory_iterator(dir, ec)) {
+    const std::string name = e.path().filename().string();
+    if (name.rfind(".tmp-", 0) != 0) continue;
+    if (max_step >= 0) {  // .tmp-step-N-... or .tmp-shard-N-...: only those of steps <= max_step
+      const size_t dash = name.find('-', 5);
+      const long long step = dash == std::string::npos ? -1 : std::strtoll(name.c_str() + dash + 1, nullptr, 10);
+      if (step > max_step) continue;
+    }
+    n += fs::remove_all(e.path(), ec) > 0;
+  }
   return n;
 }
 
@@ -356,12 +439,24 @@ Status CheckListed(const fs::path& d, const Manifest& m, const std::string& file
   return Status::Ok();
 }
 
-// The weight files LoadWeights reads: model.safetensors, or the index and the shards it names.
+// The weight files LoadWeights reads: model.safetensors; or the index and the files it names; or our shard
+// files (every shard-K-of-F.safetensors of the directory).
 Status WeightFiles(const fs::path& dir, std::vector<std::string>* files) {
   files->clear();
   const fs::path index = dir / "model.safetensors.index.json";
-  if (fs::exists(dir / "model.safetensors") || !fs::exists(index)) {
+  if (fs::exists(dir / "model.safetensors")) {
     files->push_back("model.safetensors");
+    return Status::Ok();
+  }
+  if (!fs::exists(index)) {
+    std::error_code ec;
+    for (const auto& e : fs::directory_iterator(dir, ec)) {
+      int k = 0, of = 0;
+      if (ParseShardName(e.path().filename().string(), &k, &of)) files->push_back(e.path().filename().string());
+    }
+    std::sort(files->begin(), files->end());
+    RW_REQUIRE(!files->empty(), dir.string() << ": no weights (model.safetensors, model.safetensors.index.json or "
+                                                 "shard-*-of-*.safetensors)");
     return Status::Ok();
   }
   files->push_back("model.safetensors.index.json");
@@ -381,17 +476,17 @@ Status WeightFiles(const fs::path& dir, std::vector<std::string>* files) {
   return Status::Ok();
 }
 
+// A tensor of one of a directory's files, as MatchTensors sees it.
+struct Located {
+  std::vector<int64_t> shape;
+  std::string file;
+  TensorInfo info;
+};
+
 Status LoadWeightsUnverified(const fs::path& dir, const ParamTable& t, float* params) {
-  std::vector<std::string> files;
-  RW_RETURN_IF_ERROR(WeightFiles(dir, &files));
-  if (files.size() == 1) return LoadRangeInto((dir / files[0]).string(), t, "", 0, t.total(), params);
-  std::map<std::string, LoadedTensor> all;  // sharded: the index maps each tensor to its file
-  for (size_t i = 1; i < files.size(); ++i) {
-    std::map<std::string, LoadedTensor> part;
-    RW_RETURN_IF_ERROR(ReadSafetensors((dir / files[i]).string(), &part));
-    all.merge(part);
-  }
-  return Assign((dir / files[0]).string(), all, t, "", params);
+  CheckpointReader r;
+  RW_RETURN_IF_ERROR(CheckpointReader::Open(dir.string(), t, &r, /*with_moments=*/false));
+  return r.Read("", 0, t.total(), params);
 }
 
 }  // namespace
@@ -402,10 +497,33 @@ Status VerifyCheckpoint(const std::string& ckpt_dir) {
   RW_RETURN_IF_ERROR(ReadManifest(d, &m));
   for (const auto& [file, entry] : m) RW_RETURN_IF_ERROR(CheckListed(d, m, file));
   // What a resume reads must be in it; the optional files too, when the checkpoint has them.
-  for (const char* f : {"model.safetensors", "config.json", "trainer_state.json"})
+  for (const char* f : {"config.json", "trainer_state.json"})
     RW_REQUIRE(m.count(f), ckpt_dir << ": MANIFEST does not list " << f << " (not a checkpoint of ours, or damaged)");
+  // The weights: model.safetensors, or every shard file of one sharding.
+  int shards = 0;
+  std::set<int> listed;
+  for (const auto& [file, entry] : m) {
+    int k = 0, of = 0;
+    if (!ParseShardName(file, &k, &of)) continue;
+    RW_REQUIRE(shards == 0 || shards == of, ckpt_dir << ": MANIFEST lists shard files of " << shards << " and of " << of
+                                                     << " shards");
+    shards = of;
+    listed.insert(k);
+  }
+  if (shards > 0)
+    RW_REQUIRE(int(listed.size()) == shards, ckpt_dir << ": MANIFEST lists " << listed.size() << " of the " << shards
+                                                      << " shard files (a damaged checkpoint)");
+  else
+    RW_REQUIRE(m.count("model.safetensors"),
+               ckpt_dir << ": MANIFEST does not list model.safetensors (not a checkpoint of ours, or damaged)");
   for (const char* f : {"optimizer.safetensors", kTokenizerFile})
     RW_REQUIRE(m.count(f) || !fs::exists(d / f), ckpt_dir << ": has " << f << ", which its MANIFEST does not list");
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(d, ec)) {
+    int k = 0, of = 0;
+    const std::string f = e.path().filename().string();
+    RW_REQUIRE(!ParseShardName(f, &k, &of) || m.count(f), ckpt_dir << ": has " << f << ", which its MANIFEST does not list");
+  }
   return Status::Ok();
 }
 
@@ -581,13 +699,13 @@ Status LoadWeights(const std::string& ckpt_dir, const ParamTable& t, float* para
 
 Status LoadCheckpoint(const std::string& ckpt_dir, const ParamTable& t, float* params, float* m, float* v,
                       TrainerState* state, MomentRange range) {
-  const fs::path path(ckpt_dir);
-  RW_RETURN_IF_ERROR(LoadWeightsUnverified(path, t, params));
+  CheckpointReader r;
+  RW_RETURN_IF_ERROR(CheckpointReader::Open(ckpt_dir, t, &r));
+  RW_RETURN_IF_ERROR(r.Read("", 0, t.total(), params));
   if (m && v) {  // read tensor by tensor, only the range's bytes (never the whole file at once)
     const size_t lo = std::min(range.lo, t.total()), hi = std::max(lo, std::min(range.hi, t.total()));
-    const std::string file = (path / "optimizer.safetensors").string();
-    RW_RETURN_IF_ERROR(LoadRangeInto(file, t, "exp_avg.", lo, hi, m));
-    RW_RETURN_IF_ERROR(LoadRangeInto(file, t, "exp_avg_sq.", lo, hi, v));
+    RW_RETURN_IF_ERROR(r.Read("exp_avg.", lo, hi, m));
+    RW_RETURN_IF_ERROR(r.Read("exp_avg_sq.", lo, hi, v));
   }
   return ReadTrainerState(ckpt_dir, state);
 }
@@ -612,11 +730,107 @@ Status ReadTrainerState(const std::string& ckpt_dir, TrainerState* state) {
 
 Status LoadCheckpointRange(const std::string& ckpt_dir, const ParamTable& t, const std::string& set, size_t lo,
                            size_t hi, float* dst) {
-  RW_REQUIRE(set.empty() || set == "exp_avg." || set == "exp_avg_sq.", "checkpoint: no tensor set '" << set << "'");
-  RW_REQUIRE(lo <= hi && hi <= t.total(), "checkpoint: range [" << lo << ", " << hi << ") of " << t.total());
-  const fs::path path(ckpt_dir);
-  return LoadRangeInto((path / (set.empty() ? "model.safetensors" : "optimizer.safetensors")).string(), t, set, lo,
-                       hi, dst);
+  CheckpointReader r;
+  RW_RETURN_IF_ERROR(CheckpointReader::Open(ckpt_dir, t, &r));
+  return r.Read(set, lo, hi, dst);
+}
+
+Status CheckpointReader::Open(const std::string& dir, const ParamTable& t, CheckpointReader* out, bool with_moments) {
+  const fs::path d(dir);
+  CheckpointReader r;
+  r.dir_ = dir;
+  r.total_ = t.total();
+  std::vector<std::string> files;
+  RW_RETURN_IF_ERROR(WeightFiles(d, &files));
+  int k = 0, shards = 0;
+  if (ParseShardName(files[0], &k, &shards)) {  // ours, sharded: pieces of the flat vectors
+    r.sharded_ = true;
+    std::set<int> seen;
+    for (const auto& f : files) {
+      int fk = 0, of = 0;
+      ParseShardName(f, &fk, &of);
+      RW_REQUIRE(of == shards, dir << ": shard files of " << shards << " and of " << of << " shards");
+      seen.insert(fk);
+      std::map<std::string, TensorInfo> header;
+      const std::string path = (d / f).string();
+      RW_RETURN_IF_ERROR(ReadSafetensorsHeader(path, &header));
+      for (const auto& [name, info] : header) {
+        const size_t at = name.find('@');
+        const std::string set = name.substr(0, at);
+        const char* prefix = set == "weights" ? "" : set == "exp_avg" ? "exp_avg." : set == "exp_avg_sq" ? "exp_avg_sq." : nullptr;
+        char* end = nullptr;
+        const unsigned long long lo = at == std::string::npos ? 0 : std::strtoull(name.c_str() + at + 1, &end, 10);
+        RW_REQUIRE(prefix && at != std::string::npos && end && *end == '\0' && end != name.c_str() + at + 1,
+                   path << ": tensor " << name << " is not a piece of a sharded checkpoint (weights@N, exp_avg@N, "
+                        << "exp_avg_sq@N)");
+        RW_REQUIRE(info.shape.size() == 1 && info.numel > 0 && lo < r.total_ && info.numel <= r.total_ - lo,
+                   path << ": tensor " << name << " of " << info.numel << " elements does not fit the model's "
+                        << r.total_ << " parameters (a checkpoint of another model?)");
+        if (with_moments || *prefix == '\0') r.sets_[prefix].push_back(Piece{size_t(lo), size_t(info.numel), path, name, 0, info});
+      }
+    }
+    RW_REQUIRE(int(seen.size()) == shards, dir << ": has " << seen.size() << " of the " << shards << " shard files");
+    for (auto& [set, pieces] : r.sets_) {  // each vector covered exactly once
+      std::sort(pieces.begin(), pieces.end(), [](const Piece& a, const Piece& b) { return a.lo < b.lo; });
+      size_t expect = 0;
+      const std::string what = set.empty() ? "weights" : set.substr(0, set.size() - 1);
+      for (const Piece& p : pieces) {
+        RW_REQUIRE(p.lo == expect, dir << ": the shards' " << what << " " << (p.lo > expect ? "leave out" : "hold twice")
+                                       << " elements from " << std::min(p.lo, expect) << " (" << p.file << ": " << p.name << ")");
+        expect = p.lo + p.n;
+      }
+      RW_REQUIRE(expect == r.total_, dir << ": the shards' " << what << " end at element " << expect << " of the model's "
+                                         << r.total_ << " (a checkpoint of another model?)");
+    }
+    RW_REQUIRE(r.sets_.count(""), dir << ": the shard files hold no weights");
+    RW_REQUIRE(r.sets_.count("exp_avg.") == r.sets_.count("exp_avg_sq."), dir << ": the shard files hold one moment of two");
+  } else {  // whole tensors: ours, or a Hugging Face directory (one file, or an index and its files)
+    std::map<std::string, Located> tensors;
+    for (const auto& f : files) {
+      if (f == "model.safetensors.index.json") continue;
+      std::map<std::string, TensorInfo> header;
+      const std::string path = (d / f).string();
+      RW_RETURN_IF_ERROR(ReadSafetensorsHeader(path, &header));
+      for (auto& [name, info] : header) {
+        const auto [it, fresh] = tensors.emplace(name, Located{info.shape, path, info});
+        RW_REQUIRE(fresh, dir << ": tensor " << name << " is in both " << it->second.file << " and " << path);
+      }
+    }
+    auto add = [&](const std::string& where, const std::map<std::string, Located>& from, const std::string& prefix) -> Status {
+      std::vector<std::map<std::string, Located>::const_iterator> src;
+      RW_RETURN_IF_ERROR(MatchTensors(where, from, t, prefix, &src));
+      auto& pieces = r.sets_[prefix];
+      for (size_t i = 0; i < src.size(); ++i)
+        pieces.push_back(Piece{t.tensors()[i].offset, t.tensors()[i].numel, src[i]->second.file, src[i]->first, 0,
+                               src[i]->second.info});
+      return Status::Ok();
+    };
+    RW_RETURN_IF_ERROR(add(files.size() == 1 ? (d / files[0]).string() : dir, tensors, ""));
+    if (with_moments && fs::exists(d / "optimizer.safetensors")) {
+      const std::string path = (d / "optimizer.safetensors").string();
+      std::map<std::string, TensorInfo> header;
+      RW_RETURN_IF_ERROR(ReadSafetensorsHeader(path, &header));
+      std::map<std::string, Located> moments;
+      for (auto& [name, info] : header) moments.emplace(name, Located{info.shape, path, info});
+      RW_RETURN_IF_ERROR(add(path, moments, "exp_avg."));
+      RW_RETURN_IF_ERROR(add(path, moments, "exp_avg_sq."));
+    }
+  }
+  *out = std::move(r);
+  return Status::Ok();
+}
+
+Status CheckpointReader::Read(const std::string& set, size_t lo, size_t hi, float* dst) const {
+  const auto it = sets_.find(set);
+  RW_REQUIRE(it != sets_.end(), dir_ << ": has no " << (set.empty() ? std::string("weights") : "optimizer state (" + set + ")"));
+  RW_REQUIRE(lo <= hi && hi <= total_, dir_ << ": range [" << lo << ", " << hi << ") of " << total_ << " elements");
+  const auto& pieces = it->second;
+  auto p = std::upper_bound(pieces.begin(), pieces.end(), lo, [](size_t x, const Piece& q) { return x < q.lo + q.n; });
+  for (; p != pieces.end() && p->lo < hi; ++p) {
+    const size_t b = std::max(lo, p->lo), e = std::min(hi, p->lo + p->n);
+    if (b < e) RW_RETURN_IF_ERROR(ReadTensorRange(p->file, p->name, p->info, p->first + (b - p->lo), e - b, dst + (b - lo)));
+  }
+  return Status::Ok();
 }
 
 Status LoadLatestCheckpoint(const std::string& dir, const ModelConfig&, const ParamTable& t, float* params, float* m,

@@ -4,14 +4,25 @@
 // tokenizer is a SentencePiece model, and MANIFEST (size and CRC32C of each file). A checkpoint is written into a temporary directory,
 // fsynced, renamed into place and the parent fsynced: it exists only once whole. Loading verifies the
 // manifest and falls back to the previous checkpoint on any mismatch.
+//
+// Sharded checkpoints (weights sharded over a mesh's fsdp axis, runtime/fsdp.h): in place of
+// model.safetensors and optimizer.safetensors, step-N/ holds shard-KKKKK-of-FFFFF.safetensors, one per shard,
+// each written by the rank that holds that shard: its pieces of the flat weight vector (ParamTable order) and
+// of both moments, as 1-D F32 tensors "weights@LO", "exp_avg@LO" and "exp_avg_sq@LO" (LO: the piece's first
+// element in the flat vector). Rank 0 moves the shard files into the checkpoint's temporary directory,
+// writes the rest and one MANIFEST (CRC32C of every file), and commits them with the one rename. Every reader
+// (a resume onto any mesh, eval, generate, init_from, export) reads ranges of the flat vectors through
+// CheckpointReader, whichever layout the directory has.
 #pragma once
 
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "runtime/model.h"
+#include "runtime/safetensors.h"
 #include "runtime/tokenizer.h"
 
 namespace rw::runtime {
@@ -53,9 +64,65 @@ Status SaveCheckpoint(const std::string& dir, const ModelConfig& c, const ParamT
 // The step-N checkpoint directories of `dir`, newest first (not verified).
 std::vector<std::pair<int64_t, std::string>> ListCheckpoints(const std::string& dir);
 
-// Removes the temporary directories that interrupted checkpoint writes left in `dir` (at the start of a run).
-// Returns how many it removed.
-int CollectCheckpointLeftovers(const std::string& dir);
+// Removes the temporary files and directories that interrupted checkpoint writes left in `dir`: all of them
+// (max_step < 0: at the start of a run), or those of steps <= max_step (after a commit: a later step's shard
+// may be being written). Returns how many it removed.
+int CollectCheckpointLeftovers(const std::string& dir, int64_t max_step = -1);
+
+// One contiguous piece of the flat vectors that a rank of sharded weights holds: elements [lo, lo + n) of
+// the weights and of both AdamW moments.
+struct ShardPiece {
+  size_t lo = 0, n = 0;
+  const float* params = nullptr;
+  const float* m = nullptr;
+  const float* v = nullptr;
+};
+// A shard file written and synced under a temporary name in the checkpoint directory, with its size and
+// CRC32C (what the MANIFEST records), or why it could not be written.
+struct ShardFile {
+  std::string file;  // name within the checkpoint directory
+  uint64_t bytes = 0;
+  uint32_t crc = 0;
+};
+// Shard `shard` of `shards` of step `step`'s checkpoint: its pieces (of a flat vector of `total` elements)
+// into a temporary file of `dir`, fsynced.
+Status WriteCheckpointShard(const std::string& dir, int64_t step, int shard, int shards, size_t total,
+                            const std::vector<ShardPiece>& pieces, ShardFile* out);
+// Commits the shard files (files[k] is shard k) as dir/step-<state.step> with config, trainer state,
+// tokenizer and MANIFEST, as SaveCheckpoint does (same options, fence, retention). On an error, the shard
+// files are removed.
+Status CommitShardedCheckpoint(const std::string& dir, const ModelConfig& c, const std::vector<ShardFile>& files,
+                               const TrainerState& state, const SaveOptions& opt, std::string* path,
+                               int64_t* bytes = nullptr);
+
+// The weights and moments of a checkpoint directory as flat vectors in ParamTable order, whatever its
+// layout: ours whole (model.safetensors, optimizer.safetensors), ours sharded (shard-K-of-F.safetensors), or
+// a Hugging Face directory (model.safetensors, or an index and the files it names: weights only). Open
+// reads headers only and checks that every tensor matches the table (a missing, mis-shaped or extra tensor
+// is named) and that the pieces of a sharded one cover each vector exactly once; Read reads only the bytes
+// of the range asked for. It does not verify the MANIFEST (VerifyCheckpoint, LoadWeights do).
+class CheckpointReader {
+ public:
+  // with_moments false: the weights only (the optimizer's state is neither read nor checked).
+  static Status Open(const std::string& dir, const ParamTable& t, CheckpointReader* out, bool with_moments = true);
+  // [lo, hi) of a tensor set into dst (hi - lo entries): `set` "" the weights, "exp_avg." or "exp_avg_sq."
+  // the moments.
+  Status Read(const std::string& set, size_t lo, size_t hi, float* dst) const;
+  bool has_moments() const { return sets_.count("exp_avg.") > 0; }
+  bool sharded() const { return sharded_; }
+
+ private:
+  struct Piece {
+    size_t lo = 0, n = 0;  // in the flat vector
+    std::string file, name;
+    uint64_t first = 0;  // the piece's first element within that tensor
+    TensorInfo info;
+  };
+  std::string dir_;
+  size_t total_ = 0;
+  bool sharded_ = false;
+  std::map<std::string, std::vector<Piece>> sets_;  // set -> pieces in order, covering [0, total_)
+};
 
 // Verifies a checkpoint directory's MANIFEST: every file's size and CRC32C, plain file names only, and
 // model.safetensors, config.json and trainer_state.json (and optimizer.safetensors and tokenizer.model where

@@ -27,6 +27,11 @@ const std::vector<CrashPointInfo> kCrashPoints = {
      "the temporary directory renamed to step-N (or exchanged with an earlier one of that step), not yet fsynced"},
     {"checkpoint.parent_synced", "the rename durable: the checkpoint is committed"},
     {"checkpoint.retention_done", "checkpoints beyond checkpoint.keep and leftovers removed"},
+    // A sharded checkpoint (WriteCheckpointShard on each writing rank, then CommitShardedCheckpoint on rank
+    // 0, which goes on as SaveCheckpoint does from checkpoint.tmp_created, without model_written and
+    // optimizer_written).
+    {"sharded_checkpoint.shard_written", "a rank's shard file written and fsynced as .tmp-shard-N-... in checkpoint.dir"},
+    {"sharded_checkpoint.shards_moved", "every shard file renamed into the temporary directory"},
     // The job table's synced RocksDB writes (scheduler/job_table.cpp).
     {"jobs.submit.before_write", "a submission checked, nothing written: it was never acknowledged"},
     {"jobs.submit.after_write", "the job and its first event synced, the client not yet answered"},

@@ -121,11 +121,13 @@ void ShardedWeights::InitShard(const ModelConfig& c, uint64_t seed) {
 }
 
 Status ShardedWeights::LoadShard(const std::string& dir) {
+  CheckpointReader r;  // either layout, written on any mesh: the chunks of this shard are ranges of it
+  RW_RETURN_IF_ERROR(CheckpointReader::Open(dir, table_, &r));
   for (auto& u : units_) {
     const size_t lo = u.begin + u.lo, hi = u.begin + u.hi;
-    RW_RETURN_IF_ERROR(LoadCheckpointRange(dir, table_, "", lo, hi, shard_p_.data() + u.at));
-    RW_RETURN_IF_ERROR(LoadCheckpointRange(dir, table_, "exp_avg.", lo, hi, u.opt->m().data()));
-    RW_RETURN_IF_ERROR(LoadCheckpointRange(dir, table_, "exp_avg_sq.", lo, hi, u.opt->v().data()));
+    RW_RETURN_IF_ERROR(r.Read("", lo, hi, shard_p_.data() + u.at));
+    RW_RETURN_IF_ERROR(r.Read("exp_avg.", lo, hi, u.opt->m().data()));
+    RW_RETURN_IF_ERROR(r.Read("exp_avg_sq.", lo, hi, u.opt->v().data()));
   }
   return Status::Ok();
 }
@@ -229,19 +231,26 @@ Status ShardedWeights::FinishStep(int64_t step, int64_t total, double* grad_norm
   return Status::Ok();
 }
 
-Status ShardedWeights::GatherToFirst(float* params, float* m, float* v) {
-  RW_RETURN_IF_ERROR(Drain());  // the ring is this thread's now
-  const bool first = fsdp_.rank() == 0;
-  RW_REQUIRE(!first || (params && m && v), "fsdp: position 0 gathers into whole vectors");
-  for (auto& u : units_) {
-    RW_RETURN_IF_ERROR(fsdp_.GatherChunksToFirst(shard_p_.data() + u.at, u.n, first ? params + u.begin : nullptr,
-                                                 NextTag()));
-    RW_RETURN_IF_ERROR(
-        fsdp_.GatherChunksToFirst(u.opt->m().data(), u.n, first ? m + u.begin : nullptr, NextTag()));
-    RW_RETURN_IF_ERROR(
-        fsdp_.GatherChunksToFirst(u.opt->v().data(), u.n, first ? v + u.begin : nullptr, NextTag()));
+Status ShardedWeights::Snapshot(std::vector<float>* storage, std::vector<ShardPiece>* pieces) {
+  RW_RETURN_IF_ERROR(Drain());
+  const size_t n = shard_p_.size();
+  storage->resize(3 * n);
+  float* p = storage->data();
+  pieces->clear();
+  for (const auto& u : units_) {
+    const size_t len = u.hi - u.lo;
+    if (len == 0) continue;
+    std::memcpy(p + u.at, shard_p_.data() + u.at, sizeof(float) * len);
+    std::memcpy(p + n + u.at, u.opt->m().data(), sizeof(float) * len);
+    std::memcpy(p + 2 * n + u.at, u.opt->v().data(), sizeof(float) * len);
+    pieces->push_back(ShardPiece{u.begin + u.lo, len, p + u.at, p + n + u.at, p + 2 * n + u.at});
   }
   return Status::Ok();
+}
+
+Status ShardedWeights::AllGather(const void* mine, size_t bytes, void* all) {
+  RW_RETURN_IF_ERROR(Drain());  // the ring is this thread's now
+  return fsdp_.AllGather(mine, bytes, all, NextTag());
 }
 
 }  // namespace rw::runtime

@@ -32,6 +32,7 @@
 #include <thread>
 #include <vector>
 
+#include "runtime/checkpoint.h"
 #include "runtime/model.h"
 #include "runtime/optimizer.h"
 #include "runtime/transport.h"
@@ -63,9 +64,14 @@ class ShardedWeights final : public UnitSource {
   // clipping) and the AdamW update of the shard.
   Status FinishStep(int64_t step, int64_t total_steps, double* grad_norm, double* lr);
 
-  // The whole weights and moments into position 0 of the fsdp ring (null elsewhere); every rank of the
-  // ring takes part. What a checkpoint writes.
-  Status GatherToFirst(float* params, float* m, float* v);
+  // A copy of this rank's chunks of the weights and moments (into *storage), as the pieces of a sharded
+  // checkpoint (runtime/checkpoint.h): what the rank's shard file holds. Between steps.
+  Status Snapshot(std::vector<float>* storage, std::vector<ShardPiece>* pieces);
+  // A small all-gather around the fsdp ring, in sequence with its collectives (every rank of the ring calls
+  // it at the same point): how a sharded checkpoint's writers tell position 0 what they wrote.
+  Status AllGather(const void* mine, size_t bytes, void* all);
+  int shard() const { return fsdp_.rank(); }
+  int shards() const { return fsdp_.size(); }
 
   int64_t optimizer_bytes() const { return int64_t(8 * shard_p_.size()); }
   // Seconds the fsdp ring's collectives took on their thread, and seconds the compute waited for them.

@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -17,10 +18,14 @@ Status WriteSafetensors(const std::string& path, const std::vector<TensorRef>& t
   if (!metadata.empty()) header["__metadata__"] = metadata;
   uint64_t offset = 0;
   for (const auto& t : tensors) {
+    RW_REQUIRE(t.dtype == kernels::DType::kF32 || t.dtype == kernels::DType::kBF16 || t.dtype == kernels::DType::kF16,
+               path << ": tensor " << t.name << ": safetensors are written in F32, BF16 or F16");
     uint64_t numel = 1;
     for (int64_t d : t.shape) numel *= uint64_t(d);
-    header[t.name] = {{"dtype", "F32"}, {"shape", t.shape}, {"data_offsets", {offset, offset + numel * 4}}};
-    offset += numel * 4;
+    const uint64_t es = t.dtype == kernels::DType::kF32 ? 4 : 2;
+    const char* dt = t.dtype == kernels::DType::kF32 ? "F32" : t.dtype == kernels::DType::kBF16 ? "BF16" : "F16";
+    header[t.name] = {{"dtype", dt}, {"shape", t.shape}, {"data_offsets", {offset, offset + numel * es}}};
+    offset += numel * es;
   }
   std::string text = header.dump();
   text.append((8 - text.size() % 8) % 8, ' ');  // the data starts 8-byte aligned
@@ -38,10 +43,20 @@ Status WriteSafetensors(const std::string& path, const std::vector<TensorRef>& t
   };
   const uint64_t hlen = text.size();  // little-endian on every machine we build for
   bool ok = write_all(&hlen, 8) && write_all(text.data(), text.size());
+  std::vector<uint16_t> half;
   for (const auto& t : tensors) {
     uint64_t numel = 1;
     for (int64_t d : t.shape) numel *= uint64_t(d);
-    ok = ok && write_all(t.data, numel * 4);
+    if (t.dtype == kernels::DType::kF32) {
+      ok = ok && write_all(t.data, numel * 4);
+      continue;
+    }
+    for (uint64_t at = 0; ok && at < numel; at += uint64_t(1) << 20) {  // converted 1M elements at a time
+      const uint64_t n = std::min<uint64_t>(numel - at, uint64_t(1) << 20);
+      half.resize(n);
+      for (uint64_t i = 0; i < n; ++i) half[i] = kernels::FloatToBits(t.dtype, t.data[at + i]);
+      ok = write_all(half.data(), n * 2);
+    }
   }
   ok = ok && ::fsync(fd) == 0;
   ::close(fd);

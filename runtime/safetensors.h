@@ -1,6 +1,7 @@
 // The safetensors format (Hugging Face): an 8-byte little-endian header length, a JSON header naming each
-// tensor's dtype, shape and byte range, then the raw little-endian data. We write F32; we read F32, F16
-// and BF16 (converting to fp32), so an HF LLaMA checkpoint of any of those loads.
+// tensor's dtype, shape and byte range, then the raw little-endian data. We write F32 (checkpoints) or
+// BF16/F16 (an export); we read F32, F16 and BF16 (converting to fp32), so an HF LLaMA checkpoint of any of
+// those loads.
 #pragma once
 
 #include <cstdint>
@@ -18,6 +19,7 @@ struct TensorRef {
   std::string name;
   std::vector<int64_t> shape;
   const float* data = nullptr;
+  kernels::DType dtype = kernels::DType::kF32;  // as written: kF32, kBF16 or kF16 (rounded to nearest even)
 };
 
 // Writes the tensors (in the given order) and optional string metadata to `path`, fsynced.

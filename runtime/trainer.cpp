@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <mutex>
 #include <sstream>
@@ -246,46 +247,34 @@ Status TrainRankOnRings(const RankRings& rings, const JobConfig& job,
   std::unique_ptr<WindowIndex> windows;
   DataCursor cursor;
   Mesh mesh;  // of the stage running
-  auto save = [&](int64_t stage_index, bool final) -> Status {
-    if (job.checkpoint.dir.empty()) return Status::Ok();
-    if (rank == 0) {
-      Status prev = join_writer();  // a failed background write was reported by on_checkpoint already
-      (void)prev;
-    }
-    if (zero3 && mesh.dp_rank(rank) == 0 && mesh.sp_rank(rank) == 0) {  // rank 0's fsdp ring: every shard
-      if (rank == 0) {
-        snap_p.resize(n);
-        snap_m.resize(n);
-        snap_v.resize(n);
-      }
-      RW_RETURN_IF_ERROR(shards->GatherToFirst(rank == 0 ? snap_p.data() : nullptr, rank == 0 ? snap_m.data() : nullptr,
-                                               rank == 0 ? snap_v.data() : nullptr));
-    }
-    if (sharded) {  // every rank's chunk of the moments into rank 0's snapshot (all ranks take part)
-      if (rank == 0) {
-        snap_m.resize(n);
-        snap_v.resize(n);
-      }
-      MsgTag g{job.seed, 0, uint32_t(step), kReduceLayer + 6, 0};
-      RW_RETURN_IF_ERROR(t.GatherChunksToFirst(opt.m().data(), n, rank == 0 ? snap_m.data() : nullptr, g));
-      g.layer = kReduceLayer + 7;
-      RW_RETURN_IF_ERROR(t.GatherChunksToFirst(opt.v().data(), n, rank == 0 ? snap_v.data() : nullptr, g));
-    }
-    if (rank != 0) return Status::Ok();
-    const TrainerState state{step, stage_index, windows ? cursor.next : step, job.seed, job.name,
-                             windows ? "windows" : "step"};
-    if (!zero3) snap_p.assign(params.begin(), params.end());
-    if (!sharded && !zero3) {
-      snap_m.assign(opt.m().begin(), opt.m().end());
-      snap_v.assign(opt.v().begin(), opt.v().end());
-    }
-    auto write = [&, state, model_now = model]() {
+  // zero3: a sharded checkpoint. Each rank of rank 0's fsdp ring copies its shard and writes it to a file of
+  // its own (in the background unless the save is final); at the next step boundary (or the next save) the
+  // ring all-gathers what each wrote, and rank 0 commits the files as one checkpoint (runtime/checkpoint.h).
+  // The ring's ranks hold one shard each; the other data groups hold copies and write nothing.
+  struct PendingShard {
+    bool active = false;
+    std::thread thread;
+    Status status;
+    ShardFile file;
+    TrainerState state;
+    ModelConfig model;
+    std::vector<float> storage;
+    std::vector<ShardPiece> pieces;
+  } pending;
+  struct ShardWire {  // what a writer tells position 0: its file, or why it has none
+    uint64_t bytes = 0;
+    uint32_t crc = 0;
+    uint32_t ok = 0;
+    char text[240] = {};
+  };
+  auto commit = [&](const std::function<Status(CheckpointInfo*)>& write_fn, int64_t at_step, int64_t at_stage,
+                    bool final) -> Status {  // rank 0: the write (or commit) of a checkpoint, reported
+    auto write = [&, write_fn, at_step, at_stage]() {
       const auto t0 = std::chrono::steady_clock::now();
       CheckpointInfo info;
-      info.step = state.step;
-      info.stage = state.stage;
-      Status st = SaveCheckpoint(job.checkpoint.dir, model_now, table, snap_p.data(), snap_m.data(), snap_v.data(),
-                                 state, save_opt, &info.path, &info.bytes);
+      info.step = at_step;
+      info.stage = at_stage;
+      Status st = write_fn(&info);
       info.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       info.ok = st.ok();
       info.error = st.message();
@@ -300,13 +289,102 @@ Status TrainRankOnRings(const RankRings& rings, const JobConfig& job,
     writer = std::thread(write);
     return Status::Ok();
   };
+  auto finish_shards = [&](bool final) -> Status {  // every rank of rank 0's fsdp ring, at the same point
+    if (!pending.active) return Status::Ok();
+    pending.active = false;
+    if (pending.thread.joinable()) pending.thread.join();
+    std::vector<float>().swap(pending.storage);
+    ShardWire mine;
+    mine.ok = pending.status.ok();
+    mine.bytes = pending.file.bytes;
+    mine.crc = pending.file.crc;
+    const std::string text = mine.ok ? pending.file.file : pending.status.message();
+    std::memcpy(mine.text, text.data(), std::min(text.size(), sizeof(mine.text) - 1));
+    std::vector<ShardWire> all(size_t(shards->shards()));
+    RW_RETURN_IF_ERROR(shards->AllGather(&mine, sizeof(mine), all.data()));
+    if (rank != 0) return Status::Ok();
+    (void)join_writer();  // rank 0's previous commit (a failure was reported by on_checkpoint)
+    std::vector<ShardFile> files;
+    std::string failed;
+    for (size_t k = 0; k < all.size(); ++k) {
+      const std::string what(all[k].text, strnlen(all[k].text, sizeof(all[k].text)));
+      if (all[k].ok)
+        files.push_back(ShardFile{what, all[k].bytes, all[k].crc});
+      else if (failed.empty())
+        failed = "shard " + std::to_string(k) + ": " + what;
+    }
+    const TrainerState state = pending.state;
+    return commit(
+        [&, files, failed, state, model_now = pending.model](CheckpointInfo* info) -> Status {
+          if (!failed.empty()) {  // the others' files go with the leftovers of a later commit or run
+            std::error_code ec;
+            for (const auto& f : files) std::filesystem::remove(std::filesystem::path(job.checkpoint.dir) / f.file, ec);
+            return Status::Error("checkpoint of step " + std::to_string(state.step) + " not written: " + failed);
+          }
+          return CommitShardedCheckpoint(job.checkpoint.dir, model_now, files, state, save_opt, &info->path,
+                                         &info->bytes);
+        },
+        state.step, state.stage, final);
+  };
+  auto save = [&](int64_t stage_index, bool final) -> Status {
+    if (job.checkpoint.dir.empty()) return Status::Ok();
+    const TrainerState state{step, stage_index, windows ? cursor.next : step, job.seed, job.name,
+                             windows ? "windows" : "step"};
+    if (zero3) {
+      if (mesh.dp_rank(rank) != 0 || mesh.sp_rank(rank) != 0) return Status::Ok();  // a copy of a shard
+      RW_RETURN_IF_ERROR(finish_shards(false));  // an earlier one still open
+      RW_RETURN_IF_ERROR(shards->Snapshot(&pending.storage, &pending.pieces));
+      pending.active = true;
+      pending.state = state;
+      pending.model = model;
+      pending.status = Status::Ok();
+      auto write = [&] {
+        pending.status = WriteCheckpointShard(job.checkpoint.dir, pending.state.step, shards->shard(), shards->shards(),
+                                              n, pending.pieces, &pending.file);
+      };
+      if (final || !job.checkpoint.async) {
+        write();
+        return finish_shards(true);
+      }
+      pending.thread = std::thread(write);
+      return Status::Ok();
+    }
+    if (rank == 0) {
+      Status prev = join_writer();  // a failed background write was reported by on_checkpoint already
+      (void)prev;
+    }
+    if (sharded) {  // every rank's chunk of the moments into rank 0's snapshot (all ranks take part)
+      if (rank == 0) {
+        snap_m.resize(n);
+        snap_v.resize(n);
+      }
+      MsgTag g{job.seed, 0, uint32_t(step), kReduceLayer + 6, 0};
+      RW_RETURN_IF_ERROR(t.GatherChunksToFirst(opt.m().data(), n, rank == 0 ? snap_m.data() : nullptr, g));
+      g.layer = kReduceLayer + 7;
+      RW_RETURN_IF_ERROR(t.GatherChunksToFirst(opt.v().data(), n, rank == 0 ? snap_v.data() : nullptr, g));
+    }
+    if (rank != 0) return Status::Ok();
+    snap_p.assign(params.begin(), params.end());
+    if (!sharded) {
+      snap_m.assign(opt.m().begin(), opt.m().end());
+      snap_v.assign(opt.v().begin(), opt.v().end());
+    }
+    return commit(
+        [&, state, model_now = model](CheckpointInfo* info) -> Status {
+          return SaveCheckpoint(job.checkpoint.dir, model_now, table, snap_p.data(), snap_m.data(), snap_v.data(),
+                                state, save_opt, &info->path, &info->bytes);
+        },
+        state.step, state.stage, final);
+  };
   // Whatever way this function returns, no writer thread outlives it.
   struct JoinAtExit {
     std::thread& w;
+    std::thread& shard;
     ~JoinAtExit() {
       if (w.joinable()) w.join();
+      if (shard.joinable()) shard.join();
     }
-  } join_at_exit{writer};
+  } join_at_exit{writer, pending.thread};
   auto report = [&] {  // the run's result, when it ends well
     if (shards) {
       const ShardedWeights::Overlap o = shards->overlap();
@@ -432,6 +510,8 @@ Status TrainRankOnRings(const RankRings& rings, const JobConfig& job,
         RW_RETURN_IF_ERROR(opt.Step(params.data(), grads.data(), step, total, &grad_norm, &lr));
       }
       RW_RETURN_IF_ERROR(refresh_compute());
+      // The shard files of the last checkpoint, written in the background since: committed now.
+      if (zero3) RW_RETURN_IF_ERROR(finish_shards(false));
       const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       const double mean_loss = double(loss_f) * scale;
       if (step == res.resumed_from + 1) res.first_loss = mean_loss;
@@ -472,6 +552,7 @@ Status TrainRankOnRings(const RankRings& rings, const JobConfig& job,
       }
     }
   }
+  if (zero3) RW_RETURN_IF_ERROR(finish_shards(true));
   RW_RETURN_IF_ERROR(join_writer());
   report();
   return Status::Ok();

@@ -1,5 +1,5 @@
 // The checkpoint commit killed (SIGKILL, as kill -9) at each of its named crash points in turn, in a child
-// process: what is left is the old checkpoint or the new one, never a mix; every step-* directory verifies
+// process, for a whole checkpoint and for a sharded one (shard files, then the commit): what is left is the old checkpoint or the new one, never a mix; every step-* directory verifies
 // and loads bit for bit as it was saved; the temporary directory is collected by the next save. Both a new
 // step and a step that exists from an earlier run (exchanged atomically) are swept. Every declared
 // checkpoint.* point must kill the child: a point the path no longer reaches fails the test.
@@ -63,19 +63,37 @@ TEST(CrashPoints, ACheckpointKilledAtEachStepOfItsCommitIsTheOldOneOrTheNewOne) 
   opt.tokenizer = tok.get();
   const Saved a = Make(t, 1.0f), b = Make(t, 2.0f), nw = Make(t, 3.0f);
   const fs::path root = fs::temp_directory_path() / ("rw_crash_" + std::to_string(getpid()));
-  auto save = [&](const fs::path& dir, int64_t step, const Saved& s) {
-    return SaveCheckpoint(dir.string(), c, t, s.p.data(), s.m.data(), s.v.data(),
-                          TrainerState{step, 0, step, 1, "crash"}, opt, nullptr);
+  // Whole (SaveCheckpoint), or sharded 3 ways as three ranks of an fsdp ring write it (each its shard
+  // file, then rank 0 commits them): the pieces cut tensors at uneven places.
+  bool sharded = false;
+  auto save = [&](const fs::path& dir, int64_t step, const Saved& s) -> Status {
+    const TrainerState state{step, 0, step, 1, "crash"};
+    if (!sharded) return SaveCheckpoint(dir.string(), c, t, s.p.data(), s.m.data(), s.v.data(), state, opt, nullptr);
+    const size_t n = t.total(), cut[4] = {0, n / 3 + 7, 2 * n / 3 - 5, n};
+    std::vector<ShardFile> files(3);
+    for (int k = 0; k < 3; ++k) {
+      // Shard k holds two pieces: [cut[k], mid) and [mid, cut[k+1]).
+      const size_t mid = (cut[k] + cut[k + 1]) / 2;
+      std::vector<ShardPiece> pieces = {
+          {cut[k], mid - cut[k], s.p.data() + cut[k], s.m.data() + cut[k], s.v.data() + cut[k]},
+          {mid, cut[k + 1] - mid, s.p.data() + mid, s.m.data() + mid, s.v.data() + mid}};
+      RW_RETURN_IF_ERROR(WriteCheckpointShard(dir.string(), step, k, 3, n, pieces, &files[size_t(k)]));
+    }
+    return CommitShardedCheckpoint(dir.string(), c, files, state, opt, nullptr);
   };
   int exercised = 0;
   std::map<std::string, int> outcomes;  // "point, scenario" -> the resumed step's content
-  for (const auto& point : CrashPoints()) {
+  for (const auto& point : CrashPoints())
+  for (int layout = 0; layout < 2; ++layout) {
     const std::string name = point.name;
-    if (name.rfind("checkpoint.", 0) != 0) continue;
+    sharded = layout == 1;
+    const bool common = name.rfind("checkpoint.", 0) == 0 && name != "checkpoint.model_written" &&
+                        name != "checkpoint.optimizer_written";
+    if (sharded ? !(common || name.rfind("sharded_checkpoint.", 0) == 0) : name.rfind("checkpoint.", 0) != 0) continue;
     // Scenario 0: step-2 (a) exists, step 4 (nw) is being written. Scenario 1: step-2 (a) and step-4 (b)
     // exist, step 4 (nw) is written again (a run that resumed from step 2 reached it once more).
     for (int scenario = 0; scenario < 2; ++scenario) {
-      const fs::path dir = root / (name + "." + std::to_string(scenario));
+      const fs::path dir = root / (name + "." + std::to_string(scenario) + (sharded ? ".sharded" : ""));
       fs::remove_all(dir);
       ASSERT_TRUE(save(dir, 2, a).ok());
       if (scenario == 1) ASSERT_TRUE(save(dir, 4, b).ok());
@@ -101,7 +119,7 @@ TEST(CrashPoints, ACheckpointKilledAtEachStepOfItsCommitIsTheOldOneOrTheNewOne) 
       if (scenario == 0 && step == 4) which = Matches(path, t, {&nw}) == 0 ? 1 : -1;
       if (scenario == 1 && step == 4) which = Matches(path, t, {&b, &nw});
       EXPECT_GE(which, 0) << name << " scenario " << scenario << ": step " << step << " is neither old nor new";
-      outcomes[name + (scenario ? " (same step)" : "")] = which;
+      outcomes[name + (sharded ? " sharded" : "") + (scenario ? " (same step)" : "")] = which;
       // The checkpoint after it commits, and the leftovers go.
       ASSERT_TRUE(save(dir, 6, nw).ok());
       EXPECT_EQ(Leftovers(dir), 0) << name;
@@ -115,7 +133,10 @@ TEST(CrashPoints, ACheckpointKilledAtEachStepOfItsCommitIsTheOldOneOrTheNewOne) 
   EXPECT_EQ(outcomes["checkpoint.renamed"], 1);
   EXPECT_EQ(outcomes["checkpoint.renamed (same step)"], 1);
   EXPECT_EQ(outcomes["checkpoint.manifest_written (same step)"], 0);
-  EXPECT_EQ(exercised, 2 * 11);
+  EXPECT_EQ(outcomes["checkpoint.tmp_synced sharded"], 0);
+  EXPECT_EQ(outcomes["sharded_checkpoint.shards_moved sharded (same step)"], 0);
+  EXPECT_EQ(outcomes["checkpoint.renamed sharded (same step)"], 1);
+  EXPECT_EQ(exercised, 2 * 11 + 2 * 11);  // 11 points whole; 9 shared and 2 of its own sharded
   fs::remove_all(root);
 }
 
