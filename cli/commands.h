@@ -1,5 +1,5 @@
 // The commands of `ringworld` that run in this process, one function each (main.cpp parses the arguments):
-// train.cpp (train, device-host), plan.cpp, eval.cpp, generate.cpp, needle.cpp, data_prepare.cpp. The cluster's
+// train.cpp (train, device-host), plan.cpp, export.cpp, eval.cpp, generate.cpp, needle.cpp, data_prepare.cpp. The cluster's
 // commands (daemon, worker, the API clients) are in cluster.h.
 //
 // `ringworld train` is the embedded mode: one process holds the device actors of the ring (in-process
@@ -31,6 +31,10 @@ int Needle(const std::string& checkpoint, const std::vector<int64_t>& lengths, c
 // device_memory ("80GiB"; empty: no budget), 2 on a bad job or option.
 int Plan(const std::string& job_path, const std::vector<std::string>& overrides, int64_t devices,
          const std::string& device_memory, int64_t threads, const std::string& device);
+// A checkpoint of ours (a step-N directory, or a checkpoint.dir: its newest that verifies) as a plain
+// Hugging Face directory: safetensors of at most max_shard_size each (+ index), config, tokenizer.
+int Export(const std::string& checkpoint, const std::string& to, const std::string& dtype,
+           const std::string& max_shard_size);
 int DataPrepare(const std::vector<std::string>& inputs, const std::string& output, const std::string& tokenizer,
                 int64_t vision_codes, bool skip_bad, int64_t vocab_size);
 

@@ -42,6 +42,13 @@ int main(int argc, char** argv) {
   host->add_option("n", host_devices, "devices")->required();
   host->add_option("port_file", port_file, "where to write the published port")->required();
   host->group("");  // hidden from --help
+  std::string export_ckpt, export_to, export_dtype = "float32", export_shard = "5GB";
+  auto* exp = app.add_subcommand("export", "a checkpoint as a plain Hugging Face directory (transformers loads it)");
+  exp->add_option("--checkpoint", export_ckpt, "a checkpoint (step-N directory, whole or sharded) or a "
+                                                "checkpoint.dir (its newest that verifies)")->required();
+  exp->add_option("--to", export_to, "the Hugging Face directory to write (must not exist, or be empty)")->required();
+  exp->add_option("--dtype", export_dtype, "float32 | bfloat16 | float16 (the weights as written)");
+  exp->add_option("--max-shard-size", export_shard, "the most bytes of one safetensors file, e.g. 5GB, 2GiB");
   std::string checkpoint, data, layout = "zigzag";
   int ring = 1;
   int64_t seq_len = 1024;
@@ -181,6 +188,7 @@ int main(int argc, char** argv) {
                            needle_out, needle_seed);
   if (*plan) return rw::cli::Plan(plan_job, plan_overrides, plan_devices, plan_memory, plan_threads,
                                   plan_device);
+  if (*exp) return rw::cli::Export(export_ckpt, export_to, export_dtype, export_shard);
   if (*eval) return rw::cli::Eval(checkpoint, data, ring, layout, seq_len);
   if (*prepare) return rw::cli::DataPrepare(inputs, output, tokenizer, vision_codes, skip_bad, vocab_size);
   if (*train) {

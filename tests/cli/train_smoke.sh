@@ -38,6 +38,17 @@ grep -q '"vocab_size": 320' "$out/ds_sp/meta.json" || { echo "FAIL: SentencePiec
 grep -q '^tokenizer.model ' "$out/fs/ck/step-3/MANIFEST" || { echo "FAIL: checkpoint without tokenizer.model"; exit 1; }
 gs=$("$bin" generate --checkpoint "$out/fs/ck/step-3" --prompt "ring attention" --max-tokens 4)
 [ "${gs:0:14}" = "ring attention" ] || { echo "FAIL: generate with the checkpoint's tokenizer: '$gs'"; exit 1; }
+# Exported as a plain Hugging Face directory (the SentencePiece tokenizer goes with it), bf16 in files of at
+# most 200 KB (nine of them) with an index; generate reads the export as it reads the checkpoint. A bad --dtype exits 2.
+"$bin" export --checkpoint "$out/fs/ck" --to "$out/hf" --dtype bfloat16 --max-shard-size 200KB | tee "$out/export"
+for f in model.safetensors.index.json model-00001-of-00009.safetensors config.json tokenizer.model tokenizer_config.json; do
+  [ -s "$out/hf/$f" ] || { echo "FAIL: export wrote no $f ($(ls "$out/hf" | tr '\n' ' '))"; exit 1; }
+done
+grep -q '"torch_dtype": "bfloat16"' "$out/hf/config.json" || { echo "FAIL: export's config.json dtype"; exit 1; }
+ge=$("$bin" generate --checkpoint "$out/hf" --prompt "ring attention" --max-tokens 4)
+[ "${ge:0:14}" = "ring attention" ] || { echo "FAIL: generate on the export: '$ge'"; exit 1; }
+rc=0; msg=$("$bin" export --checkpoint "$out/fs/ck" --to "$out/hf2" --dtype fp8 2>&1) || rc=$?
+[ "$rc" -eq 2 ] && [[ "$msg" == *"--dtype: 'fp8'"* ]] || { echo "FAIL: export --dtype fp8: exit $rc, '$msg'"; exit 1; }
 # A flipped bit in a checkpoint's weights: generate, eval and init_from refuse it naming the file (they used
 # to load it), and a resume whose every checkpoint is corrupt fails instead of starting again at step 0 over
 # them; the files are left as they were.

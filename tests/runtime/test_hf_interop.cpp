@@ -5,7 +5,9 @@
 //   implement refused by name; init_from takes the model from config.json and refuses a job that differs;
 //   a tensor we would not read is refused, not dropped;
 // - our checkpoints as transformers uses them: AutoTokenizer and generate on a checkpoint we wrote give our
-//   prompt ids and our greedy continuation, and what we write now is what the fixture holds.
+//   prompt ids and our greedy continuation, and what we write now is what the fixture holds;
+// - `ringworld export` of a sharded checkpoint loads in transformers' LlamaForCausalLM (fp32 over several
+//   files with an index, and bf16) with the logits our model computes (tests/fixtures/make_hf_export_fixture.py).
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -17,7 +19,10 @@
 #include "ring_harness.h"
 #include "runtime/checkpoint.h"
 #include "runtime/dataset.h"
+#include "runtime/memory_plan.h"
+#include "runtime/crc32c.h"
 #include "runtime/generate.h"
+#include "runtime/hf_export.h"
 #include "runtime/ring_decode.h"
 #include "runtime/safetensors.h"
 #include "runtime/trainer.h"
@@ -31,6 +36,7 @@ using test::RunRanks;
 const std::string kLoss = RW_FIXTURES "/hf5_llama_tiny";
 const std::string kConfigs = RW_FIXTURES "/hf5_configs";
 const std::string kGenerate = RW_FIXTURES "/hf_generate";
+const std::string kExport = RW_FIXTURES "/hf_export";
 
 nlohmann::json ReadJson(const std::string& path) {
   std::ifstream f(path);
@@ -42,6 +48,14 @@ std::string Bytes(const fs::path& p) {
   std::stringstream ss;
   ss << f.rdbuf();
   return ss.str();
+}
+
+void FlipLastByte(const fs::path& file) {
+  std::fstream f(file, std::ios::in | std::ios::out | std::ios::binary);
+  f.seekg(-1, std::ios::end);
+  const char c = char(f.get());
+  f.seekp(-1, std::ios::end);
+  f.put(char(c ^ 0x01));
 }
 
 struct Tmp {
@@ -271,6 +285,91 @@ TEST(HfInterop, TransformersGeneratesOurGreedyOutputFromACheckpointWeWrote) {
   for (const char* f : {"config.json", "generation_config.json", "tokenizer_config.json", "tokenizer.model", "model.safetensors"})
     EXPECT_EQ(Bytes(fs::path(path) / f), Bytes(fs::path(kGenerate) / f))
         << f << " differs from the fixture: run tests/fixtures/make_hf_interop_fixtures.py";
+}
+
+// Issue 13, point 3: a checkpoint that a mesh with sharded weights wrote (fsdp 2: a file per shard), exported,
+// is what transformers loaded when the fixture was made, byte for byte (the CRC32C of every file), and our
+// model's logits on the export at every position equal transformers' (float64 on the weights as loaded):
+// in float32 over four files with an index, and in bfloat16 in one file.
+TEST(HfInterop, AnExportOfAShardedCheckpointLoadsInTransformersWithOurLogits) {
+  const nlohmann::json c = ReadJson(kExport + "/case.json");
+  const std::string ckpt = kExport + "/" + c["checkpoint"].get<std::string>();
+  const std::vector<int32_t> tokens = c["tokens"].get<std::vector<int32_t>>();
+  ASSERT_TRUE(fs::exists(fs::path(ckpt) / "shard-00001-of-00002.safetensors"));
+  Tmp t("export");
+  for (const auto& cs : c["cases"]) {
+    const std::string name = cs["name"];
+    ExportOptions opt;
+    ASSERT_TRUE(ParseExportDType(cs["dtype"], &opt.dtype));
+    ASSERT_TRUE(ParseByteSize(cs["max_shard_size"], &opt.max_shard_bytes));
+    const fs::path out = t.p / name;
+    ExportResult res;
+    const Status st = ExportHuggingFace(ckpt, out.string(), opt, &res);
+    ASSERT_TRUE(st.ok()) << st.message();
+    std::vector<std::string> have;
+    for (const auto& e : fs::directory_iterator(out)) have.push_back(e.path().filename().string());
+    std::sort(have.begin(), have.end());
+    std::vector<std::string> want;
+    for (const auto& [file, crc] : cs["files"].items()) {
+      want.push_back(file);
+      const std::string bytes = Bytes(out / file);
+      EXPECT_EQ(Crc32c(bytes.data(), bytes.size()), crc.get<uint32_t>()) << name << ": " << file << " differs from "
+                                                                         << "what transformers loaded";
+    }
+    EXPECT_EQ(have, want) << name;
+    // Our model on the export, token by token (the decoder's logits at each position are the forward's).
+    ModelConfig m;
+    ASSERT_TRUE(ReadHfConfig((out / "config.json").string(), &m).ok());
+    const ParamTable table(m);
+    std::vector<float> params(table.total());
+    ASSERT_TRUE(LoadWeights(out.string(), table, params.data()).ok());
+    std::map<std::string, LoadedTensor> theirs;
+    ASSERT_TRUE(ReadSafetensors(kExport + "/logits_" + name + ".safetensors", &theirs).ok());
+    const LoadedTensor& ref = theirs.at("logits");
+    ASSERT_EQ(ref.shape, (std::vector<int64_t>{int64_t(tokens.size()), m.vocab_size}));
+    Decoder dec(m, table, params.data(), kernels::Exec{});
+    double worst = 0, err = 0, norm = 0;
+    std::vector<float> logits;
+    for (size_t i = 0; i < tokens.size(); ++i) {
+      ASSERT_TRUE(dec.Step(tokens[i], &logits).ok());
+      for (int64_t v = 0; v < m.vocab_size; ++v) {
+        const double want_v = ref.data[i * size_t(m.vocab_size) + size_t(v)], d = double(logits[size_t(v)]) - want_v;
+        worst = std::max(worst, std::fabs(d));
+        err += d * d;
+        norm += want_v * want_v;
+      }
+    }
+    std::printf("  export %-8s (%zu weight file%s, %lld parameters): logits vs transformers %s: max abs diff %.2e, "
+                "NMSE %.2e\n", name.c_str(), res.files.size(), res.files.size() == 1 ? "" : "s",
+                (long long)res.parameters, c["transformers"].get<std::string>().c_str(), worst, err / norm);
+    EXPECT_LT(worst, 1e-4) << name;
+  }
+  // A checkpoint.dir exports its newest checkpoint; an --to that holds anything is refused and left alone; a
+  // directory that is no checkpoint is named.
+  const fs::path dir = t.p / "ckdir";
+  fs::create_directories(dir);
+  fs::copy(ckpt, dir / "step-6", fs::copy_options::recursive);
+  ExportResult res;
+  ASSERT_TRUE(ExportHuggingFace(dir.string(), (t.p / "from_dir").string(), {}, &res).ok());
+  EXPECT_EQ(res.source, (dir / "step-6").string());
+  EXPECT_EQ(Bytes(t.p / "from_dir" / "model.safetensors").size(), size_t(res.bytes));
+  fs::create_directories(t.p / "taken");
+  std::ofstream(t.p / "taken" / "keep.txt") << "mine";
+  Status st = ExportHuggingFace(ckpt, (t.p / "taken").string(), {}, &res);
+  ASSERT_FALSE(st.ok());
+  EXPECT_NE(st.message().find("exists and is not an empty directory"), std::string::npos) << st.message();
+  EXPECT_EQ(Bytes(t.p / "taken" / "keep.txt"), "mine");
+  st = ExportHuggingFace((t.p / "taken").string(), (t.p / "x").string(), {}, &res);
+  ASSERT_FALSE(st.ok());
+  EXPECT_NE(st.message().find("neither a checkpoint of ours"), std::string::npos) << st.message();
+  EXPECT_FALSE(fs::exists(t.p / "x"));
+  // A shard flipped: the MANIFEST catches it before anything is written.
+  FlipLastByte(dir / "step-6" / "shard-00001-of-00002.safetensors");
+  st = ExportHuggingFace((dir / "step-6").string(), (t.p / "y").string(), {}, &res);
+  ASSERT_FALSE(st.ok());
+  EXPECT_NE(st.message().find("shard-00001-of-00002.safetensors: CRC32C mismatch"), std::string::npos) << st.message();
+  EXPECT_FALSE(fs::exists(t.p / "y"));
+  std::printf("  refused: %s\n", st.message().c_str());
 }
 
 }  // namespace
