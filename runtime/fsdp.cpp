@@ -28,6 +28,18 @@ ShardedWeights::ShardedWeights(const ParamTable& table, const OptimizerConfig& o
     u.hi = Transport::ChunkBegin(u.n, F, chunk + 1);
     u.at = at;
     u.opt = std::make_unique<AdamW>(opt, table, ex.num_threads, ex.device, u.begin + u.lo, u.begin + u.hi);
+    if (precision == kernels::DType::kBF16) {
+      // Matrices go in bf16 (what the GEMMs read), vectors (the norms) in fp32 beside them; a unit of the
+      // embedding (a lookup in fp32) goes in fp32 whole.
+      bool lookup = false;
+      for (const auto& p : table.tensors()) {
+        if (p.offset < r.begin || p.offset >= r.end) continue;
+        if (p.name == "model.embed_tokens.weight") lookup = true;
+        if (p.shape.size() == 1) u.fp32_ranges.push_back({p.offset - r.begin, p.offset - r.begin + p.numel});
+      }
+      u.bf16_gather = !lookup;
+      for (const auto& [a, b] : u.fp32_ranges) u.fp32_n += b - a;
+    }
     at += u.hi - u.lo;
     largest = std::max(largest, u.n);
     units_.push_back(std::move(u));
@@ -35,7 +47,7 @@ ShardedWeights::ShardedWeights(const ParamTable& table, const OptimizerConfig& o
   shard_p_.assign(at, 0.f);
   shard_g_.assign(at, 0.f);
   for (int i = 0; i < 2; ++i) {
-    gathered_[i].p.reserve(largest);
+    gathered_[i].p.reserve(largest);  // (under bf16 gathers only the fp32 ranges are written: the model reads no more)
     gradient_[i].g.reserve(largest);
     if (precision == kernels::DType::kBF16) gathered_[i].c.reserve(largest);
   }
@@ -45,7 +57,10 @@ ShardedWeights::ShardedWeights(const ParamTable& table, const OptimizerConfig& o
 ShardedWeights::~ShardedWeights() {
   bool busy;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    // A collective whose result was just taken may not have counted itself done yet: a moment's grace, so
+    // that a rank leaving after its last collective does not abort a ring its peers are still finishing.
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait_for(lock, std::chrono::milliseconds(200), [&] { return pending_ == 0; });
     busy = pending_ > 0;
   }
   if (busy) fsdp_.Abort("a rank left its step with collectives of its weight shards posted");
@@ -70,9 +85,12 @@ void ShardedWeights::Loop() {
     const auto t0 = std::chrono::steady_clock::now();
     job();
     const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    std::lock_guard<std::mutex> lock(mu_);
-    comm_seconds_ += secs;
-    --pending_;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      comm_seconds_ += secs;
+      --pending_;
+    }
+    cv_.notify_all();
   }
 }
 
@@ -148,8 +166,33 @@ void ShardedWeights::PostGather(int slot, int unit) {
   const UnitShard& u = units_[size_t(unit)];
   g.unit = unit;
   g.p.resize(u.n);
-  std::memcpy(g.p.data() + u.lo, shard_p_.data() + u.at, sizeof(float) * (u.hi - u.lo));
   if (precision_ == kernels::DType::kBF16) g.c.resize(u.n);
+  if (u.bf16_gather) {
+    // The chunk cast here and the bf16 chunks gathered; the fp32 ranges as a sum in which each element has
+    // one non-zero term, its owner's (x + 0 = x: exact, whatever the order).
+    const MsgTag tag = NextTag(), exact_tag = NextTag();
+    g.ready = Post([this, &g, &u, tag, exact_tag]() -> Status {
+      RW_RETURN_IF_ERROR(kernels::Cast(kernels::Exec{ex_.device, 1}, int64_t(u.hi - u.lo), shard_p_.data() + u.at,
+                                       g.c.data() + u.lo));
+      RW_RETURN_IF_ERROR(fsdp_.AllGatherChunks(g.c.data(), u.n, tag));
+      if (u.fp32_n == 0) return Status::Ok();
+      g.exact.assign(u.fp32_n, 0.f);
+      size_t at = 0;
+      for (const auto& [a, b] : u.fp32_ranges) {
+        for (size_t i = std::max(a, u.lo); i < std::min(b, u.hi); ++i) g.exact[at + i - a] = shard_p_[u.at + i - u.lo];
+        at += b - a;
+      }
+      RW_RETURN_IF_ERROR(fsdp_.AllReduceSum(g.exact.data(), g.exact.size(), exact_tag));
+      at = 0;
+      for (const auto& [a, b] : u.fp32_ranges) {
+        std::memcpy(g.p.data() + a, g.exact.data() + at, sizeof(float) * (b - a));
+        at += b - a;
+      }
+      return Status::Ok();
+    });
+    return;
+  }
+  std::memcpy(g.p.data() + u.lo, shard_p_.data() + u.at, sizeof(float) * (u.hi - u.lo));
   const MsgTag tag = NextTag();
   g.ready = Post([this, &g, n = u.n, tag]() -> Status {
     RW_RETURN_IF_ERROR(fsdp_.AllGatherChunks(g.p.data(), n, tag));

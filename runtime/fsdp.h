@@ -1,8 +1,10 @@
 // ZeRO-3 over the mesh's fsdp axis: each rank of an fsdp ring stores 1/fsdp of every unit of the model
 // (ParamTable::Units: the embedding, each layer, the head) — its fp32 master weights, their gradients and
 // AdamW's moments — and nothing of the whole model. The model asks for each unit just before it uses it
-// (UnitSource): the unit's chunks are all-gathered around the fsdp ring into one of two unit buffers (fp32;
-// cast to bf16 there under mixed precision). After a unit's backward its gradient is reduce-scattered
+// (UnitSource): the unit's chunks are all-gathered around the fsdp ring into one of two unit buffers, in the
+// compute precision. Under bf16 mixed precision each rank casts its chunk and the bf16 chunks travel (half
+// the bytes of fp32); the few weights the model reads in fp32 (the norms' vectors) travel beside them as an
+// exact sum (each element is the owner's value plus zeros); the embedding, a lookup, travels in fp32. After a unit's backward its gradient is reduce-scattered
 // around the fsdp ring and the rank's chunk added to its shard's gradient.
 //
 // Overlap: the fsdp ring's collectives run on a thread of their own, in the order the rank posts them
@@ -19,7 +21,6 @@
 //
 // Initialization and a resume make or read only the rank's chunks (the whole model is never held; an
 // init_from of a Hugging Face directory is read whole, once, before the shard takes its chunks).
-// Not yet: a gather in bf16 (half the traffic).
 #pragma once
 
 #include <condition_variable>
@@ -85,12 +86,18 @@ class ShardedWeights final : public UnitSource {
     size_t begin = 0, n = 0;   // the unit in the flat vector
     size_t lo = 0, hi = 0;     // this rank's chunk of it (offsets within the unit)
     size_t at = 0;             // where the chunk starts in the shard's storage
+    // Under bf16: whether the unit travels in bf16 (it holds matrices the GEMMs read), and the ranges of it
+    // (offsets within the unit) that the model reads in fp32, with their total length.
+    bool bf16_gather = false;
+    std::vector<std::pair<size_t, size_t>> fp32_ranges;
+    size_t fp32_n = 0;
     std::unique_ptr<AdamW> opt;  // the chunk's moments
   };
   struct Gathered {  // a unit gathered (or being gathered) whole
     int unit = -1;
-    std::vector<float> p;
+    std::vector<float> p;         // fp32 (under bf16 gathers: its fp32 ranges only)
     std::vector<kernels::bf16> c;
+    std::vector<float> exact;     // the fp32 ranges, summed exactly around the ring
     std::future<Status> ready;  // valid until waited for
   };
   struct Gradient {  // a unit's whole gradient, then its reduce-scatter

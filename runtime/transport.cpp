@@ -88,6 +88,14 @@ Status Transport::ReduceScatterSum(float* data, size_t n, MsgTag tag) {
 }
 
 Status Transport::AllGatherChunks(float* data, size_t n, MsgTag tag) {
+  return AllGatherChunkBytes(reinterpret_cast<char*>(data), n, sizeof(float), tag);
+}
+
+Status Transport::AllGatherChunks(kernels::bf16* data, size_t n, MsgTag tag) {
+  return AllGatherChunkBytes(reinterpret_cast<char*>(data), n, sizeof(kernels::bf16), tag);
+}
+
+Status Transport::AllGatherChunkBytes(char* data, size_t n, size_t es, MsgTag tag) {
   const int R = size(), r = rank();
   RW_REQUIRE(!aborted(), "transport: aborted (rank " << r << " of " << R << ")");
   if (R == 1 || n == 0) return Status::Ok();
@@ -96,8 +104,8 @@ Status Transport::AllGatherChunks(float* data, size_t n, MsgTag tag) {
   for (int h = 0; h < R - 1; ++h) {
     const int cs = ((r + 1 - h) % R + R) % R, cr = ((r - h) % R + R) % R;
     tag.hop = uint32_t(R - 1 + h);
-    Request rr = RecvPrev(tag, data + begin(cr), (begin(cr + 1) - begin(cr)) * sizeof(float));
-    Request sr = SendNext(tag, data + begin(cs), (begin(cs + 1) - begin(cs)) * sizeof(float));
+    Request rr = RecvPrev(tag, data + begin(cr) * es, (begin(cr + 1) - begin(cr)) * es);
+    Request sr = SendNext(tag, data + begin(cs) * es, (begin(cs + 1) - begin(cs)) * es);
     RW_RETURN_IF_ERROR(Wait(rr));
     RW_RETURN_IF_ERROR(Wait(sr));
   }

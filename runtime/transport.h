@@ -128,6 +128,8 @@ class Transport {
   Status ReduceScatterSum(float* data, size_t n, MsgTag tag);
   // The second half (hops R-1 .. 2R-3): every rank's OwnedChunk of `data` to every rank.
   Status AllGatherChunks(float* data, size_t n, MsgTag tag);
+  // The same of a bf16 vector (half the bytes): sharded weights gathered in the compute precision.
+  Status AllGatherChunks(kernels::bf16* data, size_t n, MsgTag tag);
   // Every rank's OwnedChunk (`owned`, its length) into `all` (n elements) on rank 0 only, relayed around the
   // ring; other ranks need no n-sized buffer (two chunk-sized relay buffers). `all` is ignored off rank 0.
   Status GatherChunksToFirst(const float* owned, size_t n, float* all, MsgTag tag);
@@ -139,6 +141,9 @@ class Transport {
  protected:
   TransportOptions options_;
   std::string abort_reason_;
+
+ private:
+  Status AllGatherChunkBytes(char* data, size_t n, size_t elem_bytes, MsgTag tag);
 };
 
 }  // namespace rw::runtime
