@@ -72,14 +72,31 @@ Status TrainRank(Transport& t, const JobConfig& job, const std::function<void(co
 }
 
 namespace {
+// A refused checkpoint commit (the gate's reason), set by whichever thread committed.
+struct Fence {
+  std::mutex mu;
+  std::string why;
+  void Set(const std::string& reason) {
+    std::lock_guard<std::mutex> lock(mu);
+    if (why.empty()) why = reason;
+  }
+  std::string Get() {
+    std::lock_guard<std::mutex> lock(mu);
+    return why;
+  }
+};
 Status TrainRankOnRings(const RankRings& rings, const JobConfig& job,
                         const std::function<void(const StepMetrics&)>& on_step, TrainResult* result,
-                        const TrainControl& control);
+                        const TrainControl& control, Fence& fence);
 }  // namespace
 
 Status TrainRank(const RankRings& rings, const JobConfig& job, const std::function<void(const StepMetrics&)>& on_step,
                  TrainResult* result, const TrainControl& control) {
-  const Status st = TrainRankOnRings(rings, job, on_step, result, control);
+  Fence fence;
+  Status st = TrainRankOnRings(rings, job, on_step, result, control, fence);
+  // The refusal aborted the rings, so this rank's failure may be any collective's "aborted": say why.
+  if (const std::string why = fence.Get(); !st.ok() && !why.empty() && st.message().find(why) == std::string::npos)
+    st = Status::Error("checkpoint commit refused: " + why + " (" + st.message() + ")");
   // A rank that fails leaves none of its peers waiting on it: in a mesh they meet it on rings the failure
   // did not come through (its sp ring, its fsdp ring), which nothing else would abort.
   // (An aborted ring keeps its first reason.)
@@ -90,7 +107,7 @@ Status TrainRank(const RankRings& rings, const JobConfig& job, const std::functi
 namespace {
 Status TrainRankOnRings(const RankRings& rings, const JobConfig& job,
                         const std::function<void(const StepMetrics&)>& on_step, TrainResult* result,
-                        const TrainControl& control) {
+                        const TrainControl& control, Fence& fence) {
   RW_RETURN_IF_ERROR(job.Validate());
   Transport& t = rings.world_ring();   // every rank: gradients, loss, optimizer, checkpoints, stop votes
   Transport& sp = rings.sp_ring();     // this rank's data group: attention
@@ -143,24 +160,16 @@ Status TrainRankOnRings(const RankRings& rings, const JobConfig& job,
   }
   SaveOptions save_opt{job.checkpoint.keep, job.checkpoint.keep_every, tok.get(), {}};
   // A refused commit (the writer may be the background thread) aborts the ring, so that every rank stops.
-  std::mutex fence_mu;
-  std::string fenced;
   if (control.commit_gate)
     save_opt.before_commit = [&](int64_t s) -> Status {
       Status st = control.commit_gate(s);
       if (!st.ok()) {
-        {
-          std::lock_guard<std::mutex> lock(fence_mu);
-          if (fenced.empty()) fenced = st.message();
-        }
+        fence.Set(st.message());
         rings.Abort("the commit of step " + std::to_string(s) + " was refused: " + st.message());
       }
       return st;
     };
-  auto fence_error = [&]() -> std::string {
-    std::lock_guard<std::mutex> lock(fence_mu);
-    return fenced;
-  };
+  auto fence_error = [&]() -> std::string { return fence.Get(); };
   const int64_t total = job.total_steps();
   int64_t step = 0;
   TrainResult res;
