@@ -1,8 +1,9 @@
 // Checkpoint writes against the disk: the rate of SaveCheckpoint (safetensors + config + trainer state +
 // CRC32C MANIFEST, fsync, rename, parent fsync) over the rate of a plain write + fsync + rename of the same
 // bytes on the same file system, measured in the same run (the ceiling); and what an asynchronous
-// checkpoint costs the training loop (the snapshot copy at the step boundary) against a synchronous write.
-// Medians of --repeats runs.   rw_bench_checkpoint [--quick] [--dir DIR] [--repeats N]
+// checkpoint costs the training loop (the snapshot copy at the step boundary) against a synchronous write;
+// and a sharded checkpoint (fsdp 4: four writers, one thread each as four ranks would, each its shard file,
+// then the commit under one MANIFEST) over the same ceiling. Medians of --repeats runs.   rw_bench_checkpoint [--quick] [--dir DIR] [--repeats N]
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -12,6 +13,7 @@
 #include <cstring>
 #include <filesystem>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "runtime/checkpoint.h"
@@ -76,7 +78,7 @@ int main(int argc, char** argv) {
   std::vector<float> p(n), m(n), v(n), sp(n), sm(n), sv(n);
   for (size_t i = 0; i < n; ++i) p[i] = float(i % 1000) * 1e-3f, m[i] = p[i] * 0.5f, v[i] = p[i] * p[i];
   fs::create_directories(dir);
-  std::vector<double> plain, save, snap;
+  std::vector<double> plain, save, snap, sharded;
   int64_t bytes = 0;
   for (int r = 0; r < repeats; ++r) {
     // Alternate which goes first, and start each from no file of its own (deletes are not timed).
@@ -98,6 +100,34 @@ int main(int argc, char** argv) {
       return 1;
     }
     if (r % 2 == 1) run_plain();
+    {  // sharded 4 ways: the writers in parallel, then rank 0's commit
+      fs::remove_all(fs::path(dir) / "sk");
+      ::sync();
+      const double ts = Now();
+      constexpr int F = 4;
+      std::vector<ShardFile> files(F);
+      std::vector<Status> status(F, Status::Ok());
+      std::vector<std::thread> writers;
+      for (int k = 0; k < F; ++k)
+        writers.emplace_back([&, k] {
+          const size_t lo = n * size_t(k) / F, hi = n * size_t(k + 1) / F;
+          status[size_t(k)] = WriteCheckpointShard((fs::path(dir) / "sk").string(), r + 1, k, F, n,
+                                                   {{lo, hi - lo, p.data() + lo, m.data() + lo, v.data() + lo}},
+                                                   &files[size_t(k)]);
+        });
+      for (auto& w : writers) w.join();
+      Status st2 = Status::Ok();
+      for (const auto& s : status)
+        if (!s.ok()) st2 = s;
+      if (st2.ok())
+        st2 = CommitShardedCheckpoint((fs::path(dir) / "sk").string(), c, files, TrainerState{r + 1, 0, r + 1, 1, "bench"},
+                                      SaveOptions{1}, &path);
+      sharded.push_back(Now() - ts);
+      if (!st2.ok()) {
+        std::fprintf(stderr, "rw_bench_checkpoint: sharded: %s\n", st2.message().c_str());
+        return 1;
+      }
+    }
     const double t1 = Now();  // what an asynchronous checkpoint stalls the step for: the snapshot copy
     std::memcpy(sp.data(), p.data(), n * 4);
     std::memcpy(sm.data(), m.data(), n * 4);
@@ -112,6 +142,8 @@ int main(int argc, char** argv) {
   std::printf("  plain write+fsync+rename (ceiling) %8.1f MB/s  %7.3f s\n", rate_plain, Median(plain));
   std::printf("  SaveCheckpoint (CRC32C, MANIFEST)  %8.1f MB/s  %7.3f s   ratio to ceiling %.2f\n", rate_save,
               Median(save), rate_save / rate_plain);
+  std::printf("  sharded, 4 writers + commit       %8.1f MB/s  %7.3f s   ratio to ceiling %.2f\n",
+              plain_mb / Median(sharded), Median(sharded), plain_mb / Median(sharded) / rate_plain);
   std::printf("  training stall: async snapshot %.3f s vs sync write %.3f s (%.1fx less)\n", Median(snap), Median(save),
               Median(save) / std::max(1e-9, Median(snap)));
   return 0;

@@ -371,12 +371,15 @@ void PackOne(const WindowIndex& w, const WindowAt& window_at, int64_t end, int64
   }
 }
 
-// Training: `batch` sequences from the cursor, in the shuffled stream (which never ends).
-void Pack(const WindowIndex& w, int64_t batch, DataCursor* c, std::vector<PackedSequence>* out) {
+// Training: `batch` sequences from the cursor, in the shuffled stream (which never ends); `out` gets
+// sequences [first, first + out->size()) (null: none, advance only).
+void Pack(const WindowIndex& w, int64_t batch, DataCursor* c, std::vector<PackedSequence>* out, int64_t first = 0) {
   if (w.size() == 0) return;
   const auto shuffled = [&](int64_t p) { return ShuffledWindow(w, c->seed, c->stage, p); };
-  for (int64_t b = 0; b < batch; ++b)
-    PackOne(w, shuffled, std::numeric_limits<int64_t>::max(), &c->next, out ? &(*out)[size_t(b)] : nullptr);
+  for (int64_t b = 0; b < batch; ++b) {
+    const bool mine = out && b >= first && b - first < int64_t(out->size());
+    PackOne(w, shuffled, std::numeric_limits<int64_t>::max(), &c->next, mine ? &(*out)[size_t(b - first)] : nullptr);
+  }
 }
 }  // namespace
 
@@ -393,9 +396,11 @@ std::vector<PackedSequence> Dataset::PackAll(int64_t seq_len) const {
 }
 
 std::vector<PackedSequence> NextBatch(const WindowIndex& w, int64_t batch, DataCursor* c,
-                                      const std::vector<int64_t>* keep) {
-  std::vector<PackedSequence> out(static_cast<size_t>(batch), PackedSequence{keep});
-  Pack(w, batch, c, &out);  // a dataset without windows gives padding only, which the loss weighting refuses
+                                      const std::vector<int64_t>* keep, int64_t first, int64_t last) {
+  if (last < 0 || last > batch) last = batch;
+  first = std::clamp<int64_t>(first, 0, last);
+  std::vector<PackedSequence> out(static_cast<size_t>(last - first), PackedSequence{keep});
+  Pack(w, batch, c, &out, first);  // a dataset without windows gives padding only, which the loss weighting refuses
   for (auto& p : out) p.PadTo(w.seq_len());
   return out;
 }

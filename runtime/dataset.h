@@ -113,9 +113,12 @@ int64_t ShuffledWindow(const WindowIndex& w, uint64_t seed, int64_t stage, int64
 
 // The global batch at the cursor: `batch` sequences, each packing windows in stream order while the next
 // one fits (the rest of a sequence is padding); advances the cursor past the windows it packed. With
-// `keep` (a rank's global indices), only those rows of each sequence are read and kept.
+// `keep` (a rank's global indices), only those rows of each sequence are read and kept. Sequences [first,
+// last) only (last < 0: to the end) are returned: the others' windows are passed over reading only their
+// lengths (a mesh's data group reads its share of the batch, and the cursor moves as for the whole).
 std::vector<PackedSequence> NextBatch(const WindowIndex& w, int64_t batch, DataCursor* cursor,
-                                      const std::vector<int64_t>* keep = nullptr);
+                                      const std::vector<int64_t>* keep = nullptr, int64_t first = 0,
+                                      int64_t last = -1);
 // Advances the cursor as `steps` calls of NextBatch would, reading no token (the cursor of a checkpoint
 // that did not record one is found by replaying its stage).
 void SkipBatches(const WindowIndex& w, int64_t batch, int64_t steps, DataCursor* cursor);

@@ -73,8 +73,8 @@ RankMemory RankMemoryOf(const JobConfig& job, int64_t S, int64_t ring, int64_t f
     // ZeRO-3 over fsdp (runtime/fsdp.h): 1/fsdp of every unit's master weights, gradients and moments; two
     // units gathered whole in fp32 (and their bf16 copies: the one in use, the next in flight), two whole
     // fp32 unit gradients (one computing, one in its reduce-scatter); the reduce-scatter's receive chunk, and
-    // the replica ring's (`ring` ranks hold the same shard) all-reduce chunk. Rank 0 gathers the whole model
-    // for a checkpoint.
+    // the replica ring's (`ring` ranks hold the same shard) all-reduce chunk. A checkpoint is sharded: each
+    // writer copies its shard (weights and moments) for its background write.
     const int64_t layer = 2 * s.E + 2 * s.E * s.HQ + 2 * s.E * s.HK + 3 * s.E * s.F;  // a layer's parameters
     const int64_t head = s.V * s.E + s.E;
     const int64_t unit = std::max(layer, head);
@@ -83,7 +83,7 @@ RankMemory RankMemoryOf(const JobConfig& job, int64_t S, int64_t ring, int64_t f
     r.gradients = 4 * shard + 2 * 4 * unit;
     r.optimizer = 8 * shard;
     r.comm = 4 * (unit / fsdp + 1) + (ring > 1 ? 4 * (shard / ring + 1) : 0);
-    r.snapshot = job.checkpoint.dir.empty() ? 0 : 12 * P;
+    r.snapshot = job.checkpoint.dir.empty() ? 0 : 12 * shard;
   }
   const WorkspaceBytes none = ModelWorkspaceBytes(m, S, bf16, false), layer = ModelWorkspaceBytes(m, S, bf16, true);
   r.activations_no_remat = none.activations;

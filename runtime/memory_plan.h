@@ -15,8 +15,9 @@
 //                tables, the attention's turn table) and per kernel thread (attention tiles). An estimate
 //                from the kernels' block sizes; oneDNN's own scratch is not in it;
 //   data         the rank's rows of the step's sequences;
-//   snapshot     rank 0's copy of weights and moments for a background checkpoint write (12 bytes a
-//                parameter, host memory), when the job writes checkpoints.
+//   snapshot     the copy of weights and moments for a background checkpoint write (host memory), when
+//                the job writes checkpoints: rank 0's of the whole model (12 bytes a parameter), or under
+//                fsdp each writer's of its shard (a sharded checkpoint: 12 bytes a parameter / fsdp).
 // Nothing else of the process is counted (code, libraries, threads' stacks, the allocator's slack): on a
 // CPU the process's resident peak is these figures plus a baseline of about 0.15-0.25 GiB
 // (docs/BENCHMARKS.md compares the two).

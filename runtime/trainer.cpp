@@ -450,13 +450,10 @@ Status TrainRankOnRings(const RankRings& rings, const JobConfig& job,
       // This rank's rows of the global batch (the batch is a function of (seed, stage, step), never of R),
       // with the loss weights of the whole batch: its weight sums per modality are the ranks' sums, added
       // exactly in rank order after a small all-gather.
-      auto weighted = windows ? NextBatch(*windows, stage.batch, &cursor, &mine)
+      // (this data group's sequences only: the others' windows are passed over by their lengths)
+      auto weighted = windows ? NextBatch(*windows, stage.batch, &cursor, &mine, seq_lo, seq_hi)
                               : GlobalBatch(job.data, *tok, job.seed, step, stage.seq_len, stage.batch, &mine, seq_lo,
                                             seq_hi);
-      if (windows && mesh.data_groups() > 1) {  // the loader reads in order: the batch is made whole, then cut
-        weighted.erase(weighted.begin() + seq_hi, weighted.end());
-        weighted.erase(weighted.begin(), weighted.begin() + seq_lo);
-      }
       double sums[2];
       WeightSums(weighted, sums);
       RW_RETURN_IF_ERROR(

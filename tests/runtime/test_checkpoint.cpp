@@ -469,6 +469,26 @@ TEST(Checkpoint, ResumingMidEpochOnFilesDataEqualsAStraightRunBitForBit) {
     EXPECT_EQ(Bytes(straight.path / "step-10" / f), Bytes(resumed.path / "step-10" / f)) << f;
   std::printf("  files data: stopped at step 3 after %lld of %lld windows of 64; resumed 4-10 bit for bit, loss %.6f\n",
               (long long)cursor, (long long)windows, all.back().loss);
+  // Two data groups of one device each (dp 2) read a sequence of each batch apiece, passing over the
+  // other's windows by their lengths: the same losses as the ring of 2 (to 1e-5), and the same cursor
+  // (stage 0: stage 1's batch of one sequence does not split over two groups).
+  TempDir dp_dir("fdp"), sp_dir("fsp");
+  JobConfig dp = job(dp_dir.path), sp = job(sp_dir.path);
+  dp.mesh.dp = 2;
+  dp.stages.resize(1);
+  sp.stages.resize(1);
+  TrainResult r4;
+  const auto ring = Train(sp, {}, &r4);
+  std::vector<StepMetrics> got;
+  auto st = test::RunMesh(Mesh{2, 1, 1}, [&](int, const RankRings& rings) {
+    return TrainRank(rings, dp, [&](const StepMetrics& m) { got.push_back(m); }, nullptr);
+  });
+  for (auto& x : st) ASSERT_TRUE(x.ok()) << x.message();
+  ASSERT_EQ(got.size(), 6u);
+  ASSERT_EQ(ring.size(), 6u);
+  for (size_t i = 0; i < got.size(); ++i) EXPECT_NEAR(got[i].loss, ring[i].loss, 1e-5 * ring[i].loss) << "step " << i + 1;
+  std::ifstream g(dp_dir.path / "step-6" / "trainer_state.json"), h(sp_dir.path / "step-6" / "trainer_state.json");
+  EXPECT_EQ(nlohmann::json::parse(g).at("data_cursor"), nlohmann::json::parse(h).at("data_cursor"));
 }
 
 TEST(Checkpoint, SaveLoadSaveIsByteIdenticalAndInHuggingFaceLayout) {

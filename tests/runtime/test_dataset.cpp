@@ -362,6 +362,35 @@ TEST(Dataset, SkippingBatchesAdvancesTheCursorAsReadingThem) {
   }
 }
 
+// A mesh's data group reads its share of the batch: sequences [first, last) of NextBatch equal those of the
+// whole batch (tokens, targets, weights, positions, segments), and the cursor moves as for the whole batch.
+TEST(Dataset, AShareOfABatchEqualsThoseSequencesOfTheWhole) {
+  Tmp t;
+  const std::string dir = UniqueIdDataset(t, {70, 3, 9, 33, 2, 17, 5, 64, 11, 4, 40}, "share");
+  Dataset d;
+  ASSERT_TRUE(Dataset::Open(dir, &d).ok());
+  const WindowIndex w(d, 16);
+  const int64_t batch = 5;
+  for (const auto& [first, last] : {std::pair<int64_t, int64_t>{0, 2}, {2, 5}, {1, 4}, {4, 5}, {3, 3}}) {
+    DataCursor whole_c{9, 0, 0}, share_c{9, 0, 0};
+    for (int k = 0; k < 4; ++k) {  // through an epoch's end (11 documents, 19 windows of 16)
+      const auto whole = NextBatch(w, batch, &whole_c);
+      const auto share = NextBatch(w, batch, &share_c, nullptr, first, last);
+      ASSERT_EQ(int64_t(share.size()), last - first);
+      for (int64_t b = first; b < last; ++b) {
+        const auto& a = whole[size_t(b)];
+        const auto& s2 = share[size_t(b - first)];
+        EXPECT_EQ(a.tokens, s2.tokens) << "batch " << k << " sequence " << b;
+        EXPECT_EQ(a.targets, s2.targets);
+        EXPECT_EQ(a.weights, s2.weights);
+        EXPECT_EQ(a.positions, s2.positions);
+        EXPECT_EQ(a.segments, s2.segments);
+      }
+      EXPECT_EQ(share_c.next, whole_c.next) << "[" << first << ", " << last << ") batch " << k;
+    }
+  }
+}
+
 // The keyed permutation is one for every size (cycle walking at sizes that are not powers of 4).
 TEST(Dataset, ShuffledWindowsArePermutationsAtEverySize) {
   Tmp t;
