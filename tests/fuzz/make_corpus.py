@@ -71,6 +71,17 @@ put("safetensors", "f32", safetensors({"model.embed_tokens.weight": ("F32", [2, 
 put("safetensors", "mixed", safetensors({"a": ("BF16", [4], bf16), "b": ("F16", [2, 2], f16),
                                          "c": ("F32", [6], f32)}))
 put("safetensors", "scalar", safetensors({"s": ("F32", [], f32[:4])}))
+# One shard of a sharded checkpoint of the fuzzer's tiny model (536 parameters): its weights and moments in
+# pieces "set@first element".
+def piece(n, k):
+    return struct.pack("<%df" % n, *[(i % 7) * 0.25 * k for i in range(n)])
+put("safetensors", "shard", safetensors({"weights@0": ("F32", [200], piece(200, 1)),
+                                         "weights@200": ("F32", [336], piece(336, 1)),
+                                         "exp_avg@0": ("F32", [536], piece(536, 2)),
+                                         "exp_avg_sq@0": ("F32", [536], piece(536, 3))},
+                                        {"format": "ringworld-shard"}))
+put("safetensors", "shard-gap", safetensors({"weights@0": ("F32", [200], piece(200, 1)),
+                                             "weights@201": ("F32", [335], piece(335, 1))}))
 
 
 # Token datasets: meta.json, index.bin, tokens.bin, modality.bin separated by "\n--part--\n".

@@ -341,6 +341,32 @@ TEST(Checkpoint, AShardedMeshWritesOneFilePerShardUnderOneManifest) {
   }
 }
 
+// The fuzzer's seeds for the shard reader (tests/fuzz/make_corpus.py) are what they say: one shard of the
+// fuzzer's tiny model that opens and reads, and one whose pieces leave an element out.
+TEST(Checkpoint, TheShardReadersFuzzSeedsOpenAndFailAsIntended) {
+  ModelConfig m;
+  m.vocab_size = 8, m.hidden_size = 8, m.intermediate_size = 8, m.num_hidden_layers = 1;
+  m.num_attention_heads = 2, m.num_key_value_heads = 1;
+  const ParamTable t(m);
+  ASSERT_EQ(t.total(), 536u);
+  TempDir dir("fuzzseed");
+  const fs::path corpus = fs::path(RW_FIXTURES) / ".." / "fuzz" / "corpus" / "safetensors";
+  for (const char* seed : {"seed-shard", "seed-shard-gap"}) {
+    fs::copy_file(corpus / seed, dir.path / "shard-00000-of-00001.safetensors", fs::copy_options::overwrite_existing);
+    CheckpointReader r;
+    const Status st = CheckpointReader::Open(dir.path.string(), t, &r);
+    if (std::string(seed) == "seed-shard") {
+      ASSERT_TRUE(st.ok()) << st.message();
+      std::vector<float> v(t.total());
+      ASSERT_TRUE(r.Read("exp_avg_sq.", 0, v.size(), v.data()).ok());
+      EXPECT_EQ(v[9], 0.25f * 2 * 3);  // (9 % 7) * 0.25 * 3
+    } else {
+      ASSERT_FALSE(st.ok());
+      EXPECT_NE(st.message().find("leave out elements from 200"), std::string::npos) << st.message();
+    }
+  }
+}
+
 // The same refusal with the weights sharded (mesh 1 x 2 x 2): rank 0 aborts its rings while the others
 // may be inside a unit's gather or reduce-scatter on their collectives' thread; every rank stops with an
 // error, none hangs (the watchdog would fail the test), and nothing past the refused step is committed.
