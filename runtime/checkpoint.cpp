@@ -16,6 +16,7 @@
 #include "runtime/crc32c.h"
 #include "runtime/crash_point.h"
 #include "runtime/json_fields.h"
+#include "runtime/private_file.h"
 #include "runtime/safetensors.h"
 #include "runtime/tokenizer.h"
 
@@ -23,24 +24,6 @@ namespace rw::runtime {
 namespace {
 
 namespace fs = std::filesystem;
-
-Status FsyncPath(const fs::path& p, bool dir) {
-  const int fd = ::open(p.c_str(), (dir ? O_RDONLY | O_DIRECTORY : O_RDONLY) | O_CLOEXEC);
-  RW_REQUIRE(fd >= 0, p.string() << ": cannot open to fsync");
-  const int rc = ::fsync(fd);
-  ::close(fd);
-  RW_REQUIRE(rc == 0, p.string() << ": fsync failed");
-  return Status::Ok();
-}
-
-Status WriteText(const fs::path& p, const std::string& text) {
-  {
-    std::ofstream f(p, std::ios::binary | std::ios::trunc);
-    f << text;
-    RW_REQUIRE(f.good(), p.string() << ": write failed");
-  }
-  return FsyncPath(p, false);
-}
 
 Status FileCrc(const fs::path& p, uint64_t* size, uint32_t* crc) {
   std::ifstream f(p, std::ios::binary);
@@ -197,8 +180,8 @@ Status CommitTempDir(const fs::path& root, const fs::path& tmp, const ModelConfi
     RW_RETURN_IF_ERROR(MakeTokenizer("bytes", &byte_tok));
     tok = byte_tok.get();
   }
-  RW_RETURN_IF_ERROR(WriteText(tmp / "config.json", ConfigJson(c, *tok)));
-  RW_RETURN_IF_ERROR(WriteText(tmp / "generation_config.json", GenerationConfigJson(c, *tok)));
+  RW_RETURN_IF_ERROR(WriteSyncedText(tmp / "config.json", ConfigJson(c, *tok)));
+  RW_RETURN_IF_ERROR(WriteSyncedText(tmp / "generation_config.json", GenerationConfigJson(c, *tok)));
   RW_CRASH_POINT("checkpoint.config_written");
   nlohmann::ordered_json st = {{"step", state.step},
                                {"stage", state.stage},
@@ -206,11 +189,11 @@ Status CommitTempDir(const fs::path& root, const fs::path& tmp, const ModelConfi
                                {"data_cursor_unit", state.data_cursor_unit},
                                {"seed", state.seed},
                                {"job", state.job}};
-  RW_RETURN_IF_ERROR(WriteText(tmp / "trainer_state.json", st.dump(2) + "\n"));
+  RW_RETURN_IF_ERROR(WriteSyncedText(tmp / "trainer_state.json", st.dump(2) + "\n"));
   RW_CRASH_POINT("checkpoint.trainer_state_written");
   if (const std::string model = tok->Serialized(); !model.empty()) {
-    RW_RETURN_IF_ERROR(WriteText(tmp / kTokenizerFile, model));
-    RW_RETURN_IF_ERROR(WriteText(tmp / "tokenizer_config.json", TokenizerConfigJson(c, *tok)));
+    RW_RETURN_IF_ERROR(WriteSyncedText(tmp / kTokenizerFile, model));
+    RW_RETURN_IF_ERROR(WriteSyncedText(tmp / "tokenizer_config.json", TokenizerConfigJson(c, *tok)));
     RW_CRASH_POINT("checkpoint.tokenizer_written");
   }
   std::ostringstream manifest;
@@ -229,7 +212,7 @@ Status CommitTempDir(const fs::path& root, const fs::path& tmp, const ModelConfi
     manifest << f << " " << size << " " << crc << "\n";
     total_bytes += int64_t(size);
   }
-  RW_RETURN_IF_ERROR(WriteText(tmp / "MANIFEST", manifest.str()));
+  RW_RETURN_IF_ERROR(WriteSyncedText(tmp / "MANIFEST", manifest.str()));
   RW_CRASH_POINT("checkpoint.manifest_written");
   RW_RETURN_IF_ERROR(FsyncPath(tmp, true));
   RW_CRASH_POINT("checkpoint.tmp_synced");

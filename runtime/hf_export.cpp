@@ -1,6 +1,5 @@
 #include "runtime/hf_export.h"
 
-#include <fcntl.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -12,6 +11,7 @@
 
 #include "runtime/checkpoint.h"
 #include "runtime/model.h"
+#include "runtime/private_file.h"
 #include "runtime/safetensors.h"
 #include "runtime/tokenizer.h"
 
@@ -22,24 +22,6 @@ namespace fs = std::filesystem;
 
 const char* TorchDType(kernels::DType t) {
   return t == kernels::DType::kBF16 ? "bfloat16" : t == kernels::DType::kF16 ? "float16" : "float32";
-}
-
-Status Fsync(const fs::path& p, bool dir) {
-  const int fd = ::open(p.c_str(), (dir ? O_RDONLY | O_DIRECTORY : O_RDONLY) | O_CLOEXEC);
-  RW_REQUIRE(fd >= 0, p.string() << ": cannot open to fsync");
-  const int rc = ::fsync(fd);
-  ::close(fd);
-  RW_REQUIRE(rc == 0, p.string() << ": fsync failed");
-  return Status::Ok();
-}
-
-Status WriteText(const fs::path& p, const std::string& text) {
-  {
-    std::ofstream f(p, std::ios::binary | std::ios::trunc);
-    f << text;
-    RW_REQUIRE(f.good(), p.string() << ": write failed");
-  }
-  return Fsync(p, false);
 }
 
 // The checkpoint to export: `path` itself when it is one (it has a MANIFEST), else the newest checkpoint of
@@ -153,14 +135,14 @@ Status ExportHuggingFace(const std::string& checkpoint, const std::string& out, 
     // writes them).
     nlohmann::json sorted = weight_map;  // nlohmann::json keeps keys sorted
     nlohmann::ordered_json index = {{"metadata", {{"total_size", res.parameters * es}}}, {"weight_map", sorted}};
-    RW_RETURN_IF_ERROR(WriteText(tmp / "model.safetensors.index.json", index.dump(2) + "\n"));
+    RW_RETURN_IF_ERROR(WriteSyncedText(tmp / "model.safetensors.index.json", index.dump(2) + "\n"));
   }
   // config.json as the checkpoint has it, with the dtype the weights now have.
   try {
     std::ifstream f(src / "config.json");
     nlohmann::ordered_json config = nlohmann::ordered_json::parse(f);
     config["torch_dtype"] = TorchDType(opt.dtype);
-    RW_RETURN_IF_ERROR(WriteText(tmp / "config.json", config.dump(2) + "\n"));
+    RW_RETURN_IF_ERROR(WriteSyncedText(tmp / "config.json", config.dump(2) + "\n"));
   } catch (const nlohmann::json::exception& e) {
     return Status::Error((src / "config.json").string() + ": " + e.what());
   }
@@ -168,14 +150,14 @@ Status ExportHuggingFace(const std::string& checkpoint, const std::string& out, 
     if (!fs::exists(src / f)) continue;
     fs::copy_file(src / f, tmp / f, fs::copy_options::overwrite_existing, ec);
     RW_REQUIRE(!ec, "--to: cannot copy " << (src / f).string() << ": " << ec.message());
-    RW_RETURN_IF_ERROR(Fsync(tmp / f, false));
+    RW_RETURN_IF_ERROR(FsyncPath(tmp / f, false));
   }
-  RW_RETURN_IF_ERROR(Fsync(tmp, true));
+  RW_RETURN_IF_ERROR(FsyncPath(tmp, true));
   if (fs::exists(dst, ec)) fs::remove(dst, ec);  // the empty directory the check above allowed
   fs::rename(tmp, dst, ec);
   RW_REQUIRE(!ec, "--to: cannot rename " << tmp.string() << " to " << out << ": " << ec.message());
   cleanup.armed = false;
-  RW_RETURN_IF_ERROR(Fsync(fs::absolute(dst).parent_path(), true));
+  RW_RETURN_IF_ERROR(FsyncPath(fs::absolute(dst).parent_path(), true));
   if (result) *result = std::move(res);
   return Status::Ok();
 }

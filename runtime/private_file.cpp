@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <fstream>
 
 namespace rw::runtime {
 
@@ -15,6 +16,24 @@ Status WritePrivateFile(const std::string& path, const std::string& text) {
   ::close(fd);
   RW_REQUIRE(ok && std::rename(tmp.c_str(), path.c_str()) == 0, path << ": cannot write");
   return Status::Ok();
+}
+
+Status FsyncPath(const std::string& path, bool directory) {
+  const int fd = ::open(path.c_str(), (directory ? O_RDONLY | O_DIRECTORY : O_RDONLY) | O_CLOEXEC);
+  RW_REQUIRE(fd >= 0, path << ": cannot open to fsync");
+  const int rc = ::fsync(fd);
+  ::close(fd);
+  RW_REQUIRE(rc == 0, path << ": fsync failed");
+  return Status::Ok();
+}
+
+Status WriteSyncedText(const std::string& path, const std::string& text) {
+  {
+    std::ofstream f(path, std::ios::binary | std::ios::trunc);
+    f << text;
+    RW_REQUIRE(f.good(), path << ": write failed");
+  }
+  return FsyncPath(path, false);
 }
 
 }  // namespace rw::runtime

@@ -69,6 +69,16 @@ std::vector<StepMetrics> Train(const JobConfig& job, TrainControl control, Train
   return steps;
 }
 
+// A control that records every checkpoint reported (the writer may be a background thread).
+TrainControl Recording(std::vector<CheckpointInfo>* reported, std::mutex* mu) {
+  TrainControl control;
+  control.on_checkpoint = [reported, mu](const CheckpointInfo& c) {
+    std::lock_guard<std::mutex> lock(*mu);
+    reported->push_back(c);
+  };
+  return control;
+}
+
 // Background writes snapshot the step's state: the files equal those of synchronous writes, byte for byte,
 // and every commit is reported (on rank 0) with its step, path and size.
 TEST(Checkpoint, AsynchronousWritesEqualSynchronousOnesAndAreReported) {
@@ -79,11 +89,7 @@ TEST(Checkpoint, AsynchronousWritesEqualSynchronousOnesAndAreReported) {
   s.checkpoint.async = false;
   std::vector<CheckpointInfo> reported;
   std::mutex mu;
-  TrainControl control;
-  control.on_checkpoint = [&](const CheckpointInfo& c) {
-    std::lock_guard<std::mutex> lock(mu);
-    reported.push_back(c);
-  };
+  const TrainControl control = Recording(&reported, &mu);
   TrainResult ra, rs;
   Train(a, control, &ra);
   Train(s, {}, &rs);
@@ -247,11 +253,7 @@ TEST(Checkpoint, AShardedMeshWritesOneFilePerShardUnderOneManifest) {
   s.checkpoint.async = false;
   std::vector<CheckpointInfo> reported;
   std::mutex mu;
-  TrainControl control;
-  control.on_checkpoint = [&](const CheckpointInfo& c) {
-    std::lock_guard<std::mutex> lock(mu);
-    reported.push_back(c);
-  };
+  const TrainControl control = Recording(&reported, &mu);
   for (const JobConfig* job : {&a, &s}) {
     auto st = test::RunMesh(Mesh{1, 2, 2}, [&](int, const RankRings& rings) {
       return TrainRank(rings, *job, nullptr, nullptr, job == &a ? control : TrainControl{});
