@@ -11,7 +11,8 @@ const char* OpName(Op op) {
       "linear_forward",    "linear_backward",         "rmsnorm_forward",    "rmsnorm_backward",
       "rope",              "ffn_forward",             "ffn_backward",       "cross_entropy_forward",
       "cross_entropy_backward", "adamw",              "add_into",           "cast",
-      "embedding_forward", "embedding_backward"};
+      "embedding_forward", "embedding_backward",     "conv2d_forward",     "group_norm_forward",
+      "upsample_nearest2x", "nearest_code"};
   static_assert(sizeof(kNames) / sizeof(kNames[0]) == size_t(Op::kCount), "one name per op");
   const int i = int(op);
   return i >= 0 && i < int(Op::kCount) ? kNames[i] : "unknown";

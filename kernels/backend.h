@@ -14,6 +14,7 @@
 
 #include "kernels/attention.h"
 #include "kernels/layers.h"
+#include "kernels/vision.h"
 
 namespace rw::kernels {
 
@@ -36,6 +37,10 @@ enum class Op : int {
   kCast,
   kEmbeddingForward,
   kEmbeddingBackward,
+  kConv2dForward,
+  kGroupNormForward,
+  kUpsampleNearest,
+  kNearestCode,
   kCount
 };
 const char* OpName(Op op);
@@ -84,6 +89,15 @@ struct Backend {
                               float* x) = nullptr;
   Status (*embedding_backward)(const Exec& ex, int64_t n, int64_t e, const int32_t* ids, const float* dx,
                                float* dtable) = nullptr;
+  // The VQGAN's ops (kernels/vision.h).
+  Status (*conv2d_forward)(const Exec& ex, const Conv2dShape& s, const float* x, const float* w, const float* bias,
+                           float* y) = nullptr;
+  Status (*group_norm_forward)(const Exec& ex, int64_t n, int64_t pixels, int64_t c, int64_t groups, float eps,
+                               const float* x, const float* scale, const float* bias, bool silu, float* y) = nullptr;
+  Status (*upsample_nearest2x)(const Exec& ex, int64_t n, int64_t h, int64_t w, int64_t c, const float* x,
+                               float* y) = nullptr;
+  Status (*nearest_code)(const Exec& ex, int64_t n, int64_t d, int64_t k, const float* z, const float* codebook,
+                         int32_t* index) = nullptr;
 };
 
 // The table of `device` in this build; null when the build has none (CUDA not compiled in).

@@ -52,6 +52,10 @@ Backend Make() {
   b.cast = cpu::Cast;
   b.embedding_forward = cpu::EmbeddingForward;
   b.embedding_backward = cpu::EmbeddingBackward;
+  b.conv2d_forward = cpu::Conv2dForward;
+  b.group_norm_forward = cpu::GroupNormForward;
+  b.upsample_nearest2x = cpu::UpsampleNearest2x;
+  b.nearest_code = cpu::NearestCode;
   return b;
 }
 

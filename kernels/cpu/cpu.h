@@ -4,6 +4,7 @@
 
 #include "kernels/attention.h"
 #include "kernels/layers.h"
+#include "kernels/vision.h"
 
 namespace rw::kernels::cpu {
 
@@ -42,5 +43,14 @@ Status AddInto(const Exec& ex, int64_t n, const float* src, float* dst);
 Status Cast(const Exec& ex, int64_t n, View src, View dst);
 Status EmbeddingForward(const Exec& ex, int64_t n, int64_t e, const int32_t* ids, const float* table, float* x);
 Status EmbeddingBackward(const Exec& ex, int64_t n, int64_t e, const int32_t* ids, const float* dx, float* dtable);
+
+// The VQGAN's ops (vision_cpu.cpp).
+Status Conv2dForward(const Exec& ex, const Conv2dShape& s, const float* x, const float* w, const float* bias,
+                     float* y);
+Status GroupNormForward(const Exec& ex, int64_t n, int64_t pixels, int64_t c, int64_t groups, float eps,
+                        const float* x, const float* scale, const float* bias, bool silu, float* y);
+Status UpsampleNearest2x(const Exec& ex, int64_t n, int64_t h, int64_t w, int64_t c, const float* x, float* y);
+Status NearestCode(const Exec& ex, int64_t n, int64_t d, int64_t k, const float* z, const float* codebook,
+                   int32_t* index);
 
 }  // namespace rw::kernels::cpu

@@ -20,6 +20,11 @@ bool Supports(Op op, DType dtype) {
     case Op::kEmbeddingForward:
     case Op::kEmbeddingBackward:
       return false;  // not written yet: the model's CUDA path (issue: GPU devices) brings them
+    case Op::kConv2dForward:
+    case Op::kGroupNormForward:
+    case Op::kUpsampleNearest:
+    case Op::kNearestCode:
+      return false;  // the VQGAN runs on the host backends (it is not on the training path)
     default:
       return dtype == DType::kF32;
   }

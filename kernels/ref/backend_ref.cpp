@@ -5,6 +5,7 @@
 #include "kernels/backend.h"
 #include "kernels/ref/attention_ref.h"
 #include "kernels/ref/layers_ref.h"
+#include "kernels/ref/vision_ref.h"
 
 namespace rw::kernels {
 namespace {
@@ -109,6 +110,25 @@ Backend Make() {
   b.embedding_backward = [](const Exec&, int64_t n, int64_t e, const int32_t* ids, const float* dx, float* dt) {
     for (int64_t i = 0; i < n; ++i)
       for (int64_t j = 0; j < e; ++j) dt[int64_t(ids[i]) * e + j] += dx[i * e + j];
+    return Status::Ok();
+  };
+  b.conv2d_forward = [](const Exec&, const Conv2dShape& s, const float* x, const float* w, const float* bias,
+                        float* y) {
+    ref::Conv2dForward<float>(s, x, w, bias, y);
+    return Status::Ok();
+  };
+  b.group_norm_forward = [](const Exec&, int64_t n, int64_t pixels, int64_t c, int64_t groups, float eps,
+                            const float* x, const float* scale, const float* bias, bool silu, float* y) {
+    ref::GroupNormForward<float>(n, pixels, c, groups, eps, x, scale, bias, silu, y);
+    return Status::Ok();
+  };
+  b.upsample_nearest2x = [](const Exec&, int64_t n, int64_t h, int64_t w, int64_t c, const float* x, float* y) {
+    ref::UpsampleNearest2x<float>(n, h, w, c, x, y);
+    return Status::Ok();
+  };
+  b.nearest_code = [](const Exec&, int64_t n, int64_t d, int64_t k, const float* z, const float* codebook,
+                      int32_t* index) {
+    ref::NearestCode<float>(n, d, k, z, codebook, index);
     return Status::Ok();
   };
   return b;
