@@ -1,0 +1,155 @@
+// The VQGAN (runtime/vqgan.h) against an independent PyTorch implementation of LWM's architecture on a small
+// random-weight model (tests/fixtures/make_vqgan_fixture.py, float64): identical codes, the quantizer's input
+// and the decoded pixels close; bad configs and weight files named.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "runtime/safetensors.h"
+#include "runtime/vqgan.h"
+
+namespace rw::runtime {
+namespace {
+
+namespace fs = std::filesystem;
+const std::string kDir = RW_FIXTURES "/vqgan_tiny";
+
+struct Diff {
+  double max_abs = 0, nmse = 0;
+};
+Diff Compare(const std::vector<float>& got, const std::vector<float>& want) {
+  Diff d;
+  double num = 0, den = 0;
+  for (size_t i = 0; i < std::min(got.size(), want.size()); ++i) {
+    const double e = double(got[i]) - double(want[i]);
+    d.max_abs = std::max(d.max_abs, std::fabs(e));
+    num += e * e;
+    den += double(want[i]) * double(want[i]);
+  }
+  d.nmse = num / std::max(den, 1e-300);
+  return d;
+}
+
+TEST(Vqgan, EncodesAndDecodesAsAnIndependentPyTorchImplementation) {
+  std::unique_ptr<Vqgan> v;
+  const Status st = Vqgan::Load(kDir, kernels::Exec{kernels::Device::kCpu, 2}, &v);
+  ASSERT_TRUE(st.ok()) << st.message();
+  std::map<std::string, LoadedTensor> want;
+  ASSERT_TRUE(ReadSafetensors(kDir + "/expected.safetensors", &want).ok());
+  const VqganConfig& c = v->config();
+  const int64_t frames = want.at("pixels").shape[0];
+  ASSERT_EQ(frames, 2);
+  std::vector<int32_t> codes;
+  std::vector<float> latents;
+  ASSERT_TRUE(v->Encode(frames, want.at("pixels").data.data(), &codes, &latents).ok());
+  ASSERT_EQ(int64_t(codes.size()), frames * c.codes_per_frame());
+  int differ = 0;
+  std::vector<int32_t> expected_codes;
+  for (float f : want.at("codes").data) expected_codes.push_back(int32_t(f));
+  for (size_t i = 0; i < codes.size(); ++i) differ += codes[i] != expected_codes[i];
+  const Diff dl = Compare(latents, want.at("latents").data);
+  std::vector<float> decoded;
+  ASSERT_TRUE(v->Decode(frames, expected_codes.data(), &decoded).ok());
+  const Diff dd = Compare(decoded, want.at("decoded").data);
+  std::printf("  %lld frames of %lldx%lld: %d of %zu codes differ; quantizer input max abs diff %.2e NMSE %.2e; "
+              "decoded pixels max abs diff %.2e NMSE %.2e\n", (long long)frames, (long long)c.resolution,
+              (long long)c.resolution, differ, codes.size(), dl.max_abs, dl.nmse, dd.max_abs, dd.nmse);
+  EXPECT_EQ(differ, 0);
+  EXPECT_LT(dl.nmse, 1e-10);
+  EXPECT_LT(dd.max_abs, 1e-4);
+  EXPECT_LT(dd.nmse, 1e-10);
+}
+
+TEST(Vqgan, TheDefaultIsLwmsAndItsTensorsAreNamedAsFlaxNamesThem) {
+  const VqganConfig c;
+  ASSERT_TRUE(c.Validate().ok());
+  EXPECT_EQ(c.grid(), 16);
+  EXPECT_EQ(c.codes_per_frame(), 256);
+  int64_t params = 0;
+  std::map<std::string, std::vector<int64_t>> t;
+  for (const auto& [name, shape] : VqganTensors(c)) {
+    int64_t n = 1;
+    for (int64_t d : shape) n *= d;
+    params += n;
+    t[name] = shape;
+  }
+  EXPECT_EQ(t.at("quantize.embeddings"), (std::vector<int64_t>{8192, 64}));
+  EXPECT_EQ(t.at("encoder.Conv_0.kernel"), (std::vector<int64_t>{3, 3, 3, 128}));
+  EXPECT_EQ(t.at("decoder.Conv_0.kernel"), (std::vector<int64_t>{3, 3, 64, 768}));           // 128 x 6
+  EXPECT_EQ(t.at("decoder.UpsamplingBlock_0.ResnetBlock_2.Conv_1.kernel"), (std::vector<int64_t>{3, 3, 768, 768}));
+  EXPECT_EQ(t.at("decoder.UpsamplingBlock_4.ResnetBlock_0.Conv_2.kernel"), (std::vector<int64_t>{1, 1, 256, 128}));
+  EXPECT_EQ(t.count("decoder.UpsamplingBlock_4.Upsample_0.Conv_0.kernel"), 0u);  // the first level: no upsampling
+  EXPECT_EQ(t.count("encoder.DownsamplingBlock_4.Downsample_0.Conv_0.kernel"), 0u);
+  std::printf("  LWM's VQGAN: %zu tensors, %.1f M parameters\n", t.size(), double(params) / 1e6);
+}
+
+TEST(Vqgan, BadConfigsAndWeightFilesAreNamed) {
+  const fs::path dir = fs::temp_directory_path() / ("rw_vqgan_" + std::to_string(getpid()));
+  fs::remove_all(dir);
+  auto fresh = [&] {
+    fs::remove_all(dir);
+    fs::create_directories(dir);
+    fs::copy_file(kDir + "/config.json", dir / "config.json");
+    fs::copy_file(kDir + "/model.safetensors", dir / "model.safetensors");
+  };
+  auto load = [&]() {
+    std::unique_ptr<Vqgan> v;
+    const Status st = Vqgan::Load(dir.string(), kernels::Exec{}, &v);
+    return st.ok() ? std::string("ok") : st.message();
+  };
+  auto edit = [&](const std::string& key, const nlohmann::json& value) {
+    std::ifstream f(dir / "config.json");
+    nlohmann::json j = nlohmann::json::parse(f);
+    f.close();
+    j[key] = value;
+    std::ofstream(dir / "config.json") << j.dump();
+  };
+  struct Case {
+    const char* key;
+    nlohmann::json value;
+    const char* says;
+  };
+  for (const Case& k : {Case{"attn_resolutions", {16}, "attn_resolutions: attention blocks are not implemented"},
+                        Case{"no_attn_mid_block", false, "no_attn_mid_block"},
+                        Case{"resample_with_conv", false, "resample_with_conv"},
+                        Case{"hidden_channels", 7, "norm_groups: 4 does not divide hidden_channels 7"},
+                        Case{"resolution", 30, "resolution: 30 does not halve 2 times"},
+                        Case{"channel_mult", "wide", "channel_mult: expected a list"},
+                        Case{"num_embeddings", 65, "quantize.embeddings has the wrong shape"},
+                        Case{"flash", true, "flash: not a VQGAN setting"}}) {
+    fresh();
+    edit(k.key, k.value);
+    const std::string m = load();
+    EXPECT_NE(m.find(k.says), std::string::npos) << k.key << ": " << m;
+  }
+  // A tensor too many, and one missing.
+  fresh();
+  std::map<std::string, LoadedTensor> t;
+  ASSERT_TRUE(ReadSafetensors((dir / "model.safetensors").string(), &t).ok());
+  std::vector<TensorRef> refs;
+  for (const auto& [name, x] : t) refs.push_back({name, x.shape, x.data.data()});
+  refs.push_back({"encoder.AttnBlock_0.Conv_0.kernel", {1}, t.begin()->second.data.data()});
+  ASSERT_TRUE(WriteSafetensors((dir / "model.safetensors").string(), refs).ok());
+  EXPECT_NE(load().find("encoder.AttnBlock_0.Conv_0.kernel is not part of this VQGAN"), std::string::npos) << load();
+  refs.pop_back();
+  refs.erase(refs.begin());
+  ASSERT_TRUE(WriteSafetensors((dir / "model.safetensors").string(), refs).ok());
+  EXPECT_NE(load().find(" is missing"), std::string::npos) << load();
+  // Codes outside the codebook.
+  fresh();
+  std::unique_ptr<Vqgan> v;
+  ASSERT_TRUE(Vqgan::Load(dir.string(), kernels::Exec{}, &v).ok());
+  std::vector<int32_t> codes(size_t(v->config().codes_per_frame()), 3);
+  codes[9] = 64;
+  std::vector<float> px;
+  const Status st = v->Decode(1, codes.data(), &px);
+  ASSERT_FALSE(st.ok());
+  EXPECT_NE(st.message().find("code 9 is 64, outside the codebook of 64"), std::string::npos) << st.message();
+  fs::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace rw::runtime
