@@ -16,6 +16,7 @@ packages=(
   slurm-wlm munge   # tests/cli/slurm_drill.sh runs ops/slurm/ringworld.sbatch on a real Slurm on loopback
   iproute2          # tests/scheduler/partition_drill.sh: workers in their own network namespaces (ip netns)
   python3-venv      # tests/cli/k8s_validate.sh: kubernetes-validate (PyPI) in a venv under the build directory
+  python3-numpy     # ops/convert_lwm_vqgan.py (LWM's pickled VQGAN parameters), run by test_vqgan
   clang libclang-rt-14-dev  # ops/test.sh's fuzz stage: libFuzzer targets (tests/fuzz) with ASan + UBSan
 )
 

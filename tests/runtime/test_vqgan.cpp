@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <sstream>
 
 #include "runtime/safetensors.h"
 #include "runtime/vqgan.h"
@@ -84,6 +85,69 @@ TEST(Vqgan, TheDefaultIsLwmsAndItsTensorsAreNamedAsFlaxNamesThem) {
   EXPECT_EQ(t.count("decoder.UpsamplingBlock_4.Upsample_0.Conv_0.kernel"), 0u);  // the first level: no upsampling
   EXPECT_EQ(t.count("encoder.DownsamplingBlock_4.Downsample_0.Conv_0.kernel"), 0u);
   std::printf("  LWM's VQGAN: %zu tensors, %.1f M parameters\n", t.size(), double(params) / 1e6);
+}
+
+// A Python with numpy (ops/convert_lwm_vqgan.py's one dependency): Debian's, or the one on the PATH.
+std::string PythonWithNumpy() {
+  for (const char* py : {"/usr/bin/python3", "python3"})
+    if (std::system((std::string(py) + " -c 'import numpy' > /dev/null 2>&1").c_str()) == 0) return py;
+  return "";
+}
+
+// ops/convert_lwm_vqgan.py on the fixture's weights pickled as LWM pickles its Flax parameter tree: the
+// converted directory loads and encodes as the fixture does, tensor for tensor; a pickle that asks to run
+// something, a tree with an attention block and one with an unknown module are refused, naming why.
+TEST(Vqgan, TheConverterTakesLwmsPickledParameterTree) {
+  const std::string py = PythonWithNumpy();
+  ASSERT_FALSE(py.empty()) << "no python3 with numpy (ops/setup.sh installs python3-numpy)";
+  const fs::path dir = fs::temp_directory_path() / ("rw_vqconv_" + std::to_string(getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  const std::string conv = std::string(RW_SOURCE_DIR) + "/ops/convert_lwm_vqgan.py";
+  auto run = [&](const std::string& params, const std::string& out) {
+    const std::string cmd = py + " " + conv + " --params " + params + " --config " + kDir + "/config.json --out " + out +
+                            " > " + (dir / "log").string() + " 2>&1";
+    const int rc = std::system(cmd.c_str());
+    std::ifstream f(dir / "log");
+    std::stringstream ss;
+    ss << f.rdbuf();
+    return std::make_pair(rc, ss.str());
+  };
+  const auto [rc, log] = run(kDir + "/flax_params.pkl", (dir / "out").string());
+  ASSERT_EQ(rc, 0) << log;
+  std::map<std::string, LoadedTensor> mine, theirs;
+  ASSERT_TRUE(ReadSafetensors((dir / "out" / "model.safetensors").string(), &mine).ok());
+  ASSERT_TRUE(ReadSafetensors(kDir + "/model.safetensors", &theirs).ok());
+  ASSERT_EQ(mine.size(), theirs.size());
+  for (const auto& [name, t] : theirs) {
+    ASSERT_TRUE(mine.count(name)) << name;
+    EXPECT_EQ(mine[name].shape, t.shape) << name;
+    EXPECT_EQ(mine[name].data, t.data) << name;
+  }
+  std::unique_ptr<Vqgan> v;
+  const Status st = Vqgan::Load((dir / "out").string(), kernels::Exec{}, &v);
+  ASSERT_TRUE(st.ok()) << st.message();
+  std::printf("  %s", log.c_str());
+  // Refusals.
+  const std::string evil = (dir / "evil.pkl").string(), attn = (dir / "attn.pkl").string(), odd = (dir / "odd.pkl").string();
+  std::ofstream(evil, std::ios::binary) << "cos\nsystem\n(S'touch " << (dir / "pwned").string() << "'\ntR.";
+  ASSERT_EQ(std::system((py + " -c \"import pickle, numpy as np; z = np.zeros((1, 1, 1, 1), 'f4'); "
+                              "pickle.dump({'encoder': {'AttnBlock_0': {'Conv_0': {'kernel': z}}}}, open('" + attn + "', 'wb')); "
+                              "pickle.dump({'encoder': {'Lstm_0': {'kernel': z}}}, open('" + odd + "', 'wb'))\"").c_str()),
+            0);
+  struct Case {
+    std::string file;
+    const char* says;
+  };
+  for (const Case& c : {Case{evil, "refusing to build os.system"}, Case{attn, "attention blocks are not implemented"},
+                        Case{odd, "encoder.Lstm_0.kernel: not a parameter of LWM's VQGAN architecture"}}) {
+    const auto [code, msg] = run(c.file, (dir / "bad").string());
+    EXPECT_EQ(code != 0, true) << c.file;
+    EXPECT_NE(msg.find(c.says), std::string::npos) << msg;
+    std::printf("  refused: %s", msg.c_str());
+  }
+  EXPECT_FALSE(fs::exists(dir / "pwned"));
+  fs::remove_all(dir);
 }
 
 TEST(Vqgan, BadConfigsAndWeightFilesAreNamed) {
