@@ -13,6 +13,7 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev libopenblas-dev libdnnl-dev
   libyaml-cpp-dev nlohmann-json3-dev libcpp-httplib-dev libcli11-dev libsentencepiece-dev zlib1g-dev
   prometheus pngcheck
+  libavformat-dev libavcodec-dev libswscale-dev libavutil-dev ffmpeg  # runtime/media.h; tests make videos with ffmpeg
   slurm-wlm munge   # tests/cli/slurm_drill.sh runs ops/slurm/ringworld.sbatch on a real Slurm on loopback
   iproute2          # tests/scheduler/partition_drill.sh: workers in their own network namespaces (ip netns)
   python3-venv      # tests/cli/k8s_validate.sh: kubernetes-validate (PyPI) in a venv under the build directory

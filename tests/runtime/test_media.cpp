@@ -1,0 +1,154 @@
+// Frames from images and videos (runtime/media.h) on files the test makes with the ffmpeg command: count,
+// order (LWM's uniform pick, or by fps), size and centre crop, pixel values; frames written as PNG and mp4
+// read back; unreadable media named.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+
+#include "runtime/media.h"
+
+namespace rw::runtime {
+namespace {
+
+namespace fs = std::filesystem;
+
+struct Tmp {
+  fs::path p = fs::temp_directory_path() / ("rw_media_" + std::to_string(getpid()));
+  Tmp() {
+    fs::remove_all(p);
+    fs::create_directories(p);
+  }
+  ~Tmp() { fs::remove_all(p); }
+};
+
+void Ffmpeg(const std::string& args) {
+  const std::string cmd = "ffmpeg -hide_banner -loglevel error -y " + args;
+  ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
+}
+
+double Mean(const MediaFrames& m, int64_t k, int channel = -1) {
+  const int64_t n = m.size * m.size;
+  double s = 0;
+  int64_t c = 0;
+  for (int64_t i = 0; i < n * 3; ++i)
+    if (channel < 0 || i % 3 == channel) s += m.pixels[size_t(k * n * 3 + i)], ++c;
+  return s / double(c);
+}
+
+// 30 frames at 10 fps, 320x240, frame N a flat grey of luma 16 + 7 N (lossless H.264, so the values survive).
+std::string GreyRamp(const Tmp& t) {
+  const std::string out = (t.p / "ramp.mp4").string();
+  Ffmpeg("-f lavfi -i color=c=black:s=320x240:r=10:d=3 -vf \"geq=lum='16+7*N':cb=128:cr=128\" -c:v libx264 -qp 0 " +
+         out);
+  return out;
+}
+
+TEST(Media, AVideosFramesArePickedUniformlyAsLwmPicksThemInOrder) {
+  Tmp t;
+  const std::string video = GreyRamp(t);
+  MediaFrames m;
+  Status st = ReadMediaFrames(video, 32, FrameSelection{8, 0}, &m);
+  ASSERT_TRUE(st.ok()) << st.message();
+  EXPECT_EQ(m.source_frames, 30);
+  EXPECT_EQ(m.count, 8);
+  EXPECT_EQ(m.picked, UniformFrames(30, 8));
+  EXPECT_EQ(m.picked, (std::vector<int64_t>{0, 4, 8, 12, 16, 20, 24, 29}));  // numpy.linspace(0, 29, 8, dtype=int)
+  ASSERT_EQ(m.pixels.size(), size_t(8 * 32 * 32 * 3));
+  // Luma 16 + 7 N in limited range is grey (7 N) * 255 / 219 in full range; [-1, 1] is / 127.5 - 1.
+  double worst = 0;
+  for (int64_t k = 0; k < m.count; ++k) {
+    const double want = 7.0 * double(m.picked[size_t(k)]) * 255.0 / 219.0 / 127.5 - 1.0;
+    worst = std::max(worst, std::fabs(Mean(m, k) - want));
+  }
+  std::printf("  8 of 30 frames picked %s...; worst frame's mean off its grey by %.4f\n", "0, 4, 8", worst);
+  EXPECT_LT(worst, 0.02);
+  // Every frame (max_frames 0, and max_frames above the count).
+  ASSERT_TRUE(ReadMediaFrames(video, 16, FrameSelection{0, 0}, &m).ok());
+  EXPECT_EQ(m.count, 30);
+  ASSERT_TRUE(ReadMediaFrames(video, 16, FrameSelection{100, 0}, &m).ok());
+  EXPECT_EQ(m.count, 30);
+  for (int64_t k = 1; k < m.count; ++k) EXPECT_GT(Mean(m, k), Mean(m, k - 1)) << "frame " << k;
+  // By time: 2 frames a second of a 10 fps video are frames 0, 5, 10, ...; capped by max_frames.
+  ASSERT_TRUE(ReadMediaFrames(video, 16, FrameSelection{0, 2.0}, &m).ok());
+  EXPECT_EQ(m.picked, (std::vector<int64_t>{0, 5, 10, 15, 20, 25}));
+  ASSERT_TRUE(ReadMediaFrames(video, 16, FrameSelection{4, 2.0}, &m).ok());
+  EXPECT_EQ(m.picked, (std::vector<int64_t>{0, 5, 10, 15}));
+}
+
+TEST(Media, AnImageIsOneFrameResizedAndCutToTheCentre) {
+  Tmp t;
+  // 64x48: the left 16 columns red, the rest blue. The shorter side (48) goes to 24 and the width to 32, of
+  // which the centre 24 columns are kept: columns 4..27 of 32, so red (the first 8 of 32) covers 4 of them.
+  const std::string img = (t.p / "flag.png").string();
+  Ffmpeg("-f lavfi -i color=c=blue:s=64x48 -vf \"drawbox=x=0:y=0:w=16:h=48:color=red:t=fill\" -frames:v 1 " + img);
+  MediaFrames m;
+  Status st = ReadMediaFrames(img, 24, FrameSelection{}, &m);
+  ASSERT_TRUE(st.ok()) << st.message();
+  ASSERT_EQ(m.count, 1);
+  EXPECT_EQ(m.source_frames, 1);
+  auto px = [&](int64_t i, int64_t j, int c) { return m.pixels[size_t((i * 24 + j) * 3 + c)]; };
+  EXPECT_GT(px(12, 1, 0), 0.9f);   // red at the left edge
+  EXPECT_LT(px(12, 1, 2), -0.9f);
+  EXPECT_LT(px(12, 12, 0), -0.9f);  // blue from the middle on
+  EXPECT_GT(px(12, 12, 2), 0.9f);
+  int red_columns = 0;
+  for (int64_t j = 0; j < 24; ++j) red_columns += px(12, j, 0) > 0;
+  EXPECT_EQ(red_columns, 4);
+}
+
+TEST(Media, FramesWrittenAsPngAndMp4ReadBack) {
+  Tmp t;
+  const int64_t size = 32, n = 5;
+  std::vector<float> frames(size_t(n * size * size * 3));
+  for (int64_t k = 0; k < n; ++k)
+    for (int64_t i = 0; i < size; ++i)
+      for (int64_t j = 0; j < size; ++j)
+        for (int c = 0; c < 3; ++c)
+          frames[size_t(((k * size + i) * size + j) * 3 + c)] =
+              float(std::sin(0.2 * double(i + 2 * j + 5 * k + 3 * c)) * 0.8);
+  const std::string png = (t.p / "one.png").string(), mp4 = (t.p / "five.mp4").string();
+  ASSERT_TRUE(WriteMediaFrames(png, size, 1, frames.data(), 1).ok());
+  Status st = WriteMediaFrames(mp4, size, n, frames.data(), 4);
+  ASSERT_TRUE(st.ok()) << st.message();
+  MediaFrames a, b;
+  ASSERT_TRUE(ReadMediaFrames(png, size, FrameSelection{}, &a).ok());
+  ASSERT_TRUE(ReadMediaFrames(mp4, size, FrameSelection{}, &b).ok());
+  double png_err = 0, mp4_err = 0;
+  for (int64_t i = 0; i < size * size * 3; ++i) png_err = std::max(png_err, double(std::fabs(a.pixels[size_t(i)] - frames[size_t(i)])));
+  for (size_t i = 0; i < frames.size(); ++i) mp4_err += std::fabs(b.pixels[i] - frames[i]);
+  mp4_err /= double(frames.size());
+  std::printf("  PNG round trip: max abs diff %.4f (8-bit steps: %.4f); mp4 of %lld frames: mean abs diff %.4f\n",
+              png_err, 1 / 127.5, (long long)b.count, mp4_err);
+  EXPECT_LE(png_err, 0.5 / 127.5 + 1e-6);
+  EXPECT_EQ(b.count, n);
+  EXPECT_LT(mp4_err, 0.05);
+  for (const auto& e : fs::directory_iterator(t.p)) EXPECT_NE(e.path().filename().string().rfind(".tmp-", 0), 0u);
+  st = WriteMediaFrames((t.p / "two.png").string(), size, 2, frames.data(), 1);
+  ASSERT_FALSE(st.ok());
+  EXPECT_NE(st.message().find("a PNG holds one frame"), std::string::npos) << st.message();
+}
+
+TEST(Media, UnreadableMediaIsNamed) {
+  Tmp t;
+  const std::string text = (t.p / "notes.mp4").string(), cut = (t.p / "cut.mp4").string();
+  std::ofstream(text) << "not a video at all\n";
+  const std::string video = GreyRamp(t);
+  {
+    std::ifstream in(video, std::ios::binary);
+    std::string head(600, '\0');
+    in.read(head.data(), 600);
+    std::ofstream(cut, std::ios::binary) << head;
+  }
+  MediaFrames m;
+  for (const std::string& path : {text, cut, (t.p / "missing.mp4").string()}) {
+    const Status st = ReadMediaFrames(path, 16, FrameSelection{}, &m);
+    ASSERT_FALSE(st.ok()) << path;
+    EXPECT_NE(st.message().find(path), std::string::npos) << st.message();
+    std::printf("  %s\n", st.message().c_str());
+  }
+}
+
+}  // namespace
+}  // namespace rw::runtime
