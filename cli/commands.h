@@ -36,6 +36,6 @@ int Plan(const std::string& job_path, const std::vector<std::string>& overrides,
 int Export(const std::string& checkpoint, const std::string& to, const std::string& dtype,
            const std::string& max_shard_size);
 int DataPrepare(const std::vector<std::string>& inputs, const std::string& output, const std::string& tokenizer,
-                int64_t vision_codes, bool skip_bad, int64_t vocab_size);
+                int64_t vision_codes, bool skip_bad, int64_t vocab_size, const std::string& vqgan = "");
 
 }  // namespace rw::cli

@@ -1,4 +1,4 @@
-// `ringworld data prepare`: text and JSONL files into a token dataset.
+// `ringworld data prepare`: text and JSONL files (with images and videos through a VQGAN) into a token dataset.
 #include <cstdio>
 
 #include "cli/commands.h"
@@ -7,8 +7,9 @@
 namespace rw::cli {
 
 int DataPrepare(const std::vector<std::string>& inputs, const std::string& output, const std::string& tokenizer,
-                int64_t vision_codes, bool skip_bad, int64_t vocab_size) {
+                int64_t vision_codes, bool skip_bad, int64_t vocab_size, const std::string& vqgan) {
   runtime::PrepareOptions opt{inputs, output, tokenizer, vision_codes, skip_bad, vocab_size};
+  opt.vqgan = vqgan;
   runtime::PrepareReport rep;
   auto st = runtime::PrepareDataset(opt, &rep);
   if (!st.ok()) {

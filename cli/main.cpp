@@ -114,6 +114,11 @@ int main(int argc, char** argv) {
   prepare->add_option("--vocab-size", vocab_size,
                       "the vocabulary of pre-tokenized {\"tokens\": [ids]} records (default: the tokenizer's); "
                       "every id must be below it, and a model trains on the dataset when its vocabulary is at least this");
+  std::string vqgan;
+  prepare->add_option("--vqgan", vqgan,
+                      "a VQGAN directory (config.json + model.safetensors; ops/convert_lwm_vqgan.py makes one of LWM's): "
+                      "{\"image\": PATH} and {\"video\": PATH, \"max_frames\": N, \"fps\": F} records are read and "
+                      "encoded to codes; its codebook is the vision vocabulary");
   // The cluster: daemon, workers, and the API clients.
   rw::scheduler::DaemonOptions dopt;
   auto* daemon = app.add_subcommand("daemon", "run the scheduler daemon (REST API, queue, workers, checkpoints)");
@@ -190,7 +195,7 @@ int main(int argc, char** argv) {
                                   plan_device);
   if (*exp) return rw::cli::Export(export_ckpt, export_to, export_dtype, export_shard);
   if (*eval) return rw::cli::Eval(checkpoint, data, ring, layout, seq_len);
-  if (*prepare) return rw::cli::DataPrepare(inputs, output, tokenizer, vision_codes, skip_bad, vocab_size);
+  if (*prepare) return rw::cli::DataPrepare(inputs, output, tokenizer, vision_codes, skip_bad, vocab_size, vqgan);
   if (*train) {
     if (describe) {
       std::printf("%s", rw::runtime::DescribeSettings().c_str());

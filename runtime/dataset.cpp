@@ -1,5 +1,8 @@
 #include "runtime/dataset.h"
 
+#include "runtime/media.h"
+#include "runtime/vqgan.h"
+
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -32,9 +35,49 @@ struct Writer {
   }
 };
 
+// Image and video records: the VQGAN that encodes their frames, and the directory their paths are relative to.
+struct MediaContext {
+  const Vqgan* vqgan = nullptr;
+  fs::path base;
+};
+
+// The frames of an "image" or "video" record, read and encoded to codes.
+Status MediaCodes(const nlohmann::json& j, const MediaContext& media, std::vector<std::vector<int64_t>>* frames) {
+  RW_REQUIRE(media.vqgan, "\"image\" and \"video\" records need --vqgan DIR (the VQGAN that encodes their frames)");
+  const bool video = j.contains("video");
+  const auto& name = j[video ? "video" : "image"];
+  RW_REQUIRE(name.is_string() && !name.get<std::string>().empty(),
+             "\"" << (video ? "video" : "image") << "\" must be the path of a file");
+  FrameSelection sel;
+  for (const char* key : {"max_frames", "fps"})
+    RW_REQUIRE(video || !j.contains(key), "\"" << key << "\": only a video record picks frames");
+  if (j.contains("max_frames")) {
+    RW_REQUIRE(j["max_frames"].is_number_integer() && j["max_frames"].get<int64_t>() >= 1 &&
+                   j["max_frames"].get<int64_t>() <= 100000,
+               "\"max_frames\" must be an integer in [1, 100000]");
+    sel.max_frames = j["max_frames"].get<int64_t>();
+  }
+  if (j.contains("fps")) {
+    RW_REQUIRE(j["fps"].is_number() && j["fps"].get<double>() > 0 && j["fps"].get<double>() <= 1000,
+               "\"fps\" must be a number in (0, 1000]");
+    sel.fps = j["fps"].get<double>();
+  }
+  const fs::path rel(name.get<std::string>());
+  const std::string path = (rel.is_absolute() ? rel : media.base / rel).string();
+  MediaFrames m;
+  RW_RETURN_IF_ERROR(ReadMediaFrames(path, media.vqgan->config().resolution, sel, &m));
+  std::vector<int32_t> codes;
+  RW_RETURN_IF_ERROR(media.vqgan->Encode(m.count, m.pixels.data(), &codes));
+  const int64_t per = media.vqgan->config().codes_per_frame();
+  frames->clear();
+  for (int64_t f = 0; f < m.count; ++f) frames->emplace_back(codes.begin() + f * per, codes.begin() + (f + 1) * per);
+  return Status::Ok();
+}
+
 // Parses one JSONL record into w.doc / w.mod; the error names what is wrong (the caller adds file:line and
 // checks the ids against the vocabulary).
-Status ParseRecord(const std::string& line, const Tokenizer& tok, const VisionVocab& vision, Writer& w) {
+Status ParseRecord(const std::string& line, const Tokenizer& tok, const VisionVocab& vision,
+                   const MediaContext& media, Writer& w) {
   nlohmann::json j;
   try {
     j = nlohmann::json::parse(line);
@@ -52,18 +95,24 @@ Status ParseRecord(const std::string& line, const Tokenizer& tok, const VisionVo
       RW_REQUIRE(id >= 0 && id <= INT32_MAX, "token id " << id << " is not an id (0 to 2^31 - 1)");  // vocab: CheckVocab
       w.doc.push_back(int32_t(id));
     }
-  } else if (j.contains("vision")) {
+  } else if (j.contains("vision") || j.contains("image") || j.contains("video")) {
+    const int kinds = int(j.contains("vision")) + int(j.contains("image")) + int(j.contains("video"));
+    RW_REQUIRE(kinds == 1, "a record holds one of \"vision\", \"image\" and \"video\"");
     RW_REQUIRE(vision.codes > 0, "\"vision\": needs --vision-codes N (the VQGAN codebook size; LWM: 8192)");
-    RW_REQUIRE(!j.contains("modality"), "\"modality\": a vision record's modality follows from \"vision\"");
+    RW_REQUIRE(!j.contains("modality"), "\"modality\": a vision record's modality follows from its frames");
     std::vector<std::vector<int64_t>> frames;
-    RW_REQUIRE(j["vision"].is_array(), "\"vision\" must be a list of frames (lists of codes)");
-    for (const auto& f : j["vision"]) {
-      RW_REQUIRE(f.is_array(), "\"vision\" must be a list of frames (lists of codes)");
-      frames.emplace_back();
-      for (const auto& c : f) {
-        RW_REQUIRE(c.is_number_integer(), "\"vision\"[" << frames.size() - 1 << "] holds a non-integer");
-        frames.back().push_back(c.get<int64_t>());
+    if (j.contains("vision")) {
+      RW_REQUIRE(j["vision"].is_array(), "\"vision\" must be a list of frames (lists of codes)");
+      for (const auto& f : j["vision"]) {
+        RW_REQUIRE(f.is_array(), "\"vision\" must be a list of frames (lists of codes)");
+        frames.emplace_back();
+        for (const auto& c : f) {
+          RW_REQUIRE(c.is_number_integer(), "\"vision\"[" << frames.size() - 1 << "] holds a non-integer");
+          frames.back().push_back(c.get<int64_t>());
+        }
       }
+    } else {
+      RW_RETURN_IF_ERROR(MediaCodes(j, media, &frames));
     }
     std::vector<int32_t> vis, text;
     RW_RETURN_IF_ERROR(vision.Encode(frames, &vis));
@@ -149,8 +198,19 @@ Status PrepareDataset(const PrepareOptions& opt, PrepareReport* report) {
   }
   RW_REQUIRE(opt.vision_codes >= 0 && opt.vision_codes <= (1 << 20),
              "--vision-codes: must be in [0, 2^20], got " << opt.vision_codes);
-  const VisionVocab vision{tok->vocab_size(), opt.vision_codes};
-  const int64_t vocab = opt.vocab_size > 0 ? opt.vocab_size : opt.vision_codes > 0 ? vision.total() : tok->vocab_size();
+  // A VQGAN: its codebook is the vision vocabulary.
+  std::unique_ptr<Vqgan> vqgan;
+  int64_t vision_codes = opt.vision_codes;
+  if (!opt.vqgan.empty()) {
+    const Status st = Vqgan::Load(opt.vqgan, kernels::Exec{kernels::Device::kCpu, opt.vqgan_threads}, &vqgan);
+    RW_REQUIRE(st.ok(), "--vqgan: " << st.message());
+    RW_REQUIRE(opt.vision_codes == 0 || opt.vision_codes == vqgan->config().num_embeddings,
+               "--vision-codes: " << opt.vision_codes << " differs from the VQGAN's codebook of "
+                                  << vqgan->config().num_embeddings);
+    vision_codes = vqgan->config().num_embeddings;
+  }
+  const VisionVocab vision{tok->vocab_size(), vision_codes};
+  const int64_t vocab = opt.vocab_size > 0 ? opt.vocab_size : vision_codes > 0 ? vision.total() : tok->vocab_size();
   const fs::path out(opt.output), tmp = out.string() + ".tmp-" + std::to_string(::getpid());
   std::error_code ec;
   RW_REQUIRE(!fs::exists(out / "meta.json"), "--output: " << opt.output << " already holds a dataset");
@@ -186,7 +246,7 @@ Status PrepareDataset(const PrepareOptions& opt, PrepareReport* report) {
     std::string line;
     for (int64_t lineno = 1; std::getline(f, line); ++lineno) {
       if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-      Status st = ParseRecord(line, *tok, vision, w);
+      Status st = ParseRecord(line, *tok, vision, MediaContext{vqgan.get(), fs::path(in).parent_path()}, w);
       if (st.ok()) st = CheckVocab(w.doc, vocab);
       if (!st.ok()) {
         if (opt.skip_bad) {
@@ -211,9 +271,10 @@ Status PrepareDataset(const PrepareOptions& opt, PrepareReport* report) {
   nlohmann::ordered_json meta = {{"format", "ringworld-tokens-v1"}, {"documents", rep.documents},
                                  {"tokens", rep.tokens},            {"tokenizer", tok->name()},
                                  {"vocab_size", vocab},             {"text_vocab_size", tok->vocab_size()},
-                                 {"vision_codes", opt.vision_codes}, {"sources", opt.inputs},
+                                 {"vision_codes", vision_codes}, {"sources", opt.inputs},
                                  {"skipped", rep.skipped}};
-  if (opt.vision_codes > 0)
+  if (vqgan) meta["vqgan"] = opt.vqgan;
+  if (vision_codes > 0)
     meta["vision_tokens"] = {{"first_code", vision.Code(0)}, {"vision", vision.begin()}, {"/vision", vision.end()},
                              {"eof", vision.eof()}, {"eov", vision.eov()}};
   std::ofstream(tmp / "meta.json") << meta.dump(2) << "\n";

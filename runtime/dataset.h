@@ -29,6 +29,11 @@ struct PrepareOptions {
   // must be below it. 0: the tokenizer's (with the vision ids after it). Without a tokenizer the dataset's
   // tokenizer is none: text records are refused, and its checkpoints print ids.
   int64_t vocab_size = 0;
+  // A VQGAN directory (runtime/vqgan.h): records may then name image and video files, which are read
+  // (runtime/media.h), encoded to codes and laid out as "vision" records are. Its codebook is the vision
+  // vocabulary (vision_codes, when given, must equal it).
+  std::string vqgan;
+  int vqgan_threads = 0;  // kernel threads of the VQGAN (0: the machine's)
 };
 
 struct PrepareReport {
@@ -39,7 +44,10 @@ struct PrepareReport {
 // "modality": "text" | "vision" or a per-token list of those; LWM vision records {"vision": [[codes of
 // frame 0], [codes of frame 1], ...], "text": "caption", "order": "vision_text" | "text_vision"}: the codes
 // wrapped as <vision> f0 <eof> f1 ... <eov> </vision> (modality vision) beside the text (needs
-// vision_codes). A bad record is an error naming file:line.
+// vision_codes). With a VQGAN: {"image": PATH, ...} and {"video": PATH, "max_frames": N and/or "fps": F,
+// ...} (PATH relative to the JSONL file's directory; the text and order as for "vision"), their frames
+// encoded to codes. A bad record, or a medium that cannot be read, is an error naming file:line (and the
+// medium's path).
 Status PrepareDataset(const PrepareOptions& opt, PrepareReport* report);
 
 // A prepared dataset, memory-mapped.

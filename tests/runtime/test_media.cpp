@@ -7,7 +7,10 @@
 #include <filesystem>
 #include <fstream>
 
+#include "runtime/dataset.h"
 #include "runtime/media.h"
+#include "runtime/tokenizer.h"
+#include "runtime/vqgan.h"
 
 namespace rw::runtime {
 namespace {
@@ -148,6 +151,77 @@ TEST(Media, UnreadableMediaIsNamed) {
     EXPECT_NE(st.message().find(path), std::string::npos) << st.message();
     std::printf("  %s\n", st.message().c_str());
   }
+}
+
+// `data prepare --vqgan`: JSONL records naming a video (4 of its 12 frames, LWM's pick) and an image, their
+// frames encoded by the VQGAN (the tiny fixture: 32 x 32 frames, 8 x 8 codes) and laid out as vision
+// records are, each frame's codes those of encoding it directly; a record naming a missing file fails
+// naming the JSONL line and the file, and --skip-bad counts it instead.
+TEST(Media, DataPrepareEncodesImagesAndVideosThroughTheVqgan) {
+  Tmp t;
+  const std::string vqgan = RW_FIXTURES "/vqgan_tiny";
+  Ffmpeg("-f lavfi -i testsrc=size=96x64:rate=6:d=2 -c:v libx264 -pix_fmt yuv420p " + (t.p / "clip.mp4").string());
+  Ffmpeg("-f lavfi -i testsrc=size=40x40 -frames:v 1 " + (t.p / "still.png").string());
+  std::ofstream(t.p / "in.jsonl") << R"({"video": "clip.mp4", "max_frames": 4, "text": "a test pattern"})" << "\n"
+                                  << R"({"image": "still.png", "text": "one frame", "order": "text_vision"})" << "\n";
+  PrepareOptions opt;
+  opt.inputs = {(t.p / "in.jsonl").string()};
+  opt.output = (t.p / "ds").string();
+  opt.vqgan = vqgan;
+  PrepareReport rep;
+  Status st = PrepareDataset(opt, &rep);
+  ASSERT_TRUE(st.ok()) << st.message();
+  EXPECT_EQ(rep.documents, 2);
+  Dataset d;
+  ASSERT_TRUE(Dataset::Open(opt.output, &d).ok());
+  std::unique_ptr<Vqgan> v;
+  ASSERT_TRUE(Vqgan::Load(vqgan, kernels::Exec{}, &v).ok());
+  const int64_t per = v->config().codes_per_frame(), text_vocab = 259;
+  const VisionVocab vision{text_vocab, v->config().num_embeddings};
+  EXPECT_EQ(d.vocab_size(), vision.total());
+  // Document 0: BOS, <vision>, 4 frames of codes each closed by <eof> (the last by <eov>), </vision>, text, EOS.
+  MediaFrames m;
+  ASSERT_TRUE(ReadMediaFrames((t.p / "clip.mp4").string(), v->config().resolution, FrameSelection{4, 0}, &m).ok());
+  EXPECT_EQ(m.picked, (std::vector<int64_t>{0, 3, 7, 11}));
+  std::vector<int32_t> codes;
+  ASSERT_TRUE(v->Encode(m.count, m.pixels.data(), &codes).ok());
+  const int32_t* doc = d.doc_tokens(0);
+  const uint8_t* mod = d.doc_modality(0);
+  EXPECT_EQ(doc[1], vision.begin());
+  for (int64_t f = 0; f < 4; ++f) {
+    for (int64_t k = 0; k < per; ++k) ASSERT_EQ(doc[2 + f * (per + 1) + k], vision.Code(codes[size_t(f * per + k)]));
+    EXPECT_EQ(doc[2 + f * (per + 1) + per], f == 3 ? vision.eov() : vision.eof());
+  }
+  EXPECT_EQ(doc[2 + 4 * (per + 1)], vision.end());
+  EXPECT_EQ(mod[2], 1);
+  EXPECT_EQ(d.doc_len(0), 1 + 1 + 4 * (per + 1) + 1 + int64_t(std::string("a test pattern").size()) + 1);
+  // Document 1: the text first, then one frame.
+  EXPECT_EQ(d.doc_tokens(1)[1 + 9], vision.begin());
+  EXPECT_EQ(d.doc_len(1), 1 + 9 + 1 + (per + 1) + 1 + 1);
+  std::printf("  2 records -> %lld tokens: a video's 4 of 12 frames and an image, %lld codes a frame\n",
+              (long long)d.tokens(), (long long)per);
+  // A missing file.
+  std::ofstream(t.p / "bad.jsonl") << R"({"image": "still.png"})" << "\n" << R"({"video": "gone.mp4"})" << "\n";
+  opt.inputs = {(t.p / "bad.jsonl").string()};
+  opt.output = (t.p / "ds2").string();
+  st = PrepareDataset(opt, &rep);
+  ASSERT_FALSE(st.ok());
+  EXPECT_NE(st.message().find("bad.jsonl:2: "), std::string::npos) << st.message();
+  EXPECT_NE(st.message().find("gone.mp4"), std::string::npos) << st.message();
+  EXPECT_FALSE(fs::exists(t.p / "ds2"));
+  std::printf("  %s\n", st.message().c_str());
+  opt.skip_bad = true;
+  ASSERT_TRUE(PrepareDataset(opt, &rep).ok());
+  EXPECT_EQ(rep.documents, 1);
+  EXPECT_EQ(rep.skipped, 1);
+  // Without a VQGAN, an image record says what it needs.
+  opt.vqgan.clear();
+  opt.skip_bad = false;
+  opt.vision_codes = 64;
+  opt.output = (t.p / "ds3").string();
+  st = PrepareDataset(opt, &rep);
+  ASSERT_FALSE(st.ok());
+  EXPECT_NE(st.message().find("need --vqgan DIR"), std::string::npos) << st.message();
 }
 
 }  // namespace
