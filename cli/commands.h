@@ -1,5 +1,5 @@
 // The commands of `ringworld` that run in this process, one function each (main.cpp parses the arguments):
-// train.cpp (train, device-host), plan.cpp, export.cpp, eval.cpp, generate.cpp, needle.cpp, data_prepare.cpp. The cluster's
+// train.cpp (train, device-host), plan.cpp, export.cpp, vqgan.cpp, eval.cpp, generate.cpp, needle.cpp, data_prepare.cpp. The cluster's
 // commands (daemon, worker, the API clients) are in cluster.h.
 //
 // `ringworld train` is the embedded mode: one process holds the device actors of the ring (in-process
@@ -35,6 +35,12 @@ int Plan(const std::string& job_path, const std::vector<std::string>& overrides,
 // Hugging Face directory: safetensors of at most max_shard_size each (+ index), config, tokenizer.
 int Export(const std::string& checkpoint, const std::string& to, const std::string& dtype,
            const std::string& max_shard_size);
+// A VQGAN (runtime/vqgan.h) on one file: an image or video's frames to codes, printed (or written to
+// `output`) as the {"vision": [[codes], ...]} record data prepare reads; and such a record decoded to a PNG
+// (one frame) or a video (.mp4) at `fps`.
+int VqganEncode(const std::string& vqgan_dir, const std::string& input, int64_t max_frames, double fps,
+                const std::string& output);
+int VqganDecode(const std::string& vqgan_dir, const std::string& codes_path, const std::string& output, double fps);
 int DataPrepare(const std::vector<std::string>& inputs, const std::string& output, const std::string& tokenizer,
                 int64_t vision_codes, bool skip_bad, int64_t vocab_size, const std::string& vqgan = "");
 

@@ -119,6 +119,23 @@ int main(int argc, char** argv) {
                       "a VQGAN directory (config.json + model.safetensors; ops/convert_lwm_vqgan.py makes one of LWM's): "
                       "{\"image\": PATH} and {\"video\": PATH, \"max_frames\": N, \"fps\": F} records are read and "
                       "encoded to codes; its codebook is the vision vocabulary");
+  std::string vq_dir, vq_in, vq_out, vq_codes;
+  int64_t vq_max_frames = 0;
+  double vq_fps = 0, vq_out_fps = 8;
+  auto* vq = app.add_subcommand("vqgan", "a VQGAN on one file: frames to codes, codes to frames");
+  vq->require_subcommand(1);
+  auto* vq_enc = vq->add_subcommand("encode", "an image or video to codes ({\"vision\": [[codes], ...]} JSON)");
+  vq_enc->add_option("--vqgan", vq_dir, "VQGAN directory (config.json + model.safetensors)")->required();
+  vq_enc->add_option("--input", vq_in, "an image (PNG, JPEG, ...) or a video file")->required();
+  vq_enc->add_option("--max-frames", vq_max_frames, "at most this many frames, picked uniformly (LWM's rule)")
+      ->check(CLI::Range(int64_t(0), int64_t(100000)));
+  vq_enc->add_option("--fps", vq_fps, "one frame every 1/fps seconds")->check(CLI::Range(0.0, 1000.0));
+  vq_enc->add_option("--output", vq_out, "write the JSON here (default: print it)");
+  auto* vq_dec = vq->add_subcommand("decode", "codes ({\"vision\": [[codes], ...]} JSON) to a PNG or a video");
+  vq_dec->add_option("--vqgan", vq_dir, "VQGAN directory (config.json + model.safetensors)")->required();
+  vq_dec->add_option("--codes", vq_codes, "a JSON file {\"vision\": [[codes of a frame], ...]}")->required();
+  vq_dec->add_option("--output", vq_out, "OUT.png (one frame) or OUT.mp4")->required();
+  vq_dec->add_option("--fps", vq_out_fps, "frames a second of the video")->check(CLI::Range(0.01, 1000.0));
   // The cluster: daemon, workers, and the API clients.
   rw::scheduler::DaemonOptions dopt;
   auto* daemon = app.add_subcommand("daemon", "run the scheduler daemon (REST API, queue, workers, checkpoints)");
@@ -193,6 +210,8 @@ int main(int argc, char** argv) {
                            needle_out, needle_seed);
   if (*plan) return rw::cli::Plan(plan_job, plan_overrides, plan_devices, plan_memory, plan_threads,
                                   plan_device);
+  if (*vq_enc) return rw::cli::VqganEncode(vq_dir, vq_in, vq_max_frames, vq_fps, vq_out);
+  if (*vq_dec) return rw::cli::VqganDecode(vq_dir, vq_codes, vq_out, vq_out_fps);
   if (*exp) return rw::cli::Export(export_ckpt, export_to, export_dtype, export_shard);
   if (*eval) return rw::cli::Eval(checkpoint, data, ring, layout, seq_len);
   if (*prepare) return rw::cli::DataPrepare(inputs, output, tokenizer, vision_codes, skip_bad, vocab_size, vqgan);

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# `ringworld vqgan` and `data prepare --vqgan` from the command line, on the tiny fixture VQGAN (32x32 frames,
+# 8x8 codes): a video made by ffmpeg -> 5 frames of codes -> decoded to an mp4 that ffprobe counts 5 frames of
+# 32x32 in, and to a PNG; the codes JSON is a record data prepare reads; bad inputs exit non-zero naming
+# the file.
+set -euo pipefail
+bin=$1
+root=$2
+vq=$root/tests/fixtures/vqgan_tiny
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+ffmpeg -hide_banner -loglevel error -y -f lavfi -i testsrc=size=80x60:rate=5:d=3 -c:v libx264 -pix_fmt yuv420p "$out/in.mp4"
+"$bin" vqgan encode --vqgan "$vq" --input "$out/in.mp4" --max-frames 5 --output "$out/codes.json"
+python3 -c "
+import json, sys
+r = json.load(open('$out/codes.json'))
+assert len(r['vision']) == 5 and all(len(f) == 64 for f in r['vision']), r
+assert r['source_frames'] == [0, 3, 7, 10, 14], r['source_frames']
+assert all(0 <= c < 64 for f in r['vision'] for c in f)
+"
+"$bin" vqgan decode --vqgan "$vq" --codes "$out/codes.json" --output "$out/back.mp4" --fps 5
+frames=$(ffprobe -v error -count_frames -select_streams v:0 -show_entries stream=nb_read_frames,width,height -of csv=p=0 "$out/back.mp4")
+[ "$frames" = "32,32,5" ] || { echo "FAIL: decoded video is '$frames' (width,height,frames), expected 32,32,5"; exit 1; }
+python3 -c "
+import json
+r = json.load(open('$out/codes.json')); r['vision'] = r['vision'][:1]
+json.dump(r, open('$out/one.json', 'w'))"
+"$bin" vqgan decode --vqgan "$vq" --codes "$out/one.json" --output "$out/one.png"
+pngcheck -q "$out/one.png" > /dev/null || { echo "FAIL: one.png is not a valid PNG"; exit 1; }
+# The codes are a record data prepare reads.
+# (BOS, <vision>, 5 x (64 codes + <eof>/<eov>), </vision>, EOS: 329 tokens.)
+cp "$out/codes.json" "$out/codes.jsonl"
+"$bin" data prepare --input "$out/codes.jsonl" --output "$out/ds" --vision-codes 64 > /dev/null
+grep -q '"tokens": 329' "$out/ds/meta.json" || { echo "FAIL: data prepare on the codes record: $(cat "$out/ds/meta.json")"; exit 1; }
+# Bad inputs.
+echo "not a video" > "$out/bad.mp4"
+rc=0; msg=$("$bin" vqgan encode --vqgan "$vq" --input "$out/bad.mp4" 2>&1) || rc=$?
+[ "$rc" -eq 1 ] && [[ "$msg" == *"$out/bad.mp4: cannot open as an image or video"* ]] ||
+  { echo "FAIL: encode of a bad file: exit $rc, '$msg'"; exit 1; }
+echo '{"vision": [[1, 2, 3]]}' > "$out/short.json"
+rc=0; msg=$("$bin" vqgan decode --vqgan "$vq" --codes "$out/short.json" --output "$out/x.png" 2>&1) || rc=$?
+[ "$rc" -eq 2 ] && [[ "$msg" == *"frame 0 does not hold 64 codes"* ]] ||
+  { echo "FAIL: decode of a short frame: exit $rc, '$msg'"; exit 1; }
+[ ! -e "$out/x.png" ] || { echo "FAIL: a refused decode wrote x.png"; exit 1; }
+echo "vqgan smoke: 5 frames -> $frames (w,h,n) mp4, a PNG, a dataset record; bad inputs refused"
