@@ -80,6 +80,17 @@ int main(int argc, char** argv) {
   gen->add_option("--ring", gen_ring, "devices in the ring the prompt is prefilled over (in this process)")
       ->check(CLI::Range(1, kMaxLocalRing));
   gen->add_option("--layout", gen_layout, "contiguous | zigzag | striped");
+  std::string gen_vqgan, gen_image, gen_video;
+  int64_t gen_frames = 4;
+  double gen_cfg = 1.0, gen_fps = 4;
+  gen->add_option("--vqgan", gen_vqgan, "generate vision: the VQGAN whose codes the model was trained on (decodes them)");
+  auto* gen_image_opt = gen->add_option("--image", gen_image, "with --vqgan: write one generated frame here (PNG)");
+  auto* gen_video_opt = gen->add_option("--video", gen_video, "with --vqgan: write the generated frames here (.mp4)");
+  gen_image_opt->excludes(gen_video_opt);
+  gen->add_option("--frames", gen_frames, "with --video: frames to generate")->check(CLI::Range(int64_t(1), int64_t(4096)));
+  gen->add_option("--cfg-scale", gen_cfg, "classifier-free guidance (1: none; LWM uses larger values)")
+      ->check(CLI::Range(0.0, 100.0));
+  gen->add_option("--fps", gen_fps, "with --video: frames a second")->check(CLI::Range(0.01, 1000.0));
   std::string needle_ckpt, needle_out = "needle", needle_layout = "zigzag";
   std::vector<int64_t> needle_lengths;
   std::vector<double> needle_depths = {0, 0.25, 0.5, 0.75, 1};
@@ -203,8 +214,11 @@ int main(int argc, char** argv) {
   if (*workers) return rw::cli::Workers(copt);
   if (*host) return rw::cli::DeviceHost(host_devices, port_file);
   if (*gen)
-    return rw::cli::Generate(gen_ckpt, prompt, prompt_ids, max_tokens, temperature, top_k, top_p, gen_seed, gen_ring,
-                             gen_layout);
+    return !gen_vqgan.empty() || !gen_image.empty() || !gen_video.empty()
+               ? rw::cli::GenerateVision(gen_ckpt, prompt, gen_vqgan, gen_image, gen_video, gen_frames, gen_cfg, gen_fps,
+                                         temperature, top_k, top_p, gen_seed)
+               : rw::cli::Generate(gen_ckpt, prompt, prompt_ids, max_tokens, temperature, top_k, top_p, gen_seed,
+                                   gen_ring, gen_layout);
   if (*needle)
     return rw::cli::Needle(needle_ckpt, needle_lengths, needle_depths, needle_trials, needle_ring, needle_layout,
                            needle_out, needle_seed);

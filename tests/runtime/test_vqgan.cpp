@@ -10,6 +10,7 @@
 #include <sstream>
 
 #include "runtime/safetensors.h"
+#include "runtime/vision_generate.h"
 #include "runtime/vqgan.h"
 
 namespace rw::runtime {
@@ -148,6 +149,45 @@ TEST(Vqgan, TheConverterTakesLwmsPickledParameterTree) {
   }
   EXPECT_FALSE(fs::exists(dir / "pwned"));
   fs::remove_all(dir);
+}
+
+// Vision generation's shape on a random tiny model: every frame exactly its codes, each code inside the
+// codebook, the markers fed between frames; guidance runs the second sequence and changes what is sampled;
+// a model whose vocabulary has no room for the codes is told so.
+TEST(Vqgan, GeneratedVisionIsWholeFramesOfCodesBetweenTheMarkers) {
+  ModelConfig c;
+  c.vocab_size = 259 + 16 + 4, c.hidden_size = 32, c.intermediate_size = 64, c.num_hidden_layers = 2;
+  c.num_attention_heads = 4, c.num_key_value_heads = 2, c.max_position_embeddings = 256;
+  const ParamTable t(c);
+  std::vector<float> p(t.total());
+  InitParameters(c, t, 3, p.data());
+  for (auto& x : p) x *= 20.f;  // sharper logits than HF's init: guidance visibly moves the samples
+  VisionGenerateOptions o;
+  o.prompt = {256, 104, 105};
+  o.uncond = {256};
+  o.vision = VisionVocab{259, 16};
+  o.codes_per_frame = 9;
+  o.frames = 3;
+  o.sampling = SamplingConfig{1.0, 0, 1.0, 7};
+  std::vector<int32_t> codes, tokens, guided;
+  Status st = GenerateVision(c, t, p.data(), kernels::Exec{}, o, &codes, &tokens);
+  ASSERT_TRUE(st.ok()) << st.message();
+  ASSERT_EQ(codes.size(), 27u);
+  for (int32_t code : codes) EXPECT_TRUE(code >= 0 && code < 16) << code;
+  ASSERT_EQ(tokens.size(), size_t(1 + 3 * 10 + 1));
+  EXPECT_EQ(tokens.front(), o.vision.begin());
+  EXPECT_EQ(tokens[10], o.vision.eof());
+  EXPECT_EQ(tokens[20], o.vision.eof());
+  EXPECT_EQ(tokens[30], o.vision.eov());
+  EXPECT_EQ(tokens.back(), o.vision.end());
+  for (int64_t k = 0; k < 9; ++k) EXPECT_EQ(tokens[size_t(11 + k)], o.vision.Code(codes[size_t(9 + k)]));
+  o.cfg_scale = 4;
+  ASSERT_TRUE(GenerateVision(c, t, p.data(), kernels::Exec{}, o, &guided).ok());
+  EXPECT_NE(guided, codes) << "guidance changed nothing";
+  o.vision.codes = 17;  // 259 + 17 + 4 > 279
+  st = GenerateVision(c, t, p.data(), kernels::Exec{}, o, &codes);
+  ASSERT_FALSE(st.ok());
+  EXPECT_NE(st.message().find("does not hold a text vocabulary of 259, 17 codes"), std::string::npos) << st.message();
 }
 
 TEST(Vqgan, BadConfigsAndWeightFilesAreNamed) {
