@@ -87,6 +87,10 @@ Status Convert(const std::string& path, const AVFrame* fr, int64_t size, SwsCont
   }
   nw = std::max<int>(nw, int(size));
   nh = std::max<int>(nh, int(size));
+  // A sliver (16384 x 1) would resize to millions of pixels along its long side before the crop.
+  RW_REQUIRE(std::max(nw, nh) <= 64 * size, path << ": a " << w << "x" << h << " frame is too far from square (its "
+                                                 "sides differ more than 64 times) to cut a " << size << "x" << size
+                                                 << " centre from");
   *sws = sws_getCachedContext(*sws, w, h, AVPixelFormat(fr->format), nw, nh, AV_PIX_FMT_RGB24,
                               SWS_BICUBIC | SWS_ACCURATE_RND | SWS_FULL_CHR_H_INT, nullptr, nullptr, nullptr);
   RW_REQUIRE(*sws, path << ": cannot convert its pixel format " << fr->format << " to RGB");
@@ -140,6 +144,9 @@ Status ReadMediaFrames(const std::string& path, int64_t size, const FrameSelecti
     RW_REQUIRE(packets > 0, path << ": holds no frame");
     m.source_frames = packets;
     want = UniformFrames(packets, sel.max_frames);
+    RW_REQUIRE(int64_t(want.size()) <= sel.limit,
+               path << ": " << want.size() << " frames would be read, more than " << sel.limit
+                    << " (pick fewer with max_frames or fps)");
   }
   Format f;
   RW_RETURN_IF_ERROR(Open(path, &f, &stream));
@@ -173,6 +180,8 @@ Status ReadMediaFrames(const std::string& path, int64_t size, const FrameSelecti
       if (keep) ++next;
     }
     if (keep) {
+      RW_REQUIRE(m.count < sel.limit, path << ": more than " << sel.limit << " frames would be read at " << sel.fps
+                                           << " a second (pick fewer with max_frames or a lower fps)");
       m.pixels.resize(size_t((m.count + 1) * frame_floats));
       RW_RETURN_IF_ERROR(Convert(path, frame, size, &sws_raw, &rgb, m.pixels.data() + m.count * frame_floats));
       m.picked.push_back(index);

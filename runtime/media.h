@@ -18,6 +18,10 @@ using kernels::Status;
 struct FrameSelection {
   int64_t max_frames = 0;  // > 0: at most this many, spread uniformly (LWM's rule)
   double fps = 0;          // > 0: one frame every 1/fps seconds of the video's time (then capped by max_frames)
+  // The most frames one read holds (each 0.75 MiB at 256 x 256): a selection that picks more is refused,
+  // naming max_frames and fps, rather than filling the host's memory. 4096 frames of 257 tokens fill a
+  // million-token context.
+  int64_t limit = 4096;
 };
 
 struct MediaFrames {

@@ -78,6 +78,12 @@ TEST(Media, AVideosFramesArePickedUniformlyAsLwmPicksThemInOrder) {
   EXPECT_EQ(m.picked, (std::vector<int64_t>{0, 5, 10, 15, 20, 25}));
   ASSERT_TRUE(ReadMediaFrames(video, 16, FrameSelection{4, 2.0}, &m).ok());
   EXPECT_EQ(m.picked, (std::vector<int64_t>{0, 5, 10, 15}));
+  // More frames than a read may hold: refused, naming the way out.
+  for (const FrameSelection& too_many : {FrameSelection{0, 0, 10}, FrameSelection{0, 5.0, 10}}) {
+    const Status big = ReadMediaFrames(video, 16, too_many, &m);
+    ASSERT_FALSE(big.ok());
+    EXPECT_NE(big.message().find("pick fewer with max_frames"), std::string::npos) << big.message();
+  }
 }
 
 TEST(Media, AnImageIsOneFrameResizedAndCutToTheCentre) {
@@ -144,8 +150,10 @@ TEST(Media, UnreadableMediaIsNamed) {
     in.read(head.data(), 600);
     std::ofstream(cut, std::ios::binary) << head;
   }
+  const std::string sliver = (t.p / "sliver.png").string();  // 4000 x 2: 64000 pixels wide at size 32
+  Ffmpeg("-f lavfi -i color=c=white:s=4000x2 -frames:v 1 " + sliver);
   MediaFrames m;
-  for (const std::string& path : {text, cut, (t.p / "missing.mp4").string()}) {
+  for (const std::string& path : {text, cut, (t.p / "missing.mp4").string(), sliver}) {
     const Status st = ReadMediaFrames(path, 16, FrameSelection{}, &m);
     ASSERT_FALSE(st.ok()) << path;
     EXPECT_NE(st.message().find(path), std::string::npos) << st.message();
