@@ -33,6 +33,18 @@ Status VqganConfig::Validate() const {
   RW_REQUIRE(norm_eps > 0 && norm_eps < 1, "norm_eps: must be in (0, 1), got " << norm_eps);
   RW_REQUIRE(hidden_channels % norm_groups == 0,
              "norm_groups: " << norm_groups << " does not divide hidden_channels " << hidden_channels);
+  // Sizes a hostile config.json could make impossible: the largest activation (a level's pixels x its
+  // width) and the codebook stay within what a host holds.
+  double widest = 0;
+  for (size_t i = 0; i < channel_mult.size(); ++i) {
+    const double side = double(resolution >> i);
+    widest = std::max(widest, side * side * double(hidden_channels * channel_mult[i]));
+  }
+  RW_REQUIRE(widest <= double(int64_t(1) << 31),
+             "resolution: the activations of " << resolution << "x" << resolution << " frames at these widths hold "
+                                               << widest << " values, past 2^31");
+  RW_REQUIRE(double(num_embeddings) * double(quantized_embed_dim) <= double(int64_t(1) << 28),
+             "num_embeddings: a codebook of " << num_embeddings << " x " << quantized_embed_dim << " is past 2^28 values");
   for (size_t i = 0; i < channel_mult.size(); ++i)
     RW_REQUIRE((hidden_channels * channel_mult[i]) % norm_groups == 0,
                "norm_groups: " << norm_groups << " does not divide level " << i << "'s "

@@ -223,7 +223,8 @@ TEST(Vqgan, BadConfigsAndWeightFilesAreNamed) {
                         Case{"resolution", 30, "resolution: 30 does not halve 2 times"},
                         Case{"channel_mult", "wide", "channel_mult: expected a list"},
                         Case{"num_embeddings", 65, "quantize.embeddings has the wrong shape"},
-                        Case{"flash", true, "flash: not a VQGAN setting"}}) {
+                        Case{"flash", true, "flash: not a VQGAN setting"},
+                        Case{"resolution", 8192, "resolution: the activations of 8192x8192"}}) {
     fresh();
     edit(k.key, k.value);
     const std::string m = load();
