@@ -223,13 +223,20 @@ TEST(Vqgan, BadConfigsAndWeightFilesAreNamed) {
                         Case{"resolution", 30, "resolution: 30 does not halve 2 times"},
                         Case{"channel_mult", "wide", "channel_mult: expected a list"},
                         Case{"num_embeddings", 65, "quantize.embeddings has the wrong shape"},
-                        Case{"flash", true, "flash: not a VQGAN setting"},
-                        Case{"resolution", 8192, "resolution: the activations of 8192x8192"}}) {
+                        Case{"flash", true, "flash: not a VQGAN setting"}}) {
     fresh();
     edit(k.key, k.value);
     const std::string m = load();
     EXPECT_NE(m.find(k.says), std::string::npos) << k.key << ": " << m;
   }
+  // Sizes no host holds (LWM's widths at 8192 x 8192 frames; a codebook of 2^20 x 4096), refused by name.
+  VqganConfig huge;
+  huge.resolution = 8192;
+  EXPECT_NE(huge.Validate().message().find("resolution: the activations of 8192x8192"), std::string::npos)
+      << huge.Validate().message();
+  huge = VqganConfig{};
+  huge.num_embeddings = 1 << 20, huge.quantized_embed_dim = 4096;
+  EXPECT_NE(huge.Validate().message().find("num_embeddings: a codebook of"), std::string::npos) << huge.Validate().message();
   // A tensor too many, and one missing.
   fresh();
   std::map<std::string, LoadedTensor> t;
