@@ -87,7 +87,7 @@ Status RankRun(Transport& t, const Problem& P, const Layout& lay, int threads, b
   c.causal = causal;
   c.num_threads = threads;
   c.tag.job = 11;
-  RingShard sh{q.data(), k.data(), v.data(), idx.data(), nullptr};
+  RankQkv sh{q.data(), k.data(), v.data(), idx.data(), nullptr};
   std::vector<float> o(S * w), lse(P.h * S), dq(S * w), dk(S * w), dv(S * w);
   RW_RETURN_IF_ERROR(t.Barrier(c.tag));
   auto t0 = Clock::now();
@@ -277,7 +277,7 @@ int UcxChild(const std::string& mode, int rank, int size, const std::string& dir
   c.d = d;
   c.causal = true;
   c.num_threads = 1;
-  RingShard sh{q.data(), k.data(), v.data(), idx.data(), nullptr};
+  RankQkv sh{q.data(), k.data(), v.data(), idx.data(), nullptr};
   std::vector<float> o(S * w), lse(h * S), dq(S * w), dk(S * w), dv(S * w);
   RingStats fs, bs;
   const auto t0 = Clock::now();

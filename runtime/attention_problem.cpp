@@ -58,7 +58,7 @@ Status RunShard(Transport& t, ShardData& sd, MsgTag tag, int num_threads, RingSt
   c.causal = sd.causal;
   c.num_threads = num_threads;
   c.tag = tag;
-  RingShard sh{sd.q.data(), sd.k.data(), sd.v.data(), sd.index.data(), sd.segment.empty() ? nullptr : sd.segment.data()};
+  RankQkv sh{sd.q.data(), sd.k.data(), sd.v.data(), sd.index.data(), sd.segment.empty() ? nullptr : sd.segment.data()};
   sd.o.resize(sd.q.size());
   sd.lse.resize(size_t(sd.hq) * sd.s);
   sd.dq.resize(sd.q.size());

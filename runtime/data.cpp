@@ -124,8 +124,8 @@ void PackedSequence::PadTo(int64_t seq_len) {
   for (; NextRow(seq_len); ++length_) Row(0, -1, -1, 0, 0.f, 0);
 }
 
-ShardBatch PackedSequence::Rows() && {
-  ShardBatch b;
+RankBatch PackedSequence::Rows() && {
+  RankBatch b;
   b.tokens = std::move(tokens);
   b.targets = std::move(targets);
   b.weights = std::move(weights);
@@ -173,8 +173,8 @@ std::vector<PackedSequence> GlobalBatch(const DataConfig& d, const Tokenizer& to
   return out;
 }
 
-ShardBatch ShardOf(const PackedSequence& seq, const Layout& layout, int rank) {
-  ShardBatch b;
+RankBatch ShardOf(const PackedSequence& seq, const Layout& layout, int rank) {
+  RankBatch b;
   for (int64_t g : layout.GlobalIndices(rank)) {
     b.index.push_back(g);
     b.tokens.push_back(seq.tokens[g]);

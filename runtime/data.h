@@ -68,7 +68,7 @@ struct PackedSequence {
   // Pads to seq_len positions: id 0, segment -1 (no document), no target.
   void PadTo(int64_t seq_len);
   // Its rows as the model takes them (a whole sequence: every row).
-  ShardBatch Rows() &&;
+  RankBatch Rows() &&;
 
  private:
   void Row(int32_t token, int32_t target, int32_t segment, int64_t position, float weight, uint8_t mod);
@@ -110,6 +110,6 @@ std::vector<PackedSequence> GlobalBatch(const DataConfig& d, const Tokenizer& to
                                         int64_t first = 0, int64_t last = -1);
 
 // This rank's rows of one sequence under the layout.
-ShardBatch ShardOf(const PackedSequence& seq, const Layout& layout, int rank);
+RankBatch ShardOf(const PackedSequence& seq, const Layout& layout, int rank);
 
 }  // namespace rw::runtime

@@ -105,7 +105,7 @@ RankMemory RankMemoryOf(const JobConfig& job, int64_t S, int64_t ring, int64_t f
   const int64_t g = std::max<int64_t>(1, s.H / std::max<int64_t>(1, s.HKV));
   k += threads * (512 * g * (2 * s.D + 258) + 512 * g * (3 * s.D + 258) + 1024 * s.D + 3072);
   r.kernels = k;
-  // The step's sequences (33 bytes a row each, all of the step's at once), the ShardBatch each is moved
+  // The step's sequences (33 bytes a row each, all of the step's at once), the RankBatch each is moved
   // into (32 bytes a row) and the rank's layout indices.
   r.data = S * (33 * batch + 32 + 8);
   return r;

@@ -241,7 +241,7 @@ View Gemm(const ModelExec& mx, const Wts& w, size_t offset) {
   return mx.precision == DType::kBF16 ? View(w.c + (offset - w.begin)) : View(w.P(offset));
 }
 
-Status CheckBatch(const ModelConfig& c, const ShardBatch& b) {
+Status CheckBatch(const ModelConfig& c, const RankBatch& b) {
   const size_t S = b.tokens.size();
   RW_REQUIRE(S >= 1, "batch: empty shard");
   RW_REQUIRE(b.targets.size() == S && b.weights.size() == S && b.positions.size() == S && b.segments.size() == S &&
@@ -282,7 +282,7 @@ void AddStats(const ModelExec& mx, const RingStats& s) {
 
 // q or k: the projection, RoPE at each row's position (fp32), then the attention operand in the activation
 // dtype. fp32 projects straight into the operand and rotates it in place.
-Status ProjectRotate(const Exec& ex, const ModelExec& mx, const ModelConfig& c, const ShardBatch& b, int64_t S,
+Status ProjectRotate(const Exec& ex, const ModelExec& mx, const ModelConfig& c, const RankBatch& b, int64_t S,
                      int64_t E, int64_t heads, int64_t D, View h, View w, Act& out, std::vector<float>& rot) {
   out.Resize(size_t(S * heads * D), mx.precision);
   float* y = out.dt == DType::kF32 ? out.f.data() : (rot.resize(size_t(S * heads * D)), rot.data());
@@ -295,7 +295,7 @@ Status ProjectRotate(const Exec& ex, const ModelExec& mx, const ModelConfig& c, 
 
 // One layer's forward: x (S, E) in, x out; fills a's activations (the backward's inputs).
 Status LayerForward(Transport& t, const ModelConfig& c, const ParamTable& tb, const ModelExec& mx, const Wts& P,
-                    const ShardBatch& b, int64_t l, std::vector<float>& x, LayerActs& a, Work& w) {
+                    const RankBatch& b, int64_t l, std::vector<float>& x, LayerActs& a, Work& w) {
   const Dims d = DimsOf(c, int64_t(b.tokens.size()));
   const Exec ex = ExecOf(mx);
   const auto& L = tb.layers[l];
@@ -310,7 +310,7 @@ Status LayerForward(Transport& t, const ModelConfig& c, const ParamTable& tb, co
   RW_RETURN_IF_ERROR(kernels::LinearForward(ex, d.S, d.E, d.HKD, a.h1.view(), Gemm(mx, P, L.v), a.v.view()));
   a.attn.resize(d.S * d.HQD);
   a.lse.resize(d.H * d.S);
-  RingShard sh{a.q.data(), a.k.data(), a.v.data(), b.index.data(), b.segments.data()};
+  RankQkv sh{a.q.data(), a.k.data(), a.v.data(), b.index.data(), b.segments.data()};
   RingStats rs;
   RW_RETURN_IF_ERROR(RingAttentionForward(t, AttnConfig(c, mx, d.S, l, w), sh, a.attn.data(), a.lse.data(), &rs));
   AddStats(mx, rs);
@@ -330,7 +330,7 @@ Status LayerForward(Transport& t, const ModelConfig& c, const ParamTable& tb, co
 // The forward; keeps each layer's activations in w.acts when `keep` (only their inputs under remat).
 // Leaves the final hidden state (pre-norm) in w.x.
 Status RunForward(Transport& t, const ModelConfig& c, const ParamTable& tb, const ModelExec& mx, const float* P,
-                  const ShardBatch& b, Work& w, bool keep, KvShard* kv = nullptr) {
+                  const RankBatch& b, Work& w, bool keep, KvCache* kv = nullptr) {
   RW_RETURN_IF_ERROR(CheckExec(mx));
   const Dims d = DimsOf(c, int64_t(b.tokens.size()));
   w.x.assign(d.S * d.E, 0.f);
@@ -358,7 +358,7 @@ Status RunForward(Transport& t, const ModelConfig& c, const ParamTable& tb, cons
 }  // namespace
 
 Status Forward(Transport& t, const ModelConfig& c, const ParamTable& tb, const ModelExec& mx, const float* P,
-               const ShardBatch& b, double* loss_sum) {
+               const RankBatch& b, double* loss_sum) {
   RW_RETURN_IF_ERROR(CheckBatch(c, b));
   const Dims d = DimsOf(c, int64_t(b.tokens.size()));
   const Exec ex = ExecOf(mx);
@@ -380,7 +380,7 @@ Status Forward(Transport& t, const ModelConfig& c, const ParamTable& tb, const M
 }
 
 Status Prefill(Transport& t, const ModelConfig& c, const ParamTable& tb, const ModelExec& mx, const float* P,
-               const ShardBatch& b, KvShard* cache, std::vector<float>* hidden) {
+               const RankBatch& b, KvCache* cache, std::vector<float>* hidden) {
   RW_RETURN_IF_ERROR(CheckBatch(c, b));
   RW_REQUIRE(mx.precision == DType::kF32, "precision: ring decoding keeps an fp32 KV cache; prefill in f32");
   const Dims d = DimsOf(c, int64_t(b.tokens.size()));
@@ -400,7 +400,7 @@ Status Prefill(Transport& t, const ModelConfig& c, const ParamTable& tb, const M
 }
 
 Status ForwardBackward(Transport& t, const ModelConfig& c, const ParamTable& tb, const ModelExec& mx, const float* P0,
-                       const ShardBatch& b, float loss_scale, float* G0, double* loss_sum) {
+                       const RankBatch& b, float loss_scale, float* G0, double* loss_sum) {
   RW_RETURN_IF_ERROR(CheckBatch(c, b));
   const Dims d = DimsOf(c, int64_t(b.tokens.size()));
   const Exec ex = ExecOf(mx);
@@ -454,7 +454,7 @@ Status ForwardBackward(Transport& t, const ModelConfig& c, const ParamTable& tb,
     w.d_attn_op.Resize(size_t(d.S * d.HQD), mx.precision);
     RW_RETURN_IF_ERROR(kernels::LinearBackward(ex, d.S, d.HQD, d.E, a.attn.data(), Gemm(mx, P, L.o), dx,
                                                w.d_attn_op.view(), P.G(L.o)));
-    RingShard sh{a.q.data(), a.k.data(), a.v.data(), b.index.data(), b.segments.data()};
+    RankQkv sh{a.q.data(), a.k.data(), a.v.data(), b.index.data(), b.segments.data()};
     RingStats rs;
     RW_RETURN_IF_ERROR(RingAttentionBackward(t, AttnConfig(c, mx, d.S, l, w), sh, a.attn.data(), a.lse.data(),
                                              w.d_attn_op.data(), w.dq.data(), w.dk.data(), w.dv.data(), &rs));

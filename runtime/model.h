@@ -88,7 +88,7 @@ void InitParameterRanges(const ModelConfig& c, const ParamTable& t, uint64_t see
                          const std::vector<ParamTable::Range>& ranges, float* out);
 
 // One rank's share of one packed sequence (all arrays of length S, in the layout's local order).
-struct ShardBatch {
+struct RankBatch {
   std::vector<int32_t> tokens;     // input ids
   std::vector<int32_t> targets;    // next token; -1 where nothing is predicted
   std::vector<float> weights;      // loss weight per token (0 where target < 0)
@@ -157,15 +157,15 @@ struct ModelExec {
 // Forward and backward over this rank's shard. Adds loss_scale * d(sum_i w_i ce_i)/dparams to `grads`
 // (not yet summed over the ring) and adds the rank's sum_i w_i ce_i to *loss_sum.
 Status ForwardBackward(Transport& t, const ModelConfig& c, const ParamTable& table, const ModelExec& ex,
-                       const float* params, const ShardBatch& b, float loss_scale, float* grads, double* loss_sum);
+                       const float* params, const RankBatch& b, float loss_scale, float* grads, double* loss_sum);
 
 // Forward only: adds the rank's sum_i w_i ce_i to *loss_sum (evaluation).
 Status Forward(Transport& t, const ModelConfig& c, const ParamTable& table, const ModelExec& ex, const float* params,
-               const ShardBatch& b, double* loss_sum);
+               const RankBatch& b, double* loss_sum);
 
 // A rank's share of a prompt's keys and values for decoding over the ring (the sharded KV cache): per layer
 // the keys (after RoPE) and values of its rows, with each row's global position and segment.
-struct KvShard {
+struct KvCache {
   std::vector<std::vector<float>> k, v;  // per layer, (rows, Hkv, D)
   std::vector<int64_t> index;            // global position of each row
   std::vector<int32_t> segments;         // document id of each row; -1: padding (never attended)
@@ -174,6 +174,6 @@ struct KvShard {
 // The prefill of ring inference: the forward over this rank's shard of a prompt, keeping every layer's keys
 // and values in `cache` and the final hidden states (after the final norm) of its rows in `hidden` (S, E).
 Status Prefill(Transport& t, const ModelConfig& c, const ParamTable& table, const ModelExec& ex, const float* params,
-               const ShardBatch& batch, KvShard* cache, std::vector<float>* hidden);
+               const RankBatch& batch, KvCache* cache, std::vector<float>* hidden);
 
 }  // namespace rw::runtime

@@ -74,7 +74,7 @@ T* Room(std::vector<T>& v, size_t n) {
   return v.data();
 }
 
-Status Validate(const Transport& t, const RingAttentionConfig& c, const RingShard& sh) {
+Status Validate(const Transport& t, const RingAttentionConfig& c, const RankQkv& sh) {
   RW_REQUIRE(c.device == kernels::Device::kRef || c.device == kernels::Device::kCpu,
              "device: ring attention over this transport runs on ref or cpu devices; cuda rings use the nccl "
              "transport");
@@ -91,7 +91,7 @@ Status Validate(const Transport& t, const RingAttentionConfig& c, const RingShar
   return Status::Ok();
 }
 
-AttentionParams Params(const RingAttentionConfig& c, const RingShard& sh, KvBlock& blk) {
+AttentionParams Params(const RingAttentionConfig& c, const RankQkv& sh, KvBlock& blk) {
   AttentionParams p;
   p.device = c.device;
   p.dtype = c.dtype;
@@ -115,7 +115,7 @@ AttentionParams Params(const RingAttentionConfig& c, const RingShard& sh, KvBloc
 }
 
 // Fills a travelling block with this rank's own K, V, indices and segments.
-void PackOwn(const RingAttentionConfig& c, const RingShard& sh, KvBlock& blk) {
+void PackOwn(const RingAttentionConfig& c, const RankQkv& sh, KvBlock& blk) {
   const size_t kv = size_t(c.s) * c.hkv * c.d * kernels::DTypeSize(c.dtype);
   std::memcpy(blk.k(), sh.k, kv);
   std::memcpy(blk.v(), sh.v, kv);
@@ -136,7 +136,7 @@ MsgTag Hop(MsgTag tag, uint32_t hop) {
 
 }  // namespace
 
-Status RingAttentionForward(Transport& t, const RingAttentionConfig& c, const RingShard& sh, float* o, float* lse,
+Status RingAttentionForward(Transport& t, const RingAttentionConfig& c, const RankQkv& sh, float* o, float* lse,
                             RingStats* stats) {
   RW_RETURN_IF_ERROR(Validate(t, c, sh));
   RW_REQUIRE(o && lse, "o/lse: output buffers are required");
@@ -193,7 +193,7 @@ Status RingAttentionForward(Transport& t, const RingAttentionConfig& c, const Ri
   return Status::Ok();
 }
 
-Status RingAttentionBackward(Transport& t, const RingAttentionConfig& c, const RingShard& sh, const float* o,
+Status RingAttentionBackward(Transport& t, const RingAttentionConfig& c, const RankQkv& sh, const float* o,
                              const float* lse, const void* dout, float* dq, float* dk, float* dv,
                              RingStats* stats) {
   RW_RETURN_IF_ERROR(Validate(t, c, sh));

@@ -46,8 +46,8 @@ struct RingAttentionConfig {
   RingBuffers* buffers = nullptr;  // null: the call makes its own
 };
 
-// This rank's shard. q: (S, Hq, D), k, v: (S, Hkv, D), dense row-major in the config's dtype.
-struct RingShard {
+// This rank's rows of Q, K and V. q: (S, Hq, D), k, v: (S, Hkv, D), dense row-major in the config's dtype.
+struct RankQkv {
   const void* q = nullptr;
   const void* k = nullptr;
   const void* v = nullptr;
@@ -64,12 +64,12 @@ struct RingStats {
 };
 
 // o: (S, Hq, D) fp32 output; lse: (Hq, S) fp32 output (saved for the backward).
-Status RingAttentionForward(Transport& t, const RingAttentionConfig& c, const RingShard& shard, float* o,
+Status RingAttentionForward(Transport& t, const RingAttentionConfig& c, const RankQkv& shard, float* o,
                             float* lse, RingStats* stats = nullptr);
 
 // Given the forward's o and lse and the output gradient dout (S, Hq, D) in the config's dtype: writes dq
 // (S, Hq, D) and this rank's dk, dv (S, Hkv, D), all fp32.
-Status RingAttentionBackward(Transport& t, const RingAttentionConfig& c, const RingShard& shard, const float* o,
+Status RingAttentionBackward(Transport& t, const RingAttentionConfig& c, const RankQkv& shard, const float* o,
                              const float* lse, const void* dout, float* dq, float* dk, float* dv,
                              RingStats* stats = nullptr);
 

@@ -38,7 +38,7 @@ Status RingDecoder::Prefill(const std::vector<int32_t>& prompt, LayoutKind kind,
     seq.segments[i] = 0;
     seq.positions[i] = i;
   }
-  const ShardBatch shard = ShardOf(seq, layout, t_.rank());
+  const RankBatch shard = ShardOf(seq, layout, t_.rank());
   ModelExec mx;
   mx.device = ex_.device;
   mx.num_threads = ex_.num_threads;

@@ -35,7 +35,7 @@ class RingDecoder {
   const float* p_;
   kernels::Exec ex_;
   uint64_t job_;
-  KvShard cache_;
+  KvCache cache_;
   int64_t pos_ = 0;
   uint32_t step_ = 0;  // message tags of decode steps
 };

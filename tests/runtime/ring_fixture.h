@@ -141,8 +141,8 @@ inline Status RunRank(Transport& t, const Global& G, const Layout& lay, bool cau
   const bool narrow = dtype == kernels::DType::kBF16;
   const auto qb = narrow ? ToBf16(q) : std::vector<kernels::bf16>{}, kb = narrow ? ToBf16(k) : qb,
              vb = narrow ? ToBf16(v) : qb, gb = narrow ? ToBf16(g) : qb;
-  RingShard sh{q.data(), k.data(), v.data(), idx.data(), seg.empty() ? nullptr : seg.data()};
-  if (narrow) sh = RingShard{qb.data(), kb.data(), vb.data(), idx.data(), seg.empty() ? nullptr : seg.data()};
+  RankQkv sh{q.data(), k.data(), v.data(), idx.data(), seg.empty() ? nullptr : seg.data()};
+  if (narrow) sh = RankQkv{qb.data(), kb.data(), vb.data(), idx.data(), seg.empty() ? nullptr : seg.data()};
   out->o.resize(q.size());
   out->lse.resize(G.hq * S);
   out->dq.resize(q.size());

@@ -38,9 +38,9 @@ namespace {
 
 using test::RunRanks;
 
-ShardBatch RandomShard(int64_t S, int64_t vocab, uint64_t seed) {
+RankBatch RandomShard(int64_t S, int64_t vocab, uint64_t seed) {
   std::mt19937 gen{uint32_t(seed)};
-  ShardBatch b;
+  RankBatch b;
   for (int64_t i = 0; i < S; ++i) {
     b.index.push_back(i);
     b.tokens.push_back(int32_t(gen() % vocab));
@@ -59,7 +59,7 @@ TEST(HotPath, AnFp32StepAfterTheFirstAllocatesNothing) {
   InitParameters(c, tb, 3, params.data());
   std::vector<kernels::bf16> compute(tb.total());
   ASSERT_TRUE(kernels::Cast(kernels::Exec{kernels::Device::kCpu, 1}, int64_t(tb.total()), params.data(), compute.data()).ok());
-  const ShardBatch b = RandomShard(96, c.vocab_size, 5);
+  const RankBatch b = RandomShard(96, c.vocab_size, 5);
   for (kernels::DType dt : {kernels::DType::kF32, kernels::DType::kBF16})
     for (bool remat : {false, true}) {
       ModelWorkspace ws;

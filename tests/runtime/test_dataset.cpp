@@ -740,8 +740,8 @@ TEST(Batch, EachRankBuildsOnlyItsRowsAndTheirLossWeightsAreTheWholeBatchs) {
             ASSERT_TRUE(ApplyLossWeighting(lc, global, ranks[r], &scale).ok());
             ASSERT_EQ(scale, whole_scale);
             for (int64_t b = 0; b < B; ++b) {
-              const ShardBatch want = ShardOf(whole_w[b], lay, r);
-              const ShardBatch got = std::move(ranks[r][b]).Rows();
+              const RankBatch want = ShardOf(whole_w[b], lay, r);
+              const RankBatch got = std::move(ranks[r][b]).Rows();
               ASSERT_EQ(got.index, want.index) << src.name << " R " << R << " rank " << r;
               ASSERT_EQ(got.tokens, want.tokens) << src.name << " R " << R << " rank " << r << " seq " << b;
               ASSERT_EQ(got.targets, want.targets) << src.name << " R " << R << " rank " << r;

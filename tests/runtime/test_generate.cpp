@@ -107,7 +107,7 @@ TEST(Generate, CachedDecodingMatchesTheRingForwardLoss) {
   std::vector<double> part(2, 0.0);
   auto fabric = InprocFabric::Create(2);
   auto st = test::RunRanks(fabric, [&](int r, Transport& t) {
-    ShardBatch b;
+    RankBatch b;
     for (int64_t g : lay.GlobalIndices(r)) {
       b.index.push_back(g);
       b.tokens.push_back(seq[g]);

@@ -45,7 +45,7 @@ TEST(HfReference, LossAndGradientsMatchTransformersLlamaInFloat64) {
       std::vector<double> loss(R, 0.0);
       auto fabric = InprocFabric::Create(R);
       auto res = RunRanks(fabric, [&](int r, Transport& t) -> Status {
-        ShardBatch b;
+        RankBatch b;
         for (int64_t g : lay.GlobalIndices(r)) {
           b.index.push_back(g);
           b.tokens.push_back(tokens[g]);

@@ -47,8 +47,8 @@ GlobalSeq MakeSeq(int64_t L, int64_t vocab, uint64_t seed) {
   return g;
 }
 
-ShardBatch ShardOf(const GlobalSeq& g, const Layout& lay, int rank) {
-  ShardBatch b;
+RankBatch ShardOf(const GlobalSeq& g, const Layout& lay, int rank) {
+  RankBatch b;
   const int64_t L = int64_t(g.tokens.size());
   for (int64_t i : lay.GlobalIndices(rank)) {
     b.index.push_back(i);
@@ -128,7 +128,7 @@ double Fp64Loss(const ModelConfig& c, const std::vector<double>& P, const Global
                 HKV = c.num_key_value_heads, D = c.head_dim(), V = c.vocab_size;
   Layout lay;
   EXPECT_TRUE(Layout::Make(LayoutKind::kContiguous, S, 1, &lay).ok());
-  const ShardBatch b = ShardOf(g, lay, 0);
+  const RankBatch b = ShardOf(g, lay, 0);
   std::vector<double> x(S * E), h(S * E), rstd(S), q(S * H * D), k(S * HKV * D), v(S * HKV * D), attn(S * H * D),
       lse(H * S), o(S * E), w(S), loss(S);
   for (int64_t i = 0; i < S; ++i) std::copy_n(P.begin() + tb.embed + size_t(b.tokens[i]) * E, E, x.begin() + i * E);
@@ -349,7 +349,7 @@ TEST(Model, ATokenNeverAttendsAcrossDocuments) {
     std::vector<double> loss(2, 0.0);
     auto fabric = InprocFabric::Create(2);
     auto st = RunRanks(fabric, [&](int r, Transport& t) -> Status {
-      ShardBatch b = ShardOf(s, lay, r);
+      RankBatch b = ShardOf(s, lay, r);
       for (size_t i = 0; i < b.weights.size(); ++i)
         if (b.segments[i] != 0) b.weights[i] = 0.f;
       ModelExec mx;
@@ -376,7 +376,7 @@ TEST(Model, BadConfigsAndBatchesNameTheField) {
   c = Tiny();
   const ParamTable tb(c);
   std::vector<float> p(tb.total(), 0.01f), gr(tb.total());
-  ShardBatch b;
+  RankBatch b;
   b.tokens = {1, 99};
   b.targets = {2, -1};
   b.weights = {1, 0};
