@@ -545,14 +545,8 @@ Status FindResumeCheckpoint(const std::string& dir, int64_t max_step, int64_t* s
 }
 
 Status ReadHfConfig(const std::string& path, ModelConfig* out) {
-  std::ifstream f(path);
-  RW_REQUIRE(f.good(), path << ": cannot open");
   nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(f);
-  } catch (const std::exception& e) {
-    return Status::Error(path + ": not JSON: " + e.what());
-  }
+  RW_RETURN_IF_ERROR(ReadJsonFile(path, &j));
   ModelConfig c;
   const std::string where = path + ": ";
   // Each key read with its type checked, so that an error names the key (not only the file).

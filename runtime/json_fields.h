@@ -5,12 +5,25 @@
 #pragma once
 
 #include <cstdint>
+#include <fstream>
 #include <nlohmann/json.hpp>
 #include <string>
 
 #include "kernels/status.h"
 
 namespace rw::runtime {
+
+// A JSON file whole: "PATH: cannot open" or "PATH: not JSON: ..." when it is not.
+inline kernels::Status ReadJsonFile(const std::string& path, nlohmann::json* out) {
+  std::ifstream f(path);
+  RW_REQUIRE(f.good(), path << ": cannot open");
+  try {
+    *out = nlohmann::json::parse(f);
+  } catch (const std::exception& e) {
+    return kernels::Status::Error(path + ": not JSON: " + e.what());
+  }
+  return kernels::Status::Ok();
+}
 
 inline kernels::Status JsonInteger(const nlohmann::json& v, const std::string& field, int64_t lo, int64_t hi,
                                    int64_t* out) {

@@ -53,14 +53,8 @@ Status VqganConfig::Validate() const {
 }
 
 Status ReadVqganConfig(const std::string& path, VqganConfig* out) {
-  std::ifstream f(path);
-  RW_REQUIRE(f.good(), path << ": cannot open");
   nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(f);
-  } catch (const std::exception& e) {
-    return Status::Error(path + ": not JSON: " + e.what());
-  }
+  RW_RETURN_IF_ERROR(ReadJsonFile(path, &j));
   RW_REQUIRE(j.is_object(), path << ": expected a JSON object");
   VqganConfig c;
   const std::string where = path + ": ";
