@@ -32,6 +32,12 @@ const Backend* FindBackend(Device device) {
   return nullptr;
 }
 
+std::string DescribeBackend(Device device, DType dtype) {
+  const Backend* b = FindBackend(device);
+  if (!b) return std::string("no ") + DeviceName(device) + " backend in this build";
+  return b->describe ? b->describe(dtype) : std::string(b->name) + " backend";
+}
+
 Status Dispatch(Device device, Op op, DType dtype, const Backend** out) {
   const Backend* b = FindBackend(device);
   if (!b) {

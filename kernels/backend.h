@@ -12,6 +12,8 @@
 //   everything else       f32 (statistics, gradients, optimizer state, the residual stream)
 #pragma once
 
+#include <string>
+
 #include "kernels/attention.h"
 #include "kernels/layers.h"
 #include "kernels/vision.h"
@@ -51,6 +53,9 @@ struct Backend {
   // True when the device can run now (a CUDA build on a machine without a GPU has the table, not the device).
   bool (*available)() = nullptr;
   bool (*supports)(Op op, DType dtype) = nullptr;
+  // What runs the GEMMs and attention in `dtype` on this machine, for the logs ("GEMMs by ...; attention
+  // by ..."): decided at run time by the CPU's features or the GPU's.
+  std::string (*describe)(DType dtype) = nullptr;
 
   // Optional: this backend's constraints beyond the shared checks (head dims, alignment, o's dtype); the
   // message names the argument.
@@ -102,6 +107,9 @@ struct Backend {
 
 // The table of `device` in this build; null when the build has none (CUDA not compiled in).
 const Backend* FindBackend(Device device);
+
+// Backend::describe of `device` ("no <device> backend in this build" when there is none).
+std::string DescribeBackend(Device device, DType dtype);
 
 // The table that runs `op` in `dtype` on `device`, or an error that names the device, op and dtype.
 Status Dispatch(Device device, Op op, DType dtype, const Backend** out);

@@ -10,7 +10,7 @@
 #include <sstream>
 #include <thread>
 
-#include "kernels/cpu/gemm.h"
+#include "kernels/backend.h"
 #include "runtime/checkpoint.h"
 #include "runtime/dataset.h"
 #include "runtime/fsdp.h"
@@ -51,11 +51,10 @@ std::string StepMetrics::ToLogLine() const {
   return buf;
 }
 
-std::string ComputePath(const JobConfig& job) {
-  if (job.precision == "bf16")
-    return std::string("precision bf16: GEMMs by ") + kernels::cpu::Bf16GemmPath() + "; attention by " +
-           kernels::cpu::Bf16AttentionPath();
-  return std::string("precision fp32: GEMMs by ") + kernels::cpu::BlasName();
+std::string ComputePath(const JobConfig& job, kernels::Device device) {
+  const bool bf16 = job.precision == "bf16";
+  return std::string("precision ") + (bf16 ? "bf16: " : "fp32: ") +
+         kernels::DescribeBackend(device, bf16 ? kernels::DType::kBF16 : kernels::DType::kF32);
 }
 
 int RankThreads(const JobConfig& job, int64_t ring) {

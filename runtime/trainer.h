@@ -86,7 +86,7 @@ Status TrainRank(Transport& t, const JobConfig& job, const std::function<void(co
 
 // What the job's precision runs on in this process, for the log: e.g. "precision bf16: GEMMs by oneDNN 2.6.3
 // brg:avx512_core_bf16" or "precision fp32: GEMMs by OpenBLAS 0.3.21 ...". Decided by the CPU at run time.
-std::string ComputePath(const JobConfig& job);
+std::string ComputePath(const JobConfig& job, kernels::Device device = kernels::Device::kCpu);
 
 struct EvalResult {
   double loss = 0, perplexity = 0;  // mean cross-entropy over every predicted position

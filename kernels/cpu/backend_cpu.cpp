@@ -3,6 +3,7 @@
 // at run time by what the CPU has (cpu/gemm.h, Bf16GemmPath()).
 #include "kernels/backend.h"
 #include "kernels/cpu/cpu.h"
+#include "kernels/cpu/gemm.h"
 
 namespace rw::kernels {
 namespace {
@@ -33,6 +34,11 @@ Backend Make() {
   b.name = "cpu";
   b.device = Device::kCpu;
   b.supports = Supports;
+  b.describe = [](DType dtype) {
+    if (dtype == DType::kBF16)
+      return std::string("GEMMs by ") + cpu::Bf16GemmPath() + "; attention by " + cpu::Bf16AttentionPath();
+    return std::string("GEMMs by ") + cpu::BlasName();
+  };
   b.check_attention = AttentionWritesF32;
   b.attention_forward = cpu::AttentionForward;
   b.attention_backward_prep = cpu::AttentionBackwardPrep;

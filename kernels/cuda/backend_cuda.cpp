@@ -3,6 +3,8 @@
 #include <cstdint>
 #include <utility>
 
+#include <string>
+
 #include "kernels/backend.h"
 #include "kernels/cuda/cuda.h"
 
@@ -56,6 +58,10 @@ Backend Make() {
   b.device = Device::kCuda;
   b.available = cuda::DevicePresent;
   b.supports = Supports;
+  b.describe = [](DType dtype) {
+    return std::string("GEMMs by cuBLAS; attention by RingWorld's CUDA kernels") +
+           (dtype == DType::kF32 ? " (f32 attention is not on the GPU: bf16 or f16)" : "");
+  };
   b.check_attention = CheckAttention;
   b.attention_forward = cuda::AttentionForward;
   b.attention_backward_prep = cuda::AttentionBackwardPrep;

@@ -20,6 +20,7 @@ Backend Make() {
   b.name = "ref";
   b.device = Device::kRef;
   b.supports = Supports;
+  b.describe = [](DType) { return std::string("GEMMs and attention by the scalar references (fp64 accumulation)"); };
   b.check_attention = AttentionWritesF32;
   b.attention_forward = [](const AttentionParams& p) {
     ref::AttentionForward<float>(p, p.lse);
