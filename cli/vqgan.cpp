@@ -10,18 +10,24 @@
 #include "runtime/vqgan.h"
 
 namespace rw::cli {
+namespace {
+
+// The VQGAN of --vqgan, or false after saying why (as `command`).
+bool LoadVqgan(const char* command, const std::string& dir, std::unique_ptr<runtime::Vqgan>* out) {
+  const runtime::Status st = runtime::Vqgan::Load(dir, kernels::Exec{kernels::Device::kCpu, 0}, out);
+  if (!st.ok()) std::fprintf(stderr, "ringworld vqgan %s: --vqgan: %s\n", command, st.message().c_str());
+  return st.ok();
+}
+
+}  // namespace
 
 int VqganEncode(const std::string& vqgan_dir, const std::string& input, int64_t max_frames, double fps,
                 const std::string& output) {
   using namespace rw::runtime;
   std::unique_ptr<Vqgan> v;
-  Status st = Vqgan::Load(vqgan_dir, kernels::Exec{kernels::Device::kCpu, 0}, &v);
-  if (!st.ok()) {
-    std::fprintf(stderr, "ringworld vqgan encode: --vqgan: %s\n", st.message().c_str());
-    return 2;
-  }
+  if (!LoadVqgan("encode", vqgan_dir, &v)) return 2;
   MediaFrames m;
-  st = ReadMediaFrames(input, v->config().resolution, FrameSelection{max_frames, fps}, &m);
+  Status st = ReadMediaFrames(input, v->config().resolution, FrameSelection{max_frames, fps}, &m);
   std::vector<int32_t> codes;
   if (st.ok()) st = v->Encode(m.count, m.pixels.data(), &codes);
   if (!st.ok()) {
@@ -51,11 +57,7 @@ int VqganEncode(const std::string& vqgan_dir, const std::string& input, int64_t 
 int VqganDecode(const std::string& vqgan_dir, const std::string& codes_path, const std::string& output, double fps) {
   using namespace rw::runtime;
   std::unique_ptr<Vqgan> v;
-  Status st = Vqgan::Load(vqgan_dir, kernels::Exec{kernels::Device::kCpu, 0}, &v);
-  if (!st.ok()) {
-    std::fprintf(stderr, "ringworld vqgan decode: --vqgan: %s\n", st.message().c_str());
-    return 2;
-  }
+  if (!LoadVqgan("decode", vqgan_dir, &v)) return 2;
   const int64_t per = v->config().codes_per_frame();
   std::vector<int32_t> codes;
   int64_t frames = 0;
@@ -83,7 +85,7 @@ int VqganDecode(const std::string& vqgan_dir, const std::string& codes_path, con
     return 2;
   }
   std::vector<float> pixels;
-  st = v->Decode(frames, codes.data(), &pixels);
+  Status st = v->Decode(frames, codes.data(), &pixels);
   if (st.ok()) st = WriteMediaFrames(output, v->config().resolution, frames, pixels.data(), fps);
   if (!st.ok()) {
     std::fprintf(stderr, "ringworld vqgan decode: %s\n", st.message().c_str());

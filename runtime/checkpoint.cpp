@@ -705,13 +705,6 @@ Status ReadTrainerState(const std::string& ckpt_dir, TrainerState* state) {
   return Status::Ok();
 }
 
-Status LoadCheckpointRange(const std::string& ckpt_dir, const ParamTable& t, const std::string& set, size_t lo,
-                           size_t hi, float* dst) {
-  CheckpointReader r;
-  RW_RETURN_IF_ERROR(CheckpointReader::Open(ckpt_dir, t, &r));
-  return r.Read(set, lo, hi, dst);
-}
-
 Status CheckpointReader::Open(const std::string& dir, const ParamTable& t, CheckpointReader* out, bool with_moments) {
   const fs::path d(dir);
   CheckpointReader r;

@@ -160,11 +160,6 @@ Status LoadLatestCheckpoint(const std::string& dir, const ModelConfig& c, const 
                             float* m, float* v, TrainerState* state, bool* found, std::vector<std::string>* skipped,
                             int64_t max_step = -1, MomentRange range = {});
 
-// [lo, hi) of the flat vector from one of our checkpoint's tensor sets into dst (hi - lo entries), reading
-// only those bytes: `set` "" the weights (model.safetensors), "exp_avg." or "exp_avg_sq." the moments. The
-// caller has verified the directory. What a rank of sharded weights loads, chunk by chunk.
-Status LoadCheckpointRange(const std::string& ckpt_dir, const ParamTable& t, const std::string& set, size_t lo,
-                           size_t hi, float* dst);
 // The trainer state of a checkpoint directory (trainer_state.json); errors name the file and field.
 Status ReadTrainerState(const std::string& ckpt_dir, TrainerState* state);
 

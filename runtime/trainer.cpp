@@ -168,7 +168,6 @@ Status TrainRankOnRings(const RankRings& rings, const JobConfig& job,
       }
       return st;
     };
-  auto fence_error = [&]() -> std::string { return fence.Get(); };
   const int64_t total = job.total_steps();
   int64_t step = 0;
   TrainResult res;
@@ -177,29 +176,21 @@ Status TrainRankOnRings(const RankRings& rings, const JobConfig& job,
   TrainerState resumed;  // of the checkpoint resumed from
   if (!job.checkpoint.dir.empty()) {
     if (rank == 0) CollectCheckpointLeftovers(job.checkpoint.dir);  // of writes a crash interrupted
-    bool found = false;
-    // The moments of this rank's range only (all of them unless the optimizer is sharded); under fsdp the
-    // shard's chunks of weights and moments only.
-    const MomentRange range{lo, hi};
-    if (zero3) {
-      std::string path = control.resume_checkpoint;
-      int64_t at = 0;
-      if (path.empty())
-        RW_RETURN_IF_ERROR(
-            FindResumeCheckpoint(job.checkpoint.dir, control.resume_max_step, &at, &path, &res.skipped_checkpoints));
-      if (!path.empty()) {
-        RW_RETURN_IF_ERROR(shards->LoadShard(path));
-        RW_RETURN_IF_ERROR(ReadTrainerState(path, &resumed));
-        found = true;
-      }
-    } else if (!control.resume_checkpoint.empty()) {
-      RW_RETURN_IF_ERROR(LoadCheckpoint(control.resume_checkpoint, table, params.data(), opt.m().data(),
-                                        opt.v().data(), &resumed, range));
-      found = true;
-    } else {
-      RW_RETURN_IF_ERROR(LoadLatestCheckpoint(job.checkpoint.dir, model, table, params.data(), opt.m().data(),
-                                              opt.v().data(), &resumed, &found, &res.skipped_checkpoints,
-                                              control.resume_max_step, range));
+    // The checkpoint the driver chose, or the newest of the directory that verifies; then this rank's part
+    // of it: under fsdp the shard's chunks of weights and moments, else the weights and the moments of this
+    // rank's range (all of them unless the optimizer is sharded).
+    std::string path = control.resume_checkpoint;
+    int64_t at = 0;
+    if (path.empty())
+      RW_RETURN_IF_ERROR(
+          FindResumeCheckpoint(job.checkpoint.dir, control.resume_max_step, &at, &path, &res.skipped_checkpoints));
+    const bool found = !path.empty();
+    if (found && zero3) {
+      RW_RETURN_IF_ERROR(shards->LoadShard(path));
+      RW_RETURN_IF_ERROR(ReadTrainerState(path, &resumed));
+    } else if (found) {
+      RW_RETURN_IF_ERROR(
+          LoadCheckpoint(path, table, params.data(), opt.m().data(), opt.v().data(), &resumed, MomentRange{lo, hi}));
     }
     if (found) {
       RW_REQUIRE(resumed.seed == job.seed, "checkpoint.dir: holds a run of seed " << resumed.seed << ", the job has seed "
@@ -442,7 +433,7 @@ Status TrainRankOnRings(const RankRings& rings, const JobConfig& job,
     for (int64_t k = 0; k < stage.steps; ++k) {
       ++step;
       if (step <= res.resumed_from) continue;  // done before the checkpoint
-      if (const std::string why = fence_error(); !why.empty())
+      if (const std::string why = fence.Get(); !why.empty())
         return Status::Error("checkpoint commit refused: " + why);
       const auto t0 = std::chrono::steady_clock::now();
       const uint64_t bytes0 = rings.stats().bytes_sent;

@@ -70,18 +70,15 @@ Status ReadVqganConfig(const std::string& path, VqganConfig* out) {
           "resample_with_conv", "commitment_cost", "num_resolutions", "norm_groups", "norm_eps", "model_type"};
       RW_REQUIRE(known.count(key), where << key << ": not a VQGAN setting this implementation knows");
     }
-    for (const char* key : {"resolution", "num_channels", "hidden_channels", "num_res_blocks", "z_channels",
-                            "num_embeddings", "quantized_embed_dim", "norm_groups"}) {
-      int64_t* field = std::string(key) == "resolution"        ? &c.resolution
-                       : std::string(key) == "num_channels"    ? &c.num_channels
-                       : std::string(key) == "hidden_channels" ? &c.hidden_channels
-                       : std::string(key) == "num_res_blocks"  ? &c.num_res_blocks
-                       : std::string(key) == "z_channels"      ? &c.z_channels
-                       : std::string(key) == "num_embeddings"  ? &c.num_embeddings
-                       : std::string(key) == "norm_groups"     ? &c.norm_groups
-                                                               : &c.quantized_embed_dim;
+    for (const auto& [key, field] : {std::pair<const char*, int64_t*>{"resolution", &c.resolution},
+                                     {"num_channels", &c.num_channels},
+                                     {"hidden_channels", &c.hidden_channels},
+                                     {"num_res_blocks", &c.num_res_blocks},
+                                     {"z_channels", &c.z_channels},
+                                     {"num_embeddings", &c.num_embeddings},
+                                     {"quantized_embed_dim", &c.quantized_embed_dim},
+                                     {"norm_groups", &c.norm_groups}})
       RW_RETURN_IF_ERROR(integer(key, field));
-    }
     if (j.contains("channel_mult")) {
       RW_REQUIRE(j["channel_mult"].is_array(), where << "channel_mult: expected a list of integers");
       c.channel_mult.clear();
