@@ -47,6 +47,7 @@ int VqganEncode(const std::string& vqgan_dir, const std::string& input, int64_t 
                 const std::string& output);
 int VqganDecode(const std::string& vqgan_dir, const std::string& codes_path, const std::string& output, double fps);
 int DataPrepare(const std::vector<std::string>& inputs, const std::string& output, const std::string& tokenizer,
-                int64_t vision_codes, bool skip_bad, int64_t vocab_size, const std::string& vqgan = "");
+                int64_t vision_codes, bool skip_bad, int64_t vocab_size, const std::string& vqgan = "",
+                const std::string& vision_layout = "appended");
 
 }  // namespace rw::cli

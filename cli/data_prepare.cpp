@@ -7,9 +7,11 @@
 namespace rw::cli {
 
 int DataPrepare(const std::vector<std::string>& inputs, const std::string& output, const std::string& tokenizer,
-                int64_t vision_codes, bool skip_bad, int64_t vocab_size, const std::string& vqgan) {
+                int64_t vision_codes, bool skip_bad, int64_t vocab_size, const std::string& vqgan,
+                const std::string& vision_layout) {
   runtime::PrepareOptions opt{inputs, output, tokenizer, vision_codes, skip_bad, vocab_size};
   opt.vqgan = vqgan;
+  opt.vision_layout = vision_layout;
   runtime::PrepareReport rep;
   auto st = runtime::PrepareDataset(opt, &rep);
   if (!st.ok()) {

@@ -100,7 +100,7 @@ int GenerateVision(const std::string& checkpoint, const std::string& prompt, con
   o.prompt = tok->Encode(prompt);
   if (tok->bos() >= 0) o.prompt.insert(o.prompt.begin(), tok->bos()), o.uncond = {tok->bos()};
   if (o.uncond.empty()) o.uncond = {o.prompt.front()};
-  o.vision = VisionVocab{tok->vocab_size(), vq->config().num_embeddings};
+  o.vision = ModelVisionVocab(c, *tok, vq->config().num_embeddings);
   o.codes_per_frame = vq->config().codes_per_frame();
   o.frames = image.empty() ? frames : 1;
   o.cfg_scale = cfg_scale;

@@ -130,6 +130,12 @@ int main(int argc, char** argv) {
                       "a VQGAN directory (config.json + model.safetensors; ops/convert_lwm_vqgan.py makes one of LWM's): "
                       "{\"image\": PATH} and {\"video\": PATH, \"max_frames\": N, \"fps\": F} records are read and "
                       "encoded to codes; its codebook is the vision vocabulary");
+  std::string vision_layout = "appended";
+  prepare->add_option("--vision-layout", vision_layout,
+                      "appended: vision ids after the text ones with four marker ids, one vocabulary; lwm: LWM's ids "
+                      "(codes, end of frame 8192, end of vision 8193 in a second vocabulary; <vision> and </vision> "
+                      "as text), for a model with model.vision_vocab_size (docs/ARCHITECTURE.md, Token layout)")
+      ->check(CLI::IsMember({"appended", "lwm"}));
   std::string vq_dir, vq_in, vq_out, vq_codes;
   int64_t vq_max_frames = 0;
   double vq_fps = 0, vq_out_fps = 8;
@@ -228,7 +234,8 @@ int main(int argc, char** argv) {
   if (*vq_dec) return rw::cli::VqganDecode(vq_dir, vq_codes, vq_out, vq_out_fps);
   if (*exp) return rw::cli::Export(export_ckpt, export_to, export_dtype, export_shard);
   if (*eval) return rw::cli::Eval(checkpoint, data, ring, layout, seq_len);
-  if (*prepare) return rw::cli::DataPrepare(inputs, output, tokenizer, vision_codes, skip_bad, vocab_size, vqgan);
+  if (*prepare) return rw::cli::DataPrepare(inputs, output, tokenizer, vision_codes, skip_bad, vocab_size, vqgan,
+                                              vision_layout);
   if (*train) {
     if (describe) {
       std::printf("%s", rw::runtime::DescribeSettings().c_str());

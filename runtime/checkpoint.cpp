@@ -78,6 +78,8 @@ std::string ConfigJson(const ModelConfig& c, const Tokenizer& tok) {
                               {"eos_token_id", TokenId(c, tok.eos())},
                               {"torch_dtype", "float32"}};
   if (tok.name() == kNoTokenizer) j["ringworld_tokenizer"] = kNoTokenizer;  // trained on pre-tokenized ids
+  // LWM's key (its VideoLLaMAConfig): a second vocabulary, model.vision_embed_tokens and vision_head.
+  if (c.vision_vocab_size > 0) j["vision_vocab_size"] = c.vision_vocab_size;
   return j.dump(2) + "\n";
 }
 
@@ -585,6 +587,7 @@ Status ReadHfConfig(const std::string& path, ModelConfig* out) {
       RW_REQUIRE(type == "llama", where << "model_type: '" << type << "' is not llama");
     }
     RW_RETURN_IF_ERROR(integer("vocab_size", -1, &c.vocab_size));
+    RW_RETURN_IF_ERROR(integer("vision_vocab_size", 0, &c.vision_vocab_size));
     RW_RETURN_IF_ERROR(integer("hidden_size", -1, &c.hidden_size));
     RW_RETURN_IF_ERROR(integer("intermediate_size", -1, &c.intermediate_size));
     RW_RETURN_IF_ERROR(integer("num_hidden_layers", -1, &c.num_hidden_layers));

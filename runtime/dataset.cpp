@@ -115,7 +115,8 @@ Status ParseRecord(const std::string& line, const Tokenizer& tok, const VisionVo
       RW_RETURN_IF_ERROR(MediaCodes(j, media, &frames));
     }
     std::vector<int32_t> vis, text;
-    RW_RETURN_IF_ERROR(vision.Encode(frames, &vis));
+    std::vector<uint8_t> vis_mod;
+    RW_RETURN_IF_ERROR(vision.Encode(frames, &vis, &vis_mod));
     if (j.contains("text")) {
       RW_REQUIRE(j["text"].is_string(), "\"text\" must be a string");
       text = tok.Encode(j["text"].get<std::string>());
@@ -124,12 +125,13 @@ Status ParseRecord(const std::string& line, const Tokenizer& tok, const VisionVo
     RW_REQUIRE(order == "vision_text" || order == "text_vision",
                "\"order\": '" << order << "' is not vision_text or text_vision");
     if (tok.bos() >= 0) w.doc.push_back(tok.bos()), w.mod.push_back(0);
-    auto add = [&](const std::vector<int32_t>& ids, uint8_t m) {
+    const std::vector<uint8_t> text_mod(text.size(), 0);
+    auto add = [&](const std::vector<int32_t>& ids, const std::vector<uint8_t>& m) {
       w.doc.insert(w.doc.end(), ids.begin(), ids.end());
-      w.mod.insert(w.mod.end(), ids.size(), m);
+      w.mod.insert(w.mod.end(), m.begin(), m.end());
     };
-    if (order == "vision_text") add(vis, 1), add(text, 0);
-    else add(text, 0), add(vis, 1);
+    if (order == "vision_text") add(vis, vis_mod), add(text, text_mod);
+    else add(text, text_mod), add(vis, vis_mod);
     if (tok.eos() >= 0) w.doc.push_back(tok.eos()), w.mod.push_back(0);
     return Status::Ok();
   } else if (j.contains("text")) {
@@ -209,7 +211,17 @@ Status PrepareDataset(const PrepareOptions& opt, PrepareReport* report) {
                                   << vqgan->config().num_embeddings);
     vision_codes = vqgan->config().num_embeddings;
   }
-  const VisionVocab vision{tok->vocab_size(), vision_codes};
+  VisionLayout layout;
+  {
+    const Status st = ParseVisionLayout(opt.vision_layout, &layout);
+    RW_REQUIRE(st.ok(), "--vision-layout: " << st.message());
+  }
+  RW_REQUIRE(layout == VisionLayout::kAppended || vision_codes > 0,
+             "--vision-layout: lwm lays out vision codes; give --vqgan or --vision-codes");
+  RW_REQUIRE(layout == VisionLayout::kAppended || opt.vocab_size == 0,
+             "--vocab-size: the lwm layout's ids follow from the tokenizer and the codes");
+  VisionVocab vision{tok->vocab_size(), vision_codes};
+  if (layout == VisionLayout::kLwm) vision = VisionVocab::Lwm(*tok, vision_codes);
   const int64_t vocab = opt.vocab_size > 0 ? opt.vocab_size : vision_codes > 0 ? vision.total() : tok->vocab_size();
   const fs::path out(opt.output), tmp = out.string() + ".tmp-" + std::to_string(::getpid());
   std::error_code ec;
@@ -274,9 +286,12 @@ Status PrepareDataset(const PrepareOptions& opt, PrepareReport* report) {
                                  {"vision_codes", vision_codes}, {"sources", opt.inputs},
                                  {"skipped", rep.skipped}};
   if (vqgan) meta["vqgan"] = opt.vqgan;
-  if (vision_codes > 0)
-    meta["vision_tokens"] = {{"first_code", vision.Code(0)}, {"vision", vision.begin()}, {"/vision", vision.end()},
+  if (vision_codes > 0) {
+    meta["vision_layout"] = VisionLayoutName(layout);
+    meta["vision_tokens"] = {{"first_code", vision.Code(0)}, {"vision", vision.Begin()}, {"/vision", vision.End()},
                              {"eof", vision.eof()}, {"eov", vision.eov()}};
+    if (layout == VisionLayout::kLwm) meta["vision_vocab_size_min"] = vision.min_vision_vocab();
+  }
   std::ofstream(tmp / "meta.json") << meta.dump(2) << "\n";
   if (const std::string model = tok->Serialized(); !model.empty())  // the dataset keeps its tokenizer
     std::ofstream(tmp / kTokenizerFile, std::ios::binary) << model;
@@ -298,6 +313,17 @@ Status Dataset::Open(const std::string& dir, Dataset* out) {
     RW_RETURN_IF_ERROR(JsonInteger(meta.at("documents"), where + "documents", 0, (int64_t(1) << 40) - 1, &d.n_docs_));
     RW_RETURN_IF_ERROR(JsonInteger(meta.at("tokens"), where + "tokens", 0, (int64_t(1) << 44) - 1, &d.n_tokens_));
     RW_RETURN_IF_ERROR(JsonInteger(meta.at("vocab_size"), where + "vocab_size", 1, int64_t(1) << 31, &d.vocab_));
+    d.text_vocab_ = d.vocab_;
+    if (meta.contains("text_vocab_size"))
+      RW_RETURN_IF_ERROR(JsonInteger(meta.at("text_vocab_size"), where + "text_vocab_size", 1, d.vocab_, &d.text_vocab_));
+    if (meta.contains("vision_layout")) {
+      RW_REQUIRE(meta.at("vision_layout").is_string(), where << "vision_layout: expected appended or lwm");
+      const Status st = ParseVisionLayout(meta.at("vision_layout").get<std::string>(), &d.layout_);
+      RW_REQUIRE(st.ok(), where << "vision_layout: " << st.message());
+    }
+    if (d.layout_ == VisionLayout::kLwm)
+      RW_RETURN_IF_ERROR(JsonInteger(meta.at("vision_vocab_size_min"), where + "vision_vocab_size_min", 1,
+                                     d.vocab_ - d.text_vocab_, &d.vision_vocab_min_));
   } catch (const nlohmann::json::exception& e) {
     return Status::Error("data: " + dir + "/meta.json: " + e.what());
   }
@@ -355,6 +381,9 @@ Dataset& Dataset::operator=(Dataset&& o) noexcept {
     n_docs_ = o.n_docs_;
     n_tokens_ = o.n_tokens_;
     vocab_ = o.vocab_;
+    text_vocab_ = o.text_vocab_;
+    vision_vocab_min_ = o.vision_vocab_min_;
+    layout_ = o.layout_;
   }
   return *this;
 }
@@ -468,6 +497,21 @@ std::vector<PackedSequence> NextBatch(const WindowIndex& w, int64_t batch, DataC
 
 void SkipBatches(const WindowIndex& w, int64_t batch, int64_t steps, DataCursor* c) {
   for (int64_t k = 0; k < steps; ++k) Pack(w, batch, c, nullptr);
+}
+
+Status CheckModelReads(const Dataset& d, const ModelConfig& m, const std::string& field) {
+  if (d.vision_layout() == VisionLayout::kLwm) {
+    RW_REQUIRE(m.vocab_size == d.text_vocab_size() && m.vision_vocab_size >= d.vision_vocab_min(),
+               field << ": the dataset lays vision out as LWM does (text ids below " << d.text_vocab_size()
+                     << ", a vision vocabulary of at least " << d.vision_vocab_min()
+                     << "): the model needs model.vocab_size " << d.text_vocab_size()
+                     << " and model.vision_vocab_size >= " << d.vision_vocab_min() << ", it has " << m.vocab_size
+                     << " and " << m.vision_vocab_size);
+    return Status::Ok();
+  }
+  RW_REQUIRE(d.vocab_size() <= m.vocab_size, field << ": the dataset's vocabulary (" << d.vocab_size()
+                                                   << ") exceeds model.vocab_size " << m.vocab_size);
+  return Status::Ok();
 }
 
 }  // namespace rw::runtime

@@ -14,6 +14,8 @@
 #include <vector>
 
 #include "runtime/data.h"
+#include "runtime/model.h"
+#include "runtime/tokenizer.h"
 
 namespace rw::runtime {
 
@@ -34,6 +36,8 @@ struct PrepareOptions {
   // vocabulary (vision_codes, when given, must equal it).
   std::string vqgan;
   int vqgan_threads = 0;  // kernel threads of the VQGAN (0: the machine's)
+  // appended | lwm: how vision ids sit among the model's (runtime/tokenizer.h, VisionLayout).
+  std::string vision_layout = "appended";
 };
 
 struct PrepareReport {
@@ -43,7 +47,7 @@ struct PrepareReport {
 // JSONL records: {"text": "..."} (tokenized, BOS/EOS added), {"tokens": [ids]} (verbatim), optional
 // "modality": "text" | "vision" or a per-token list of those; LWM vision records {"vision": [[codes of
 // frame 0], [codes of frame 1], ...], "text": "caption", "order": "vision_text" | "text_vision"}: the codes
-// wrapped as <vision> f0 <eof> f1 ... <eov> </vision> (modality vision) beside the text (needs
+// wrapped as <vision> f0 <eof> f1 ... <eov> </vision> beside the text, in the vision_layout (needs
 // vision_codes). With a VQGAN: {"image": PATH, ...} and {"video": PATH, "max_frames": N and/or "fps": F,
 // ...} (PATH relative to the JSONL file's directory; the text and order as for "vision"), their frames
 // encoded to codes. A bad record, or a medium that cannot be read, is an error naming file:line (and the
@@ -60,7 +64,10 @@ class Dataset {
   Dataset& operator=(Dataset&& o) noexcept;
   int64_t documents() const { return n_docs_; }
   int64_t tokens() const { return n_tokens_; }
-  int64_t vocab_size() const { return vocab_; }
+  int64_t vocab_size() const { return vocab_; }         // past the largest id
+  int64_t text_vocab_size() const { return text_vocab_; }  // the tokenizer's ids
+  VisionLayout vision_layout() const { return layout_; }
+  int64_t vision_vocab_min() const { return vision_vocab_min_; }  // kLwm: the least vision_vocab_size
   // Document i's tokens (and modality bytes).
   const int32_t* doc_tokens(int64_t i) const { return tokens_ + index_[i]; }
   const uint8_t* doc_modality(int64_t i) const { return modality_ + index_[i]; }
@@ -81,8 +88,13 @@ class Dataset {
   const int32_t* tokens_ = nullptr;
   const uint8_t* modality_ = nullptr;
   const uint64_t* index_ = nullptr;
-  int64_t n_docs_ = 0, n_tokens_ = 0, vocab_ = 0;
+  int64_t n_docs_ = 0, n_tokens_ = 0, vocab_ = 0, text_vocab_ = 0, vision_vocab_min_ = 0;
+  VisionLayout layout_ = VisionLayout::kAppended;
 };
+
+// Whether model `m` reads dataset `d`'s ids as they were meant: one vocabulary holding every id, or, for
+// LWM's layout, the text vocabulary exactly and a vision vocabulary large enough. The error names `field`.
+Status CheckModelReads(const Dataset& d, const ModelConfig& m, const std::string& field);
 
 // The windows of a dataset at one sequence length L. A document of n tokens has n - 1 (input, target)
 // pairs; they are cut into consecutive windows of L pairs, the last one shorter: window k of a document

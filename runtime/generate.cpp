@@ -22,7 +22,7 @@ Decoder::Decoder(const ModelConfig& c, const ParamTable& t, const float* params,
 
 Status DecodeToken(const ModelConfig& c, const ParamTable& t, const float* p, const kernels::Exec& ex, int32_t token,
                    int64_t pos, const AttendFn& attend, std::vector<float>* logits) {
-  RW_REQUIRE(token >= 0 && token < c.vocab_size, "token: id " << token << " outside the vocabulary");
+  RW_REQUIRE(token >= 0 && token < c.total_vocab(), "token: id " << token << " outside the vocabulary");
   const int64_t E = c.hidden_size, F = c.intermediate_size, H = c.num_attention_heads, HKV = c.num_key_value_heads,
                 D = c.head_dim();
   std::vector<float> x(E), h(E), q(H * D), k(HKV * D), v(HKV * D), attn(H * D), o(E), rstd(1);
@@ -47,8 +47,9 @@ Status DecodeToken(const ModelConfig& c, const ParamTable& t, const float* p, co
   }
   RW_RETURN_IF_ERROR(
       kernels::RmsNormForward(ex, 1, E, x.data(), p + t.final_norm, c.rms_norm_eps, h.data(), rstd.data()));
-  logits->resize(c.vocab_size);
-  return kernels::LinearForward(ex, 1, E, c.vocab_size, h.data(), p + t.lm_head, logits->data());
+  // lm_head and vision_head are one (total_vocab, E) matrix: the logits of every id, text then vision.
+  logits->resize(c.total_vocab());
+  return kernels::LinearForward(ex, 1, E, c.total_vocab(), h.data(), p + t.lm_head, logits->data());
 }
 
 Status Decoder::Step(int32_t token, std::vector<float>* logits) {

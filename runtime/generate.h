@@ -24,7 +24,8 @@ struct SamplingConfig {
 // One token through the model at position `pos`, as every decoder runs it: per layer RMSNorm, q/k/v, RoPE,
 // then `attend(l, q, k, v, out)` (the one part decoders differ in: the token's rotated q (H, D), k and v
 // (Hkv, D) in, its attention output (H, D) out), o_proj, residual, RMSNorm, SwiGLU, residual; final norm and
-// lm_head into `logits`.
+// lm_head into `logits` (every id: with a vision vocabulary, vision_head's logits after the text ones; each
+// head's are a softmax of their own, so a sampler draws within one vocabulary).
 using AttendFn = std::function<Status(int64_t layer, const float* q, const float* k, const float* v, float* out)>;
 Status DecodeToken(const ModelConfig& c, const ParamTable& t, const float* params, const kernels::Exec& ex,
                    int32_t token, int64_t pos, const AttendFn& attend, std::vector<float>* logits);
@@ -33,7 +34,7 @@ class Decoder {
  public:
   // `ex`: the device and kernel threads (host-memory devices: the KV cache is a host array).
   Decoder(const ModelConfig& c, const ParamTable& t, const float* params, kernels::Exec ex);
-  // Feeds one token at the next position; fills `logits` (vocab) for the token after it.
+  // Feeds one token at the next position; fills `logits` (total_vocab) for the token after it.
   Status Step(int32_t token, std::vector<float>* logits);
   int64_t position() const { return pos_; }
 

@@ -34,6 +34,9 @@ const std::vector<Setting<JobConfig>>& JobTable() {
       {"seed", "seed of the initialization and of the data order", RW_FIELD(JobConfig, uint64_t, j.seed)},
       {"output_dir", "where metrics.jsonl goes", RW_FIELD(JobConfig, std::string, j.output_dir)},
       {"model.vocab_size", "vocabulary size (byte tokenizer: 259)", RW_FIELD(JobConfig, int64_t, j.model.vocab_size)},
+      {"model.vision_vocab_size",
+       "LWM's vision vocabulary (8448): a second embedding and head, vision ids after the text ones; 0: none",
+       RW_FIELD(JobConfig, int64_t, j.model.vision_vocab_size)},
       {"model.hidden_size", "model width E", RW_FIELD(JobConfig, int64_t, j.model.hidden_size)},
       {"model.intermediate_size", "SwiGLU width F", RW_FIELD(JobConfig, int64_t, j.model.intermediate_size)},
       {"model.num_hidden_layers", "transformer layers", RW_FIELD(JobConfig, int64_t, j.model.num_hidden_layers)},
@@ -390,6 +393,9 @@ Status AdoptModel(const ModelConfig& theirs, const std::string& dir, const std::
   // the new ones start from the initialization. A smaller one would drop trained rows: refused.
   const bool extends = is_set("model.vocab_size") && m.vocab_size > theirs.vocab_size;
   if (!extends) RW_RETURN_IF_ERROR(take("vocab_size", m.vocab_size, theirs.vocab_size));
+  // So does a vision vocabulary (LWM's vision model from its text model): the new rows start initialized.
+  const bool adds_vision = is_set("model.vision_vocab_size") && m.vision_vocab_size > theirs.vision_vocab_size;
+  if (!adds_vision) RW_RETURN_IF_ERROR(take("vision_vocab_size", m.vision_vocab_size, theirs.vision_vocab_size));
   RW_RETURN_IF_ERROR(take("hidden_size", m.hidden_size, theirs.hidden_size));
   RW_RETURN_IF_ERROR(take("intermediate_size", m.intermediate_size, theirs.intermediate_size));
   RW_RETURN_IF_ERROR(take("num_hidden_layers", m.num_hidden_layers, theirs.num_hidden_layers));

@@ -20,12 +20,15 @@ int64_t Block(int64_t width) { return std::clamp<int64_t>((int64_t(1) << 22) / s
 
 struct Shape {
   int64_t E, F, V, L, H, HKV, D, HQ, HK;
+  int64_t softmax;  // the widest softmax: V, or the larger of the text and vision vocabularies
+  bool two_heads;   // a vision vocabulary: the loss head gathers each vocabulary's rows
 };
 
 Shape ShapeOf(const ModelConfig& m) {
   const int64_t D = m.head_dim();
-  return {m.hidden_size,         m.intermediate_size,       m.vocab_size, m.num_hidden_layers, m.num_attention_heads,
-          m.num_key_value_heads, D, m.num_attention_heads * D, m.num_key_value_heads * D};
+  return {m.hidden_size,         m.intermediate_size, m.total_vocab(), m.num_hidden_layers, m.num_attention_heads,
+          m.num_key_value_heads, D, m.num_attention_heads * D, m.num_key_value_heads * D,
+          std::max(m.vocab_size, m.vision_vocab_size), m.vision_vocab_size > 0};
 }
 
 // Bytes a token holds in one layer's kept activations (LayerActs in runtime/model.cpp): x_in, rstd1, attn,
@@ -47,6 +50,8 @@ WorkspaceBytes ModelWorkspaceBytes(const ModelConfig& m, int64_t S, bool bf16, b
   // x, o, dhf, dx, dh, tmp (fp32, S x E); rstd, loss; dq, dk, dv (fp32); hf and the attention's dout in the
   // activation dtype; under bf16 the fp32 rotation buffer of q/k before they are rounded.
   w.workspace = S * (4 * 6 * s.E + 4 * 2 + 4 * (s.HQ + 2 * s.HK) + b * (s.E + s.HQ) + (bf16 ? 4 * s.HQ : 0));
+  // Two heads: one vocabulary's rows gathered (at most S): hf's rows, their dh, target, weight, row.
+  if (s.two_heads) w.workspace += S * (b * s.E + 4 * s.E + 12);
   // RingBuffers: two K/V blocks [meta | K | V | index | segment] (64-byte aligned parts), the forward's
   // partial (O, lse), the backward's delta and its two outgoing and one incoming dK|dV (fp32).
   const int64_t kv = S * s.HK;
@@ -95,8 +100,8 @@ RankMemory RankMemoryOf(const JobConfig& job, int64_t S, int64_t ring, int64_t f
   // the forward; gate, up, act, dact in the backward; their bf16 copies), the loss head's logits blocks,
   // the bf16 operand copies of fp32 inputs, the RMSNorm dw partials, RoPE's cos/sin tables (kept below
   // 64 MiB), the attention's turn table, AMX's packed operands; per kernel thread the attention's tiles.
-  const int64_t bf = Block(s.F), bc = Block(s.V);
-  int64_t k = (bf16 ? 32 : 24) * bf * s.F + (bf16 ? 10 : 8) * bc * s.V + 4 * threads * s.E;
+  const int64_t bf = Block(s.F), bc = Block(s.softmax);
+  int64_t k = (bf16 ? 32 : 24) * bf * s.F + (bf16 ? 10 : 8) * bc * s.softmax + 4 * threads * s.E;
   if (bf16) k += S * (8 * s.HQ + 4 * s.HK + 2 * std::max(s.E, s.HQ) + 2 * s.E);
   if (4 * S * s.D <= (int64_t(64) << 20)) k += 2 * (8 * S + 4 * S * s.D);
   const int64_t tiles = (S + 127) / 128;

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <random>
 
 #include "runtime/ring_attention.h"
@@ -10,6 +11,11 @@ namespace rw::runtime {
 
 Status ModelConfig::Validate() const {
   RW_REQUIRE(vocab_size >= 2, "model.vocab_size: must be >= 2, got " << vocab_size);
+  RW_REQUIRE(vision_vocab_size == 0 || vision_vocab_size >= 2,
+             "model.vision_vocab_size: must be 0 (none) or >= 2, got " << vision_vocab_size);
+  RW_REQUIRE(double(vocab_size) + double(vision_vocab_size) <= double(INT32_MAX),
+             "model.vocab_size: " << vocab_size << " text and " << vision_vocab_size
+                                  << " vision ids do not fit 32-bit token ids");
   RW_REQUIRE(hidden_size >= 2, "model.hidden_size: must be >= 2, got " << hidden_size);
   RW_REQUIRE(intermediate_size >= 1, "model.intermediate_size: must be >= 1, got " << intermediate_size);
   RW_REQUIRE(num_hidden_layers >= 1, "model.num_hidden_layers: must be >= 1, got " << num_hidden_layers);
@@ -27,7 +33,7 @@ Status ModelConfig::Validate() const {
   // could overflow): a model past a trillion parameters is refused by name instead of failing an allocation.
   const double h = double(hidden_size), kv = double(num_key_value_heads) * double(head_dim());
   const double per_layer = 2 * h * h + 2 * h * kv + 3 * h * double(intermediate_size) + 2 * h;
-  const double params = double(vocab_size) * h * (tie_word_embeddings ? 1 : 2) + double(num_hidden_layers) * per_layer + h;
+  const double params = double(total_vocab()) * h * (tie_word_embeddings ? 1 : 2) + double(num_hidden_layers) * per_layer + h;
   RW_REQUIRE(params <= kMaxParameters, "model: " << params << " parameters (hidden_size " << hidden_size
                                                  << ", intermediate_size " << intermediate_size << ", num_hidden_layers "
                                                  << num_hidden_layers << ", vocab_size " << vocab_size
@@ -51,6 +57,7 @@ ParamTable::ParamTable(const ModelConfig& c) {
   const int64_t E = c.hidden_size, F = c.intermediate_size, D = c.head_dim();
   const int64_t HQ = c.num_attention_heads * D, HK = c.num_key_value_heads * D;
   embed = Add("model.embed_tokens.weight", {c.vocab_size, E});
+  if (c.vision_vocab_size > 0) vision_embed = Add("model.vision_embed_tokens.weight", {c.vision_vocab_size, E});
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
     const std::string p = "model.layers." + std::to_string(l) + ".";
     Layer L;
@@ -67,6 +74,8 @@ ParamTable::ParamTable(const ModelConfig& c) {
   }
   final_norm = Add("model.norm.weight", {E});
   lm_head = c.tie_word_embeddings ? embed : Add("lm_head.weight", {c.vocab_size, E});
+  if (c.vision_vocab_size > 0)
+    vision_head = c.tie_word_embeddings ? vision_embed : Add("vision_head.weight", {c.vision_vocab_size, E});
 }
 
 std::vector<ParamTable::Range> ParamTable::Units() const {
@@ -143,6 +152,10 @@ struct ModelWorkspace::Impl {
   LayerActs scratch;            // a layer not kept (forward only, or recomputed under remat)
   std::vector<float> x, x_again, o, rot, rstd, loss, dhf, dx, dh, tmp, dq, dk, dv;
   Act hf, d_attn_op;
+  // The loss head's rows of one vocabulary, gathered (models with a vision vocabulary only).
+  Act head_h;
+  std::vector<float> head_w, head_dh;
+  std::vector<int32_t> head_t, head_rows;
   RingBuffers ring;
 };
 
@@ -168,9 +181,10 @@ ModelWorkspace::Held ModelWorkspace::Bytes() const {
   Held h;
   for (const auto& a : w.acts) h.activations += Cap(a);
   h.activations += Cap(w.scratch) + Cap(w.x_again);
-  for (const auto* v : {&w.x, &w.o, &w.rot, &w.rstd, &w.loss, &w.dhf, &w.dx, &w.dh, &w.tmp, &w.dq, &w.dk, &w.dv})
+  for (const auto* v : {&w.x, &w.o, &w.rot, &w.rstd, &w.loss, &w.dhf, &w.dx, &w.dh, &w.tmp, &w.dq, &w.dk, &w.dv,
+                        &w.head_w, &w.head_dh})
     h.workspace += Cap(*v);
-  h.workspace += Cap(w.hf) + Cap(w.d_attn_op);
+  h.workspace += Cap(w.hf) + Cap(w.d_attn_op) + Cap(w.head_h) + Cap(w.head_t) + Cap(w.head_rows);
   const RingBuffers& r = w.ring;
   h.ring = Cap(r.block[0]) + Cap(r.block[1]) + Cap(r.o_part) + Cap(r.lse_part) + Cap(r.delta) + Cap(r.dkv[0]) +
            Cap(r.dkv[1]) + Cap(r.incoming);
@@ -196,7 +210,7 @@ struct Dims {
 
 Dims DimsOf(const ModelConfig& c, int64_t S) {
   const int64_t D = c.head_dim();
-  return {S, c.hidden_size, c.intermediate_size, c.vocab_size, c.num_attention_heads, c.num_key_value_heads, D,
+  return {S, c.hidden_size, c.intermediate_size, c.total_vocab(), c.num_attention_heads, c.num_key_value_heads, D,
           c.num_attention_heads * D, c.num_key_value_heads * D};
 }
 
@@ -248,10 +262,10 @@ Status CheckBatch(const ModelConfig& c, const RankBatch& b) {
                  b.index.size() == S,
              "batch: tokens, targets, weights, positions, segments and index must all have " << S << " entries");
   for (size_t i = 0; i < S; ++i) {
-    RW_REQUIRE(b.tokens[i] >= 0 && b.tokens[i] < c.vocab_size,
-               "batch.tokens[" << i << "]: id " << b.tokens[i] << " outside the vocabulary of " << c.vocab_size);
-    RW_REQUIRE(b.targets[i] < c.vocab_size,
-               "batch.targets[" << i << "]: id " << b.targets[i] << " outside the vocabulary of " << c.vocab_size);
+    RW_REQUIRE(b.tokens[i] >= 0 && b.tokens[i] < c.total_vocab(),
+               "batch.tokens[" << i << "]: id " << b.tokens[i] << " outside the vocabulary of " << c.total_vocab());
+    RW_REQUIRE(b.targets[i] < c.total_vocab(),
+               "batch.targets[" << i << "]: id " << b.targets[i] << " outside the vocabulary of " << c.total_vocab());
   }
   return Status::Ok();
 }
@@ -290,6 +304,63 @@ Status ProjectRotate(const Exec& ex, const ModelExec& mx, const ModelConfig& c, 
   RW_RETURN_IF_ERROR(kernels::Rope(ex, S, heads, D, kernels::Dense3(y, heads, D), kernels::Dense3(y, heads, D),
                                    b.positions.data(), c.rope_theta, false));
   if (out.dt != DType::kF32) RW_RETURN_IF_ERROR(kernels::Cast(ex, S * heads * D, y, out.view()));
+  return Status::Ok();
+}
+
+// The loss head's cross-entropy over hf (S, E), the final norm's output: sets *sum to sum_i w_i ce_i and,
+// with dhf, writes dhf (S, E) and adds the heads' gradients (scaled by loss_scale). One vocabulary: one
+// softmax over all ids. With a vision vocabulary, LWM's two: the rows whose target is a text id are scored
+// against lm_head over the text ids, those with a vision target against vision_head over the vision ids;
+// each group is gathered into contiguous rows (text first, then vision: a fixed order of the sum), and rows
+// without a target get a zero gradient.
+Status LossHead(const ModelConfig& c, const ParamTable& tb, const ModelExec& mx, const Wts& H, const RankBatch& b,
+                Work& w, float loss_scale, float* dhf, double* sum) {
+  const Dims d = DimsOf(c, int64_t(b.tokens.size()));
+  const Exec ex = ExecOf(mx);
+  w.loss.resize(d.S);
+  if (c.vision_vocab_size == 0) {
+    RW_RETURN_IF_ERROR(kernels::CrossEntropyForward(ex, d.S, d.E, d.V, w.hf.view(), Gemm(mx, H, tb.lm_head),
+                                                    b.targets.data(), b.weights.data(), w.loss.data(), sum));
+    if (!dhf) return Status::Ok();
+    return kernels::CrossEntropyBackward(ex, d.S, d.E, d.V, w.hf.view(), Gemm(mx, H, tb.lm_head), b.targets.data(),
+                                         b.weights.data(), loss_scale, dhf, H.G(tb.lm_head));
+  }
+  if (dhf) std::fill_n(dhf, d.S * d.E, 0.f);
+  *sum = 0;
+  const int64_t V = c.vocab_size, E = d.E;
+  const size_t row_bytes = size_t(E) * (mx.precision == DType::kF32 ? sizeof(float) : sizeof(kernels::bf16));
+  for (const bool vision : {false, true}) {
+    w.head_rows.clear();
+    w.head_t.clear();
+    w.head_w.clear();
+    for (int64_t i = 0; i < d.S; ++i) {
+      const int32_t t = b.targets[size_t(i)];
+      if (t < 0 || (t >= V) != vision) continue;
+      w.head_rows.push_back(int32_t(i));
+      w.head_t.push_back(vision ? int32_t(t - V) : t);
+      w.head_w.push_back(b.weights[size_t(i)]);
+    }
+    const int64_t n = int64_t(w.head_rows.size());
+    if (n == 0) continue;
+    w.head_h.Resize(size_t(n * E), mx.precision);
+    const char* from = static_cast<const char*>(w.hf.data());
+    char* to = static_cast<char*>(const_cast<void*>(w.head_h.data()));
+    for (int64_t r = 0; r < n; ++r)
+      std::memcpy(to + size_t(r) * row_bytes, from + size_t(w.head_rows[size_t(r)]) * row_bytes, row_bytes);
+    const int64_t vocab = vision ? c.vision_vocab_size : V;
+    const size_t head = vision ? tb.vision_head : tb.lm_head;
+    double part = 0;
+    RW_RETURN_IF_ERROR(kernels::CrossEntropyForward(ex, n, E, vocab, w.head_h.view(), Gemm(mx, H, head),
+                                                    w.head_t.data(), w.head_w.data(), w.loss.data(), &part));
+    *sum += part;
+    if (!dhf) continue;
+    w.head_dh.resize(size_t(n * E));
+    RW_RETURN_IF_ERROR(kernels::CrossEntropyBackward(ex, n, E, vocab, w.head_h.view(), Gemm(mx, H, head),
+                                                     w.head_t.data(), w.head_w.data(), loss_scale,
+                                                     w.head_dh.data(), H.G(head)));
+    for (int64_t r = 0; r < n; ++r)
+      std::copy_n(w.head_dh.data() + r * E, E, dhf + int64_t(w.head_rows[size_t(r)]) * E);
+  }
   return Status::Ok();
 }
 
@@ -367,14 +438,12 @@ Status Forward(Transport& t, const ModelConfig& c, const ParamTable& tb, const M
   RW_RETURN_IF_ERROR(RunForward(t, c, tb, mx, P, b, w, false));
   w.hf.Resize(d.S * d.E, mx.precision);
   w.rstd.resize(d.S);
-  w.loss.resize(d.S);
   Wts H;
   RW_RETURN_IF_ERROR(UnitOf(mx, P, nullptr, int(c.num_hidden_layers + 1), false, &H));
   RW_RETURN_IF_ERROR(kernels::RmsNormForward(ex, d.S, d.E, w.x.data(), H.P(tb.final_norm), c.rms_norm_eps, w.hf.view(),
                                              w.rstd.data()));
   double sum = 0;
-  RW_RETURN_IF_ERROR(kernels::CrossEntropyForward(ex, d.S, d.E, d.V, w.hf.view(), Gemm(mx, H, tb.lm_head),
-                                                  b.targets.data(), b.weights.data(), w.loss.data(), &sum));
+  RW_RETURN_IF_ERROR(LossHead(c, tb, mx, H, b, w, 0.f, nullptr, &sum));
   *loss_sum += sum;
   return Status::Ok();
 }
@@ -412,7 +481,6 @@ Status ForwardBackward(Transport& t, const ModelConfig& c, const ParamTable& tb,
   w.hf.Resize(d.S * d.E, mx.precision);
   for (auto* v : {&w.dhf, &w.dx, &w.dh, &w.tmp}) v->resize(d.S * d.E);
   w.rstd.resize(d.S);
-  w.loss.resize(d.S);
   w.dq.resize(d.S * d.HQD);
   w.dk.resize(d.S * d.HKD);
   w.dv.resize(d.S * d.HKD);
@@ -423,12 +491,8 @@ Status ForwardBackward(Transport& t, const ModelConfig& c, const ParamTable& tb,
   RW_RETURN_IF_ERROR(kernels::RmsNormForward(ex, d.S, d.E, w.x.data(), H.P(tb.final_norm), c.rms_norm_eps, w.hf.view(),
                                              w.rstd.data()));
   double sum = 0;
-  RW_RETURN_IF_ERROR(kernels::CrossEntropyForward(ex, d.S, d.E, d.V, w.hf.view(), Gemm(mx, H, tb.lm_head),
-                                                  b.targets.data(), b.weights.data(), w.loss.data(), &sum));
+  RW_RETURN_IF_ERROR(LossHead(c, tb, mx, H, b, w, loss_scale, dhf, &sum));
   *loss_sum += sum;
-  RW_RETURN_IF_ERROR(kernels::CrossEntropyBackward(ex, d.S, d.E, d.V, w.hf.view(), Gemm(mx, H, tb.lm_head),
-                                                   b.targets.data(), b.weights.data(), loss_scale, dhf,
-                                                   H.G(tb.lm_head)));
   RW_RETURN_IF_ERROR(kernels::RmsNormBackward(ex, d.S, d.E, w.x.data(), H.P(tb.final_norm), w.rstd.data(), dhf, dx,
                                               H.G(tb.final_norm)));
   RW_RETURN_IF_ERROR(UnitDone(mx, head));

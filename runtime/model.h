@@ -41,7 +41,16 @@ struct ModelConfig {
   float rms_norm_eps = 1e-5f;
   bool tie_word_embeddings = false;
   int64_t max_position_embeddings = 4096;
+  // LWM's second vocabulary (its VideoLLaMA: 8448 = 8192 VQGAN codes, end of frame 8192, end of vision
+  // 8193, padding): > 0 gives the model a vision embedding table and a vision head beside the text ones.
+  // Token ids are then one space: text ids [0, vocab_size), vision id v at vocab_size + v. A position whose
+  // target is a vision id is scored by the vision head's softmax over the vision vocabulary only, a text
+  // target by lm_head's over the text vocabulary only (LWM's two losses); inputs read the table of their id.
+  // 0: one vocabulary (vision ids, if any, inside vocab_size; runtime/tokenizer.h's appended layout).
+  int64_t vision_vocab_size = 0;
   int64_t head_dim() const { return hidden_size / num_attention_heads; }
+  // Every id the model embeds: text and vision.
+  int64_t total_vocab() const { return vocab_size + vision_vocab_size; }
   // Names the offending field: e.g. "model.num_key_value_heads: 3 does not divide 4 attention heads".
   Status Validate() const;
 };
@@ -65,6 +74,9 @@ class ParamTable {
     size_t in_norm, q, k, v, o, post_norm, gate, up, down;
   };
   size_t embed = 0, final_norm = 0, lm_head = 0;  // lm_head == embed when tied
+  // With a vision vocabulary: its table right after the text one, its head right after lm_head (tied: the
+  // table), so each pair reads as one (total_vocab, E) matrix. 0 without one.
+  size_t vision_embed = 0, vision_head = 0;
   std::vector<Layer> layers;
   // The units weights are sharded and gathered by (ZeRO-3), each a contiguous range of the flat vector:
   // 0 the embedding, 1 + l layer l, L + 1 the head (final norm and, untied, lm_head).

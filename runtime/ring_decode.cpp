@@ -47,7 +47,7 @@ Status RingDecoder::Prefill(const std::vector<int32_t>& prompt, LayoutKind kind,
   std::vector<float> hidden;
   RW_RETURN_IF_ERROR(runtime::Prefill(t_, c_, tb_, mx, p_, shard, &cache_, &hidden));
   // The last prompt token's logits: computed by the rank that holds it, summed over the ring (others add 0).
-  const int64_t E = c_.hidden_size, V = c_.vocab_size;
+  const int64_t E = c_.hidden_size, V = c_.total_vocab();  // lm_head then vision_head: one matrix
   logits->assign(V, 0.f);
   for (size_t i = 0; i < shard.index.size(); ++i)
     if (shard.index[i] == n - 1)
@@ -59,7 +59,7 @@ Status RingDecoder::Prefill(const std::vector<int32_t>& prompt, LayoutKind kind,
 }
 
 Status RingDecoder::Step(int32_t token, std::vector<float>* logits) {
-  RW_REQUIRE(token >= 0 && token < c_.vocab_size, "token: id " << token << " outside the vocabulary");
+  RW_REQUIRE(token >= 0 && token < c_.total_vocab(), "token: id " << token << " outside the vocabulary");
   RW_REQUIRE(!cache_.k.empty(), "decode before prefill");
   const int R = t_.size(), rank = t_.rank();
   const int64_t H = c_.num_attention_heads, HKV = c_.num_key_value_heads, D = c_.head_dim();
@@ -143,13 +143,16 @@ Status GenerateRank(Transport& t, const std::string& checkpoint_dir, const std::
   const ParamTable table(c);
   std::vector<float> params(table.total());
   RW_RETURN_IF_ERROR(LoadWeights(checkpoint_dir, table, params.data()));
-  for (int32_t id : prompt) RW_REQUIRE(id >= 0 && id < c.vocab_size, "--prompt: token " << id << " outside the vocabulary");
+  for (int32_t id : prompt)
+    RW_REQUIRE(id >= 0 && id < c.total_vocab(), "--prompt: token " << id << " outside the vocabulary");
   RingDecoder dec(t, c, table, params.data(), ex);
   std::vector<float> logits;
   RW_RETURN_IF_ERROR(dec.Prefill(prompt, kind, &logits));
   uint64_t rng = s.seed;
   out->clear();
   for (int64_t i = 0; i < max_tokens; ++i) {
+    // Text generation: with a vision vocabulary, a draw among the text ids (lm_head's own softmax).
+    logits.resize(size_t(c.vocab_size));
     const int32_t next = Sample(logits, s, &rng);  // the same logits bits on every rank: the same token
     out->push_back(next);
     if (next == eos || i + 1 == max_tokens) break;

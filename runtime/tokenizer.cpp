@@ -154,20 +154,55 @@ Status DirectoryTokenizer(const std::string& dir, std::unique_ptr<Tokenizer>* ou
   return MakeTokenizer("bytes", out, file);
 }
 
-Status VisionVocab::Encode(const std::vector<std::vector<int64_t>>& frames, std::vector<int32_t>* out) const {
+Status ParseVisionLayout(const std::string& name, VisionLayout* out) {
+  if (name == "appended") *out = VisionLayout::kAppended;
+  else if (name == "lwm") *out = VisionLayout::kLwm;
+  else return Status::Error("'" + name + "' is not a vision layout (appended, lwm)");
+  return Status::Ok();
+}
+
+const char* VisionLayoutName(VisionLayout l) { return l == VisionLayout::kLwm ? "lwm" : "appended"; }
+
+VisionVocab VisionVocab::Lwm(const Tokenizer& tok, int64_t codes) {
+  VisionVocab v;
+  v.text_vocab = tok.vocab_size();
+  v.codes = codes;
+  v.layout = VisionLayout::kLwm;
+  v.lwm_begin = tok.Encode("<vision>");
+  v.lwm_end = tok.Encode("</vision>");
+  return v;
+}
+
+std::vector<int32_t> VisionVocab::Begin() const {
+  if (layout == VisionLayout::kLwm) return lwm_begin;
+  return {int32_t(text_vocab + codes)};
+}
+
+std::vector<int32_t> VisionVocab::End() const {
+  if (layout == VisionLayout::kLwm) return lwm_end;
+  return {int32_t(text_vocab + codes + 1)};
+}
+
+Status VisionVocab::Encode(const std::vector<std::vector<int64_t>>& frames, std::vector<int32_t>* out,
+                           std::vector<uint8_t>* modality) const {
   RW_REQUIRE(!frames.empty(), "\"vision\": no frame");
-  out->push_back(begin());
+  const uint8_t tags = layout == VisionLayout::kLwm ? 0 : 1;  // the modality of <vision> and </vision>
+  auto add = [&](int32_t id, uint8_t m) {
+    out->push_back(id);
+    modality->push_back(m);
+  };
+  for (int32_t id : Begin()) add(id, tags);
   for (size_t f = 0; f < frames.size(); ++f) {
     RW_REQUIRE(!frames[f].empty(), "\"vision\"[" << f << "]: an empty frame");
     for (size_t i = 0; i < frames[f].size(); ++i) {
       const int64_t c = frames[f][i];
       RW_REQUIRE(c >= 0 && c < codes,
                  "\"vision\"[" << f << "][" << i << "]: code " << c << " outside the codebook of " << codes);
-      out->push_back(Code(c));
+      add(Code(c), 1);
     }
-    out->push_back(f + 1 < frames.size() ? eof() : eov());
+    add(f + 1 < frames.size() ? eof() : eov(), 1);
   }
-  out->push_back(end());
+  for (int32_t id : End()) add(id, tags);
   return Status::Ok();
 }
 

@@ -1,8 +1,8 @@
 // Tokenizers: the built-in byte tokenizer, or a SentencePiece model (the LLaMA tokenizers ship as .model
 // files). One interface serves `ringworld data prepare`, the synthetic generators (data.tokenizer), and
 // generate/needle, which read the tokenizer a checkpoint carries (tokenizer.model, as in Hugging Face
-// LLaMA directories; none: bytes). Vision tokens (VQGAN codes) go after the text vocabulary, with
-// LWM's four markers after them: <vision> frame <eof> frame ... frame <eov> </vision>.
+// LLaMA directories; none: bytes). Vision tokens (VQGAN codes) go after the text vocabulary, as
+// <vision> frame <eof> frame ... frame <eov> </vision>, in one of two layouts (VisionLayout).
 #pragma once
 
 #include <cstdint>
@@ -58,18 +58,38 @@ std::unique_ptr<Tokenizer> IdsTokenizer(int64_t vocab);
 // "tokenizer": "none" or its config.json "ringworld_tokenizer": "none" (pre-tokenized ids); else bytes.
 Status DirectoryTokenizer(const std::string& dir, std::unique_ptr<Tokenizer>* out);
 
-// The ids of vision tokens, laid out after a text vocabulary of `text_vocab` ids.
+// How vision tokens sit among the model's ids (docs/ARCHITECTURE.md, "Token layout", has the table). Both
+// put code c at text_vocab + c and write a frame as its codes and one marker:
+//   kAppended  one vocabulary: the codes, then four marker ids <vision>, </vision>, <eof>, <eov>; every id of
+//              a vision record is marked vision (modality 1). A model of vocab_size >= total() reads it.
+//   kLwm       LWM's: a second vocabulary of codes, <eof> = codes (8192), <eov> = codes + 1 (8193), placed at
+//              text_vocab + v in the model's id space (ModelConfig::vision_vocab_size >= codes + 2); <vision>
+//              and </vision> are text, the tokenizer's encoding of those strings (as LWM's data.py writes
+//              them), marked text. The codes and markers are marked vision.
+enum class VisionLayout { kAppended, kLwm };
+Status ParseVisionLayout(const std::string& name, VisionLayout* out);  // "appended" | "lwm"
+const char* VisionLayoutName(VisionLayout l);
+
 struct VisionVocab {
   int64_t text_vocab = 0;
   int64_t codes = 8192;  // VQGAN codebook size (LWM: 8192)
+  VisionLayout layout = VisionLayout::kAppended;
+  std::vector<int32_t> lwm_begin, lwm_end;  // kLwm: the text ids of "<vision>" and "</vision>"
+  // kLwm's layout over a tokenizer (it encodes the two tags).
+  static VisionVocab Lwm(const Tokenizer& tok, int64_t codes);
   int32_t Code(int64_t c) const { return int32_t(text_vocab + c); }
-  int32_t begin() const { return int32_t(text_vocab + codes); }      // <vision>
-  int32_t end() const { return int32_t(text_vocab + codes + 1); }    // </vision>
-  int32_t eof() const { return int32_t(text_vocab + codes + 2); }    // end of a frame
-  int32_t eov() const { return int32_t(text_vocab + codes + 3); }    // end of the last frame
-  int64_t total() const { return text_vocab + codes + 4; }
-  // <vision> f0 <eof> f1 <eof> ... f_last <eov> </vision>; the error names the frame and code.
-  Status Encode(const std::vector<std::vector<int64_t>>& frames, std::vector<int32_t>* out) const;
+  int32_t eof() const { return int32_t(text_vocab + codes + (layout == VisionLayout::kLwm ? 0 : 2)); }
+  int32_t eov() const { return int32_t(text_vocab + codes + (layout == VisionLayout::kLwm ? 1 : 3)); }
+  std::vector<int32_t> Begin() const;  // <vision>
+  std::vector<int32_t> End() const;    // </vision>
+  // Past the last id the layout uses (a model's total_vocab must reach it).
+  int64_t total() const { return text_vocab + codes + (layout == VisionLayout::kLwm ? 2 : 4); }
+  // The vision vocabulary a kLwm model needs at least (LWM pads 8194 to 8448).
+  int64_t min_vision_vocab() const { return codes + 2; }
+  // <vision> f0 <eof> f1 <eof> ... f_last <eov> </vision> into `out`, each id's modality into `modality`
+  // (0 text, 1 vision); the error names the frame and code.
+  Status Encode(const std::vector<std::vector<int64_t>>& frames, std::vector<int32_t>* out,
+                std::vector<uint8_t>* modality) const;
 };
 
 }  // namespace rw::runtime

@@ -151,8 +151,7 @@ Status TrainRankOnRings(const RankRings& rings, const JobConfig& job,
   std::unique_ptr<Tokenizer> tok;
   if (job.data.source == "files") {
     RW_RETURN_IF_ERROR(Dataset::Open(job.data.path, &files));
-    RW_REQUIRE(files.vocab_size() <= model.vocab_size, "data.path: the dataset's vocabulary (" << files.vocab_size()
-                                                           << ") exceeds model.vocab_size " << model.vocab_size);
+    RW_RETURN_IF_ERROR(CheckModelReads(files, model, "data.path"));
     RW_RETURN_IF_ERROR(DirectoryTokenizer(job.data.path, &tok));
   } else {
     RW_RETURN_IF_ERROR(MakeTokenizer(job.data.tokenizer, &tok, "data.tokenizer"));  // its vocabulary: Validate
@@ -212,11 +211,12 @@ Status TrainRankOnRings(const RankRings& rings, const JobConfig& job,
       params.assign(n, 0.f);
       InitParameters(model, table, job.seed, params.data());
     }
-    if (theirs.vocab_size == model.vocab_size) {
+    if (theirs.vocab_size == model.vocab_size && theirs.vision_vocab_size == model.vision_vocab_size) {
       RW_RETURN_IF_ERROR(LoadWeights(job.init_from, table, params.data()));
-    } else {  // a vocabulary extended past theirs: their rows of embed_tokens and lm_head, the rest as initialized
+    } else {  // a vocabulary extended past theirs (or a vision one added): their rows, the rest as initialized
       ModelConfig small = model;
       small.vocab_size = theirs.vocab_size;
+      small.vision_vocab_size = theirs.vision_vocab_size;
       const ParamTable st(small);
       std::vector<float> loaded(st.total());
       RW_RETURN_IF_ERROR(LoadWeights(job.init_from, st, loaded.data()));
@@ -565,8 +565,7 @@ Status EvalRank(Transport& t, const std::string& checkpoint_dir, const std::stri
   RW_RETURN_IF_ERROR(LoadWeights(checkpoint_dir, table, params.data()));
   Dataset data;
   RW_RETURN_IF_ERROR(Dataset::Open(data_dir, &data));
-  RW_REQUIRE(data.vocab_size() <= model.vocab_size, "--data: the dataset's vocabulary (" << data.vocab_size()
-                                                        << ") exceeds the model's " << model.vocab_size);
+  RW_RETURN_IF_ERROR(CheckModelReads(data, model, "--data"));
   LayoutKind kind;
   RW_RETURN_IF_ERROR(ParseLayout(layout_name, &kind));
   Layout layout;

@@ -19,7 +19,7 @@
 namespace rw::runtime {
 
 struct VisionGenerateOptions {
-  std::vector<int32_t> prompt;  // the conditional prompt (BOS + text); <vision> is appended here
+  std::vector<int32_t> prompt;  // the conditional prompt (BOS + text); <vision> (its ids) is appended here
   std::vector<int32_t> uncond;  // the unconditional prompt (BOS), when cfg_scale != 1
   VisionVocab vision;           // where the codes and markers sit in the model's vocabulary
   int64_t codes_per_frame = 256;
@@ -27,6 +27,12 @@ struct VisionGenerateOptions {
   double cfg_scale = 1.0;
   SamplingConfig sampling;
 };
+
+// The layout a model was trained in: LWM's when it has a vision vocabulary (its ids are two vocabularies),
+// else the appended one over the tokenizer's ids.
+VisionVocab ModelVisionVocab(const ModelConfig& c, const Tokenizer& tok, int64_t codes);
+// Whether model `c` holds every id of layout `v` as that layout means it.
+Status CheckVisionVocab(const ModelConfig& c, const VisionVocab& v);
 
 // `codes`: frames x codes_per_frame codebook indices (0 .. vision.codes - 1); `tokens` (optional): the
 // conditional sequence after the prompt (<vision>, codes, <eof>/<eov>, </vision>).

@@ -108,12 +108,13 @@ TEST(Dataset, VisionRecordsAreWrappedAsInLWM) {
   ASSERT_TRUE(Dataset::Open((t.p / "ds").string(), &d).ok());
   const VisionVocab v{ByteTokenizer::kVocab, 16};
   EXPECT_EQ(d.vocab_size(), ByteTokenizer::kVocab + 16 + 4);
-  const std::vector<int32_t> want0 = {ByteTokenizer::kBos, v.begin(), v.Code(0), v.Code(5), v.Code(15), v.eof(),
-                                      v.Code(7), v.Code(1), v.eov(), v.end(), 'a', 'b', ByteTokenizer::kEos};
+  const int32_t begin = v.Begin().at(0), end = v.End().at(0);
+  const std::vector<int32_t> want0 = {ByteTokenizer::kBos, begin, v.Code(0), v.Code(5), v.Code(15), v.eof(),
+                                      v.Code(7), v.Code(1), v.eov(), end, 'a', 'b', ByteTokenizer::kEos};
   EXPECT_EQ(std::vector<int32_t>(d.doc_tokens(0), d.doc_tokens(0) + d.doc_len(0)), want0);
   EXPECT_EQ(std::vector<uint8_t>(d.doc_modality(0), d.doc_modality(0) + d.doc_len(0)),
             (std::vector<uint8_t>{0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0}));
-  const std::vector<int32_t> want1 = {ByteTokenizer::kBos, 'c', v.begin(), v.Code(3), v.eov(), v.end(),
+  const std::vector<int32_t> want1 = {ByteTokenizer::kBos, 'c', begin, v.Code(3), v.eov(), end,
                                       ByteTokenizer::kEos};
   EXPECT_EQ(std::vector<int32_t>(d.doc_tokens(1), d.doc_tokens(1) + d.doc_len(1)), want1);
   struct Bad {
@@ -132,6 +133,65 @@ TEST(Dataset, VisionRecordsAreWrappedAsInLWM) {
     EXPECT_NE(st.message().find(std::string("bad.jsonl:2: ") + b.needle), std::string::npos) << st.message();
     EXPECT_FALSE(fs::exists(out)) << "a failed prepare left " << out;
   }
+}
+
+// LWM's layout (lwm/data.py): <vision> and </vision> are the tokenizer's text, marked text; each frame's
+// codes and its end-of-frame (codes) / end-of-vision (codes + 1) marker are marked vision, in the second
+// vocabulary that starts after the text ids. meta.json says so, and a model reads the dataset only with the
+// text vocabulary exactly and a vision vocabulary of at least codes + 2.
+TEST(Dataset, TheLwmLayoutWritesLwmsIdsAndTagsAsText) {
+  Tmp t;
+  const auto in = t.File("v.jsonl", "{\"vision\": [[0, 5, 15], [7, 1]], \"text\": \"ab\"}\n");
+  PrepareOptions opt{{in}, (t.p / "ds").string(), "bytes", 16, false};
+  opt.vision_layout = "lwm";
+  ASSERT_TRUE(PrepareDataset(opt, nullptr).ok());
+  Dataset d;
+  ASSERT_TRUE(Dataset::Open((t.p / "ds").string(), &d).ok());
+  EXPECT_EQ(d.vision_layout(), VisionLayout::kLwm);
+  EXPECT_EQ(d.text_vocab_size(), ByteTokenizer::kVocab);
+  EXPECT_EQ(d.vision_vocab_min(), 18);
+  EXPECT_EQ(d.vocab_size(), ByteTokenizer::kVocab + 18);
+  const int32_t V = ByteTokenizer::kVocab;
+  std::vector<int32_t> want = {ByteTokenizer::kBos};
+  std::vector<uint8_t> mod = {0};
+  for (char ch : std::string("<vision>")) want.push_back(uint8_t(ch)), mod.push_back(0);
+  for (int32_t id : {V + 0, V + 5, V + 15, V + 16, V + 7, V + 1, V + 17}) want.push_back(id), mod.push_back(1);
+  for (char ch : std::string("</vision>")) want.push_back(uint8_t(ch)), mod.push_back(0);
+  for (int32_t id : {int32_t('a'), int32_t('b'), ByteTokenizer::kEos}) want.push_back(id), mod.push_back(0);
+  EXPECT_EQ(std::vector<int32_t>(d.doc_tokens(0), d.doc_tokens(0) + d.doc_len(0)), want);
+  EXPECT_EQ(std::vector<uint8_t>(d.doc_modality(0), d.doc_modality(0) + d.doc_len(0)), mod);
+  ModelConfig m;
+  m.vocab_size = V;
+  m.vision_vocab_size = 18;
+  EXPECT_TRUE(CheckModelReads(d, m, "data.path").ok());
+  for (const auto& [text, vision] : {std::pair<int64_t, int64_t>{V, 17}, {V + 18, 0}, {V + 1, 18}}) {
+    m.vocab_size = text;
+    m.vision_vocab_size = vision;
+    const Status st = CheckModelReads(d, m, "data.path");
+    EXPECT_NE(st.message().find("data.path: the dataset lays vision out as LWM does"), std::string::npos)
+        << text << " " << vision << ": " << st.message();
+  }
+  // The appended layout's dataset is one vocabulary: a model's text vocabulary must hold it.
+  PrepareOptions app{{in}, (t.p / "app").string(), "bytes", 16, false};
+  ASSERT_TRUE(PrepareDataset(app, nullptr).ok());
+  Dataset a;
+  ASSERT_TRUE(Dataset::Open((t.p / "app").string(), &a).ok());
+  m.vocab_size = V + 16 + 4;
+  m.vision_vocab_size = 0;
+  EXPECT_TRUE(CheckModelReads(a, m, "data.path").ok());
+  m.vocab_size = V;
+  m.vision_vocab_size = 8448;
+  EXPECT_NE(CheckModelReads(a, m, "data.path").message().find("exceeds model.vocab_size"), std::string::npos);
+  // Bad options name themselves and leave nothing.
+  opt.output = (t.p / "bad").string();
+  opt.vision_layout = "sideways";
+  EXPECT_NE(PrepareDataset(opt, nullptr).message().find("--vision-layout: 'sideways' is not a vision layout"),
+            std::string::npos);
+  opt.vision_layout = "lwm";
+  opt.vision_codes = 0;
+  EXPECT_NE(PrepareDataset(opt, nullptr).message().find("--vision-layout: lwm lays out vision codes"),
+            std::string::npos);
+  EXPECT_FALSE(fs::exists(t.p / "bad"));
 }
 
 TEST(Dataset, BadRecordsAreNamedByFileAndLineAndLeaveNothingBehind) {

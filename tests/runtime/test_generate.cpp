@@ -85,43 +85,53 @@ TEST(Generate, NeedleOptionsAreCheckedAndNamed) {
   EXPECT_NE(bad.Validate().message().find("--lengths"), std::string::npos);
 }
 
+// The cached decoder's logits against the ring forward's loss on the same sequence; also for a model with
+// a vision vocabulary, where each id's log-probability is taken within its own vocabulary's logits (the
+// decoder gives every id's, text then vision).
 TEST(Generate, CachedDecodingMatchesTheRingForwardLoss) {
-  const ModelConfig c = test::SmallModel(41, 32, 48, ModelConfig{}.num_hidden_layers, 4, 2);
-  const ParamTable tb(c);
-  const std::vector<float> p = test::ScaledInit(c, 12, 5.f);
-  std::vector<int32_t> seq;
-  for (int i = 0; i < 24; ++i) seq.push_back(int32_t((i * 17 + 3) % c.vocab_size));
-  // Decoder: sum of -log p(next) over the sequence.
-  Decoder dec(c, tb, p.data(), kernels::Exec{kernels::Device::kCpu, 1});
-  std::vector<float> logits;
-  double nll = 0;
-  for (size_t i = 0; i + 1 < seq.size(); ++i) {
-    ASSERT_TRUE(dec.Step(seq[i], &logits).ok());
-    double m = *std::max_element(logits.begin(), logits.end()), z = 0;
-    for (float l : logits) z += std::exp(double(l) - m);
-    nll += (m + std::log(z)) - logits[seq[i + 1]];
-  }
-  // Ring forward on 2 devices: the same sum.
-  Layout lay;
-  ASSERT_TRUE(Layout::Make(LayoutKind::kZigzag, 24, 2, &lay).ok());
-  std::vector<double> part(2, 0.0);
-  auto fabric = InprocFabric::Create(2);
-  auto st = test::RunRanks(fabric, [&](int r, Transport& t) {
-    RankBatch b;
-    for (int64_t g : lay.GlobalIndices(r)) {
-      b.index.push_back(g);
-      b.tokens.push_back(seq[g]);
-      b.targets.push_back(g + 1 < 24 ? seq[g + 1] : -1);
-      b.weights.push_back(g + 1 < 24 ? 1.f : 0.f);
-      b.positions.push_back(g);
-      b.segments.push_back(0);
+  for (const int64_t vision : {0, 9}) {
+    ModelConfig c = test::SmallModel(41, 32, 48, ModelConfig{}.num_hidden_layers, 4, 2);
+    c.vision_vocab_size = vision;
+    const ParamTable tb(c);
+    const std::vector<float> p = test::ScaledInit(c, 12, 5.f);
+    std::vector<int32_t> seq;
+    for (int i = 0; i < 24; ++i) seq.push_back(int32_t((i * 17 + 3) % c.total_vocab()));
+    // Decoder: sum of -log p(next) over the sequence.
+    Decoder dec(c, tb, p.data(), kernels::Exec{kernels::Device::kCpu, 1});
+    std::vector<float> logits;
+    double nll = 0;
+    for (size_t i = 0; i + 1 < seq.size(); ++i) {
+      ASSERT_TRUE(dec.Step(seq[i], &logits).ok());
+      ASSERT_EQ(int64_t(logits.size()), c.total_vocab());
+      const bool v = seq[i + 1] >= c.vocab_size;
+      const auto lo = logits.begin() + (v ? c.vocab_size : 0), hi = v ? logits.end() : logits.begin() + c.vocab_size;
+      double m = *std::max_element(lo, hi), z = 0;
+      for (auto it = lo; it != hi; ++it) z += std::exp(double(*it) - m);
+      nll += (m + std::log(z)) - logits[seq[i + 1]];
     }
-    return Forward(t, c, tb, ModelExec{}, p.data(), b, &part[r]);
-  });
-  for (auto& s : st) ASSERT_TRUE(s.ok()) << s.message();
-  const double ring = part[0] + part[1];
-  std::printf("  decoder NLL %.7f, ring forward loss sum %.7f, rel diff %.2e\n", nll, ring, std::fabs(nll - ring) / ring);
-  EXPECT_NEAR(nll, ring, 1e-5 * ring);
+    // Ring forward on 2 devices: the same sum.
+    Layout lay;
+    ASSERT_TRUE(Layout::Make(LayoutKind::kZigzag, 24, 2, &lay).ok());
+    std::vector<double> part(2, 0.0);
+    auto fabric = InprocFabric::Create(2);
+    auto st = test::RunRanks(fabric, [&](int r, Transport& t) {
+      RankBatch b;
+      for (int64_t g : lay.GlobalIndices(r)) {
+        b.index.push_back(g);
+        b.tokens.push_back(seq[g]);
+        b.targets.push_back(g + 1 < 24 ? seq[g + 1] : -1);
+        b.weights.push_back(g + 1 < 24 ? 1.f : 0.f);
+        b.positions.push_back(g);
+        b.segments.push_back(0);
+      }
+      return Forward(t, c, tb, ModelExec{}, p.data(), b, &part[r]);
+    });
+    for (auto& s : st) ASSERT_TRUE(s.ok()) << s.message();
+    const double ring = part[0] + part[1];
+    std::printf("  vision vocabulary %lld: decoder NLL %.7f, ring forward loss sum %.7f, rel diff %.2e\n",
+                (long long)vision, nll, ring, std::fabs(nll - ring) / ring);
+    EXPECT_NEAR(nll, ring, 1e-5 * ring);
+  }
 }
 
 TEST(Generate, SamplingRespectsTopKAndGreedyIsArgmax) {

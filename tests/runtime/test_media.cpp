@@ -195,16 +195,16 @@ TEST(Media, DataPrepareEncodesImagesAndVideosThroughTheVqgan) {
   ASSERT_TRUE(v->Encode(m.count, m.pixels.data(), &codes).ok());
   const int32_t* doc = d.doc_tokens(0);
   const uint8_t* mod = d.doc_modality(0);
-  EXPECT_EQ(doc[1], vision.begin());
+  EXPECT_EQ(doc[1], vision.Begin().at(0));
   for (int64_t f = 0; f < 4; ++f) {
     for (int64_t k = 0; k < per; ++k) ASSERT_EQ(doc[2 + f * (per + 1) + k], vision.Code(codes[size_t(f * per + k)]));
     EXPECT_EQ(doc[2 + f * (per + 1) + per], f == 3 ? vision.eov() : vision.eof());
   }
-  EXPECT_EQ(doc[2 + 4 * (per + 1)], vision.end());
+  EXPECT_EQ(doc[2 + 4 * (per + 1)], vision.End().at(0));
   EXPECT_EQ(mod[2], 1);
   EXPECT_EQ(d.doc_len(0), 1 + 1 + 4 * (per + 1) + 1 + int64_t(std::string("a test pattern").size()) + 1);
   // Document 1: the text first, then one frame.
-  EXPECT_EQ(d.doc_tokens(1)[1 + 9], vision.begin());
+  EXPECT_EQ(d.doc_tokens(1)[1 + 9], vision.Begin().at(0));
   EXPECT_EQ(d.doc_len(1), 1 + 9 + 1 + (per + 1) + 1 + 1);
   std::printf("  2 records -> %lld tokens: a video's 4 of 12 frames and an image, %lld codes a frame\n",
               (long long)d.tokens(), (long long)per);

@@ -131,7 +131,12 @@ double Fp64Loss(const ModelConfig& c, const std::vector<double>& P, const Global
   const RankBatch b = ShardOf(g, lay, 0);
   std::vector<double> x(S * E), h(S * E), rstd(S), q(S * H * D), k(S * HKV * D), v(S * HKV * D), attn(S * H * D),
       lse(H * S), o(S * E), w(S), loss(S);
-  for (int64_t i = 0; i < S; ++i) std::copy_n(P.begin() + tb.embed + size_t(b.tokens[i]) * E, E, x.begin() + i * E);
+  // An id reads its own vocabulary's table: text ids the embedding, vision ids (>= V) the vision embedding.
+  for (int64_t i = 0; i < S; ++i) {
+    const int32_t id = b.tokens[i];
+    const size_t row = id < V ? tb.embed + size_t(id) * E : tb.vision_embed + size_t(id - V) * E;
+    std::copy_n(P.begin() + row, E, x.begin() + i * E);
+  }
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
     const auto& L = tb.layers[l];
     ref::RmsNormForward<double>(S, E, x.data(), P.data() + L.in_norm, c.rms_norm_eps, h.data(), rstd.data());
@@ -163,8 +168,19 @@ double Fp64Loss(const ModelConfig& c, const std::vector<double>& P, const Global
   ref::RmsNormForward<double>(S, E, x.data(), P.data() + tb.final_norm, c.rms_norm_eps, h.data(), rstd.data());
   double wsum = 0;
   for (int64_t i = 0; i < S; ++i) wsum += w[i] = b.weights[i];
-  return ref::CrossEntropyForward<double>(S, E, V, h.data(), P.data() + tb.lm_head, b.targets.data(), w.data(),
-                                          loss.data()) / wsum;
+  if (c.vision_vocab_size == 0)
+    return ref::CrossEntropyForward<double>(S, E, V, h.data(), P.data() + tb.lm_head, b.targets.data(), w.data(),
+                                            loss.data()) / wsum;
+  // Two vocabularies (LWM): each row's softmax over its target's vocabulary only, by its own head.
+  double sum = 0;
+  for (int64_t i = 0; i < S; ++i) {
+    if (b.targets[i] < 0) continue;
+    const bool vision = b.targets[i] >= V;
+    const int32_t t = vision ? int32_t(b.targets[i] - V) : b.targets[i];
+    sum += ref::CrossEntropyForward<double>(1, E, vision ? c.vision_vocab_size : V, h.data() + i * E,
+                                            P.data() + (vision ? tb.vision_head : tb.lm_head), &t, &w[i], loss.data());
+  }
+  return sum / wsum;
 }
 
 // The ring's fp32 backward (R = 2, zigzag, packed documents) against central finite differences of the fp64
@@ -202,6 +218,65 @@ TEST(Model, GradientsMatchFiniteDifferencesOfTheFp64WholeModel) {
     }
   std::printf("  %d entries: max abs diff %.2e, NMSE %.2e\n", checked, worst, err2 / ref2);
   EXPECT_LT(err2 / ref2, 1e-9);
+}
+
+// LWM's two vocabularies (ModelConfig::vision_vocab_size): text ids and vision ids mixed in the documents,
+// each read from its own table, each target scored by its own head over its own vocabulary. The ring's fp32
+// step (R = 2, zigzag) against the fp64 whole model written that way, loss and finite differences of a
+// sample of every tensor's entries (the vision table and head included); R = 1 and 4 give the same step.
+TEST(Model, AVisionVocabularyIsASecondTableAndASoftmaxOfItsOwn) {
+  ModelConfig c = Tiny();
+  c.vision_vocab_size = 11;
+  const GlobalSeq g = MakeSeq(24, c.total_vocab(), 5);
+  int vision_targets = 0;
+  for (size_t i = 0; i + 1 < g.tokens.size(); ++i) vision_targets += g.tokens[i + 1] >= c.vocab_size;
+  ASSERT_GE(vision_targets, 5);
+  const std::vector<float> params = InitParams(c, 17);
+  const ParamTable tb(c);
+  ASSERT_NE(tb.Find("model.vision_embed_tokens.weight"), nullptr);
+  ASSERT_NE(tb.Find("vision_head.weight"), nullptr);
+  EXPECT_EQ(tb.vision_embed, tb.embed + size_t(c.vocab_size * c.hidden_size));
+  EXPECT_EQ(tb.vision_head, tb.lm_head + size_t(c.vocab_size * c.hidden_size));
+  const StepOut ours = Step(c, params, g, LayoutKind::kZigzag, 2);
+  std::vector<double> P(params.begin(), params.end());
+  const double loss64 = Fp64Loss(c, P, g);
+  std::printf("  loss: ring fp32 %.9f, fp64 two-vocabulary reference %.9f, rel diff %.2e\n", ours.loss, loss64,
+              std::fabs(ours.loss - loss64) / loss64);
+  EXPECT_NEAR(ours.loss, loss64, 1e-5 * loss64);
+  std::mt19937 gen(13);
+  double worst = 0, err2 = 0, ref2 = 0;
+  int checked = 0;
+  for (const auto& t : tb.tensors())
+    for (int s = 0; s < 5; ++s) {
+      const size_t i = t.offset + gen() % t.numel;
+      const double keep = P[i], step = 1e-5;
+      P[i] = keep + step;
+      const double lp = Fp64Loss(c, P, g);
+      P[i] = keep - step;
+      const double lm = Fp64Loss(c, P, g);
+      P[i] = keep;
+      const double fd = (lp - lm) / (2 * step), an = ours.grads[i];
+      worst = std::max(worst, std::fabs(fd - an));
+      err2 += (fd - an) * (fd - an);
+      ref2 += fd * fd;
+      ++checked;
+      EXPECT_LE(std::fabs(fd - an), 1e-5 + 1e-4 * std::fabs(fd)) << t.name << "[" << i - t.offset << "] fd=" << fd
+                                                                 << " ours=" << an;
+    }
+  std::printf("  %d entries: max abs diff %.2e, NMSE %.2e\n", checked, worst, err2 / ref2);
+  EXPECT_LT(err2 / ref2, 1e-9);
+  for (int R : {1, 4}) {
+    const StepOut other = Step(c, params, g, LayoutKind::kContiguous, R);
+    double num = 0, den = 0;
+    for (size_t i = 0; i < other.grads.size(); ++i) {
+      num += double(other.grads[i] - ours.grads[i]) * (other.grads[i] - ours.grads[i]);
+      den += double(ours.grads[i]) * ours.grads[i];
+    }
+    std::printf("  R=%d: rel loss err %.2e, rel grad err %.2e\n", R, std::fabs(other.loss - ours.loss) / ours.loss,
+                std::sqrt(num / den));
+    EXPECT_LE(std::fabs(other.loss - ours.loss), 1e-5 * ours.loss);
+    EXPECT_LE(std::sqrt(num / den), 1e-5);
+  }
 }
 
 TEST(Model, OneStepGivesTheSameLossAndGradientsForEveryRingSizeAndLayout) {

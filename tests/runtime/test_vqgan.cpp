@@ -175,11 +175,11 @@ TEST(Vqgan, GeneratedVisionIsWholeFramesOfCodesBetweenTheMarkers) {
   ASSERT_EQ(codes.size(), 27u);
   for (int32_t code : codes) EXPECT_TRUE(code >= 0 && code < 16) << code;
   ASSERT_EQ(tokens.size(), size_t(1 + 3 * 10 + 1));
-  EXPECT_EQ(tokens.front(), o.vision.begin());
+  EXPECT_EQ(tokens.front(), o.vision.Begin().at(0));
   EXPECT_EQ(tokens[10], o.vision.eof());
   EXPECT_EQ(tokens[20], o.vision.eof());
   EXPECT_EQ(tokens[30], o.vision.eov());
-  EXPECT_EQ(tokens.back(), o.vision.end());
+  EXPECT_EQ(tokens.back(), o.vision.End().at(0));
   for (int64_t k = 0; k < 9; ++k) EXPECT_EQ(tokens[size_t(11 + k)], o.vision.Code(codes[size_t(9 + k)]));
   o.cfg_scale = 4;
   ASSERT_TRUE(GenerateVision(c, t, p.data(), kernels::Exec{}, o, &guided).ok());
@@ -188,6 +188,52 @@ TEST(Vqgan, GeneratedVisionIsWholeFramesOfCodesBetweenTheMarkers) {
   st = GenerateVision(c, t, p.data(), kernels::Exec{}, o, &codes);
   ASSERT_FALSE(st.ok());
   EXPECT_NE(st.message().find("does not hold a text vocabulary of 259, 17 codes"), std::string::npos) << st.message();
+}
+
+// The same in LWM's layout, on a model with a vision vocabulary: <vision> and </vision> are the tokenizer's
+// text, the codes come from the vision head (ids 259 + c), end of frame is 259 + 16 and end of vision
+// 259 + 17; a model whose vocabularies do not fit the layout is told so.
+TEST(Vqgan, GeneratedVisionInLwmsLayoutUsesTheVisionVocabulary) {
+  ModelConfig c;
+  c.vocab_size = 259, c.vision_vocab_size = 24, c.hidden_size = 32, c.intermediate_size = 64;
+  c.num_hidden_layers = 2, c.num_attention_heads = 4, c.num_key_value_heads = 2, c.max_position_embeddings = 256;
+  const ParamTable t(c);
+  std::vector<float> p(t.total());
+  InitParameters(c, t, 3, p.data());
+  for (auto& x : p) x *= 20.f;
+  std::unique_ptr<Tokenizer> tok;
+  ASSERT_TRUE(MakeTokenizer("bytes", &tok).ok());
+  VisionGenerateOptions o;
+  o.prompt = {256, 104, 105};
+  o.uncond = {256};
+  o.vision = ModelVisionVocab(c, *tok, 16);
+  ASSERT_EQ(o.vision.layout, VisionLayout::kLwm);
+  o.codes_per_frame = 9;
+  o.frames = 2;
+  o.cfg_scale = 3;
+  o.sampling = SamplingConfig{1.0, 0, 1.0, 7};
+  std::vector<int32_t> codes, tokens;
+  Status st = GenerateVision(c, t, p.data(), kernels::Exec{}, o, &codes, &tokens);
+  ASSERT_TRUE(st.ok()) << st.message();
+  ASSERT_EQ(codes.size(), 18u);
+  std::vector<int32_t> want;
+  for (char ch : std::string("<vision>")) want.push_back(uint8_t(ch));
+  for (int f = 0; f < 2; ++f) {
+    for (int k = 0; k < 9; ++k) want.push_back(259 + codes[size_t(f * 9 + k)]);
+    want.push_back(f == 0 ? 259 + 16 : 259 + 17);
+  }
+  for (char ch : std::string("</vision>")) want.push_back(uint8_t(ch));
+  EXPECT_EQ(tokens, want);
+  for (int32_t code : codes) EXPECT_TRUE(code >= 0 && code < 16) << code;
+  c.vision_vocab_size = 17;  // no room for end of vision
+  const ParamTable t2(c);
+  std::vector<float> p2(t2.total(), 0.01f);
+  st = GenerateVision(c, t2, p2.data(), kernels::Exec{}, o, &codes);
+  EXPECT_NE(st.message().find("a vision vocabulary of at least 18; this one has 259 and 17"), std::string::npos)
+      << st.message();
+  o.vision = VisionVocab{259, 16};  // the appended layout on a two-vocabulary model: refused
+  st = GenerateVision(c, t2, p2.data(), kernels::Exec{}, o, &codes);
+  EXPECT_NE(st.message().find("does not hold a text vocabulary of 259"), std::string::npos) << st.message();
 }
 
 TEST(Vqgan, BadConfigsAndWeightFilesAreNamed) {
