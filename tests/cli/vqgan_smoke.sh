@@ -62,5 +62,29 @@ pngcheck -q "$out/gen.png" > /dev/null || { echo "FAIL: gen.png is not a valid P
 rc=0; msg=$("$bin" generate --checkpoint "$out/ck/step-6" --vqgan "$root/tests/fixtures/vqgan_tiny" --image "$out/x.png" \
   --prompt "x" --cfg-scale 200 2>&1) || rc=$?
 [ "$rc" -ne 0 ] || { echo "FAIL: --cfg-scale 200 was accepted"; exit 1; }
+# LWM's layout: the same videos as LWM's ids (a vision vocabulary of 66 = 64 codes + end of frame/vision,
+# <vision> as text), a model with model.vision_vocab_size, then generation through its vision head; the
+# one-vocabulary model is refused the dataset by name.
+"$bin" data prepare --input "$out/videos.jsonl" --output "$out/lds" --vqgan "$vq" --vision-layout lwm > /dev/null
+python3 -c "
+import json
+m = json.load(open('$out/lds/meta.json'))
+assert m['vision_layout'] == 'lwm' and m['vocab_size'] == 259 + 66 and m['vision_vocab_size_min'] == 66, m
+t = m['vision_tokens']
+assert t['first_code'] == 259 and t['eof'] == 259 + 64 and t['eov'] == 259 + 65, t
+assert t['vision'] == list(b'<vision>') and t['/vision'] == list(b'</vision>'), t
+"
+rc=0; msg=$("$bin" train "$root/configs/tiny-cpu.yaml" --set output_dir="$out/lrun0" --set data.source=files \
+  --set data.path="$out/lds" --set model.vocab_size=325 --set stages.0.steps=1 --set stages.1.steps=1 2>&1) || rc=$?
+[ "$rc" -ne 0 ] && [[ "$msg" == *"data.path: the dataset lays vision out as LWM does"* ]] ||
+  { echo "FAIL: a one-vocabulary model on LWM's layout: exit $rc, '$msg'"; exit 1; }
+"$bin" train "$root/configs/tiny-cpu.yaml" --set output_dir="$out/lrun" --set checkpoint.dir="$out/lck" \
+  --set data.source=files --set data.path="$out/lds" --set model.vision_vocab_size=72 --set stages.0.steps=4 \
+  --set stages.1.steps=2 > /dev/null
+grep -q '"vision_vocab_size": 72' "$out/lck/step-6/config.json" || { echo "FAIL: config.json lacks vision_vocab_size"; exit 1; }
+"$bin" generate --checkpoint "$out/lck/step-6" --vqgan "$vq" --video "$out/lgen.mp4" --frames 2 --prompt "test pattern" \
+  --cfg-scale 2 --temperature 1 --top-k 16 --fps 2 > /dev/null
+lgot=$(ffprobe -v error -count_frames -select_streams v:0 -show_entries stream=nb_read_frames,width,height -of csv=p=0 "$out/lgen.mp4")
+[ "$lgot" = "32,32,2" ] || { echo "FAIL: LWM-layout video is '$lgot', expected 32,32,2"; exit 1; }
 echo "vqgan smoke: 5 frames -> $frames (w,h,n) mp4, a PNG, a dataset record; bad inputs refused;"
-echo "  trained on 6 videos, generated a 3-frame mp4 ($got) and a PNG"
+echo "  trained on 6 videos, generated a 3-frame mp4 ($got) and a PNG; in LWM's layout a 2-frame mp4 ($lgot)"
