@@ -18,6 +18,7 @@ packages=(
   iproute2          # tests/scheduler/partition_drill.sh: workers in their own network namespaces (ip netns)
   python3-venv      # tests/cli/k8s_validate.sh: kubernetes-validate (PyPI) in a venv under the build directory
   python3-numpy     # ops/convert_lwm_vqgan.py (LWM's pickled VQGAN parameters), run by test_vqgan
+  python3-msgpack   # ops/convert_lwm_checkpoint.py (LWM's streaming checkpoints), run by test_hf_interop
   clang libclang-rt-14-dev  # ops/test.sh's fuzz stage: libFuzzer targets (tests/fuzz) with ASan + UBSan
 )
 

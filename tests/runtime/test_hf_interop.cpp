@@ -372,5 +372,112 @@ TEST(HfInterop, AnExportOfAShardedCheckpointLoadsInTransformersWithOurLogits) {
   std::printf("  refused: %s\n", st.message().c_str());
 }
 
+// A Python with numpy and msgpack (ops/convert_lwm_checkpoint.py's dependencies): Debian's, or the PATH's.
+std::string PythonWithMsgpack() {
+  for (const char* py : {"/usr/bin/python3", "python3"})
+    if (std::system((std::string(py) + " -c 'import numpy, msgpack' > /dev/null 2>&1").c_str()) == 0) return py;
+  return "";
+}
+
+// ops/convert_lwm_checkpoint.py on a tiny random LWM vision-language LLaMA written as LWM's streaming
+// checkpointer writes it (tests/fixtures/lwm_llama_tiny/make_lwm_fixture.py: one file of params with a
+// bfloat16 and a chunked array, one train state with scanned layers and optimizer entries): our decoder on
+// the converted model gives, at every position, the text logits and vision logits of LWM's forward written
+// in numpy from LWM's conventions (interleaved RoPE, (in, out) kernels, vte under the vision mask); the ring
+// forward's loss over 2 ranks equals LWM's two losses summed from those logits; a parameter LWM's LLaMA does
+// not have is refused by name and nothing is written.
+TEST(HfInterop, LwmsStreamingCheckpointConvertsToOurModelWithLwmsLogits) {
+  const std::string py = PythonWithMsgpack();
+  ASSERT_FALSE(py.empty()) << "no python3 with numpy and msgpack (ops/setup.sh installs python3-numpy, python3-msgpack)";
+  const std::string fix = RW_FIXTURES "/lwm_llama_tiny";
+  nlohmann::json want;
+  std::ifstream(fix + "/expected.json") >> want;
+  const std::vector<int32_t> tokens = want["tokens"].get<std::vector<int32_t>>();
+  const std::vector<int> mask = want["vision_mask"].get<std::vector<int>>();
+  const auto text = want["text_logits"].get<std::vector<std::vector<double>>>();
+  const auto vision = want["vision_logits"].get<std::vector<std::vector<double>>>();
+  const fs::path dir = fs::temp_directory_path() / ("rw_lwmconv_" + std::to_string(getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  auto convert = [&](const std::string& file, const fs::path& out) {
+    const std::string cmd = py + " " RW_SOURCE_DIR "/ops/convert_lwm_checkpoint.py --checkpoint " + fix + "/" + file +
+                            " --out " + out.string() + " --rope-theta 10000 --max-position-embeddings 64 " +
+                            "--num-attention-heads 4 > " + (dir / "log").string() + " 2>&1";
+    const int rc = std::system(cmd.c_str());
+    std::stringstream ss;
+    ss << std::ifstream(dir / "log").rdbuf();
+    return std::make_pair(rc, ss.str());
+  };
+  const int64_t V = want["config"]["vocab_size"].get<int64_t>();
+  // Our ids: a vision-masked LWM id v is V + v.
+  std::vector<int32_t> ids;
+  for (size_t i = 0; i < tokens.size(); ++i) ids.push_back(mask[i] ? int32_t(V + tokens[i]) : tokens[i]);
+  for (const char* file : {"streaming_params", "streaming_train_state"}) {
+    const fs::path out = dir / file;
+    const auto [rc, log] = convert(file, out);
+    ASSERT_EQ(rc, 0) << log;
+    std::printf("  %s", log.c_str());
+    ModelConfig c;
+    ASSERT_TRUE(ReadHfConfig((out / "config.json").string(), &c).ok());
+    EXPECT_EQ(c.vocab_size, V);
+    EXPECT_EQ(c.vision_vocab_size, want["config"]["vision_vocab_size"].get<int64_t>());
+    const ParamTable tb(c);
+    std::vector<float> p(tb.total());
+    Status st = LoadWeights(out.string(), tb, p.data());
+    ASSERT_TRUE(st.ok()) << st.message();
+    Decoder dec(c, tb, p.data(), kernels::Exec{kernels::Device::kCpu, 1});
+    std::vector<float> logits;
+    double worst = 0, err2 = 0, ref2 = 0;
+    for (size_t i = 0; i < ids.size(); ++i) {
+      ASSERT_TRUE(dec.Step(ids[i], &logits).ok());
+      ASSERT_EQ(int64_t(logits.size()), c.total_vocab());
+      for (int64_t v = 0; v < c.total_vocab(); ++v) {
+        const double ref = v < V ? text[i][size_t(v)] : vision[i][size_t(v - V)];
+        worst = std::max(worst, std::fabs(double(logits[size_t(v)]) - ref));
+        err2 += (logits[size_t(v)] - ref) * (logits[size_t(v)] - ref);
+        ref2 += ref * ref;
+      }
+    }
+    std::printf("  %s: %zu positions x %lld logits against LWM's forward: max abs diff %.2e, NMSE %.2e\n", file,
+                ids.size(), (long long)c.total_vocab(), worst, err2 / ref2);
+    EXPECT_LT(worst, 1e-4);
+    EXPECT_LT(err2 / ref2, 1e-10);
+    // The loss: each target scored within its own vocabulary (LWM's text and vision losses), summed.
+    double lwm = 0;
+    for (size_t i = 0; i + 1 < ids.size(); ++i) {
+      const auto& row = mask[i + 1] ? vision[i] : text[i];
+      double m = -1e300, z = 0;
+      for (double l : row) m = std::max(m, l);
+      for (double l : row) z += std::exp(l - m);
+      lwm += m + std::log(z) - row[size_t(tokens[i + 1])];
+    }
+    Layout lay;
+    ASSERT_TRUE(Layout::Make(LayoutKind::kContiguous, int64_t(ids.size()) + 1, 2, &lay).ok());
+    std::vector<double> part(2, 0.0);
+    auto fabric = InprocFabric::Create(2);
+    auto rs = RunRanks(fabric, [&](int r, Transport& t) {
+      RankBatch b;
+      for (int64_t g : lay.GlobalIndices(r)) {
+        const bool real = g < int64_t(ids.size());
+        b.index.push_back(g);
+        b.tokens.push_back(real ? ids[size_t(g)] : 0);
+        b.targets.push_back(g + 1 < int64_t(ids.size()) ? ids[size_t(g + 1)] : -1);
+        b.weights.push_back(g + 1 < int64_t(ids.size()) ? 1.f : 0.f);
+        b.positions.push_back(g);
+        b.segments.push_back(real ? 0 : -1);
+      }
+      return Forward(t, c, tb, ModelExec{}, p.data(), b, &part[size_t(r)]);
+    });
+    for (auto& s : rs) ASSERT_TRUE(s.ok()) << s.message();
+    std::printf("  ring of 2: loss sum %.7f, LWM's two losses from its logits %.7f\n", part[0] + part[1], lwm);
+    EXPECT_NEAR(part[0] + part[1], lwm, 1e-5 * lwm);
+  }
+  const auto [rc, log] = convert("bad_unknown_key", dir / "bad");
+  EXPECT_NE(rc, 0);
+  EXPECT_NE(log.find("transformer.h.0.attention.bias: not a parameter of LWM's LLaMA"), std::string::npos) << log;
+  EXPECT_FALSE(fs::exists(dir / "bad" / "model.safetensors"));
+  fs::remove_all(dir);
+}
+
 }  // namespace
 }  // namespace rw::runtime
