@@ -12,6 +12,7 @@
 #include "runtime/needle.h"
 #include "runtime/ring_decode.h"
 #include "runtime/ring_attention.h"
+#include "runtime/vision_generate.h"
 #include "runtime/ucx_transport.h"
 
 namespace rw::actors {
@@ -89,9 +90,21 @@ lane_actor::behavior_type Lane(lane_actor::pointer lane) {
           generate_report rep;
           rep.rank = t->rank();
           const runtime::SamplingConfig s{task.temperature, task.top_k, task.top_p, task.seed};
-          const kernels::Status st =
-              runtime::GenerateRank(*t, task.checkpoint, task.prompt, s, task.max_tokens, task.eos, task.layout,
-                                    kernels::Exec{kernels::Device::kCpu, 1}, &rep.tokens);
+          const kernels::Exec ex{kernels::Device::kCpu, 1};
+          kernels::Status st;
+          if (task.vision_codes > 0) {
+            runtime::VisionGenerateOptions o;
+            o.prompt = task.prompt;
+            o.uncond = task.uncond;
+            o.codes_per_frame = task.codes_per_frame;
+            o.frames = task.frames;
+            o.cfg_scale = task.cfg_scale;
+            o.sampling = s;
+            st = runtime::GenerateVisionRank(*t, task.checkpoint, o, task.vision_codes, task.layout, ex, &rep.tokens);
+          } else {
+            st = runtime::GenerateRank(*t, task.checkpoint, task.prompt, s, task.max_tokens, task.eos, task.layout,
+                                       ex, &rep.tokens);
+          }
           rep.ok = st.ok();
           rep.error = st.message();
           return rep;

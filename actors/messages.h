@@ -179,7 +179,9 @@ typename Inspector::result_type inspect(Inspector& f, needle_report& x) {
   return f(caf::meta::type_name("needle_report"), x.ok, x.error, x.rank, x.json);
 }
 
-// Generation over the ring (runtime/ring_decode.h); the report carries the generated token ids.
+// Generation over the ring (runtime/ring_decode.h); the report carries the generated token ids. With
+// vision_codes > 0 it is vision generation (runtime/vision_generate.h): frames of codes_per_frame codes of a
+// codebook of vision_codes, guided by the `uncond` prompt when cfg_scale != 1; the report carries the codes.
 struct generate_task {
   uint32_t epoch = 0;
   std::string checkpoint;
@@ -190,12 +192,16 @@ struct generate_task {
   uint64_t seed = 1;
   int32_t eos = -1;
   std::string layout = "zigzag";
+  int64_t vision_codes = 0;
+  std::vector<int32_t> uncond;
+  int64_t codes_per_frame = 0, frames = 0;
+  double cfg_scale = 1;
 };
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, generate_task& x) {
   return f(caf::meta::type_name("generate_task"), x.epoch, x.checkpoint, x.prompt, x.max_tokens, x.temperature, x.top_p,
-           x.top_k, x.seed, x.eos, x.layout);
+           x.top_k, x.seed, x.eos, x.layout, x.vision_codes, x.uncond, x.codes_per_frame, x.frames, x.cfg_scale);
 }
 
 struct generate_report {

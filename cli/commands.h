@@ -25,10 +25,12 @@ int Generate(const std::string& checkpoint, const std::string& prompt, const std
              int64_t max_tokens, double temperature, int64_t top_k, double top_p, uint64_t seed, int ring = 1,
              const std::string& layout = "zigzag");
 // Vision generation (runtime/vision_generate.h): the prompt's text, then `frames` frames of the VQGAN's codes
-// (one for --image), decoded and written as a PNG or an mp4. Single device.
+// (one for --image), generated over a ring of `ring` device actors in this process, decoded and written as a
+// PNG or an mp4.
 int GenerateVision(const std::string& checkpoint, const std::string& prompt, const std::string& vqgan,
                    const std::string& image, const std::string& video, int64_t frames, double cfg_scale, double fps,
-                   double temperature, int64_t top_k, double top_p, uint64_t seed);
+                   double temperature, int64_t top_k, double top_p, uint64_t seed, int ring = 1,
+                   const std::string& layout = "zigzag");
 // Needle retrieval over a ring of `ring` devices in this process; writes OUTPUT/needle.json and needle.png.
 int Needle(const std::string& checkpoint, const std::vector<int64_t>& lengths, const std::vector<double>& depths,
            int64_t trials, int ring, const std::string& layout, const std::string& output, uint64_t seed);

@@ -9,7 +9,13 @@ namespace rw::cli {
 int DataPrepare(const std::vector<std::string>& inputs, const std::string& output, const std::string& tokenizer,
                 int64_t vision_codes, bool skip_bad, int64_t vocab_size, const std::string& vqgan,
                 const std::string& vision_layout) {
-  runtime::PrepareOptions opt{inputs, output, tokenizer, vision_codes, skip_bad, vocab_size};
+  runtime::PrepareOptions opt;
+  opt.inputs = inputs;
+  opt.output = output;
+  opt.tokenizer = tokenizer;
+  opt.vision_codes = vision_codes;
+  opt.skip_bad = skip_bad;
+  opt.vocab_size = vocab_size;
   opt.vqgan = vqgan;
   opt.vision_layout = vision_layout;
   runtime::PrepareReport rep;

@@ -1,4 +1,5 @@
-// `ringworld generate`: continues a prompt, the prompt prefilled over a ring of device actors in this process.
+// `ringworld generate`: continues a prompt (text, or frames of VQGAN codes), the prompt prefilled over a ring of
+// device actors in this process.
 #include <cstdio>
 
 #include "cli/commands.h"
@@ -58,8 +59,17 @@ int Generate(const std::string& checkpoint, const std::string& prompt, const std
     return 2;
   }
   std::string error;
-  actors::generate_task task{1, checkpoint, ids, max_tokens, temperature, top_p, top_k, seed,
-                             tok->eos(), layout};
+  actors::generate_task task;
+  task.epoch = 1;
+  task.checkpoint = checkpoint;
+  task.prompt = ids;
+  task.max_tokens = max_tokens;
+  task.temperature = temperature;
+  task.top_p = top_p;
+  task.top_k = top_k;
+  task.seed = seed;
+  task.eos = tok->eos();
+  task.layout = layout;
   const auto reports = OnLocalRing<actors::generate_report>(ring, /*job=*/4, actors::generate_atom::value, task, &error);
   if (!error.empty()) {
     std::fprintf(stderr, "ringworld generate: %s\n", error.c_str());
@@ -75,7 +85,8 @@ int Generate(const std::string& checkpoint, const std::string& prompt, const std
 
 int GenerateVision(const std::string& checkpoint, const std::string& prompt, const std::string& vqgan_dir,
                    const std::string& image, const std::string& video, int64_t frames, double cfg_scale, double fps,
-                   double temperature, int64_t top_k, double top_p, uint64_t seed) {
+                   double temperature, int64_t top_k, double top_p, uint64_t seed, int ring,
+                   const std::string& layout) {
   using namespace rw::runtime;
   auto fail = [](int code, const std::string& what) {
     std::fprintf(stderr, "ringworld generate: %s\n", what.c_str());
@@ -93,28 +104,45 @@ int GenerateVision(const std::string& checkpoint, const std::string& prompt, con
   std::unique_ptr<Vqgan> vq;
   const kernels::Exec ex{kernels::Device::kCpu, 0};
   if (st = Vqgan::Load(vqgan_dir, ex, &vq); !st.ok()) return fail(2, "--vqgan: " + st.message());
-  const ParamTable table(c);
-  std::vector<float> params(table.total());
-  if (st = LoadWeights(checkpoint, table, params.data()); !st.ok()) return fail(1, st.message());
-  VisionGenerateOptions o;
-  o.prompt = tok->Encode(prompt);
-  if (tok->bos() >= 0) o.prompt.insert(o.prompt.begin(), tok->bos()), o.uncond = {tok->bos()};
-  if (o.uncond.empty()) o.uncond = {o.prompt.front()};
-  o.vision = ModelVisionVocab(c, *tok, vq->config().num_embeddings);
-  o.codes_per_frame = vq->config().codes_per_frame();
-  o.frames = image.empty() ? frames : 1;
-  o.cfg_scale = cfg_scale;
-  o.sampling = SamplingConfig{temperature, top_k, top_p, seed};
-  std::vector<int32_t> codes;
-  if (st = GenerateVision(c, table, params.data(), ex, o, &codes); !st.ok()) return fail(1, st.message());
+  if (ring < 1) return fail(2, "--ring: must be >= 1, got " + std::to_string(ring));
+  std::vector<int32_t> ids = tok->Encode(prompt), uncond;
+  if (tok->bos() >= 0) ids.insert(ids.begin(), tok->bos()), uncond = {tok->bos()};
+  if (uncond.empty()) uncond = {ids.front()};
+  const int64_t n_frames = image.empty() ? frames : 1;
+  // Checked here, before any device starts: the layout fits the model, the options are in range.
+  if (st = CheckVisionVocab(c, ModelVisionVocab(c, *tok, vq->config().num_embeddings)); !st.ok())
+    return fail(2, "--vqgan: " + st.message());
+  if (const SamplingConfig s{temperature, top_k, top_p, seed}; !(st = s.Validate()).ok()) return fail(2, st.message());
+  if (cfg_scale < 0 || cfg_scale > 100) return fail(2, "--cfg-scale: must be in [0, 100], got " + std::to_string(cfg_scale));
+  actors::generate_task task;
+  task.epoch = 1;
+  task.checkpoint = checkpoint;
+  task.prompt = ids;
+  task.temperature = temperature;
+  task.top_p = top_p;
+  task.top_k = top_k;
+  task.seed = seed;
+  task.layout = layout;
+  task.vision_codes = vq->config().num_embeddings;
+  task.uncond = uncond;
+  task.codes_per_frame = vq->config().codes_per_frame();
+  task.frames = n_frames;
+  task.cfg_scale = cfg_scale;
+  std::string error;
+  const auto reports = OnLocalRing<actors::generate_report>(ring, /*job=*/5, actors::generate_atom::value, task, &error);
+  if (!error.empty()) return fail(1, error);
+  const std::vector<int32_t>& codes = reports.front().tokens;  // the same on every rank
+  if (int64_t(codes.size()) != n_frames * task.codes_per_frame)
+    return fail(1, "the ring returned " + std::to_string(codes.size()) + " codes for " + std::to_string(n_frames) +
+                       " frames of " + std::to_string(task.codes_per_frame));
   std::vector<float> pixels;
-  if (st = vq->Decode(o.frames, codes.data(), &pixels); !st.ok()) return fail(1, st.message());
+  if (st = vq->Decode(n_frames, codes.data(), &pixels); !st.ok()) return fail(1, st.message());
   const std::string out = image.empty() ? video : image;
-  if (st = WriteMediaFrames(out, vq->config().resolution, o.frames, pixels.data(), fps); !st.ok())
+  if (st = WriteMediaFrames(out, vq->config().resolution, n_frames, pixels.data(), fps); !st.ok())
     return fail(1, st.message());
-  std::printf("%lld frame%s of %lldx%lld (%lld codes each) -> %s\n", (long long)o.frames, o.frames == 1 ? "" : "s",
-              (long long)vq->config().resolution, (long long)vq->config().resolution, (long long)o.codes_per_frame,
-              out.c_str());
+  std::printf("%lld frame%s of %lldx%lld (%lld codes each, a ring of %d) -> %s\n", (long long)n_frames,
+              n_frames == 1 ? "" : "s", (long long)vq->config().resolution, (long long)vq->config().resolution,
+              (long long)task.codes_per_frame, ring, out.c_str());
   return 0;
 }
 

@@ -222,7 +222,7 @@ int main(int argc, char** argv) {
   if (*gen)
     return !gen_vqgan.empty() || !gen_image.empty() || !gen_video.empty()
                ? rw::cli::GenerateVision(gen_ckpt, prompt, gen_vqgan, gen_image, gen_video, gen_frames, gen_cfg, gen_fps,
-                                         temperature, top_k, top_p, gen_seed)
+                                         temperature, top_k, top_p, gen_seed, gen_ring, gen_layout)
                : rw::cli::Generate(gen_ckpt, prompt, prompt_ids, max_tokens, temperature, top_k, top_p, gen_seed,
                                    gen_ring, gen_layout);
   if (*needle)

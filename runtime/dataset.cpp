@@ -220,7 +220,7 @@ Status PrepareDataset(const PrepareOptions& opt, PrepareReport* report) {
              "--vision-layout: lwm lays out vision codes; give --vqgan or --vision-codes");
   RW_REQUIRE(layout == VisionLayout::kAppended || opt.vocab_size == 0,
              "--vocab-size: the lwm layout's ids follow from the tokenizer and the codes");
-  VisionVocab vision{tok->vocab_size(), vision_codes};
+  VisionVocab vision = VisionVocab::Appended(tok->vocab_size(), vision_codes);
   if (layout == VisionLayout::kLwm) vision = VisionVocab::Lwm(*tok, vision_codes);
   const int64_t vocab = opt.vocab_size > 0 ? opt.vocab_size : vision_codes > 0 ? vision.total() : tok->vocab_size();
   const fs::path out(opt.output), tmp = out.string() + ".tmp-" + std::to_string(::getpid());

@@ -163,6 +163,13 @@ Status ParseVisionLayout(const std::string& name, VisionLayout* out) {
 
 const char* VisionLayoutName(VisionLayout l) { return l == VisionLayout::kLwm ? "lwm" : "appended"; }
 
+VisionVocab VisionVocab::Appended(int64_t text_vocab, int64_t codes) {
+  VisionVocab v;
+  v.text_vocab = text_vocab;
+  v.codes = codes;
+  return v;
+}
+
 VisionVocab VisionVocab::Lwm(const Tokenizer& tok, int64_t codes) {
   VisionVocab v;
   v.text_vocab = tok.vocab_size();

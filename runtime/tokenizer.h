@@ -75,7 +75,8 @@ struct VisionVocab {
   int64_t codes = 8192;  // VQGAN codebook size (LWM: 8192)
   VisionLayout layout = VisionLayout::kAppended;
   std::vector<int32_t> lwm_begin, lwm_end;  // kLwm: the text ids of "<vision>" and "</vision>"
-  // kLwm's layout over a tokenizer (it encodes the two tags).
+  // kAppended's layout after `text_vocab` ids; kLwm's over a tokenizer (it encodes the two tags).
+  static VisionVocab Appended(int64_t text_vocab, int64_t codes);
   static VisionVocab Lwm(const Tokenizer& tok, int64_t codes);
   int32_t Code(int64_t c) const { return int32_t(text_vocab + c); }
   int32_t eof() const { return int32_t(text_vocab + codes + (layout == VisionLayout::kLwm ? 0 : 2)); }

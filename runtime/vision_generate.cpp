@@ -1,6 +1,10 @@
 #include "runtime/vision_generate.h"
 
 #include <cmath>
+#include <memory>
+
+#include "runtime/checkpoint.h"
+#include "runtime/ring_decode.h"
 
 namespace rw::runtime {
 
@@ -21,11 +25,11 @@ Status CheckVisionVocab(const ModelConfig& c, const VisionVocab& v) {
 
 VisionVocab ModelVisionVocab(const ModelConfig& c, const Tokenizer& tok, int64_t codes) {
   if (c.vision_vocab_size > 0) return VisionVocab::Lwm(tok, codes);
-  return VisionVocab{tok.vocab_size(), codes};
+  return VisionVocab::Appended(tok.vocab_size(), codes);
 }
 
-Status GenerateVision(const ModelConfig& c, const ParamTable& t, const float* params, kernels::Exec ex,
-                      const VisionGenerateOptions& o, std::vector<int32_t>* codes, std::vector<int32_t>* tokens) {
+Status GenerateVision(const ModelConfig& c, const VisionGenerateOptions& o, TokenStream& cond, TokenStream* uncond,
+                      std::vector<int32_t>* codes, std::vector<int32_t>* tokens) {
   RW_REQUIRE(o.vision.codes >= 1, "vision: no codes");
   RW_RETURN_IF_ERROR(CheckVisionVocab(c, o.vision));
   RW_REQUIRE(o.codes_per_frame >= 1 && o.frames >= 1 && o.frames <= 100000,
@@ -33,7 +37,7 @@ Status GenerateVision(const ModelConfig& c, const ParamTable& t, const float* pa
   RW_REQUIRE(o.cfg_scale >= 0 && o.cfg_scale <= 100, "cfg_scale: must be in [0, 100], got " << o.cfg_scale);
   RW_REQUIRE(!o.prompt.empty(), "prompt: empty");
   const bool guided = o.cfg_scale != 1.0;
-  RW_REQUIRE(!guided || !o.uncond.empty(), "cfg_scale: guidance needs an unconditional prompt");
+  RW_REQUIRE(!guided || (!o.uncond.empty() && uncond), "cfg_scale: guidance needs an unconditional prompt");
   const int64_t need = int64_t(o.prompt.size()) + o.frames * (o.codes_per_frame + 1) +
                        int64_t(o.vision.Begin().size() + o.vision.End().size());
   RW_REQUIRE(need <= c.max_position_embeddings,
@@ -44,17 +48,15 @@ Status GenerateVision(const ModelConfig& c, const ParamTable& t, const float* pa
     for (size_t i = 0; i < p->size(); ++i)
       RW_REQUIRE((*p)[i] >= 0 && (*p)[i] < c.total_vocab(), "prompt: id " << (*p)[i] << " (item " << i
                                                                         << ") is outside the vocabulary");
-  Decoder cond(c, t, params, ex), uncond(c, t, params, ex);
   std::vector<float> lc, lu, mix(size_t(c.total_vocab()));
   auto feed = [&](int32_t token) -> Status {
     RW_RETURN_IF_ERROR(cond.Step(token, &lc));
-    if (guided) RW_RETURN_IF_ERROR(uncond.Step(token, &lu));
+    if (guided) RW_RETURN_IF_ERROR(uncond->Step(token, &lu));
     if (tokens) tokens->push_back(token);
     return Status::Ok();
   };
-  for (int32_t id : o.prompt) RW_RETURN_IF_ERROR(cond.Step(id, &lc));
-  if (guided)
-    for (int32_t id : o.uncond) RW_RETURN_IF_ERROR(uncond.Step(id, &lu));
+  RW_RETURN_IF_ERROR(cond.Prefill(o.prompt, &lc));
+  if (guided) RW_RETURN_IF_ERROR(uncond->Prefill(o.uncond, &lu));
   if (tokens) tokens->clear();
   for (int32_t id : o.vision.Begin()) RW_RETURN_IF_ERROR(feed(id));
   const int32_t lo = o.vision.Code(0), hi = o.vision.Code(o.vision.codes);
@@ -77,6 +79,78 @@ Status GenerateVision(const ModelConfig& c, const ParamTable& t, const float* pa
   if (tokens)
     for (int32_t id : o.vision.End()) tokens->push_back(id);
   return Status::Ok();
+}
+
+}  // namespace rw::runtime
+
+namespace rw::runtime {
+namespace {
+
+// The single-device decoder as a stream: the prompt fed one token at a time.
+class DecoderStream : public TokenStream {
+ public:
+  DecoderStream(const ModelConfig& c, const ParamTable& t, const float* params, kernels::Exec ex)
+      : dec_(c, t, params, ex) {}
+  Status Prefill(const std::vector<int32_t>& prompt, std::vector<float>* logits) override {
+    for (int32_t id : prompt) RW_RETURN_IF_ERROR(dec_.Step(id, logits));
+    return Status::Ok();
+  }
+  Status Step(int32_t token, std::vector<float>* logits) override { return dec_.Step(token, logits); }
+
+ private:
+  Decoder dec_;
+};
+
+// The ring decoder as a stream: the prompt prefilled over the ring, its KV cache sharded.
+class RingStream : public TokenStream {
+ public:
+  RingStream(Transport& t, const ModelConfig& c, const ParamTable& tb, const float* params, kernels::Exec ex,
+             uint64_t tag, LayoutKind kind)
+      : dec_(t, c, tb, params, ex, tag), kind_(kind) {}
+  Status Prefill(const std::vector<int32_t>& prompt, std::vector<float>* logits) override {
+    return dec_.Prefill(prompt, kind_, logits);
+  }
+  Status Step(int32_t token, std::vector<float>* logits) override { return dec_.Step(token, logits); }
+
+ private:
+  RingDecoder dec_;
+  LayoutKind kind_;
+};
+
+}  // namespace
+
+Status GenerateVision(const ModelConfig& c, const ParamTable& t, const float* params, kernels::Exec ex,
+                      const VisionGenerateOptions& o, std::vector<int32_t>* codes, std::vector<int32_t>* tokens) {
+  DecoderStream cond(c, t, params, ex), uncond(c, t, params, ex);
+  return GenerateVision(c, o, cond, &uncond, codes, tokens);
+}
+
+Status GenerateVisionOnRing(Transport& t, const ModelConfig& c, const ParamTable& tb, const float* params,
+                            kernels::Exec ex, const VisionGenerateOptions& o, const std::string& layout,
+                            std::vector<int32_t>* codes, std::vector<int32_t>* tokens) {
+  LayoutKind kind;
+  {
+    const Status st = ParseLayout(layout, &kind);
+    RW_REQUIRE(st.ok(), "--layout: " << st.message());
+  }
+  // Two sequences on one ring: their messages are told apart by the decoders' tags.
+  RingStream cond(t, c, tb, params, ex, /*tag=*/0, kind), uncond(t, c, tb, params, ex, /*tag=*/1, kind);
+  return GenerateVision(c, o, cond, &uncond, codes, tokens);
+}
+
+Status GenerateVisionRank(Transport& t, const std::string& checkpoint_dir, VisionGenerateOptions o,
+                          int64_t vision_codes, const std::string& layout, kernels::Exec ex,
+                          std::vector<int32_t>* codes) {
+  ModelConfig c;
+  RW_RETURN_IF_ERROR(ReadHfConfig(checkpoint_dir + "/config.json", &c));
+  std::unique_ptr<Tokenizer> tok;
+  RW_RETURN_IF_ERROR(CheckpointTokenizer(checkpoint_dir, c, &tok));
+  o.vision = ModelVisionVocab(c, *tok, vision_codes);
+  RW_RETURN_IF_ERROR(CheckVisionVocab(c, o.vision));  // before the weights are read
+  const ParamTable table(c);
+  std::vector<float> params(table.total());
+  RW_RETURN_IF_ERROR(LoadWeights(checkpoint_dir, table, params.data()));
+  return GenerateVisionOnRing(t, c, table, params.data(), ex, o, layout, codes, nullptr);
 }
 
 }  // namespace rw::runtime

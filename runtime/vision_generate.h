@@ -5,16 +5,19 @@
 // LWM's vision generation does it: a second, unconditional sequence (the prompt without its text) runs
 // beside the conditional one, both fed the same sampled tokens, and the codes are sampled from
 // uncond + cfg_scale * (cond - uncond) (cfg_scale 1: the conditional logits alone, one sequence).
-// Single device (the KV cache of runtime/generate.h's Decoder): a few frames of a small model, for
-// inspection and smoke tests; long videos go through the ring decoder in a later part.
+// One loop over two token streams: the single-device Decoder (the reference), or the ring decoder
+// (runtime/ring_decode.h: the prompt prefilled over the ring, the KV cache sharded over its devices; every
+// rank samples the same codes from the same logits bits), which `ringworld generate --vqgan` runs.
 #pragma once
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "runtime/generate.h"
 #include "runtime/model.h"
 #include "runtime/tokenizer.h"
+#include "runtime/transport.h"
 
 namespace rw::runtime {
 
@@ -28,6 +31,15 @@ struct VisionGenerateOptions {
   SamplingConfig sampling;
 };
 
+// A sequence the generation runs: Prefill feeds a prompt, Step one token; each leaves the logits after it
+// (ModelConfig::total_vocab of them).
+class TokenStream {
+ public:
+  virtual ~TokenStream() = default;
+  virtual Status Prefill(const std::vector<int32_t>& prompt, std::vector<float>* logits) = 0;
+  virtual Status Step(int32_t token, std::vector<float>* logits) = 0;
+};
+
 // The layout a model was trained in: LWM's when it has a vision vocabulary (its ids are two vocabularies),
 // else the appended one over the tokenizer's ids.
 VisionVocab ModelVisionVocab(const ModelConfig& c, const Tokenizer& tok, int64_t codes);
@@ -36,8 +48,22 @@ Status CheckVisionVocab(const ModelConfig& c, const VisionVocab& v);
 
 // `codes`: frames x codes_per_frame codebook indices (0 .. vision.codes - 1); `tokens` (optional): the
 // conditional sequence after the prompt (<vision>, codes, <eof>/<eov>, </vision>).
+// `uncond` may be null when cfg_scale is 1.
+Status GenerateVision(const ModelConfig& c, const VisionGenerateOptions& o, TokenStream& cond, TokenStream* uncond,
+                      std::vector<int32_t>* codes, std::vector<int32_t>* tokens = nullptr);
+// On one device, with Decoders.
 Status GenerateVision(const ModelConfig& c, const ParamTable& t, const float* params, kernels::Exec ex,
                       const VisionGenerateOptions& o, std::vector<int32_t>* codes,
                       std::vector<int32_t>* tokens = nullptr);
+// On this rank's ring (every rank calls it with the same options), prompts laid out with `layout`.
+Status GenerateVisionOnRing(Transport& t, const ModelConfig& c, const ParamTable& tb, const float* params,
+                            kernels::Exec ex, const VisionGenerateOptions& o, const std::string& layout,
+                            std::vector<int32_t>* codes, std::vector<int32_t>* tokens = nullptr);
+// What a device of `ringworld generate --vqgan` runs: loads the checkpoint (its config, tokenizer and
+// weights), lays vision out as the model was trained (ModelVisionVocab over a codebook of vision_codes; `o`'s
+// own vision is replaced) and generates on the ring.
+Status GenerateVisionRank(Transport& t, const std::string& checkpoint_dir, VisionGenerateOptions o,
+                          int64_t vision_codes, const std::string& layout, kernels::Exec ex,
+                          std::vector<int32_t>* codes);
 
 }  // namespace rw::runtime

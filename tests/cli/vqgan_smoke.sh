@@ -64,7 +64,7 @@ rc=0; msg=$("$bin" generate --checkpoint "$out/ck/step-6" --vqgan "$root/tests/f
 [ "$rc" -ne 0 ] || { echo "FAIL: --cfg-scale 200 was accepted"; exit 1; }
 # LWM's layout: the same videos as LWM's ids (a vision vocabulary of 66 = 64 codes + end of frame/vision,
 # <vision> as text), a model with model.vision_vocab_size, then generation through its vision head; the
-# one-vocabulary model is refused the dataset by name.
+# one-vocabulary model is refused the dataset by name. That generation runs on a ring of 2 devices.
 "$bin" data prepare --input "$out/videos.jsonl" --output "$out/lds" --vqgan "$vq" --vision-layout lwm > /dev/null
 python3 -c "
 import json
@@ -82,7 +82,7 @@ rc=0; msg=$("$bin" train "$root/configs/tiny-cpu.yaml" --set output_dir="$out/lr
   --set data.source=files --set data.path="$out/lds" --set model.vision_vocab_size=72 --set stages.0.steps=4 \
   --set stages.1.steps=2 > /dev/null
 grep -q '"vision_vocab_size": 72' "$out/lck/step-6/config.json" || { echo "FAIL: config.json lacks vision_vocab_size"; exit 1; }
-"$bin" generate --checkpoint "$out/lck/step-6" --vqgan "$vq" --video "$out/lgen.mp4" --frames 2 --prompt "test pattern" \
+"$bin" generate --checkpoint "$out/lck/step-6" --vqgan "$vq" --video "$out/lgen.mp4" --frames 2 --prompt "test pattern" --ring 2 \
   --cfg-scale 2 --temperature 1 --top-k 16 --fps 2 > /dev/null
 lgot=$(ffprobe -v error -count_frames -select_streams v:0 -show_entries stream=nb_read_frames,width,height -of csv=p=0 "$out/lgen.mp4")
 [ "$lgot" = "32,32,2" ] || { echo "FAIL: LWM-layout video is '$lgot', expected 32,32,2"; exit 1; }

@@ -106,7 +106,7 @@ TEST(Dataset, VisionRecordsAreWrappedAsInLWM) {
   ASSERT_TRUE(PrepareDataset({{in}, (t.p / "ds").string(), "bytes", 16, false}, nullptr).ok());
   Dataset d;
   ASSERT_TRUE(Dataset::Open((t.p / "ds").string(), &d).ok());
-  const VisionVocab v{ByteTokenizer::kVocab, 16};
+  const VisionVocab v = VisionVocab::Appended(ByteTokenizer::kVocab, 16);
   EXPECT_EQ(d.vocab_size(), ByteTokenizer::kVocab + 16 + 4);
   const int32_t begin = v.Begin().at(0), end = v.End().at(0);
   const std::vector<int32_t> want0 = {ByteTokenizer::kBos, begin, v.Code(0), v.Code(5), v.Code(15), v.eof(),

@@ -185,7 +185,7 @@ TEST(Media, DataPrepareEncodesImagesAndVideosThroughTheVqgan) {
   std::unique_ptr<Vqgan> v;
   ASSERT_TRUE(Vqgan::Load(vqgan, kernels::Exec{}, &v).ok());
   const int64_t per = v->config().codes_per_frame(), text_vocab = 259;
-  const VisionVocab vision{text_vocab, v->config().num_embeddings};
+  const VisionVocab vision = VisionVocab::Appended(text_vocab, v->config().num_embeddings);
   EXPECT_EQ(d.vocab_size(), vision.total());
   // Document 0: BOS, <vision>, 4 frames of codes each closed by <eof> (the last by <eov>), </vision>, text, EOS.
   MediaFrames m;

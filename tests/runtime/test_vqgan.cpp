@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "ring_harness.h"
 #include "runtime/safetensors.h"
 #include "runtime/vision_generate.h"
 #include "runtime/vqgan.h"
@@ -165,7 +166,7 @@ TEST(Vqgan, GeneratedVisionIsWholeFramesOfCodesBetweenTheMarkers) {
   VisionGenerateOptions o;
   o.prompt = {256, 104, 105};
   o.uncond = {256};
-  o.vision = VisionVocab{259, 16};
+  o.vision = VisionVocab::Appended(259, 16);
   o.codes_per_frame = 9;
   o.frames = 3;
   o.sampling = SamplingConfig{1.0, 0, 1.0, 7};
@@ -231,9 +232,57 @@ TEST(Vqgan, GeneratedVisionInLwmsLayoutUsesTheVisionVocabulary) {
   st = GenerateVision(c, t2, p2.data(), kernels::Exec{}, o, &codes);
   EXPECT_NE(st.message().find("a vision vocabulary of at least 18; this one has 259 and 17"), std::string::npos)
       << st.message();
-  o.vision = VisionVocab{259, 16};  // the appended layout on a two-vocabulary model: refused
+  o.vision = VisionVocab::Appended(259, 16);  // the appended layout on a two-vocabulary model: refused
   st = GenerateVision(c, t2, p2.data(), kernels::Exec{}, o, &codes);
   EXPECT_NE(st.message().find("does not hold a text vocabulary of 259"), std::string::npos) << st.message();
+}
+
+// Vision generation over a ring (the prompt prefilled over the ring, the KV caches of the conditional and
+// unconditional sequences sharded over its devices) gives every rank the codes the single-device decoder
+// gives: both layouts, with guidance, greedy and sampled, rings of 2 and 3, a one-vocabulary model and a
+// model with LWM's vision vocabulary.
+TEST(Vqgan, VisionGenerationOverARingGivesTheSingleDeviceCodes) {
+  std::unique_ptr<Tokenizer> tok;
+  ASSERT_TRUE(MakeTokenizer("bytes", &tok).ok());
+  for (const int64_t vision : {int64_t(0), int64_t(20)}) {
+    ModelConfig c;
+    c.vocab_size = vision ? 259 : 259 + 16 + 4, c.vision_vocab_size = vision, c.hidden_size = 32;
+    c.intermediate_size = 64, c.num_hidden_layers = 2, c.num_attention_heads = 4, c.num_key_value_heads = 2;
+    c.max_position_embeddings = 256;
+    const ParamTable t(c);
+    std::vector<float> p(t.total());
+    InitParameters(c, t, 5, p.data());
+    for (auto& x : p) x *= 20.f;
+    VisionGenerateOptions o;
+    o.prompt = {256, 104, 105, 32, 97};
+    o.uncond = {256};
+    o.vision = ModelVisionVocab(c, *tok, 16);
+    o.codes_per_frame = 7;
+    o.frames = 2;
+    o.cfg_scale = 2.5;
+    for (const double temperature : {0.0, 1.0}) {
+      o.sampling = SamplingConfig{temperature, 8, 1.0, 3};
+      std::vector<int32_t> want, want_tokens;
+      ASSERT_TRUE(GenerateVision(c, t, p.data(), kernels::Exec{}, o, &want, &want_tokens).ok());
+      for (const int R : {2, 3})
+        for (const char* layout : {"zigzag", "contiguous"}) {
+          std::vector<std::vector<int32_t>> got(static_cast<size_t>(R)), tokens(static_cast<size_t>(R));
+          auto fabric = InprocFabric::Create(R);
+          auto st = test::RunRanks(fabric, [&](int r, Transport& tr) {
+            return GenerateVisionOnRing(tr, c, t, p.data(), kernels::Exec{}, o, layout, &got[size_t(r)],
+                                        &tokens[size_t(r)]);
+          });
+          for (int r = 0; r < R; ++r) {
+            ASSERT_TRUE(st[size_t(r)].ok()) << st[size_t(r)].message();
+            EXPECT_EQ(got[size_t(r)], want) << "vision " << vision << " T " << temperature << " R " << R << " "
+                                            << layout << " rank " << r;
+            EXPECT_EQ(tokens[size_t(r)], want_tokens);
+          }
+        }
+      std::printf("  vision vocabulary %lld, temperature %.0f: %zu codes, the same on rings of 2 and 3\n",
+                  (long long)vision, temperature, want.size());
+    }
+  }
 }
 
 TEST(Vqgan, BadConfigsAndWeightFilesAreNamed) {
