@@ -100,7 +100,9 @@ lane_actor::behavior_type Lane(lane_actor::pointer lane) {
             o.frames = task.frames;
             o.cfg_scale = task.cfg_scale;
             o.sampling = s;
-            st = runtime::GenerateVisionRank(*t, task.checkpoint, o, task.vision_codes, task.layout, ex, &rep.tokens);
+            const runtime::VisionOutput out{task.vqgan, task.output, task.fps};
+            st = runtime::GenerateVisionRank(*t, task.checkpoint, o, task.vision_codes, task.layout, ex,
+                                             task.output.empty() ? nullptr : &out, &rep.tokens);
           } else {
             st = runtime::GenerateRank(*t, task.checkpoint, task.prompt, s, task.max_tokens, task.eos, task.layout,
                                        ex, &rep.tokens);

@@ -196,12 +196,15 @@ struct generate_task {
   std::vector<int32_t> uncond;
   int64_t codes_per_frame = 0, frames = 0;
   double cfg_scale = 1;
+  std::string vqgan, output;  // rank 0 decodes the frames as they come and writes them to output
+  double fps = 8;
 };
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, generate_task& x) {
   return f(caf::meta::type_name("generate_task"), x.epoch, x.checkpoint, x.prompt, x.max_tokens, x.temperature, x.top_p,
-           x.top_k, x.seed, x.eos, x.layout, x.vision_codes, x.uncond, x.codes_per_frame, x.frames, x.cfg_scale);
+           x.top_k, x.seed, x.eos, x.layout, x.vision_codes, x.uncond, x.codes_per_frame, x.frames, x.cfg_scale, x.vqgan,
+           x.output, x.fps);
 }
 
 struct generate_report {

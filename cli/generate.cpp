@@ -1,6 +1,7 @@
 // `ringworld generate`: continues a prompt (text, or frames of VQGAN codes), the prompt prefilled over a ring of
 // device actors in this process.
 #include <cstdio>
+#include <filesystem>
 
 #include "cli/commands.h"
 #include "cli/local_ring.h"
@@ -101,19 +102,23 @@ int GenerateVision(const std::string& checkpoint, const std::string& prompt, con
   std::unique_ptr<Tokenizer> tok;
   if (st = CheckpointTokenizer(checkpoint, c, &tok); !st.ok()) return fail(2, "--checkpoint: " + st.message());
   if (tok->name() == kNoTokenizer) return fail(2, "--prompt: " + checkpoint + " has no tokenizer (pre-tokenized ids)");
-  std::unique_ptr<Vqgan> vq;
-  const kernels::Exec ex{kernels::Device::kCpu, 0};
-  if (st = Vqgan::Load(vqgan_dir, ex, &vq); !st.ok()) return fail(2, "--vqgan: " + st.message());
+  VqganConfig vc;
+  if (st = ReadVqganConfig(vqgan_dir + "/config.json", &vc); !st.ok()) return fail(2, "--vqgan: " + st.message());
   if (ring < 1) return fail(2, "--ring: must be >= 1, got " + std::to_string(ring));
+  const std::string out = image.empty() ? video : image;
+  if (!image.empty() && !video.empty()) return fail(2, "--image and --video: give one");
+  if (!image.empty() && std::filesystem::path(image).extension() != ".png")
+    return fail(2, "--image: " + image + " must name a .png file");
   std::vector<int32_t> ids = tok->Encode(prompt), uncond;
   if (tok->bos() >= 0) ids.insert(ids.begin(), tok->bos()), uncond = {tok->bos()};
   if (uncond.empty()) uncond = {ids.front()};
   const int64_t n_frames = image.empty() ? frames : 1;
   // Checked here, before any device starts: the layout fits the model, the options are in range.
-  if (st = CheckVisionVocab(c, ModelVisionVocab(c, *tok, vq->config().num_embeddings)); !st.ok())
+  if (st = CheckVisionVocab(c, ModelVisionVocab(c, *tok, vc.num_embeddings)); !st.ok())
     return fail(2, "--vqgan: " + st.message());
   if (const SamplingConfig s{temperature, top_k, top_p, seed}; !(st = s.Validate()).ok()) return fail(2, st.message());
   if (cfg_scale < 0 || cfg_scale > 100) return fail(2, "--cfg-scale: must be in [0, 100], got " + std::to_string(cfg_scale));
+  if (!(fps > 0 && fps <= 1000)) return fail(2, "--fps: must be in (0, 1000], got " + std::to_string(fps));
   actors::generate_task task;
   task.epoch = 1;
   task.checkpoint = checkpoint;
@@ -123,11 +128,14 @@ int GenerateVision(const std::string& checkpoint, const std::string& prompt, con
   task.top_k = top_k;
   task.seed = seed;
   task.layout = layout;
-  task.vision_codes = vq->config().num_embeddings;
+  task.vision_codes = vc.num_embeddings;
   task.uncond = uncond;
-  task.codes_per_frame = vq->config().codes_per_frame();
+  task.codes_per_frame = vc.codes_per_frame();
   task.frames = n_frames;
   task.cfg_scale = cfg_scale;
+  task.vqgan = vqgan_dir;
+  task.output = out;
+  task.fps = fps;
   std::string error;
   const auto reports = OnLocalRing<actors::generate_report>(ring, /*job=*/5, actors::generate_atom::value, task, &error);
   if (!error.empty()) return fail(1, error);
@@ -135,13 +143,8 @@ int GenerateVision(const std::string& checkpoint, const std::string& prompt, con
   if (int64_t(codes.size()) != n_frames * task.codes_per_frame)
     return fail(1, "the ring returned " + std::to_string(codes.size()) + " codes for " + std::to_string(n_frames) +
                        " frames of " + std::to_string(task.codes_per_frame));
-  std::vector<float> pixels;
-  if (st = vq->Decode(n_frames, codes.data(), &pixels); !st.ok()) return fail(1, st.message());
-  const std::string out = image.empty() ? video : image;
-  if (st = WriteMediaFrames(out, vq->config().resolution, n_frames, pixels.data(), fps); !st.ok())
-    return fail(1, st.message());
-  std::printf("%lld frame%s of %lldx%lld (%lld codes each, a ring of %d) -> %s\n", (long long)n_frames,
-              n_frames == 1 ? "" : "s", (long long)vq->config().resolution, (long long)vq->config().resolution,
+  std::printf("%lld frame%s of %lldx%lld (%lld codes each, a ring of %d, each decoded as it came) -> %s\n",
+              (long long)n_frames, n_frames == 1 ? "" : "s", (long long)vc.resolution, (long long)vc.resolution,
               (long long)task.codes_per_frame, ring, out.c_str());
   return 0;
 }

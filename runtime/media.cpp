@@ -224,117 +224,185 @@ Status ReadMediaFrames(const std::string& path, int64_t size, const FrameSelecti
   return Status::Ok();
 }
 
-Status WriteMediaFrames(const std::string& path, int64_t size, int64_t count, const float* pixels, double fps) {
-  Quiet();
-  RW_REQUIRE(size >= 2 && size % 2 == 0 && size <= 8192, path << ": frame size must be even, in [2, 8192]");
-  RW_REQUIRE(count >= 1, path << ": no frame to write");
-  RW_REQUIRE(pixels, path << ": no pixels");
-  RW_REQUIRE(fps > 0 && fps <= 1000, path << ": fps must be in (0, 1000]");
-  namespace fs = std::filesystem;
-  const fs::path final_path(path);
-  const std::string ext = final_path.extension().string();
-  const bool png = ext == ".png";
-  RW_REQUIRE(!png || count == 1, path << ": a PNG holds one frame; write " << count << " frames as a video (.mp4)");
-  const fs::path tmp = final_path.parent_path() / (".tmp-" + final_path.stem().string() + "-" +
-                                                   std::to_string(::getpid()) + ext);
-  std::vector<uint8_t> rgb(size_t(size * size * 3));
-  auto to_rgb = [&](int64_t k) {
-    const float* p = pixels + k * size * size * 3;
+struct MediaWriter::Impl {
+  std::filesystem::path final_path, tmp;
+  int64_t size = 0, written = 0;
+  bool png = false, failed = false, closed = false;
+  std::vector<uint8_t> rgb;
+  // PNG: the one frame, encoded on Close. Video: the container, the encoder and the converter.
+  std::unique_ptr<AVFormatContext, void (*)(AVFormatContext*)> oc{nullptr, [](AVFormatContext* c) {
+                                                                      if (c->pb) avio_closep(&c->pb);
+                                                                      avformat_free_context(c);
+                                                                    }};
+  Codec enc;
+  AVStream* st = nullptr;
+  std::unique_ptr<SwsContext, SwsCloser> sws;
+  Frame fr;
+  Packet pkt;
+
+  Status Fail(const std::string& why) {
+    failed = true;
+    oc.reset();
+    std::error_code ec;
+    std::filesystem::remove(tmp, ec);
+    return Status::Error(final_path.string() + ": " + why);
+  }
+  void ToRgb(const float* p) {
     for (size_t i = 0; i < rgb.size(); ++i)
       rgb[i] = uint8_t(std::clamp(std::lround((double(p[i]) + 1.0) * 127.5), 0L, 255L));
-  };
-  std::error_code ec;
-  auto fail = [&](const std::string& why) {
-    fs::remove(tmp, ec);
-    return Status::Error(path + ": " + why);
-  };
-  if (png) {
-    const AVCodec* codec = avcodec_find_encoder(AV_CODEC_ID_PNG);
-    if (!codec) return fail("this FFmpeg has no PNG encoder");
-    Codec enc(avcodec_alloc_context3(codec));
-    enc->width = int(size), enc->height = int(size), enc->pix_fmt = AV_PIX_FMT_RGB24, enc->time_base = {1, 1};
-    if (avcodec_open2(enc.get(), codec, nullptr) < 0) return fail("cannot open the PNG encoder");
-    Frame fr(av_frame_alloc());
-    fr->format = AV_PIX_FMT_RGB24, fr->width = int(size), fr->height = int(size);
-    if (av_frame_get_buffer(fr.get(), 0) < 0) return fail("out of memory");
-    to_rgb(0);
-    for (int64_t i = 0; i < size; ++i) std::copy_n(rgb.data() + i * size * 3, size * 3, fr->data[0] + i * fr->linesize[0]);
-    Packet pkt(av_packet_alloc());
-    if (avcodec_send_frame(enc.get(), fr.get()) < 0 || avcodec_send_frame(enc.get(), nullptr) < 0 ||
-        avcodec_receive_packet(enc.get(), pkt.get()) < 0)
-      return fail("PNG encoding failed");
-    FILE* out = std::fopen(tmp.c_str(), "wb");
-    if (!out) return fail("cannot create " + tmp.string());
-    const bool ok = std::fwrite(pkt->data, 1, size_t(pkt->size), out) == size_t(pkt->size) && std::fflush(out) == 0 &&
-                    ::fsync(fileno(out)) == 0;
-    std::fclose(out);
-    if (!ok) return fail("write failed");
-  } else {
-    AVFormatContext* oc_raw = nullptr;
-    int rc = avformat_alloc_output_context2(&oc_raw, nullptr, nullptr, tmp.c_str());
-    if (rc < 0 || !oc_raw) return fail("no container format for the extension '" + ext + "' (.mp4, .mkv, ...)");
-    std::unique_ptr<AVFormatContext, void (*)(AVFormatContext*)> oc(oc_raw, [](AVFormatContext* c) {
-      if (c->pb) avio_closep(&c->pb);
-      avformat_free_context(c);
-    });
-    const AVCodec* codec = avcodec_find_encoder_by_name("libx264");
-    if (!codec) codec = avcodec_find_encoder(AV_CODEC_ID_MPEG4);
-    if (!codec) return fail("this FFmpeg has neither an H.264 nor an MPEG-4 encoder");
-    AVStream* st = avformat_new_stream(oc.get(), nullptr);
-    Codec enc(avcodec_alloc_context3(codec));
-    if (!st || !enc) return fail("out of memory");
-    enc->width = int(size), enc->height = int(size), enc->pix_fmt = AV_PIX_FMT_YUV420P;
-    const AVRational rate = av_d2q(fps, 1000);
-    enc->time_base = av_inv_q(rate);
-    enc->framerate = rate;
-    enc->gop_size = 12;
-    enc->max_b_frames = 0;  // no reordering: every frame of a short clip is shown (mp4 edit lists drop B-frame lead-ins)
-    enc->thread_count = 1;
-    if (codec->id == AV_CODEC_ID_MPEG4) enc->bit_rate = 4000000;
-    if (oc->oformat->flags & AVFMT_GLOBALHEADER) enc->flags |= AV_CODEC_FLAG_GLOBAL_HEADER;
-    AVDictionary* opts = nullptr;
-    if (codec->id == AV_CODEC_ID_H264) av_dict_set(&opts, "crf", "18", 0);
-    rc = avcodec_open2(enc.get(), codec, &opts);
-    av_dict_free(&opts);
-    if (rc < 0) return fail("cannot open the " + std::string(codec->name) + " encoder: " + AvError(rc));
-    avcodec_parameters_from_context(st->codecpar, enc.get());
-    st->time_base = enc->time_base;
-    if (avio_open(&oc->pb, tmp.c_str(), AVIO_FLAG_WRITE) < 0) return fail("cannot create " + tmp.string());
-    if (avformat_write_header(oc.get(), nullptr) < 0) return fail("cannot write the container's header");
-    std::unique_ptr<SwsContext, SwsCloser> sws(sws_getContext(int(size), int(size), AV_PIX_FMT_RGB24, int(size), int(size),
-                                                              AV_PIX_FMT_YUV420P, SWS_BICUBIC, nullptr, nullptr, nullptr));
-    Frame fr(av_frame_alloc());
-    Packet pkt(av_packet_alloc());
-    fr->format = AV_PIX_FMT_YUV420P, fr->width = int(size), fr->height = int(size);
-    if (!sws || av_frame_get_buffer(fr.get(), 0) < 0) return fail("out of memory");
-    auto send = [&](AVFrame* frame) -> bool {
-      if (avcodec_send_frame(enc.get(), frame) < 0) return false;
-      for (;;) {
-        const int r = avcodec_receive_packet(enc.get(), pkt.get());
-        if (r == AVERROR(EAGAIN) || r == AVERROR_EOF) return true;
-        if (r < 0) return false;
-        if (pkt->duration <= 0) pkt->duration = 1;  // one frame: else the container ends at the last frame's start
-        av_packet_rescale_ts(pkt.get(), enc->time_base, st->time_base);
-        pkt->stream_index = st->index;
-        if (av_interleaved_write_frame(oc.get(), pkt.get()) < 0) return false;
-      }
-    };
-    for (int64_t k = 0; k < count; ++k) {
-      if (av_frame_make_writable(fr.get()) < 0) return fail("out of memory");
-      to_rgb(k);
-      const uint8_t* src[4] = {rgb.data(), nullptr, nullptr, nullptr};
-      const int stride[4] = {int(size * 3), 0, 0, 0};
-      sws_scale(sws.get(), src, stride, 0, int(size), fr->data, fr->linesize);
-      fr->pts = k;
-      if (!send(fr.get())) return fail("encoding frame " + std::to_string(k) + " failed");
-    }
-    if (!send(nullptr)) return fail("flushing the encoder failed");
-    if (av_write_trailer(oc.get()) < 0) return fail("cannot finish the container");
-    avio_flush(oc->pb);
   }
-  fs::rename(tmp, final_path, ec);
-  if (ec) return fail("cannot rename " + tmp.string() + ": " + ec.message());
+  // Sends a frame (null: the flush) and writes every packet the encoder has ready.
+  bool Send(AVFrame* frame) {
+    if (avcodec_send_frame(enc.get(), frame) < 0) return false;
+    for (;;) {
+      const int r = avcodec_receive_packet(enc.get(), pkt.get());
+      if (r == AVERROR(EAGAIN) || r == AVERROR_EOF) return true;
+      if (r < 0) return false;
+      if (pkt->duration <= 0) pkt->duration = 1;  // one frame: else the container ends at the last frame's start
+      av_packet_rescale_ts(pkt.get(), enc->time_base, st->time_base);
+      pkt->stream_index = st->index;
+      if (av_interleaved_write_frame(oc.get(), pkt.get()) < 0) return false;
+    }
+  }
+};
+
+MediaWriter::MediaWriter() : impl_(std::make_unique<Impl>()) {}
+
+MediaWriter::~MediaWriter() {
+  if (!impl_->closed && !impl_->tmp.empty()) {  // never finished: nothing of it stays
+    impl_->oc.reset();
+    std::error_code ec;
+    std::filesystem::remove(impl_->tmp, ec);
+  }
+}
+
+Status MediaWriter::Open(const std::string& path, int64_t size, double fps, std::unique_ptr<MediaWriter>* out) {
+  Quiet();
+  RW_REQUIRE(size >= 2 && size % 2 == 0 && size <= 8192, path << ": frame size must be even, in [2, 8192]");
+  RW_REQUIRE(fps > 0 && fps <= 1000, path << ": fps must be in (0, 1000]");
+  namespace fs = std::filesystem;
+  std::unique_ptr<MediaWriter> w(new MediaWriter());
+  Impl& m = *w->impl_;
+  m.final_path = path;
+  m.size = size;
+  const std::string ext = m.final_path.extension().string();
+  m.png = ext == ".png";
+  m.tmp = m.final_path.parent_path() / (".tmp-" + m.final_path.stem().string() + "-" + std::to_string(::getpid()) + ext);
+  m.rgb.resize(size_t(size * size * 3));
+  m.fr.reset(av_frame_alloc());
+  m.pkt.reset(av_packet_alloc());
+  if (!m.fr || !m.pkt) return m.Fail("out of memory");
+  if (m.png) {
+    *out = std::move(w);
+    return Status::Ok();
+  }
+  AVFormatContext* oc_raw = nullptr;
+  int rc = avformat_alloc_output_context2(&oc_raw, nullptr, nullptr, m.tmp.c_str());
+  if (rc < 0 || !oc_raw) return m.Fail("no container format for the extension '" + ext + "' (.mp4, .mkv, ...)");
+  m.oc.reset(oc_raw);
+  const AVCodec* codec = avcodec_find_encoder_by_name("libx264");
+  if (!codec) codec = avcodec_find_encoder(AV_CODEC_ID_MPEG4);
+  if (!codec) return m.Fail("this FFmpeg has neither an H.264 nor an MPEG-4 encoder");
+  m.st = avformat_new_stream(m.oc.get(), nullptr);
+  m.enc.reset(avcodec_alloc_context3(codec));
+  if (!m.st || !m.enc) return m.Fail("out of memory");
+  AVCodecContext* enc = m.enc.get();
+  enc->width = int(size), enc->height = int(size), enc->pix_fmt = AV_PIX_FMT_YUV420P;
+  const AVRational rate = av_d2q(fps, 1000);
+  enc->time_base = av_inv_q(rate);
+  enc->framerate = rate;
+  enc->gop_size = 12;
+  enc->max_b_frames = 0;  // no reordering: every frame of a short clip is shown (mp4 edit lists drop B-frame lead-ins)
+  enc->thread_count = 1;
+  if (codec->id == AV_CODEC_ID_MPEG4) enc->bit_rate = 4000000;
+  if (m.oc->oformat->flags & AVFMT_GLOBALHEADER) enc->flags |= AV_CODEC_FLAG_GLOBAL_HEADER;
+  AVDictionary* opts = nullptr;
+  if (codec->id == AV_CODEC_ID_H264) av_dict_set(&opts, "crf", "18", 0);
+  rc = avcodec_open2(enc, codec, &opts);
+  av_dict_free(&opts);
+  if (rc < 0) return m.Fail("cannot open the " + std::string(codec->name) + " encoder: " + AvError(rc));
+  avcodec_parameters_from_context(m.st->codecpar, enc);
+  m.st->time_base = enc->time_base;
+  if (avio_open(&m.oc->pb, m.tmp.c_str(), AVIO_FLAG_WRITE) < 0) return m.Fail("cannot create " + m.tmp.string());
+  if (avformat_write_header(m.oc.get(), nullptr) < 0) return m.Fail("cannot write the container's header");
+  m.sws.reset(sws_getContext(int(size), int(size), AV_PIX_FMT_RGB24, int(size), int(size), AV_PIX_FMT_YUV420P,
+                             SWS_BICUBIC, nullptr, nullptr, nullptr));
+  m.fr->format = AV_PIX_FMT_YUV420P, m.fr->width = int(size), m.fr->height = int(size);
+  if (!m.sws || av_frame_get_buffer(m.fr.get(), 0) < 0) return m.Fail("out of memory");
+  *out = std::move(w);
   return Status::Ok();
+}
+
+Status MediaWriter::Add(const float* pixels) {
+  Impl& m = *impl_;
+  RW_REQUIRE(!m.failed && !m.closed, m.final_path.string() << ": the writer has " << (m.closed ? "closed" : "failed"));
+  RW_REQUIRE(pixels, m.final_path.string() << ": no pixels");
+  if (m.png) {
+    RW_REQUIRE(m.written == 0, m.final_path.string() << ": a PNG holds one frame; write frames as a video (.mp4)");
+    m.ToRgb(pixels);  // encoded on Close
+    ++m.written;
+    return Status::Ok();
+  }
+  if (av_frame_make_writable(m.fr.get()) < 0) return m.Fail("out of memory");
+  m.ToRgb(pixels);
+  const uint8_t* src[4] = {m.rgb.data(), nullptr, nullptr, nullptr};
+  const int stride[4] = {int(m.size * 3), 0, 0, 0};
+  sws_scale(m.sws.get(), src, stride, 0, int(m.size), m.fr->data, m.fr->linesize);
+  m.fr->pts = m.written;
+  if (!m.Send(m.fr.get())) return m.Fail("encoding frame " + std::to_string(m.written) + " failed");
+  ++m.written;
+  return Status::Ok();
+}
+
+Status MediaWriter::Close() {
+  Impl& m = *impl_;
+  RW_REQUIRE(!m.failed && !m.closed, m.final_path.string() << ": the writer has " << (m.closed ? "closed" : "failed"));
+  if (m.written == 0) return m.Fail("no frame to write");
+  const int64_t size = m.size;
+  if (m.png) {
+    const AVCodec* codec = avcodec_find_encoder(AV_CODEC_ID_PNG);
+    if (!codec) return m.Fail("this FFmpeg has no PNG encoder");
+    Codec enc(avcodec_alloc_context3(codec));
+    if (!enc) return m.Fail("out of memory");
+    enc->width = int(size), enc->height = int(size), enc->pix_fmt = AV_PIX_FMT_RGB24, enc->time_base = {1, 1};
+    if (avcodec_open2(enc.get(), codec, nullptr) < 0) return m.Fail("cannot open the PNG encoder");
+    AVFrame* fr = m.fr.get();
+    fr->format = AV_PIX_FMT_RGB24, fr->width = int(size), fr->height = int(size);
+    if (av_frame_get_buffer(fr, 0) < 0) return m.Fail("out of memory");
+    for (int64_t i = 0; i < size; ++i) std::copy_n(m.rgb.data() + i * size * 3, size * 3, fr->data[0] + i * fr->linesize[0]);
+    if (avcodec_send_frame(enc.get(), fr) < 0 || avcodec_send_frame(enc.get(), nullptr) < 0 ||
+        avcodec_receive_packet(enc.get(), m.pkt.get()) < 0)
+      return m.Fail("PNG encoding failed");
+    FILE* out = std::fopen(m.tmp.c_str(), "wb");
+    if (!out) return m.Fail("cannot create " + m.tmp.string());
+    const bool ok = std::fwrite(m.pkt->data, 1, size_t(m.pkt->size), out) == size_t(m.pkt->size) &&
+                    std::fflush(out) == 0 && ::fsync(fileno(out)) == 0;
+    std::fclose(out);
+    if (!ok) return m.Fail("write failed");
+  } else {
+    if (!m.Send(nullptr)) return m.Fail("flushing the encoder failed");
+    if (av_write_trailer(m.oc.get()) < 0) return m.Fail("cannot finish the container");
+    avio_flush(m.oc->pb);
+    m.oc.reset();  // closes the file
+  }
+  std::error_code ec;
+  std::filesystem::rename(m.tmp, m.final_path, ec);
+  if (ec) return m.Fail("cannot rename " + m.tmp.string() + ": " + ec.message());
+  m.closed = true;
+  return Status::Ok();
+}
+
+int64_t MediaWriter::frames() const { return impl_->written; }
+
+Status WriteMediaFrames(const std::string& path, int64_t size, int64_t count, const float* pixels, double fps) {
+  RW_REQUIRE(count >= 1, path << ": no frame to write");
+  RW_REQUIRE(pixels, path << ": no pixels");
+  RW_REQUIRE(std::filesystem::path(path).extension() != ".png" || count == 1,
+             path << ": a PNG holds one frame; write " << count << " frames as a video (.mp4)");
+  std::unique_ptr<MediaWriter> w;
+  RW_RETURN_IF_ERROR(MediaWriter::Open(path, size, fps, &w));
+  for (int64_t k = 0; k < count; ++k) RW_RETURN_IF_ERROR(w->Add(pixels + k * size * size * 3));
+  return w->Close();
 }
 
 }  // namespace rw::runtime

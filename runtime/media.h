@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -38,6 +39,26 @@ Status ReadMediaFrames(const std::string& path, int64_t size, const FrameSelecti
 // The source indices LWM keeps of `total` frames under max_frames: all, or linspace(0, total - 1, max_frames)
 // truncated to integers.
 std::vector<int64_t> UniformFrames(int64_t total, int64_t max_frames);
+
+// Frames written one at a time (a video's memory is one frame's, however long it is): Open, Add each frame
+// (size, size, 3) in [-1, 1], Close. A PNG holds one frame; a video (mp4: H.264 where the build's
+// libavcodec has it, else MPEG-4 Part 2) any number, at `fps`. The file is written under a temporary name
+// and renamed into place by Close; a writer destroyed before Close (or after an error) leaves nothing.
+class MediaWriter {
+ public:
+  static Status Open(const std::string& path, int64_t size, double fps, std::unique_ptr<MediaWriter>* out);
+  ~MediaWriter();
+  MediaWriter(const MediaWriter&) = delete;
+  MediaWriter& operator=(const MediaWriter&) = delete;
+  Status Add(const float* pixels);
+  Status Close();
+  int64_t frames() const;  // added so far
+
+ private:
+  MediaWriter();
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
 
 // Writes frames (count x (size, size, 3) in [-1, 1]) as a PNG (count 1) or a video (mp4: H.264 where the
 // build's libavcodec has it, else MPEG-4 Part 2) at `fps`. The file is written under a temporary name and

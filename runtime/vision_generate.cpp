@@ -1,9 +1,15 @@
 #include "runtime/vision_generate.h"
 
 #include <cmath>
+#include <condition_variable>
+#include <deque>
 #include <memory>
+#include <mutex>
+#include <thread>
 
 #include "runtime/checkpoint.h"
+#include "runtime/media.h"
+#include "runtime/vqgan.h"
 #include "runtime/ring_decode.h"
 
 namespace rw::runtime {
@@ -74,6 +80,7 @@ Status GenerateVision(const ModelConfig& c, const VisionGenerateOptions& o, Toke
       codes->push_back(id - lo);
       RW_RETURN_IF_ERROR(feed(id));
     }
+    if (o.on_frame) RW_RETURN_IF_ERROR(o.on_frame(f, codes->data() + f * o.codes_per_frame));
     RW_RETURN_IF_ERROR(feed(f + 1 == o.frames ? o.vision.eov() : o.vision.eof()));
   }
   if (tokens)
@@ -138,8 +145,92 @@ Status GenerateVisionOnRing(Transport& t, const ModelConfig& c, const ParamTable
   return GenerateVision(c, o, cond, &uncond, codes, tokens);
 }
 
+namespace {
+
+// Rank 0's frames out: a thread decodes each finished frame with the VQGAN and appends it to the file while
+// the ring samples the next; it holds one frame's pixels. Push returns the thread's first error.
+class FrameWriter {
+ public:
+  static Status Start(const VisionOutput& out, int64_t codes_per_frame, int64_t vision_codes, kernels::Exec ex,
+                      std::unique_ptr<FrameWriter>* w) {
+    std::unique_ptr<FrameWriter> fw(new FrameWriter());
+    {
+      const Status st = Vqgan::Load(out.vqgan, ex, &fw->vq_);
+      RW_REQUIRE(st.ok(), "--vqgan: " << st.message());
+    }
+    const VqganConfig& vc = fw->vq_->config();
+    RW_REQUIRE(vc.num_embeddings == vision_codes && vc.codes_per_frame() == codes_per_frame,
+               "--vqgan: " << out.vqgan << " has " << vc.num_embeddings << " codes, " << vc.codes_per_frame()
+                           << " a frame; the generation asked for " << vision_codes << " and " << codes_per_frame);
+    RW_RETURN_IF_ERROR(MediaWriter::Open(out.path, vc.resolution, out.fps, &fw->media_));
+    fw->per_ = codes_per_frame;
+    fw->thread_ = std::thread([p = fw.get()] { p->Run(); });
+    *w = std::move(fw);
+    return Status::Ok();
+  }
+  ~FrameWriter() {
+    Stop();
+  }
+  Status Push(const int32_t* codes) {
+    std::lock_guard<std::mutex> g(mu_);
+    if (!error_.ok()) return error_;
+    queue_.emplace_back(codes, codes + per_);
+    cv_.notify_one();
+    return Status::Ok();
+  }
+  Status Finish() {
+    Stop();
+    RW_RETURN_IF_ERROR(error_);
+    return media_->Close();
+  }
+  int64_t frames() const { return media_->frames(); }
+
+ private:
+  FrameWriter() = default;
+  void Stop() {
+    {
+      std::lock_guard<std::mutex> g(mu_);
+      done_ = true;
+      cv_.notify_one();
+    }
+    if (thread_.joinable()) thread_.join();
+  }
+  void Run() {
+    std::vector<float> pixels;
+    for (;;) {
+      std::vector<int32_t> codes;
+      {
+        std::unique_lock<std::mutex> l(mu_);
+        cv_.wait(l, [&] { return done_ || !queue_.empty(); });
+        if (queue_.empty()) return;
+        codes = std::move(queue_.front());
+        queue_.pop_front();
+      }
+      Status st = vq_->Decode(1, codes.data(), &pixels);
+      if (st.ok()) st = media_->Add(pixels.data());
+      if (!st.ok()) {
+        std::lock_guard<std::mutex> g(mu_);
+        if (error_.ok()) error_ = st;
+        queue_.clear();
+        return;
+      }
+    }
+  }
+  std::unique_ptr<Vqgan> vq_;
+  std::unique_ptr<MediaWriter> media_;
+  int64_t per_ = 0;
+  std::thread thread_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::vector<int32_t>> queue_;
+  bool done_ = false;
+  Status error_;
+};
+
+}  // namespace
+
 Status GenerateVisionRank(Transport& t, const std::string& checkpoint_dir, VisionGenerateOptions o,
-                          int64_t vision_codes, const std::string& layout, kernels::Exec ex,
+                          int64_t vision_codes, const std::string& layout, kernels::Exec ex, const VisionOutput* out,
                           std::vector<int32_t>* codes) {
   ModelConfig c;
   RW_RETURN_IF_ERROR(ReadHfConfig(checkpoint_dir + "/config.json", &c));
@@ -150,7 +241,13 @@ Status GenerateVisionRank(Transport& t, const std::string& checkpoint_dir, Visio
   const ParamTable table(c);
   std::vector<float> params(table.total());
   RW_RETURN_IF_ERROR(LoadWeights(checkpoint_dir, table, params.data()));
-  return GenerateVisionOnRing(t, c, table, params.data(), ex, o, layout, codes, nullptr);
+  std::unique_ptr<FrameWriter> writer;
+  if (out && t.rank() == 0) {
+    RW_RETURN_IF_ERROR(FrameWriter::Start(*out, o.codes_per_frame, vision_codes, ex, &writer));
+    o.on_frame = [&](int64_t, const int32_t* frame) { return writer->Push(frame); };
+  }
+  RW_RETURN_IF_ERROR(GenerateVisionOnRing(t, c, table, params.data(), ex, o, layout, codes, nullptr));
+  return writer ? writer->Finish() : Status::Ok();
 }
 
 }  // namespace rw::runtime

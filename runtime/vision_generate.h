@@ -7,10 +7,12 @@
 // uncond + cfg_scale * (cond - uncond) (cfg_scale 1: the conditional logits alone, one sequence).
 // One loop over two token streams: the single-device Decoder (the reference), or the ring decoder
 // (runtime/ring_decode.h: the prompt prefilled over the ring, the KV cache sharded over its devices; every
-// rank samples the same codes from the same logits bits), which `ringworld generate --vqgan` runs.
+// rank samples the same codes from the same logits bits), which `ringworld generate --vqgan` runs, rank 0
+// decoding and writing each frame as soon as its codes are sampled (VisionOutput).
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -29,6 +31,16 @@ struct VisionGenerateOptions {
   int64_t frames = 1;
   double cfg_scale = 1.0;
   SamplingConfig sampling;
+  // Called with each frame's codes as soon as they are sampled (before the next frame's); an error ends the
+  // generation.
+  std::function<Status(int64_t frame, const int32_t* codes)> on_frame;
+};
+
+// Where a ring's generated frames go: rank 0 decodes each with the VQGAN in `vqgan` as soon as its codes are
+// sampled (a thread beside the ring) and appends it to `path` (a PNG of one frame, or a video at fps).
+struct VisionOutput {
+  std::string vqgan, path;
+  double fps = 8;
 };
 
 // A sequence the generation runs: Prefill feeds a prompt, Step one token; each leaves the logits after it
@@ -61,9 +73,9 @@ Status GenerateVisionOnRing(Transport& t, const ModelConfig& c, const ParamTable
                             std::vector<int32_t>* codes, std::vector<int32_t>* tokens = nullptr);
 // What a device of `ringworld generate --vqgan` runs: loads the checkpoint (its config, tokenizer and
 // weights), lays vision out as the model was trained (ModelVisionVocab over a codebook of vision_codes; `o`'s
-// own vision is replaced) and generates on the ring.
+// own vision is replaced) and generates on the ring; with `out`, rank 0 writes the frames as they come.
 Status GenerateVisionRank(Transport& t, const std::string& checkpoint_dir, VisionGenerateOptions o,
-                          int64_t vision_codes, const std::string& layout, kernels::Exec ex,
+                          int64_t vision_codes, const std::string& layout, kernels::Exec ex, const VisionOutput* out,
                           std::vector<int32_t>* codes);
 
 }  // namespace rw::runtime

@@ -137,6 +137,31 @@ TEST(Media, FramesWrittenAsPngAndMp4ReadBack) {
   st = WriteMediaFrames((t.p / "two.png").string(), size, 2, frames.data(), 1);
   ASSERT_FALSE(st.ok());
   EXPECT_NE(st.message().find("a PNG holds one frame"), std::string::npos) << st.message();
+  // Frames one at a time: the file appears only at Close, and holds them in order; a writer dropped before
+  // Close leaves nothing, not even its temporary file.
+  std::unique_ptr<MediaWriter> w;
+  const std::string streamed = (t.p / "streamed.mp4").string();
+  ASSERT_TRUE(MediaWriter::Open(streamed, size, 4, &w).ok());
+  for (int64_t k = 0; k < n; ++k) {
+    ASSERT_TRUE(w->Add(frames.data() + k * size * size * 3).ok());
+    EXPECT_FALSE(fs::exists(streamed)) << "frame " << k;
+  }
+  ASSERT_TRUE(w->Close().ok());
+  MediaFrames c;
+  ASSERT_TRUE(ReadMediaFrames(streamed, size, FrameSelection{}, &c).ok());
+  ASSERT_EQ(c.count, n);
+  EXPECT_EQ(c.pixels, b.pixels) << "streamed frames differ from the whole write's";
+  ASSERT_TRUE(MediaWriter::Open((t.p / "dropped.mp4").string(), size, 4, &w).ok());
+  ASSERT_TRUE(w->Add(frames.data()).ok());
+  w.reset();
+  ASSERT_TRUE(MediaWriter::Open((t.p / "one_more.png").string(), size, 4, &w).ok());
+  ASSERT_TRUE(w->Add(frames.data()).ok());
+  EXPECT_NE(w->Add(frames.data()).message().find("a PNG holds one frame"), std::string::npos);
+  w.reset();
+  for (const auto& e : fs::directory_iterator(t.p)) {
+    const std::string name = e.path().filename().string();
+    EXPECT_TRUE(name != "dropped.mp4" && name != "one_more.png" && name.rfind(".tmp-", 0) != 0) << name;
+  }
 }
 
 TEST(Media, UnreadableMediaIsNamed) {

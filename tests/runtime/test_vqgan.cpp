@@ -240,7 +240,7 @@ TEST(Vqgan, GeneratedVisionInLwmsLayoutUsesTheVisionVocabulary) {
 // Vision generation over a ring (the prompt prefilled over the ring, the KV caches of the conditional and
 // unconditional sequences sharded over its devices) gives every rank the codes the single-device decoder
 // gives: both layouts, with guidance, greedy and sampled, rings of 2 and 3, a one-vocabulary model and a
-// model with LWM's vision vocabulary.
+// model with LWM's vision vocabulary; each frame's codes reach on_frame as soon as they are sampled.
 TEST(Vqgan, VisionGenerationOverARingGivesTheSingleDeviceCodes) {
   std::unique_ptr<Tokenizer> tok;
   ASSERT_TRUE(MakeTokenizer("bytes", &tok).ok());
@@ -267,9 +267,16 @@ TEST(Vqgan, VisionGenerationOverARingGivesTheSingleDeviceCodes) {
       for (const int R : {2, 3})
         for (const char* layout : {"zigzag", "contiguous"}) {
           std::vector<std::vector<int32_t>> got(static_cast<size_t>(R)), tokens(static_cast<size_t>(R));
+          std::vector<std::vector<int32_t>> streamed(static_cast<size_t>(R));  // what on_frame saw, in order
           auto fabric = InprocFabric::Create(R);
           auto st = test::RunRanks(fabric, [&](int r, Transport& tr) {
-            return GenerateVisionOnRing(tr, c, t, p.data(), kernels::Exec{}, o, layout, &got[size_t(r)],
+            VisionGenerateOptions mine = o;
+            mine.on_frame = [&, r](int64_t f, const int32_t* frame) {
+              EXPECT_EQ(int64_t(streamed[size_t(r)].size()), f * o.codes_per_frame);
+              streamed[size_t(r)].insert(streamed[size_t(r)].end(), frame, frame + o.codes_per_frame);
+              return Status::Ok();
+            };
+            return GenerateVisionOnRing(tr, c, t, p.data(), kernels::Exec{}, mine, layout, &got[size_t(r)],
                                         &tokens[size_t(r)]);
           });
           for (int r = 0; r < R; ++r) {
@@ -277,6 +284,7 @@ TEST(Vqgan, VisionGenerationOverARingGivesTheSingleDeviceCodes) {
             EXPECT_EQ(got[size_t(r)], want) << "vision " << vision << " T " << temperature << " R " << R << " "
                                             << layout << " rank " << r;
             EXPECT_EQ(tokens[size_t(r)], want_tokens);
+            EXPECT_EQ(streamed[size_t(r)], want) << "each frame's codes handed on as it was sampled";
           }
         }
       std::printf("  vision vocabulary %lld, temperature %.0f: %zu codes, the same on rings of 2 and 3\n",
