@@ -281,7 +281,7 @@ std::string StaleEpoch(const DeviceState& st, uint32_t epoch, const char* what) 
 // Work for the ring goes to the lane, unless it belongs to another epoch: then the reply is a report
 // carrying the refusal.
 template <class Report, class... Args>
-caf::result<Report> ToLane(device_actor::stateful_pointer<DeviceState> self, uint32_t epoch, const char* what,
+caf::result<Report> ToLane(device_probe_actor::stateful_pointer<DeviceState> self, uint32_t epoch, const char* what,
                            Args&&... args) {
   if (auto stale = StaleEpoch(self->state, epoch, what); !stale.empty()) {
     Report rep;
@@ -291,7 +291,7 @@ caf::result<Report> ToLane(device_actor::stateful_pointer<DeviceState> self, uin
   return self->delegate(self->state.lane, std::forward<Args>(args)...);
 }
 
-device_actor::behavior_type Device(device_actor::stateful_pointer<DeviceState> self, int index) {
+device_probe_actor::behavior_type Device(device_probe_actor::stateful_pointer<DeviceState> self, int index) {
   self->state.index = index;
   self->state.lane = self->spawn<caf::detached + caf::linked>(Lane);
   return {
@@ -384,7 +384,9 @@ std::atomic<bool>& PreemptFlag() {
   return flag;
 }
 
-device_actor SpawnDevice(caf::actor_system& sys, int device_index) { return sys.spawn(Device, device_index); }
+device_actor SpawnDevice(caf::actor_system& sys, int device_index) {
+  return sys.spawn(Device, device_index);  // the production interface of what it answers
+}
 
 uint64_t AllocateRingId() {
   // A counter from a random start: a process's ids never repeat, and a restarted daemon does not take up

@@ -22,10 +22,6 @@ using device_actor = caf::typed_actor<
     // Connect the ring of `axis` ("", sp, fsdp or replica) to the neighbours' addresses (ucx; a no-op for inproc);
     // replies once the links work.
     caf::replies_to<connect_atom, std::string, std::string, std::string>::with<attention_report>,
-    // Ring attention forward + backward over this rank's shard (local callers: memory they own).
-    caf::replies_to<attend_atom, attention_task>::with<attention_report>,
-    // The same on a synthetic problem the device builds itself; outputs go to a file (any process).
-    caf::replies_to<attend_atom, selftest_task>::with<attention_report>,
     // Train a job on this rank (the whole run; rank 0 streams StepMetrics to the task's reporter).
     caf::replies_to<train_atom, train_task>::with<train_report>,
     // Evaluate a checkpoint on a prepared dataset over the ring (mean loss over every predicted token).
@@ -38,6 +34,15 @@ using device_actor = caf::typed_actor<
     caf::reacts_to<abort_atom, std::string>,
     // Stop the running training job after the current step, with a checkpoint (the ranks agree on the step).
     caf::reacts_to<stop_atom>>;
+
+// What a device answers besides: ring attention alone over its current ring, for tests and diagnostics (the
+// production interface above does not offer it; a probe handle is cast from a device's, local or remote).
+using device_probe_actor = device_actor::extend<
+    // Ring attention forward + backward over this rank's shard (local callers: memory they own).
+    caf::replies_to<attend_atom, attention_task>::with<attention_report>,
+    // The same on a synthetic problem the device builds itself; outputs go to a file (any process).
+    caf::replies_to<attend_atom, selftest_task>::with<attention_report>>;
+inline device_probe_actor Probe(const device_actor& d) { return caf::actor_cast<device_probe_actor>(d); }
 
 device_actor SpawnDevice(caf::actor_system& sys, int device_index);
 

@@ -70,7 +70,7 @@ void ExpectRingAttentionEqualsOneDevice(caf::actor_system& sys, const std::vecto
   ASSERT_TRUE(runtime::Layout::Make(runtime::LayoutKind::kZigzag, G.L, R, &lay).ok());
   auto shards = Shards(G, lay);
   caf::scoped_actor self{sys};
-  for (int r = 0; r < R; ++r) self->send(devices[r], attend_atom::value, attention_task{1, 0, shards[r]});
+  for (int r = 0; r < R; ++r) self->send(Probe(devices[r]), attend_atom::value, attention_task{1, 0, shards[r]});
   for (int r = 0; r < R; ++r)
     self->receive([&](const attention_report& rep) { EXPECT_TRUE(rep.ok) << rep.error; },
                   [&](caf::error& e) { ADD_FAILURE() << sys.render(e); },
@@ -190,7 +190,7 @@ TEST(DeviceActor, AbortReachesEveryRankWhileTheirLanesAreBlocked) {
   auto shards = Shards(G, lay);
   caf::scoped_actor self{sys};
   // Rank 3 never gets its task: ranks 0..2 block waiting on the ring.
-  for (int r = 0; r < R - 1; ++r) self->send(devices[r], attend_atom::value, attention_task{1, 0, shards[r]});
+  for (int r = 0; r < R - 1; ++r) self->send(Probe(devices[r]), attend_atom::value, attention_task{1, 0, shards[r]});
   std::this_thread::sleep_for(std::chrono::milliseconds(100));
   const auto t0 = std::chrono::steady_clock::now();
   self->send(devices[3], abort_atom::value, std::string("device 3 lost"));
@@ -214,7 +214,7 @@ TEST(DeviceActor, TaskOfAnOlderEpochIsRefused) {
   ASSERT_TRUE(FormRing(sys, devices, 11, 3, "inproc").ok());
   caf::scoped_actor self{sys};
   auto io = std::make_shared<attention_io>();
-  self->request(devices[0], std::chrono::seconds(10), attend_atom::value, attention_task{2, 0, io})
+  self->request(Probe(devices[0]), std::chrono::seconds(10), attend_atom::value, attention_task{2, 0, io})
       .receive(
           [&](const attention_report& rep) {
             EXPECT_FALSE(rep.ok);
@@ -323,7 +323,7 @@ TEST(DeviceActor, DevicesInTwoProcessesFormAUcxRingDrivenOverTheMiddleman) {
   caf::scoped_actor self{sys};
   for (int r = 0; r < 4; ++r) {
     task.output_path = (dir / ("out." + std::to_string(r))).string();
-    self->send(devices[r], attend_atom::value, task);
+    self->send(Probe(devices[r]), attend_atom::value, task);
   }
   for (int r = 0; r < 4; ++r)
     self->receive([&](const attention_report& rep) { EXPECT_TRUE(rep.ok) << rep.error; },
@@ -465,8 +465,6 @@ device_actor::behavior_type SilentDevice() {
         rep.ok = true;
         return rep;
       },
-      [](attend_atom, const attention_task&) -> caf::result<attention_report> { return caf::delegated<attention_report>(); },
-      [](attend_atom, const selftest_task&) -> caf::result<attention_report> { return caf::delegated<attention_report>(); },
       [](train_atom, const train_task&) -> caf::result<train_report> { return caf::delegated<train_report>(); },
       [](eval_atom, const eval_task&) -> caf::result<eval_report> { return caf::delegated<eval_report>(); },
       [](needle_atom, const needle_task&) -> caf::result<needle_report> { return caf::delegated<needle_report>(); },
