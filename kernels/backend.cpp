@@ -32,6 +32,11 @@ const Backend* FindBackend(Device device) {
   return nullptr;
 }
 
+int64_t KernelScratchBytes(Device device, const StepShape& s) {
+  const Backend* b = FindBackend(device);
+  return b && b->scratch_bytes ? b->scratch_bytes(s) : 0;
+}
+
 std::string DescribeBackend(Device device, DType dtype) {
   const Backend* b = FindBackend(device);
   if (!b) return std::string("no ") + DeviceName(device) + " backend in this build";

@@ -47,6 +47,15 @@ enum class Op : int {
 };
 const char* OpName(Op op);
 
+// The shapes of one model step on a rank, for what a backend's kernels hold beside their operands.
+struct StepShape {
+  int64_t tokens = 0;                              // the rank's rows
+  int64_t hidden = 0, ffn = 0, vocab = 0;          // vocab: the widest softmax the loss head runs
+  int64_t heads = 0, kv_heads = 0, head_dim = 0;
+  int64_t threads = 1;                             // kernel threads of the rank
+  DType dtype = DType::kF32;                       // the step's compute precision
+};
+
 struct Backend {
   const char* name = "";
   Device device = Device::kCpu;
@@ -56,6 +65,10 @@ struct Backend {
   // What runs the GEMMs and attention in `dtype` on this machine, for the logs ("GEMMs by ...; attention
   // by ..."): decided at run time by the CPU's features or the GPU's.
   std::string (*describe)(DType dtype) = nullptr;
+  // Bytes this backend's kernels hold for a step of these shapes besides their operands (blocks of the FFN
+  // and the loss head, packed operands, tables, per-thread tiles): an estimate for the memory plan, made
+  // from the kernels' own block sizes and on this machine's features.
+  int64_t (*scratch_bytes)(const StepShape& s) = nullptr;
 
   // Optional: this backend's constraints beyond the shared checks (head dims, alignment, o's dtype); the
   // message names the argument.
@@ -110,6 +123,8 @@ const Backend* FindBackend(Device device);
 
 // Backend::describe of `device` ("no <device> backend in this build" when there is none).
 std::string DescribeBackend(Device device, DType dtype);
+// Backend::scratch_bytes of `device` (0 when it has no table or no estimate).
+int64_t KernelScratchBytes(Device device, const StepShape& s);
 
 // The table that runs `op` in `dtype` on `device`, or an error that names the device, op and dtype.
 Status Dispatch(Device device, Op op, DType dtype, const Backend** out);

@@ -9,6 +9,11 @@
 
 namespace rw::kernels {
 
+int64_t TokenBlock(int64_t width) {
+  return std::clamp<int64_t>((int64_t(1) << 22) / std::max<int64_t>(width, 1), 16, 1024);
+}
+
+
 namespace {
 
 // The device's table for `op` in `dtype`, after the checks every op shares.
@@ -28,9 +33,7 @@ Status CheckOperand(const char* name, View v, DType compute) {
 #define RW_NONNULL(ptr) RW_REQUIRE((ptr) != nullptr, #ptr ": null pointer")
 
 // Token-block size: the caller's, or one that keeps a block's (rows x width) scratch near 4M floats.
-int64_t PickBlock(int64_t block, int64_t width) {
-  return block > 0 ? block : std::clamp<int64_t>((int64_t(1) << 22) / std::max<int64_t>(width, 1), 16, 1024);
-}
+int64_t PickBlock(int64_t block, int64_t width) { return block > 0 ? block : TokenBlock(width); }
 
 // Host-side ids are checked here; device memory cannot be read from the host, so those kernels skip bad
 // ids themselves.

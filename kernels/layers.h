@@ -65,6 +65,9 @@ struct FfnGrads {
   float* w_up = nullptr;    // (F, E) +=
   float* w_down = nullptr;  // (E, F) +=
 };
+// The token block the blockwise ops (FFN, cross-entropy) take when the caller gives none: rows of a
+// (rows x width) fp32 scratch of about 4M floats, clamped to [16, 1024].
+int64_t TokenBlock(int64_t width);
 // In bf16 the gate/up products and silu(g) u are fp32 per block, rounded to bf16 for the down product.
 Status FfnForward(const Exec& ex, int64_t n, int64_t e, int64_t f, View x, FfnWeights w, View y,
                   int64_t block = 0);

@@ -6,7 +6,8 @@
 #include <cstdio>
 #include <sstream>
 
-#include "kernels/cpu/amx.h"
+#include "kernels/backend.h"
+#include "kernels/layers.h"
 #include "runtime/layout.h"
 #include "runtime/trainer.h"
 
@@ -14,9 +15,6 @@ namespace rw::runtime {
 namespace {
 
 int64_t Up64(int64_t x) { return (x + 63) / 64 * 64; }
-
-// The kernels' token-block size for a (rows x width) scratch of about 4M floats (kernels/layers.cpp).
-int64_t Block(int64_t width) { return std::clamp<int64_t>((int64_t(1) << 22) / std::max<int64_t>(width, 1), 16, 1024); }
 
 struct Shape {
   int64_t E, F, V, L, H, HKV, D, HQ, HK;
@@ -60,7 +58,8 @@ WorkspaceBytes ModelWorkspaceBytes(const ModelConfig& m, int64_t S, bool bf16, b
   return w;
 }
 
-RankMemory RankMemoryOf(const JobConfig& job, int64_t S, int64_t ring, int64_t fsdp, int64_t threads, int64_t batch) {
+RankMemory RankMemoryOf(const JobConfig& job, int64_t S, int64_t ring, int64_t fsdp, int64_t threads, int64_t batch,
+                        kernels::Device device) {
   const ModelConfig& m = job.model;
   const Shape s = ShapeOf(m);
   const bool bf16 = job.precision == "bf16";
@@ -96,30 +95,22 @@ RankMemory RankMemoryOf(const JobConfig& job, int64_t S, int64_t ring, int64_t f
   r.remat = job.remat == "layer";
   r.workspace = (job.remat == "layer" ? layer : none).workspace;
   r.ring = none.ring;
-  // Kernel scratch, per rank (kernels/cpu/layers_cpu.cpp, attention_cpu.cpp): the FFN's blocks (gate, up in
-  // the forward; gate, up, act, dact in the backward; their bf16 copies), the loss head's logits blocks,
-  // the bf16 operand copies of fp32 inputs, the RMSNorm dw partials, RoPE's cos/sin tables (kept below
-  // 64 MiB), the attention's turn table, AMX's packed operands; per kernel thread the attention's tiles.
-  const int64_t bf = Block(s.F), bc = Block(s.softmax);
-  int64_t k = (bf16 ? 32 : 24) * bf * s.F + (bf16 ? 10 : 8) * bc * s.softmax + 4 * threads * s.E;
-  if (bf16) k += S * (8 * s.HQ + 4 * s.HK + 2 * std::max(s.E, s.HQ) + 2 * s.E);
-  if (4 * S * s.D <= (int64_t(64) << 20)) k += 2 * (8 * S + 4 * S * s.D);
-  const int64_t tiles = (S + 127) / 128;
-  k += 4 * tiles * tiles;
-  if (bf16 && kernels::cpu::amx::Available()) k += S * (10 * s.HK + 8 * s.HQ);
-  const int64_t g = std::max<int64_t>(1, s.H / std::max<int64_t>(1, s.HKV));
-  k += threads * (512 * g * (2 * s.D + 258) + 512 * g * (3 * s.D + 258) + 1024 * s.D + 3072);
-  r.kernels = k;
+  // Kernel scratch, per rank: what the device's backend says its kernels hold for these shapes.
+  kernels::StepShape k;
+  k.tokens = S, k.hidden = s.E, k.ffn = s.F, k.vocab = s.softmax, k.heads = s.H, k.kv_heads = s.HKV;
+  k.head_dim = s.D, k.threads = threads, k.dtype = bf16 ? kernels::DType::kBF16 : kernels::DType::kF32;
+  r.kernels = kernels::KernelScratchBytes(device, k);
   // The step's sequences (33 bytes a row each, all of the step's at once), the RankBatch each is moved
   // into (32 bytes a row) and the rank's layout indices.
   r.data = S * (33 * batch + 32 + 8);
   return r;
 }
 
-RankMemory RankMemoryOnMesh(const JobConfig& job, int64_t seq_len, const Mesh& mesh, int64_t threads, int64_t batch) {
+RankMemory RankMemoryOnMesh(const JobConfig& job, int64_t seq_len, const Mesh& mesh, int64_t threads, int64_t batch,
+                            kernels::Device device) {
   // Under fsdp the replica ring (dp x sp ranks holding the same shard) is the all-reduce's.
-  return mesh.fsdp > 1 ? RankMemoryOf(job, seq_len / mesh.sp, mesh.dp * mesh.sp, mesh.fsdp, threads, batch)
-                       : RankMemoryOf(job, seq_len / mesh.sp, mesh.world(), 1, threads, batch);
+  return mesh.fsdp > 1 ? RankMemoryOf(job, seq_len / mesh.sp, mesh.dp * mesh.sp, mesh.fsdp, threads, batch, device)
+                       : RankMemoryOf(job, seq_len / mesh.sp, mesh.world(), 1, threads, batch, device);
 }
 
 Status PlanMemory(const JobConfig& job, const MemoryPlanOptions& opt, MemoryPlan* out) {
@@ -133,6 +124,7 @@ Status PlanMemory(const JobConfig& job, const MemoryPlanOptions& opt, MemoryPlan
   RW_REQUIRE(opt.max_devices >= 1, "max_devices: must be >= 1, got " << opt.max_devices);
   RW_REQUIRE(opt.device == "cpu" || opt.device == "cuda", "--device: cpu or cuda, got '" << opt.device << "'");
   const bool on_device = opt.device == "cpu";
+  const kernels::Device device = on_device ? kernels::Device::kCpu : kernels::Device::kCuda;
   MemoryPlan plan;
   plan.parameters = double(ParamTable(job.model).total());
   plan.precision = job.precision;
@@ -165,7 +157,7 @@ Status PlanMemory(const JobConfig& job, const MemoryPlanOptions& opt, MemoryPlan
     sp.rows = sp.seq_len / sp.mesh.sp;
     auto threads_for = [&](int64_t ring) { return opt.threads > 0 ? opt.threads : int64_t(RankThreads(job, ring)); };
     const int64_t batch = job.stages[i].batch;
-    sp.rank = RankMemoryOnMesh(job, sp.seq_len, sp.mesh, threads_for(R), batch);
+    sp.rank = RankMemoryOnMesh(job, sp.seq_len, sp.mesh, threads_for(R), batch, device);
     sp.rank.snapshot_on_device = on_device;
     if (opt.device_memory > 0 && sp.rank.total() > opt.device_memory) {
       sp.fits = false;
@@ -174,7 +166,7 @@ Status PlanMemory(const JobConfig& job, const MemoryPlanOptions& opt, MemoryPlan
         int64_t best = -1;
         for (int64_t ring = 1; ring <= n; ++ring) {
           if (n % ring != 0 || !ring_only.CheckStageRing(i, ring).ok()) continue;
-          RankMemory rm = RankMemoryOf(job, sp.seq_len / ring, ring, n / ring, threads_for(ring), batch);
+          RankMemory rm = RankMemoryOf(job, sp.seq_len / ring, ring, n / ring, threads_for(ring), batch, device);
           rm.snapshot_on_device = on_device;
           if (rm.total() <= opt.device_memory && (best < 0 || rm.total() < best)) {
             best = rm.total();

@@ -11,9 +11,10 @@
 //                the loss head's) — ModelWorkspace's, the same for every layer;
 //   ring         the travelling K/V blocks (double buffer), the partial (O, lse), the backward's delta and
 //                its three dK/dV buffers (RingBuffers);
-//   kernels      the CPU kernels' scratch: per rank (FFN and loss-head blocks, bf16 operand copies, RoPE
-//                tables, the attention's turn table) and per kernel thread (attention tiles). An estimate
-//                from the kernels' block sizes; oneDNN's own scratch is not in it;
+//   kernels      the device's kernels' scratch, as its backend table estimates it (Backend::scratch_bytes):
+//                on the CPU per rank (FFN and loss-head blocks, bf16 operand copies, RoPE tables, the
+//                attention's turn table, AMX's packed operands) and per kernel thread (attention tiles),
+//                oneDNN's own scratch not in it; on CUDA the largest call's block scratch;
 //   data         the rank's rows of the step's sequences;
 //   snapshot     the copy of weights and moments for a background checkpoint write (host memory), when
 //                the job writes checkpoints: rank 0's of the whole model (12 bytes a parameter), or under
@@ -48,7 +49,7 @@ struct RankMemory {
   int64_t activations() const { return remat ? activations_remat : activations_no_remat; }
   int64_t workspace = 0;    // the step's buffers outside the layers
   int64_t ring = 0;         // RingBuffers
-  int64_t kernels = 0;      // CPU kernel scratch (estimate)
+  int64_t kernels = 0;      // the device's kernel scratch (estimate)
   int64_t data = 0;         // the rank's rows of the step's sequences
   int64_t comm = 0;         // the all-reduce's receive chunk (rings of 2 or more)
   int64_t snapshot = 0;     // rank 0, when checkpoints are written: host memory
@@ -98,11 +99,12 @@ Status PlanMemory(const JobConfig& job, const MemoryPlanOptions& opt, MemoryPlan
 // One rank's memory for `job` at `rows` tokens a rank, a ring of `ring` ranks (sp) and `fsdp` shards, with
 // `threads` kernel threads; rank 0's (with the checkpoint snapshot when the job writes checkpoints).
 RankMemory RankMemoryOf(const JobConfig& job, int64_t rows, int64_t ring, int64_t fsdp, int64_t threads,
-                        int64_t batch);
+                        int64_t batch, kernels::Device device = kernels::Device::kCpu);
 
 // The same for a stage of `seq_len` tokens on `mesh`: its sp ring splits the sequence; with fsdp > 1 the
 // model is sharded (the replica ring, dp x sp, sums the shards), else the world ring is the all-reduce's.
-RankMemory RankMemoryOnMesh(const JobConfig& job, int64_t seq_len, const Mesh& mesh, int64_t threads, int64_t batch);
+RankMemory RankMemoryOnMesh(const JobConfig& job, int64_t seq_len, const Mesh& mesh, int64_t threads, int64_t batch,
+                            kernels::Device device = kernels::Device::kCpu);
 
 // The parts that ModelWorkspace and RingBuffers allocate for one step at `rows` tokens (what the model test
 // checks against ModelWorkspace::Bytes of a real step).

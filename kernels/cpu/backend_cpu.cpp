@@ -3,7 +3,11 @@
 // at run time by what the CPU has (cpu/gemm.h, Bf16GemmPath()).
 #include "kernels/backend.h"
 #include "kernels/cpu/cpu.h"
+#include "kernels/cpu/amx.h"
 #include "kernels/cpu/gemm.h"
+#include "kernels/layers.h"
+
+#include <algorithm>
 
 namespace rw::kernels {
 namespace {
@@ -29,6 +33,26 @@ bool Supports(Op op, DType dtype) {
   }
 }
 
+// The CPU kernels' scratch (kernels/cpu/layers_cpu.cpp, attention_cpu.cpp, attention_amx.cpp; thread-local
+// and kept, so the parts add up): the FFN's blocks (gate, up in the forward; gate, up, act, dact in the
+// backward; their bf16 copies), the loss head's logits blocks, the bf16 operand copies of fp32 inputs, the
+// RMSNorm dw partials, RoPE's cos/sin tables (kept below 64 MiB), the attention's turn table, AMX's packed
+// operands (where the CPU has AMX); per kernel thread the attention's tiles.
+int64_t ScratchBytes(const StepShape& s) {
+  const bool bf16 = s.dtype == DType::kBF16;
+  const int64_t S = s.tokens, HQ = s.heads * s.head_dim, HK = s.kv_heads * s.head_dim;
+  const int64_t bf = TokenBlock(s.ffn), bc = TokenBlock(s.vocab);
+  int64_t k = (bf16 ? 32 : 24) * bf * s.ffn + (bf16 ? 10 : 8) * bc * s.vocab + 4 * s.threads * s.hidden;
+  if (bf16) k += S * (8 * HQ + 4 * HK + 2 * std::max(s.hidden, HQ) + 2 * s.hidden);
+  if (4 * S * s.head_dim <= (int64_t(64) << 20)) k += 2 * (8 * S + 4 * S * s.head_dim);
+  const int64_t tiles = (S + 127) / 128;
+  k += 4 * tiles * tiles;
+  if (bf16 && cpu::amx::Available()) k += S * (10 * HK + 8 * HQ);
+  const int64_t g = std::max<int64_t>(1, s.heads / std::max<int64_t>(1, s.kv_heads));
+  k += s.threads * (512 * g * (2 * s.head_dim + 258) + 512 * g * (3 * s.head_dim + 258) + 1024 * s.head_dim + 3072);
+  return k;
+}
+
 Backend Make() {
   Backend b;
   b.name = "cpu";
@@ -39,6 +63,7 @@ Backend Make() {
       return std::string("GEMMs by ") + cpu::Bf16GemmPath() + "; attention by " + cpu::Bf16AttentionPath();
     return std::string("GEMMs by ") + cpu::BlasName();
   };
+  b.scratch_bytes = ScratchBytes;
   b.check_attention = AttentionWritesF32;
   b.attention_forward = cpu::AttentionForward;
   b.attention_backward_prep = cpu::AttentionBackwardPrep;

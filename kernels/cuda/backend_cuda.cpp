@@ -1,5 +1,6 @@
 // The CUDA backend's table: attention in bf16/f16 (tensor cores, fp32 accumulation) and the fp32 layer
 // kernels. Compiled in every build that finds nvcc; `available` says whether a GPU is present.
+#include <algorithm>
 #include <cstdint>
 #include <utility>
 
@@ -7,6 +8,7 @@
 
 #include "kernels/backend.h"
 #include "kernels/cuda/cuda.h"
+#include "kernels/layers.h"
 
 namespace rw::kernels {
 namespace {
@@ -52,6 +54,13 @@ Status CheckAttention(const AttentionParams& p, bool backward) {
 const float* F(View v) { return v.as<const float>(); }
 float* W(View v) { return v.as<float>(); }
 
+// The CUDA kernels' scratch (kernels/cuda/layers_cuda.cu): device memory for one call, freed at its end, so
+// the peak is the largest call's: the FFN backward's four (block x F) fp32 buffers, or the loss head's
+// (block x vocab) logits. Attention keeps its tiles in shared memory.
+int64_t ScratchBytes(const StepShape& s) {
+  return std::max(16 * TokenBlock(s.ffn) * s.ffn, 4 * TokenBlock(s.vocab) * s.vocab);
+}
+
 Backend Make() {
   Backend b;
   b.name = "cuda";
@@ -62,6 +71,7 @@ Backend Make() {
     return std::string("GEMMs by cuBLAS; attention by RingWorld's CUDA kernels") +
            (dtype == DType::kF32 ? " (f32 attention is not on the GPU: bf16 or f16)" : "");
   };
+  b.scratch_bytes = ScratchBytes;
   b.check_attention = CheckAttention;
   b.attention_forward = cuda::AttentionForward;
   b.attention_backward_prep = cuda::AttentionBackwardPrep;
