@@ -85,8 +85,8 @@ struct Backend {
                             float* dw) = nullptr;
   Status (*rmsnorm_forward)(const Exec& ex, int64_t n, int64_t e, const float* x, const float* w, float eps, View y,
                             float* rstd) = nullptr;
-  Status (*rmsnorm_backward)(const Exec& ex, int64_t n, int64_t e, const float* x, const float* w,
-                             const float* rstd, const float* dy, float* dx, float* dw) = nullptr;
+  Status (*rmsnorm_backward)(const Exec& ex, int64_t n, int64_t e, View x, const float* w, const float* rstd,
+                             View dy, View dx, float* dw) = nullptr;
   Status (*rope)(const Exec& ex, int64_t s, int64_t h, int64_t d, View3 x, View3 y, const int64_t* pos,
                  double theta, bool inverse) = nullptr;
   Status (*ffn_forward)(const Exec& ex, int64_t n, int64_t e, int64_t f, View x, FfnWeights w, View y,
@@ -99,14 +99,14 @@ struct Backend {
   Status (*cross_entropy_backward)(const Exec& ex, int64_t n, int64_t e, int64_t vocab, View h, View w,
                                    const int32_t* target, const float* weight, float grad_scale, float* dh,
                                    float* dw, int64_t block) = nullptr;
-  Status (*adamw_step)(const Exec& ex, int64_t n, float* p, const float* g, float* m, float* v,
-                       const AdamWHyper& hp, int64_t step) = nullptr;
-  Status (*add_into)(const Exec& ex, int64_t n, const float* src, float* dst) = nullptr;
+  Status (*adamw_step)(const Exec& ex, int64_t n, View p, View g, View m, View v, const AdamWHyper& hp,
+                       int64_t step) = nullptr;
+  Status (*add_into)(const Exec& ex, int64_t n, View src, View dst) = nullptr;
   Status (*cast)(const Exec& ex, int64_t n, View src, View dst) = nullptr;
-  Status (*embedding_forward)(const Exec& ex, int64_t n, int64_t e, const int32_t* ids, const float* table,
-                              float* x) = nullptr;
-  Status (*embedding_backward)(const Exec& ex, int64_t n, int64_t e, const int32_t* ids, const float* dx,
-                               float* dtable) = nullptr;
+  Status (*embedding_forward)(const Exec& ex, int64_t n, int64_t e, const int32_t* ids, View table,
+                              View x) = nullptr;
+  Status (*embedding_backward)(const Exec& ex, int64_t n, int64_t e, const int32_t* ids, View dx,
+                               View dtable) = nullptr;
   // The VQGAN's ops (kernels/vision.h).
   Status (*conv2d_forward)(const Exec& ex, const Conv2dShape& s, const float* x, const float* w, const float* bias,
                            float* y) = nullptr;

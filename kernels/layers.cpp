@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <initializer_list>
+#include <utility>
 
 #include "kernels/backend.h"
 
@@ -30,10 +32,19 @@ Status CheckOperand(const char* name, View v, DType compute) {
   return Status::Ok();
 }
 
-#define RW_NONNULL(ptr) RW_REQUIRE((ptr) != nullptr, #ptr ": null pointer")
+#define RW_NONNULL(ptr) RW_REQUIRE(static_cast<bool>(ptr), #ptr ": null pointer")
 
 // Token-block size: the caller's, or one that keeps a block's (rows x width) scratch near 4M floats.
 int64_t PickBlock(int64_t block, int64_t width) { return block > 0 ? block : TokenBlock(width); }
+
+// Operands that share the op's dtype (the first's): the error names the one that differs.
+Status SameDType(std::initializer_list<std::pair<const char*, View>> views) {
+  const auto& first = *views.begin();
+  for (const auto& [name, v] : views)
+    RW_REQUIRE(v.dtype == first.second.dtype, name << ": dtype " << DTypeName(v.dtype) << " differs from "
+                                                   << first.first << "'s " << DTypeName(first.second.dtype));
+  return Status::Ok();
+}
 
 // Host-side ids are checked here; device memory cannot be read from the host, so those kernels skip bad
 // ids themselves.
@@ -96,10 +107,11 @@ Status RmsNormForward(const Exec& ex, int64_t n, int64_t e, const float* x, cons
   return b->rmsnorm_forward(ex, n, e, x, w, eps, y, rstd);
 }
 
-Status RmsNormBackward(const Exec& ex, int64_t n, int64_t e, const float* x, const float* w,
-                       const float* rstd, const float* dy, float* dx, float* dw) {
+Status RmsNormBackward(const Exec& ex, int64_t n, int64_t e, View x, const float* w, const float* rstd, View dy,
+                       View dx, float* dw) {
+  RW_RETURN_IF_ERROR(SameDType({{"x", x}, {"dy", dy}, {"dx", dx}}));
   const Backend* b = nullptr;
-  RW_RETURN_IF_ERROR(Table(ex, Op::kRmsNormBackward, DType::kF32, &b));
+  RW_RETURN_IF_ERROR(Table(ex, Op::kRmsNormBackward, x.dtype, &b));
   RW_REQUIRE(n >= 0, "n: must be >= 0, got " << n);
   RW_REQUIRE(e >= 1, "e: must be >= 1, got " << e);
   if (n == 0) return Status::Ok();
@@ -213,10 +225,10 @@ Status CrossEntropyBackward(const Exec& ex, int64_t n, int64_t e, int64_t vocab,
                                    PickBlock(block, vocab));
 }
 
-Status AdamWStep(const Exec& ex, int64_t n, float* p, const float* g, float* m, float* v,
-                 const AdamWHyper& hp, int64_t step) {
+Status AdamWStep(const Exec& ex, int64_t n, View p, View g, View m, View v, const AdamWHyper& hp, int64_t step) {
+  RW_RETURN_IF_ERROR(SameDType({{"param", p}, {"grad", g}, {"m", m}, {"v", v}}));
   const Backend* b = nullptr;
-  RW_RETURN_IF_ERROR(Table(ex, Op::kAdamW, DType::kF32, &b));
+  RW_RETURN_IF_ERROR(Table(ex, Op::kAdamW, p.dtype, &b));
   RW_REQUIRE(n >= 0, "n: must be >= 0, got " << n);
   RW_REQUIRE(step >= 1, "step: AdamW steps count from 1, got " << step);
   RW_REQUIRE(std::isfinite(hp.lr) && hp.lr >= 0.f, "lr: must be finite and >= 0, got " << hp.lr);
@@ -233,9 +245,10 @@ Status AdamWStep(const Exec& ex, int64_t n, float* p, const float* g, float* m, 
   return b->adamw_step(ex, n, p, g, m, v, hp, step);
 }
 
-Status AddInto(const Exec& ex, int64_t n, const float* src, float* dst) {
+Status AddInto(const Exec& ex, int64_t n, View src, View dst) {
+  RW_RETURN_IF_ERROR(SameDType({{"src", src}, {"dst", dst}}));
   const Backend* b = nullptr;
-  RW_RETURN_IF_ERROR(Table(ex, Op::kAddInto, DType::kF32, &b));
+  RW_RETURN_IF_ERROR(Table(ex, Op::kAddInto, src.dtype, &b));
   RW_REQUIRE(n >= 0, "n: must be >= 0, got " << n);
   if (n == 0) return Status::Ok();
   RW_NONNULL(src);
@@ -260,8 +273,9 @@ Status Cast(const Exec& ex, int64_t n, View src, View dst) {
 namespace {
 // The shared checks of both directions: shape, the table's and the rows' pointers, ids in the vocabulary.
 Status CheckEmbedding(const Exec& ex, Op op, int64_t n, int64_t e, int64_t vocab, const int32_t* ids,
-                      const void* table, const void* rows, const Backend** b) {
-  RW_RETURN_IF_ERROR(Table(ex, op, DType::kF32, b));
+                      View table, View rows, const char* rows_name, const Backend** b) {
+  RW_RETURN_IF_ERROR(SameDType({{"table", table}, {rows_name, rows}}));
+  RW_RETURN_IF_ERROR(Table(ex, op, table.dtype, b));
   RW_REQUIRE(n >= 0 && e >= 1 && vocab >= 1,
              "shape: need n >= 0, e >= 1, vocab >= 1, got (" << n << ", " << e << ", " << vocab << ")");
   if (n == 0) return Status::Ok();
@@ -272,17 +286,17 @@ Status CheckEmbedding(const Exec& ex, Op op, int64_t n, int64_t e, int64_t vocab
 }
 }  // namespace
 
-Status EmbeddingForward(const Exec& ex, int64_t n, int64_t e, int64_t vocab, const int32_t* ids,
-                        const float* table, float* x) {
+Status EmbeddingForward(const Exec& ex, int64_t n, int64_t e, int64_t vocab, const int32_t* ids, View table,
+                        View x) {
   const Backend* b = nullptr;
-  RW_RETURN_IF_ERROR(CheckEmbedding(ex, Op::kEmbeddingForward, n, e, vocab, ids, table, x, &b));
+  RW_RETURN_IF_ERROR(CheckEmbedding(ex, Op::kEmbeddingForward, n, e, vocab, ids, table, x, "x", &b));
   return n == 0 ? Status::Ok() : b->embedding_forward(ex, n, e, ids, table, x);
 }
 
-Status EmbeddingBackward(const Exec& ex, int64_t n, int64_t e, int64_t vocab, const int32_t* ids,
-                         const float* dx, float* dtable) {
+Status EmbeddingBackward(const Exec& ex, int64_t n, int64_t e, int64_t vocab, const int32_t* ids, View dx,
+                         View dtable) {
   const Backend* b = nullptr;
-  RW_RETURN_IF_ERROR(CheckEmbedding(ex, Op::kEmbeddingBackward, n, e, vocab, ids, dtable, dx, &b));
+  RW_RETURN_IF_ERROR(CheckEmbedding(ex, Op::kEmbeddingBackward, n, e, vocab, ids, dtable, dx, "dx", &b));
   return n == 0 ? Status::Ok() : b->embedding_backward(ex, n, e, ids, dx, dtable);
 }
 

@@ -39,9 +39,10 @@ Status LinearBackward(const Exec& ex, int64_t n, int64_t in, int64_t out, View x
 // backward. The reduction is fp32 in every precision.
 Status RmsNormForward(const Exec& ex, int64_t n, int64_t e, const float* x, const float* w, float eps,
                       View y, float* rstd);
-// dx = rstd * (w*dy - x * rstd^2 * mean(x * w * dy));  dw += sum_rows dy * x * rstd
-Status RmsNormBackward(const Exec& ex, int64_t n, int64_t e, const float* x, const float* w,
-                       const float* rstd, const float* dy, float* dx, float* dw);
+// dx = rstd * (w*dy - x * rstd^2 * mean(x * w * dy));  dw += sum_rows dy * x * rstd. x, dy and dx are
+// activations of one dtype (the op's; the tables run fp32); w, rstd and dw fp32.
+Status RmsNormBackward(const Exec& ex, int64_t n, int64_t e, View x, const float* w, const float* rstd, View dy,
+                       View dx, float* dw);
 
 // ---- RoPE (rotate-half, as Hugging Face LLaMA) --------------------------------------------------------
 // For each row s with position pos[s] and pair i < D/2, angle a = pos[s] * theta^(-2i/D):
@@ -96,23 +97,25 @@ Status CrossEntropyBackward(const Exec& ex, int64_t n, int64_t e, int64_t vocab,
 struct AdamWHyper {
   float lr = 1e-3f, beta1 = 0.9f, beta2 = 0.95f, eps = 1e-8f, weight_decay = 0.f;
 };
-Status AdamWStep(const Exec& ex, int64_t n, float* param, const float* grad, float* m, float* v,
-                 const AdamWHyper& hp, int64_t step);
+// param, grad and the moments m, v in one dtype (the tables run fp32 master weights and moments).
+Status AdamWStep(const Exec& ex, int64_t n, View param, View grad, View m, View v, const AdamWHyper& hp,
+                 int64_t step);
 
 // ---- Elementwise ---------------------------------------------------------------------------------------
-// dst += src over n floats: how gradients that travel the ring collect each rank's share.
-Status AddInto(const Exec& ex, int64_t n, const float* src, float* dst);
+// dst += src over n elements of one dtype: how gradients that travel the ring collect each rank's share.
+Status AddInto(const Exec& ex, int64_t n, View src, View dst);
 
 // dst = src over n elements, converting between fp32 and bf16 (round-to-nearest-even): the bf16 compute
 // copy of the weights after each optimizer step, activations entering a bf16 op.
 Status Cast(const Exec& ex, int64_t n, View src, View dst);
 
 // ---- Embedding ---------------------------------------------------------------------------------------
-// x[i] = table[ids[i]] (rows of E floats); the backward scatter-adds dtable[ids[i]] += dx[i] in token order
-// (deterministic). table: (V, E) fp32; ids are checked against `vocab`.
-Status EmbeddingForward(const Exec& ex, int64_t n, int64_t e, int64_t vocab, const int32_t* ids,
-                        const float* table, float* x);
-Status EmbeddingBackward(const Exec& ex, int64_t n, int64_t e, int64_t vocab, const int32_t* ids,
-                         const float* dx, float* dtable);
+// x[i] = table[ids[i]] (rows of E); the backward scatter-adds dtable[ids[i]] += dx[i] in token order
+// (deterministic). table: (V, E) and the rows in one dtype (the tables run fp32); ids are checked against
+// `vocab`.
+Status EmbeddingForward(const Exec& ex, int64_t n, int64_t e, int64_t vocab, const int32_t* ids, View table,
+                        View x);
+Status EmbeddingBackward(const Exec& ex, int64_t n, int64_t e, int64_t vocab, const int32_t* ids, View dx,
+                         View dtable);
 
 }  // namespace rw::kernels

@@ -72,17 +72,29 @@ Backend Make() {
   b.linear_forward = cpu::LinearForward;
   b.linear_backward = cpu::LinearBackward;
   b.rmsnorm_forward = cpu::RmsNormForward;
-  b.rmsnorm_backward = cpu::RmsNormBackward;
+  // The fp32-only ops read their views as floats (supports() refused any other dtype before they run).
+  b.rmsnorm_backward = [](const Exec& ex, int64_t n, int64_t e, View x, const float* w, const float* rstd, View dy,
+                          View dx, float* dw) {
+    return cpu::RmsNormBackward(ex, n, e, x.as<const float>(), w, rstd, dy.as<const float>(), dx.as<float>(), dw);
+  };
   b.rope = cpu::Rope;
   b.ffn_forward = cpu::FfnForward;
   b.ffn_backward = cpu::FfnBackward;
   b.cross_entropy_forward = cpu::CrossEntropyForward;
   b.cross_entropy_backward = cpu::CrossEntropyBackward;
-  b.adamw_step = cpu::AdamWStep;
-  b.add_into = cpu::AddInto;
+  b.adamw_step = [](const Exec& ex, int64_t n, View p, View g, View m, View v, const AdamWHyper& hp, int64_t step) {
+    return cpu::AdamWStep(ex, n, p.as<float>(), g.as<const float>(), m.as<float>(), v.as<float>(), hp, step);
+  };
+  b.add_into = [](const Exec& ex, int64_t n, View src, View dst) {
+    return cpu::AddInto(ex, n, src.as<const float>(), dst.as<float>());
+  };
   b.cast = cpu::Cast;
-  b.embedding_forward = cpu::EmbeddingForward;
-  b.embedding_backward = cpu::EmbeddingBackward;
+  b.embedding_forward = [](const Exec& ex, int64_t n, int64_t e, const int32_t* ids, View table, View x) {
+    return cpu::EmbeddingForward(ex, n, e, ids, table.as<const float>(), x.as<float>());
+  };
+  b.embedding_backward = [](const Exec& ex, int64_t n, int64_t e, const int32_t* ids, View dx, View dt) {
+    return cpu::EmbeddingBackward(ex, n, e, ids, dx.as<const float>(), dt.as<float>());
+  };
   b.conv2d_forward = cpu::Conv2dForward;
   b.group_norm_forward = cpu::GroupNormForward;
   b.upsample_nearest2x = cpu::UpsampleNearest2x;

@@ -84,7 +84,10 @@ Backend Make() {
                          float* dw) { return cuda::LinearBackward(ex, n, in, out, F(x), F(w), F(dy), W(dx), dw); };
   b.rmsnorm_forward = [](const Exec& ex, int64_t n, int64_t e, const float* x, const float* w, float eps, View y,
                          float* rstd) { return cuda::RmsNormForward(ex, n, e, x, w, eps, W(y), rstd); };
-  b.rmsnorm_backward = cuda::RmsNormBackward;
+  b.rmsnorm_backward = [](const Exec& ex, int64_t n, int64_t e, View x, const float* w, const float* rstd, View dy,
+                          View dx, float* dw) {
+    return cuda::RmsNormBackward(ex, n, e, F(x), w, rstd, F(dy), W(dx), dw);
+  };
   b.rope = cuda::Rope;
   b.ffn_forward = [](const Exec& ex, int64_t n, int64_t e, int64_t f, View x, FfnWeights w, View y, int64_t block) {
     return cuda::FfnForward(ex, n, e, f, F(x), w, W(y), block);
@@ -103,8 +106,10 @@ Backend Make() {
                                 int64_t block) {
     return cuda::CrossEntropyBackward(ex, n, e, vocab, F(h), F(w), target, weight, grad_scale, dh, dw, block);
   };
-  b.adamw_step = cuda::AdamWStep;
-  b.add_into = cuda::AddInto;
+  b.adamw_step = [](const Exec& ex, int64_t n, View p, View g, View m, View v, const AdamWHyper& hp, int64_t step) {
+    return cuda::AdamWStep(ex, n, W(p), F(g), W(m), W(v), hp, step);
+  };
+  b.add_into = [](const Exec& ex, int64_t n, View src, View dst) { return cuda::AddInto(ex, n, F(src), W(dst)); };
   return b;
 }
 

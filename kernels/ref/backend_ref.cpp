@@ -53,9 +53,9 @@ Backend Make() {
     ref::RmsNormForward<float>(n, e, x, w, eps, W(y), rstd);
     return Status::Ok();
   };
-  b.rmsnorm_backward = [](const Exec&, int64_t n, int64_t e, const float* x, const float* w, const float* rstd,
-                          const float* dy, float* dx, float* dw) {
-    ref::RmsNormBackward<float>(n, e, x, w, rstd, dy, dx, dw);
+  b.rmsnorm_backward = [](const Exec&, int64_t n, int64_t e, View x, const float* w, const float* rstd, View dy,
+                          View dx, float* dw) {
+    ref::RmsNormBackward<float>(n, e, F(x), w, rstd, F(dy), W(dx), dw);
     return Status::Ok();
   };
   b.rope = [](const Exec&, int64_t s, int64_t h, int64_t d, View3 x, View3 y, const int64_t* pos, double theta,
@@ -86,13 +86,12 @@ Backend Make() {
     ref::CrossEntropyBackward<float>(n, e, vocab, F(h), F(w), target, weight, grad_scale, dh, dw);
     return Status::Ok();
   };
-  b.adamw_step = [](const Exec&, int64_t n, float* p, const float* g, float* m, float* v, const AdamWHyper& hp,
-                    int64_t step) {
-    ref::AdamWStep<float>(n, p, g, m, v, hp, step);
+  b.adamw_step = [](const Exec&, int64_t n, View p, View g, View m, View v, const AdamWHyper& hp, int64_t step) {
+    ref::AdamWStep<float>(n, W(p), F(g), W(m), W(v), hp, step);
     return Status::Ok();
   };
-  b.add_into = [](const Exec&, int64_t n, const float* src, float* dst) {
-    for (int64_t i = 0; i < n; ++i) dst[i] += src[i];
+  b.add_into = [](const Exec&, int64_t n, View src, View dst) {
+    for (int64_t i = 0; i < n; ++i) W(dst)[i] += F(src)[i];
     return Status::Ok();
   };
   b.cast = [](const Exec&, int64_t n, View src, View dst) {
@@ -104,13 +103,13 @@ Backend Make() {
       for (int64_t i = 0; i < n; ++i) W(dst)[i] = ToFloat(src.as<const bf16>()[i]);
     return Status::Ok();
   };
-  b.embedding_forward = [](const Exec&, int64_t n, int64_t e, const int32_t* ids, const float* table, float* x) {
-    for (int64_t i = 0; i < n; ++i) std::copy_n(table + int64_t(ids[i]) * e, e, x + i * e);
+  b.embedding_forward = [](const Exec&, int64_t n, int64_t e, const int32_t* ids, View table, View x) {
+    for (int64_t i = 0; i < n; ++i) std::copy_n(F(table) + int64_t(ids[i]) * e, e, W(x) + i * e);
     return Status::Ok();
   };
-  b.embedding_backward = [](const Exec&, int64_t n, int64_t e, const int32_t* ids, const float* dx, float* dt) {
+  b.embedding_backward = [](const Exec&, int64_t n, int64_t e, const int32_t* ids, View dx, View dt) {
     for (int64_t i = 0; i < n; ++i)
-      for (int64_t j = 0; j < e; ++j) dt[int64_t(ids[i]) * e + j] += dx[i * e + j];
+      for (int64_t j = 0; j < e; ++j) W(dt)[int64_t(ids[i]) * e + j] += F(dx)[i * e + j];
     return Status::Ok();
   };
   b.conv2d_forward = [](const Exec&, const Conv2dShape& s, const float* x, const float* w, const float* bias,

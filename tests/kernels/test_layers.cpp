@@ -289,6 +289,21 @@ TEST(Layers, BadArgumentsAreRejectedWithTheArgumentNamed) {
 #ifndef RW_HAVE_CUDA
   starts(kernels::RmsNormForward(Exec{Device::kCuda}, 2, 4, a.data(), a.data(), 1e-5f, a.data(), a.data()), "device");
 #endif
+  // The ops over dtype views: operands of another dtype than the op's are named; a dtype no table runs
+  // (bf16 AdamW, embedding, add, RMSNorm backward) is refused, and nothing is written.
+  std::vector<kernels::bf16> h(64, kernels::bf16{0x3f80});
+  const std::vector<float> before = a;
+  starts(kernels::AddInto(kCpu, 4, a.data(), h.data()), "dst: dtype bf16 differs from src's f32");
+  starts(kernels::AdamWStep(kCpu, 4, a.data(), a.data(), h.data(), a.data(), {}, 1), "m: dtype bf16 differs");
+  starts(kernels::RmsNormBackward(kCpu, 2, 4, a.data(), a.data(), a.data(), h.data(), a.data(), a.data()),
+         "dy: dtype bf16 differs from x's f32");
+  const int32_t ids[2] = {0, 1};
+  starts(kernels::EmbeddingForward(kCpu, 2, 4, 4, ids, a.data(), h.data()), "x: dtype bf16 differs from table's");
+  const kernels::Status bf = kernels::AddInto(kCpu, 4, h.data(), h.data());
+  EXPECT_FALSE(bf.ok());
+  EXPECT_NE(bf.message().find("bf16"), std::string::npos) << bf.message();
+  EXPECT_EQ(a, before);
+  EXPECT_EQ(h[0].bits, 0x3f80);
 }
 
 }  // namespace
