@@ -1,6 +1,8 @@
 // The registry of backend tables and the dispatch check every entry point runs.
 #include "kernels/backend.h"
 
+#include <cstdlib>
+#include <cstring>
 #include <string>
 
 namespace rw::kernels {
@@ -30,6 +32,24 @@ const Backend* FindBackend(Device device) {
 #endif
   }
   return nullptr;
+}
+
+void SetHostMemory(Backend* b) {
+  b->alloc = [](size_t bytes, void** ptr) {
+    *ptr = bytes ? std::malloc(bytes) : nullptr;
+    RW_REQUIRE(bytes == 0 || *ptr, "DeviceAlloc: out of host memory for " << bytes << " bytes");
+    return Status::Ok();
+  };
+  b->free = [](void* ptr) { std::free(ptr); };
+  b->copy = [](Backend::CopyKind, void* dst, const void* src, size_t bytes) {
+    if (bytes) std::memcpy(dst, src, bytes);
+    return Status::Ok();
+  };
+  b->memset = [](void* dst, int value, size_t bytes) {
+    if (bytes) std::memset(dst, value, bytes);
+    return Status::Ok();
+  };
+  b->synchronize = [] { return Status::Ok(); };
 }
 
 int64_t KernelScratchBytes(Device device, const StepShape& s) {

@@ -70,6 +70,15 @@ struct Backend {
   // from the kernels' own block sizes and on this machine's features.
   int64_t (*scratch_bytes)(const StepShape& s) = nullptr;
 
+  // The device's memory (kernels/device_memory.h dispatches here): allocation, copies between the host and
+  // the device and on the device, memset, and waiting for the device's queued work.
+  enum class CopyKind { kToDevice, kToHost, kOnDevice };
+  Status (*alloc)(size_t bytes, void** ptr) = nullptr;
+  void (*free)(void* ptr) = nullptr;
+  Status (*copy)(CopyKind kind, void* dst, const void* src, size_t bytes) = nullptr;
+  Status (*memset)(void* dst, int value, size_t bytes) = nullptr;
+  Status (*synchronize)() = nullptr;
+
   // Optional: this backend's constraints beyond the shared checks (head dims, alignment, o's dtype); the
   // message names the argument.
   Status (*check_attention)(const AttentionParams& p, bool backward) = nullptr;
@@ -120,6 +129,8 @@ struct Backend {
 
 // The table of `device` in this build; null when the build has none (CUDA not compiled in).
 const Backend* FindBackend(Device device);
+// Host memory's entries (malloc, memcpy, memset), which the host devices' tables (ref, cpu) take.
+void SetHostMemory(Backend* b);
 
 // Backend::describe of `device` ("no <device> backend in this build" when there is none).
 std::string DescribeBackend(Device device, DType dtype);

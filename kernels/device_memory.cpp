@@ -4,80 +4,61 @@
 #include <cmath>
 #include <cstring>
 
-#ifdef RW_HAVE_CUDA
-#include <cuda_runtime_api.h>
-#endif
+#include "kernels/backend.h"
 
 namespace rw::kernels {
 
-#ifdef RW_HAVE_CUDA
 namespace {
-Status CudaStatus(cudaError_t e, const char* what) {
-  if (e == cudaSuccess) return Status::Ok();
-  return Status::Error(std::string(what) + ": " + cudaGetErrorString(e));
+
+// The device's table, which holds its memory entries; an error names a device this build has no table for.
+Status MemoryOf(Device dev, const Backend** out) {
+  *out = FindBackend(dev);
+  RW_REQUIRE(*out && (*out)->alloc, "device: this build has no " << DeviceName(dev) << " backend");
+  return Status::Ok();
 }
+
 }  // namespace
-#define RW_CUDA_MEM(expr, what) return CudaStatus((expr), what)
-#else
-#define RW_CUDA_MEM(expr, what) return Status::Error("device: this build has no CUDA backend")
-#endif
 
 Status DeviceAlloc(Device dev, size_t bytes, void** ptr) {
   *ptr = nullptr;
-  if (dev != Device::kCuda) {
-    *ptr = bytes ? std::malloc(bytes) : nullptr;
-    RW_REQUIRE(bytes == 0 || *ptr, "DeviceAlloc: out of host memory for " << bytes << " bytes");
-    return Status::Ok();
-  }
-  RW_CUDA_MEM(cudaMalloc(ptr, bytes), "cudaMalloc");
+  const Backend* b = nullptr;
+  RW_RETURN_IF_ERROR(MemoryOf(dev, &b));
+  return b->alloc(bytes, ptr);
 }
 
 void DeviceFree(Device dev, void* ptr) {
-  if (!ptr) return;
-  if (dev != Device::kCuda) {
-    std::free(ptr);
-    return;
-  }
-#ifdef RW_HAVE_CUDA
-  cudaFree(ptr);
-#endif
+  const Backend* b = FindBackend(dev);
+  if (ptr && b && b->free) b->free(ptr);
 }
 
 Status CopyToDevice(Device dev, void* dst, const void* src, size_t bytes) {
-  if (dev != Device::kCuda) {
-    if (bytes) std::memcpy(dst, src, bytes);
-    return Status::Ok();
-  }
-  RW_CUDA_MEM(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice), "cudaMemcpy to device");
+  const Backend* b = nullptr;
+  RW_RETURN_IF_ERROR(MemoryOf(dev, &b));
+  return b->copy(Backend::CopyKind::kToDevice, dst, src, bytes);
 }
 
 Status CopyToHost(Device dev, void* dst, const void* src, size_t bytes) {
-  if (dev != Device::kCuda) {
-    if (bytes) std::memcpy(dst, src, bytes);
-    return Status::Ok();
-  }
-  RW_CUDA_MEM(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost), "cudaMemcpy to host");
+  const Backend* b = nullptr;
+  RW_RETURN_IF_ERROR(MemoryOf(dev, &b));
+  return b->copy(Backend::CopyKind::kToHost, dst, src, bytes);
 }
 
 Status CopyOnDevice(Device dev, void* dst, const void* src, size_t bytes) {
-  if (dev != Device::kCuda) {
-    if (bytes) std::memcpy(dst, src, bytes);
-    return Status::Ok();
-  }
-  RW_CUDA_MEM(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToDevice), "cudaMemcpy on device");
+  const Backend* b = nullptr;
+  RW_RETURN_IF_ERROR(MemoryOf(dev, &b));
+  return b->copy(Backend::CopyKind::kOnDevice, dst, src, bytes);
 }
 
 Status DeviceMemset(Device dev, void* dst, int value, size_t bytes) {
-  if (dev != Device::kCuda) {
-    if (bytes) std::memset(dst, value, bytes);
-    return Status::Ok();
-  }
-  RW_CUDA_MEM(cudaMemset(dst, value, bytes), "cudaMemset");
+  const Backend* b = nullptr;
+  RW_RETURN_IF_ERROR(MemoryOf(dev, &b));
+  return b->memset(dst, value, bytes);
 }
 
 Status DeviceSynchronize(Device dev) {
-  if (dev != Device::kCuda) return Status::Ok();
-  RW_CUDA_MEM(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
+  const Backend* b = nullptr;
+  RW_RETURN_IF_ERROR(MemoryOf(dev, &b));
+  return b->synchronize();
 }
 
 DeviceBuffer::DeviceBuffer(Device dev, size_t bytes) : dev_(dev), bytes_(bytes) {

@@ -57,6 +57,7 @@ Backend Make() {
   Backend b;
   b.name = "cpu";
   b.device = Device::kCpu;
+  SetHostMemory(&b);
   b.supports = Supports;
   b.describe = [](DType dtype) {
     if (dtype == DType::kBF16)

@@ -6,6 +6,8 @@
 
 #include <string>
 
+#include <cuda_runtime_api.h>
+
 #include "kernels/backend.h"
 #include "kernels/cuda/cuda.h"
 #include "kernels/layers.h"
@@ -61,6 +63,30 @@ int64_t ScratchBytes(const StepShape& s) {
   return std::max(16 * TokenBlock(s.ffn) * s.ffn, 4 * TokenBlock(s.vocab) * s.vocab);
 }
 
+Status CudaStatus(cudaError_t e, const char* what) {
+  if (e == cudaSuccess) return Status::Ok();
+  return Status::Error(std::string(what) + ": " + cudaGetErrorString(e));
+}
+
+// Device memory: cudaMalloc and the synchronous copies (the host waits for them).
+void SetCudaMemory(Backend* b) {
+  b->alloc = [](size_t bytes, void** ptr) { return CudaStatus(cudaMalloc(ptr, bytes), "cudaMalloc"); };
+  b->free = [](void* ptr) { cudaFree(ptr); };
+  b->copy = [](Backend::CopyKind kind, void* dst, const void* src, size_t bytes) {
+    switch (kind) {
+      case Backend::CopyKind::kToDevice:
+        return CudaStatus(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice), "cudaMemcpy to device");
+      case Backend::CopyKind::kToHost:
+        return CudaStatus(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost), "cudaMemcpy to host");
+      case Backend::CopyKind::kOnDevice:
+        break;
+    }
+    return CudaStatus(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToDevice), "cudaMemcpy on device");
+  };
+  b->memset = [](void* dst, int value, size_t bytes) { return CudaStatus(cudaMemset(dst, value, bytes), "cudaMemset"); };
+  b->synchronize = [] { return CudaStatus(cudaDeviceSynchronize(), "cudaDeviceSynchronize"); };
+}
+
 Backend Make() {
   Backend b;
   b.name = "cuda";
@@ -72,6 +98,7 @@ Backend Make() {
            (dtype == DType::kF32 ? " (f32 attention is not on the GPU: bf16 or f16)" : "");
   };
   b.scratch_bytes = ScratchBytes;
+  SetCudaMemory(&b);
   b.check_attention = CheckAttention;
   b.attention_forward = cuda::AttentionForward;
   b.attention_backward_prep = cuda::AttentionBackwardPrep;

@@ -19,6 +19,7 @@ Backend Make() {
   Backend b;
   b.name = "ref";
   b.device = Device::kRef;
+  SetHostMemory(&b);
   b.supports = Supports;
   b.describe = [](DType) { return std::string("GEMMs and attention by the scalar references (fp64 accumulation)"); };
   b.check_attention = AttentionWritesF32;

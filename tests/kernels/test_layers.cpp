@@ -5,6 +5,8 @@
 #include <functional>
 #include <tuple>
 
+#include "kernels/backend.h"
+#include "kernels/device_memory.h"
 #include "kernels/layers.h"
 #include "kernels/ref/layers_ref.h"
 #include "test_util.h"
@@ -335,6 +337,33 @@ TEST(Embedding, CpuMatchesReferenceWithRepeatedIdsAndRefusesIdsOutsideTheVocabul
   EXPECT_EQ(st.message().rfind("ids[3]:", 0), 0u) << st.message();
   ids[3] = -1;
   EXPECT_FALSE(kernels::EmbeddingBackward(kCpu, n, e, vocab, ids.data(), dx.data(), dt[1].data()).ok());
+}
+
+// Device memory goes through the device's table: host devices malloc and memcpy; a device without a table
+// in this build, or a GPU the machine lacks, is an error, never a crash.
+TEST(DeviceMemory, GoesThroughTheDevicesTable) {
+  for (Device d : {Device::kRef, Device::kCpu}) {
+    void* p = nullptr;
+    ASSERT_TRUE(kernels::DeviceAlloc(d, 64, &p).ok());
+    const std::vector<uint8_t> src(64, 7);
+    std::vector<uint8_t> back(64, 0);
+    ASSERT_TRUE(kernels::CopyToDevice(d, p, src.data(), 64).ok());
+    ASSERT_TRUE(kernels::DeviceMemset(d, static_cast<uint8_t*>(p) + 32, 3, 32).ok());
+    ASSERT_TRUE(kernels::CopyToHost(d, back.data(), p, 64).ok());
+    ASSERT_TRUE(kernels::DeviceSynchronize(d).ok());
+    EXPECT_EQ(back[0], 7);
+    EXPECT_EQ(back[63], 3);
+    kernels::DeviceFree(d, p);
+  }
+  void* p = nullptr;
+  const kernels::Status st = kernels::DeviceAlloc(Device::kCuda, 64, &p);
+  if (!kernels::FindBackend(Device::kCuda) || !kernels::FindBackend(Device::kCuda)->available()) {
+    EXPECT_FALSE(st.ok());
+    std::printf("  cuda without a GPU: %s\n", st.message().c_str());
+  } else {
+    EXPECT_TRUE(st.ok()) << st.message();
+    kernels::DeviceFree(Device::kCuda, p);
+  }
 }
 
 }  // namespace
