@@ -108,8 +108,10 @@ void BenchCpu(const Options& opt) {
   std::printf("ceilings (median, %d threads): fp32 sgemm 2048^3 = %.1f GFLOP/s; bf16 GEMM 2048^3 (%s) = %.1f GFLOP/s\n\n",
               threads, sgemm, cpu::Bf16GemmPath(), bgemm);
   std::printf("bf16 attention: %s\n\n", cpu::Bf16AttentionPath().c_str());
-  std::printf("%-6s %-4s %-3s %-6s %-5s | %-9s %-6s | %-9s %-6s | %-9s %-6s\n", "S", "D", "H", "causal", "dtype",
-              "fwd GF/s", "/ceil", "bwd GF/s", "/ceil", "naive GF/s", "/sgemm");
+  // merge/fwd: a ring hop's merge pass of a partial (O, lse) into the running one (fp32, S rows), against
+  // this forward block's time: what computing the hop's block straight into the running (O, lse) would save.
+  std::printf("%-6s %-4s %-3s %-6s %-5s | %-9s %-6s | %-9s %-6s | %-9s %-6s | %-9s\n", "S", "D", "H", "causal",
+              "dtype", "fwd GF/s", "/ceil", "bwd GF/s", "/ceil", "naive GF/s", "/sgemm", "merge/fwd");
   for (int64_t s : opt.s)
     for (int64_t d : opt.d)
       for (bool causal : {false, true})
@@ -147,6 +149,13 @@ void BenchCpu(const Options& opt) {
         const double tb = MedianSeconds(opt.reps, [&] {
           if (!AttentionBackward(p).ok()) std::abort();
         });
+        std::vector<float> o_acc = o, lse_acc = lse;
+        const double tm = MedianSeconds(std::max(opt.reps, 3), [&] {
+          if (!AttentionMerge(Device::kCpu, DType::kF32, s, h, d, Dense3(o_acc.data(), h, d), lse_acc.data(),
+                              Dense3(o.data(), h, d), lse.data())
+                   .ok())
+            std::abort();
+        });
         double naive = 0;
         if (!narrow && s <= opt.naive_max_s) {
           std::vector<float> scores(s * s), on(s * h * d);
@@ -160,9 +169,10 @@ void BenchCpu(const Options& opt) {
         std::printf("%-6ld %-4ld %-3ld %-6s %-5s | %9.1f %6.2f | %9.1f %6.2f | ", long(s), long(d), long(h),
                     causal ? "yes" : "no", DTypeName(dt), ff, ff / ceil, fb, fb / ceil);
         if (naive > 0)
-          std::printf("%9.1f %6.2f\n", naive, naive / sgemm);
+          std::printf("%9.1f %6.2f | ", naive, naive / sgemm);
         else
-          std::printf("%9s %6s\n", "skipped", "-");
+          std::printf("%9s %6s | ", "skipped", "-");
+        std::printf("%9.4f\n", tm / tf);
         std::fflush(stdout);
       }
 }
