@@ -13,6 +13,24 @@
 #include "runtime/vqgan.h"
 
 namespace rw::cli {
+namespace {
+
+// What every rank of a generation gets: the checkpoint, the prompt, the sampling settings, the layout.
+actors::generate_task SamplingTask(const std::string& checkpoint, const std::vector<int32_t>& prompt,
+                                   const runtime::SamplingConfig& s, const std::string& layout) {
+  actors::generate_task task;
+  task.epoch = 1;
+  task.checkpoint = checkpoint;
+  task.prompt = prompt;
+  task.temperature = s.temperature;
+  task.top_p = s.top_p;
+  task.top_k = s.top_k;
+  task.seed = s.seed;
+  task.layout = layout;
+  return task;
+}
+
+}  // namespace
 
 int Generate(const std::string& checkpoint, const std::string& prompt, const std::vector<int32_t>& prompt_ids,
              int64_t max_tokens, double temperature, int64_t top_k, double top_p, uint64_t seed, int ring,
@@ -60,17 +78,9 @@ int Generate(const std::string& checkpoint, const std::string& prompt, const std
     return 2;
   }
   std::string error;
-  actors::generate_task task;
-  task.epoch = 1;
-  task.checkpoint = checkpoint;
-  task.prompt = ids;
+  actors::generate_task task = SamplingTask(checkpoint, ids, s, layout);
   task.max_tokens = max_tokens;
-  task.temperature = temperature;
-  task.top_p = top_p;
-  task.top_k = top_k;
-  task.seed = seed;
   task.eos = tok->eos();
-  task.layout = layout;
   const auto reports = OnLocalRing<actors::generate_report>(ring, /*job=*/4, actors::generate_atom::value, task, &error);
   if (!error.empty()) {
     std::fprintf(stderr, "ringworld generate: %s\n", error.c_str());
@@ -116,18 +126,11 @@ int GenerateVision(const std::string& checkpoint, const std::string& prompt, con
   // Checked here, before any device starts: the layout fits the model, the options are in range.
   if (st = CheckVisionVocab(c, ModelVisionVocab(c, *tok, vc.num_embeddings)); !st.ok())
     return fail(2, "--vqgan: " + st.message());
-  if (const SamplingConfig s{temperature, top_k, top_p, seed}; !(st = s.Validate()).ok()) return fail(2, st.message());
+  const SamplingConfig sampling{temperature, top_k, top_p, seed};
+  if (st = sampling.Validate(); !st.ok()) return fail(2, st.message());
   if (cfg_scale < 0 || cfg_scale > 100) return fail(2, "--cfg-scale: must be in [0, 100], got " + std::to_string(cfg_scale));
   if (!(fps > 0 && fps <= 1000)) return fail(2, "--fps: must be in (0, 1000], got " + std::to_string(fps));
-  actors::generate_task task;
-  task.epoch = 1;
-  task.checkpoint = checkpoint;
-  task.prompt = ids;
-  task.temperature = temperature;
-  task.top_p = top_p;
-  task.top_k = top_k;
-  task.seed = seed;
-  task.layout = layout;
+  actors::generate_task task = SamplingTask(checkpoint, ids, sampling, layout);
   task.vision_codes = vc.num_embeddings;
   task.uncond = uncond;
   task.codes_per_frame = vc.codes_per_frame();

@@ -183,24 +183,21 @@ double Fp64Loss(const ModelConfig& c, const std::vector<double>& P, const Global
   return sum / wsum;
 }
 
-// The ring's fp32 backward (R = 2, zigzag, packed documents) against central finite differences of the fp64
-// whole-model loss: a sample of every tensor's entries, step 1e-5 (truncation ~1e-10).
-TEST(Model, GradientsMatchFiniteDifferencesOfTheFp64WholeModel) {
-  const ModelConfig c = Tiny();
-  const GlobalSeq g = MakeSeq(24, c.vocab_size, 3);
-  std::vector<float> params = InitParams(c, 7);
-  const StepOut ours = Step(c, params, g, LayoutKind::kZigzag, 2);
+// The ring's step against the fp64 whole model: the loss, and central finite differences (step 1e-5,
+// truncation ~1e-10) of `per_tensor` random entries of every tensor against the ring's gradients.
+void ExpectMatchesFp64(const ModelConfig& c, const std::vector<float>& params, const GlobalSeq& g, const StepOut& ours,
+                       int per_tensor, uint32_t seed) {
   std::vector<double> P(params.begin(), params.end());
   const double loss64 = Fp64Loss(c, P, g);
   std::printf("  loss: ring fp32 %.9f, fp64 reference %.9f, rel diff %.2e\n", ours.loss, loss64,
               std::fabs(ours.loss - loss64) / loss64);
   EXPECT_NEAR(ours.loss, loss64, 1e-5 * loss64);
   const ParamTable tb(c);
-  std::mt19937 gen(11);
+  std::mt19937 gen(seed);
   double worst = 0, err2 = 0, ref2 = 0;
   int checked = 0;
   for (const auto& t : tb.tensors())
-    for (int s = 0; s < 6; ++s) {
+    for (int s = 0; s < per_tensor; ++s) {
       const size_t i = t.offset + gen() % t.numel;
       const double keep = P[i], step = 1e-5;
       P[i] = keep + step;
@@ -218,6 +215,16 @@ TEST(Model, GradientsMatchFiniteDifferencesOfTheFp64WholeModel) {
     }
   std::printf("  %d entries: max abs diff %.2e, NMSE %.2e\n", checked, worst, err2 / ref2);
   EXPECT_LT(err2 / ref2, 1e-9);
+}
+
+// The ring's fp32 backward (R = 2, zigzag, packed documents) against central finite differences of the fp64
+// whole-model loss: a sample of every tensor's entries, step 1e-5 (truncation ~1e-10).
+TEST(Model, GradientsMatchFiniteDifferencesOfTheFp64WholeModel) {
+  const ModelConfig c = Tiny();
+  const GlobalSeq g = MakeSeq(24, c.vocab_size, 3);
+  std::vector<float> params = InitParams(c, 7);
+  const StepOut ours = Step(c, params, g, LayoutKind::kZigzag, 2);
+  ExpectMatchesFp64(c, params, g, ours, 6, 11);
 }
 
 // LWM's two vocabularies (ModelConfig::vision_vocab_size): text ids and vision ids mixed in the documents,
@@ -238,33 +245,7 @@ TEST(Model, AVisionVocabularyIsASecondTableAndASoftmaxOfItsOwn) {
   EXPECT_EQ(tb.vision_embed, tb.embed + size_t(c.vocab_size * c.hidden_size));
   EXPECT_EQ(tb.vision_head, tb.lm_head + size_t(c.vocab_size * c.hidden_size));
   const StepOut ours = Step(c, params, g, LayoutKind::kZigzag, 2);
-  std::vector<double> P(params.begin(), params.end());
-  const double loss64 = Fp64Loss(c, P, g);
-  std::printf("  loss: ring fp32 %.9f, fp64 two-vocabulary reference %.9f, rel diff %.2e\n", ours.loss, loss64,
-              std::fabs(ours.loss - loss64) / loss64);
-  EXPECT_NEAR(ours.loss, loss64, 1e-5 * loss64);
-  std::mt19937 gen(13);
-  double worst = 0, err2 = 0, ref2 = 0;
-  int checked = 0;
-  for (const auto& t : tb.tensors())
-    for (int s = 0; s < 5; ++s) {
-      const size_t i = t.offset + gen() % t.numel;
-      const double keep = P[i], step = 1e-5;
-      P[i] = keep + step;
-      const double lp = Fp64Loss(c, P, g);
-      P[i] = keep - step;
-      const double lm = Fp64Loss(c, P, g);
-      P[i] = keep;
-      const double fd = (lp - lm) / (2 * step), an = ours.grads[i];
-      worst = std::max(worst, std::fabs(fd - an));
-      err2 += (fd - an) * (fd - an);
-      ref2 += fd * fd;
-      ++checked;
-      EXPECT_LE(std::fabs(fd - an), 1e-5 + 1e-4 * std::fabs(fd)) << t.name << "[" << i - t.offset << "] fd=" << fd
-                                                                 << " ours=" << an;
-    }
-  std::printf("  %d entries: max abs diff %.2e, NMSE %.2e\n", checked, worst, err2 / ref2);
-  EXPECT_LT(err2 / ref2, 1e-9);
+  ExpectMatchesFp64(c, params, g, ours, 5, 13);
   for (int R : {1, 4}) {
     const StepOut other = Step(c, params, g, LayoutKind::kContiguous, R);
     double num = 0, den = 0;
