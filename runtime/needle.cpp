@@ -67,7 +67,9 @@ Status NeedleRank(Transport& t, const std::string& checkpoint_dir, const NeedleC
         RW_RETURN_IF_ERROR(dec.Prefill(d.prompt, kind, &logits));
         std::vector<int32_t> answer;
         for (size_t i = 0; i < d.answer.size(); ++i) {
-          const int32_t next = int32_t(std::max_element(logits.begin(), logits.end()) - logits.begin());
+          // The answer is text: with a vision vocabulary, the argmax of lm_head's logits (the text ids) only.
+          const auto text_end = logits.begin() + std::ptrdiff_t(model.vocab_size);
+          const int32_t next = int32_t(std::max_element(logits.begin(), text_end) - logits.begin());
           answer.push_back(next);
           if (i + 1 < d.answer.size()) RW_RETURN_IF_ERROR(dec.Step(next, &logits));
         }
