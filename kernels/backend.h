@@ -134,7 +134,8 @@ void SetHostMemory(Backend* b);
 
 // Backend::describe of `device` ("no <device> backend in this build" when there is none).
 std::string DescribeBackend(Device device, DType dtype);
-// Backend::scratch_bytes of `device` (0 when it has no table or no estimate).
+// Backend::scratch_bytes of `device`; for CUDA also in a build without its table (kernels/cuda/scratch.h);
+// 0 when there is no estimate.
 int64_t KernelScratchBytes(Device device, const StepShape& s);
 
 // The table that runs `op` in `dtype` on `device`, or an error that names the device, op and dtype.

@@ -10,6 +10,7 @@
 
 #include "kernels/backend.h"
 #include "kernels/cuda/cuda.h"
+#include "kernels/cuda/scratch.h"
 #include "kernels/layers.h"
 
 namespace rw::kernels {
@@ -56,13 +57,6 @@ Status CheckAttention(const AttentionParams& p, bool backward) {
 const float* F(View v) { return v.as<const float>(); }
 float* W(View v) { return v.as<float>(); }
 
-// The CUDA kernels' scratch (kernels/cuda/layers_cuda.cu): device memory for one call, freed at its end, so
-// the peak is the largest call's: the FFN backward's four (block x F) fp32 buffers, or the loss head's
-// (block x vocab) logits. Attention keeps its tiles in shared memory.
-int64_t ScratchBytes(const StepShape& s) {
-  return std::max(16 * TokenBlock(s.ffn) * s.ffn, 4 * TokenBlock(s.vocab) * s.vocab);
-}
-
 Status CudaStatus(cudaError_t e, const char* what) {
   if (e == cudaSuccess) return Status::Ok();
   return Status::Error(std::string(what) + ": " + cudaGetErrorString(e));
@@ -97,7 +91,7 @@ Backend Make() {
     return std::string("GEMMs by cuBLAS; attention by RingWorld's CUDA kernels") +
            (dtype == DType::kF32 ? " (f32 attention is not on the GPU: bf16 or f16)" : "");
   };
-  b.scratch_bytes = ScratchBytes;
+  b.scratch_bytes = cuda::ScratchBytes;
   SetCudaMemory(&b);
   b.check_attention = CheckAttention;
   b.attention_forward = cuda::AttentionForward;
