@@ -96,7 +96,7 @@ def convert(params_path, out_dir, config):
     flatten(tree, "", leaves)
     for name, a in sorted(leaves.items()):
         if "AttnBlock" in name:
-            raise ValueError("%s: attention blocks are not implemented (LWM's released VQGAN has none)" % name)
+            raise ValueError("%s: attention blocks are outside LWM's VQGAN architecture (its released model has none)" % name)
         if not _PATH.match(name):
             raise ValueError("%s: not a parameter of LWM's VQGAN architecture" % name)
         if a.dtype.kind != "f":

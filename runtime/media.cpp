@@ -395,11 +395,8 @@ Status MediaWriter::Close() {
 int64_t MediaWriter::frames() const { return impl_->written; }
 
 Status WriteMediaFrames(const std::string& path, int64_t size, int64_t count, const float* pixels, double fps) {
-  RW_REQUIRE(count >= 1, path << ": no frame to write");
-  RW_REQUIRE(pixels, path << ": no pixels");
-  RW_REQUIRE(std::filesystem::path(path).extension() != ".png" || count == 1,
-             path << ": a PNG holds one frame; write " << count << " frames as a video (.mp4)");
-  std::unique_ptr<MediaWriter> w;
+  RW_REQUIRE(pixels || count == 0, path << ": no pixels");
+  std::unique_ptr<MediaWriter> w;  // its checks: the size, fps, one frame a PNG, at least one frame
   RW_RETURN_IF_ERROR(MediaWriter::Open(path, size, fps, &w));
   for (int64_t k = 0; k < count; ++k) RW_RETURN_IF_ERROR(w->Add(pixels + k * size * size * 3));
   return w->Close();

@@ -54,7 +54,7 @@ Status GenerateVision(const ModelConfig& c, const VisionGenerateOptions& o, Toke
     for (size_t i = 0; i < p->size(); ++i)
       RW_REQUIRE((*p)[i] >= 0 && (*p)[i] < c.total_vocab(), "prompt: id " << (*p)[i] << " (item " << i
                                                                         << ") is outside the vocabulary");
-  std::vector<float> lc, lu, mix(size_t(c.total_vocab()));
+  std::vector<float> lc, lu;
   auto feed = [&](int32_t token) -> Status {
     RW_RETURN_IF_ERROR(cond.Step(token, &lc));
     if (guided) RW_RETURN_IF_ERROR(uncond->Step(token, &lu));
@@ -65,18 +65,18 @@ Status GenerateVision(const ModelConfig& c, const VisionGenerateOptions& o, Toke
   if (guided) RW_RETURN_IF_ERROR(uncond->Prefill(o.uncond, &lu));
   if (tokens) tokens->clear();
   for (int32_t id : o.vision.Begin()) RW_RETURN_IF_ERROR(feed(id));
+  // Codes only: the draw is among the logits of the codebook's ids, [lo, hi), every other id out of the running.
   const int32_t lo = o.vision.Code(0), hi = o.vision.Code(o.vision.codes);
+  std::vector<float> mix(size_t(hi - lo));
   uint64_t rng = o.sampling.seed;
   codes->clear();
   for (int64_t f = 0; f < o.frames; ++f) {
     for (int64_t k = 0; k < o.codes_per_frame; ++k) {
-      // Codes only: every other id is out of the running.
-      for (int32_t v = 0; v < int32_t(c.total_vocab()); ++v)
-        mix[size_t(v)] = v < lo || v >= hi ? -INFINITY
-                         : guided ? lu[size_t(v)] + float(o.cfg_scale) * (lc[size_t(v)] - lu[size_t(v)])
-                                  : lc[size_t(v)];
-      const int32_t id = Sample(mix, o.sampling, &rng);
-      RW_REQUIRE(id >= lo && id < hi, "sampling chose id " << id << " outside the codes");
+      for (int32_t v = lo; v < hi; ++v) {
+        const size_t i = size_t(v);
+        mix[i - size_t(lo)] = guided ? lu[i] + float(o.cfg_scale) * (lc[i] - lu[i]) : lc[i];
+      }
+      const int32_t id = lo + Sample(mix, o.sampling, &rng);
       codes->push_back(id - lo);
       RW_RETURN_IF_ERROR(feed(id));
     }
@@ -88,9 +88,6 @@ Status GenerateVision(const ModelConfig& c, const VisionGenerateOptions& o, Toke
   return Status::Ok();
 }
 
-}  // namespace rw::runtime
-
-namespace rw::runtime {
 namespace {
 
 // The single-device decoder as a stream: the prompt fed one token at a time.
@@ -236,8 +233,7 @@ Status GenerateVisionRank(Transport& t, const std::string& checkpoint_dir, Visio
   RW_RETURN_IF_ERROR(ReadHfConfig(checkpoint_dir + "/config.json", &c));
   std::unique_ptr<Tokenizer> tok;
   RW_RETURN_IF_ERROR(CheckpointTokenizer(checkpoint_dir, c, &tok));
-  o.vision = ModelVisionVocab(c, *tok, vision_codes);
-  RW_RETURN_IF_ERROR(CheckVisionVocab(c, o.vision));  // before the weights are read
+  o.vision = ModelVisionVocab(c, *tok, vision_codes);  // GenerateVision checks it fits the model
   const ParamTable table(c);
   std::vector<float> params(table.total());
   RW_RETURN_IF_ERROR(LoadWeights(checkpoint_dir, table, params.data()));

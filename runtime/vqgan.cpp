@@ -100,13 +100,14 @@ Status ReadVqganConfig(const std::string& path, VqganConfig* out) {
     }
     if (j.contains("model_type"))
       RW_REQUIRE(j["model_type"] == "vqgan", where << "model_type: " << j["model_type"].dump() << " is not vqgan");
-    // What LWM's class allows and its released VQGAN does not use: refused, not computed wrongly.
+    // What LWM's class allows and its released VQGAN does not use (the architecture has no attention
+    // blocks): outside what this model is, so refused by name rather than computed wrongly.
     if (j.contains("attn_resolutions"))
       RW_REQUIRE(j["attn_resolutions"].is_array() && j["attn_resolutions"].empty(),
-                 where << "attn_resolutions: attention blocks are not implemented (LWM's VQGAN has none)");
+                 where << "attn_resolutions: attention blocks are outside LWM's VQGAN architecture (it has none); refused");
     if (j.contains("no_attn_mid_block"))
       RW_REQUIRE(j["no_attn_mid_block"] == true,
-                 where << "no_attn_mid_block: an attention middle block is not implemented (LWM's VQGAN has none)");
+                 where << "no_attn_mid_block: an attention middle block is outside LWM's VQGAN architecture (it has none); refused");
     if (j.contains("resample_with_conv"))
       RW_REQUIRE(j["resample_with_conv"] == true,
                  where << "resample_with_conv: only resampling with convolutions (LWM's) is implemented");
@@ -203,8 +204,8 @@ Status Vqgan::Make(const VqganConfig& c, std::map<std::string, std::vector<float
                                                                  << " elements, the config makes it " << n);
   }
   for (const auto& [name, data] : tensors)
-    RW_REQUIRE(expected.count(name), "vqgan: tensor " << name << " is not part of this VQGAN (attention blocks and "
-                                                         "other extras are not implemented); refusing to drop it");
+    RW_REQUIRE(expected.count(name), "vqgan: tensor " << name << " is not part of LWM's VQGAN architecture (no attention "
+                                                         "blocks or other extras); refusing to drop it");
   auto v = std::unique_ptr<Vqgan>(new Vqgan());
   v->c_ = c;
   v->w_ = std::move(tensors);
