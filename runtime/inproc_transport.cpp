@@ -27,14 +27,14 @@ class InprocEndpoint final : public Transport {
       std::lock_guard<std::mutex> lock(ch.mu);
       if (ch.aborted) {
         op->Complete(Status::Error("transport: aborted: " + ch.reason));
-        return Request(op);
+        return Request(this, op);
       }
       ch.sends.push_back(std::move(s));
     }
     ch.cv.notify_all();
     stats_.bytes_sent += bytes;
     stats_.messages_sent += 1;
-    return Request(op);
+    return Request(this, op);
   }
 
   Request RecvPrev(const MsgTag& tag, void* buf, size_t bytes) override {
@@ -44,12 +44,12 @@ class InprocEndpoint final : public Transport {
       std::lock_guard<std::mutex> lock(ch.mu);
       if (ch.aborted) {
         op->Complete(Status::Error("transport: aborted: " + ch.reason));
-        return Request(op);
+        return Request(this, op);
       }
       ch.recvs.push_back(InprocFabric::RecvOp{tag, buf, bytes, op});
     }
     ch.cv.notify_all();
-    return Request(op);
+    return Request(this, op);
   }
 
   void Abort(const std::string& reason) override { fabric_->AbortAll(reason); }

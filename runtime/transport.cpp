@@ -1,8 +1,10 @@
 #include "runtime/transport.h"
 
 #include <algorithm>
+#include <cstdio>
 #include <cstring>
 #include <sstream>
+#include <utility>
 #include <vector>
 
 #include "runtime/crc32c.h"
@@ -47,6 +49,31 @@ void detail::Op::Complete(Status st) {
     status = std::move(st);
   }
   cv.notify_all();
+}
+
+bool Request::done() const {
+  if (!op_) return true;
+  std::lock_guard<std::mutex> lock(op_->mu);
+  return op_->done;
+}
+
+Request& Request::operator=(Request&& o) noexcept {
+  if (this != &o) {
+    Settle();
+    owner_ = std::exchange(o.owner_, nullptr);
+    op_ = std::move(o.op_);
+  }
+  return *this;
+}
+
+void Request::Settle() noexcept {
+  if (!op_ || !owner_ || done()) return;
+  owner_->Abort("a rank left a ring operation with a transfer still in flight (it failed)");
+  const Status st = owner_->Wait(*this);
+  if (!done())  // both transports end every operation within milliseconds of an abort: not expected
+    std::fprintf(stderr, "transport: rank %d: a transfer did not end after the ring's abort (%s); its buffer may "
+                 "still be in use\n", owner_->rank(), st.message().c_str());
+  op_.reset();
 }
 
 Status Transport::Wait(const Request& req) {

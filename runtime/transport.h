@@ -72,15 +72,32 @@ struct Op {
 };
 }  // namespace detail
 
+class Transport;
+
 // Handle of a posted send or receive. Wait on it before touching the buffer again.
+//
+// The buffer belongs to the transport until the operation has ended, so a handle never lets go of one
+// still in flight: a Request dropped (or assigned over) before its operation ended means its caller left
+// early, on an error, and the ring cannot go on with a message missing; it aborts its transport, which
+// ends every pending operation within milliseconds, and waits for this one to end before the caller's
+// buffers can be freed. Move-only: one handle per operation.
 class Request {
  public:
   Request() = default;
-  explicit Request(std::shared_ptr<detail::Op> op) : op_(std::move(op)) {}
+  Request(Transport* owner, std::shared_ptr<detail::Op> op) : owner_(owner), op_(std::move(op)) {}
+  Request(Request&& o) noexcept : owner_(o.owner_), op_(std::move(o.op_)) { o.owner_ = nullptr; }
+  Request& operator=(Request&& o) noexcept;
+  Request(const Request&) = delete;
+  Request& operator=(const Request&) = delete;
+  ~Request() { Settle(); }
+
   bool valid() const { return op_ != nullptr; }
   std::shared_ptr<detail::Op> op() const { return op_; }
+  bool done() const;
 
  private:
+  void Settle() noexcept;  // see above; a no-op once the operation has ended
+  Transport* owner_ = nullptr;
   std::shared_ptr<detail::Op> op_;
 };
 

@@ -699,7 +699,7 @@ Request UcxTransport::SendNext(const MsgTag& tag, const void* buf, size_t bytes)
   impl_->messages_sent += 1;
   Impl* im = impl_.get();
   im->Run([im, ctx] { im->PostSend(ctx); });
-  return Request(op);
+  return Request(this, op);
 }
 
 Request UcxTransport::RecvPrev(const MsgTag& tag, void* buf, size_t bytes) {
@@ -720,7 +720,7 @@ Request UcxTransport::RecvPrev(const MsgTag& tag, void* buf, size_t bytes) {
     im->recv_queue.push_back(ctx);
     im->PostFrontRecv();
   });
-  return Request(op);
+  return Request(this, op);
 }
 
 void UcxTransport::Abort(const std::string& reason) {

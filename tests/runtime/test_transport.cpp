@@ -195,6 +195,42 @@ TEST(InprocTransport, AbortMidRingEndsEveryRankWithAnErrorWithinOneSecond) {
   }
 }
 
+// A rank that leaves a ring operation early (an error between posting and waiting) drops Requests still
+// in flight. Their buffers are about to be freed, so the drop aborts the ring and waits for the transfer to
+// end: the peer gets an abort, never this rank's freed memory. (The regression: a rank's workspace freed
+// while the peer's mover still copied out of it, a TSan report in CI; under ASan, a use after free.)
+TEST(InprocTransport, ADroppedRequestAbortsTheRingAndEndsBeforeItsBufferIsFreed) {
+  for (const bool drop_send : {true, false}) {
+    auto fabric = InprocFabric::Create(2);
+    std::shared_ptr<detail::Op> dropped;
+    bool aborted_after_drop = false;
+    auto st = RunRanks(fabric, [&](int r, Transport& t) -> Status {
+      const bool dropper = drop_send ? r == 0 : r == 1;
+      if (dropper) {
+        {
+          auto buf = std::make_unique<std::vector<float>>(4096, 1.25f);  // freed after the Request
+          Request req = drop_send ? t.SendNext(Tag(4, 0), buf->data(), 4096 * 4)
+                                  : t.RecvPrev(Tag(4, 0), buf->data(), 4096 * 4);
+          dropped = req.op();
+        }
+        aborted_after_drop = t.aborted();
+        return Status::Error("left early");
+      }
+      std::this_thread::sleep_for(50ms);  // the drop has happened: the peer's post now meets an aborted ring
+      std::vector<float> mine(4096, 2.5f);
+      return drop_send ? t.Wait(t.RecvPrev(Tag(4, 0), mine.data(), 4096 * 4))
+                       : t.Wait(t.SendNext(Tag(4, 0), mine.data(), 4096 * 4));
+    });
+    const int peer = drop_send ? 1 : 0;
+    std::printf("  dropped a %s: peer's status: %s\n", drop_send ? "send" : "receive", st[peer].message().c_str());
+    ASSERT_TRUE(dropped);
+    EXPECT_TRUE(dropped->done) << "the dropped transfer was still in flight when its buffer was freed";
+    EXPECT_TRUE(aborted_after_drop);
+    ASSERT_FALSE(st[peer].ok()) << "the peer completed a transfer with the dropped rank's freed buffer";
+    EXPECT_NE(st[peer].message().find("aborted"), std::string::npos) << st[peer].message();
+  }
+}
+
 TEST(InprocTransport, AllReduceSumIsDeterministicAndEqualOnEveryRank) {
   for (int R : {1, 2, 3, 4, 8}) {
     const size_t n = 1003;
