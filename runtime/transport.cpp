@@ -98,13 +98,14 @@ Status Transport::ReduceScatterSum(float* data, size_t n, MsgTag tag) {
   RW_REQUIRE(!aborted(), "transport: aborted (rank " << r << " of " << R << ")");
   if (R == 1 || n == 0) return Status::Ok();
   auto begin = [&](int c) { return ChunkBegin(n, R, c); };
-  std::vector<float> incoming(n / R + 1);
+  if (reduce_in_.size() < n / R + 1) reduce_in_.resize(n / R + 1);
+  float* const incoming = reduce_in_.data();
   // At hop h, rank r sends chunk (r - h) and adds the received chunk (r - h - 1). After R-1 hops rank r
   // holds the full sum of chunk (r + 1) mod R, accumulated in ring order.
   for (int h = 0; h < R - 1; ++h) {
     const int cs = ((r - h) % R + R) % R, cr = ((r - h - 1) % R + R) % R;
     tag.hop = uint32_t(h);
-    Request rr = RecvPrev(tag, incoming.data(), (begin(cr + 1) - begin(cr)) * sizeof(float));
+    Request rr = RecvPrev(tag, incoming, (begin(cr + 1) - begin(cr)) * sizeof(float));
     Request sr = SendNext(tag, data + begin(cs), (begin(cs + 1) - begin(cs)) * sizeof(float));
     RW_RETURN_IF_ERROR(Wait(rr));
     RW_RETURN_IF_ERROR(Wait(sr));

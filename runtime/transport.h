@@ -18,6 +18,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <vector>
 
 #include "kernels/common.h"
 
@@ -161,6 +162,9 @@ class Transport {
 
  private:
   Status AllGatherChunkBytes(char* data, size_t n, size_t elem_bytes, MsgTag tag);
+  // ReduceScatterSum's receive buffer, one chunk, kept across calls so a step's gradient sum allocates (and
+  // page-faults) nothing. One collective runs on an endpoint at a time (their tags are matched in order).
+  std::vector<float> reduce_in_;
 };
 
 }  // namespace rw::runtime
