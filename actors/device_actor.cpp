@@ -401,76 +401,159 @@ uint64_t AllocateRingId() {
 
 namespace {
 
-// Prepares and connects one ring over `members` (positions in `devices`, in ring order) of the given axis.
-kernels::Status FormOneRing(caf::actor_system& sys, const std::vector<device_actor>& devices,
-                            const std::vector<int>& members, uint64_t job, uint32_t epoch, const std::string& transport,
-                            const std::string& axis) {
-  caf::scoped_actor self{sys};
-  const int R = int(members.size());
-  const uint64_t ring_id = AllocateRingId();
-  std::string what = axis.empty() ? std::string("ring") : axis + " ring of ranks";
-  if (!axis.empty())
-    for (int m : members) what += " " + std::to_string(m);
-  std::vector<std::string> addr(R);
-  for (int r = 0; r < R; ++r) {
-    ring_spec spec{job, epoch, r, R, transport, ring_id, axis};
-    std::string err;
-    self->request(devices[members[r]], std::chrono::seconds(30), prepare_atom::value, spec)
-        .receive([&](const std::string& a) { addr[r] = a; }, [&](caf::error& e) { err = sys.render(e); });
-    RW_REQUIRE(err.empty(), "rank " << members[r] << ": prepare failed: " << err);
-  }
-  // Connect all ranks at once (all requests out, then their answers): each waits on its neighbours. A rank
-  // whose lane is still busy (with the work of an older ring that has not returned from its abort)
-  // answers late or never: the error names it.
-  using connect_handle = decltype(self->request(devices[0], std::chrono::seconds(60), connect_atom::value,
-                                                std::string(), std::string(), std::string()));
-  std::vector<connect_handle> pending;
-  for (int r = 0; r < R; ++r)
-    pending.push_back(self->request(devices[members[r]], std::chrono::seconds(60), connect_atom::value, axis,
-                                    addr[(r + R - 1) % R], addr[(r + 1) % R]));
-  // A rank that did not answer is the cause; its neighbours' timeouts waiting for it are the symptom.
+// Forming a ring, as an actor: each ring of the formation (the world ring, then the mesh's sub-rings, one
+// after another: a ring's ranks only wait on each other) is prepared rank by rank, then connected all at
+// once. Answers (form_atom) with "" or the error, naming the rank.
+struct forming_state {
+  static inline const char* name = "rw.forming";
+  struct Ring {
+    std::vector<int> members;  // positions in `devices`, in ring order
+    std::string axis;          // "" the world ring, else sp, fsdp or replica
+  };
+  std::vector<device_actor> devices;
+  uint64_t job = 0;
+  uint32_t epoch = 0;
+  std::string transport;
+  std::vector<Ring> rings;
+  size_t at = 0;            // the ring being formed
+  uint64_t ring_id = 0;     // its id
+  std::vector<std::string> addr;
+  int answers = 0;          // connect answers in
   std::string silent, failed;
-  for (int r = 0; r < R; ++r)
-    pending[r].receive(
-        [&](const attention_report& rep) {
-          if (!rep.ok && failed.empty()) failed = "rank " + std::to_string(members[r]) + ": " + rep.error;
-        },
-        [&](caf::error& e) {
-          if (e == caf::sec::request_timeout)
-            silent += (silent.empty() ? "" : ", ") + std::to_string(members[r]);
-          else if (failed.empty())
-            failed = "rank " + std::to_string(members[r]) + ": " + sys.render(e);
-        });
-  RW_REQUIRE(silent.empty(), what << " formation (" << transport << ", " << R << " ranks): no answer from rank "
-                                  << silent << " within 60 s (its device still busy?)"
-                                  << (failed.empty() ? "" : "; " + failed));
-  RW_REQUIRE(failed.empty(), what << " formation (" << transport << ", " << R << " ranks): " << failed);
-  return kernels::Status::Ok();
+  caf::response_promise promise;
+};
+
+using forming_actor = caf::stateful_actor<forming_state>;
+
+std::string RingName(const forming_state& st) {
+  const forming_state::Ring& ring = st.rings[st.at];
+  std::string what = ring.axis.empty() ? std::string("ring") : ring.axis + " ring of ranks";
+  if (!ring.axis.empty())
+    for (int m : ring.members) what += " " + std::to_string(m);
+  return what + " formation (" + st.transport + ", " + std::to_string(ring.members.size()) + " ranks)";
+}
+
+void FormNextRing(forming_actor* self);
+
+void Formed(forming_actor* self, const std::string& error) {
+  self->state.promise.deliver(error);
+  self->quit();
+}
+
+// A rank that did not answer is the cause; its neighbours' timeouts waiting for it are the symptom.
+void ConnectAnswered(forming_actor* self) {
+  forming_state& st = self->state;
+  if (++st.answers < int(st.rings[st.at].members.size())) return;
+  if (!st.silent.empty())
+    return Formed(self, RingName(st) + ": no answer from rank " + st.silent + " within 60 s (its device still busy?)" +
+                            (st.failed.empty() ? "" : "; " + st.failed));
+  if (!st.failed.empty()) return Formed(self, RingName(st) + ": " + st.failed);
+  ++st.at;
+  FormNextRing(self);
+}
+
+// Connect all ranks at once (all requests out, then their answers): each waits on its neighbours. A rank
+// whose lane is still busy (with the work of an older ring that has not returned from its abort) answers
+// late or never: the error names it.
+void Connect(forming_actor* self) {
+  forming_state& st = self->state;
+  const forming_state::Ring& ring = st.rings[st.at];
+  const int R = int(ring.members.size());
+  st.answers = 0;
+  for (int r = 0; r < R; ++r) {
+    const int m = ring.members[r];
+    self->request(st.devices[m], std::chrono::seconds(60), connect_atom::value, ring.axis,
+                  st.addr[(r + R - 1) % R], st.addr[(r + 1) % R])
+        .then(
+            [self, m](const attention_report& rep) {
+              if (!rep.ok && self->state.failed.empty()) self->state.failed = "rank " + std::to_string(m) + ": " + rep.error;
+              ConnectAnswered(self);
+            },
+            [self, m](caf::error& e) {
+              forming_state& s = self->state;
+              if (e == caf::sec::request_timeout)
+                s.silent += (s.silent.empty() ? "" : ", ") + std::to_string(m);
+              else if (s.failed.empty())
+                s.failed = "rank " + std::to_string(m) + ": " + self->system().render(e);
+              ConnectAnswered(self);
+            });
+  }
+}
+
+// Prepares rank r of the current ring, then the next; after the last, connects them.
+void Prepare(forming_actor* self, int r) {
+  forming_state& st = self->state;
+  const forming_state::Ring& ring = st.rings[st.at];
+  const int R = int(ring.members.size());
+  if (r == R) return Connect(self);
+  const int m = ring.members[r];
+  ring_spec spec{st.job, st.epoch, r, R, st.transport, st.ring_id, ring.axis};
+  self->request(st.devices[m], std::chrono::seconds(30), prepare_atom::value, spec)
+      .then(
+          [self, r](const std::string& a) {
+            self->state.addr[r] = a;
+            Prepare(self, r + 1);
+          },
+          [self, m](caf::error& e) {
+            Formed(self, "rank " + std::to_string(m) + ": prepare failed: " + self->system().render(e));
+          });
+}
+
+void FormNextRing(forming_actor* self) {
+  forming_state& st = self->state;
+  if (st.at == st.rings.size()) return Formed(self, "");
+  st.ring_id = AllocateRingId();
+  st.addr.assign(st.rings[st.at].members.size(), std::string());
+  st.silent.clear();
+  st.failed.clear();
+  Prepare(self, 0);
+}
+
+caf::behavior Forming(forming_actor* self, std::vector<device_actor> devices, uint64_t job, uint32_t epoch,
+                      std::string transport, runtime::Mesh mesh) {
+  forming_state& st = self->state;
+  const int R = int(devices.size());
+  std::vector<int> all(static_cast<size_t>(R));
+  for (int r = 0; r < R; ++r) all[r] = r;
+  st.rings.push_back({all, ""});
+  if (mesh.world() == R) {  // else one ring of every device
+    if (mesh.sp < R)
+      for (int g = 0; g < mesh.data_groups(); ++g) {
+        std::vector<int> members(static_cast<size_t>(mesh.sp));
+        for (int i = 0; i < mesh.sp; ++i) members[i] = g * int(mesh.sp) + i;
+        st.rings.push_back({members, "sp"});
+      }
+    if (mesh.fsdp > 1)
+      for (int r = 0; r < R; ++r) {  // each ring formed by its first member
+        if (mesh.fsdp_rank(r) == 0) st.rings.push_back({mesh.FsdpRing(r), "fsdp"});
+        if (mesh.dp * mesh.sp > 1 && mesh.replica_rank(r) == 0) st.rings.push_back({mesh.ReplicaRing(r), "replica"});
+      }
+  }
+  st.devices = std::move(devices);
+  st.job = job;
+  st.epoch = epoch;
+  st.transport = std::move(transport);
+  return {[self](form_atom) {
+    self->state.promise = self->make_response_promise();
+    FormNextRing(self);
+    return self->state.promise;
+  }};
 }
 
 }  // namespace
 
+caf::actor SpawnRingFormation(caf::actor_system& sys, const std::vector<device_actor>& devices, uint64_t job,
+                              uint32_t epoch, const std::string& transport, const runtime::Mesh& mesh) {
+  return sys.spawn(Forming, devices, job, epoch, transport, mesh);
+}
+
 kernels::Status FormRing(caf::actor_system& sys, const std::vector<device_actor>& devices, uint64_t job,
                          uint32_t epoch, const std::string& transport, const runtime::Mesh& mesh) {
-  const int R = int(devices.size());
-  std::vector<int> all(R);
-  for (int r = 0; r < R; ++r) all[r] = r;
-  RW_RETURN_IF_ERROR(FormOneRing(sys, devices, all, job, epoch, transport, ""));
-  if (mesh.world() != R) return kernels::Status::Ok();  // one ring of every device
-  // The sub-rings one after another (a ring's ranks only wait on each other).
-  if (mesh.sp < R)
-    for (int g = 0; g < mesh.data_groups(); ++g) {
-      std::vector<int> members(static_cast<size_t>(mesh.sp));
-      for (int i = 0; i < mesh.sp; ++i) members[i] = g * int(mesh.sp) + i;
-      RW_RETURN_IF_ERROR(FormOneRing(sys, devices, members, job, epoch, transport, "sp"));
-    }
-  if (mesh.fsdp > 1)
-    for (int r = 0; r < R; ++r) {  // each ring formed by its first member
-      if (mesh.fsdp_rank(r) == 0) RW_RETURN_IF_ERROR(FormOneRing(sys, devices, mesh.FsdpRing(r), job, epoch, transport, "fsdp"));
-      if (mesh.dp * mesh.sp > 1 && mesh.replica_rank(r) == 0)
-        RW_RETURN_IF_ERROR(FormOneRing(sys, devices, mesh.ReplicaRing(r), job, epoch, transport, "replica"));
-    }
-  return kernels::Status::Ok();
+  caf::scoped_actor self{sys};
+  std::string error;
+  self->request(SpawnRingFormation(sys, devices, job, epoch, transport, mesh), caf::infinite, form_atom::value)
+      .receive([&](const std::string& e) { error = e; }, [&](caf::error& e) { error = sys.render(e); });
+  return error.empty() ? kernels::Status::Ok() : kernels::Status::Error(error);
 }
 
 void AddMessageTypes(caf::actor_system_config& cfg) {

@@ -54,7 +54,11 @@ uint64_t AllocateRingId();
 // Forms a ring over `devices` (rank = position): prepare on each, then connect each to its neighbours.
 // With a mesh of these devices (mesh.world() == devices.size()), then also its sub-rings: each data
 // group's sp ring over ranks [g * sp, (g + 1) * sp) when there are several groups, and with fsdp > 1 the
-// fsdp and replica rings (runtime/mesh.h). Blocking (a scoped actor); the error names the rank that failed.
+// fsdp and replica rings (runtime/mesh.h).
+// An actor does it: asked (form_atom) once, it answers "" or the error, naming the rank that failed, and
+// ends. Every formation goes through it: the ring actor's (job_driver.h), and FormRing's, which blocks.
+caf::actor SpawnRingFormation(caf::actor_system& sys, const std::vector<device_actor>& devices, uint64_t job,
+                              uint32_t epoch, const std::string& transport, const runtime::Mesh& mesh = {});
 kernels::Status FormRing(caf::actor_system& sys, const std::vector<device_actor>& devices, uint64_t job,
                          uint32_t epoch, const std::string& transport, const runtime::Mesh& mesh = {});
 

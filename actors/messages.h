@@ -26,6 +26,11 @@ using needle_atom = caf::atom_constant<caf::atom("needle")>;
 using generate_atom = caf::atom_constant<caf::atom("generate")>;
 // (commit_atom, epoch, step) -> bool: rank 0 asks its ring's driver before each checkpoint commit.
 using commit_atom = caf::atom_constant<caf::atom("commit")>;
+// Asks a ring formation (SpawnRingFormation), a ring actor or a job actor (job_driver.h) to do its work.
+using form_atom = caf::atom_constant<caf::atom("form")>;
+using run_atom = caf::atom_constant<caf::atom("run")>;
+// A ring actor's clock: polls its hooks and the abort deadline every 100 ms.
+using tick_atom = caf::atom_constant<caf::atom("tick")>;
 
 // What a device needs to join a ring: who it is in it, and how tensors travel.
 struct ring_spec {
