@@ -62,10 +62,28 @@ struct RingOutcome {
   double first_loss = 0, last_loss = 0;
 };
 
-// Forms a ring over `devices` (rank = position) with a new epoch and runs `task` on it (its reporter is
-// replaced by this driver) until every rank has reported. Devices are monitored: a lost one aborts the
-// ring. Blocking; uses a scoped actor of `sys`.
-// `mesh`: of the devices (its sub-rings are formed too); another world size: one ring of every device.
+}  // namespace rw::actors
+
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(rw::actors::RingOutcome)  // local messages only: a ring's driver is in its process
+
+namespace rw::actors {
+
+// One ring's run, as an actor: asked (run_atom), it forms a ring over `devices` (rank = position) with the
+// given epoch, runs `task` on it (its reporter is this actor), and answers with how the ring ended once
+// every rank has reported, then ends. The devices are monitored: a lost one aborts the ring. The hooks are
+// called from this actor. `mesh`: of the devices (its sub-rings are formed too); another world size: one
+// ring of every device.
+using ring_actor = caf::typed_actor<
+    caf::replies_to<run_atom>::with<RingOutcome>,
+    // What the ring's ranks send it: rank 0's steps and checkpoints, its question before each commit, and
+    // every rank's report at the end of its run.
+    caf::reacts_to<runtime::StepMetrics>, caf::reacts_to<runtime::CheckpointInfo>,
+    caf::replies_to<commit_atom, uint32_t, int64_t>::with<bool>, caf::reacts_to<train_report>,
+    caf::reacts_to<tick_atom>>;
+ring_actor SpawnRing(caf::actor_system& sys, const std::vector<device_actor>& devices, uint64_t job, uint32_t epoch,
+                     const std::string& transport, train_task task, const RingHooks& hooks,
+                     const runtime::Mesh& mesh = {});
+// The same, waited for (a scoped actor of `sys`).
 RingOutcome RunRing(caf::actor_system& sys, const std::vector<device_actor>& devices, uint64_t job, uint32_t epoch,
                     const std::string& transport, train_task task, const RingHooks& hooks,
                     const runtime::Mesh& mesh = {});
@@ -148,6 +166,18 @@ struct JobRun {
   double abort_answer_s = 5;
 };
 
+}  // namespace rw::actors
+
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(rw::actors::JobOutcome)
+
+namespace rw::actors {
+
+// A job's life over rings, as an actor: asked (run_atom), it plans, forms and runs ring after ring (each a
+// ring_actor) until the job ends, then answers with the outcome and ends. `pool` and `sink` must outlive
+// it; it calls them from its own thread (it is detached: they may read files or wait on a lock).
+using job_actor = caf::typed_actor<caf::replies_to<run_atom>::with<JobOutcome>>;
+job_actor SpawnJob(caf::actor_system& sys, const JobRun& run, DevicePool& pool, JobSink& sink);
+// The same, waited for (a scoped actor of `sys`): `ringworld train`'s driver.
 JobOutcome DriveJob(caf::actor_system& sys, const JobRun& run, DevicePool& pool, JobSink& sink);
 
 }  // namespace rw::actors
