@@ -299,6 +299,7 @@ struct job_state {
   // The ring running now.
   RingPlan plan;
   bool growing = false;
+  std::function<void(const JobOutcome&)> on_end;
   caf::typed_response_promise<JobOutcome> promise;
 };
 
@@ -308,6 +309,7 @@ void End(job_pointer self, JobOutcome::State state, std::string message) {
   job_state& st = self->state;
   st.res.state = state;
   st.res.message = std::move(message);
+  if (st.on_end) st.on_end(st.res);
   st.promise.deliver(st.res);
   self->quit();
 }
@@ -420,8 +422,10 @@ void AfterRing(job_pointer self, const RingOutcome& out) {
   NextRing(self);
 }
 
-job_actor::behavior_type JobBehavior(job_pointer self, JobRun run, DevicePool* pool, JobSink* sink) {
+job_actor::behavior_type JobBehavior(job_pointer self, JobRun run, DevicePool* pool, JobSink* sink,
+                                     std::function<void(const JobOutcome&)> on_end) {
   self->state.run = std::move(run);
+  self->state.on_end = std::move(on_end);
   self->state.pool = pool;
   self->state.sink = sink;
   return {[self](run_atom) {
@@ -433,10 +437,11 @@ job_actor::behavior_type JobBehavior(job_pointer self, JobRun run, DevicePool* p
 
 }  // namespace
 
-job_actor SpawnJob(caf::actor_system& sys, const JobRun& run, DevicePool& pool, JobSink& sink) {
+job_actor SpawnJob(caf::actor_system& sys, const JobRun& run, DevicePool& pool, JobSink& sink,
+                   std::function<void(const JobOutcome&)> on_end) {
   // Detached (its own thread): between rings it calls the pool and the sink, which may read files (the
   // resume checkpoint's verification) or wait on a scheduler's lock; the rings' actors need no thread.
-  return sys.spawn<caf::detached>(JobBehavior, run, &pool, &sink);
+  return sys.spawn<caf::detached>(JobBehavior, run, &pool, &sink, std::move(on_end));
 }
 
 JobOutcome DriveJob(caf::actor_system& sys, const JobRun& run, DevicePool& pool, JobSink& sink) {

@@ -173,10 +173,12 @@ CAF_ALLOW_UNSAFE_MESSAGE_TYPE(rw::actors::JobOutcome)
 namespace rw::actors {
 
 // A job's life over rings, as an actor: asked (run_atom), it plans, forms and runs ring after ring (each a
-// ring_actor) until the job ends, then answers with the outcome and ends. `pool` and `sink` must outlive
-// it; it calls them from its own thread (it is detached: they may read files or wait on a lock).
+// ring_actor) until the job ends, then calls `on_end` (when given) and answers with the outcome, and ends.
+// `pool` and `sink` must outlive it; it calls them, and `on_end`, from its own thread (it is detached:
+// they may read files or wait on a lock). Nothing of them is touched after `on_end` returns.
 using job_actor = caf::typed_actor<caf::replies_to<run_atom>::with<JobOutcome>>;
-job_actor SpawnJob(caf::actor_system& sys, const JobRun& run, DevicePool& pool, JobSink& sink);
+job_actor SpawnJob(caf::actor_system& sys, const JobRun& run, DevicePool& pool, JobSink& sink,
+                   std::function<void(const JobOutcome&)> on_end = {});
 // The same, waited for (a scoped actor of `sys`): `ringworld train`'s driver.
 JobOutcome DriveJob(caf::actor_system& sys, const JobRun& run, DevicePool& pool, JobSink& sink);
 

@@ -285,6 +285,7 @@ void DaemonImpl::Start(const QueuedJob& q, std::shared_ptr<const ParsedJob> pars
   }
   log_->Log(q.id, backfilled_past.empty() ? "RUNNING: placed"
                                           : "RUNNING: placed (backfilled while " + backfilled_past + " waits for devices)");
+  Runner* raw = nullptr;
   {
     std::lock_guard<std::mutex> lock(mu_);
     waiting_.erase(q.id);
@@ -295,10 +296,10 @@ void DaemonImpl::Start(const QueuedJob& q, std::shared_ptr<const ParsedJob> pars
     r->backfilled_past = backfilled_past;
     r->parsed = std::move(parsed);
     r->slots = std::move(slots);
-    Runner* raw = r.get();
+    raw = r.get();
     runners_[q.id] = std::move(r);
-    raw->thread = std::thread([this, raw] { Drive(raw); });
   }
+  Drive(raw);  // a runner is reaped only once Finish marked it done
   Wake();  // the job after it may fit in the devices left
 }
 
@@ -314,10 +315,7 @@ void DaemonImpl::ReapRunners() {
         ++it;
       }
   }
-  for (auto& r : done) {
-    r->thread.join();
-    metrics_.ForgetJob(r->job);
-  }
+  for (auto& r : done) metrics_.ForgetJob(r->job);
 }
 
 Status Daemon::Open(const DaemonOptions& options, std::unique_ptr<Daemon>* out) {

@@ -69,7 +69,11 @@ struct Runner {
   int64_t submitted_seq = 0;
   std::string backfilled_past;              // the waiting job it started ahead of ("" when none)
   std::shared_ptr<const ParsedJob> parsed;  // its configuration, parsed once
-  std::thread thread;
+  // Its driver (actors::SpawnJob) and what the driver writes to and takes devices from; held here so that
+  // they live until the driver has ended (it calls Finish last).
+  std::unique_ptr<actors::DevicePool> pool;
+  std::unique_ptr<actors::JobSink> sink;
+  actors::job_actor driver;
   std::vector<Slot> slots;             // devices it holds (under the daemon's lock)
   std::atomic<bool> preempt{false};    // a higher-priority job wants its devices
   std::string preempted_by;            // written before preempt is set
@@ -121,7 +125,7 @@ class DaemonImpl final : public Daemon {
   nlohmann::json WorkerJson(const Worker& w) const;
 
   // ---- one job (daemon_runner.cpp) ----
-  void Drive(Runner* r);
+  void Drive(Runner* r);  // starts the job's driver; it calls Finish when the job ends
   void Finish(Runner* r, JobState to, const std::string& message);
   class WorkerPool;    // the job driver's devices: the workers'
   class JobTableSink;  // where the job driver writes a job's life: the job table, its log, Prometheus

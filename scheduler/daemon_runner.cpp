@@ -1,4 +1,4 @@
-// Driving one job (a runner's thread) with the same job driver as `ringworld train` (actors::DriveJob):
+// Driving one job with the same job driver as `ringworld train` (actors::SpawnJob, a job actor):
 // here its device pool is the workers' devices (placed under the daemon's lock, lost workers marked, a
 // SIGTERM'd worker drained) and its sink the job table, the job's log, its metrics file and Prometheus.
 #include <cstdio>
@@ -172,10 +172,6 @@ class DaemonImpl::JobTableSink final : public actors::JobSink {
 void DaemonImpl::Drive(Runner* r) {
   const std::string& id = r->job;
   const ParsedJob& parsed = *r->parsed;
-
-  WorkerPool pool(*this, *r);
-  JobTableSink sink(*this, *r, parsed.config.output_dir);
-
   actors::JobRun run;
   run.config = &parsed.config;
   {
@@ -186,19 +182,25 @@ void DaemonImpl::Drive(Runner* r) {
   run.origin = id;
   run.overrides = parsed.overrides;
   run.number = JobNumber(id);
-  const actors::JobOutcome out = actors::DriveJob(*sys_, run, pool, sink);
-  using S = actors::JobOutcome::State;
-  switch (out.state) {
-    case S::kSucceeded:
-      return Finish(r, JobState::kSucceeded, out.message);
-    case S::kCancelled:
-      return Finish(r, JobState::kCancelled, "");
-    case S::kPreempted:
-    case S::kWaiting:  // requeued: it waits in the queue for devices
-      return Finish(r, JobState::kPreempted, out.message);
-    case S::kFailed:
-      return Finish(r, JobState::kFailed, out.message);
-  }
+  r->pool = std::make_unique<WorkerPool>(*this, *r);
+  r->sink = std::make_unique<JobTableSink>(*this, *r, parsed.config.output_dir);
+  // The driver runs on its own; when the job ends it records the outcome (Finish marks the runner done,
+  // and the scheduling loop reaps it).
+  r->driver = actors::SpawnJob(*sys_, run, *r->pool, *r->sink, [this, r](const actors::JobOutcome& out) {
+    using S = actors::JobOutcome::State;
+    switch (out.state) {
+      case S::kSucceeded:
+        return Finish(r, JobState::kSucceeded, out.message);
+      case S::kCancelled:
+        return Finish(r, JobState::kCancelled, "");
+      case S::kPreempted:
+      case S::kWaiting:  // requeued: it waits in the queue for devices
+        return Finish(r, JobState::kPreempted, out.message);
+      case S::kFailed:
+        return Finish(r, JobState::kFailed, out.message);
+    }
+  });
+  caf::anon_send(r->driver, actors::run_atom::value);
 }
 
 }  // namespace rw::scheduler
