@@ -1,5 +1,10 @@
 #include "actors/device_host.h"
 
+#include <caf/openssl/all.hpp>
+
+#include <cstdio>
+#include <fstream>
+
 namespace rw::actors {
 namespace {
 
@@ -22,5 +27,53 @@ host_actor::behavior_type Host(host_actor::stateful_pointer<HostState> self, int
 }  // namespace
 
 host_actor SpawnHost(caf::actor_system& sys, int n) { return sys.spawn(Host, n); }
+
+int ServeDeviceHost(int n, const std::string& port_file) {
+  SystemConfig cfg;
+  caf::actor_system sys{cfg};
+  auto host = SpawnHost(sys, n);
+  auto port = sys.middleman().publish(host, 0, "127.0.0.1");
+  if (!port) {
+    std::fprintf(stderr, "ringworld device-host: %s\n", sys.render(port.error()).c_str());
+    return 1;
+  }
+  const std::string tmp = port_file + ".tmp";
+  std::ofstream(tmp) << *port << "\n";
+  std::rename(tmp.c_str(), port_file.c_str());
+  sys.await_all_actors_done();
+  return 0;
+}
+
+PublishedDevices::PublishedDevices(const ChannelCredentials& channel) {
+  EnableChannelAuth(cfg_, channel);
+  sys_ = std::make_unique<caf::actor_system>(cfg_);
+}
+
+kernels::Status PublishedDevices::Start(int n, const std::string& listen, const ChannelCredentials& channel,
+                                        std::unique_ptr<PublishedDevices>* out) {
+  std::unique_ptr<PublishedDevices> p(new PublishedDevices(channel));
+  p->host_ = SpawnHost(*p->sys_, n);
+  auto port = caf::openssl::publish(p->host_, 0, listen.c_str());
+  if (!port) {
+    const std::string why = p->sys_->render(port.error());
+    p->Quit();
+    return kernels::Status::Error("--listen " + listen + ": " + why);
+  }
+  p->port_ = *port;
+  *out = std::move(p);
+  return kernels::Status::Ok();
+}
+
+PublishedDevices::~PublishedDevices() { sys_.reset(); }
+
+void PublishedDevices::AbortRings(const std::string& why) {
+  caf::scoped_actor self{*sys_};
+  std::vector<device_actor> devs;
+  self->request(host_, std::chrono::seconds(5), devices_atom::value)
+      .receive([&](const std::vector<device_actor>& d) { devs = d; }, [](caf::error&) {});
+  for (auto& d : devs) self->send(d, abort_atom::value, why);
+}
+
+void PublishedDevices::Quit() { caf::anon_send(host_, quit_atom::value); }
 
 }  // namespace rw::actors

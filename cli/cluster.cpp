@@ -19,8 +19,6 @@
 #include <sstream>
 #include <thread>
 
-#include <caf/openssl/all.hpp>
-
 #include "actors/channel_auth.h"
 #include "actors/device_host.h"
 #include "cli/signals.h"
@@ -147,35 +145,26 @@ int RunWorker(const WorkerOptions& o) {
     return 2;
   }
   InstallStopSignals();
-  actors::SystemConfig cfg;
-  actors::EnableChannelAuth(cfg, channel);
-  caf::actor_system sys{cfg};
-  auto host = actors::SpawnHost(sys, n);
-  auto port = caf::openssl::publish(host, 0, o.listen.c_str());
-  if (!port) {
-    std::fprintf(stderr, "ringworld worker: --listen %s: %s\n", o.listen.c_str(), sys.render(port.error()).c_str());
+  std::unique_ptr<actors::PublishedDevices> published;
+  if (const Status st = actors::PublishedDevices::Start(n, o.listen, channel, &published); !st.ok()) {
+    std::fprintf(stderr, "ringworld worker: %s\n", st.message().c_str());
     return 2;
   }
+  const unsigned port = published->port();
   char hostname[256] = "worker";
   gethostname(hostname, sizeof(hostname) - 1);
   const std::string name = o.name.empty() ? std::string(hostname) + "-" + std::to_string(getpid()) : o.name;
   json devices = json::array();
   for (int i = 0; i < n; ++i) devices.push_back(json{{"kind", "cpu"}, {"index", i}, {"memory_bytes", MemoryBytes() / n}});
-  const json hello{{"name", name}, {"host", o.listen}, {"port", *port}, {"pid", int64_t(getpid())}, {"kind", "cpu"},
+  const json hello{{"name", name}, {"host", o.listen}, {"port", port}, {"pid", int64_t(getpid())}, {"kind", "cpu"},
                    {"devices", devices}};
-  auto abort_devices = [&](const std::string& why) {
-    caf::scoped_actor self{sys};
-    std::vector<actors::device_actor> devs;
-    self->request(host, std::chrono::seconds(5), actors::devices_atom::value)
-        .receive([&](const std::vector<actors::device_actor>& d) { devs = d; }, [](caf::error&) {});
-    for (auto& d : devs) self->send(d, actors::abort_atom::value, why);
-  };
+  auto abort_devices = [&](const std::string& why) { published->AbortRings(why); };
   std::fprintf(stderr, "ringworld worker %s: %d cpu devices on %s:%u, daemon %s\n", name.c_str(), n, o.listen.c_str(),
-               unsigned(*port), o.daemon.c_str());
+               port, o.daemon.c_str());
   // The daemon's protocol (HTTP) is the scheduler's; the devices (CAF) are ours.
   const scheduler::WorkerAgentResult agent =
       scheduler::RunWorkerAgent({{o.daemon, o.token_file, o.ca_cert}, name, o.grace_s}, hello, StopRequested(), abort_devices);
-  caf::anon_send(host, actors::quit_atom::value);
+  published->Quit();
   if (agent.code != 0) {  // refused: exit now with the reason (returning would wait on the published host)
     std::fprintf(stderr, "ringworld worker %s: the daemon refused the registration (%s); exiting\n", name.c_str(),
                  agent.reason.c_str());

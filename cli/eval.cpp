@@ -4,7 +4,7 @@
 #include <fstream>
 
 #include "cli/commands.h"
-#include "cli/local_ring.h"
+#include "actors/local_ring.h"
 
 namespace rw::cli {
 
@@ -23,7 +23,7 @@ int Eval(const std::string& checkpoint, const std::string& data, int ring, const
     return 2;
   }
   std::string error;
-  const auto reports = OnLocalRing<actors::eval_report>(ring, /*job=*/2, actors::eval_atom::value,
+  const auto reports = actors::OnLocalRing<actors::eval_report>(ring, /*job=*/2, actors::eval_atom::value,
                                                         actors::eval_task{1, checkpoint, data, seq_len, layout}, &error);
   if (!error.empty()) {
     std::fprintf(stderr, "ringworld eval: %s\n", error.c_str());

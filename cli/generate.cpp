@@ -4,7 +4,7 @@
 #include <filesystem>
 
 #include "cli/commands.h"
-#include "cli/local_ring.h"
+#include "actors/local_ring.h"
 #include "runtime/checkpoint.h"
 #include "runtime/generate.h"
 #include "runtime/media.h"
@@ -81,7 +81,7 @@ int Generate(const std::string& checkpoint, const std::string& prompt, const std
   actors::generate_task task = SamplingTask(checkpoint, ids, s, layout);
   task.max_tokens = max_tokens;
   task.eos = tok->eos();
-  const auto reports = OnLocalRing<actors::generate_report>(ring, /*job=*/4, actors::generate_atom::value, task, &error);
+  const auto reports = actors::OnLocalRing<actors::generate_report>(ring, /*job=*/4, actors::generate_atom::value, task, &error);
   if (!error.empty()) {
     std::fprintf(stderr, "ringworld generate: %s\n", error.c_str());
     return 1;
@@ -140,7 +140,7 @@ int GenerateVision(const std::string& checkpoint, const std::string& prompt, con
   task.output = out;
   task.fps = fps;
   std::string error;
-  const auto reports = OnLocalRing<actors::generate_report>(ring, /*job=*/5, actors::generate_atom::value, task, &error);
+  const auto reports = actors::OnLocalRing<actors::generate_report>(ring, /*job=*/5, actors::generate_atom::value, task, &error);
   if (!error.empty()) return fail(1, error);
   const std::vector<int32_t>& codes = reports.front().tokens;  // the same on every rank
   if (int64_t(codes.size()) != n_frames * task.codes_per_frame)

@@ -6,7 +6,7 @@
 
 #include "cli/commands.h"
 #include "cli/heatmap.h"
-#include "cli/local_ring.h"
+#include "actors/local_ring.h"
 #include "runtime/needle.h"
 
 namespace rw::cli {
@@ -35,7 +35,7 @@ int Needle(const std::string& checkpoint, const std::vector<int64_t>& lengths, c
     return 2;
   }
   std::string error, json;
-  const auto reports = OnLocalRing<actors::needle_report>(
+  const auto reports = actors::OnLocalRing<actors::needle_report>(
       ring, /*job=*/3, actors::needle_atom::value,
       actors::needle_task{1, checkpoint, lengths, depths, trials, seed, layout}, &error);
   if (!error.empty()) {

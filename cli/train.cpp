@@ -1,70 +1,22 @@
 #include "cli/commands.h"
 
-#include <signal.h>
-#include <spawn.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
-#include <thread>
-
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <memory>
 #include <sstream>
 
-#include "actors/device_actor.h"
 #include "actors/device_host.h"
-#include "actors/job_driver.h"
+#include "actors/local_devices.h"
 #include "cli/signals.h"
 #include "runtime/checkpoint.h"
 #include "runtime/job_config.h"
 
-extern char** environ;
-
 namespace rw::cli {
 namespace {
-
-// --processes: one device host per rank, each a child process of this one (`ringworld device-host`),
-// reached over the CAF middleman on 127.0.0.1; the ring between them is UCX.
-kernels::Status SpawnHosts(caf::actor_system& sys, int R, const std::string& dir, std::vector<pid_t>* pids,
-                           std::vector<actors::host_actor>* hosts, std::vector<actors::device_actor>* devices) {
-  const std::string self_exe = std::filesystem::read_symlink("/proc/self/exe").string();
-  std::error_code ec;
-  std::filesystem::create_directories(dir, ec);
-  for (int r = 0; r < R; ++r) {
-    const std::string port_file = dir + "/port." + std::to_string(r);
-    std::filesystem::remove(port_file, ec);
-    std::string a0 = self_exe, a1 = "device-host", a2 = "1", a3 = port_file;
-    char* argv[] = {a0.data(), a1.data(), a2.data(), a3.data(), nullptr};
-    pid_t pid;
-    RW_REQUIRE(posix_spawn(&pid, self_exe.c_str(), nullptr, nullptr, argv, environ) == 0,
-               "--processes: cannot start a device host");
-    pids->push_back(pid);
-    ForwardStopTo(pid);  // device hosts stop with us
-  }
-  for (int r = 0; r < R; ++r) {
-    uint16_t port = 0;
-    for (int i = 0; i < 3000 && !port; ++i) {
-      std::ifstream f(dir + "/port." + std::to_string(r));
-      f >> port;
-      if (!port) std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    }
-    RW_REQUIRE(port, "--processes: device host " << r << " did not start within 30 s");
-    auto host = sys.middleman().remote_actor<actors::host_actor>("127.0.0.1", port);
-    RW_REQUIRE(host, "--processes: cannot reach device host " << r << ": " << sys.render(host.error()));
-    hosts->push_back(*host);
-    caf::scoped_actor self{sys};
-    std::string err;
-    self->request(*host, std::chrono::seconds(10), actors::devices_atom::value)
-        .receive([&](const std::vector<actors::device_actor>& d) { devices->insert(devices->end(), d.begin(), d.end()); },
-                 [&](caf::error& e) { err = sys.render(e); });
-    RW_REQUIRE(err.empty(), "--processes: device host " << r << ": " << err);
-  }
-  return kernels::Status::Ok();
-}
-
-
 
 void Progress(const runtime::StepMetrics& m, bool tty, double eta_s) {
   if (tty) {
@@ -78,97 +30,6 @@ void Progress(const runtime::StepMetrics& m, bool tty, double eta_s) {
     std::fflush(stdout);
   }
 }
-
-// The devices of this process (or its device hosts). A lost one is forgotten (its host killed and
-// reaped): the job goes on from its last checkpoint on a ring of those left, as a daemon job does. A
-// device host that dies drops its connection (RunRing sees its device go); one that hangs (SIGSTOP, a
-// deadlock) is found by a probe every second, as the daemon finds a hung worker by its heartbeats.
-class LocalPool final : public actors::DevicePool {
- public:
-  LocalPool(caf::actor_system& sys, std::vector<actors::device_actor> devices,
-            std::vector<actors::host_actor> hosts, std::vector<pid_t>& pids, std::string transport)
-      : sys_(sys), devices_(std::move(devices)), hosts_(std::move(hosts)), pids_(pids),
-        transport_(std::move(transport)), alive_(devices_.size(), true) {}
-  kernels::Status Form(const std::function<kernels::Status(int, actors::RingPlan*)>& plan, actors::RingPlan* out,
-                       Ring* ring) override {
-    RW_RETURN_IF_ERROR(plan(Available(), out));
-    ring_.clear();
-    for (size_t i = 0; i < devices_.size() && int(ring_.size()) < out->devices; ++i)
-      if (alive_[i]) {
-        ring_.push_back(i);
-        ring->devices.push_back(devices_[i]);
-      }
-    ring->transport = transport_;
-    ring->where = std::to_string(out->devices) + " devices";
-    unanswered_.clear();
-    gone_.clear();
-    return kernels::Status::Ok();
-  }
-  // A host that missed a probe stays gone for this ring (a slow answer later does not take it back): the
-  // ring is aborted and the device forgotten, as a daemon forgets a worker that missed its heartbeats.
-  std::string Gone(std::vector<int>* ranks) override {
-    if (ranks) {  // what the probes found so far (asked after an abort, often: no probe here)
-      ranks->insert(ranks->end(), unanswered_.begin(), unanswered_.end());
-      return gone_;
-    }
-    if (!unanswered_.empty()) return gone_;
-    const auto now = std::chrono::steady_clock::now();
-    if (hosts_.empty() || now - last_probe_ < std::chrono::seconds(1)) return "";
-    last_probe_ = now;
-    caf::scoped_actor self{sys_};
-    for (size_t rank = 0; rank < ring_.size(); ++rank) {
-      const size_t i = ring_[rank];
-      if (i >= hosts_.size()) continue;
-      bool answered = false;
-      self->request(hosts_[i], kProbeTimeout, actors::devices_atom::value)
-          .receive([&](const std::vector<actors::device_actor>&) { answered = true; }, [](caf::error&) {});
-      if (!answered) {
-        unanswered_.push_back(int(rank));
-        gone_ = "device process " + std::to_string(pids_[i]) + " (rank " + std::to_string(rank) +
-                ") did not answer within " + std::to_string(kProbeTimeout.count()) + " s";
-        return gone_;
-      }
-    }
-    return "";
-  }
-  int Available() override { return int(std::count(alive_.begin(), alive_.end(), true)); }
-  std::string Lost(const std::vector<int>& lost) override {
-    std::vector<int> ranks = lost;  // and those that missed a probe, though they answered the abort
-    for (int r : unanswered_)
-      if (std::find(ranks.begin(), ranks.end(), r) == ranks.end()) ranks.push_back(r);
-    std::string list;
-    for (int rank : ranks) {
-      if (rank < 0 || rank >= int(ring_.size())) continue;
-      const size_t i = ring_[rank];
-      if (!alive_[i]) continue;
-      alive_[i] = false;
-      list += (list.empty() ? "" : ", ") + std::string("rank ") + std::to_string(rank);
-      if (i < pids_.size() && pids_[i] > 0) {  // gone or hung: make sure, and reap it
-        list += " (device process " + std::to_string(pids_[i]) + ")";
-        StopForwardingTo(pids_[i]);
-        kill(pids_[i], SIGKILL);
-        waitpid(pids_[i], nullptr, 0);
-        pids_[i] = -1;
-      }
-    }
-    return list;
-  }
-  void Stopping(const std::vector<int>&) override {}  // the whole process stops with them
-  std::string Holder() const override { return pids_.empty() ? "this process" : "a device process"; }
-
- private:
-  const std::chrono::seconds kProbeTimeout{2};
-  caf::actor_system& sys_;
-  std::vector<actors::device_actor> devices_;
-  std::vector<actors::host_actor> hosts_;  // of --processes, one per device; empty in one process
-  std::vector<pid_t>& pids_;  // of --processes, one per device (-1 once reaped); empty in one process
-  std::chrono::steady_clock::time_point last_probe_{};
-  std::vector<int> unanswered_;  // ranks of the current ring that missed a probe
-  std::string gone_;
-  std::string transport_;
-  std::vector<bool> alive_;
-  std::vector<size_t> ring_;  // the current ring's devices, by rank
-};
 
 // The terminal and the metrics file.
 class TerminalSink final : public actors::JobSink {
@@ -234,19 +95,7 @@ class TerminalSink final : public actors::JobSink {
 
 int DeviceHost(int n, const std::string& port_file) {
   InstallStopSignals();
-  actors::SystemConfig cfg;
-  caf::actor_system sys{cfg};
-  auto host = actors::SpawnHost(sys, n);
-  auto port = sys.middleman().publish(host, 0, "127.0.0.1");
-  if (!port) {
-    std::fprintf(stderr, "ringworld device-host: %s\n", sys.render(port.error()).c_str());
-    return 1;
-  }
-  const std::string tmp = port_file + ".tmp";
-  std::ofstream(tmp) << *port << "\n";
-  std::rename(tmp.c_str(), port_file.c_str());
-  sys.await_all_actors_done();
-  return 0;
+  return actors::ServeDeviceHost(n, port_file);
 }
 
 int Train(const std::string& job_path, std::vector<std::string> overrides, bool processes) {
@@ -297,38 +146,18 @@ int Train(const std::string& job_path, std::vector<std::string> overrides, bool 
     return 2;
   }
 
-  actors::SystemConfig cfg;
-  caf::actor_system sys{cfg};
-  std::vector<actors::device_actor> devices;
-  std::vector<actors::host_actor> hosts;
-  std::vector<pid_t> host_pids;
   InstallStopSignals();
-  auto stop_hosts = [&] {
-    caf::scoped_actor s{sys};
-    for (auto& h : hosts) s->send(h, actors::quit_atom::value);
-    for (pid_t pid : host_pids) {
-      if (pid <= 0) continue;  // lost, and reaped then
-      int status = 0;
-      for (int k = 0; k < 500 && waitpid(pid, &status, WNOHANG) == 0; ++k)
-        std::this_thread::sleep_for(std::chrono::milliseconds(10));
-      if (waitpid(pid, &status, WNOHANG) == 0) {
-        kill(pid, SIGKILL);
-        waitpid(pid, &status, 0);
-      }
-    }
-  };
-  if (processes) {
-    st = SpawnHosts(sys, max_devices, (std::filesystem::path(job.output_dir) / ".hosts").string(), &host_pids, &hosts,
-                    &devices);
-  } else {
-    for (int r = 0; r < max_devices; ++r) devices.push_back(actors::SpawnDevice(sys, r));
-  }
+  actors::LocalDeviceOptions lo;
+  lo.devices = max_devices;
+  lo.processes = processes;
+  lo.host_dir = (std::filesystem::path(job.output_dir) / ".hosts").string();
+  lo.transport = job.ring.transport;
+  lo.started = ForwardStopTo;  // device hosts stop with us
+  lo.reaped = StopForwardingTo;
+  std::unique_ptr<actors::LocalDevices> pool;
+  st = actors::LocalDevices::Start(lo, &pool);
   auto finish = [&](int code) {
-    caf::scoped_actor s{sys};
-    if (processes)
-      stop_hosts();
-    else
-      for (auto& d : devices) s->send_exit(d, caf::exit_reason::user_shutdown);
+    pool.reset();  // stops the devices, and reaps the device hosts
     return code;
   };
   if (!st.ok()) {
@@ -339,7 +168,6 @@ int Train(const std::string& job_path, std::vector<std::string> overrides, bool 
   const auto t0 = std::chrono::steady_clock::now();
   const int64_t resumed_from = start;
 
-  LocalPool pool(sys, devices, hosts, host_pids, job.ring.transport);
   TerminalSink sink(job, metrics, tty, start, resume, t0);
 
   actors::JobRun run;
@@ -348,7 +176,7 @@ int Train(const std::string& job_path, std::vector<std::string> overrides, bool 
   run.origin = job_path;
   run.overrides = overrides;
   run.number = 1;
-  const actors::JobOutcome out = actors::DriveJob(sys, run, pool, sink);
+  const actors::JobOutcome out = actors::DriveJob(pool->system(), run, *pool, sink);
   using S = actors::JobOutcome::State;
   if (out.state == S::kPreempted) {
     std::printf("%spreempted after step %lld: checkpoint committed in %s; run the same command to resume\n",

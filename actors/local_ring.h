@@ -6,19 +6,19 @@
 
 #include "actors/device_actor.h"
 
-namespace rw::cli {
+namespace rw::actors {
 
 // Runs `task` on a ring of `ring` device actors in this process (in-process transport) and returns every
 // rank's report; when a rank fails the others are aborted and *error says which failure came first.
 template <class Report, class Atom, class Task>
 std::vector<Report> OnLocalRing(int ring, uint64_t job, Atom atom, const Task& task, std::string* error) {
-  actors::SystemConfig cfg;
+  SystemConfig cfg;
   caf::actor_system sys{cfg};
-  std::vector<actors::device_actor> devices;
-  for (int r = 0; r < ring; ++r) devices.push_back(actors::SpawnDevice(sys, r));
+  std::vector<device_actor> devices;
+  for (int r = 0; r < ring; ++r) devices.push_back(SpawnDevice(sys, r));
   std::vector<Report> reports;
   caf::scoped_actor self{sys};
-  const kernels::Status st = actors::FormRing(sys, devices, job, /*epoch=*/1, "inproc");
+  const kernels::Status st = FormRing(sys, devices, job, /*epoch=*/1, "inproc");
   if (!st.ok()) {
     *error = st.message();
   } else {
@@ -27,7 +27,7 @@ std::vector<Report> OnLocalRing(int ring, uint64_t job, Atom atom, const Task& t
       self->receive([&](const Report& rep) {
         if (!rep.ok && error->empty()) {
           *error = rep.error;
-          for (auto& d : devices) self->send(d, actors::abort_atom::value, std::string("a rank failed"));
+          for (auto& d : devices) self->send(d, abort_atom::value, std::string("a rank failed"));
         }
         reports.push_back(rep);
       });
@@ -36,4 +36,4 @@ std::vector<Report> OnLocalRing(int ring, uint64_t job, Atom atom, const Task& t
   return reports;
 }
 
-}  // namespace rw::cli
+}  // namespace rw::actors
