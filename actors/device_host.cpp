@@ -4,6 +4,7 @@
 
 #include <cstdio>
 #include <fstream>
+#include <set>
 
 namespace rw::actors {
 namespace {
@@ -42,6 +43,39 @@ int ServeDeviceHost(int n, const std::string& port_file) {
   std::rename(tmp.c_str(), port_file.c_str());
   sys.await_all_actors_done();
   return 0;
+}
+
+kernels::Status ReachDeviceHost(caf::actor_system& sys, const std::string& host, uint16_t port,
+                                std::chrono::milliseconds deadline, std::vector<device_actor>* devices, bool* slow) {
+  *slow = false;
+  std::string err;
+  host_actor h;
+  {
+    // The TLS middleman's connect, with a deadline (remote_actor waits for the peer's handshake without one).
+    caf::scoped_actor self{sys};
+    self->request(sys.openssl_manager().actor_handle(), deadline, caf::connect_atom::value, host, port)
+        .receive(
+            [&](const caf::node_id&, caf::strong_actor_ptr& ptr, const std::set<std::string>& ifs) {
+              if (!ptr)
+                err = "no actor is published there";
+              else if (!sys.assignable<host_actor>(ifs))
+                err = "what is published there is not a device host";
+              else
+                h = caf::actor_cast<host_actor>(std::move(ptr));
+            },
+            [&](caf::error& e) { err = sys.render(e); });
+  }
+  RW_REQUIRE(err.empty(), "cannot reach the worker's device host at " << host << ":" << port << " within "
+                                                                      << deadline.count() / 1000.0 << " s: " << err);
+  caf::scoped_actor self{sys};
+  self->request(h, deadline, devices_atom::value)
+      .receive([&](const std::vector<device_actor>& d) { *devices = d; },
+               [&](caf::error& e) {
+                 err = sys.render(e);
+                 *slow = e == caf::sec::request_timeout;
+               });
+  RW_REQUIRE(err.empty(), "the worker's device host at " << host << ":" << port << " did not answer: " << err);
+  return kernels::Status::Ok();
 }
 
 PublishedDevices::PublishedDevices(const ChannelCredentials& channel) {

@@ -6,6 +6,7 @@
 #include <caf/all.hpp>
 #include <caf/io/all.hpp>
 
+#include <chrono>
 #include <memory>
 #include <string>
 #include <vector>
@@ -28,6 +29,13 @@ host_actor SpawnHost(caf::actor_system& sys, int n);
 // 127.0.0.1; writes the port to `port_file` (whole, by rename) and returns 0 once the parent says quit
 // (1: could not publish).
 int ServeDeviceHost(int n, const std::string& port_file);
+
+// The daemon's side of a worker's devices: connects to the device host published at host:port over the
+// authenticated channel and asks it for its devices, each within `deadline`. *slow: the host was reached
+// but did not answer in time (transient: right after a partition heals an old connection can hold
+// messages back). The error says which step failed.
+kernels::Status ReachDeviceHost(caf::actor_system& sys, const std::string& host, uint16_t port,
+                                std::chrono::milliseconds deadline, std::vector<device_actor>* devices, bool* slow);
 
 // A worker's devices, published on the authenticated channel (channel_auth.h) for the daemon's rings.
 class PublishedDevices {

@@ -444,6 +444,13 @@ job_actor SpawnJob(caf::actor_system& sys, const JobRun& run, DevicePool& pool, 
   return sys.spawn<caf::detached>(JobBehavior, run, &pool, &sink, std::move(on_end));
 }
 
+job_actor StartJob(caf::actor_system& sys, const JobRun& run, DevicePool& pool, JobSink& sink,
+                   std::function<void(const JobOutcome&)> on_end) {
+  job_actor job = SpawnJob(sys, run, pool, sink, std::move(on_end));
+  caf::anon_send(job, run_atom::value);
+  return job;
+}
+
 JobOutcome DriveJob(caf::actor_system& sys, const JobRun& run, DevicePool& pool, JobSink& sink) {
   caf::scoped_actor self{sys};
   JobOutcome out;

@@ -179,6 +179,9 @@ namespace rw::actors {
 using job_actor = caf::typed_actor<caf::replies_to<run_atom>::with<JobOutcome>>;
 job_actor SpawnJob(caf::actor_system& sys, const JobRun& run, DevicePool& pool, JobSink& sink,
                    std::function<void(const JobOutcome&)> on_end = {});
+// Spawns the job actor and asks it to run (nobody waits for its answer; `on_end` is told): the daemon's.
+job_actor StartJob(caf::actor_system& sys, const JobRun& run, DevicePool& pool, JobSink& sink,
+                   std::function<void(const JobOutcome&)> on_end);
 // The same, waited for (a scoped actor of `sys`): `ringworld train`'s driver.
 JobOutcome DriveJob(caf::actor_system& sys, const JobRun& run, DevicePool& pool, JobSink& sink);
 

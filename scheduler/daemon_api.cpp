@@ -334,46 +334,19 @@ void DaemonImpl::Register(const httplib::Request& req, httplib::Response& res) {
     std::atomic<int>& n;
     ~Done() { --n; }
   } done{registering_};
-  // The TLS middleman's connect (the channel is authenticated: actors/channel_auth.h), with a deadline
-  // (remote_actor waits for the peer's handshake without one).
+  // Over the authenticated channel (actors/channel_auth.h), each step within the deadline.
   const auto deadline_ms = std::chrono::milliseconds(int64_t(opt_.worker_connect_s * 1000));
-  const std::string where = w.host + ":" + std::to_string(w.port);
-  std::string err;
-  actors::host_actor host;
-  {
-    caf::scoped_actor self{*sys_};
-    self->request(sys_->openssl_manager().actor_handle(), deadline_ms,
-                  caf::connect_atom::value, w.host, uint16_t(w.port))
-        .receive(
-            [&](const caf::node_id&, caf::strong_actor_ptr& ptr, const std::set<std::string>& ifs) {
-              if (!ptr) err = "no actor is published there";
-              else if (!sys_->assignable<actors::host_actor>(ifs)) err = "what is published there is not a device host";
-              else host = caf::actor_cast<actors::host_actor>(std::move(ptr));
-            },
-            [&](caf::error& e) { err = sys_->render(e); });
-  }
-  if (!err.empty())
-    return Error(res, 400, "port: cannot reach the worker's device host at " + where + " within " +
-                               std::to_string(int(opt_.worker_connect_s)) + " s: " + err);
-  bool timed_out = false;
-  {
-    caf::scoped_actor self{*sys_};
-    self->request(host, deadline_ms, actors::devices_atom::value)
-        .receive([&](const std::vector<actors::device_actor>& d) { w.devices = d; },
-                 [&](caf::error& e) {
-                   err = sys_->render(e);
-                   timed_out = e == caf::sec::request_timeout;
-                 });
-  }
+  bool slow = false;
+  const Status reached = actors::ReachDeviceHost(*sys_, w.host, uint16_t(w.port), deadline_ms, &w.devices, &slow);
   // Reached but slow to answer is transient: right after a partition heals, the daemon's old connection to
   // the worker's node can hold messages back for a while. The worker tries again (503); it exited on a 400
   // (the partition drill found it).
-  if (timed_out) {
+  if (slow) {
     res.set_header("Retry-After", "1");
     return Error(res, 503, "port: the worker's device host did not answer within " +
                                std::to_string(int(opt_.worker_connect_s)) + " s; try again");
   }
-  if (!err.empty()) return Error(res, 400, "port: the worker's device host did not answer: " + err);
+  if (!reached.ok()) return Error(res, 400, "port: " + reached.message());
   if (w.devices.size() != w.memory.size())
     return Error(res, 400, "devices: " + std::to_string(w.memory.size()) + " announced, the host has " +
                                std::to_string(w.devices.size()));

@@ -186,7 +186,7 @@ void DaemonImpl::Drive(Runner* r) {
   r->sink = std::make_unique<JobTableSink>(*this, *r, parsed.config.output_dir);
   // The driver runs on its own; when the job ends it records the outcome (Finish marks the runner done,
   // and the scheduling loop reaps it).
-  r->driver = actors::SpawnJob(*sys_, run, *r->pool, *r->sink, [this, r](const actors::JobOutcome& out) {
+  r->driver = actors::StartJob(*sys_, run, *r->pool, *r->sink, [this, r](const actors::JobOutcome& out) {
     using S = actors::JobOutcome::State;
     switch (out.state) {
       case S::kSucceeded:
@@ -200,7 +200,6 @@ void DaemonImpl::Drive(Runner* r) {
         return Finish(r, JobState::kFailed, out.message);
     }
   });
-  caf::anon_send(r->driver, actors::run_atom::value);
 }
 
 }  // namespace rw::scheduler
