@@ -8,6 +8,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
@@ -20,6 +21,9 @@ extern char** environ;
 #include "actors/device_actor.h"
 #include "actors/device_host.h"
 #include "actors/job_driver.h"
+#include "actors/local_devices.h"
+#include "runtime/checkpoint.h"
+#include "runtime/job_config.h"
 #include "runtime/inproc_transport.h"
 #include "runtime/layout.h"
 
@@ -507,6 +511,104 @@ TEST(RunRing, RanksOnAHostKnownGoneAreTakenAsLostAtOnceAfterTheAbort) {
   EXPECT_NE(out.error.find("worker w2 lost"), std::string::npos) << out.error;
   EXPECT_LT(took, 0.5 + 2.0) << "the driver waited on the rank whose host is gone (its deadline is 5 s)";
   for (auto& d : devices) caf::anon_send_exit(d, caf::exit_reason::user_shutdown);
+}
+
+// The job actor in one process: a device actor killed mid-run (as a device whose process died) ends the
+// ring; the job actor forgets it, re-forms a ring of the device left from the last checkpoint and runs the
+// job to its end, as the daemon's jobs do (tests/cli/train_device_lost.sh does it with device processes).
+TEST(JobActor, ALostDeviceReFormsTheRingOnTheDeviceLeftAndTheJobFinishes) {
+  const auto dir = std::filesystem::temp_directory_path() / ("rw_job_actor_" + std::to_string(getpid()));
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  const std::string yaml = R"(
+name: lost
+model: {hidden_size: 32, intermediate_size: 64, num_hidden_layers: 2, num_attention_heads: 4,
+        num_key_value_heads: 2, max_position_embeddings: 512}
+optimizer: {lr: 0.003, warmup_steps: 2}
+ring: {devices: 2, min_devices: 1, layout: zigzag, threads_per_device: 1}
+checkpoint: {every_steps: 4}
+stages: [{seq_len: 64, steps: 12, batch: 4}]
+)";
+  std::ofstream(dir / "job.yaml") << yaml;
+  const std::vector<std::string> overrides = {"checkpoint.dir=" + (dir / "ck").string(),
+                                              "output_dir=" + (dir / "out").string()};
+  runtime::JobConfig job;
+  ASSERT_TRUE(runtime::LoadJobConfig((dir / "job.yaml").string(), overrides, &job).ok());
+  std::unique_ptr<LocalDevices> pool;
+  LocalDeviceOptions lo;
+  lo.devices = 2;
+  ASSERT_TRUE(LocalDevices::Start(lo, &pool).ok());
+  // The sink: what the job actor reports, and the resume point from the checkpoint directory.
+  struct Sink final : JobSink {
+    std::function<void(int64_t)> at_step;
+    std::vector<int64_t> steps;
+    std::vector<std::pair<int, bool>> rings;  // size, resized
+    std::vector<std::string> notes;
+    std::string ck;
+    Interrupt Interrupted() override { return {}; }
+    kernels::Status ResumePoint(int64_t* step, std::string* checkpoint) override {
+      std::vector<std::string> skipped;
+      return runtime::FindResumeCheckpoint(ck, -1, step, checkpoint, &skipped);
+    }
+    uint32_t RingFormed(const RingPlan& plan, const DevicePool::Ring&, int64_t, bool resized) override {
+      rings.emplace_back(plan.devices, resized);
+      return uint32_t(rings.size());
+    }
+    void OnStep(const runtime::StepMetrics& m) override {
+      steps.push_back(m.step);
+      if (at_step) at_step(m.step);
+    }
+    void OnCheckpoint(const runtime::CheckpointInfo&) override {}
+    void Note(const std::string& line) override { notes.push_back(line); }
+  } sink;
+  sink.ck = (dir / "ck").string();
+  std::vector<device_actor> devices;
+  {
+    RingPlan plan;
+    DevicePool::Ring ring;
+    ASSERT_TRUE(pool->Form([](int, RingPlan* p) { p->devices = 2; return kernels::Status::Ok(); }, &plan, &ring).ok());
+    devices = ring.devices;
+  }
+  bool killed = false;
+  sink.at_step = [&](int64_t step) {
+    if (step == 6 && !killed) {
+      killed = true;
+      caf::anon_send_exit(devices[1], caf::exit_reason::kill);
+    }
+  };
+  JobRun run;
+  run.config = &job;
+  run.yaml = yaml;
+  run.origin = dir.string();
+  run.overrides = overrides;
+  const auto t0 = std::chrono::steady_clock::now();
+  const JobOutcome out = DriveJob(pool->system(), run, *pool, sink);
+  const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  std::printf("  %s after %.2f s: %s; rings:", out.state == JobOutcome::State::kSucceeded ? "succeeded" : "not done",
+              took, out.message.c_str());
+  for (const auto& [size, resized] : sink.rings) std::printf(" %d%s", size, resized ? " (re-formed)" : "");
+  std::printf("; notes: %s\n", sink.notes.empty() ? "-" : sink.notes.front().c_str());
+  EXPECT_EQ(out.state, JobOutcome::State::kSucceeded) << out.message;
+  EXPECT_TRUE(killed);
+  ASSERT_EQ(sink.rings.size(), 2u);
+  EXPECT_EQ(sink.rings[0], std::make_pair(2, false));
+  EXPECT_EQ(sink.rings[1], std::make_pair(1, true)) << "the second ring: the device left, re-formed";
+  ASSERT_FALSE(sink.notes.empty());
+  EXPECT_NE(sink.notes.front().find("rank 1"), std::string::npos) << sink.notes.front();
+  ASSERT_FALSE(sink.steps.empty());
+  EXPECT_EQ(sink.steps.back(), 12);
+  EXPECT_EQ(out.steps, 12);
+  // The second ring resumed from the checkpoint of step 4: steps 5.. again, and nothing skipped.
+  auto first = std::find(sink.steps.begin(), sink.steps.end(), 5);
+  ASSERT_NE(first, sink.steps.end());
+  auto again = std::find(first + 1, sink.steps.end(), 5);
+  ASSERT_NE(again, sink.steps.end());
+  std::vector<int64_t> tail(again, sink.steps.end());
+  std::vector<int64_t> want;
+  for (int64_t k = 5; k <= 12; ++k) want.push_back(k);
+  EXPECT_EQ(tail, want);
+  pool.reset();
+  std::filesystem::remove_all(dir);
 }
 
 }  // namespace
