@@ -98,7 +98,10 @@ kernels::Status PublishedDevices::Start(int n, const std::string& listen, const 
   return kernels::Status::Ok();
 }
 
-PublishedDevices::~PublishedDevices() { sys_.reset(); }
+PublishedDevices::~PublishedDevices() {
+  host_ = host_actor{};  // the handle goes before its system
+  sys_.reset();
+}
 
 void PublishedDevices::AbortRings(const std::string& why) {
   caf::scoped_actor self{*sys_};

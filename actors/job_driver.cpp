@@ -92,8 +92,14 @@ void Finish(ring_pointer self) {
   self->quit();
 }
 
+// An echo of some rank's abort ("transport: aborted: ..."), not a cause.
+bool AbortEcho(const std::string& error) { return error.find("transport: aborted") != std::string::npos; }
+
+// The ring's first error, except that a rank's own failure replaces another rank's echo of the abort it
+// caused (ranks' reports race each other here).
 void Fail(ring_pointer self, const std::string& why) {
-  if (self->state.out.error.empty()) self->state.out.error = why;
+  std::string& error = self->state.out.error;
+  if (error.empty() || (AbortEcho(error) && !AbortEcho(why))) error = why;
 }
 
 void AbortAll(ring_pointer self, const std::string& why) {
@@ -188,6 +194,21 @@ ring_actor::behavior_type RingBehavior(ring_pointer self, RingArgs args) {
   });
   // An error in place of a rank's report (its task refused, or its actor failed): counted against the first
   // rank that has not reported.
+  // A hook that throws (a sink's write, a pool's probe): the ring fails and is aborted, and the job actor
+  // still gets its outcome (a promise never delivered would leave it waiting for good).
+  self->set_exception_handler([self](caf::scheduled_actor*, std::exception_ptr& ep) -> caf::error {
+    std::string what = "unknown exception";
+    try {
+      std::rethrow_exception(ep);
+    } catch (const std::exception& e) {
+      what = e.what();
+    } catch (...) {
+    }
+    Fail(self, "ring driver: " + what);
+    AbortAll(self, "the ring's driver failed: " + what);
+    Finish(self);
+    return caf::exit_reason::user_shutdown;
+  });
   self->set_error_handler([self](caf::error& e) {
     for (int r = 0; r < self->state.R; ++r)
       if (Answered(self, r)) {
@@ -263,7 +284,8 @@ ring_actor SpawnRing(caf::actor_system& sys, const std::vector<device_actor>& de
   a.task = std::move(task);
   a.hooks = hooks;
   a.mesh = mesh;
-  return sys.spawn(RingBehavior, std::move(a));
+  // Detached: its hooks may block (a pool's probe of a device host, the daemon's lock, a metrics write).
+  return sys.spawn<caf::detached>(RingBehavior, std::move(a));
 }
 
 RingOutcome RunRing(caf::actor_system& sys, const std::vector<device_actor>& devices, uint64_t job, uint32_t epoch,
@@ -426,6 +448,21 @@ job_actor::behavior_type JobBehavior(job_pointer self, JobRun run, DevicePool* p
                                      std::function<void(const JobOutcome&)> on_end) {
   self->state.run = std::move(run);
   self->state.on_end = std::move(on_end);
+  // Its ring actor is linked to it (so that a job actor gone takes its ring along); a ring's end, however it
+  // ends, is its outcome (AfterRing), never this actor's end.
+  self->set_exit_handler([](const caf::exit_msg&) {});
+  // A pool or sink that throws: the job fails with the reason (its caller is told, never left waiting).
+  self->set_exception_handler([self](caf::scheduled_actor*, std::exception_ptr& ep) -> caf::error {
+    std::string what = "unknown exception";
+    try {
+      std::rethrow_exception(ep);
+    } catch (const std::exception& e) {
+      what = e.what();
+    } catch (...) {
+    }
+    End(self, JobOutcome::State::kFailed, "job driver: " + what);
+    return caf::exit_reason::user_shutdown;
+  });
   self->state.pool = pool;
   self->state.sink = sink;
   return {[self](run_atom) {
@@ -440,7 +477,7 @@ job_actor::behavior_type JobBehavior(job_pointer self, JobRun run, DevicePool* p
 job_actor SpawnJob(caf::actor_system& sys, const JobRun& run, DevicePool& pool, JobSink& sink,
                    std::function<void(const JobOutcome&)> on_end) {
   // Detached (its own thread): between rings it calls the pool and the sink, which may read files (the
-  // resume checkpoint's verification) or wait on a scheduler's lock; the rings' actors need no thread.
+  // resume checkpoint's verification) or wait on a scheduler's lock.
   return sys.spawn<caf::detached>(JobBehavior, run, &pool, &sink, std::move(on_end));
 }
 

@@ -93,6 +93,8 @@ LocalDevices::~LocalDevices() {
     caf::scoped_actor s{*sys_};
     for (auto& d : devices_) s->send_exit(d, caf::exit_reason::user_shutdown);
   }
+  devices_.clear();  // handles go before their system
+  hosts_.clear();
   sys_.reset();
 }
 

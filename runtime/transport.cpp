@@ -68,11 +68,17 @@ Request& Request::operator=(Request&& o) noexcept {
 
 void Request::Settle() noexcept {
   if (!op_ || !owner_ || done()) return;
-  owner_->Abort("a rank left a ring operation with a transfer still in flight (it failed)");
-  const Status st = owner_->Wait(*this);
-  if (!done())  // both transports end every operation within milliseconds of an abort: not expected
-    std::fprintf(stderr, "transport: rank %d: a transfer did not end after the ring's abort (%s); its buffer may "
-                 "still be in use\n", owner_->rank(), st.message().c_str());
+  owner_->Abort("rank " + std::to_string(owner_->rank()) +
+                " left a ring operation early (it failed) with a transfer in flight");
+  // Both transports end every operation after an abort: at once in process; over UCX within seconds, or,
+  // where a peer could still write into the buffer without our progress (RDMA, CMA), only when UCX ends it.
+  // Until then the buffer is the transport's: wait (loudly), never hand it back in use.
+  for (;;) {
+    const Status st = owner_->Wait(*this);
+    if (done()) break;
+    std::fprintf(stderr, "transport: rank %d: a transfer has not ended after the ring's abort (%s); still waiting "
+                 "before its buffer is freed\n", owner_->rank(), st.message().c_str());
+  }
   op_.reset();
 }
 

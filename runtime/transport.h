@@ -5,7 +5,8 @@
 // previous rank is FIFO and matched strictly in order: the next message must carry exactly the tag and
 // size of the next posted receive, else both sides get an error naming the two tags. A message from an
 // older epoch than the receive's is dropped (never consumed) and counted: that is the fencing an elastic
-// ring needs after it re-forms. Abort() fails every pending and future wait within milliseconds.
+// ring needs after it re-forms. Abort() fails every pending and future wait: in process at once, over UCX
+// within seconds (docs/RELIABILITY.md has the cases).
 //
 // Implementations: inproc (threads of one process; runtime/inproc_transport.h), ucx (processes;
 // runtime/ucx_transport.h), nccl (GPUs).
@@ -80,7 +81,7 @@ class Transport;
 // The buffer belongs to the transport until the operation has ended, so a handle never lets go of one
 // still in flight: a Request dropped (or assigned over) before its operation ended means its caller left
 // early, on an error, and the ring cannot go on with a message missing; it aborts its transport, which
-// ends every pending operation within milliseconds, and waits for this one to end before the caller's
+// ends every pending operation (Abort above), and waits for this one to end before the caller's
 // buffers can be freed. Move-only: one handle per operation.
 class Request {
  public:
