@@ -197,13 +197,7 @@ ring_actor::behavior_type RingBehavior(ring_pointer self, RingArgs args) {
   // A hook that throws (a sink's write, a pool's probe): the ring fails and is aborted, and the job actor
   // still gets its outcome (a promise never delivered would leave it waiting for good).
   self->set_exception_handler([self](caf::scheduled_actor*, std::exception_ptr& ep) -> caf::error {
-    std::string what = "unknown exception";
-    try {
-      std::rethrow_exception(ep);
-    } catch (const std::exception& e) {
-      what = e.what();
-    } catch (...) {
-    }
+    const std::string what = ExceptionMessage(ep);
     Fail(self, "ring driver: " + what);
     AbortAll(self, "the ring's driver failed: " + what);
     Finish(self);
@@ -453,13 +447,7 @@ job_actor::behavior_type JobBehavior(job_pointer self, JobRun run, DevicePool* p
   self->set_exit_handler([](const caf::exit_msg&) {});
   // A pool or sink that throws: the job fails with the reason (its caller is told, never left waiting).
   self->set_exception_handler([self](caf::scheduled_actor*, std::exception_ptr& ep) -> caf::error {
-    std::string what = "unknown exception";
-    try {
-      std::rethrow_exception(ep);
-    } catch (const std::exception& e) {
-      what = e.what();
-    } catch (...) {
-    }
+    const std::string what = ExceptionMessage(ep);
     End(self, JobOutcome::State::kFailed, "job driver: " + what);
     return caf::exit_reason::user_shutdown;
   });

@@ -5,6 +5,7 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <exception>
 #include <sstream>
 #include <string>
 #include <utility>
@@ -26,6 +27,18 @@ class [[nodiscard]] Status {
   std::string msg_;
   bool failed_ = false;
 };
+
+// What a caught exception says: its what(), or "unknown exception" (for the handlers that turn one into an
+// error: the daemon's HTTP handlers, the job and ring actors).
+inline std::string ExceptionMessage(const std::exception_ptr& ep) {
+  try {
+    if (ep) std::rethrow_exception(ep);
+  } catch (const std::exception& e) {
+    return e.what();
+  } catch (...) {
+  }
+  return "unknown exception";
+}
 
 namespace detail {
 // Builds the message of a failed RW_CHECK and aborts when it goes out of scope.

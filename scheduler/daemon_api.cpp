@@ -188,13 +188,7 @@ void DaemonImpl::Routes() {
   // A handler that throws is a defect (bad input gets a 400 naming its field): answered 500 with what was
   // thrown, and said on the daemon's stderr, instead of a bare "error".
   http_->set_exception_handler([](const httplib::Request& req, httplib::Response& res, std::exception_ptr ep) {
-    std::string what = "unknown exception";
-    try {
-      std::rethrow_exception(ep);
-    } catch (const std::exception& e) {
-      what = e.what();
-    } catch (...) {
-    }
+    const std::string what = ExceptionMessage(ep);
     std::fprintf(stderr, "ringworld daemon: %s %s: internal error: %s\n", req.method.c_str(), req.path.c_str(),
                  what.c_str());
     Error(res, 500, "internal error: " + what);
