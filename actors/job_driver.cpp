@@ -74,7 +74,7 @@ struct ring_state {
   int reports = 0;
   bool running = false;  // formed, and the ranks given their task
   bool aborted = false, stop_sent = false, finished = false;
-  Clock::time_point last_poll, abort_deadline = Clock::time_point::max();
+  Clock::time_point abort_deadline = Clock::time_point::max();
   RingOutcome out;
   caf::typed_response_promise<RingOutcome> promise;
 };
@@ -141,7 +141,6 @@ void Start(ring_pointer self) {
   st.a.task.epoch = st.a.epoch;
   st.a.task.reporter = caf::actor_cast<caf::actor>(self);
   for (int r = 0; r < st.R; ++r) self->send(st.a.devices[r], train_atom::value, st.a.task);
-  st.last_poll = Clock::now();
   self->delayed_send(self, std::chrono::milliseconds(100), tick_atom::value);
 }
 
@@ -163,8 +162,7 @@ void Tick(ring_pointer self) {
     Fail(self, "ranks did not answer the abort within " + std::to_string(int(hooks.abort_answer_s)) + " s");
     return Finish(self);
   }
-  if (hooks.poll && now - st.last_poll >= std::chrono::milliseconds(100)) {
-    st.last_poll = now;
+  if (hooks.poll) {  // a tick comes every 100 ms: the poll's period
     const std::string req = hooks.poll();
     if (req == "stop") {
       if (!st.stop_sent)
